@@ -1,0 +1,197 @@
+"""One frozen, keyword-only configuration object for a run.
+
+Every field can be set three ways, in increasing precedence: its default,
+an environment variable ``NX47_<FIELD NAME IN UPPER CASE>`` (plus the legacy
+``V138_MAX_TRAIN_VOLUMES`` / ``V138_MAX_VAL_VOLUMES``), and an explicit
+keyword (command line flag, dashboard control, notebook parameter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: Legacy environment names, read when the NX47_ name is absent.
+LEGACY_ENV = {
+    "max_train_volumes": "V138_MAX_TRAIN_VOLUMES",
+    "max_val_volumes": "V138_MAX_VAL_VOLUMES",
+}
+
+DEFAULT_BUDGET_S = 9 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Configuration of one pipeline run (see ``docs/architecture.md``)."""
+
+    # --- where -----------------------------------------------------------
+    data_root: str = "auto"
+    out_dir: str = "runs/latest"
+    # --- coverage --------------------------------------------------------
+    max_train_volumes: int = 24
+    max_val_volumes: int = 8
+    seed: int = 47
+    # --- budget ----------------------------------------------------------
+    budget_s: float = DEFAULT_BUDGET_S
+    safety_margin_frac: float = 0.10
+    auto_coverage: bool = False
+    preflight_frac: float = 0.05
+    # --- telemetry -------------------------------------------------------
+    telemetry: bool = True
+    heartbeat_interval_s: float = 15.0
+    stall_after_s: float = 60.0
+    console: bool = True
+    console_interval_s: float = 5.0
+    queue_maxsize: int = 2000
+    array_trace: bool = True
+    # --- features / model ------------------------------------------------
+    feature_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    samples_per_class: int = 20000
+    l1_grid: tuple[float, ...] = (1e-4, 1e-3)
+    l2_grid: tuple[float, ...] = (1e-3, 1e-2)
+    threshold_grid: tuple[float, ...] = (0.35, 0.5, 0.65)
+    hysteresis_gap: float = 0.15
+    search_max_iter: int = 150
+    fit_max_iter: int = 500
+    fit_tol: float = 1e-6
+    fit_time_cap_s: float = 1800.0
+    min_component_voxels: int = 100
+    closing_radius: tuple[int, int, int] = (1, 2, 2)
+    preview_slices: int = 3
+    # --- U-Net -----------------------------------------------------------
+    use_unet: bool | None = None  # None: on with CUDA, off on CPU-only
+    unet_epochs: int = 20
+    unet_patch: int = 64
+    unet_batch: int = 2
+    unet_width: int = 16
+    unet_depth: int = 3
+    unet_fuse: str = "mean"  # mean | replace
+    unet_device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_train_volumes", "max_val_volumes"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 means all), got {value!r}")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {self.budget_s!r}")
+        if not 0 <= self.safety_margin_frac < 1:
+            raise ValueError(
+                f"safety_margin_frac must be in [0, 1), got {self.safety_margin_frac!r}"
+            )
+        if not 0 < self.preflight_frac <= 1:
+            raise ValueError(f"preflight_frac must be in (0, 1], got {self.preflight_frac!r}")
+        if self.heartbeat_interval_s <= 0:
+            raise ValueError(
+                f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s!r}"
+            )
+        if self.unet_fuse not in ("mean", "replace"):
+            raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
+
+    # ------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                kwargs[f.name] = _coerce(f.name, data[f.name], hints[f.name])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> "RunConfig":
+        """Defaults, then ``NX47_*`` (and legacy ``V138_*``) variables, then
+        ``overrides`` (keys whose value is ``None`` are ignored, except
+        ``use_unet`` where ``None`` means automatic)."""
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(env_name(f.name))
+            source = env_name(f.name)
+            if raw is None and f.name in LEGACY_ENV:
+                raw = env.get(LEGACY_ENV[f.name])
+                source = LEGACY_ENV[f.name]
+            if raw is not None and raw.strip() != "":
+                try:
+                    kwargs[f.name] = _parse(raw, hints[f.name])
+                except ValueError as exc:
+                    raise ValueError(
+                        f"environment variable {source}={raw!r}: {exc}"
+                    ) from None
+        for key, value in overrides.items():
+            if key not in hints:
+                raise TypeError(f"unknown configuration field {key!r}")
+            if value is None and key != "use_unet":
+                continue
+            kwargs[key] = _coerce(key, value, hints[key])
+        return cls(**kwargs)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return "NX47_" + field_name.upper()
+
+
+# ----------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return _parse(value, hint)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def _parse(raw: str, hint: Any) -> Any:
+    raw = raw.strip()
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in args if a is not type(None)]
+        if raw.lower() in ("", "none", "auto", "null"):
+            return None
+        return _parse(raw, non_none[0])
+    if hint is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    if origin is tuple:
+        parts = [p for p in raw.replace(";", ",").split(",") if p.strip()]
+        elem = args[0] if args else str
+        return tuple(_parse(p, elem) for p in parts)
+    return raw

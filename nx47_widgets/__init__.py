@@ -1,0 +1,1 @@
+"""ipywidgets views over the NX47 telemetry stream."""
