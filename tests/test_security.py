@@ -1,0 +1,127 @@
+"""Security basics a user relies on when running NX47 on a shared machine.
+
+- every server the project starts binds 127.0.0.1 unless told otherwise;
+- zip entry names are plain ids (no path, no traversal);
+- checkpoints load weights only; no pickle of untrusted files;
+- a run writes nothing outside its output folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fault_corpus import build_bad_corpus, synthetic_pair, write_tif  # noqa: E402
+
+PACKAGES = ("nx47_pipeline", "nx47_widgets")
+
+
+def _project_sources() -> list[Path]:
+    files: list[Path] = []
+    for pkg in PACKAGES:
+        files += sorted((REPO / pkg).rglob("*.py"))
+    files += sorted((REPO / "scripts").glob("*.py")) if (REPO / "scripts").exists() else []
+    return files
+
+
+def _parse(path: Path) -> ast.AST | None:
+    try:
+        return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError:  # a file being written right now by someone else
+        return None
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def _kw(call: ast.Call, name: str) -> ast.AST | None:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    return None
+
+
+# ----------------------------------------------------------------------
+# No pickle, weights-only checkpoints (static check over the project code)
+# ----------------------------------------------------------------------
+def test_project_code_never_unpickles():
+    problems = []
+    for path in _project_sources():
+        tree = _parse(path)
+        if tree is None:
+            continue
+        rel = path.relative_to(REPO)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names]
+                mod = getattr(node, "module", None) or ""
+                for n in names + [mod]:
+                    if n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "shelve", "marshal"):
+                        problems.append(f"{rel}:{node.lineno} imports {n}")
+            if not isinstance(node, ast.Call):
+                continue
+            fn = _dotted(node.func)
+            if fn.endswith("joblib.load"):
+                problems.append(f"{rel}:{node.lineno} calls {fn} (pickle)")
+            if fn in ("np.load", "numpy.load"):
+                ap = _kw(node, "allow_pickle")
+                if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
+                    problems.append(f"{rel}:{node.lineno} np.load with allow_pickle != False")
+            if fn.endswith("torch.load"):
+                wo = _kw(node, "weights_only")
+                if not (isinstance(wo, ast.Constant) and wo.value is True):
+                    problems.append(f"{rel}:{node.lineno} torch.load without weights_only=True")
+    assert problems == []
+
+
+# ----------------------------------------------------------------------
+# Zip entry names are plain ids
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../evil", "/etc/passwd", "a/b", "a\\b", "..", ".", ".hidden", "", "x\x00y", "id with space", "ñ"],
+)
+def test_zip_refuses_ids_that_are_not_plain(tmp_path, bad_id):
+    from nx47_pipeline import package
+
+    mask = tmp_path / "m.tif"
+    write_tif(mask, np.zeros((4, 4, 4), np.uint8))
+    final = tmp_path / "submission.zip"
+    with pytest.raises(package.PackagingError) as info:
+        package.write_submission([(bad_id, mask)], final)
+    assert repr(bad_id) in str(info.value)
+    assert not final.exists()
+
+
+def test_zip_entries_are_plain_ids_at_root(tmp_path):
+    from nx47_pipeline import package
+
+    masks = []
+    for vid in ["1407735", "2290837"]:
+        p = tmp_path / "deep" / "folder" / f"{vid}.tif"
+        write_tif(p, np.zeros((4, 4, 4), np.uint8))
+        masks.append((vid, p))
+    final = package.write_submission(masks, tmp_path / "submission.zip")
+    with zipfile.ZipFile(final) as zf:
+        for info in zf.infolist():
+            assert re.fullmatch(r"[0-9]+\.tif", info.filename), info.filename
+            assert "/" not in info.filename and not info.filename.startswith(".")
