@@ -12,15 +12,23 @@ valid rest.
 The volumes are tiny synthetic "scroll chunks" (a few wavy bright sheets in
 noise, the labelled surface one voxel off each sheet's ridge, label 2 on a
 3-voxel border) written as uint8 multi-page LZW TIFF like the real data.
+
+The second half of the module holds helpers to start the ``nx47`` command in
+a subprocess with tiny settings (:data:`TINY_ENV`) and to read the events of
+its ``journal.jsonl``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import tifffile
@@ -321,6 +329,113 @@ def build_bad_corpus(
 
     return Corpus(root=data, shape=tuple(shape), valid_train_ids=valid,
                   test_ids=test_ids, cases=cases)
+
+
+# ----------------------------------------------------------------------
+# Running the nx47 command and reading its journal (shared by the fault,
+# kill/resume and security tests).
+# ----------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+#: Environment that keeps a run on 32^3 volumes to seconds on two cores.
+TINY_ENV = {
+    "NX47_FIT_MAX_ITER": "40",
+    "NX47_SEARCH_MAX_ITER": "20",
+    "NX47_SAMPLES_PER_CLASS": "1500",
+    "NX47_FEATURE_SCALES": "1.0,2.0",
+    "NX47_L1_GRID": "1e-3",
+    "NX47_L2_GRID": "1e-2",
+    "NX47_THRESHOLD_GRID": "0.4,0.6",
+    "NX47_MIN_COMPONENT_VOXELS": "10",
+    "NX47_HEARTBEAT_INTERVAL_S": "1",
+    "NX47_CONSOLE_INTERVAL_S": "1",
+    "NX47_PREVIEW_SLICES": "1",
+    "NX47_UNET_EPOCHS": "1",
+    "NX47_UNET_PATCH": "16",
+    "NX47_UNET_BATCH": "2",
+    "NX47_UNET_WIDTH": "4",
+    "NX47_UNET_DEPTH": "2",
+    "NX47_UNET_DEVICE": "cpu",
+}
+
+
+def cli_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "nx47_pipeline.cli", "run",
+        "--data", str(data), "--out", str(out), *extra,
+    ]
+
+
+def run_env(**more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NX47_", "V138_"))}
+    env.update(TINY_ENV)
+    env.update(more)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_cli(data: Path, out: Path, *extra: str, timeout: float = 300, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cli_cmd(data, out, *extra), cwd=cwd or REPO, env=env or run_env(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def journal_dicts(out: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of ``out/journal.jsonl`` as a flat event dict
+    (``kind``, ``stage``, ``payload``, ``ts`` ...); a torn last line is skipped."""
+    path = Path(out) / "journal.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "event" in d and isinstance(d["event"], dict):
+            d = {**d["event"], **{k: v for k, v in d.items() if k != "event"}}
+        if isinstance(d, dict) and "kind" in d:
+            events.append(d)
+    return events
+
+
+def messages(events: Iterable[dict[str, Any]], kinds=("WARNING", "ERROR")) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("kind") in kinds]
+
+
+def names_subject(event: dict[str, Any], needle: str) -> bool:
+    p = event.get("payload") or {}
+    hay = " ".join(str(p.get(k, "")) for k in ("subject", "message", "code"))
+    hay += " " + json.dumps(p.get("extra", {}), ensure_ascii=False)
+    return needle in hay
+
+
+def step_begins(events: Iterable[dict[str, Any]]) -> list[str]:
+    return [
+        e.get("stage", "") for e in events
+        if e.get("kind") == "STEP" and (e.get("payload") or {}).get("phase") == "begin"
+    ]
+
+
+def read_masks(folder: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for p in sorted(Path(folder).glob("*.tif")):
+        if p.stem.endswith("_prob"):
+            continue
+        out[p.stem] = tifffile.imread(p)
+    return out
+
+
+def wait_for(pred, timeout: float, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
 
 
 if __name__ == "__main__":  # pragma: no cover - manual inspection

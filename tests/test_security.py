@@ -125,3 +125,38 @@ def test_zip_entries_are_plain_ids_at_root(tmp_path):
         for info in zf.infolist():
             assert re.fullmatch(r"[0-9]+\.tif", info.filename), info.filename
             assert "/" not in info.filename and not info.filename.startswith(".")
+
+
+# ----------------------------------------------------------------------
+# Checkpoints load weights only (behaviour)
+# ----------------------------------------------------------------------
+class _Payload:
+    """Unpickling this object runs code: it creates ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
+    pytest.importorskip("torch")
+    from nx47_pipeline import unet
+
+    marker = tmp_path / "code_ran"
+    ckpt = tmp_path / "last.pt"
+    import torch
+
+    # a torch-format file whose pickle would call os.makedirs(marker)
+    torch.save({"model": {}, "params": {}, "epoch": _Payload(str(marker))}, ckpt)
+    with pytest.raises(ValueError) as info:
+        unet.load_unet(ckpt, device="cpu")
+    assert str(ckpt) in str(info.value)
+    assert not marker.exists()
+    # and a plain pickle renamed .pt as well
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises((ValueError, RuntimeError)):
+        unet.load_unet(raw, device="cpu")
+    assert not marker.exists()
