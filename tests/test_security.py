@@ -156,7 +156,7 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     assert not marker.exists()
     # and a plain pickle renamed .pt as well
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps(_Payload(str(marker))))
+    raw.write_bytes(pickle.dumps(_Payload(str(marker)), protocol=2))
     with pytest.raises((ValueError, RuntimeError)):
         unet.load_unet(raw, device="cpu")
     assert not marker.exists()
