@@ -237,8 +237,8 @@ def surface_dice(
     area_g = table[code_g[border_g]]
     tol_sq = float(tolerance) ** 2
     # Squared distance of every corner to the nearest surfel of the other mask.
-    dist_to_p = edt.edtsq(~border_p, anisotropy=sp, black_border=False, parallel=EDT_THREADS)
-    dist_to_g = edt.edtsq(~border_g, anisotropy=sp, black_border=False, parallel=EDT_THREADS)
+    dist_to_p = edt.edtsq(~border_p, anisotropy=sp, parallel=EDT_THREADS)
+    dist_to_g = edt.edtsq(~border_g, anisotropy=sp, parallel=EDT_THREADS)
     overlap_g = float(area_g[dist_to_p[border_g] <= tol_sq].sum())
     overlap_p = float(area_p[dist_to_g[border_p] <= tol_sq].sum())
     total = float(area_g.sum()) + float(area_p.sum())
@@ -574,7 +574,10 @@ def score_volume(
     vs = voi_score(voi, alpha=0.3)
     topo, det = topo_score(p, g, matcher=topo_matcher)
     wt, ws, wv = COMBINE_WEIGHTS
-    total = min(max(wt * topo + ws * sd + wv * vs, 0.0), 1.0)
+    # Weights renormalised to sum 1, as the official metric does (this also
+    # makes a perfect prediction score exactly 1.0).
+    total = (wt * topo + ws * sd + wv * vs) / (wt + ws + wv)
+    total = min(max(total, 0.0), 1.0)
     return VolumeScore(
         score=float(total),
         surface_dice=float(sd),
