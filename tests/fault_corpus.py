@@ -331,6 +331,40 @@ def build_bad_corpus(
                   test_ids=test_ids, cases=cases)
 
 
+def build_clean_root(
+    root: str | os.PathLike,
+    *,
+    shape: tuple[int, int, int] = (32, 32, 32),
+    n_train: int = 6,
+    n_test: int = 2,
+    seed: int = 3,
+) -> tuple[Path, list[str], list[str]]:
+    """Write a valid Kaggle-shaped data root (no faults) at ``root``.
+
+    Returns
+    -------
+    (data_root, train_ids, test_ids)
+    """
+    data = Path(root)
+    ti, tl, te = data / "train_images", data / "train_labels", data / "test_images"
+    scrolls = ["26002", "34117", "35360"]
+    train_ids = [str(2000000 + 11 * i) for i in range(n_train)]
+    test_ids = [str(3000000 + 13 * i) for i in range(n_test)]
+    for i, vid in enumerate(train_ids):
+        img, lab = synthetic_pair(shape, seed=seed * 1000 + i)
+        write_tif(ti / f"{vid}.tif", img)
+        write_tif(tl / f"{vid}.tif", lab)
+    for i, vid in enumerate(test_ids):
+        write_tif(te / f"{vid}.tif", synthetic_pair(shape, seed=seed * 1000 + 700 + i)[0])
+    for name, ids in (("train.csv", train_ids), ("test.csv", test_ids)):
+        with open(data / name, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "scroll_id"])
+            for i, vid in enumerate(ids):
+                w.writerow([vid, scrolls[i % len(scrolls)]])
+    return data, train_ids, test_ids
+
+
 # ----------------------------------------------------------------------
 # Running the nx47 command and reading its journal (shared by the fault,
 # kill/resume and security tests).

@@ -104,3 +104,65 @@ def test_valid_pairs_read_under_the_non_ascii_path(corpus):
         assert img.shape == lab.shape == corpus.shape
         assert img.dtype == lab.dtype == np.uint8
         assert set(np.unique(lab)) <= {0, 1, 2}
+
+
+# ----------------------------------------------------------------------
+# data level: discovery
+# ----------------------------------------------------------------------
+#: case -> codes discovery may report for it (None: found only when read).
+DISCOVERY_CODES = {
+    "truncated_tiff": {"corrupt"},
+    "text_as_tif": {"not_tiff"},
+    "tiff_2d": {"not_3d"},
+    "uint16_volume": {"dtype"},
+    "float_volume": {"dtype"},
+    "shape_mismatch": {"shape_mismatch"},
+    "image_without_label": {"orphan_image"},
+    "label_without_image": {"orphan_label"},
+    "empty_folder": {"stray_file"},
+    "stray_file": {"stray_file"},
+    "malformed_csv_row": {"csv_malformed"},
+    "duplicate_id": {"csv_duplicate"},
+}
+
+
+@pytest.fixture(scope="module")
+def inventory(corpus):
+    from nx47_pipeline.discovery import discover
+
+    return discover(corpus.root)
+
+
+def _issue_names(issue, needle: str) -> bool:
+    return needle in issue.subject or needle in issue.message
+
+
+@pytest.mark.parametrize("case", sorted(DISCOVERY_CODES))
+def test_discovery_reports_each_case_naming_it(corpus, inventory, case):
+    c = corpus.cases[case]
+    needle = c["id"] or Path(c["file"]).name
+    hits = [i for i in inventory.issues if i.code in DISCOVERY_CODES[case] and _issue_names(i, needle)]
+    assert hits, f"{case}: no issue with code {DISCOVERY_CODES[case]} naming {needle!r}"
+    assert all(i.level in ("warning", "error") for i in hits)
+
+
+def test_discovery_keeps_the_valid_rest(corpus, inventory):
+    pairs = set(inventory.pair_ids)
+    assert set(corpus.valid_train_ids) <= pairs
+    assert not pairs & corpus.bad_ids(), "an unusable pair was kept for training"
+    assert inventory.test_ids == sorted(corpus.test_ids)
+    for rec in inventory.pairs:
+        assert rec.shape == corpus.shape
+    # the deprecated folders are seen and skipped, never taken as data
+    assert {p.name for p in inventory.ignored_dirs} == {
+        "deprecated_train_images", "deprecated_train_labels"
+    }
+
+
+def test_discovery_of_empty_folders_finds_nothing_without_crashing(tmp_path):
+    from nx47_pipeline.discovery import discover
+
+    for d in ("train_images", "train_labels", "test_images"):
+        (tmp_path / "empty root ü" / d).mkdir(parents=True)
+    inv = discover(tmp_path / "empty root ü")
+    assert inv.pairs == [] and inv.test == []
