@@ -1,0 +1,394 @@
+"""Run the pipeline off the kernel's main thread and pump its events to the UI.
+
+* :class:`ThreadedRunner` runs a job (by default
+  :func:`nx47_pipeline.pipeline.run_pipeline`) on a worker thread with a
+  :class:`~nx47_pipeline.bus.QueueSink`; :meth:`~ThreadedRunner.stop` cancels
+  it through a :class:`~nx47_pipeline.cancel.CancelToken`.
+* :class:`DetachedRunner` runs the pipeline as its own process (``nx47 run``)
+  and follows its ``journal.jsonl``; it can also attach to any run folder,
+  running or finished.  A Voila page reload kills the kernel but not that
+  process, and the new kernel attaches again.
+* :class:`UIPump` is the single consumer: it drains a source at most every
+  ``interval`` seconds and hands the batch to one ``flush`` call, so widget
+  syncs stay bounded (about ``1 / interval`` per second) whatever the event
+  rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from nx47_pipeline.bus import QueueSink
+from nx47_pipeline.cancel import CancelToken
+from nx47_pipeline.config import RunConfig, env_name
+from nx47_pipeline.events import (
+    Event,
+    EventKind,
+    ExecCompletePayload,
+    MessagePayload,
+)
+
+__all__ = [
+    "ThreadedRunner",
+    "DetachedRunner",
+    "UIPump",
+    "Job",
+    "config_env",
+    "pid_alive",
+    "read_lock_pid",
+]
+
+#: ``job(config, cancel, sink)``: runs a pipeline, delivering events to ``sink``
+#: (an object with ``handle(event)``); returns anything (kept as ``result``).
+Job = Callable[[RunConfig, CancelToken, Any], Any]
+
+
+def default_job(config: RunConfig, cancel: CancelToken, sink: Any) -> Any:
+    """Run :func:`nx47_pipeline.pipeline.run_pipeline` with ``sink`` attached."""
+    from nx47_pipeline.pipeline import run_pipeline
+
+    return run_pipeline(config, cancel=cancel, extra_sinks=[sink])
+
+
+class ThreadedRunner:
+    """Run one job on a daemon worker thread; events go to a bounded queue.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Configuration of the run.
+    job : callable, optional
+        ``job(config, cancel, sink)``; default runs the pipeline.
+    queue_maxsize : int, optional
+        Size of the :class:`QueueSink` (default ``config.queue_maxsize``).
+
+    Notes
+    -----
+    If the job raises, the runner itself queues an ERROR and an
+    EXEC_COMPLETE(``failed``) event so the dashboard never waits forever.
+    """
+
+    def __init__(self, config: RunConfig, *, job: Job | None = None,
+                 queue_maxsize: int | None = None) -> None:
+        self.config = config
+        self.job = job or default_job
+        self.sink = QueueSink(queue_maxsize or config.queue_maxsize)
+        self.cancel = CancelToken()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.error_text = ""
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self.stop_requested_at: float | None = None
+        self.finished_at: float | None = None
+
+    def start(self) -> "ThreadedRunner":
+        """Start the worker thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("this runner was already started; create a new one")
+        self._thread = threading.Thread(target=self._main, name="nx47-pipeline", daemon=True)
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self.result = self.job(self.config, self.cancel, self.sink)
+        except BaseException as exc:  # reported as events, kept for the caller
+            self.error = exc
+            self.error_text = "".join(traceback.format_exception(exc))
+            now = time.time()
+            for kind, payload in (
+                (EventKind.ERROR, MessagePayload(message=f"{type(exc).__name__}: {exc}",
+                                                 code="runner_exception")),
+                (EventKind.EXEC_COMPLETE, ExecCompletePayload(status="failed")),
+            ):
+                self.sink.handle(Event(seq=-1, ts=now, t=0.0, kind=kind, stage="runner",
+                                       payload=payload))
+        finally:
+            self.finished_at = time.monotonic()
+            self._done.set()
+
+    def drain(self, max_items: int | None = None) -> list[Event]:
+        """Events queued since the last call."""
+        return self.sink.drain(max_items)
+
+    def stop(self, reason: str = "user pressed Stop") -> None:
+        """Ask the job to stop (cooperative: it checks the token)."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        self.cancel.cancel(reason)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the job to end; True if it ended."""
+        return self._done.wait(timeout)
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._done.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def stop_latency_s(self) -> float | None:
+        """Seconds from :meth:`stop` to the end of the job (None if not both)."""
+        if self.stop_requested_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.stop_requested_at
+
+
+# ---------------------------------------------------------------------------
+# Detached mode
+# ---------------------------------------------------------------------------
+def config_env(config: RunConfig) -> dict[str, str]:
+    """``NX47_*`` environment variables that reproduce ``config`` in another process."""
+    out: dict[str, str] = {}
+    for key, value in config.to_dict().items():
+        if value is None:
+            text = "auto"
+        elif isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        out[env_name(key)] = text
+    return out
+
+
+def read_lock_pid(out_dir: str | os.PathLike) -> int | None:
+    """The pid written in ``<out_dir>/run.lock``, or None (absent or unreadable)."""
+    path = Path(out_dir) / "run.lock"
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        return int(json.loads(text)["pid"]) if text.startswith("{") else int(text.split()[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if a process with ``pid`` exists (and is not a zombie)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child not yet reaped is a zombie: not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class DetachedRunner:
+    """Follow a run folder's journal; optionally launch the run as a process.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        The run folder (holds ``journal.jsonl`` and, while the run lives,
+        ``run.lock`` with its pid).
+    process : subprocess.Popen, optional
+        The process when this object launched it.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *,
+                 process: subprocess.Popen | None = None) -> None:
+        from nx47_pipeline.journal import JournalFollower
+
+        self.out_dir = Path(out_dir)
+        self.journal = self.out_dir / "journal.jsonl"
+        self.follower = JournalFollower(self.journal)
+        self.process = process
+        self.stop_requested_at: float | None = None
+        self._finished = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def launch(cls, config: RunConfig, *, env: Mapping[str, str] | None = None,
+               python: str = sys.executable, log_path: str | os.PathLike | None = None,
+               extra_args: Sequence[str] = ()) -> "DetachedRunner":
+        """Start ``python -m nx47_pipeline.cli run`` in its own session and follow it.
+
+        The full configuration travels as ``NX47_*`` environment variables
+        (see :func:`config_env`) plus ``--data`` / ``--out``.  The process
+        outlives the kernel.  Its console output goes to ``log_path``
+        (default ``<out_dir>/console.log``).
+        """
+        out_dir = Path(config.out_dir).resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_env = dict(os.environ if env is None else env)
+        run_env.update(config_env(config.replace(out_dir=str(out_dir))))
+        log = Path(log_path) if log_path else out_dir / "console.log"
+        cmd = [python, "-m", "nx47_pipeline.cli", "run", "--data", str(config.data_root),
+               "--out", str(out_dir), *extra_args]
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=run_env,
+                                    start_new_session=True, cwd=os.getcwd())
+        return cls(out_dir, process=proc)
+
+    @property
+    def pid(self) -> int | None:
+        if self.process is not None:
+            return self.process.pid
+        return read_lock_pid(self.out_dir)
+
+    @property
+    def running(self) -> bool:
+        """True while the run process lives (known child, or pid in run.lock)."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return pid_alive(read_lock_pid(self.out_dir))
+
+    def drain(self) -> list[Event]:
+        """Complete journal lines written since the last call, as events."""
+        with self._lock:
+            try:
+                events = self.follower.poll()
+            except FileNotFoundError:
+                events = []
+        for ev in events:
+            if ev.kind is EventKind.EXEC_COMPLETE:
+                self._finished = True
+        return events
+
+    @property
+    def finished(self) -> bool:
+        """True once EXEC_COMPLETE was read from the journal."""
+        return self._finished
+
+    def stop(self, reason: str = "user pressed Stop") -> None:
+        """Send SIGTERM to the run process (the CLI turns it into a cancel)."""
+        pid = self.pid
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        if pid and pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the process ends (and the journal says so, if it can)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+# ---------------------------------------------------------------------------
+# The UI pump
+# ---------------------------------------------------------------------------
+class UIPump:
+    """Drain events at a bounded rate and apply them in one flush.
+
+    Parameters
+    ----------
+    source : callable
+        ``source() -> list[Event]`` (e.g. ``runner.drain``); may be swapped
+        with :meth:`set_source`.
+    flush : callable
+        ``flush(events, tick)`` applies a batch to the state and the widgets;
+        ``tick`` is True when ``tick_s`` has passed since the last tick (for
+        displays that change with time alone, like "seconds since the last
+        beat").  Called at most once per ``interval``.
+    interval : float
+        Minimum seconds between flushes (0.1: at most ~10 syncs per second).
+    tick_s : float
+        Period of the time-only refresh.
+
+    Attributes
+    ----------
+    flushes : int
+        Number of flush calls so far.
+    events : int
+        Number of events handed to flush so far.
+    """
+
+    def __init__(self, source: Callable[[], list[Event]] | None,
+                 flush: Callable[[list[Event], bool], None], *, interval: float = 0.1,
+                 tick_s: float = 1.0) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval!r}")
+        self._source = source
+        self._flush = flush
+        self.interval = float(interval)
+        self.tick_s = float(tick_s)
+        self.flushes = 0
+        self.events = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._last_tick = 0.0
+
+    def set_source(self, source: Callable[[], list[Event]] | None) -> None:
+        with self._lock:
+            self._source = source
+
+    def start(self) -> "UIPump":
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="nx47-ui-pump", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def pump_once(self) -> bool:
+        """Drain and flush once (if there are events or a tick is due); True if flushed."""
+        with self._lock:
+            source = self._source
+        events = source() if source is not None else []
+        now = time.monotonic()
+        tick = now - self._last_tick >= self.tick_s
+        if not events and not tick:
+            return False
+        if tick:
+            self._last_tick = now
+        self.flushes += 1
+        self.events += len(events)
+        self._flush(events, tick)
+        return True
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.pump_once()
+            except Exception:  # a view bug must not kill live updates
+                self.errors.append(traceback.format_exc())
+                if len(self.errors) > 20:
+                    del self.errors[:-20]
+            next_at = max(next_at + self.interval, time.monotonic())
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
