@@ -50,6 +50,7 @@ class RunConfig:
     # --- features / model ------------------------------------------------
     feature_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
     samples_per_class: int = 20000
+    max_total_samples: int = 1_000_000
     l1_grid: tuple[float, ...] = (1e-4, 1e-3)
     l2_grid: tuple[float, ...] = (1e-3, 1e-2)
     threshold_grid: tuple[float, ...] = (0.35, 0.5, 0.65)

@@ -1,0 +1,61 @@
+"""RunConfig: defaults, NX47_* and legacy V138_* environment overrides, validation."""
+
+import dataclasses
+
+import pytest
+
+from nx47_pipeline.config import RunConfig, env_name
+
+
+def test_defaults_match_the_capped_strategy():
+    cfg = RunConfig()
+    assert (cfg.max_train_volumes, cfg.max_val_volumes) == (24, 8)
+    assert cfg.budget_s == 9 * 3600
+
+
+def test_config_is_frozen_and_keyword_only():
+    cfg = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_train_volumes = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RunConfig("auto")  # type: ignore[misc]
+
+
+def test_nx47_environment_overrides_defaults():
+    cfg = RunConfig.from_env({"NX47_MAX_TRAIN_VOLUMES": "0", "NX47_MAX_VAL_VOLUMES": "0",
+                              "NX47_BUDGET_S": "120", "NX47_L1_GRID": "0.1,0.01", "NX47_USE_UNET": "1"})
+    assert (cfg.max_train_volumes, cfg.max_val_volumes) == (0, 0)
+    assert cfg.budget_s == 120.0
+    assert cfg.l1_grid == (0.1, 0.01)
+    assert cfg.use_unet is True
+
+
+def test_legacy_v138_variables_are_honoured_but_nx47_wins():
+    cfg = RunConfig.from_env({"V138_MAX_TRAIN_VOLUMES": "10", "V138_MAX_VAL_VOLUMES": "3"})
+    assert (cfg.max_train_volumes, cfg.max_val_volumes) == (10, 3)
+    cfg = RunConfig.from_env({"V138_MAX_TRAIN_VOLUMES": "10", "NX47_MAX_TRAIN_VOLUMES": "5"})
+    assert cfg.max_train_volumes == 5
+
+
+def test_explicit_overrides_beat_environment():
+    cfg = RunConfig.from_env({"NX47_MAX_TRAIN_VOLUMES": "5"}, max_train_volumes=7, max_val_volumes=None)
+    assert cfg.max_train_volumes == 7
+    assert cfg.max_val_volumes == 8  # None means "not given"
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ValueError, match="NX47_MAX_TRAIN_VOLUMES='many'"):
+        RunConfig.from_env({"NX47_MAX_TRAIN_VOLUMES": "many"})
+
+
+def test_validation_names_parameter_and_value():
+    with pytest.raises(ValueError, match=r"max_val_volumes must be >= 0.*-1"):
+        RunConfig(max_val_volumes=-1)
+    with pytest.raises(ValueError, match="budget_s"):
+        RunConfig(budget_s=0)
+
+
+def test_round_trip_through_dict():
+    cfg = RunConfig(max_train_volumes=3, feature_scales=(1.0, 3.0))
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert env_name("budget_s") == "NX47_BUDGET_S"
