@@ -166,3 +166,65 @@ def test_discovery_of_empty_folders_finds_nothing_without_crashing(tmp_path):
         (tmp_path / "empty root ü" / d).mkdir(parents=True)
     inv = discover(tmp_path / "empty root ü")
     assert inv.pairs == [] and inv.test == []
+
+
+# ----------------------------------------------------------------------
+# run level: one tiny run of the nx47 command over the whole corpus
+# ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run out ü") / "out"
+    proc = run_cli(
+        corpus.root, out, "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "2",
+        "--budget-s", "900", timeout=400,
+    )
+    return proc, out, journal_dicts(out)
+
+
+def test_run_over_the_corpus_exits_0(corpus_run):
+    proc, out, events = corpus_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    done = [e for e in events if e["kind"] == "EXEC_COMPLETE"]
+    assert done and done[-1]["payload"]["status"] == "ok"
+
+
+def test_run_over_the_corpus_writes_a_full_submission(corpus, corpus_run):
+    proc, out, _ = corpus_run
+    sub = out / "submission.zip"
+    assert sub.is_file(), proc.stderr[-3000:]
+    with zipfile.ZipFile(sub) as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == sorted(f"{t}.tif" for t in corpus.test_ids)
+        for name in zf.namelist():
+            with zf.open(name) as fh:
+                mask = tifffile.imread(fh)
+            assert mask.shape == corpus.shape and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 1}
+
+
+@pytest.mark.parametrize("case", sorted(c for c, e in CASES.items() if e != "accept"))
+def test_run_names_every_bad_case_in_a_warning_or_error(corpus, corpus_run, case):
+    _, _, events = corpus_run
+    c = corpus.cases[case]
+    needle = c["id"] or Path(c["file"]).name
+    hits = [e for e in messages(events) if names_subject(e, needle)]
+    assert hits, f"{case}: no WARNING/ERROR event names {needle!r} ({c['note']})"
+
+
+def test_run_never_trains_on_unusable_pairs(corpus, corpus_run):
+    _, _, events = corpus_run
+    audits = [e for e in events if e["kind"] == "COVERAGE_AUDIT"]
+    assert audits
+    used = set(audits[-1]["payload"]["train_ids"]) | set(audits[-1]["payload"]["val_ids"])
+    assert used, "no training pair selected"
+    assert not used & corpus.bad_ids()
+    # every valid pair is usable: with max_train_volumes=0 all of them are offered
+    assert set(corpus.valid_train_ids) <= used
+
+
+def test_journal_of_the_corpus_run_verifies(corpus_run):
+    from nx47_pipeline.journal import verify_journal
+
+    _, out, _ = corpus_run
+    res = verify_journal(out / "journal.jsonl")
+    assert res.ok and not res.torn_tail, res.reason

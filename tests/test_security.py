@@ -160,3 +160,87 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     with pytest.raises((ValueError, RuntimeError)):
         unet.load_unet(raw, device="cpu")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------
+# Servers bind 127.0.0.1 unless told otherwise
+# ----------------------------------------------------------------------
+def test_serve_defaults_to_loopback():
+    from nx47_pipeline import cli
+
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.ip == "127.0.0.1"
+    cmd = cli.voila_command(REPO / "dashboard.ipynb", port=8866)
+    assert "--Voila.ip=127.0.0.1" in cmd
+    # told otherwise, it binds what it is told
+    assert "--Voila.ip=10.1.2.3" in cli.voila_command(REPO / "x.ipynb", port=1, ip="10.1.2.3")
+
+
+def test_no_project_file_binds_all_interfaces():
+    offenders = []
+    roots = [REPO / p for p in PACKAGES] + [REPO / "scripts", REPO / "tests"]
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.suffix not in ("", ".py", ".sh", ".ipynb", ".toml", ".cfg"):
+                continue
+            if path.name == "test_security.py":
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for bad in ("0.0.0.0", "Voila.ip=''", 'Voila.ip=""', "--ip=*", "ServerApp.ip=''"):
+                if bad in text:
+                    offenders.append(f"{path.relative_to(REPO)}: {bad}")
+            # any voila command line in the project names the loopback address
+            if re.search(r"[\"']-m[\"'],\s*[\"']voila[\"']", text) and "127.0.0.1" not in text:
+                offenders.append(f"{path.relative_to(REPO)}: starts voila without 127.0.0.1")
+    assert offenders == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_voila_really_listens_on_loopback_only(tmp_path):
+    pytest.importorskip("voila")
+    psutil = pytest.importorskip("psutil")
+    import json
+    import time
+
+    from nx47_pipeline import cli
+
+    nb = tmp_path / "tiny.ipynb"
+    nb.write_text(json.dumps({
+        "cells": [], "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                 "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }))
+    port = _free_port()
+    cmd = cli.voila_command(nb, port=port)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        addrs: set[str] = set()
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not addrs:
+            try:
+                procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+                for p in procs:
+                    for c in p.net_connections(kind="inet"):
+                        if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                            addrs.add(c.laddr.ip)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.3)
+        assert addrs, "voila never listened on its port"
+        assert addrs <= {"127.0.0.1"}, addrs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
