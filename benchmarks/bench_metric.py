@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## Local competition metric ({n}³ pair)",
         "",
-        f"One synthetic {n}³ pair: {max(2, n // 32)} wavy 3-voxel sheets ({fg_label:.1%} label 1), "
+        f"One synthetic {n}³ pair: {max(2, n // 32)} wavy 3-voxel sheets "
+        f"({fg_label:.1%} label 1), "
         f"{ignored:.0%} ignored (label 2), prediction shifted by one voxel with "
         "holes, a bridge between sheets and dust. Wall-clock seconds, one run each.",
         "",

@@ -459,7 +459,8 @@ def topo_score(
     defined = [k for k in range(3) if f1[k] is not None]
     if defined:
         wsum = sum(TOPO_WEIGHTS[k] for k in defined)
-        score = sum(TOPO_WEIGHTS[k] * f1[k] for k in defined) / wsum  # type: ignore[operator]
+        weighted = sum(TOPO_WEIGHTS[k] * f1[k] for k in defined)  # type: ignore[misc]
+        score = weighted / wsum
     else:
         score = 1.0
     details = {
@@ -664,6 +665,37 @@ def _tif_ids(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _score_file(
+    label_path: Path,
+    pred: Path,
+    src: Any,
+    zf: zipfile.ZipFile | None,
+    tifffile: Any,
+    kwargs: dict[str, Any],
+) -> tuple[dict[str, Any], str]:
+    """Score one prediction file: (per-volume entry, error message or "")."""
+    try:
+        label = tifffile.imread(label_path)
+    except (OSError, ValueError) as exc:
+        msg = f"{label_path}: unreadable label volume: {exc}"
+        return {**_ZERO_PARTS, "error": msg}, msg
+    where = f"{pred}:{src}" if zf is not None else str(src)
+    try:
+        if zf is not None:
+            volume = tifffile.imread(io.BytesIO(zf.read(src)))
+        else:
+            volume = tifffile.imread(src)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        msg = f"{where}: unreadable prediction: {exc}"
+        return {**_ZERO_PARTS, "error": msg}, msg
+    try:
+        vs = score_volume(volume, label, **kwargs)
+    except ValueError as exc:
+        msg = f"{where}: {exc}"
+        return {**_ZERO_PARTS, "error": msg}, msg
+    return vs.to_dict(), ""
+
+
 def score_submission(
     pred: str | Path,
     labels: str | Path,
@@ -740,21 +772,12 @@ def score_submission(
                 missing.append(vid)
                 per_volume[vid] = {**_ZERO_PARTS, "error": "missing prediction"}
             else:
-                try:
-                    label = tifffile.imread(label_path)
-                    if zf is not None:
-                        volume = tifffile.imread(io.BytesIO(zf.read(src)))
-                    else:
-                        volume = tifffile.imread(src)
-                    vs = score_volume(volume, label, **kwargs)
-                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                    where = f"{pred}:{src}" if zf is not None else str(src)
-                    msg = f"{where}: {exc}"
-                    errors.append({"id": vid, "error": msg})
-                    per_volume[vid] = {**_ZERO_PARTS, "error": msg}
+                entry, error = _score_file(label_path, pred, src, zf, tifffile, kwargs)
+                per_volume[vid] = entry
+                if error:
+                    errors.append({"id": vid, "error": error})
                 else:
-                    per_volume[vid] = vs.to_dict()
-                    method = vs.topo_method
+                    method = entry["topo_method"]
             if on_progress is not None:
                 on_progress(i, total, vid)
     finally:
@@ -796,8 +819,12 @@ def score_main(argv: list[str] | None = None) -> int:
         description="Score predictions with the local competition metric "
         "(TopoScore is the Betti-number approximation).",
     )
-    parser.add_argument("--pred", required=True, help="folder of <id>.tif or submission zip")
-    parser.add_argument("--labels", required=True, help="folder of <id>.tif label volumes")
+    parser.add_argument(
+        "--pred", required=True, help="folder of <id>.tif or submission zip"
+    )
+    parser.add_argument(
+        "--labels", required=True, help="folder of <id>.tif label volumes"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     try:
         args = parser.parse_args(argv)

@@ -199,6 +199,33 @@ def test_betti_numbers_of_hand_built_shapes():
     assert M.betti_numbers(np.zeros(shape, bool)) == (0, 0, 0)
 
 
+def test_betti_numbers_of_shapes_with_several_loops():
+    g = np.indices((32, 32, 32)).astype(float) - 15.5
+    ring = np.sqrt(g[1] ** 2 + g[2] ** 2)
+    d2 = (ring - 9) ** 2 + g[0] ** 2
+    hollow_torus = (d2 <= 4.5**2) & (d2 > 2**2)
+    assert M.betti_numbers(hollow_torus) == (1, 2, 1)
+    plate = np.zeros((20, 20, 20), bool)
+    plate[8:10, 2:18, 2:18] = True
+    plate[8:10, 4:7, 4:7] = False
+    plate[8:10, 11:15, 11:15] = False
+    assert M.betti_numbers(plate) == (1, 2, 0)
+
+
+def test_euler_characteristic_is_consistent_with_the_6_connected_complement():
+    # Alexander duality: b1 of the 26-connected foreground equals b1 of the
+    # 6-connected background, i.e. chi(background, 6) == 1 + chi(fg, 26).
+    from skimage.measure import euler_number
+
+    rng = np.random.default_rng(7)
+    for density in (0.2, 0.35, 0.5, 0.65):
+        fg = np.zeros((16, 16, 16), bool)
+        fg[1:-1, 1:-1, 1:-1] = rng.random((14, 14, 14)) < density
+        b0, b1, b2 = M.betti_numbers(fg)
+        assert b1 >= 0 and b0 - b1 + b2 == euler_number(fg, connectivity=3)
+        assert euler_number(~fg, connectivity=1) == 1 + (b0 - b1 + b2)
+
+
 def test_betti_numbers_use_26_foreground_and_6_background_connectivity():
     m = np.zeros((6, 6, 6), bool)
     m[1, 1, 1] = m[2, 2, 2] = True  # corner contact: one component
@@ -382,7 +409,9 @@ def dataset(tmp_path):
 def test_score_submission_folder_with_missing_prediction(dataset):
     labels, preds = dataset
     seen = []
-    res = M.score_submission(preds, labels, on_progress=lambda d, t, w: seen.append((d, t, w)))
+    res = M.score_submission(
+        preds, labels, on_progress=lambda d, t, w: seen.append((d, t, w))
+    )
     assert res["missing"] == ["103"]
     assert res["per_volume"]["101"]["score"] == pytest.approx(1.0)
     assert res["per_volume"]["103"]["score"] == 0.0
@@ -413,6 +442,15 @@ def test_score_submission_wrong_shape_is_an_error_not_a_crash(dataset):
     res = M.score_submission(preds, labels)
     assert res["errors"][0]["id"] == "103"
     assert "(16, 32, 32)" in res["errors"][0]["error"]
+
+
+def test_score_submission_unreadable_label_names_the_label_file(dataset):
+    labels, preds = dataset
+    (labels / "102.tif").write_bytes(b"garbage")
+    res = M.score_submission(preds, labels)
+    assert res["per_volume"]["101"]["score"] == pytest.approx(1.0)
+    (err,) = res["errors"]
+    assert err["id"] == "102" and str(labels / "102.tif") in err["error"]
 
 
 def test_score_submission_missing_paths(tmp_path, dataset):
