@@ -111,3 +111,197 @@ def test_real_file_size_limit_gives_clean_error_and_no_zip(tmp_path):
     assert "Traceback" not in proc.stderr
     assert not final.exists()
     assert [p.name for p in final.parent.iterdir()] == []
+
+
+# ----------------------------------------------------------------------
+# Full pipeline runs (slow): kill -9 and resume, stop per stage, full disk,
+# budget sweep.  A tiny clean data root, 32^3 volumes.
+# ----------------------------------------------------------------------
+from fault_corpus import (  # noqa: E402
+    build_clean_root,
+    cli_cmd,
+    journal_dicts,
+    read_masks,
+    run_cli,
+    run_env,
+    step_begins,
+    wait_for,
+)
+
+KILL_STAGES = ["features", "search", "fit_prox", "unet", "segment", "package"]
+CANCEL_STAGES = ["discovery", "preflight", "features", "search", "fit_prox", "unet",
+                 "validate", "segment", "package"]
+RUN_ARGS = ("--unet", "--max-train-volumes", "4", "--max-val-volumes", "2", "--budget-s", "1800")
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory):
+    return build_clean_root(tmp_path_factory.mktemp("clean data ü"))
+
+
+@pytest.fixture(scope="module")
+def reference(clean_root, tmp_path_factory):
+    """One uninterrupted run: the masks every interrupted run must reproduce."""
+    data, _, test_ids = clean_root
+    out = tmp_path_factory.mktemp("ref") / "out"
+    proc = run_cli(data, out, *RUN_ARGS, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    masks = read_masks(out / "test")
+    assert sorted(masks) == sorted(test_ids)
+    return out, masks
+
+
+def _assert_journal_verifies(out: Path, *, allow_torn: bool) -> None:
+    from nx47_pipeline.journal import verify_journal
+
+    res = verify_journal(out / "journal.jsonl")
+    assert res.ok, f"journal does not verify: line {res.bad_line}: {res.reason}"
+    if not allow_torn:
+        assert not res.torn_tail, res.reason
+
+
+def _assert_no_partial_files(out: Path) -> None:
+    """Every file at a final name is complete; no temporary is left at a final name."""
+    from nx47_pipeline.volume_io import read_header
+
+    for p in out.rglob("*"):
+        if not p.is_file() or p.name.startswith("."):
+            continue  # temporaries are hidden and never read as results
+        if p.suffix == ".tif":
+            read_header(p)  # raises VolumeError on a truncated file
+        elif p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                for k in z.files:
+                    z[k]
+        elif p.suffix == ".json":
+            json.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".zip":
+            with zipfile.ZipFile(p) as zf:
+                assert zf.testzip() is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", KILL_STAGES)
+def test_sigkill_during_stage_then_rerun_gives_the_same_masks(clean_root, reference, tmp_path, stage):
+    data, _, test_ids = clean_root
+    ref_out, ref_masks = reference
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cli_cmd(data, out, *RUN_ARGS), cwd=REPO, env=run_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        reached = wait_for(lambda: stage in step_begins(journal_dicts(out)) or proc.poll() is not None,
+                           timeout=400)
+        assert reached
+        assert proc.poll() is None, f"run ended before stage {stage} began"
+        time.sleep(0.05)  # inside the stage
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    _assert_journal_verifies(out, allow_torn=True)
+    _assert_no_partial_files(out)
+    assert not (out / "submission.zip").exists() or stage == "package"
+
+    rerun = run_cli(data, out, *RUN_ARGS, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    _assert_journal_verifies(out, allow_torn=False)
+    masks = read_masks(out / "test")
+    assert sorted(masks) == sorted(ref_masks)
+    for vid, ref in ref_masks.items():
+        np.testing.assert_array_equal(masks[vid], ref, err_msg=f"mask {vid} differs after resume")
+    with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert sorted(zf.namelist()) == sorted(f"{t}.tif" for t in test_ids)
+    events = journal_dicts(out)
+    assert sum(1 for e in events if e["kind"] == "RUN_START") == 2
+    assert any(e["kind"] == "RUN_START" and e["payload"].get("resumed") for e in events)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", CANCEL_STAGES)
+def test_stop_during_each_stage_cancels_within_two_seconds(clean_root, tmp_path, stage):
+    from nx47_pipeline.bus import CallbackSink
+    from nx47_pipeline.cancel import CancelToken
+    from nx47_pipeline.config import RunConfig
+    from nx47_pipeline.events import EventKind
+    from nx47_pipeline.pipeline import run_pipeline
+
+    data, _, _ = clean_root
+    out = tmp_path / "out"
+    token = CancelToken()
+    marks: dict[str, float] = {}
+
+    def on_event(event):
+        if (event.kind is EventKind.STEP and event.stage == stage
+                and event.payload.phase == "begin" and "cancel" not in marks):
+            marks["cancel"] = time.monotonic()
+            token.cancel(f"test stop during {stage}")
+        if event.kind is EventKind.CANCELLED and "cancelled" not in marks:
+            marks["cancelled"] = time.monotonic()
+
+    env = {k: v for k, v in run_env().items() if k.startswith("NX47_")}
+    config = RunConfig.from_env(env, data_root=str(data), out_dir=str(out), use_unet=True,
+                                max_train_volumes=4, max_val_volumes=2, budget_s=1800.0,
+                                console=False)
+    result: dict = {}
+    th = threading.Thread(target=lambda: result.update(
+        r=run_pipeline(config, cancel=token, extra_sinks=[CallbackSink(on_event)])), daemon=True)
+    th.start()
+    th.join(400)
+    assert not th.is_alive(), "run did not end after the stop"
+    assert "cancel" in marks, f"stage {stage} never began"
+    assert "cancelled" in marks, "no CANCELLED event"
+    assert marks["cancelled"] - marks["cancel"] < 2.0
+    assert result["r"].status == "cancelled"
+    _assert_journal_verifies(out, allow_torn=False)
+    _assert_no_partial_files(out)
+    assert not (out / "run.lock").exists()
+    kinds = [e["kind"] for e in journal_dicts(out)]
+    assert kinds[-1] == "EXEC_COMPLETE"
+    assert journal_dicts(out)[-1]["payload"]["status"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_run_gives_a_clean_error_and_no_corrupt_zip(clean_root, tmp_path):
+    """Every file the run writes is capped at 64 KiB (RLIMIT_FSIZE): writes
+    fail with EFBIG as on a full disk.  The run must end with a clean error
+    (no traceback) and leave no corrupt zip at the final path."""
+    import resource
+
+    data, _, _ = clean_root
+    out = tmp_path / "out"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run(cli_cmd(data, out, *RUN_ARGS), cwd=REPO, env=run_env(),
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert proc.returncode not in (0, -signal.SIGXFSZ), proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    sub = out / "submission.zip"
+    if sub.exists():
+        with zipfile.ZipFile(sub) as zf:
+            assert zf.testzip() is None
+    errors = [e for e in journal_dicts(out) if e["kind"] == "ERROR"]
+    assert errors, "no ERROR event"
+    _assert_journal_verifies(out, allow_torn=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget_s", [20.0, 45.0, 90.0])
+def test_budget_sweep_always_submits_before_the_deadline(clean_root, tmp_path, budget_s):
+    data, _, test_ids = clean_root
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = run_cli(data, out, "--unet", "--auto-coverage", "--max-train-volumes", "0",
+                   "--max-val-volumes", "2", "--budget-s", str(budget_s), timeout=600)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert wall < budget_s, f"run took {wall:.1f} s against a budget of {budget_s} s"
+    with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert zf.testzip() is None
+        assert sorted(zf.namelist()) == sorted(f"{t}.tif" for t in test_ids)
+    _assert_journal_verifies(out, allow_torn=False)
