@@ -244,3 +244,42 @@ def test_voila_really_listens_on_loopback_only(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+# ----------------------------------------------------------------------
+# Nothing written outside the output folder
+# ----------------------------------------------------------------------
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns) if p.is_file() else (-1, 0)
+    return out
+
+
+def test_a_run_writes_nothing_outside_its_output_folder(tmp_path):
+    from fault_corpus import build_clean_root, run_cli, run_env
+
+    data, _, test_ids = build_clean_root(tmp_path / "data", n_train=4, n_test=1)
+    cwd, home, tmpdir = tmp_path / "cwd", tmp_path / "home", tmp_path / "tmpdir"
+    for d in (cwd, home, tmpdir):
+        d.mkdir()
+    out = tmp_path / "out"
+    before = {name: _tree(p) for name, p in (("data", data), ("cwd", cwd), ("home", home),
+                                              ("tmpdir", tmpdir))}
+    env = run_env(HOME=str(home), TMPDIR=str(tmpdir), XDG_CACHE_HOME=str(home / ".cache"),
+                  MPLCONFIGDIR=str(home / ".mpl"))
+    proc = run_cli(data, out, "--unet", "--max-train-volumes", "3", "--max-val-volumes", "1",
+                   cwd=cwd, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "submission.zip").is_file()
+    after = {name: _tree(p) for name, p in (("data", data), ("cwd", cwd), ("home", home),
+                                             ("tmpdir", tmpdir))}
+    for name in before:
+        assert after[name] == before[name], f"the run changed {name}: " + str(
+            sorted(set(after[name].items()) ^ set(before[name].items()))[:10])
+    # and the output folder only holds what docs/architecture.md lists
+    top = {p.name for p in out.iterdir()}
+    allowed = {"journal.jsonl", "plan.json", "config.json", "run.lock", "preflight", "features",
+               "search", "model", "val", "test", "submission.zip", "stats.json", "run_key.json"}
+    assert top <= allowed, top - allowed
