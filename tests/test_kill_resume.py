@@ -180,30 +180,44 @@ def _assert_no_partial_files(out: Path) -> None:
                 assert zf.testzip() is None
 
 
+#: Runs the nx47 command and SIGKILLs its own process at the Nth
+#: PROGRESS_UPDATE published in stage KILL_STAGE: a kill at a known point
+#: inside the stage (for ``package``: with the zip half-written).
+KILLER = """
+import os, signal, sys
+from nx47_pipeline import bus
+stage, after = os.environ["KILL_STAGE"], int(os.environ.get("KILL_AFTER", "2"))
+orig, seen = bus.EventBus.publish, [0]
+def publish(self, kind, payload, **kw):
+    ev = orig(self, kind, payload, **kw)
+    if ev is not None and ev.stage == stage and ev.kind.value == "PROGRESS_UPDATE":
+        seen[0] += 1
+        if seen[0] >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return ev
+bus.EventBus.publish = publish
+from nx47_pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", KILL_STAGES)
 def test_sigkill_during_stage_then_rerun_gives_the_same_masks(clean_root, reference, tmp_path, stage):
     data, _, test_ids = clean_root
     ref_out, ref_masks = reference
     out = tmp_path / "out"
-    proc = subprocess.Popen(cli_cmd(data, out, *RUN_ARGS), cwd=REPO, env=run_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        reached = wait_for(lambda: stage in step_begins(journal_dicts(out)) or proc.poll() is not None,
-                           timeout=400)
-        assert reached
-        assert proc.poll() is None, f"run ended before stage {stage} began"
-        time.sleep(0.05)  # inside the stage
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
+    cmd = [sys.executable, "-c", KILLER] + cli_cmd(data, out, *RUN_ARGS)[3:]
+    killed = subprocess.run(cmd, cwd=REPO, env=run_env(KILL_STAGE=stage), capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, (
+        f"the run was not killed inside {stage} (exit {killed.returncode}): "
+        + killed.stderr[-2000:]
+    )
+    assert stage in step_begins(journal_dicts(out))
     _assert_journal_verifies(out, allow_torn=True)
     _assert_no_partial_files(out)
-    assert not (out / "submission.zip").exists() or stage == "package"
+    assert not (out / "submission.zip").exists()
 
     rerun = run_cli(data, out, *RUN_ARGS, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
@@ -213,7 +227,11 @@ def test_sigkill_during_stage_then_rerun_gives_the_same_masks(clean_root, refere
     for vid, ref in ref_masks.items():
         np.testing.assert_array_equal(masks[vid], ref, err_msg=f"mask {vid} differs after resume")
     with zipfile.ZipFile(out / "submission.zip") as zf:
+        assert zf.testzip() is None
         assert sorted(zf.namelist()) == sorted(f"{t}.tif" for t in test_ids)
+        for t in test_ids:
+            with zf.open(f"{t}.tif") as fh:
+                np.testing.assert_array_equal(tifffile.imread(fh), ref_masks[t])
     events = journal_dicts(out)
     assert sum(1 for e in events if e["kind"] == "RUN_START") == 2
     assert any(e["kind"] == "RUN_START" and e["payload"].get("resumed") for e in events)
