@@ -664,9 +664,12 @@ class ChartState:
 
     * ``objective``: fit_prox objective per iteration (METRIC named ``*objective*``
       outside the search stage; the search stage's are grid trials);
-    * ``grid``: hyper-parameter trials (METRIC from the search stage, or
-      named ``*search*`` / ``*grid*``), each a dict of the extras plus ``value``;
-    * ``loss``: U-Net loss (METRIC named ``*loss*``);
+    * ``grid``: hyper-parameter grid points (METRIC from the search stage, or
+      named ``*search*`` / ``*grid*``), one dict per point: its parameters
+      and ``value`` (the search's ``*mean*`` score, else the running mean of
+      the per-volume scores seen so far);
+    * ``loss``: U-Net batch loss (METRIC named ``*loss*``; ``*epoch*loss``
+      goes to ``epoch_loss``);
     * ``val_scores``: per-volume validation score (PREVIEW of split ``val``
       with a score, or METRIC named ``*val*score*`` with a ``volume_id``).
     """
@@ -676,6 +679,8 @@ class ChartState:
         self.objective: list[tuple[float, float]] = []
         self.grid: list[dict[str, Any]] = []
         self.loss: list[tuple[float, float]] = []
+        self.epoch_loss: list[tuple[float, float]] = []
+        self._grid: dict[tuple, dict[str, Any]] = {}
         self.val_scores: dict[str, float] = {}
         self.version = 0
 
@@ -699,14 +704,28 @@ class ChartState:
         x = float(p.step) if p.step is not None else float(event.seq)
         extra = p.extra or {}
         if "loss" in name:
+            if "epoch" in name:
+                self.epoch_loss.append((x, float(p.value)))
+                if self.loss:
+                    self.version += 1
+                    return True
+                return False
             self._push(self.loss, (x, float(p.value)), self.max_points)
         elif "search" in event.stage.lower() or "search" in name or "grid" in name:
-            if "objective" in name and "iter" in extra:
-                return False  # inner iterations of a trial
-            self.grid.append({**extra, "name": p.name, "value": float(p.value)})
+            params = {k: v for k, v in extra.items() if k not in ("volume_id", "n_volumes")}
+            key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+            cell = self._grid.get(key)
+            if cell is None:
+                cell = self._grid[key] = {**params, "value": 0.0, "n": 0, "final": False}
+                self.grid.append(cell)
+            if "mean" in name:  # the search's own mean over volumes
+                cell.update(value=float(p.value), final=True)
+            elif not cell["final"]:  # running mean of per-volume scores until then
+                cell["n"] += 1
+                cell["value"] += (float(p.value) - cell["value"]) / cell["n"]
         elif "objective" in name:
             self._push(self.objective, (x, float(p.value)), self.max_points)
-        elif "val" in name and "score" in name and extra.get("volume_id"):
+        elif "val" in name and "score" in name and extra.get("volume_id") is not None:
             self.val_scores[str(extra["volume_id"])] = float(p.value)
         else:
             return False

@@ -403,7 +403,7 @@ def grid_table(trials: Iterable[dict[str, Any]], limit: int = 30) -> str:
     if not trials:
         return "<div style='font-size:12px'><b>Hyper-parameter grid</b></div>" \
                "<div style='color:#888'>no data yet</div>"
-    keys = [k for k in trials[0] if k not in ("name", "value")][:5]
+    keys = [k for k in trials[0] if k not in ("name", "value", "n", "final")][:5]
     best = max(t["value"] for t in trials)
     head = "".join(f"<th>{_h(k)}</th>" for k in keys) + "<th>score</th>"
     rows = []

@@ -454,12 +454,24 @@ def test_charts_collect_metrics():
     for i, v in enumerate([5.0, 3.0, 2.0]):
         st.apply(ev(EventKind.METRIC, MetricPayload(name="fit_prox.objective", value=v, step=i),
                     stage="fit_prox"))
-    st.apply(ev(EventKind.METRIC, MetricPayload(name="search.score", value=0.4,
-                                                extra={"l1": 1e-4, "l2": 1e-3}), stage="search"))
-    st.apply(ev(EventKind.METRIC, MetricPayload(name="unet.loss", value=0.7, step=1), stage="unet"))
+    grid = {"l1": 1e-4, "l2": 1e-3, "low": 0.3, "high": 0.5}
+    for vid, v in (("1", 0.2), ("2", 0.4)):
+        st.apply(ev(EventKind.METRIC, MetricPayload(name="search_score", value=v,
+                                                    extra={**grid, "volume_id": vid}),
+                    stage="search"))
+    assert len(st.charts.grid) == 1 and st.charts.grid[0]["value"] == pytest.approx(0.3)
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="search_mean_score", value=0.35,
+                                                extra={**grid, "n_volumes": 2}), stage="search"))
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="search_score", value=0.9,
+                                                extra={**grid, "volume_id": "3"}), stage="search"))
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="unet_batch_loss", value=0.7, step=1),
+                stage="unet"))
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="val_score", value=0.6, step=0,
+                                                extra={"volume_id": "8"}), stage="validate"))
     st.apply(ev(EventKind.PREVIEW, PreviewPayload(volume_id="7", split="val", shape=[4, 4, 4],
                                                   image_path="/x", score=0.55), stage="validate"))
     assert st.charts.objective == [(0.0, 5.0), (1.0, 3.0), (2.0, 2.0)]
-    assert st.charts.grid[0]["l1"] == 1e-4 and st.charts.grid[0]["value"] == 0.4
+    assert len(st.charts.grid) == 1
+    assert st.charts.grid[0]["l1"] == 1e-4 and st.charts.grid[0]["value"] == 0.35
     assert st.charts.loss == [(1.0, 0.7)]
-    assert st.charts.val_scores == {"7": 0.55}
+    assert st.charts.val_scores == {"8": 0.6, "7": 0.55}
