@@ -266,7 +266,7 @@ def select_coverage(
             )
         n_val = len(val_pool) if all_val else min(t_val, len(val_pool))
         n_train = len(train_pool) if all_train else min(t_train, len(train_pool))
-        if n_val < t_val or n_train < t_train:
+        if (not all_val and n_val < t_val) or (not all_train and n_train < t_train):
             warnings.append(
                 f"scroll-aware split gives {n_train} train / {n_val} val instead of "
                 f"{t_train} / {t_val}: held-out scroll(s) {sorted(val_group, key=id_sort_key)} "

@@ -337,12 +337,10 @@ def _list_tiffs(folder: Path, issues: list[DiscoveryIssue]) -> dict[str, Path]:
     for entry in entries:
         if entry.name.startswith("."):
             continue  # hidden files, our own temporary files
-        if entry.suffix.lower() not in TIFF_SUFFIXES or entry.is_dir():
+        if entry.is_dir() or entry.suffix.lower() not in TIFF_SUFFIXES:
+            what = "a folder" if entry.is_dir() else "not a TIFF volume"
             issues.append(
-                DiscoveryIssue(
-                    "stray_file", str(entry),
-                    f"{entry} is not a TIFF volume; ignored",
-                )
+                DiscoveryIssue("stray_file", str(entry), f"{entry} is {what}; ignored")
             )
             continue
         found.setdefault(entry.stem, []).append(entry)
