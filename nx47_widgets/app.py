@@ -32,7 +32,8 @@ from .views import (
     Syncer,
 )
 
-__all__ = ["Dashboard", "build_dashboard", "run_headless", "should_autorun", "is_headless"]
+__all__ = ["Dashboard", "build_dashboard", "run_headless", "should_autorun", "is_headless",
+           "config_from_parameters"]
 
 _UNET_OPTIONS = [("auto (GPU only)", None), ("on", True), ("off", False)]
 
@@ -72,6 +73,29 @@ def should_autorun(auto_run: bool | None = None,
     return is_headless(environ)
 
 
+def config_from_parameters(*, data_root: str | None = None, out_dir: str | None = None,
+                           max_train_volumes: int | None = None,
+                           max_val_volumes: int | None = None, budget_s: float | None = None,
+                           use_unet: bool | None = None,
+                           environ: Mapping[str, str] | None = None) -> RunConfig:
+    """The RunConfig of the notebook's ``parameters`` cell.
+
+    A parameter left at None falls back to its ``NX47_*`` environment
+    variable, then to the RunConfig default (``use_unet=None`` too: it does
+    not override ``NX47_USE_UNET``).  Without ``out_dir`` / ``NX47_OUT_DIR``,
+    a Kaggle notebook writes to ``/kaggle/working``.
+    """
+    env = os.environ if environ is None else environ
+    overrides: dict[str, Any] = dict(
+        data_root=data_root, out_dir=out_dir, max_train_volumes=max_train_volumes,
+        max_val_volumes=max_val_volumes, budget_s=budget_s)
+    if use_unet is not None:
+        overrides["use_unet"] = bool(use_unet)
+    if out_dir is None and not env.get("NX47_OUT_DIR") and Path("/kaggle/working").is_dir():
+        overrides["out_dir"] = "/kaggle/working"
+    return RunConfig.from_env(env, **overrides)
+
+
 def run_headless(config: RunConfig, *, stream=None) -> Any:
     """Run the pipeline in this thread, printing progress lines; block until it ends.
 
@@ -87,6 +111,12 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
     -------
     RunResult
         From :func:`nx47_pipeline.pipeline.run_pipeline`.
+
+    Raises
+    ------
+    RuntimeError
+        When the run left no ``submission.zip`` (the notebook run then fails
+        visibly instead of looking successful).
     """
     from nx47_pipeline.pipeline import run_pipeline
 
@@ -97,6 +127,9 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
     result = run_pipeline(config, console_stream=stream)
     print(f"[nx47] finished: status={result.status} submission={result.submission}",
           file=stream, flush=True)
+    if result.submission is None:
+        raise RuntimeError(f"the run in {config.out_dir} ended with status {result.status!r} "
+                           f"and no submission.zip (see {config.out_dir}/journal.jsonl)")
     return result
 
 
