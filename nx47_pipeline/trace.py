@@ -86,13 +86,13 @@ def array_trace(name: str, array) -> ArrayTracePayload:
         h.update(repr(a.tolist()).encode())
         method = "sha256-repr(object array)"
     elif a.nbytes <= FULL_HASH_MAX_BYTES:
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
         method = "sha256-full"
     else:
         flat = a.reshape(-1)
         k = max(1, math.ceil(a.nbytes / SAMPLE_BYTES))
         sample = np.ascontiguousarray(flat[::k])
-        h.update(memoryview(sample).cast("B"))
+        h.update(sample.view(np.uint8))
         if a.ndim >= 1 and numeric:
             axes = tuple(range(1, a.ndim))
             sums = a.sum(axis=axes) if axes else a
