@@ -25,14 +25,19 @@ and a submission scores the mean over its volumes.
 * :func:`voi_parts` / :func:`voi_score`: 26-connected components
   (``cc3d``) of both masks, variation of information (scikit-image) over the
   union of the two foregrounds, score ``1 / (1 + 0.3 * VOI)``.
-* :func:`topo_score`: Betti numbers (b0, b1, b2) per octant of a 2x2x2
-  grid, foreground 26-connectivity / background 6-connectivity.  The
-  official metric matches persistence pairs with Betti-Matching-3D (a C++
-  library not on PyPI); the default matcher here is the **Betti-number
-  approximation** ``matched = min(pred count, gt count)``
-  (:func:`betti_min_matcher`), an upper bound of the exact matching.  Any
-  callable ``(pred_octant, gt_octant) -> (m0, m1, m2)`` can be plugged in
-  through ``matcher=`` / ``topo_matcher=``.
+* :func:`topo_score`: per octant of a 2x2x2 grid, the topological
+  features Betti-Matching-3D reports for a binary block (finite persistence
+  pairs of the V-construction: foreground 6-connected, background
+  26-connected; per dimension ``(b0 - 1, b1, b2)``, see
+  :func:`topo_feature_counts`), summed over octants, F1 per dimension with
+  the official empty-case rules, weights 0.34/0.33/0.33 renormalised over
+  the defined dimensions.  The official metric matches the persistence
+  pairs spatially with Betti-Matching-3D (a C++ library not on PyPI); the
+  default matcher here is the **Betti-number approximation**
+  ``matched = min(pred count, gt count)`` (:func:`betti_min_matcher`), an
+  upper bound of the exact matching.  Any callable
+  ``(pred_octant, gt_octant) -> (m0, m1, m2)`` can be plugged in through
+  ``matcher=`` / ``topo_matcher=``.
 
 Everything is cropped to the bounding box of the union of foregrounds
 (plus a one-voxel margin) before distance transforms and labelling; these
@@ -66,6 +71,7 @@ __all__ = [
     "VolumeScore",
     "betti_min_matcher",
     "betti_numbers",
+    "topo_feature_counts",
     "score_main",
     "score_submission",
     "score_volume",
@@ -320,36 +326,48 @@ def voi_score(voi: float, *, alpha: float = 0.3) -> float:
 # --------------------------------------------------------------------------
 
 
-def betti_numbers(mask: np.ndarray) -> tuple[int, int, int]:
+def betti_numbers(mask: np.ndarray, *, connectivity: int = 6) -> tuple[int, int, int]:
     """Betti numbers (b0, b1, b2) of a 3D binary mask.
 
-    Foreground is 26-connected and background 6-connected (the cubical
-    complex of closed voxels, as in Betti-Matching-3D); space outside the
-    array counts as background.
+    With the default ``connectivity=6`` the foreground is 6-connected and the
+    background 26-connected: the cubical complex that Betti-Matching-3D (and
+    so the official TopoScore) builds, where voxels are vertices and a cell
+    belongs to the foreground when all its voxels do ("V-construction").
+    ``connectivity=26`` gives the dual pair (foreground 26, background 6:
+    voxels as closed cubes).  Space outside the array counts as background.
 
     Parameters
     ----------
     mask : ndarray
         3D array, foreground ``!= 0``.
+    connectivity : {6, 26}, default 6
+        Foreground connectivity; the background uses the other one.
 
     Returns
     -------
     (b0, b1, b2) : tuple of int
         Connected components, tunnels (independent loops) and cavities
-        (enclosed background components).  ``b1 = b0 + b2 - chi`` with the
-        Euler characteristic ``chi = skimage.measure.euler_number(mask,
-        connectivity=3)``.
+        (background components that do not reach the array border).
+        ``b1 = b0 + b2 - chi`` with the Euler characteristic
+        ``chi = skimage.measure.euler_number(mask, connectivity=1 or 3)``.
     """
+    if connectivity not in (6, 26):
+        raise ValueError(f"connectivity must be 6 or 26, got {connectivity!r}")
     m = _as_mask(mask, "mask")
     box = _bbox(m)
     if box is None:
         return 0, 0, 0
     padded = _crop_pad(m, box)
-    _, b0 = cc3d.connected_components(padded, connectivity=26, return_N=True)
+    bg_connectivity = 26 if connectivity == 6 else 6
+    _, b0 = cc3d.connected_components(padded, connectivity=connectivity, return_N=True)
     background = (padded == 0).view(np.uint8)
-    _, n_bg = cc3d.connected_components(background, connectivity=6, return_N=True)
+    _, n_bg = cc3d.connected_components(
+        background, connectivity=bg_connectivity, return_N=True
+    )
     b2 = int(n_bg) - 1  # the outer background (touches the padding) is not a cavity
-    chi = int(euler_number(padded.astype(bool), connectivity=3))
+    chi = int(
+        euler_number(padded.astype(bool), connectivity=1 if connectivity == 6 else 3)
+    )
     b1 = int(b0) + b2 - chi
     if b1 < 0:  # pragma: no cover - would mean inconsistent connectivities
         raise RuntimeError(
@@ -358,26 +376,46 @@ def betti_numbers(mask: np.ndarray) -> tuple[int, int, int]:
     return int(b0), int(b1), int(b2)
 
 
+def topo_feature_counts(mask: np.ndarray) -> tuple[int, int, int]:
+    """Topological features the official TopoScore counts in one block.
+
+    The official metric runs Betti-Matching-3D on ``1 - mask`` (sublevel
+    filtration, V-construction) and counts its finite persistence pairs per
+    dimension.  For a binary block these are the Betti numbers of the
+    foreground (:func:`betti_numbers`, connectivity 6) except that the oldest
+    component never dies (an essential class, not a pair): ``(max(b0 - 1, 0),
+    b1, b2)``.  A block holding a single component therefore counts no
+    dimension-0 feature.
+
+    Returns
+    -------
+    (n0, n1, n2) : tuple of int
+    """
+    b0, b1, b2 = betti_numbers(mask, connectivity=6)
+    return max(b0 - 1, 0), b1, b2
+
+
 def betti_min_matcher(
     pred_octant: np.ndarray,
     gt_octant: np.ndarray,
     *,
-    betti_pred: Sequence[int] | None = None,
-    betti_gt: Sequence[int] | None = None,
+    counts_pred: Sequence[int] | None = None,
+    counts_gt: Sequence[int] | None = None,
 ) -> tuple[int, int, int]:
     """Approximate Betti matching: matched features = min of the counts.
 
     An upper bound of the exact Betti matching (which also requires the
-    features to correspond spatially).  ``betti_pred`` / ``betti_gt`` may be
+    features to correspond spatially).  Counts are those of
+    :func:`topo_feature_counts`; ``counts_pred`` / ``counts_gt`` may be
     passed when already known.
 
     Returns
     -------
     (m0, m1, m2) : tuple of int
     """
-    bp = betti_numbers(pred_octant) if betti_pred is None else tuple(betti_pred)
-    bg = betti_numbers(gt_octant) if betti_gt is None else tuple(betti_gt)
-    return tuple(int(min(a, b)) for a, b in zip(bp, bg))  # type: ignore[return-value]
+    cp = topo_feature_counts(pred_octant) if counts_pred is None else tuple(counts_pred)
+    cg = topo_feature_counts(gt_octant) if counts_gt is None else tuple(counts_gt)
+    return tuple(int(min(a, b)) for a, b in zip(cp, cg))  # type: ignore[return-value]
 
 
 def topo_f1(matched: int, n_pred: int, n_gt: int) -> float | None:
@@ -394,8 +432,15 @@ def topo_f1(matched: int, n_pred: int, n_gt: int) -> float | None:
 
 
 def _octants(shape: Sequence[int]) -> list[tuple[slice, slice, slice]]:
-    cuts = [(slice(0, n // 2), slice(n // 2, n)) for n in shape]
-    return [(a, b, c) for a in cuts[0] for b in cuts[1] for c in cuts[2]]
+    """2x2x2 grid; on an odd axis the first half gets the extra voxel."""
+    cuts = [(slice(0, n - n // 2), slice(n - n // 2, n)) for n in shape]
+    return [
+        (a, b, c)
+        for a in cuts[0]
+        for b in cuts[1]
+        for c in cuts[2]
+        if a.stop > a.start and b.stop > b.start and c.stop > c.start
+    ]
 
 
 def topo_score(
@@ -404,7 +449,14 @@ def topo_score(
     *,
     matcher: Matcher | None = None,
 ) -> tuple[float, dict[str, Any]]:
-    """TopoScore over a 2x2x2 grid of octants.
+    """TopoScore over a 2x2x2 grid of octants, as the official metric.
+
+    Each axis is cut in two (the first half gets the extra voxel of an odd
+    size).  In each octant the features of prediction and ground truth are
+    counted with :func:`topo_feature_counts` (what Betti-Matching-3D reports
+    for a binary block) and matched by ``matcher``; counts are summed over
+    octants per dimension, then F1 per dimension (:func:`topo_f1`) and the
+    weighted mean over the defined dimensions.
 
     Parameters
     ----------
@@ -413,8 +465,9 @@ def topo_score(
     matcher : callable, optional
         ``matcher(pred_octant, gt_octant) -> (m0, m1, m2)`` matched feature
         counts per homology dimension.  Default :func:`betti_min_matcher`
-        (the Betti-number approximation).  An exact Betti matcher plugs in
-        here; each count must lie in ``[0, min(p_k, g_k)]``.
+        (the Betti-number approximation, matched = min of the counts).  An
+        exact Betti matcher plugs in here; each count must lie in
+        ``[0, min(p_k, g_k)]``.
 
     Returns
     -------
@@ -422,8 +475,9 @@ def topo_score(
         Weighted F1 (weights 0.34/0.33/0.33 renormalised over the defined
         dimensions); 1.0 when no dimension is defined.
     details : dict
-        ``betti_pred``, ``betti_gt``, ``matched`` (per-dimension sums over
-        octants), ``f1`` (per dimension, None if undefined), ``method``.
+        ``betti_pred``, ``betti_gt`` (feature counts per dimension summed
+        over octants), ``matched``, ``f1`` (per dimension, None if
+        undefined) and ``method``.
     """
     p = _as_mask(pred, "pred")
     g = _as_mask(gt, "gt")
@@ -438,10 +492,10 @@ def topo_score(
     sum_m = [0, 0, 0]
     for box in _octants(p.shape):
         po, go = p[box], g[box]
-        bp = betti_numbers(po)
-        bg = betti_numbers(go)
+        bp = topo_feature_counts(po)
+        bg = topo_feature_counts(go)
         if approx:
-            m = betti_min_matcher(po, go, betti_pred=bp, betti_gt=bg)
+            m = betti_min_matcher(po, go, counts_pred=bp, counts_gt=bg)
         else:
             m = tuple(int(x) for x in matcher(po, go))  # type: ignore[misc]
             if len(m) != 3 or any(
@@ -485,6 +539,11 @@ class VolumeScore:
     ``voi_score`` is the VOI *score* in (0, 1]; ``voi`` is the raw VOI
     (split + merge, nats).  In :meth:`to_dict` (and the CLI's ``--json``)
     the key ``voi`` holds the VOI *score* and ``voi_raw`` the raw VOI.
+    ``betti_pred`` / ``betti_gt`` are the topological feature counts per
+    dimension summed over the octants (:func:`topo_feature_counts`: Betti
+    numbers with one component less per non-empty octant), ``topo_matched``
+    the matched counts and ``topo_f1`` the F1 per dimension (None where
+    undefined).
     """
 
     score: float

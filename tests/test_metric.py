@@ -212,32 +212,73 @@ def test_betti_numbers_of_shapes_with_several_loops():
     assert M.betti_numbers(plate) == (1, 2, 0)
 
 
-def test_euler_characteristic_is_consistent_with_the_6_connected_complement():
-    # Alexander duality: b1 of the 26-connected foreground equals b1 of the
-    # 6-connected background, i.e. chi(background, 6) == 1 + chi(fg, 26).
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_euler_characteristic_is_consistent_with_the_dual_complement(connectivity):
+    # Alexander duality: b1 of the foreground equals b1 of the background with
+    # the dual connectivity, i.e. chi(background) == 1 + chi(foreground).
     from skimage.measure import euler_number
 
+    fg_conn, bg_conn = (1, 3) if connectivity == 6 else (3, 1)
     rng = np.random.default_rng(7)
     for density in (0.2, 0.35, 0.5, 0.65):
         fg = np.zeros((16, 16, 16), bool)
         fg[1:-1, 1:-1, 1:-1] = rng.random((14, 14, 14)) < density
-        b0, b1, b2 = M.betti_numbers(fg)
-        assert b1 >= 0 and b0 - b1 + b2 == euler_number(fg, connectivity=3)
-        assert euler_number(~fg, connectivity=1) == 1 + (b0 - b1 + b2)
+        b0, b1, b2 = M.betti_numbers(fg, connectivity=connectivity)
+        assert b1 >= 0 and b0 - b1 + b2 == euler_number(fg, connectivity=fg_conn)
+        assert euler_number(~fg, connectivity=bg_conn) == 1 + (b0 - b1 + b2)
 
 
-def test_betti_numbers_use_26_foreground_and_6_background_connectivity():
+def test_betti_numbers_connectivity_pairs():
     m = np.zeros((6, 6, 6), bool)
-    m[1, 1, 1] = m[2, 2, 2] = True  # corner contact: one component
-    assert M.betti_numbers(m)[0] == 1
-    # A hollow cube whose wall has one voxel missing at an edge diagonal:
-    # background inside touches outside only through a corner -> still a cavity.
-    cube = np.zeros((9, 9, 9), bool)
-    cube[1:8, 1:8, 1:8] = True
-    cube[2:7, 2:7, 2:7] = False
-    assert M.betti_numbers(cube) == (1, 0, 1)
-    cube[1, 4, 4] = False  # a face-connected hole opens the cavity
-    assert M.betti_numbers(cube) == (1, 0, 0)
+    m[1, 1, 1] = m[2, 2, 2] = True  # corner contact only
+    assert M.betti_numbers(m) == (2, 0, 0)  # default: foreground 6-connected
+    assert M.betti_numbers(m, connectivity=26) == (1, 0, 0)
+    # A cavity reached from outside only through a diagonal chain of
+    # background voxels: open for a 26-connected background (default), a
+    # string of separate cavities for a 6-connected one.
+    block = np.ones((7, 7, 7), bool)
+    for i in range(4):
+        block[i, i, i] = False
+    assert M.betti_numbers(block) == (1, 0, 0)
+    assert M.betti_numbers(block, connectivity=26) == (1, 0, 3)
+    with pytest.raises(ValueError, match="connectivity"):
+        M.betti_numbers(m, connectivity=18)
+
+
+def test_feature_counts_match_cubical_persistence_of_the_official_filtration():
+    # The official TopoScore counts the finite persistence pairs of the
+    # sublevel filtration of 1 - mask with voxels as vertices (Betti-Matching-3D).
+    # gudhi computes the same persistence independently.
+    gudhi = pytest.importorskip("gudhi")
+
+    def gudhi_counts(mask):
+        cc = gudhi.CubicalComplex(vertices=1.0 - mask.astype(float))
+        cc.compute_persistence(homology_coeff_field=2)
+        counts = [0, 0, 0]
+        for dim, (birth, death) in cc.persistence():
+            if np.isfinite(death) and death > birth:
+                counts[dim] += 1
+        return tuple(counts)
+
+    rng = np.random.default_rng(11)
+    for i in range(12):
+        mask = rng.random((9, 10, 11)) < 0.15 + 0.05 * i
+        assert M.topo_feature_counts(mask) == gudhi_counts(mask)
+    ball = _ball((12, 12, 12), (5.5, 5.5, 5.5), 4)
+    assert M.topo_feature_counts(ball) == gudhi_counts(ball) == (0, 0, 0)
+    assert M.topo_feature_counts(np.zeros((5, 5, 5), bool)) == (0, 0, 0)
+
+
+def test_feature_counts_drop_the_essential_component():
+    two = np.zeros((12, 12, 12), bool)
+    two[2:4] = True
+    two[8:10] = True
+    assert M.betti_numbers(two) == (2, 0, 0)
+    assert M.topo_feature_counts(two) == (1, 0, 0)
+    holed = np.zeros((12, 12, 12), bool)
+    holed[5:7, 1:11, 1:11] = True
+    holed[5:7, 4:7, 4:7] = False
+    assert M.topo_feature_counts(holed) == (0, 1, 0)
 
 
 def test_betti_numbers_cavity_touching_array_border_is_open():
@@ -264,29 +305,62 @@ def test_topo_score_perfect_and_empty():
     assert M.topo_score(empty, empty)[0] == 1.0
 
 
+def _blobs_per_octant(shape, n=2):
+    """``n`` separate 2x2x2 cubes inside every octant of ``shape``."""
+    out = np.zeros(shape, bool)
+    halves = [(0, s - s // 2) for s in shape]
+    for z0 in (halves[0][0], halves[0][1]):
+        for y0 in (halves[1][0], halves[1][1]):
+            for x0 in (halves[2][0], halves[2][1]):
+                for i in range(n):
+                    z = z0 + 1 + 4 * i
+                    out[z : z + 2, y0 + 1 : y0 + 3, x0 + 1 : x0 + 3] = True
+    return out
+
+
 def test_topo_score_false_positive_only_uses_half_rule():
     gt = np.zeros((32, 32, 32), bool)
     pred = gt.copy()
-    pred[3:6, 3:6, 3:6] = True  # one component in one octant, no GT
+    pred[3:6, 3:6, 3:6] = True
+    pred[9:12, 3:6, 3:6] = True  # two components in one octant, no GT
     score, det = M.topo_score(pred, gt)
-    assert det["betti_pred"] == (1, 0, 0)
+    assert det["betti_pred"] == (1, 0, 0)  # one finite pair: 2 - 1 components
     assert det["f1"] == (pytest.approx(0.5 / 1.5), None, None)
     assert score == pytest.approx(0.5 / 1.5)
 
 
+def test_topo_score_single_component_per_octant_counts_nothing():
+    # Like the official metric: the oldest component of a block is an
+    # essential class, not a persistence pair, so one blob per octant leaves
+    # every dimension undefined and TopoScore is 1.
+    gt = np.zeros((32, 32, 32), bool)
+    pred = gt.copy()
+    pred[3:6, 3:6, 3:6] = True
+    assert M.topo_score(pred, gt)[0] == 1.0
+    assert M.topo_score(gt, pred)[0] == 1.0
+
+
 def test_topo_score_counts_per_octant_and_renormalises_weights():
     shape = (32, 32, 32)
-    gt = _ball(shape, (15.5, 15.5, 15.5), 6)  # crosses all 8 octants
-    pred = _ball(shape, (7, 7, 7), 4)  # inside one octant
+    gt = _blobs_per_octant(shape, n=2)  # one finite dim-0 pair per octant
+    pred = np.zeros(shape, bool)
+    pred[1:3, 1:3, 1:3] = True
+    pred[5:7, 1:3, 1:3] = True
+    pred[9:11, 1:3, 1:3] = True  # three blobs in octant (0, 0, 0)
+    pred[20:22, 2:14, 2:14] = True
+    pred[20:22, 6:9, 6:9] = False  # a plate with a hole in octant (1, 0, 0)
     score, det = M.topo_score(pred, gt)
     assert det["betti_gt"] == (8, 0, 0)
-    assert det["betti_pred"] == (1, 0, 0)
+    assert det["betti_pred"] == (2, 1, 0)
     assert det["matched"] == (1, 0, 0)
-    assert score == pytest.approx(2 * 1 / 9)  # only dim 0 is defined
+    f1_0 = 2 * 1 / (2 + 8)
+    f1_1 = 0.5 / 1.5
+    assert det["f1"] == (pytest.approx(f1_0), pytest.approx(f1_1), None)
+    assert score == pytest.approx((0.34 * f1_0 + 0.33 * f1_1) / (0.34 + 0.33))
 
 
 def test_topo_score_accepts_a_custom_matcher_and_checks_it():
-    gt = _sheets(shape=(32, 32, 32), seed=2)
+    gt = _blobs_per_octant((33, 32, 32), n=2)
     calls = []
 
     def no_match(p, g):
@@ -294,8 +368,11 @@ def test_topo_score_accepts_a_custom_matcher_and_checks_it():
         return (0, 0, 0)
 
     score, det = M.topo_score(gt, gt, matcher=no_match)
-    assert len(calls) == 8 and calls[0] == ((16, 16, 16), (16, 16, 16))
+    # odd axis: the first half gets the extra voxel, as in the official code
+    assert len(calls) == 8 and calls[0] == ((17, 16, 16), (17, 16, 16))
+    assert calls[-1] == ((16, 16, 16), (16, 16, 16))
     assert det["method"] == "no_match" and score == 0.0
+    assert M.topo_score(gt, gt)[0] == 1.0
 
     with pytest.raises(ValueError, match="matcher returned"):
         M.topo_score(gt, gt, matcher=lambda p, g: (99, 0, 0))
@@ -361,10 +438,13 @@ def test_all_ignored_and_empty_cases():
     assert M.score_volume(anything, all_ignored).score == 1.0
     empty_label = np.zeros(shape, np.uint8)
     assert M.score_volume(np.zeros(shape, np.uint8), empty_label).score == 1.0
-    # prediction where nothing is true: SD 0, topo by the 0.5 rule
+    # all-foreground prediction where nothing is true: SD 0, but (as in the
+    # official metric) one component per octant counts no topological
+    # feature and one predicted component over the union has VOI 0.
     fp = M.score_volume(anything, empty_label)
     assert fp.surface_dice == 0.0
-    assert fp.topo == pytest.approx(0.5 / 8.5)  # 8 octant components
+    assert fp.topo == 1.0 and fp.voi_score == 1.0
+    assert fp.score == pytest.approx(0.65)
     # nothing predicted where something is true
     lab = _label()
     miss = M.score_volume(np.zeros(lab.shape, np.uint8), lab)
