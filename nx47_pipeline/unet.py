@@ -994,10 +994,11 @@ def fuse_probabilities(prox_prob: np.ndarray, unet_prob: np.ndarray, *, mode: st
 # budget
 # ----------------------------------------------------------------------
 #: Seconds of one training batch for the reference shape (width 16, depth 3,
-#: patch 64, batch 2) when nothing better is known: measured on a 2-core
-#: CPU (see benchmarks/results/unet.md) and on CUDA is not measured here, so
-#: the CUDA figure is a conservative guess; prefer :func:`time_train_step`.
-REFERENCE_STEP_SECONDS = {"cpu": 3.0, "cuda": 0.1}
+#: patch 64, batch 2) when nothing better is known.  CPU: 3.8 s measured on a
+#: shared 2-core x86_64 machine (benchmarks/results/unet.md).  CUDA: not
+#: measured in this project; 0.1 s is a guess for a T4/P100.  Prefer a
+#: measurement with :func:`time_train_step`.
+REFERENCE_STEP_SECONDS = {"cpu": 3.8, "cuda": 0.1}
 _REFERENCE = UNetParams()
 
 
@@ -1057,11 +1058,13 @@ def estimate_cost(
         train   = epochs * batches_per_epoch * s * (1 + val_fraction / 3)
         windows = prod over axes of (ceil((side - patch) / step) + 1),
                   side = voxels_per_volume ** (1/3), step = patch * (1 - overlap)
-        infer   = n_infer_volumes * ceil(windows / batch) * (s / 3) * (8 if tta_flip else 1)
+        infer   = n_infer_volumes * ceil(windows / batch) * (s / 2) * (8 if tta_flip else 1)
         total   = train + infer
 
-    A forward pass is taken as a third of a training step (forward +
-    backward + update).  Without ``seconds_per_patch_batch`` the figure is
+    A forward pass of a window batch is taken as half a training step
+    (forward + backward + update); the CPU benchmark measured ~0.55, GPUs
+    are usually nearer 1/3, so the figure errs on the long side.  Validation
+    batches are counted as a third of a step.  Without ``seconds_per_patch_batch`` the figure is
     :data:`REFERENCE_STEP_SECONDS` for ``device`` scaled by
     ``(patch / 64)**3 * (batch / 2) * (width / 16)**2`` (convolution cost
     grows with the voxels and the square of the channels).
@@ -1117,7 +1120,7 @@ def estimate_cost(
     infer = (
         n_infer_volumes
         * math.ceil(windows / params.batch)
-        * (s / 3.0)
+        * (s / 2.0)
         * (8 if params.tta_flip else 1)
     )
     return float(train + infer)

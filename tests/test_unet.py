@@ -419,7 +419,7 @@ def test_estimate_cost_follows_the_documented_formula():
         n_infer_volumes=2,
     )
     # 320 side, 64 window, step 32: 9 positions per axis, 729 windows, 365 batches
-    assert with_infer - train_only == pytest.approx(2 * 365 / 3)
+    assert with_infer - train_only == pytest.approx(2 * 365 / 2)
     tta = U.estimate_cost(
         n_train_volumes=5,
         voxels_per_volume=320**3,
@@ -427,7 +427,7 @@ def test_estimate_cost_follows_the_documented_formula():
         seconds_per_patch_batch=1.0,
         n_infer_volumes=2,
     )
-    assert tta - train_only == pytest.approx(8 * 2 * 365 / 3)
+    assert tta - train_only == pytest.approx(8 * 2 * 365 / 2)
     # without a measurement the CPU reference is far slower than CUDA
     cpu = U.estimate_cost(n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None)
     gpu = U.estimate_cost(
