@@ -203,13 +203,16 @@ class Dashboard:
         self.max_val.add_class("nx47-max-val")
         self.budget_min = W.BoundedFloatText(value=round(config.budget_s / 60.0, 2), min=0.1,
                                              max=7 * 24 * 60, step=1.0,
-                                             description="Budget (min)")
+                                             description="Budget (min)",
+                                             style={"description_width": "initial"})
         self.use_unet = W.Dropdown(options=_UNET_OPTIONS, value=config.use_unet,
                                    description="U-Net")
-        self.auto_coverage = W.Checkbox(value=config.auto_coverage,
-                                        description="Auto coverage (largest that fits)")
-        self.detached = W.Checkbox(value=detached,
-                                   description="Detached (run survives page reload)")
+        self.auto_coverage = W.Checkbox(value=config.auto_coverage, indent=False,
+                                        description="Auto coverage (largest that fits)",
+                                        layout=W.Layout(width="auto"))
+        self.detached = W.Checkbox(value=detached, indent=False,
+                                   description="Detached (run survives page reload)",
+                                   layout=W.Layout(width="auto"))
         self.detached.add_class("nx47-detached")
         self.run_button = W.Button(description="Run", button_style="success")
         self.stop_button = W.Button(description="Stop", button_style="danger", disabled=True)

@@ -398,8 +398,9 @@ def svg_bar_chart(values: dict[str, float], *, title: str, width: int = 320,
         f"<div style='font-size:11px'>mean {mean:.3f} over {len(values)} volumes</div>"
 
 
-def grid_table(trials: Iterable[dict[str, Any]], limit: int = 30) -> str:
-    trials = list(trials)
+def grid_table(trials: Iterable[dict[str, Any]], limit: int = 12) -> str:
+    """HTML table of hyper-parameter grid points, best first (top ``limit``)."""
+    trials = sorted(trials, key=lambda t: -t["value"])
     if not trials:
         return "<div style='font-size:12px'><b>Hyper-parameter grid</b></div>" \
                "<div style='color:#888'>no data yet</div>"
@@ -407,11 +408,12 @@ def grid_table(trials: Iterable[dict[str, Any]], limit: int = 30) -> str:
     best = max(t["value"] for t in trials)
     head = "".join(f"<th>{_h(k)}</th>" for k in keys) + "<th>score</th>"
     rows = []
-    for t in trials[-limit:]:
+    for t in trials[:limit]:
         style = " style='font-weight:bold;color:#2e7d32'" if t["value"] == best else ""
-        cells = "".join(f"<td>{_h(t.get(k, ''))}</td>" for k in keys)
+        cells = "".join(f"<td>{_h(_fmt(t.get(k, '')))}</td>" for k in keys)
         rows.append(f"<tr{style}>{cells}<td>{t['value']:.4f}</td></tr>")
-    return ("<div style='font-size:12px'><b>Hyper-parameter grid</b></div>"
+    return (f"<div style='font-size:12px'><b>Hyper-parameter grid</b> "
+            f"({len(trials)} points, best first)</div>"
             f"<table style='font-size:11px'><tr>{head}</tr>{''.join(rows)}</table>")
 
 
