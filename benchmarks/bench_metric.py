@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Result: score {vs.score:.4f}, SurfaceDice {vs.surface_dice:.4f}, "
         f"VOI score {vs.voi_score:.4f} (VOI {vs.voi:.3f}), TopoScore {vs.topo:.4f} "
-        f"({vs.topo_method}); Betti pred {vs.betti_pred}, gt {vs.betti_gt}.",
+        f"({vs.topo_method}); feature counts (dims 0-2) pred {vs.betti_pred}, "
+        f"gt {vs.betti_gt}.",
         "",
         ref_line,
         f"Machine: {platform.processor() or platform.machine()}, "
