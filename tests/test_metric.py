@@ -452,6 +452,13 @@ def test_all_ignored_and_empty_cases():
     assert 0.0 < miss.voi_score < 1.0
 
 
+def test_float_prediction_nan_is_background_and_nonzero_is_foreground():
+    lab = _label(seed=4)
+    mask = lab == 1
+    pred = np.where(mask, 0.3, np.nan).astype(np.float32)
+    assert M.score_volume(pred, lab).score == 1.0
+
+
 def test_score_volume_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(8, 8, 8\).*\(8, 8, 9\)"):
         M.score_volume(np.zeros((8, 8, 8)), np.zeros((8, 8, 9)))
