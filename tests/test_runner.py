@@ -162,3 +162,68 @@ def test_notebook_parameters_fall_back_to_environment():
         "/p", 0, 60.0, True)
     with pytest.raises(ValueError, match="max_train_volumes"):
         config_from_parameters(max_train_volumes=-1, environ={})
+
+
+# ---------------------------------------------------------------------------
+# With the real pipeline
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from nx47_pipeline.demo import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("rundata")
+    generate_demo_dataset(root, n_train=4, n_test=1, shape=40, seed=2)
+    return root
+
+
+def _wait_for(drain, pred, timeout):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        seen += drain()
+        if any(pred(e) for e in seen):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"no matching event within {timeout} s; kinds {[e.kind.value for e in seen]}")
+
+
+@pytest.mark.timeout(120)
+def test_stop_cancels_the_real_pipeline_within_two_seconds(tmp_path, small_data):
+    cfg = RunConfig(data_root=str(small_data), out_dir=str(tmp_path / "out"), use_unet=False,
+                    heartbeat_interval_s=1.0, console=False, search_max_iter=400,
+                    fit_max_iter=2000, max_train_volumes=3, max_val_volumes=1)
+    r = ThreadedRunner(cfg).start()
+    seen = _wait_for(r.drain, lambda e: e.kind is EventKind.STEP and e.stage == "search"
+                     and e.payload.phase == "begin", 90)
+    r.stop("test pressed Stop")
+    assert r.join(2.0), "the pipeline did not stop within 2 s"
+    assert r.stop_latency_s < 2.0
+    seen += r.drain()
+    done = [e for e in seen if e.kind is EventKind.EXEC_COMPLETE]
+    assert done and done[-1].payload.status == "cancelled"
+    assert r.result.status == "cancelled"
+
+
+@pytest.mark.timeout(120)
+def test_detached_run_survives_its_launcher_and_stops_on_sigterm(tmp_path, small_data):
+    cfg = RunConfig(data_root=str(small_data), out_dir=str(tmp_path / "out"), use_unet=False,
+                    heartbeat_interval_s=1.0, search_max_iter=400, fit_max_iter=2000,
+                    max_train_volumes=3, max_val_volumes=1)
+    launched = DetachedRunner.launch(cfg)
+    try:
+        _wait_for(launched.drain, lambda e: e.kind is EventKind.HEARTBEAT, 60)
+        # a new dashboard (after a page reload) attaches through run.lock + journal
+        attached = DetachedRunner(tmp_path / "out")
+        assert attached.pid == launched.pid and attached.running
+        replay = attached.drain()
+        assert replay[0].kind is EventKind.RUN_START and replay[0].payload.pid == launched.pid
+        attached.stop("test pressed Stop")
+        assert launched.process.wait(10) is not None
+        rest = _wait_for(attached.drain, lambda e: e.kind is EventKind.EXEC_COMPLETE, 5)
+        assert [e for e in rest if e.kind is EventKind.EXEC_COMPLETE][-1].payload.status \
+            == "cancelled"
+        assert attached.finished and not attached.running
+    finally:
+        if launched.process.poll() is None:
+            launched.process.kill()
+            launched.process.wait(5)
