@@ -41,7 +41,7 @@ def test_papermill_headless_run_leaves_a_valid_submission(tmp_path, monkeypatch)
     import papermill as pm
 
     data = tmp_path / "data"
-    generate_demo_dataset(data, n_train=6, n_test=2, shape=40, seed=1)
+    generate_demo_dataset(data, n_train=4, n_test=2, shape=32, seed=1)
     out = tmp_path / "out"
     env = _clean_env(NX47_HEARTBEAT_INTERVAL_S="1", NX47_SEARCH_MAX_ITER="20",
                      NX47_FIT_MAX_ITER="40", NX47_USE_UNET="0")
@@ -52,8 +52,8 @@ def test_papermill_headless_run_leaves_a_valid_submission(tmp_path, monkeypatch)
     executed = tmp_path / "executed.ipynb"
     pm.execute_notebook(
         str(REPO / "dashboard.ipynb"), str(executed), cwd=str(REPO), kernel_name="python3",
-        parameters={"DATA_ROOT": str(data), "OUT_DIR": str(out), "MAX_TRAIN_VOLUMES": 3,
-                    "MAX_VAL_VOLUMES": 2, "BUDGET_S": 600.0},  # AUTO_RUN left at None: detected
+        parameters={"DATA_ROOT": str(data), "OUT_DIR": str(out), "MAX_TRAIN_VOLUMES": 2,
+                    "MAX_VAL_VOLUMES": 1, "BUDGET_S": 600.0},  # AUTO_RUN left at None: detected
         progress_bar=False, request_save_on_cell_execute=False)
 
     nb = nbformat.read(executed, as_version=4)

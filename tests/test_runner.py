@@ -193,8 +193,10 @@ def test_stop_cancels_the_real_pipeline_within_two_seconds(tmp_path, small_data)
                     heartbeat_interval_s=1.0, console=False, search_max_iter=400,
                     fit_max_iter=2000, max_train_volumes=3, max_val_volumes=1)
     r = ThreadedRunner(cfg).start()
-    seen = _wait_for(r.drain, lambda e: e.kind is EventKind.STEP and e.stage == "search"
+    seen = _wait_for(r.drain, lambda e: e.kind is EventKind.STEP and e.stage == "preflight"
                      and e.payload.phase == "begin", 90)
+    time.sleep(1.0)  # in the middle of the preflight's computations
+    assert r.running
     r.stop("test pressed Stop")
     assert r.join(2.0), "the pipeline did not stop within 2 s"
     assert r.stop_latency_s < 2.0
