@@ -219,10 +219,11 @@ def test_heartbeat_runs_during_a_blocked_stage(tmp_path):
         threading.Event().wait(0.45)
     tel.finish("ok")
     beats = [e for e in read_journal(tmp_path / "journal.jsonl") if e.kind is EventKind.HEARTBEAT]
-    assert len(beats) >= 3
-    assert all(b.stage == "fit" for b in beats[:3])
-    assert "STALLED" in [b.payload.state for b in beats]
-    assert 0 < beats[0].payload.budget_left_s < 100.0
+    in_stage = [b for b in beats if b.stage == "fit"]
+    assert len(in_stage) >= 2  # beats keep coming while the worker is blocked
+    assert "STALLED" in [b.payload.state for b in in_stage]
+    assert 0 < in_stage[0].payload.budget_left_s < 100.0
+    assert beats[-1].payload.state == "FINISHED"
 
 
 def test_unplanned_stage_is_added_with_a_warning(tmp_path):
@@ -234,3 +235,15 @@ def test_unplanned_stage_is_added_with_a_warning(tmp_path):
     events = read_journal(tmp_path / "journal.jsonl")
     assert any(e.kind is EventKind.WARNING and e.payload.code == "unplanned_stage" for e in events)
     assert "unet" in tel.plan.stage_names and tel.plan.status("unet") == "ok"
+
+
+def test_cancel_token_keeps_first_reason_and_wakes_waiters():
+    token = CancelToken()
+    assert not token() and token.wait(0.01) is False
+    token.raise_if_cancelled()  # no-op while active
+    threading.Timer(0.05, token.cancel, args=("deadline",)).start()
+    assert token.wait(5) is True
+    token.cancel("second reason")
+    assert token.cancelled and token() and token.reason == "deadline"
+    with pytest.raises(Cancelled, match="deadline"):
+        token.raise_if_cancelled()
