@@ -45,6 +45,7 @@ class RunConfig:
     stall_after_s: float = 60.0
     console: bool = True
     console_interval_s: float = 5.0
+    progress_interval_s: float = 0.25  # journal/queue progress throttle (0 = every report)
     queue_maxsize: int = 2000
     array_trace: bool = True
     # --- features / model ------------------------------------------------
