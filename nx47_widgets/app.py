@@ -439,8 +439,12 @@ class Dashboard:
                 self.charts_panel.render(self.state.charts)
             if kinds & {EventKind.PREFLIGHT_OK, EventKind.BUDGET}:
                 self.refresh_timings()
-            if EventKind.EXEC_COMPLETE in kinds:
-                self._finished_seen = True
+            for e in events:  # a resumed run's journal holds older runs first
+                if e.kind is EventKind.RUN_START:
+                    self._finished_seen = False
+                    self._verified_for = None
+                elif e.kind is EventKind.EXEC_COMPLETE:
+                    self._finished_seen = True
             done = self._finished_seen or (self.runner is not None and not self.runner.running)
             if self._finished_seen and self.runner is not None:
                 self._verify_once()

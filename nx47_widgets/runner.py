@@ -242,11 +242,14 @@ class DetachedRunner:
         log = Path(log_path) if log_path else out_dir / "console.log"
         cmd = [python, "-m", "nx47_pipeline.cli", "run", "--data", str(config.data_root),
                "--out", str(out_dir), *extra_args]
+        runner = cls(out_dir)
+        runner.drain()  # skip what earlier runs wrote: a rerun appends to the same journal
+        runner._finished = False
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=run_env,
-                                    start_new_session=True, cwd=os.getcwd())
-        return cls(out_dir, process=proc)
+            runner.process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=run_env,
+                                              start_new_session=True, cwd=os.getcwd())
+        return runner
 
     @property
     def pid(self) -> int | None:
@@ -269,7 +272,9 @@ class DetachedRunner:
             except FileNotFoundError:
                 events = []
         for ev in events:
-            if ev.kind is EventKind.EXEC_COMPLETE:
+            if ev.kind is EventKind.RUN_START:
+                self._finished = False
+            elif ev.kind is EventKind.EXEC_COMPLETE:
                 self._finished = True
         return events
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +15,6 @@ from nx47_pipeline.bus import EventBus
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.events import (
     EventKind,
-    ExecCompletePayload,
     MessagePayload,
     ProgressPayload,
     RunStartPayload,

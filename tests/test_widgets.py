@@ -8,10 +8,10 @@ are read back; controls are moved by setting ``.value`` and clicked with
 from __future__ import annotations
 
 import io
+import os
 import itertools
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,8 @@ from nx47_pipeline.journal import JournalSink
 from nx47_pipeline.volume_io import write_volume
 from nx47_widgets.app import Dashboard
 from nx47_widgets.render import SliceRequest, render_slice
-from nx47_widgets.runner import ThreadedRunner, UIPump
-from nx47_widgets.state import DashboardState, HeartbeatState, LogState, ProgressState
+
+from nx47_widgets.state import DashboardState, HeartbeatState, ProgressState
 
 _seq = itertools.count()
 
@@ -475,3 +475,33 @@ def test_charts_collect_metrics():
     assert st.charts.grid[0]["l1"] == 1e-4 and st.charts.grid[0]["value"] == 0.35
     assert st.charts.loss == [(1.0, 0.7)]
     assert st.charts.val_scores == {"8": 0.6, "7": 0.55}
+
+
+def test_reload_reattaches_to_a_live_resumed_run(tmp_path, data_root):
+    """A new dashboard (page reload) finds run.lock with a live pid and follows the
+    journal; an earlier finished run in the same journal does not end the view."""
+    out = tmp_path / "out"
+    bus = EventBus()
+    bus.attach(JournalSink(out / "journal.jsonl"))
+    bus.publish(EventKind.RUN_START, RunStartPayload(run_id="first", out_dir=str(out), pid=1))
+    bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="failed", duration_s=3))
+    bus.publish(EventKind.RUN_START, RunStartPayload(run_id="second", out_dir=str(out), pid=2,
+                                                     resumed=True))
+    bus.publish(EventKind.HEARTBEAT, beat("COMPUTING", interval=60.0))
+    bus.publish(EventKind.PROGRESS_UPDATE, progress(1, 4, glob=0.4))
+    (out / "run.lock").write_text(f"{os.getpid()}\n")  # a live process owns the run
+    d = make_dash(tmp_path, data_root)
+    try:
+        assert d.runner is not None and d.detached.value is True
+        assert "attached to" in d.status.value and "running" in d.status.value
+        d.pump.pump_once()
+        assert d.state.run_id == "second"
+        assert d.progress_panel.bars["global"].value == pytest.approx(0.4)
+        assert d.progress_panel.bars["global"].bar_style == "info"  # not the old failure
+        assert "data-state='COMPUTING'" in d.heartbeat_panel.html.value
+        assert d.stop_button.disabled is False and d.run_button.disabled is True
+        bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="ok", duration_s=9))
+        d.pump.pump_once()
+        assert d.state.results.status == "ok" and d.run_button.disabled is False
+    finally:
+        d.close()
