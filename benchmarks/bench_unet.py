@@ -85,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--volume", type=int)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
 
     torch = U.require_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     device = U.resolve_device(args.device)
     cuda = device.startswith("cuda")
     patch = args.patch or (128 if cuda else (32 if args.quick else 64))
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     w320 = _windows(320, patch, params.overlap)
     s320 = w320 / win_per_s
 
+    load_after = os.getloadavg()[0]
+
     # ---- projection for the default run ----------------------------
     default = U.UNetParams(width=args.width, depth=depth, patch=patch, batch=args.batch)
     projected = U.estimate_cost(
@@ -193,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()} {platform.processor()}, {os.cpu_count()} cores, "
         f"{_ram_gib():.1f} GiB RAM, Python {platform.python_version()}, torch {torch.__version__}; "
         f"{_dt.date.today().isoformat()}, commit {_commit()}. Other processes shared the machine "
-        "during the run, so CPU timings are upper bounds (two spinning torch threads slow down "
-        "sharply when a core is taken)."
+        f"during the run (1-min load average {load_before:.1f} before, {load_after:.1f} after), so "
+        "CPU timings are upper bounds; two spinning torch threads slow down sharply when a core "
+        "is taken, hence `--threads`."
     )
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
