@@ -44,6 +44,7 @@ __all__ = [
     "cuda_available",
     "resolve_device",
     "UNetParams",
+    "params_from_config",
     "PatchSet",
     "extract_patches",
     "split_patches",
@@ -258,6 +259,35 @@ class UNetParams:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def params_from_config(config: Any, **overrides: Any) -> UNetParams:
+    """:class:`UNetParams` from a ``RunConfig`` (its ``unet_*`` fields and
+    ``seed``), with ``overrides`` applied last.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Any object with ``unet_epochs``, ``unet_patch``, ``unet_batch``,
+        ``unet_width``, ``unet_depth`` and ``seed`` attributes.
+    **overrides
+        Further :class:`UNetParams` fields (e.g. ``epochs`` from the budget
+        planner, ``steps_per_epoch``, ``tta_flip``).
+    """
+    values = {
+        "epochs": config.unet_epochs,
+        "patch": config.unet_patch,
+        "batch": config.unet_batch,
+        "width": config.unet_width,
+        "depth": config.unet_depth,
+        "seed": config.seed,
+    }
+    names = {f.name for f in dataclasses.fields(UNetParams)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown UNetParams field(s) {unknown}")
+    values.update(overrides)
+    return UNetParams(**values)
 
 
 # ----------------------------------------------------------------------

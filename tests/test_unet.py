@@ -130,6 +130,19 @@ def test_params_are_validated_naming_the_field():
         U.UNetParams(overlap=1.0)
 
 
+def test_params_follow_the_run_configuration():
+    from nx47_pipeline.config import RunConfig
+
+    cfg = RunConfig(unet_epochs=3, unet_patch=32, unet_batch=1, unet_width=8, unet_depth=2, seed=5)
+    p = U.params_from_config(cfg, tta_flip=True)
+    assert (p.epochs, p.patch, p.batch, p.width, p.depth, p.seed) == (3, 32, 1, 8, 2, 5)
+    assert p.tta_flip is True
+    with pytest.raises(TypeError, match="bogus"):
+        U.params_from_config(cfg, bogus=1)
+    # the defaults of the two agree
+    assert U.params_from_config(RunConfig()) == U.UNetParams()
+
+
 def test_resolve_device():
     assert U.resolve_device("cpu") == "cpu"
     assert U.resolve_device("auto") in ("cpu", "cuda")
