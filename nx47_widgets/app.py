@@ -257,7 +257,7 @@ class Dashboard:
         self.widget.add_class("nx47-dashboard")
 
         # -- wiring -----------------------------------------------------
-        for w in (self.max_train, self.max_val, self.budget_min):
+        for w in (self.max_train, self.max_val, self.budget_min, self.auto_coverage):
             w.observe(self._on_coverage_control, names="value")
         self.scan_button.on_click(lambda _b: self.scan())
         self.run_button.on_click(lambda _b: self._guard(self.run))
@@ -313,6 +313,8 @@ class Dashboard:
         with self._lock:
             if self.coverage is None:
                 return
+            self.coverage.config = self.coverage.config.replace(
+                auto_coverage=bool(self.auto_coverage.value))
             self.coverage.update(max_train=self.max_train.value, max_val=self.max_val.value,
                                  budget_s=max(self.budget_min.value, 0.1) * 60.0)
             self._render_coverage()

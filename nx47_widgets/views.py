@@ -184,6 +184,10 @@ class CoveragePanel:
         body = "<table class='nx47-cov'>" + "".join(
             f"<tr><td style='padding-right:12px;color:#555'>{_h(k)}</td><td>{v}</td></tr>"
             for k, v in rows) + "</table>"
+        if getattr(model.config, "auto_coverage", False):
+            body += ("<div style='color:#1565c0'>auto coverage is on: after its preflight "
+                     "the run replaces these caps by the largest coverage that fits the "
+                     "budget</div>")
         if note:
             body += f"<div style='color:#555'>{_h(note)}</div>"
         self.syncer.set(self.html, value=body)

@@ -505,3 +505,14 @@ def test_reload_reattaches_to_a_live_resumed_run(tmp_path, data_root):
         assert d.state.results.status == "ok" and d.run_button.disabled is False
     finally:
         d.close()
+
+
+def test_auto_coverage_toggle_is_explained_in_the_panel(tmp_path, data_root):
+    d = make_dash(tmp_path, data_root)
+    try:
+        assert "auto coverage is on" not in d.coverage_panel.html.value
+        d.auto_coverage.value = True
+        assert "auto coverage is on" in d.coverage_panel.html.value
+        assert d.current_config().auto_coverage is True
+    finally:
+        d.close()
