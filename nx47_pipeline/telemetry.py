@@ -157,6 +157,7 @@ class Telemetry:
         self._last_names: dict[str, tuple[str, str]] = {}
         self._counters: dict[tuple[str, str], _Counter] = {}
         self._last_snapshot = float("-inf")
+        self._snapshot_warned = False
         self._started = False
         self._finished = False
         self._cancel_reported = False
@@ -181,8 +182,13 @@ class Telemetry:
         if not self.enabled:
             return
         problems: list[tuple[str, str]] = []
+        open_error = ""
         if self.out_dir is not None:
-            self.journal = JournalSink(self.out_dir / JOURNAL_NAME, fsync=self._journal_fsync)
+            try:
+                self.journal = JournalSink(self.out_dir / JOURNAL_NAME, fsync=self._journal_fsync)
+            except OSError as exc:  # the run goes on without a journal
+                open_error = f"cannot open the journal {self.out_dir / JOURNAL_NAME}: {exc}"
+        if self.journal is not None:
             self.resumed = self.journal.last_seq >= 0
             self.bus.set_next_seq(self.journal.last_seq + 1)
             # the journal first: what a live view shows is already on disk
@@ -217,6 +223,8 @@ class Telemetry:
         self.bus.publish(EventKind.CONFIG, ConfigPayload(config=self.config_dict))
         for code, msg in problems:
             self.warning(msg, subject=JOURNAL_NAME, code=code)
+        if open_error:
+            self.error(open_error, subject=JOURNAL_NAME, code="journal_open_failed")
         self.heartbeat = HeartbeatMonitor(
             self._publish_heartbeat,
             interval_s=self._heartbeat_interval_s,
@@ -487,6 +495,9 @@ class Telemetry:
             snap["updated_ts"] = self._clock()
             _atomic_json(self.out_dir / PLAN_NAME, snap)
         except OSError as exc:
+            if self._snapshot_warned:
+                return
+            self._snapshot_warned = True
             self.bus.publish(
                 EventKind.WARNING,
                 MessagePayload(message=f"cannot write {PLAN_NAME}: {exc}", subject=PLAN_NAME,

@@ -143,6 +143,9 @@ def test_failing_extra_sink_never_breaks_the_run(tmp_path):
     errs = [e for e in events if e.kind is EventKind.ERROR]
     assert len(errs) == 1 and errs[0].payload.code == "sink_failed"
     assert events[-1].kind is EventKind.EXEC_COMPLETE
+    # plan.json cannot be written either: said once, not at every stage boundary
+    assert sum(e.payload.code == "plan_write_failed" for e in events
+               if e.kind is EventKind.WARNING) == 1
 
 
 def test_rerun_resumes_the_chain(tmp_path):
@@ -247,3 +250,23 @@ def test_cancel_token_keeps_first_reason_and_wakes_waiters():
     assert token.cancelled and token() and token.reason == "deadline"
     with pytest.raises(Cancelled, match="deadline"):
         token.raise_if_cancelled()
+
+
+def test_unwritable_journal_is_reported_and_the_run_goes_on(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the run folder should be")
+    q = QueueSink()
+    tel = Telemetry(out_dir=blocker, stages=STAGES, console_stream=io.StringIO(),
+                    extra_sinks=[q], heartbeat_interval_s=60.0)
+    tel.start(run_id="r")
+    with tel.stage("fit"):
+        tel.progress(step_done=1)
+    tel.finish("ok")
+    events = q.drain()
+    assert tel.journal is None
+    assert any(e.kind is EventKind.ERROR and e.payload.code == "journal_open_failed"
+               for e in events)
+    assert events[-1].kind is EventKind.EXEC_COMPLETE
+    # plan.json cannot be written either: said once, not at every stage boundary
+    assert sum(e.payload.code == "plan_write_failed" for e in events
+               if e.kind is EventKind.WARNING) == 1
