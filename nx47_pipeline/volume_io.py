@@ -22,9 +22,12 @@ Codes
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -38,6 +41,30 @@ PathLike = Union[str, "os.PathLike[str]"]
 LABEL_VALUES = (0, 1, 2)
 
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+_quiet = threading.local()
+
+
+class _QuietFilter(logging.Filter):
+    """Drop tifffile's own warnings while this module inspects a file: a bad
+    file is reported once, as a VolumeError naming it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "on", False)
+
+
+logging.getLogger("tifffile").addFilter(_QuietFilter())
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    prev = getattr(_quiet, "on", False)
+    _quiet.on = True
+    try:
+        yield
+    finally:
+        _quiet.on = prev
 
 
 class VolumeError(Exception):
@@ -210,7 +237,7 @@ def read_header(path: PathLike) -> VolumeHeader:
     if err is not None:
         raise err
     try:
-        with tifffile.TiffFile(p) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(p) as tif:
             return _header_from(tif, p)
     except VolumeError:
         raise
@@ -283,9 +310,8 @@ def read_volume(path: PathLike, *, kind: str = "image") -> np.ndarray:
     p = Path(path)
     header = read_header(p)
     try:
-        arr = tifffile.imread(p)
-    except VolumeError:
-        raise
+        with _quiet_tifffile():
+            arr = tifffile.imread(p)
     except MemoryError:
         raise
     except Exception as exc:  # codecs raise their own error types
@@ -333,10 +359,11 @@ def read_slice(path: PathLike, z: int) -> np.ndarray:
     if not 0 <= zi < nz:
         raise VolumeError(p, f"slice z={z} is outside 0..{nz - 1}", "slice_range")
     try:
-        if header.n_pages == nz:
-            out = tifffile.imread(p, key=zi)
-        else:  # one page holds the whole stack: decode it and index
-            out = tifffile.imread(p)[zi]
+        with _quiet_tifffile():
+            if header.n_pages == nz:
+                out = tifffile.imread(p, key=zi)
+            else:  # one page holds the whole stack: decode it and index
+                out = tifffile.imread(p)[zi]
     except Exception as exc:
         raise _decode_error(p, exc) from None
     out = np.asarray(out)

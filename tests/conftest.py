@@ -10,7 +10,7 @@ what is where, so tests can assert against it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,6 @@ class KaggleTree:
     malformed_lines: list[int]  # 1-based line numbers in train.csv
     deprecated_ids: list[str]
     stray_files: list[Path]
-    bad_files: dict[str, str] = field(default_factory=dict)  # file -> VolumeError code
 
 
 def _img(shape, seed):

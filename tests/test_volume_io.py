@@ -178,3 +178,13 @@ def test_one_bad_file_does_not_stop_the_others(tmp_path):
             errors[p.name] = exc.code
     assert set(results) == {g.name for g in good}
     assert errors == {"1b.tif": "corrupt"}
+
+
+def test_bad_file_is_reported_once_without_tifffile_log_noise(tmp_path, caplog):
+    p = write_volume(tmp_path / "full.tif", _vol((8, 16, 16)))
+    data = p.read_bytes()
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("DEBUG", logger="tifffile"):
+        _expect(bad, "corrupt")
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
