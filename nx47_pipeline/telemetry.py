@@ -276,6 +276,11 @@ class Telemetry:
     # stages
     # ------------------------------------------------------------------
     @property
+    def cancel_reported(self) -> bool:
+        """True once a CANCELLED event was published for this run."""
+        return self._cancel_reported
+
+    @property
     def current_stage(self) -> str:
         """Name of the innermost open stage ("" outside stages)."""
         stack = self._stack
