@@ -41,8 +41,8 @@ ProgressFn = Callable[[int, int, str], None]
 TRUNCATE = 3.0
 #: Extra z-rows needed by the finite-difference derivatives.
 DERIV_REACH = 1
-#: z-rows per chunk of pointwise work (keeps temporaries in cache).
-CHUNK = 2
+#: Voxels per chunk of pointwise work (keeps temporaries in cache).
+CHUNK_VOXELS = 100_000
 PER_SCALE = ("smooth", "gradmag", "hess_lmax", "sheetness", "laplacian", "local_std")
 
 
@@ -255,50 +255,84 @@ def _gaussian_rows(block: np.ndarray, sigma: float, lo: int, hi: int) -> np.ndar
     return ndimage.correlate1d(t, w, axis=2, mode="reflect")
 
 
+def _z_derivatives(piece: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+    """First (central) and second z-differences of ``piece`` at rows ``q0:q1``.
+
+    Rows without a neighbour on one side (the volume border) use the
+    one-sided first difference (as ``np.gradient``) and the ``reflect``
+    second difference (as :func:`_second_diff`).
+    """
+    n = piece.shape[0]
+    lo = max(q0, 1)
+    hi = min(q1, n - 1)
+    d1 = np.empty((q1 - q0,) + piece.shape[1:], dtype=piece.dtype)
+    d2 = np.empty_like(d1)
+    if hi > lo:
+        a = piece[lo + 1 : hi + 1]
+        b = piece[lo - 1 : hi - 1]
+        c = piece[lo:hi]
+        o1 = d1[lo - q0 : hi - q0]
+        np.subtract(a, b, out=o1)
+        o1 *= np.float32(0.5)
+        o2 = d2[lo - q0 : hi - q0]
+        np.add(a, b, out=o2)
+        o2 -= c
+        o2 -= c
+    if q0 == 0:
+        np.subtract(piece[1], piece[0], out=d1[0])
+        np.copyto(d2[0], d1[0])
+    if q1 == n:
+        np.subtract(piece[n - 1], piece[n - 2], out=d1[-1])
+        np.negative(d1[-1], out=d2[-1])
+    return d1, d2
+
+
 def _hessian_chunk(piece: np.ndarray, q0: int, q1: int, sigma: float, out: np.ndarray) -> None:
     """Derivative features of ``piece[q0:q1]`` into ``out`` (4, q1-q0, Y, X).
 
     ``piece`` has one extra row on each side of ``q0:q1`` unless that side is
     the volume border.  Writes gradient magnitude, largest-magnitude Hessian
-    eigenvalue, sheetness and Laplacian (scale-normalised).
+    eigenvalue, sheetness and Laplacian (scale-normalised: sigma times the
+    gradient, sigma**2 times the Hessian).
     """
-    s1 = np.float32(sigma)
-    s2 = np.float32(sigma * sigma)
-    gz, gy, gx = np.gradient(piece)
-    core = slice(q0, q1)
-    gm = gz[core] * gz[core]
-    gm += gy[core] * gy[core]
-    gm += gx[core] * gx[core]
+    core = piece[q0:q1]
+    gz, hzz = _z_derivatives(piece, q0, q1)
+    gy, gx = np.gradient(core, axis=(1, 2))
+    gm = gz * gz
+    tmp = gy * gy
+    gm += tmp
+    np.multiply(gx, gx, out=tmp)
+    gm += tmp
+    del tmp
     np.sqrt(gm, out=gm)
-    gm *= s1
-    out[0] = gm
+    np.multiply(gm, np.float32(sigma), out=out[0])
     del gm
-    hzy = np.gradient(gz[core], axis=1)
-    hzx = np.gradient(gz[core], axis=2)
-    hyx = np.gradient(gy[core], axis=2)
+    hzy, hzx = np.gradient(gz, axis=(1, 2))
+    hyx = np.gradient(gy, axis=2)
     del gz, gy, gx
-    hzz = _second_diff(piece, 0)[core]
-    hyy = _second_diff(piece[core], 1)
-    hxx = _second_diff(piece[core], 2)
-    for h in (hzy, hzx, hyx, hzz, hyy, hxx):
-        h *= s2
+    hyy = _second_diff(core, 1)
+    hxx = _second_diff(core, 2)
+    s2 = np.float32(sigma * sigma)
     lap = hzz + hyy
     lap += hxx
-    out[3] = lap
+    np.multiply(lap, s2, out=out[3])
     del lap
     e1, e2, e3 = sym3_eigvals(hzz, hyy, hxx, hzy, hzx, hyx)
     del hzz, hyy, hxx, hzy, hzx, hyx
     np.abs(e2, out=e2)
     a1 = np.abs(e1)
     a3 = np.abs(e3)
-    top_is_e1 = a1 > a3
+    top_is_e1 = np.greater(a1, a3)
+    # lmax: the largest-magnitude eigenvalue; mid: |l2|, the larger of the
+    # two remaining magnitudes
     lmax = np.where(top_is_e1, e1, e3)
-    # |l2| (middle magnitude): the larger of the two remaining magnitudes
     mid = np.where(top_is_e1, np.maximum(e2, a3, out=a3), np.maximum(a1, e2, out=a1))
-    out[1] = lmax
-    np.abs(lmax, out=e1)
-    e1 -= mid
-    out[2] = np.where(lmax < 0, e1, np.float32(0.0))
+    np.multiply(lmax, s2, out=out[1])
+    # sheetness = |lmax| - |l2| where lmax < 0, else 0  ==  max(-lmax - mid, 0)
+    lmax += mid
+    np.negative(lmax, out=lmax)
+    np.maximum(lmax, 0, out=lmax)
+    np.multiply(lmax, s2, out=out[2])
 
 
 def _block_features(
@@ -313,8 +347,8 @@ def _block_features(
 
     ``block`` holds the core slab plus whatever halo is available; the caller
     guarantees enough halo for exactness (or that the halo ends at the true
-    volume border).  The pointwise work runs in chunks of :data:`CHUNK`
-    z-rows so its temporaries stay in cache.
+    volume border).  The pointwise work runs in chunks of about
+    :data:`CHUNK_VOXELS` voxels (whole z-rows) so its temporaries stay in cache.
     """
     total = 1 + 4 * len(scales)
     done = 0
@@ -329,6 +363,7 @@ def _block_features(
     e_lo = max(0, z_lo - DERIV_REACH)
     e_hi = min(nz, z_hi + DERIV_REACH)
     c0 = z_lo - e_lo
+    chunk = max(1, int(round(CHUNK_VOXELS / (block.shape[1] * block.shape[2]))))
     k = 1
     for s in scales:
         label = f"\u03c3={s:g}"
@@ -338,8 +373,8 @@ def _block_features(
         if on_progress is not None:
             on_progress(done, total, f"smooth {label}")
 
-        for u in range(0, nc, CHUNK):
-            w = min(nc, u + CHUNK)
+        for u in range(0, nc, chunk):
+            w = min(nc, u + chunk)
             p_lo = max(0, c0 + u - DERIV_REACH)
             p_hi = min(ext.shape[0], c0 + w + DERIV_REACH)
             q0 = c0 + u - p_lo
@@ -349,8 +384,8 @@ def _block_features(
             on_progress(done, total, f"gradient+hessian {label}")
 
         var = _gaussian_rows(sq, s, z_lo, z_hi)
-        for u in range(0, nc, CHUNK):
-            w = min(nc, u + CHUNK)
+        for u in range(0, nc, chunk):
+            w = min(nc, u + chunk)
             m = ext[c0 + u : c0 + w]
             v = var[u:w]
             v -= m * m

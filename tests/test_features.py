@@ -44,6 +44,16 @@ def test_slabs_equal_whole_volume(pair, slab):
     np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_cache_chunking_does_not_change_results(pair, monkeypatch):
+    image, _ = pair
+    whole = F.compute_features(image)  # one chunk: the planes are small
+    monkeypatch.setattr(F, "CHUNK_VOXELS", 2 * image.shape[1] * image.shape[2])
+    np.testing.assert_allclose(F.compute_features(image), whole, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(F, "CHUNK_VOXELS", 1)
+    got = np.concatenate([f for _, _, f in F.iter_feature_slabs(image, slab=9)], axis=1)
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_halo_covers_the_largest_kernel():
     assert F.halo_for((1.0,)) < F.halo_for((1.0, 4.0)) == F.halo_for((4.0,))
     # a thin slab of a volume with a feature far from it still sees it exactly
