@@ -228,9 +228,9 @@ class Dashboard:
         self.progress_panel = ProgressPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
-        self.preview_panel = PreviewPanel(self.syncer, self.state.preview)
+        self.preview_panel = PreviewPanel(self.syncer, self.state.preview, lock=self._lock)
         self.log_panel = LogPanel(self.syncer, self.state.log,
-                                  [k.value for k in EventKind])
+                                  [k.value for k in EventKind], lock=self._lock)
         self.charts_panel = ChartsPanel(self.syncer)
         self.results_panel = ResultsPanel(self.syncer)
 

@@ -201,7 +201,8 @@ class PreviewPanel:
     user changes to a control stop live following (``state.take_control``).
     """
 
-    def __init__(self, syncer: Syncer, state: PreviewState) -> None:
+    def __init__(self, syncer: Syncer, state: PreviewState,
+                 lock: threading.RLock | None = None) -> None:
         from .render import AsyncRenderer
 
         self.syncer = syncer
@@ -226,7 +227,8 @@ class PreviewPanel:
         self.info.add_class("nx47-preview-info")
         self.renderer = AsyncRenderer(self._on_png, self._on_error)
         self._updating = False
-        self._lock = threading.RLock()
+        # shared with the pump's flush: user changes and event batches never interleave
+        self._lock = lock if lock is not None else threading.RLock()
         for w in (self.volume, self.axis, self.index):
             w.observe(self._on_user, names="value")
         for w in (*self.overlays.values(), self.opacity):
@@ -328,9 +330,11 @@ class PreviewPanel:
 class LogPanel:
     """Event log (last lines) with a minimum level and a kind filter."""
 
-    def __init__(self, syncer: Syncer, state: LogState, kinds: Sequence[str]) -> None:
+    def __init__(self, syncer: Syncer, state: LogState, kinds: Sequence[str],
+                 lock: threading.RLock | None = None) -> None:
         self.syncer = syncer
         self.state = state
+        self._lock = lock if lock is not None else threading.RLock()
         self.level = W.Dropdown(options=list(LEVELS), value=state.min_level,
                                 description="Level")
         self.kind = W.Dropdown(options=["all", *kinds], value="all", description="Kind")
@@ -342,10 +346,11 @@ class LogPanel:
         self.widget = W.VBox([_section("Event log"), W.HBox([self.level, self.kind]), self.text])
 
     def _on_filter(self, change: dict) -> None:
-        kind = self.kind.value
-        self.state.set_filter(min_level=self.level.value,
-                              kinds=None if kind == "all" else [kind])
-        self.render()
+        with self._lock:
+            kind = self.kind.value
+            self.state.set_filter(min_level=self.level.value,
+                                  kinds=None if kind == "all" else [kind])
+            self.render()
 
     def render(self, limit: int = 200) -> None:
         lines = [e.line() for e in self.state.visible(limit)]
