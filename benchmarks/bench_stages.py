@@ -122,7 +122,7 @@ def _floor_linear(volume: np.ndarray, n_features: int, slab: int) -> float:
     for z0 in range(0, nz, slab):
         z1 = min(nz, z0 + slab)
         n = (z1 - z0) * volume.shape[1] * volume.shape[2]
-        d = w @ stack[:, :n]
+        d = stack[:, :n].T @ w
         expit(d, out=d)
         out[z0:z1] = d.reshape((z1 - z0,) + volume.shape[1:])
     return time.perf_counter() - t

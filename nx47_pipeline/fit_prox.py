@@ -136,7 +136,7 @@ class LogisticModel:
         for z0, z1, feats in iter_feature_slabs(
             volume, scales=self.scales, slab=slab, on_progress=on_progress
         ):
-            d = w32 @ feats.reshape(feats.shape[0], -1)
+            d = feats.reshape(feats.shape[0], -1).T @ w32  # gemv
             d += np.float32(b)
             expit(d, out=d)
             out[z0:z1] = d.reshape(feats.shape[1:])
