@@ -142,8 +142,8 @@ class ProgressState:
             self.finished = None
             g.set(0.0, "run started", STYLE_INFO)
         elif kind is EventKind.PROGRESS_UPDATE:
-            g.set(p.global_, _counter_text("overall", round(100 * p.global_, 1), 100,
-                                           None, p.eta_s).replace(" of 100", " %"))
+            eta = f" · ETA {format_duration(p.eta_s)}" if p.eta_s is not None else ""
+            g.set(p.global_, f"overall · {100 * p.global_:.1f} %{eta}")
             step_label = f"{p.step} (stage {p.step_index + 1} of {p.step_count})" \
                 if p.step_count else p.step
             frac = p.step_done / p.step_total if p.step_total else 0.0
