@@ -239,6 +239,13 @@ class DetachedRunner:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_env = dict(os.environ if env is None else env)
         run_env.update(config_env(config.replace(out_dir=str(out_dir))))
+        # the child imports the same nx47_pipeline as this process (Kaggle: no install)
+        import nx47_pipeline
+
+        pkg_parent = str(Path(nx47_pipeline.__file__).resolve().parents[1])
+        paths = [p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if pkg_parent not in paths:
+            run_env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *paths])
         log = Path(log_path) if log_path else out_dir / "console.log"
         cmd = [python, "-m", "nx47_pipeline.cli", "run", "--data", str(config.data_root),
                "--out", str(out_dir), *extra_args]

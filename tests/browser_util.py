@@ -32,9 +32,7 @@ def voila_command(notebook: Path, port: int) -> list[str]:
     voila = Path(sys.executable).with_name("voila")
     exe = [str(voila)] if voila.exists() else [sys.executable, "-m", "voila"]
     return [*exe, str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-            "--VoilaConfiguration.show_tracebacks=True",
-            # no CDN on these machines: do not wait for remote assets
-            "--Voila.tornado_settings={'headers': {'Cache-Control': 'no-store'}}"]
+            "--VoilaConfiguration.show_tracebacks=True"]
 
 
 class VoilaServer:
