@@ -10,8 +10,9 @@ ACTIVE
 COMPUTING
     no progress for ``stall_after_s`` or more, but CPU time advanced during
     the last interval: the worker thread's own CPU clock
-    (``time.pthread_getcpuclockid``) or, for BLAS / OpenMP / torch pool
-    threads that the worker's clock does not see, the process CPU time;
+    (``time.pthread_getcpuclockid``) advanced by 5 % of the interval, or, for
+    BLAS / OpenMP / torch pool threads that the worker's clock does not see,
+    the rest of the process used a quarter of a core;
 STALLED
     no progress for ``stall_after_s`` or more and no CPU advancing;
 FINISHED / FAILED / CANCELLED
@@ -31,9 +32,10 @@ __all__ = ["HeartbeatMonitor", "thread_cpu_clock", "rss_mb"]
 
 #: Worker-thread CPU (core-seconds per wall second) that counts as computing.
 WORKER_CPU_FRAC = 0.05
-#: Process CPU beyond the heartbeat thread (cores) that counts as computing:
-#: pool threads of BLAS / OpenMP / torch working for the worker.
-PROCESS_CPU_FRAC = 0.5
+#: Process CPU beyond the worker and heartbeat threads (cores) that counts as
+#: computing: pool threads of BLAS / OpenMP / torch working for the worker.
+#: High enough that idle kernel / dashboard threads do not mask a stall.
+PROCESS_CPU_FRAC = 0.25
 
 _FINAL = (WorkerState.FINISHED, WorkerState.FAILED, WorkerState.CANCELLED)
 

@@ -83,6 +83,17 @@ def _sanitize(obj: Any) -> Any:
     return _sanitize(converted) if converted is not obj else obj
 
 
+def _fix_strings(obj: Any) -> Any:
+    """Replace characters UTF-8 cannot encode (lone surrogates) by U+FFFD."""
+    if isinstance(obj, str):
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in obj)
+    if isinstance(obj, dict):
+        return {_fix_strings(str(k)): _fix_strings(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_fix_strings(v) for v in obj]
+    return obj
+
+
 def canonical_json(obj: Any) -> str:
     """Canonical JSON text of ``obj`` (sorted keys, no spaces, UTF-8 as is).
 
@@ -322,9 +333,14 @@ class JournalSink:
         with self._lock:
             obj["prev_hash"] = self._head
             body = canonical_json(obj)
-            digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-            line = body[:-1] + ',"hash":"' + digest + '"}\n'
-            self._fh.write(line.encode("utf-8"))
+            try:
+                raw = body.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates (undecodable file names)
+                body = canonical_json(_fix_strings(obj))
+                raw = body.encode("utf-8")
+            digest = hashlib.sha256(raw).hexdigest()
+            line = raw[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n'
+            self._fh.write(line)
             self._fh.flush()
             if self.fsync:
                 os.fsync(self._fh.fileno())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nx47_pipeline.events import WorkerState
+from nx47_pipeline import heartbeat
 from nx47_pipeline.heartbeat import HeartbeatMonitor, thread_cpu_clock
 
 
@@ -188,3 +189,24 @@ def test_thread_cpu_clock_reads_a_live_thread():
     for i in range(200000):
         x += i
     assert read() > t0
+
+
+def test_worker_waiting_on_pool_threads_is_computing(monkeypatch):
+    """The worker thread sleeps in join() while other threads of the process
+    compute for it (as BLAS / OpenMP / torch pools do): process CPU counts.
+    The threshold is lowered so that a test machine loaded by other processes
+    (where the pool thread may get a small share of a core) still qualifies."""
+    monkeypatch.setattr(heartbeat, "PROCESS_CPU_FRAC", 0.05)
+    a = np.random.default_rng(0).random((200, 200))
+
+    def waits_for_pool(stop, mon):
+        def pool():
+            while not stop.is_set():
+                np.linalg.svd(a)
+
+        p = threading.Thread(target=pool, daemon=True)
+        p.start()
+        p.join()
+
+    states = run_with_monitor(waits_for_pool, 4)
+    assert states[2:] == ["COMPUTING", "COMPUTING"]

@@ -250,3 +250,18 @@ def test_read_journal_names_bad_line(tmp_path):
         fh.write(b"{}\n")
     with pytest.raises(ValueError, match="line 3"):
         read_journal(path)
+
+
+def test_undecodable_file_name_does_not_break_the_journal(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    bus = EventBus()
+    sink = JournalSink(path)
+    bus.attach(sink)
+    name = b"vol\xff.tif".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    bus.publish(EventKind.WARNING, MessagePayload(message="unreadable", subject=name))
+    bus.publish(EventKind.WARNING, MessagePayload(message="next"))
+    bus.close()
+    assert bus.failed_sinks == []
+    events = read_journal(path)
+    assert events[0].payload.subject == "vol\ufffd.tif" and events[1].payload.message == "next"
+    assert verify_journal(path).ok
