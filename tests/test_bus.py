@@ -132,15 +132,43 @@ def test_callback_sink_and_type_check():
 
 
 # ---------------------------------------------------------------- QueueSink
+def must_payload(kind, i):
+    """A valid payload for each must-deliver kind."""
+    from nx47_pipeline import events as ev
+
+    return {
+        EventKind.RUN_START: lambda: ev.RunStartPayload(run_id=str(i), out_dir="o", pid=1),
+        EventKind.CONFIG: lambda: ev.ConfigPayload(config={"i": i}),
+        EventKind.STEP: lambda: step("begin"),
+        EventKind.WARNING: lambda: MessagePayload(message=str(i)),
+        EventKind.ERROR: lambda: MessagePayload(message=str(i)),
+        EventKind.CANCELLED: lambda: MessagePayload(message=str(i)),
+        EventKind.PREFLIGHT_OK: lambda: ev.PreflightPayload(ok=True),
+        EventKind.PREFLIGHT_FAIL: lambda: ev.PreflightPayload(ok=False, reason=str(i)),
+        EventKind.BUDGET: lambda: ev.BudgetPayload(decision="projection", message=str(i)),
+        EventKind.GLOBAL_STATS: lambda: ev.GlobalStatsPayload(stats={"i": i}),
+        EventKind.EXEC_COMPLETE: lambda: ev.ExecCompletePayload(status="ok"),
+        EventKind.COVERAGE_AUDIT: lambda: ev.CoverageAuditPayload(
+            pair_count_discovered=786, pair_count_selected_for_training=32,
+            coverage_pct_selected_vs_discovered=4.1, max_train_volumes=24, max_val_volumes=8,
+            n_train=24, n_val=8, n_test=1),
+    }[kind]()
+
+
+MUST_KINDS = sorted(MUST_DELIVER, key=lambda k: k.value)
+
+
 def _publish_flood(bus, n):
-    """n events: mostly progress/heartbeat/metric storms with rare must-deliver ones."""
+    """n events: progress/heartbeat/metric storms with every must-deliver kind
+    sprinkled in (each kind many times)."""
     published_must = []
     for i in range(n):
         r = i % 1000
         if r == 0:
             published_must.append(bus.publish(EventKind.STEP, step("begin"), stage=f"s{i // 1000}"))
-        elif r == 500:
-            published_must.append(bus.publish(EventKind.WARNING, MessagePayload(message=str(i))))
+        elif r % 97 == 0:
+            kind = MUST_KINDS[(i // 97) % len(MUST_KINDS)]
+            published_must.append(bus.publish(kind, must_payload(kind, i)))
         elif r == 999:
             published_must.append(bus.publish(EventKind.STEP, step("end"), stage=f"s{i // 1000}"))
         elif r % 7 == 0:
@@ -161,13 +189,14 @@ def test_queue_keeps_every_must_deliver_event_under_100k_flood():
     out = q.drain()
     got_must = [e for e in out if e.kind in MUST_DELIVER]
     assert got_must == must
+    assert {e.kind for e in got_must} == set(MUST_DELIVER)
     seqs = [e.seq for e in out]
     assert seqs == sorted(seqs)
     # at most one pending progress per stage and one heartbeat
     prog = [e.stage for e in out if e.kind is EventKind.PROGRESS_UPDATE]
     assert len(prog) == len(set(prog))
     assert sum(e.kind is EventKind.HEARTBEAT for e in out) == 1
-    assert q.dropped > 90_000
+    assert q.dropped > 80_000
     assert len(out) + q.dropped == 100_000
 
 
