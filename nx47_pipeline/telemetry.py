@@ -61,10 +61,10 @@ _BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_f
 class _Counter:
     """Rate of one progress counter (files or sub-steps) within a stage."""
 
-    __slots__ = ("key", "t0", "done0")
+    __slots__ = ("key", "t0", "done0", "last")
 
     def __init__(self, key: Any, t0: float, done0: float) -> None:
-        self.key, self.t0, self.done0 = key, t0, done0
+        self.key, self.t0, self.done0, self.last = key, t0, done0, done0
 
 
 class Telemetry:
@@ -398,11 +398,12 @@ class Telemetry:
     def _rate(self, name: str, level: str, label: str, done: float, now: float) -> float | None:
         key = (name, level)
         c = self._counters.get(key)
-        if c is None or c.key != label or done < c.done0:
-            # a new counter (new sub-step name, or restarted count)
+        if c is None or c.key != label or done < c.last:
+            # a new counter (other total, or the count restarted, e.g. next file)
             c = _Counter(label, self._stage_t0.get(name, now) if c is None else now,
                          0.0 if c is None else done)
             self._counters[key] = c
+        c.last = done
         dt = now - c.t0
         if dt <= 0 or done <= c.done0:
             return None
@@ -442,9 +443,9 @@ class Telemetry:
             # rates of the finest active counter
             rate = None
             if substep_total:
-                rate = self._rate(name, "sub", substep, substep_done, now)
+                rate = self._rate(name, "sub", substep_total, substep_done, now)
             if rate is None and file_total:
-                rate = self._rate(name, "file", "", file_done, now)
+                rate = self._rate(name, "file", file_total, file_done, now)
             if rate is None:
                 rate = self.plan.rate(name)
             done, total = self.plan.counters(name)

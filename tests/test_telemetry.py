@@ -267,3 +267,24 @@ def test_unwritable_journal_is_reported_and_the_run_goes_on(tmp_path):
     # plan.json cannot be written either: said once, not at every stage boundary
     assert sum(e.payload.code == "plan_write_failed" for e in events
                if e.kind is EventKind.WARNING) == 1
+
+
+def test_rate_is_of_the_finest_active_counter(tmp_path):
+    t = [0.0]
+    tel = make(tmp_path, mono=lambda: t[0], progress_interval_s=0.0)
+    tel.start(run_id="r")
+    with tel.stage("features", total=4):
+        for f in range(2):  # 2 files, 4 sub-steps each, one sub-step every 0.5 s
+            for k in range(4):
+                t[0] += 0.5
+                tel.progress(step_done=f + (k + 1) / 4, file=f"v{f}", file_done=f,
+                             file_total=2, substep=f"filter{k}", substep_done=k + 1,
+                             substep_total=4)
+        t[0] += 1.0
+        tel.progress(step_done=4, file_done=2, file_total=2)  # file level only
+    tel.finish("ok")
+    prog = [e.payload for e in read_journal(tmp_path / "journal.jsonl")
+            if e.kind is EventKind.PROGRESS_UPDATE]
+    assert prog[3].rate == pytest.approx(2.0)   # sub-steps per second in file 0
+    assert prog[7].rate == pytest.approx(2.0)   # counted again from the restart in file 1
+    assert prog[-1].rate == pytest.approx(2 / 5.0)  # files per second since stage start
