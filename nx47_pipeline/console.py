@@ -54,7 +54,9 @@ def _clean(text: Any) -> str:
 
 def _progress_text(p: dict) -> str:
     parts = [f"PROGRESS {100.0 * float(p.get('global') or 0.0):5.1f}%"]
-    step = f"step {_num(p.get('step_done', 0))}/{_num(p.get('step_total', 0))}"
+    step = f"step {_num(p.get('step_done', 0))}"
+    if p.get("step_total"):
+        step += f"/{_num(p['step_total'])}"
     if p.get("file"):
         step += f" {p['file']}"
     parts.append(step)

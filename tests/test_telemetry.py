@@ -288,3 +288,41 @@ def test_rate_is_of_the_finest_active_counter(tmp_path):
     assert prog[3].rate == pytest.approx(2.0)   # sub-steps per second in file 0
     assert prog[7].rate == pytest.approx(2.0)   # counted again from the restart in file 1
     assert prog[-1].rate == pytest.approx(2 / 5.0)  # files per second since stage start
+
+
+def test_console_prints_held_back_last_progress_before_stage_end():
+    from nx47_pipeline.bus import EventBus
+    from nx47_pipeline.console import ConsoleSink
+    from nx47_pipeline.events import ArrayTracePayload, ProgressPayload, StepPayload
+
+    out = io.StringIO()
+    now = [0.0]
+    bus = EventBus(clock=lambda: 1000.0 + now[0], t0=1000.0)
+    bus.attach(ConsoleSink(out, min_interval_s=5.0, clock=lambda: now[0]))
+
+    def prog(done):
+        return ProgressPayload(step="fit", step_index=0, step_count=1, step_done=done,
+                               step_total=0.0, message=f"iter {done:g}")
+
+    bus.publish(EventKind.STEP, StepPayload(phase="begin"), stage="fit")
+    for i in range(1, 6):  # unknown total: no "final" report, all within 5 s
+        now[0] = i * 0.5
+        bus.publish(EventKind.PROGRESS_UPDATE, prog(i), stage="fit")
+    for i in range(3):
+        bus.publish(EventKind.ARRAY_TRACE, ArrayTracePayload(
+            name=f"a{i}", shape=[2], dtype="uint8", min=0.0, max=1.0, mean=0.5,
+            digest="ab" * 32, digest_method="sha256-full"), stage="fit")
+    now[0] = 8.0  # 5.5 s after the first trace line
+    bus.publish(EventKind.ARRAY_TRACE, ArrayTracePayload(
+        name="a3", shape=[2], dtype="uint8", min=0.0, max=1.0, mean=0.5,
+        digest="cd" * 32, digest_method="sha256-full"), stage="fit")
+    bus.publish(EventKind.STEP, StepPayload(phase="end", duration_s=3.0), stage="fit")
+    lines = out.getvalue().splitlines()
+    body = [l.split(None, 3)[3] for l in lines]  # drop "[ t s] stage"
+    assert body[0].startswith("STEP begin")
+    assert "iter 1" in body[1]
+    assert "TRACE a0" in body[2]
+    assert "TRACE a3" in body[3] and "(+2 traces not shown)" in body[3]
+    assert "iter 5" in body[4]  # the held-back last progress, before the end line
+    assert body[5].startswith("STEP end ok")
+    assert len(lines) == 6
