@@ -154,7 +154,6 @@ def voila_command(notebook: Path, *, port: int, ip: str = "127.0.0.1") -> list[s
     return [
         sys.executable, "-m", "voila", str(notebook),
         "--no-browser", f"--port={port}", f"--Voila.ip={ip}",
-        "--VoilaConfiguration.file_allowlist=['.*']",
     ]
 
 
