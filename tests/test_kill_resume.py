@@ -27,7 +27,7 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_corpus import synthetic_pair, write_tif  # noqa: E402
+from fault_corpus import build_clean_root, journal_dicts, run_env, synthetic_pair, write_tif  # noqa: E402
 
 
 def _masks(tmp_path: Path, ids: list[str]) -> list[tuple[str, Path]]:
@@ -323,3 +323,36 @@ def test_budget_sweep_always_submits_before_the_deadline(clean_root, tmp_path, b
         assert zf.testzip() is None
         assert sorted(zf.namelist()) == sorted(f"{t}.tif" for t in test_ids)
     _assert_journal_verifies(out, allow_torn=False)
+
+
+def test_full_disk_while_packaging_a_run_fails_cleanly_without_a_zip(tmp_path, monkeypatch):
+    """A finished run loses its zip; the rerun only has to package, and the
+    disk is full (ENOSPC from every zip write): the run ends failed with an
+    ERROR naming submission.zip, and no zip, not even a partial one, exists."""
+    from nx47_pipeline.config import RunConfig
+    from nx47_pipeline.pipeline import run_pipeline
+
+    data, _, test_ids = build_clean_root(tmp_path / "data", n_train=4, n_test=2)
+    out = tmp_path / "out"
+    env = {k: v for k, v in run_env().items() if k.startswith("NX47_")}
+    config = RunConfig.from_env(env, data_root=str(data), out_dir=str(out), use_unet=False,
+                                max_train_volumes=3, max_val_volumes=1, console=False)
+    first = run_pipeline(config)
+    assert first.status == "ok"
+    (out / "submission.zip").unlink()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", full_disk)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_disk)
+    second = run_pipeline(config)
+    assert second.status == "failed"
+    assert not (out / "submission.zip").exists()
+    assert not [p for p in out.iterdir() if "submission" in p.name], list(out.iterdir())
+    errors = [e for e in journal_dicts(out) if e["kind"] == "ERROR"]
+    assert any("submission.zip" in (e["payload"].get("subject", "") + e["payload"]["message"])
+               and "No space left" in e["payload"]["message"] for e in errors), errors
+    from nx47_pipeline.journal import verify_journal
+
+    assert verify_journal(out / "journal.jsonl").ok
