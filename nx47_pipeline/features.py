@@ -350,7 +350,7 @@ def _block_features(
     volume border).  The pointwise work runs in chunks of about
     :data:`CHUNK_VOXELS` voxels (whole z-rows) so its temporaries stay in cache.
     """
-    total = 1 + 4 * len(scales)
+    total = 1 + 3 * len(scales)
     done = 0
     nz = block.shape[0]
     nc = z_hi - z_lo
@@ -379,7 +379,7 @@ def _block_features(
             p_hi = min(ext.shape[0], c0 + w + DERIV_REACH)
             q0 = c0 + u - p_lo
             _hessian_chunk(ext[p_lo:p_hi], q0, q0 + (w - u), s, out[k + 1 : k + 5, u:w])
-        done += 2
+        done += 1
         if on_progress is not None:
             on_progress(done, total, f"gradient+hessian {label}")
 
@@ -414,8 +414,8 @@ def compute_features(
         Gaussian scales.
     on_progress : callable, optional
         ``on_progress(done, total, what)`` after each feature group
-        ("intensity", "smooth σ=2", "gradient σ=2", "hessian σ=2",
-        "local std σ=2", ...). It may raise to cancel.
+        ("intensity", "smooth σ=2", "gradient+hessian σ=2", "local std σ=2",
+        ...; ``total = 1 + 3 * len(scales)``). It may raise to cancel.
 
     Returns
     -------
