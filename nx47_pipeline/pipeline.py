@@ -280,7 +280,7 @@ class _Run:
                 status, submission = self._stages()
             except Cancelled as exc:
                 status = "cancelled"
-                if not self.tel._cancel_reported:  # a stage reports it; this covers between stages
+                if not self.tel.cancel_reported:  # a stage reports it; this covers between stages
                     self.tel.emit(
                         EventKind.CANCELLED,
                         _message_payload(f"run cancelled: {exc}" if str(exc) else "run cancelled"),
@@ -838,6 +838,9 @@ class _Run:
         params = self._unet_params()
         self.unet_params = params
         dest = self.out / "model" / "unet"
+        # torch keeps a compiler cache in the system temp folder by default;
+        # keep everything the run writes inside its output folder
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(dest / "torch-cache"))
         train = self.selection.train
         with self._stage("unet", total=params.epochs + 1):
 
