@@ -1092,8 +1092,8 @@ def estimate_cost(
         total   = train + infer
 
     A forward pass of a window batch is taken as half a training step
-    (forward + backward + update); the CPU benchmark measured ~0.55, GPUs
-    are usually nearer 1/3, so the figure errs on the long side.  Validation
+    (forward + backward + update); the CPU benchmark measured 0.35-0.55,
+    GPUs are usually nearer 1/3, so the figure errs on the long side.  Validation
     batches are counted as a third of a step.  Without ``seconds_per_patch_batch`` the figure is
     :data:`REFERENCE_STEP_SECONDS` for ``device`` scaled by
     ``(patch / 64)**3 * (batch / 2) * (width / 16)**2`` (convolution cost
