@@ -1077,7 +1077,7 @@ def estimate_cost(
     params: UNetParams,
     seconds_per_patch_batch: float | None,
     n_infer_volumes: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> float:
     """Rough seconds for U-Net training plus inference.
 
@@ -1112,8 +1112,8 @@ def estimate_cost(
     n_infer_volumes : int
         Volumes to predict (validation + test).
     device : str
-        ``"cpu"`` or ``"cuda"``: which reference figure to use when
-        ``seconds_per_patch_batch`` is None.
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available): which
+        reference figure to use when ``seconds_per_patch_batch`` is None.
 
     Returns
     -------
@@ -1127,7 +1127,10 @@ def estimate_cost(
     if not voxels_per_volume > 0:
         raise ValueError(f"voxels_per_volume must be > 0, got {voxels_per_volume!r}")
     if seconds_per_patch_batch is None:
-        kind = "cuda" if str(device).startswith("cuda") else "cpu"
+        if str(device) == "auto":
+            kind = "cuda" if cuda_available() else "cpu"
+        else:
+            kind = "cuda" if str(device).startswith("cuda") else "cpu"
         s = REFERENCE_STEP_SECONDS[kind] * (
             (params.patch / _REFERENCE.patch) ** 3
             * (params.batch / _REFERENCE.batch)

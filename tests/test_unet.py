@@ -442,11 +442,15 @@ def test_estimate_cost_follows_the_documented_formula():
     )
     assert tta - train_only == pytest.approx(8 * 2 * 365 / 2)
     # without a measurement the CPU reference is far slower than CUDA
-    cpu = U.estimate_cost(n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None)
+    cpu = U.estimate_cost(
+        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cpu"
+    )
     gpu = U.estimate_cost(
         n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cuda"
     )
     assert cpu > 10 * gpu > 0
+    auto = U.estimate_cost(n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None)
+    assert auto == (gpu if U.cuda_available() else cpu)
     with pytest.raises(ValueError, match="seconds_per_patch_batch"):
         U.estimate_cost(n_train_volumes=1, voxels_per_volume=1000, params=p, seconds_per_patch_batch=0)
 
