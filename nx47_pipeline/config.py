@@ -54,7 +54,7 @@ class RunConfig:
     max_total_samples: int = 1_000_000
     l1_grid: tuple[float, ...] = (1e-4, 1e-3)
     l2_grid: tuple[float, ...] = (1e-3, 1e-2)
-    threshold_grid: tuple[float, ...] = (0.35, 0.5, 0.65)
+    threshold_grid: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
     hysteresis_gap: float = 0.15
     search_max_iter: int = 150
     fit_max_iter: int = 500

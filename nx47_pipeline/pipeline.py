@@ -220,6 +220,7 @@ class _Run:
         self.selection = None
         self.resumed = False
         self.error_text = ""
+        self.prior_shift = 0.0
 
     # -- reporting ---------------------------------------------------------
     def warn(self, message: str, *, subject: str = "", code: str = "") -> None:
@@ -725,7 +726,10 @@ class _Run:
                 seed=_volume_seed(cfg.seed, rec.id), on_progress=on_feat,
             )
             tmp = dest / f".{rec.id}.tmp-{os.getpid()}.npz"
-            np.savez(tmp, X=X, y=y)
+            # labelled-voxel class counts: the sample is class-balanced, the
+            # volumes are not; the model's intercept is corrected with them
+            counts = np.array([np.count_nonzero(label == 0), np.count_nonzero(label == 1)], dtype=np.int64)
+            np.savez(tmp, X=X, y=y, counts=counts)
             os.replace(tmp, path)
             out.append(path)
             self.tel.emit(
@@ -739,14 +743,20 @@ class _Run:
             prog(i + 1, n, file=rec.id, file_done=i + 1, file_total=n)
         return out
 
-    @staticmethod
-    def _load_samples(paths: Iterable[Path]) -> tuple[np.ndarray, np.ndarray]:
+    def _load_samples(self, paths: Iterable[Path]) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenate the per-volume samples; sets ``self.prior_shift``, the
+        logit correction from the balanced sample's class prior to the
+        labelled voxels' prior (so probabilities mean what they say)."""
         Xs, ys = [], []
+        counts = np.zeros(2, dtype=np.int64)
         for p in paths:
             with np.load(p, allow_pickle=False) as z:
                 Xs.append(z["X"])
                 ys.append(z["y"])
-        return np.concatenate(Xs), np.concatenate(ys)
+                counts += z["counts"]
+        X, y = np.concatenate(Xs), np.concatenate(ys)
+        self.prior_shift = prior_shift(counts, y)
+        return X, y
 
     # -- search ------------------------------------------------------------
     def _search(self, X, y) -> None:
@@ -770,6 +780,7 @@ class _Run:
             scales=cfg.feature_scales,
             closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels,
             max_iter=max_iter, tol=cfg.fit_tol,
+            intercept_shift=self.prior_shift,
             deadline=deadline,
             progress=prog,
             on_metric=lambda name, value, extra: self.tel.metric(name, value, **extra),
@@ -806,12 +817,15 @@ class _Run:
                 last_emit[0] = now
                 self.tel.metric("fit_prox_objective", float(objective), step=int(i))
 
+        if warm is not None:  # the search's models carry the prior correction
+            warm = dataclasses.replace(warm, intercept=warm.intercept - self.prior_shift)
         res = fit_prox(
             X, y, l1=best["l1"], l2=best["l2"], max_iter=max_iter, tol=cfg.fit_tol,
             time_cap_s=cfg.fit_time_cap_s, deadline=deadline, on_iter=on_iter,
             feature_names=feature_names(cfg.feature_scales), scales=cfg.feature_scales,
             warm_start=warm,
         )
+        res.model = dataclasses.replace(res.model, intercept=res.model.intercept + self.prior_shift)
         if res.stopped_reason in ("deadline", "time_cap") and emit:
             self._deadline_hit("fit_prox", f"stopped after {res.n_iter} iterations ({res.stopped_reason})")
         if emit:
@@ -1085,6 +1099,27 @@ class _Run:
             "resumed": self.resumed,
             "python": platform.python_version(),
         }
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def prior_shift(counts: np.ndarray, y: np.ndarray) -> float:
+    """Intercept correction from the sample's class prior to the data's.
+
+    Parameters
+    ----------
+    counts : array of 2 ints
+        Labelled voxels of class 0 and class 1 over the training volumes.
+    y : array
+        The (class-balanced) sample's labels.
+    """
+    total = int(counts.sum())
+    if total == 0 or len(y) == 0:
+        return 0.0
+    return _logit(counts[1] / total) - _logit(float(np.mean(y)))
 
 
 def _message_payload(message: str, *, subject: str = "", code: str = ""):

@@ -14,6 +14,7 @@ volume, ``results.json`` at the end), so a rerun resumes mid-grid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -84,6 +85,7 @@ def run_search(
     min_size: int = 100,
     max_iter: int = 150,
     tol: float = 1e-6,
+    intercept_shift: float = 0.0,
     deadline: float | None = None,
     progress: Callable[..., None] | None = None,
     on_metric: Callable[[str, float, dict], None] | None = None,
@@ -100,6 +102,9 @@ def run_search(
         Validation pairs (``id``, ``image_path``, ``label_path``).
     dest : path
         Cache folder.
+    intercept_shift : float
+        Added to each fitted model's intercept: the logit correction from
+        the class-balanced sample's prior to the labelled voxels' prior.
     deadline : float, optional
         ``time.monotonic()`` value; the search stops early there and picks
         the best point seen (BUDGET is the caller's to publish via
@@ -152,6 +157,7 @@ def run_search(
 
         res = fit_prox(X, y, l1=l1, l2=l2, max_iter=max_iter, tol=tol, deadline=deadline,
                        on_iter=on_iter, feature_names=feature_names(scales), scales=tuple(scales))
+        res.model = dataclasses.replace(res.model, intercept=res.model.intercept + intercept_shift)
         res.model.save(path)
         _atomic_json(meta_path, {"n_iter": res.n_iter, "seconds": res.seconds, "l1": l1, "l2": l2,
                                  "stopped_reason": res.stopped_reason})

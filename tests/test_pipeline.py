@@ -243,3 +243,13 @@ def test_rerun_resumes_and_gives_identical_masks(full_run, data_root, tmp_path):
     assert len(new_events) > len(events)  # the chain continued
     assert verify_journal(copy / "journal.jsonl").ok
     assert json.loads((copy / "stats.json").read_text())["resumed"] is True
+
+
+def test_prior_shift_maps_balanced_probabilities_to_the_data_prior():
+    from nx47_pipeline.pipeline import prior_shift
+
+    y = np.array([0, 1] * 50)
+    # 20 % surface among labelled voxels: logit(0.2) - logit(0.5)
+    assert prior_shift(np.array([800, 200]), y) == pytest.approx(np.log(0.25))
+    assert prior_shift(np.array([500, 500]), y) == pytest.approx(0.0)
+    assert prior_shift(np.array([0, 0]), y) == 0.0
