@@ -388,6 +388,21 @@ def test_inference_returns_the_source_shape_and_reports_each_window_batch(shape)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
+def test_blending_covers_every_voxel_with_normalised_weights():
+    class Pointwise(torch.nn.Module):
+        """Logit = the input intensity rescaled: output equals a function of
+        the voxel itself, whichever window it was seen in."""
+
+        def forward(self, x):
+            return x * 2.0
+
+    params = _params(batch=2, overlap=0.5)
+    image = np.random.default_rng(2).integers(0, 255, (30, 41, 26), dtype=np.uint8)
+    prob = U.predict_volume(Pointwise(), image, params=params, device="cpu")
+    expected = 1 / (1 + np.exp(-2.0 * (image / 127.5 - 1)))
+    assert np.allclose(prob, expected, atol=1e-5)
+
+
 def test_flip_tta_is_invariant_to_flipping_the_input():
     params = _params(tta_flip=True, overlap=0.0)
     model = U.build_unet(params)
