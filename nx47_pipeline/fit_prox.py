@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -174,32 +175,32 @@ class LogisticModel:
     def load(cls, path: str | os.PathLike) -> "LogisticModel":
         """Read a model written by :meth:`save`."""
         path = Path(path)
+        keys = ("format", "coef", "intercept", "mean", "scale", "feature_names", "scales")
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [
-                    k
-                    for k in ("format", "coef", "intercept", "mean", "scale", "feature_names", "scales")
-                    if k not in z.files
-                ]
-                if missing:
-                    raise ValueError(f"{path}: not an NX47 model file (missing {missing})")
-                fmt = str(z["format"])
-                if fmt != MODEL_FORMAT:
-                    raise ValueError(f"{path}: unknown model format {fmt!r}")
-                return cls(
-                    coef=z["coef"],
-                    intercept=float(z["intercept"]),
-                    mean=z["mean"],
-                    scale=z["scale"],
-                    feature_names=[str(s) for s in z["feature_names"]],
-                    l1=float(z["l1"]) if "l1" in z.files else 0.0,
-                    l2=float(z["l2"]) if "l2" in z.files else 0.0,
-                    scales=tuple(float(s) for s in z["scales"]),
-                )
-        except (OSError, EOFError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
+                if not hasattr(z, "files"):
+                    raise ValueError("not an npz archive")
+                data = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: cannot read model file ({exc})") from None
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise ValueError(f"{path}: not an NX47 model file (missing {missing})")
+        fmt = str(data["format"])
+        if fmt != MODEL_FORMAT:
+            raise ValueError(f"{path}: unknown model format {fmt!r}")
+        return cls(
+            coef=data["coef"],
+            intercept=float(data["intercept"]),
+            mean=data["mean"],
+            scale=data["scale"],
+            feature_names=[str(s) for s in data["feature_names"]],
+            l1=float(data["l1"]) if "l1" in data else 0.0,
+            l2=float(data["l2"]) if "l2" in data else 0.0,
+            scales=tuple(float(s) for s in data["scales"]),
+        )
 
 
 @dataclass

@@ -154,6 +154,12 @@ def test_save_load_roundtrip_without_pickle(tmp_path: Path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not an NX47 model"):
         LogisticModel.load(tmp_path / "other.npz")
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="broken.npz"):
+        LogisticModel.load(broken)
+    with pytest.raises(FileNotFoundError):
+        LogisticModel.load(tmp_path / "absent.npz")
 
 
 def test_predict_volume_matches_row_predictions():
