@@ -86,8 +86,9 @@ def halo_for(scales: Sequence[float]) -> int:
     Returns
     -------
     int
-        The Gaussian kernel radius of the largest scale plus the reach of the
-        second-order finite differences.
+        The Gaussian kernel radius of the largest scale
+        (``int(TRUNCATE * sigma + 0.5)``) plus :data:`DERIV_REACH` row for the
+        finite differences.
     """
     smax = max(_check_scales(scales))
     return int(TRUNCATE * smax + 0.5) + DERIV_REACH
