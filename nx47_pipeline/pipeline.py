@@ -514,7 +514,14 @@ class _Run:
 
         t = time.monotonic()
         model = self._fit_in(X, y, grid["best"], pre_dir / "model", phase_prog(2, "fit_prox"), max_iter=small_iter, deadline=None)
-        phase_prog(3, "unet")(1, 1, message="U-Net timing is estimated, not measured, in the preflight")
+        unet_s_per_batch = None
+        if cfg.use_unet is not False:
+            from . import unet as unet_mod
+
+            if unet_mod.torch_available():
+                phase_prog(3, "unet")(0, 1, message="timing one U-Net training batch")
+                unet_s_per_batch = unet_mod.time_train_step(self._unet_params(), device=cfg.unet_device)
+        phase_prog(3, "unet")(1, 1)
 
         t = time.monotonic()
         self._validate_in(model, grid["best"], val, pre_dir / "val", phase_prog(4, "validate"), emit=False)
@@ -550,6 +557,7 @@ class _Run:
             mvox_test=mvox_test,
             rows_per_volume=rows_per_volume,
             grid_fits=len(cfg.l1_grid) * len(cfg.l2_grid),
+            unet_s_per_batch=unet_s_per_batch,
         )
 
     # -- budget ------------------------------------------------------------
@@ -571,17 +579,9 @@ class _Run:
         return True, "U-Net on (--unet)"
 
     def _unet_params(self):
-        from .unet import UNetParams
+        from .unet import params_from_config
 
-        cfg = self.config
-        return UNetParams(
-            width=cfg.unet_width,
-            depth=cfg.unet_depth,
-            patch=cfg.unet_patch,
-            batch=cfg.unet_batch,
-            epochs=cfg.unet_epochs,
-            seed=cfg.seed,
-        )
+        return params_from_config(self.config)
 
     def _plan_budget(self) -> None:
         cfg = self.config
@@ -600,6 +600,8 @@ class _Run:
                     voxels_per_volume=timings.mvox_train * 1e6,
                     params=self._unet_params(),
                     seconds_per_patch_batch=timings.unet_s_per_batch,
+                    n_infer_volumes=len(sel.val) + n_test,
+                    device=self.config.unet_device,
                 )
             )
         except Exception:  # noqa: BLE001 - an estimate only
@@ -876,10 +878,10 @@ class _Run:
                 n_volumes=len(train),
             )
 
-            def on_batch(epoch, epochs, batch, n_batches, loss):
-                self.prog(1 + epoch + batch / max(n_batches, 1), params.epochs + 1, substep=f"epoch {epoch + 1}/{epochs} batch",
+            def on_batch(epoch, epochs, batch, n_batches, loss):  # epoch counts from 1
+                self.prog(epoch + batch / max(n_batches, 1), params.epochs + 1, substep=f"epoch {epoch}/{epochs} batch",
                           substep_done=batch, substep_total=n_batches)
-                self.tel.metric("unet_batch_loss", float(loss), step=int(epoch * n_batches + batch))
+                self.tel.metric("unet_batch_loss", float(loss), step=int((epoch - 1) * n_batches + batch))
 
             def on_epoch(epoch, epochs, train_loss, val_loss):
                 self.tel.metric("unet_epoch_loss", float(train_loss), step=int(epoch), val_loss=val_loss)
@@ -892,14 +894,25 @@ class _Run:
                 self._deadline_hit("unet", f"training stopped after {res.epochs_done} epochs")
             self.unet = res.model
 
-    def _probability(self, model, volume, best, prog_kw: Callable[..., None]):
-        """Probability map of the model (fused with the U-Net when on)."""
-        prob = model.predict_volume(volume, on_progress=prog_kw)
+    def _probability(self, model, volume, on_p: Callable[[int, int, str, float], None]):
+        """Probability map of the model, fused with the U-Net when it is on.
+
+        ``on_p(done, total, what, frac)`` reports sub-steps; ``frac`` is the
+        fraction of this volume's probability work done (the linear model
+        takes the first half and the U-Net's sliding windows the second when
+        the U-Net is on).
+        """
+        share = 0.5 if self.unet is not None else 1.0
+        prob = model.predict_volume(
+            volume, on_progress=lambda d, t, what: on_p(d, t, what, share * d / max(t, 1))
+        )
         if self.unet is not None:
             from . import unet as unet_mod
 
-            up = unet_mod.predict_volume(self.unet, volume, params=self.unet_params,
-                                         device=self.config.unet_device)
+            up = unet_mod.predict_volume(
+                self.unet, volume, params=self.unet_params, device=self.config.unet_device,
+                on_window=lambda d, t: on_p(d, t, "U-Net windows", share + (1 - share) * d / max(t, 1)),
+            )
             prob = unet_mod.fuse_probabilities(prob, up, mode=self.config.unet_fuse)
         return prob
 
@@ -930,11 +943,11 @@ class _Run:
                     self.err(str(exc), subject=rec.id, code=exc.code)
                     continue
 
-                def on_p(done, total, what, _i=i):
-                    prog(_i + 0.8 * done / max(total, 1), n, file=rec.id, file_done=_i, file_total=n, substep=what,
+                def on_p(done, total, what, frac, _i=i):
+                    prog(_i + 0.8 * frac, n, file=rec.id, file_done=_i, file_total=n, substep=what,
                          substep_done=done, substep_total=total)
 
-                prob = self._probability(model, image, best, on_p)
+                prob = self._probability(model, image, on_p)
                 mask = postprocess(prob, low=best["low"], high=best["high"],
                                    closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
                 write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
@@ -1023,11 +1036,11 @@ class _Run:
                             budget_s=cfg.budget_s,
                         )
             if use_model:
-                def on_p(done, total, what, _i=i):
-                    prog(_i + 0.9 * done / max(total, 1), n, file=rec.id, file_done=_i, file_total=n,
+                def on_p(done, total, what, frac, _i=i):
+                    prog(_i + 0.9 * frac, n, file=rec.id, file_done=_i, file_total=n,
                          substep=what, substep_done=done, substep_total=total)
 
-                prob = self._probability(model, image, best, on_p)
+                prob = self._probability(model, image, on_p)
                 prog(i + 0.9, n, file=rec.id, file_done=i, file_total=n, substep="post-processing")
                 mask = postprocess(prob, low=best["low"], high=best["high"],
                                    closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
