@@ -103,9 +103,10 @@ def _floor_filter_bank(volume: np.ndarray, scales, slab: int, derivatives: bool)
                 p0, p1 = max(0, c0 + u - 1), min(ext.shape[0], c0 + w + 1)
                 piece = ext[p0:p1]
                 q = slice(c0 + u - p0, c0 + w - p0)
-                gz, gy, gx = np.gradient(piece)
-                np.gradient(gz[q], axis=1), np.gradient(gz[q], axis=2), np.gradient(gy[q], axis=2)
-                F._second_diff(piece, 0), F._second_diff(piece[q], 1), F._second_diff(piece[q], 2)
+                gz, hzz = F._z_derivatives(piece, q.start, q.stop)
+                gy, gx = F._diff1(piece[q], 1), F._diff1(piece[q], 2)
+                F._diff1(gz, 1), F._diff1(gz, 2), F._diff1(gy, 2)
+                F._second_diff(piece[q], 1), F._second_diff(piece[q], 2)
     return time.perf_counter() - t
 
 

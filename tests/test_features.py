@@ -64,6 +64,19 @@ def test_halo_covers_the_largest_kernel():
         np.testing.assert_allclose(feats, whole[:, z0:z1], atol=1e-6)
 
 
+def test_finite_differences_match_numpy_gradient():
+    rng = np.random.default_rng(2)
+    for shape in ((2, 5, 7), (6, 2, 3), (9, 8, 7)):
+        a = rng.random(shape, dtype=np.float32)
+        for axis in range(3):
+            np.testing.assert_allclose(F._diff1(a, axis), np.gradient(a, axis=axis), atol=1e-6)
+        d1, d2 = F._z_derivatives(a, 0, shape[0])
+        np.testing.assert_allclose(d1, np.gradient(a, axis=0), atol=1e-6)
+        np.testing.assert_allclose(d2, F._second_diff(a, 0), atol=1e-6)
+        if shape[0] > 2:  # interior: the [1, -2, 1] stencil
+            np.testing.assert_allclose(d2[1:-1], a[2:] - 2 * a[1:-1] + a[:-2], atol=1e-6)
+
+
 def test_closed_form_eigenvalues_match_numpy():
     rng = np.random.default_rng(0)
     m = rng.normal(size=(5000, 3, 3))
