@@ -269,6 +269,11 @@ class _Run:
                 "stop it or choose another --out"
             )
         lock.write_text(str(os.getpid()))
+        # torch keeps a compiler cache in the system temp folder by default;
+        # keep everything the run writes inside its output folder
+        own_cache = "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+        if own_cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.out / "model" / "unet" / "torch-cache")
         status = "failed"
         submission: Path | None = None
         stats: dict[str, Any] = {}
@@ -301,6 +306,8 @@ class _Run:
                 stats=stats,
             )
         finally:
+            if own_cache:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
             try:
                 if lock.read_text().strip() == str(os.getpid()):
                     lock.unlink()
@@ -854,9 +861,6 @@ class _Run:
         params = self._unet_params()
         self.unet_params = params
         dest = self.out / "model" / "unet"
-        # torch keeps a compiler cache in the system temp folder by default;
-        # keep everything the run writes inside its output folder
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(dest / "torch-cache"))
         train = self.selection.train
         with self._stage("unet", total=params.epochs + 1):
 
