@@ -7,8 +7,9 @@ smaller than ``min_size`` voxels.  The output is a uint8 0/1 mask of exactly
 the probability's shape, as the submission format requires.
 
 ``fallback_segment`` is what the pipeline runs on the volumes left when the
-time budget runs short: smoothed intensity, Otsu threshold, the same closing
-and dust removal -- about a second or two on a 320^3 volume, no model needed.
+time budget runs short: smoothed intensity, Otsu threshold, a second
+threshold keeping the brighter core of the sheets, the same closing and dust
+removal -- about a second or two on a 320^3 volume, no model needed.
 """
 
 from __future__ import annotations
@@ -251,18 +252,38 @@ def otsu_baseline(volume: np.ndarray) -> np.ndarray:
     return (volume > _otsu_threshold(volume)).astype(np.uint8)
 
 
+def _quantile_above(smooth: np.ndarray, threshold: float, q: float) -> float:
+    """The ``q`` quantile of the values of ``smooth`` above ``threshold``."""
+    if smooth.dtype == np.uint8:
+        hist = np.bincount(smooth.reshape(-1), minlength=256)
+        hist[: int(np.floor(threshold)) + 1] = 0
+        total = hist.sum()
+        if total == 0:
+            return threshold
+        k = int(np.searchsorted(np.cumsum(hist), q * total, side="left"))
+        return float(min(k, 255))
+    above = smooth[smooth > threshold]
+    return float(np.quantile(above, q)) if above.size else threshold
+
+
 def fallback_segment(
     volume: np.ndarray,
     *,
     sigma: float = 1.0,
+    fg_quantile: float = 0.4,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
 ) -> np.ndarray:
     """Cheap model-free segmentation used when the time budget runs short.
 
-    Gaussian smoothing (``sigma``), Otsu threshold of the smoothed intensity,
-    then :func:`anisotropic_closing` and :func:`remove_small_components`.
-    Works on any volume (a constant one gives an empty mask).
+    Gaussian smoothing (``sigma``), Otsu threshold of the smoothed intensity
+    (the papyrus), then a second threshold at the ``fg_quantile`` quantile of
+    the papyrus intensities, which keeps the brighter core of each sheet
+    where the surface lies (whole sheets are about three times thicker than
+    the labelled surface), then :func:`anisotropic_closing` and
+    :func:`remove_small_components`.  ``fg_quantile=0`` keeps the whole
+    Otsu foreground.  Works on any volume (a constant one gives an empty
+    mask).
 
     Returns
     -------
@@ -271,6 +292,8 @@ def fallback_segment(
     volume = _check_3d("volume", volume)
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+    if not 0 <= fg_quantile < 1:
+        raise ValueError(f"fg_quantile must be in [0, 1), got {fg_quantile!r}")
     if volume.size == 0 or volume.min() == volume.max():
         return np.zeros(volume.shape, dtype=np.uint8)
     if sigma > 0:
@@ -280,7 +303,12 @@ def fallback_segment(
         smooth = volume
     if smooth.min() == smooth.max():
         return np.zeros(volume.shape, dtype=np.uint8)
-    mask = smooth > _otsu_threshold(smooth)
+    threshold = _otsu_threshold(smooth)
+    if fg_quantile > 0:
+        threshold = max(threshold, _quantile_above(smooth, threshold, fg_quantile))
+    mask = smooth > threshold
+    if not mask.any():  # a quantile on a two-level volume can leave nothing
+        mask = smooth > _otsu_threshold(smooth)
     mask = anisotropic_closing(mask, radius=closing_radius)
     mask = remove_small_components(mask, min_size=min_size)
     return mask.astype(np.uint8)

@@ -8,6 +8,7 @@ import pytest
 from nx47_pipeline.demo import make_volume
 from nx47_pipeline.features import feature_names
 from nx47_pipeline.fit_prox import LogisticModel
+from nx47_pipeline.metric import score_volume
 from nx47_pipeline.segment import (
     anisotropic_closing,
     fallback_segment,
@@ -129,14 +130,21 @@ def test_fallback_works_on_any_volume(volume):
     assert set(np.unique(out)) <= {0, 1}
 
 
-def test_fallback_finds_the_sheets():
-    image, label = make_volume((40, 40, 40), seed=4)
-    out = fallback_segment(image)
-    keep = label != 2
-    fg = (label == 1)[keep]
-    hit = out.astype(bool)[keep]
-    assert (hit & fg).sum() > 0.5 * fg.sum()  # most surface voxels covered
-    assert hit.mean() < 0.6  # and not everything
+def test_fallback_scores_above_plain_otsu():
+    """The budget fallback is a usable submission: on demo volumes its
+    competition score (local metric) is clearly above a plain Otsu mask."""
+    fallback, otsu = [], []
+    for seed in (4, 9, 10):
+        image, label = make_volume((40, 40, 40), seed=seed)
+        out = fallback_segment(image)
+        keep = label != 2
+        assert (out.astype(bool)[keep] & (label == 1)[keep]).sum() > 0.3 * (label == 1).sum()
+        fallback.append(score_volume(out, label).score)
+        otsu.append(score_volume(otsu_baseline(image), label).score)
+    # measured: ~0.60 vs ~0.51
+    assert np.mean(fallback) > np.mean(otsu) + 0.05, (fallback, otsu)
+    with pytest.raises(ValueError, match="fg_quantile"):
+        fallback_segment(image, fg_quantile=1.0)
 
 
 def test_otsu_baseline_separates_two_levels():
