@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
 from .config import RunConfig
 
 #: Multiplier applied to projected times (preflight rates on small data are
@@ -53,12 +53,7 @@ class PreflightTimings:
     measured_at: float = field(default_factory=time.time)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, asdict(self), sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "PreflightTimings":

@@ -13,7 +13,6 @@ serve           serve dashboard.ipynb with Voila on 127.0.0.1
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys

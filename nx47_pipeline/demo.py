@@ -30,13 +30,13 @@ import csv
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .atomic import write_text
 from .volume_io import write_volume
 
 #: Scroll ids of the competition, used for the demo's scrolls.
@@ -335,18 +335,7 @@ def _unique_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text(path, text, newline="")
 
 
 def _csv_text(rows: list[tuple[str, str]]) -> str:

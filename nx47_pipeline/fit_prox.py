@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.special import expit
 
+from .atomic import atomic_path
 from .features import feature_names as _feature_names
 from .features import iter_feature_slabs
 
@@ -147,9 +148,7 @@ class LogisticModel:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to ``path`` (npz, no pickle) atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path, fsync=True) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh,
@@ -163,12 +162,6 @@ class LogisticModel:
                     l2=np.array(self.l2, dtype=np.float64),
                     scales=np.array(self.scales, dtype=np.float64),
                 )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

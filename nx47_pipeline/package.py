@@ -9,11 +9,12 @@ previous complete zip or nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
+
+from .atomic import atomic_path
 
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -64,44 +65,34 @@ def write_submission(
         full). The final path is left untouched in that case.
     """
     out_zip = Path(out_zip)
-    out_zip.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_zip.with_name(f".{out_zip.name}.tmp-{os.getpid()}")
-    seen: set[str] = set()
-    total = len(masks)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for i, (volume_id, path) in enumerate(masks, start=1):
-                check_entry_id(volume_id)
-                if volume_id in seen:
-                    raise PackagingError(f"duplicate test id {volume_id!r} in the submission")
-                seen.add(volume_id)
-                path = Path(path)
-                if not path.is_file():
-                    raise PackagingError(f"{path}: mask for test id {volume_id!r} is missing")
-                zf.write(path, arcname=f"{volume_id}.tif")
-                if on_progress is not None:
-                    on_progress(i, total, volume_id)
-        with zipfile.ZipFile(tmp) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise PackagingError(f"{tmp}: entry {bad} failed its CRC check")
-            names = sorted(zf.namelist())
-        if names != sorted(f"{v}.tif" for v in seen):
-            raise PackagingError(f"{tmp}: entries {names} do not match the test ids")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_zip)
+        with atomic_path(out_zip, fsync=True) as tmp:
+            _write_zip(tmp, masks, on_progress)
     except OSError as exc:
-        _unlink_quietly(tmp)
         raise PackagingError(f"{out_zip}: could not write the submission: {exc}") from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
     return out_zip
 
 
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+def _write_zip(tmp: Path, masks: Sequence[tuple[str, Path]], on_progress) -> None:
+    """Write and check the zip at ``tmp`` (one ``<id>.tif`` per mask, at the root)."""
+    seen: set[str] = set()
+    total = len(masks)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for i, (volume_id, path) in enumerate(masks, start=1):
+            check_entry_id(volume_id)
+            if volume_id in seen:
+                raise PackagingError(f"duplicate test id {volume_id!r} in the submission")
+            seen.add(volume_id)
+            path = Path(path)
+            if not path.is_file():
+                raise PackagingError(f"{path}: mask for test id {volume_id!r} is missing")
+            zf.write(path, arcname=f"{volume_id}.tif")
+            if on_progress is not None:
+                on_progress(i, total, volume_id)
+    with zipfile.ZipFile(tmp) as zf:
+        bad = zf.testzip()
+        if bad is not None:
+            raise PackagingError(f"{tmp}: entry {bad} failed its CRC check")
+        names = sorted(zf.namelist())
+    if names != sorted(f"{v}.tif" for v in seen):
+        raise PackagingError(f"{tmp}: entries {names} do not match the test ids")

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import budget as budget_mod
+from .atomic import atomic_path, write_json
 from .budget import Deadlines, PreflightTimings
 from .cancel import Cancelled, CancelToken
 from .config import RunConfig
@@ -106,10 +106,7 @@ class RunFailed(RuntimeError):
 # small helpers
 # ---------------------------------------------------------------------------
 def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True, default=_json_default)
 
 
 def _json_default(obj: Any) -> Any:
@@ -318,7 +315,6 @@ class _Run:
 
     # -- the chain ---------------------------------------------------------
     def _stages(self) -> tuple[str, Path | None]:
-        cfg = self.config
         self._discovery()
         test = list(self.inventory.test)
         if not test:
@@ -734,12 +730,11 @@ class _Run:
                 image, label, scales=cfg.feature_scales, n_per_class=per_class,
                 seed=_volume_seed(cfg.seed, rec.id), on_progress=on_feat,
             )
-            tmp = dest / f".{rec.id}.tmp-{os.getpid()}.npz"
             # labelled-voxel class counts: the sample is class-balanced, the
             # volumes are not; the model's intercept is corrected with them
             counts = np.array([np.count_nonzero(label == 0), np.count_nonzero(label == 1)], dtype=np.int64)
-            np.savez(tmp, X=X, y=y, counts=counts)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                np.savez(tmp, X=X, y=y, counts=counts)
             out.append(path)
             self.tel.emit(
                 EventKind.PREVIEW,

@@ -9,13 +9,13 @@ that would lower it holds the figure until real progress catches up).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from .atomic import write_json
 
 __all__ = ["PlanTracker", "STATUSES", "DONE_STATUSES"]
 
@@ -302,16 +302,5 @@ class PlanTracker:
         """Write :meth:`snapshot` as JSON to ``path`` atomically; return it."""
         snap = self.snapshot()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(snap, fh, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json(path, snap)
         return snap

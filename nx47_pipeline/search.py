@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .atomic import write_json
 
 
 def grid_points(
@@ -44,9 +45,7 @@ def threshold_pairs(thresholds: Sequence[float], gap: float) -> list[tuple[float
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True)
 
 
 def predict_many(models, volume: np.ndarray, *, scales, on_progress=None) -> np.ndarray:

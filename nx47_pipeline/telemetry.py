@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from .atomic import write_json
 from .bus import EventBus, Sink
 from .cancel import CancelToken, Cancelled
 from .console import ConsoleSink
@@ -575,18 +576,4 @@ class Telemetry:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    import json
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, allow_nan=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_json(path, obj, allow_nan=False, default=str)

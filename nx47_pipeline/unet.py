@@ -27,14 +27,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from .atomic import atomic_path
 
 __all__ = [
     "IGNORE",
@@ -656,15 +656,8 @@ def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str):
 
 
 def _atomic_save(torch, obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _architecture(p: UNetParams) -> tuple:

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import struct
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Union
 
 import numpy as np
 import tifffile
+
+from .atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -455,10 +456,7 @@ def write_volume(
         raise ValueError(
             f"compression must be one of {sorted(_COMPRESSIONS)} or None, got {compression!r}"
         )
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         tifffile.imwrite(
             tmp,
             np.ascontiguousarray(arr),
@@ -466,11 +464,4 @@ def write_volume(
             photometric="minisblack",
             software=False,
         )
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return p
