@@ -102,6 +102,10 @@ class RunFailed(RuntimeError):
     """A stage failed in a way the run cannot go on from."""
 
 
+class _OutOfTime(Exception):
+    """The preflight ran past the time the budget leaves it."""
+
+
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
@@ -325,13 +329,16 @@ class _Run:
                 code="no_test",
             )
 
-        preflight_ok = self._preflight()
-        if not preflight_ok:
+        preflight = self._preflight()
+        if preflight != "ok":
+            why = "preflight failed" if preflight == "failed" else "budget too small to train"
             for name in ("features", "search", "fit_prox", "unet", "validate"):
-                self.skip(name, "preflight failed")
+                self.skip(name, why)
             self._segment(test, model_ok=False)
             sub = self._package(test)
-            return "preflight_failed", sub
+            if preflight == "failed":
+                return "preflight_failed", sub
+            return ("ok" if sub is not None or not test else "failed"), sub
 
         self._plan_budget()
         samples = self._features()
@@ -431,7 +438,17 @@ class _Run:
         _atomic_json(key_path, {"key": key, "fields": key_src})
 
     # -- preflight ---------------------------------------------------------
-    def _preflight(self) -> bool:
+    def _preflight_deadline(self) -> float:
+        """The preflight must end early enough to leave the fallback
+        segmentation of every test volume and the packaging."""
+        reserve = sum(
+            budget_mod.fallback_needed_s(None, mvox=_mvox(r.shape)) for r in self.inventory.test
+        ) + budget_mod.segment_reserve_s(None, n_test=0, mvox_test=0.0)
+        return self.deadlines.hard - reserve
+
+    def _preflight(self) -> str:
+        """Run the preflight: ``"ok"``, ``"failed"`` (PREFLIGHT_FAIL) or
+        ``"budget"`` (no time for it: BUDGET)."""
         cfg = self.config
         pre_dir = self.out / "preflight"
         done_marker = pre_dir / "timings.json"
@@ -447,7 +464,7 @@ class _Run:
                 self.timings = cached
                 self.tel.progress(step_done=6, step_total=6, message="preflight already passed (resumed)")
                 self._emit_preflight(True, "resumed: timings from the earlier preflight", 0.0, n_tr, n_va, len(test), dataclasses.asdict(cached))
-                return True
+                return "ok"
             t0 = time.monotonic()
             try:
                 if not train or not val:
@@ -460,15 +477,24 @@ class _Run:
                 timings = self._preflight_chain(pre_dir, train, val, test)
             except Cancelled:
                 raise
+            except _OutOfTime as exc:
+                self.tel.budget(
+                    "preflight",
+                    f"the budget leaves no time for the preflight ({exc}); training is skipped "
+                    "and every test volume gets the fallback segmentation",
+                    budget_s=self.config.budget_s,
+                    deadline_s=self._preflight_deadline() - self.t_start,
+                )
+                return "budget"
             except Exception as exc:  # noqa: BLE001 - reported as PREFLIGHT_FAIL
                 reason = f"{type(exc).__name__}: {exc}"
                 self._emit_preflight(False, reason, time.monotonic() - t0, n_tr, n_va, len(test), {})
                 self.err(f"preflight failed, the run stops before training: {reason}", code="preflight_failed")
-                return False
+                return "failed"
             timings.save(done_marker)
             self.timings = timings
             self._emit_preflight(True, "", time.monotonic() - t0, n_tr, n_va, len(test), dataclasses.asdict(timings))
-            return True
+            return "ok"
 
     def _emit_preflight(self, ok, reason, dur, n_tr, n_va, n_te, timings) -> None:
         self.tel.emit(
@@ -490,8 +516,14 @@ class _Run:
         small_iter = max(5, min(cfg.search_max_iter, 30))
         phases = 6
 
+        deadline = self._preflight_deadline()
+        if time.monotonic() > deadline:
+            raise _OutOfTime("nothing left after reserving the fallback segmentation")
+
         def phase_prog(i: int, label: str) -> Callable[..., None]:
             def p(done: float, total: float, **kw: Any) -> None:
+                if time.monotonic() > deadline:
+                    raise _OutOfTime(f"its deadline passed during {label}")
                 sub = kw.pop("substep", "")
                 kw["substep"] = f"{label}: {sub}" if sub else label
                 self.tel.progress(step_done=i + done / max(total, 1e-9), step_total=phases, **kw)
@@ -521,7 +553,7 @@ class _Run:
         if cfg.use_unet is not False:
             from . import unet as unet_mod
 
-            if unet_mod.torch_available():
+            if unet_mod.torch_available() and deadline - time.monotonic() > 120:
                 phase_prog(3, "unet")(0, 1, message="timing one U-Net training batch")
                 unet_s_per_batch = unet_mod.time_train_step(self._unet_params(), device=cfg.unet_device)
         phase_prog(3, "unet")(1, 1)
@@ -796,9 +828,15 @@ class _Run:
     def _fit(self, X, y) -> None:
         cfg = self.config
         with self._stage("fit_prox", total=cfg.fit_max_iter):
-            self.model = self._fit_in(X, y, self.best, self.out / "model", self.prog,
-                                      max_iter=cfg.fit_max_iter, deadline=self._training_deadline(),
-                                      emit=True)
+            model = self._fit_in(X, y, self.best, self.out / "model", self.prog,
+                                 max_iter=cfg.fit_max_iter, deadline=self._training_deadline(),
+                                 emit=True)
+            if not np.any(model.coef):
+                self.warn("the fitted model has no non-zero weight (stopped by the budget before "
+                          "learning, or regularised away); test volumes get the fallback segmentation",
+                          subject=str(self.out / "model" / "model.npz"), code="model_empty")
+                model = None
+            self.model = model
 
     def _fit_in(self, X, y, best: dict, dest: Path, prog, *, max_iter: int, deadline, emit: bool = False):
         from .features import feature_names
@@ -850,6 +888,10 @@ class _Run:
         if not use or not self.selection.train:
             self.skip("unet", "U-Net off" if not use else "no training volumes")
             return
+        if time.monotonic() > self._training_deadline():
+            self._deadline_hit("unet", "no time left to train the U-Net")
+            self.skip("unet", "training deadline passed")
+            return
         from . import unet as unet_mod
         from .volume_io import VolumeError, read_pair
 
@@ -891,7 +933,11 @@ class _Run:
             )
             if res.stopped_reason == "deadline":
                 self._deadline_hit("unet", f"training stopped after {res.epochs_done} epochs")
-            self.unet = res.model
+            if res.epochs_done > 0:
+                self.unet = res.model
+            else:
+                self.warn("the U-Net completed no epoch; segmentation uses the fit_prox model alone",
+                          code="unet_untrained")
 
     def _probability(self, model, volume, on_p: Callable[[int, int, str, float], None]):
         """Probability map of the model, fused with the U-Net when it is on.

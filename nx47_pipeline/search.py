@@ -178,7 +178,7 @@ def run_search(
             if data.get("n_models") == len(points):
                 scores = np.asarray(data["scores"], dtype=float)
         if scores is None:
-            if deadline is not None and time.monotonic() > deadline and counts > 0:
+            if deadline is not None and time.monotonic() > deadline:
                 if on_deadline:
                     on_deadline(f"{len(val) - v} of {len(val)} validation volumes not searched")
                 break
