@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,21 +31,7 @@ from nx47_pipeline.config import RunConfig  # noqa: E402
 from nx47_pipeline.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
 from nx47_widgets.runner import ThreadedRunner, UIPump  # noqa: E402
 from nx47_widgets.state import DashboardState  # noqa: E402
-
-
-def machine() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-        f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, Python {platform.python_version()}"
-    )
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from _common import git_commit, machine  # noqa: E402
 
 
 class Widgets:

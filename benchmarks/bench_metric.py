@@ -18,7 +18,6 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx47_pipeline import metric as M  # noqa: E402
+from _common import git_commit as _git_commit, ram_gib as _ram_gib  # noqa: E402
 
 
 def make_pair(n: int = 320, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,26 +71,6 @@ def _timed(fn, *args, **kwargs):
     t = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parents[1],
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _ram_gib() -> float:
-    try:
-        import psutil
-
-        return psutil.virtual_memory().total / 2**30
-    except ImportError:  # pragma: no cover
-        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import resource  # noqa: E402
 
 import psutil  # noqa: E402
+from _common import git_commit, machine  # noqa: E402
 
 #: Settings of every benchmark run (smaller than the defaults, same stages).
 BENCH_ENV = {
@@ -42,21 +42,6 @@ BENCH_ENV = {
     "NX47_HEARTBEAT_INTERVAL_S": "2",
     "NX47_CONSOLE_INTERVAL_S": "5",
 }
-
-
-def machine() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-        f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, Python {platform.python_version()}"
-    )
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def journal(out: Path) -> list[dict]:

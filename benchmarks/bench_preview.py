@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,20 +28,7 @@ import psutil  # noqa: E402
 
 from nx47_pipeline.volume_io import write_volume  # noqa: E402
 from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_slice  # noqa: E402
-
-
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-            f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, "
-            f"Python {platform.python_version()}")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from _common import git_commit, machine  # noqa: E402
 
 
 def make_volumes(folder: Path, n: int) -> dict[str, str]:

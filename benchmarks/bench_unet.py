@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx47_pipeline import unet as U  # noqa: E402
+from _common import ram_gib as _ram_gib  # noqa: E402
 
 
 def _commit() -> str:
@@ -51,15 +52,6 @@ def _commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def _ram_gib() -> float:
-    try:
-        import psutil
-
-        return psutil.virtual_memory().total / 2**30
-    except ImportError:  # pragma: no cover
-        return float("nan")
 
 
 def _device_name(torch, device: str) -> str:
