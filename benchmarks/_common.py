@@ -36,3 +36,10 @@ def machine() -> str:
     """Processor, logical cores, RAM and Python version, in one line."""
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
             f"{ram_gib():.1f} GiB RAM, Python {platform.python_version()}")
+
+
+def write_section(out: Path, lines: list[str]) -> None:
+    """Write a markdown section (``lines``) to ``out`` and echo it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))

@@ -31,7 +31,7 @@ from nx47_pipeline.config import RunConfig  # noqa: E402
 from nx47_pipeline.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
 from nx47_widgets.runner import ThreadedRunner, UIPump  # noqa: E402
 from nx47_widgets.state import DashboardState  # noqa: E402
-from _common import git_commit, machine  # noqa: E402
+from _common import git_commit, machine, write_section  # noqa: E402
 
 
 class Widgets:
@@ -195,9 +195,7 @@ def main(argv=None) -> int:
         f"| process RSS after the flood | {fl['rss_mb']:.0f} MiB |",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0
 
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 import resource  # noqa: E402
 
 import psutil  # noqa: E402
-from _common import git_commit, machine  # noqa: E402
+from _common import git_commit, machine, write_section  # noqa: E402
 
 #: Settings of every benchmark run (smaller than the defaults, same stages).
 BENCH_ENV = {
@@ -225,9 +225,7 @@ def main(argv=None) -> int:
     if failed:
         lines += [f"_{len(failed)} run(s) did not exit 0; last stderr: "
                   f"`{failed[-1]['stderr'].strip().splitlines()[-1:] if failed[-1]['stderr'] else ''}`_", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0 if not failed else 1
 
 

@@ -28,7 +28,7 @@ import psutil  # noqa: E402
 
 from nx47_pipeline.volume_io import write_volume  # noqa: E402
 from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_slice  # noqa: E402
-from _common import git_commit, machine  # noqa: E402
+from _common import git_commit, machine, write_section  # noqa: E402
 
 
 def make_volumes(folder: Path, n: int) -> dict[str, str]:
@@ -120,9 +120,7 @@ def main(argv=None) -> int:
         f"| process RSS (4 volumes cached) | {rss:.0f} MiB |",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0
 
 

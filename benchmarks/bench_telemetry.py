@@ -44,6 +44,7 @@ from nx47_pipeline.events import EventKind, ProgressPayload  # noqa: E402
 from nx47_pipeline.journal import JournalSink, verify_journal  # noqa: E402
 from nx47_pipeline.telemetry import Telemetry  # noqa: E402
 from nx47_pipeline.trace import array_trace  # noqa: E402
+from _common import write_section  # noqa: E402
 
 
 class Null(io.TextIOBase):
@@ -308,9 +309,7 @@ def main() -> int:
         "timings are noisy upper bounds.",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0
 
 

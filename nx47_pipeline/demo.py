@@ -424,22 +424,18 @@ def generate_demo_dataset(
         if on_progress is not None:
             on_progress(done, total, what)
 
-    for i, (vid, sc) in enumerate(zip(train_ids, train_scroll)):
-        img, lab = make_volume(
-            _as_shape(shape, i, "train"), seed=int(_seed_of("vol", seed, "train", i).integers(2**31)),
-            style=styles[sc],
-        )
-        write_volume(root / "train_images" / f"{vid}.tif", img)
-        write_volume(root / "train_labels" / f"{vid}.tif", lab)
-        tick(f"train {vid}")
-    for i, (vid, sc) in enumerate(zip(test_ids, test_scroll)):
-        img, lab = make_volume(
-            _as_shape(shape, i, "test"), seed=int(_seed_of("vol", seed, "test", i).integers(2**31)),
-            style=styles[sc],
-        )
-        write_volume(root / "test_images" / f"{vid}.tif", img)
-        write_volume(root / "test_labels_hidden" / f"{vid}.tif", lab)
-        tick(f"test {vid}")
+    for split, ids, id_scrolls, label_dir in (
+        ("train", train_ids, train_scroll, "train_labels"),
+        ("test", test_ids, test_scroll, "test_labels_hidden"),
+    ):
+        for i, (vid, sc) in enumerate(zip(ids, id_scrolls)):
+            img, lab = make_volume(
+                _as_shape(shape, i, split), seed=int(_seed_of("vol", seed, split, i).integers(2**31)),
+                style=styles[sc],
+            )
+            write_volume(root / f"{split}_images" / f"{vid}.tif", img)
+            write_volume(root / label_dir / f"{vid}.tif", lab)
+            tick(f"{split} {vid}")
     (root / "test_images").mkdir(exist_ok=True)
     for i, vid in enumerate(dep_ids):
         img, lab = make_volume(

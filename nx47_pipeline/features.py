@@ -197,6 +197,13 @@ def sym3_eigvals(
     return e1, q, e3
 
 
+def _along(ndim: int, axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
+    """Index selecting ``start:stop`` along ``axis`` of an ``ndim``-d array."""
+    s = [slice(None)] * ndim
+    s[axis] = slice(start, stop)
+    return tuple(s)
+
+
 def _diff1(a: np.ndarray, axis: int) -> np.ndarray:
     """Central difference along ``axis``, one-sided at the edges (needs >= 2
     samples); the same values as ``np.gradient`` but float32 throughout
@@ -205,9 +212,7 @@ def _diff1(a: np.ndarray, axis: int) -> np.ndarray:
     n = a.shape[axis]
 
     def sl(start, stop):
-        s = [slice(None)] * a.ndim
-        s[axis] = slice(start, stop)
-        return tuple(s)
+        return _along(a.ndim, axis, start, stop)
 
     if n > 2:
         mid = out[sl(1, n - 1)]
@@ -228,9 +233,7 @@ def _second_diff(a: np.ndarray, axis: int) -> np.ndarray:
     n = a.shape[axis]
 
     def sl(start, stop):
-        s = [slice(None)] * a.ndim
-        s[axis] = slice(start, stop)
-        return tuple(s)
+        return _along(a.ndim, axis, start, stop)
 
     if n > 2:
         mid = out[sl(1, n - 1)]
