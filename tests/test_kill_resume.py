@@ -201,8 +201,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", KILL_STAGES)
+#: Stages whose kill test also runs in CI (the rest are behind ``-m slow``).
+FAST_KILL_STAGES = {"search", "segment"}
+
+
+@pytest.mark.parametrize("stage", [
+    s if s in FAST_KILL_STAGES else pytest.param(s, marks=pytest.mark.slow) for s in KILL_STAGES
+])
 def test_sigkill_during_stage_then_rerun_gives_the_same_masks(clean_root, reference, tmp_path, stage):
     data, _, test_ids = clean_root
     ref_out, ref_masks = reference
