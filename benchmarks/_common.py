@@ -43,3 +43,13 @@ def write_section(out: Path, lines: list[str]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
+
+
+def load_note() -> str:
+    """One sentence stating how busy the machine was (1-minute load average)."""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load < 0.5 * cores:
+        return f"Load average {load:.2f} on {cores} cores when the section was written (a quiet machine)."
+    return (f"Load average {load:.2f} on {cores} cores when the section was written: other work "
+            "shared the machine, so times are upper bounds.")

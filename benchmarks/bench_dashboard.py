@@ -31,7 +31,7 @@ from nx47_pipeline.config import RunConfig  # noqa: E402
 from nx47_pipeline.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
 from nx47_widgets.runner import ThreadedRunner, UIPump  # noqa: E402
 from nx47_widgets.state import DashboardState  # noqa: E402
-from _common import git_commit, machine, write_section  # noqa: E402
+from _common import git_commit, machine, write_section, load_note  # noqa: E402
 
 
 class Widgets:
@@ -169,8 +169,7 @@ def main(argv=None) -> int:
     lines = [
         "## Dashboard under a flood",
         "",
-        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. "
-        "Other jobs shared the machine's cores while this ran, so rates are lower bounds.",
+        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. " + load_note(),
         "",
         f"A ThreadedRunner job publishes {n:,} events (PROGRESS_UPDATE, one WARNING every "
         f"1,000) as fast as it can into the dashboard's QueueSink (maxsize 2000); the UIPump "

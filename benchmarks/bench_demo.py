@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx47_pipeline.demo import _scroll_style, generate_demo_dataset, make_volume  # noqa: E402
 from nx47_pipeline.volume_io import write_volume  # noqa: E402
+from _common import load_note  # noqa: E402
 
 
 def _features(img: np.ndarray) -> np.ndarray:
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     mo = np.mean([r["otsu"].score for r in rows])
     ml = np.mean([r["logistic"].score for r in rows])
     lines += ["", f"Mean: Otsu {mo:.3f}, logistic {ml:.3f} (+{ml - mo:.3f}).", "",
-              "Other helpers loaded the same 2-core machine while this ran; times are indicative.",
+              load_note(),
               "", _machine(), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx47_pipeline import metric as M  # noqa: E402
-from _common import git_commit as _git_commit, ram_gib as _ram_gib  # noqa: E402
+from _common import git_commit as _git_commit, ram_gib as _ram_gib, load_note  # noqa: E402
 
 
 def make_pair(n: int = 320, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, Python "
         f"{platform.python_version()}; {_dt.date.today().isoformat()}, "
-        f"commit {_git_commit()}. Other processes shared the machine during the "
-        "run, so timings are upper bounds.",
+        f"commit {_git_commit()}. " + load_note(),
         "",
     ]
     text = "\n".join(lines)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 import resource  # noqa: E402
 
 import psutil  # noqa: E402
-from _common import git_commit, machine, write_section  # noqa: E402
+from _common import git_commit, machine, write_section, load_note  # noqa: E402
 
 #: Settings of every benchmark run (smaller than the defaults, same stages).
 BENCH_ENV = {
@@ -158,8 +158,7 @@ def main(argv=None) -> int:
     lines = [
         "## Whole pipeline: volumes, memory, projection, telemetry overhead",
         "",
-        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. Other jobs shared the "
-        "machine's two cores while this ran, so times are upper bounds.",
+        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. " + load_note(),
         "",
         f"`nx47 run --no-unet` (CPU, fit_prox only) on demo volumes of {edge}³ "
         f"(modest size so 32 volumes fit in minutes; per-volume cost at 320³ is in the stage "

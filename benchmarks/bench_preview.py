@@ -28,7 +28,7 @@ import psutil  # noqa: E402
 
 from nx47_pipeline.volume_io import write_volume  # noqa: E402
 from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_slice  # noqa: E402
-from _common import git_commit, machine, write_section  # noqa: E402
+from _common import git_commit, machine, write_section, load_note  # noqa: E402
 
 
 def make_volumes(folder: Path, n: int) -> dict[str, str]:
@@ -100,8 +100,7 @@ def main(argv=None) -> int:
     lines = [
         "## Slice previewer",
         "",
-        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. Other jobs shared the "
-        "machine's cores while this ran, so times are upper bounds.",
+        f"Machine: {machine()}. Date: {now}. Commit: {git_commit()}. " + load_note(),
         "",
         f"Four {n}³ uint8 LZW TIFFs (image, label, prediction, probability; {size_mb:.0f} MiB "
         "on disk), every overlay on (label, prediction, probability heat, error map), "

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nx47_pipeline import features as F  # noqa: E402
-from _common import git_commit as _git_commit, ram_gib as _ram_gb  # noqa: E402
+from _common import git_commit as _git_commit, ram_gib as _ram_gb, load_note  # noqa: E402
 
 TARGET = 1.5
 
@@ -218,7 +218,7 @@ def render(r: dict, sample_s: float, quick: bool) -> str:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{_ram_gb():.0f} GB RAM; {_dt.datetime.now():%Y-%m-%d %H:%M}; commit {_git_commit()}. "
-        "Other work shared the 2 cores while this ran, so times are upper bounds.",
+        + load_note(),
         "",
     ]
     return "\n".join(lines)

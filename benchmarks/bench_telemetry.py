@@ -44,7 +44,7 @@ from nx47_pipeline.events import EventKind, ProgressPayload  # noqa: E402
 from nx47_pipeline.journal import JournalSink, verify_journal  # noqa: E402
 from nx47_pipeline.telemetry import Telemetry  # noqa: E402
 from nx47_pipeline.trace import array_trace  # noqa: E402
-from _common import write_section  # noqa: E402
+from _common import write_section, load_note  # noqa: E402
 
 
 class Null(io.TextIOBase):
@@ -305,8 +305,7 @@ def main() -> int:
         "slice takes well under a millisecond here), where the throttle keeps the journal "
         "small and each held-back report costs a few µs.",
         "",
-        machine() + " Other helpers' processes shared the 2 cores during the run, so "
-        "timings are noisy upper bounds.",
+        machine() + " " + load_note(),
         "",
     ]
     write_section(args.out, lines)

@@ -190,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(
         f"Machine: {platform.machine()} {platform.processor()}, {os.cpu_count()} cores, "
         f"{_ram_gib():.1f} GiB RAM, Python {platform.python_version()}, torch {torch.__version__}; "
-        f"{_dt.date.today().isoformat()}, commit {_commit()}. Other processes shared the machine "
-        f"during the run (1-min load average {load_before:.1f} before, {load_after:.1f} after), so "
-        "CPU timings are upper bounds; two spinning torch threads slow down sharply when a core "
-        "is taken, hence `--threads`."
+        f"{_dt.date.today().isoformat()}, commit {_commit()}. 1-min load average "
+        f"{load_before:.1f} before the run, {load_after:.1f} after (on a loaded machine CPU timings "
+        "are upper bounds; two spinning torch threads slow down sharply when a core is taken, "
+        "hence `--threads`)."
     )
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
