@@ -46,10 +46,13 @@ def write_section(out: Path, lines: list[str]) -> None:
 
 
 def load_note() -> str:
-    """One sentence stating how busy the machine was (1-minute load average)."""
-    load = os.getloadavg()[0]
-    cores = os.cpu_count() or 1
+    """One sentence stating how busy the machine was when the benchmark
+    started (1-minute load average, read when this module was imported)."""
+    load, cores = _LOAD_AT_START, os.cpu_count() or 1
     if load < 0.5 * cores:
-        return f"Load average {load:.2f} on {cores} cores when the section was written (a quiet machine)."
-    return (f"Load average {load:.2f} on {cores} cores when the section was written: other work "
+        return f"1-minute load average {load:.2f} on {cores} cores when the benchmark started (a quiet machine)."
+    return (f"1-minute load average {load:.2f} on {cores} cores when the benchmark started: other work "
             "shared the machine, so times are upper bounds.")
+
+
+_LOAD_AT_START = os.getloadavg()[0]

@@ -29,6 +29,9 @@ whole-volume computation up to float rounding.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -463,6 +466,7 @@ def iter_feature_slabs(
     scales: Sequence[float] = (1.0, 2.0, 4.0),
     slab: int = 32,
     on_progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Features of consecutive z-slabs, each computed with a halo.
 
@@ -476,6 +480,9 @@ def iter_feature_slabs(
         Slab thickness along z (the last slab may be thinner).
     on_progress : callable, optional
         ``on_progress(done_slabs, n_slabs, "features z0:z1")`` after each slab.
+    workers : int, optional
+        Threads computing slabs ahead of the caller (default
+        :func:`default_workers`); results are identical for any value.
 
     Yields
     ------
@@ -488,27 +495,69 @@ def iter_feature_slabs(
     sc = _check_scales(scales)
     if isinstance(slab, bool) or int(slab) != slab or slab < 1:
         raise ValueError(f"slab must be a positive integer, got {slab!r}")
-    return _slab_gen(volume, sc, int(slab), on_progress)
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    return _slab_gen(volume, sc, int(slab), on_progress, int(workers))
+
+
+def default_workers() -> int:
+    """Threads computing feature slabs: the usable cores, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
 
 
 def _slab_gen(
-    volume: np.ndarray, sc: tuple[float, ...], slab: int, on_progress: ProgressFn | None
+    volume: np.ndarray, sc: tuple[float, ...], slab: int, on_progress: ProgressFn | None,
+    workers: int,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     halo = halo_for(sc)
     nz = volume.shape[0]
     nf = len(feature_names(sc))
-    n_slabs = -(-nz // slab)
-    for i, z0 in enumerate(range(0, nz, slab)):
+    starts = list(range(0, nz, slab))
+
+    def compute(z0: int) -> tuple[int, int, np.ndarray]:
         z1 = min(nz, z0 + slab)
         h0 = max(0, z0 - halo)
         h1 = min(nz, z1 + halo)
         block = _as_unit_float(volume[h0:h1])
         out = np.empty((nf, z1 - z0) + volume.shape[1:], dtype=np.float32)
         _block_features(block, z0 - h0, z1 - h0, sc, out)
-        del block
+        return z0, z1, out
+
+    def report(i: int, z0: int, z1: int) -> None:
         if on_progress is not None:
-            on_progress(i + 1, n_slabs, f"features z{z0}:{z1}")
-        yield z0, z1, out
+            on_progress(i, len(starts), f"features z{z0}:{z1}")
+
+    if workers == 1 or len(starts) == 1:
+        for i, z0 in enumerate(starts, start=1):
+            z0, z1, out = compute(z0)
+            report(i, z0, z1)
+            yield z0, z1, out
+        return
+    # scipy.ndimage and numpy release the GIL: ``workers`` threads compute the
+    # next slabs while the caller consumes this one.  Results come back in z
+    # order and progress is reported (and may raise) on the caller's thread;
+    # closing the generator cancels the slabs not started and waits for the
+    # running ones (at most ``workers`` slabs).
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nx47-features") as pool:
+        queued = collections.deque(pool.submit(compute, z0) for z0 in starts[:workers])
+        rest = iter(starts[workers:])
+        try:
+            for i in range(1, len(starts) + 1):
+                z0, z1, out = queued.popleft().result()
+                nxt = next(rest, None)
+                if nxt is not None:
+                    queued.append(pool.submit(compute, nxt))
+                report(i, z0, z1)
+                yield z0, z1, out
+        finally:
+            for fut in queued:
+                fut.cancel()
 
 
 def _check_label(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

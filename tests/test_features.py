@@ -178,3 +178,46 @@ def test_errors_name_the_problem(pair):
         F.sample_voxels(F.compute_features(image, scales=(1.0,)), bad, n_per_class=10, seed=0)
     with pytest.raises(ValueError, match="n_per_class"):
         F.volume_sample(image, label, n_per_class=0, seed=0)
+
+
+def test_threaded_slabs_give_identical_features_in_z_order():
+    from nx47_pipeline.features import iter_feature_slabs
+
+    rng = np.random.default_rng(3)
+    vol = (rng.random((70, 40, 36)) * 255).astype(np.uint8)
+    one = list(iter_feature_slabs(vol, slab=16, workers=1))
+    many = list(iter_feature_slabs(vol, slab=16, workers=3))
+    assert [(a, b) for a, b, _ in many] == [(a, b) for a, b, _ in one] == [
+        (0, 16), (16, 32), (32, 48), (48, 64), (64, 70)]
+    for (_, _, f1), (_, _, f3) in zip(one, many):
+        np.testing.assert_array_equal(f1, f3)
+
+
+def test_a_raising_progress_callback_stops_the_threaded_slabs():
+    import threading
+
+    from nx47_pipeline.features import iter_feature_slabs
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_progress(done, total, what):
+        seen.append(done)
+        if done == 2:
+            raise Stop()
+
+    vol = np.zeros((80, 24, 24), dtype=np.uint8)
+    with pytest.raises(Stop):
+        for _ in iter_feature_slabs(vol, slab=8, workers=2, on_progress=on_progress):
+            pass
+    assert seen == [1, 2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("nx47-features")]
+
+
+def test_workers_is_validated():
+    from nx47_pipeline.features import iter_feature_slabs
+
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        iter_feature_slabs(np.zeros((8, 8, 8), np.uint8), workers=0)
