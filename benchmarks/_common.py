@@ -48,11 +48,9 @@ def write_section(out: Path, lines: list[str]) -> None:
 def load_note() -> str:
     """One sentence stating how busy the machine was when the benchmark
     started (1-minute load average, read when this module was imported)."""
-    load, cores = _LOAD_AT_START, os.cpu_count() or 1
-    if load < 0.5 * cores:
-        return f"1-minute load average {load:.2f} on {cores} cores when the benchmark started (a quiet machine)."
-    return (f"1-minute load average {load:.2f} on {cores} cores when the benchmark started: other work "
-            "shared the machine, so times are upper bounds.")
+    return (f"1-minute load average {_LOAD_AT_START:.2f} on {os.cpu_count() or 1} cores when the "
+            "benchmark started (a decaying average: within `benchmarks/run` it still counts the "
+            "benchmark before; well above 1, times are upper bounds).")
 
 
 _LOAD_AT_START = os.getloadavg()[0]
