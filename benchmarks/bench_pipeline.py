@@ -138,12 +138,13 @@ def main(argv=None) -> int:
             rows.append(r)
             print(f"[bench_pipeline] {n} volumes: rc {r['rc']} wall {r['wall_s']:.1f} s "
                   f"peak {r['peak_mb']:.0f} MiB", flush=True)
-        # telemetry overhead: the same run (smallest count), off then on, twice each
+        # telemetry overhead: the same run (smallest count), off and on five times
+        # each, the order alternating so neither side always runs first
         n0 = counts[0]
         n_val0 = max(1, n0 // 4)
         tel = {True: [], False: []}
-        for rep in range(3):
-            for on in (False, True):
+        for rep in range(5):
+            for on in ((False, True) if rep % 2 == 0 else (True, False)):
                 r = run_once(data, tmp / f"tel-{on}-{rep}", n_train=n0 - n_val0, n_val=n_val0,
                              telemetry=on, timeout_s=3000)
                 tel[on].append(r)
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     lines += [
         "",
         f"Telemetry overhead: the same {n0}-volume run with `NX47_TELEMETRY=0` then `=1` "
-        "(journal, console, heartbeat, array traces), alternated three times; medians. CPU time "
+        "(journal, console, heartbeat, array traces), five runs each, the order alternating; medians. CPU time "
         "(user + system of the run process) is the figure to read on a shared machine: wall "
         "time moves with the other jobs' load.",
         "",
