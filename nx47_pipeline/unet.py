@@ -655,6 +655,18 @@ def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str):
     return x, (y == 1).float(), (y != IGNORE)
 
 
+def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool):
+    """One optimisation step (mixed precision on CUDA); returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        logits = model(x)
+    loss = masked_bce_dice_loss(logits, t, m)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def _atomic_save(torch, obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -798,13 +810,7 @@ def train_unet(
                 images = np.flip(images, axis=flips)
                 labels = np.flip(labels, axis=flips)
             x, t, m = _to_batch(torch, images, labels, dev)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
-            loss = masked_bce_dice_loss(logits, t, m)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp)
             value = float(loss.detach())
             running += value
             if on_batch is not None:
@@ -1046,13 +1052,7 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     x, t, m = _to_batch(torch, images, labels, dev)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            logits = model(x)
-        loss = masked_bce_dice_loss(logits, t, m)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        _train_step(torch, model, opt, scaler, x, t, m, use_amp)
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
 
