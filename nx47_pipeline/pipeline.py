@@ -961,6 +961,20 @@ class _Run:
             prob = unet_mod.fuse_probabilities(prob, up, mode=self.config.unet_fuse)
         return prob
 
+    def _model_mask(self, model, best: dict, image, on_p, prob_path: Path) -> np.ndarray:
+        """Probability map (stored as uint8 at ``prob_path``) -> post-processed
+        uint8 0/1 mask with the search's thresholds."""
+        from .segment import postprocess, probability_to_uint8
+        from .volume_io import write_volume
+
+        cfg = self.config
+        prob = self._probability(model, image, on_p)
+        on_p(1, 1, "post-processing", 1.0)
+        mask = postprocess(prob, low=best["low"], high=best["high"],
+                           closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
+        write_volume(prob_path, probability_to_uint8(prob))
+        return mask
+
     # -- validate ----------------------------------------------------------
     def _validate(self) -> None:
         val = self.selection.val
@@ -969,10 +983,8 @@ class _Run:
 
     def _validate_in(self, model, best, val, dest: Path, prog, *, emit: bool) -> None:
         from .metric import score_volume
-        from .segment import postprocess, probability_to_uint8
         from .volume_io import VolumeError, read_pair, write_volume
 
-        cfg = self.config
         n = len(val)
         for i, rec in enumerate(val):
             mask_path = dest / f"{rec.id}.tif"
@@ -992,10 +1004,7 @@ class _Run:
                     prog(_i + 0.8 * frac, n, file=rec.id, file_done=_i, file_total=n, substep=what,
                          substep_done=done, substep_total=total)
 
-                prob = self._probability(model, image, on_p)
-                mask = postprocess(prob, low=best["low"], high=best["high"],
-                                   closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
-                write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+                mask = self._model_mask(model, best, image, on_p, dest / f"{rec.id}_prob.tif")
                 write_volume(mask_path, mask)
                 prog(i + 0.9, n, file=rec.id, file_done=i, file_total=n, substep="score")
                 s = score_volume(mask, label)
@@ -1031,7 +1040,7 @@ class _Run:
                              self.prog, deadline=self.deadlines.hard, emit=True)
 
     def _segment_in(self, model, best, test, dest: Path, prog, *, deadline: float | None, emit: bool) -> None:
-        from .segment import fallback_segment, postprocess, probability_to_uint8
+        from .segment import fallback_segment
         from .volume_io import VolumeError, read_header, read_volume, write_volume
 
         cfg = self.config
@@ -1085,11 +1094,7 @@ class _Run:
                     prog(_i + 0.9 * frac, n, file=rec.id, file_done=_i, file_total=n,
                          substep=what, substep_done=done, substep_total=total)
 
-                prob = self._probability(model, image, on_p)
-                prog(i + 0.9, n, file=rec.id, file_done=i, file_total=n, substep="post-processing")
-                mask = postprocess(prob, low=best["low"], high=best["high"],
-                                   closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
-                write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+                mask = self._model_mask(model, best, image, on_p, dest / f"{rec.id}_prob.tif")
             else:
                 prog(i, n, file=rec.id, file_done=i, file_total=n, substep="fallback segmentation")
                 mask = fallback_segment(image, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
