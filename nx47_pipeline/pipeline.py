@@ -15,6 +15,7 @@ cheap fallback segmentation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,7 +26,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -235,26 +236,21 @@ class _Run:
     def prog(self, done: float, total: float, **kw: Any) -> None:
         self.tel.progress(step_done=done, step_total=total, **kw)
 
-    def _stage(self, name: str, total: float = 1.0):
-        run = self
-
-        class _Timed:
-            def __enter__(self_inner):
-                self_inner.t0 = time.monotonic()
-                self_inner.cm = run.tel.stage(name, total=total)
-                self_inner.cm.__enter__()
-                return self_inner
-
-            def __exit__(self_inner, et, ev, tb):
-                run.stage_seconds[name] = run.stage_seconds.get(name, 0.0) + (
-                    time.monotonic() - self_inner.t0
-                )
-                run.stage_status[name] = (
-                    "ok" if et is None else ("cancelled" if et is Cancelled else "failed")
-                )
-                return self_inner.cm.__exit__(et, ev, tb)
-
-        return _Timed()
+    @contextlib.contextmanager
+    def _stage(self, name: str, total: float = 1.0) -> Iterator[None]:
+        """``Telemetry.stage`` plus this run's per-stage seconds and status (GLOBAL_STATS)."""
+        t0 = time.monotonic()
+        status = "failed"
+        try:
+            with self.tel.stage(name, total=total):
+                yield
+            status = "ok"
+        except Cancelled:
+            status = "cancelled"
+            raise
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.monotonic() - t0
+            self.stage_status[name] = status
 
     def skip(self, name: str, reason: str) -> None:
         self.stage_status[name] = "skipped"
