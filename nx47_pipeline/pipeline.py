@@ -535,7 +535,8 @@ class _Run:
         rows_per_volume = len(y) / len(paths)
 
         t = time.monotonic()
-        grid = self._search_in(X, y, val, pre_dir / "search", phase_prog(1, "search"), max_iter=small_iter, deadline=None)
+        grid = self._search_in(X, y, val, pre_dir / "search", phase_prog(1, "search"), max_iter=small_iter,
+                               deadline=None, emit=False)
         t_search_total = time.monotonic() - t
         fit_iters = grid["fit_iters"]
         fit_s = grid["fit_seconds"]
@@ -800,7 +801,10 @@ class _Run:
                                   max_iter=cfg.search_max_iter, deadline=self._training_deadline())
             self.best = res["best"]
 
-    def _search_in(self, X, y, val, dest: Path, prog, *, max_iter: int, deadline: float | None) -> dict:
+    def _search_in(self, X, y, val, dest: Path, prog, *, max_iter: int, deadline: float | None,
+                   emit: bool = True) -> dict:
+        """Run the grid search; ``emit=False`` (the preflight) publishes no METRIC,
+        so the dashboard's grid shows the real search only."""
         from .search import run_search
 
         cfg = self.config
@@ -815,7 +819,7 @@ class _Run:
             intercept_shift=self.prior_shift,
             deadline=deadline,
             progress=prog,
-            on_metric=lambda name, value, extra: self.tel.metric(name, value, **extra),
+            on_metric=(lambda name, value, extra: self.tel.metric(name, value, **extra)) if emit else None,
             on_warning=lambda msg, subject, code: self.warn(msg, subject=subject, code=code),
             on_deadline=lambda what: self._deadline_hit("search", what),
         )

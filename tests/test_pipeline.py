@@ -253,3 +253,9 @@ def test_prior_shift_maps_balanced_probabilities_to_the_data_prior():
     assert prior_shift(np.array([800, 200]), y) == pytest.approx(np.log(0.25))
     assert prior_shift(np.array([500, 500]), y) == pytest.approx(0.0)
     assert prior_shift(np.array([0, 0]), y) == 0.0
+
+
+def test_search_metrics_come_from_the_search_stage_only(full_run):
+    _, _, events = full_run
+    grid = [e for e in events if e.kind.value == "METRIC" and e.payload.name.startswith("search_")]
+    assert grid and {e.stage for e in grid} == {"search"}
