@@ -663,19 +663,22 @@ class _Run:
             max_val_fit=max_va,
             extra={"per_stage": proj.per_stage, "unet": unet_why, "unet_projected_s": unet_s},
         )
-        if cfg.auto_coverage and (max_tr, max_va) != (len(sel.train), len(sel.val)) and max_tr > 0:
+        # nothing fits: the smallest coverage gives training its best chance
+        target = (max_tr, max_va) if max_tr > 0 else (1, 1)
+        if cfg.auto_coverage and target != (len(sel.train), len(sel.val)) and len(inv.pairs) >= 2:
             from .coverage import select_coverage
 
             self.selection = select_coverage(
-                inv.pairs, max_train_volumes=max_tr, max_val_volumes=max_va, seed=cfg.seed
+                inv.pairs, max_train_volumes=target[0], max_val_volumes=target[1], seed=cfg.seed
             )
             self.tel.budget(
                 "auto_coverage",
                 f"auto-coverage: using {len(self.selection.train)} train / {len(self.selection.val)} val "
-                f"(was {len(sel.train)} / {len(sel.val)})",
+                f"(was {len(sel.train)} / {len(sel.val)})"
+                + ("" if max_tr > 0 else "; even the smallest coverage does not fit the projection"),
                 budget_s=cfg.budget_s,
                 projected_s=proj_fit,
-                fits=True,
+                fits=max_tr > 0,
                 max_train_fit=max_tr,
                 max_val_fit=max_va,
             )

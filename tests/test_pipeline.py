@@ -259,3 +259,28 @@ def test_search_metrics_come_from_the_search_stage_only(full_run):
     _, _, events = full_run
     grid = [e for e in events if e.kind.value == "METRIC" and e.payload.name.startswith("search_")]
     assert grid and {e.stage for e in grid} == {"search"}
+
+
+def test_auto_coverage_applies_the_largest_coverage_that_fits(data_root, tmp_path):
+    out = tmp_path / "out"
+    # a budget that leaves time for the preflight but not for all 6 pairs
+    result = run_pipeline(small_config(data_root, out, budget_s=30.0, auto_coverage=True,
+                                       max_train_volumes=0, max_val_volumes=0))
+    events = read_journal(out / "journal.jsonl")
+    proj = [e for e in events if e.kind.value == "BUDGET" and e.payload.decision == "projection"]
+    auto = [e for e in events if e.kind.value == "BUDGET" and e.payload.decision == "auto_coverage"]
+    assert proj and auto, [e.payload.decision for e in events if e.kind.value == "BUDGET"]
+    audits = [e.payload for e in events if e.kind.value == "COVERAGE_AUDIT"]
+    assert len(audits) == 2  # before and after the decision
+    fit = proj[-1].payload
+    assert fit.max_train_fit >= 1 and fit.max_val_fit >= 1
+    # the run now uses the largest coverage the projection found to fit
+    from nx47_pipeline.coverage import select_coverage
+    from nx47_pipeline.discovery import discover
+
+    expected = select_coverage(discover(data_root).pairs, max_train_volumes=fit.max_train_fit,
+                               max_val_volumes=fit.max_val_fit, seed=47)
+    assert audits[-1].train_ids == [r.id for r in expected.train]
+    assert audits[-1].val_ids == [r.id for r in expected.val]
+    assert auto[-1].payload.fits is True
+    assert result.submission is not None
