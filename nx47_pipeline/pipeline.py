@@ -59,7 +59,6 @@ _NON_RESULT_FIELDS = frozenset(
         "data_root",
         "budget_s",
         "safety_margin_frac",
-        "auto_coverage",
         "telemetry",
         "heartbeat_interval_s",
         "stall_after_s",
@@ -417,7 +416,8 @@ class _Run:
         key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
         key_path = self.out / "run_key.json"
         old = _read_json(key_path)
-        artifacts = ["preflight", "features", "search", "model", "val", "test", "submission.zip"]
+        artifacts = ["preflight", "features", "search", "model", "val", "test", "submission.zip",
+                     "auto_coverage.json"]
         if old and old.get("key") != key:
             stale = self.out / f"stale-{time.strftime('%Y%m%dT%H%M%S')}"
             stale.mkdir(parents=True, exist_ok=True)
@@ -663,8 +663,17 @@ class _Run:
             max_val_fit=max_va,
             extra={"per_stage": proj.per_stage, "unet": unet_why, "unet_projected_s": unet_s},
         )
-        # nothing fits: the smallest coverage gives training its best chance
+        # nothing fits: the smallest coverage gives training its best chance.
+        # The decision is recorded, so a rerun in this folder resumes with it.
         target = (max_tr, max_va) if max_tr > 0 else (1, 1)
+        decision_path = self.out / "auto_coverage.json"
+        if cfg.auto_coverage:
+            recorded = _read_json(decision_path)
+            if recorded and "target" in recorded:
+                target = tuple(recorded["target"])
+            else:
+                _atomic_json(decision_path, {"target": list(target), "max_train_fit": max_tr,
+                                             "max_val_fit": max_va})
         if cfg.auto_coverage and target != (len(sel.train), len(sel.val)) and len(inv.pairs) >= 2:
             from .coverage import select_coverage
 
@@ -682,7 +691,6 @@ class _Run:
                 max_train_fit=max_tr,
                 max_val_fit=max_va,
             )
-            self._check_resume_key()
             self._emit_audit()
             proj = budget_mod.project_run(
                 timings, n_train=len(self.selection.train), n_val=len(self.selection.val),

@@ -287,3 +287,11 @@ def test_auto_coverage_applies_the_largest_coverage_that_fits(data_root, tmp_pat
     assert audits[-1].val_ids == [r.id for r in expected.val]
     assert auto[-1].payload.fits is True
     assert result.submission is not None
+    # a rerun in the folder resumes with the recorded decision (nothing moved aside)
+    again = run_pipeline(small_config(data_root, out, budget_s=30.0, auto_coverage=True,
+                                      max_train_volumes=0, max_val_volumes=0))
+    assert again.status == "ok"
+    assert not list(out.glob("stale-*"))
+    later = read_journal(out / "journal.jsonl")[len(events):]
+    assert not [e for e in later if e.kind.value == "WARNING" and e.payload.code == "resume_key_changed"]
+    assert [e.payload.train_ids for e in later if e.kind.value == "COVERAGE_AUDIT"][-1] == audits[-1].train_ids

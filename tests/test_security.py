@@ -281,5 +281,6 @@ def test_a_run_writes_nothing_outside_its_output_folder(tmp_path):
     # and the output folder only holds what docs/architecture.md lists
     top = {p.name for p in out.iterdir()}
     allowed = {"journal.jsonl", "plan.json", "config.json", "run.lock", "preflight", "features",
-               "search", "model", "val", "test", "submission.zip", "stats.json", "run_key.json"}
+               "search", "model", "val", "test", "submission.zip", "stats.json", "run_key.json",
+               "auto_coverage.json"}
     assert top <= allowed, top - allowed
