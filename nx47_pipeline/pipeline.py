@@ -526,12 +526,29 @@ class _Run:
             return p
 
         t = time.monotonic()
-        paths = self._features_for(train, pre_dir / "features", phase_prog(0, "features"))
+        # ``train`` holds the first len(train) candidates; an unusable one (bad
+        # label, unreadable file: reported by name) is replaced by the next
+        # selected pair, so one bad file cannot fail the whole preflight
+        want = len(train)
+        used: list = []
+        paths: list[Path] = []
+        feat_prog = phase_prog(0, "features")
+        for rec in self.selection.train[: want + 5]:
+            if len(paths) == want:
+                break
+            k = len(paths)
+            got = self._features_for(
+                [rec], pre_dir / "features",
+                lambda d, t_, _k=k, **kw: feat_prog(_k + d / max(t_, 1e-9), want, **kw),
+            )
+            if got:
+                paths += got
+                used.append(rec)
         if not paths:
-            raise RunFailed("no preflight training volume could be read")
+            raise RunFailed("no selected training pair is usable (each was reported above)")
         X, y = self._load_samples(paths)
         t_feat = time.monotonic() - t
-        mvox_train = float(np.mean([_mvox(r.shape) for r in train]))
+        mvox_train = float(np.mean([_mvox(r.shape) for r in used]))
         rows_per_volume = len(y) / len(paths)
 
         t = time.monotonic()

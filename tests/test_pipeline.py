@@ -295,3 +295,26 @@ def test_auto_coverage_applies_the_largest_coverage_that_fits(data_root, tmp_pat
     later = read_journal(out / "journal.jsonl")[len(events):]
     assert not [e for e in later if e.kind.value == "WARNING" and e.payload.code == "resume_key_changed"]
     assert [e.payload.train_ids for e in later if e.kind.value == "COVERAGE_AUDIT"][-1] == audits[-1].train_ids
+
+
+def test_a_bad_first_training_pair_does_not_fail_the_preflight(data_root, tmp_path):
+    import shutil
+
+    from nx47_pipeline.coverage import select_coverage
+    from nx47_pipeline.discovery import discover
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    first = select_coverage(discover(data).pairs, max_train_volumes=0, max_val_volumes=2, seed=47).train[0]
+    lab = tifffile.imread(first.label_path)
+    lab[lab == 1] = 3  # label values outside {0, 1, 2}
+    tifffile.imwrite(first.label_path, lab, compression="lzw")
+    out = tmp_path / "out"
+    result = run_pipeline(small_config(data, out))
+    assert result.status == "ok", result.error
+    events = read_journal(out / "journal.jsonl")
+    assert any(e.kind.value == "PREFLIGHT_OK" for e in events)
+    named = [e for e in events if e.kind.value in ("WARNING", "ERROR")
+             and (first.id in e.payload.subject or first.id in e.payload.message)]
+    assert named and any("label" in e.payload.message for e in named)
+    assert (out / "submission.zip").is_file()
