@@ -627,6 +627,23 @@ class _Run:
             return True, "U-Net on: CUDA device found"
         return True, "U-Net on (--unet)"
 
+    def _unet_infer_s(self, mvox: float, *, trained: bool) -> float:
+        """Projected seconds of U-Net inference on one volume of ``mvox``
+        million voxels (0 when the U-Net is off, or not trained when
+        ``trained``)."""
+        if not getattr(self, "use_unet", False) or (trained and self.unet is None) or mvox <= 0:
+            return 0.0
+        from .unet import estimate_cost
+
+        try:
+            return float(estimate_cost(
+                n_train_volumes=0, voxels_per_volume=mvox * 1e6, params=self._unet_params(),
+                seconds_per_patch_batch=self.timings.unet_s_per_batch if self.timings else None,
+                n_infer_volumes=1, device=self.config.unet_device,
+            ))
+        except Exception:  # noqa: BLE001 - an estimate only
+            return 0.0
+
     def _unet_params(self):
         from .unet import params_from_config
 
@@ -713,7 +730,9 @@ class _Run:
                 timings, n_train=len(self.selection.train), n_val=len(self.selection.val),
                 n_test=n_test, config=cfg, use_unet=self.use_unet, unet_s=unet_s,
             )
-        self.deadlines.reserve_s = budget_mod.segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test)
+        self.deadlines.reserve_s = budget_mod.segment_reserve_s(
+            timings, n_test=n_test, mvox_test=mvox_test
+        ) + n_test * self._unet_infer_s(mvox_test, trained=False)
         for name, secs in proj.per_stage.items():
             self.tel.plan.set_weight(name, max(secs, 0.01))
 
@@ -1104,6 +1123,7 @@ class _Run:
                 rest = test[i + 1:]
                 need = (
                     budget_mod.SAFETY_FACTOR * _mvox(image.shape) * (timings.segment_s_per_mvox if timings else budget_mod.DEFAULT_SEGMENT_S_PER_MVOX)
+                    + self._unet_infer_s(_mvox(image.shape), trained=True)
                     + sum(budget_mod.fallback_needed_s(timings, mvox=_mvox(r.shape)) for r in rest)
                     + 1.0
                 )
