@@ -35,7 +35,7 @@ from .atomic import atomic_path, write_json
 from .budget import Deadlines, PreflightTimings
 from .cancel import Cancelled, CancelToken
 from .config import RunConfig
-from .events import EventKind, PreflightPayload, PreviewPayload, CoverageAuditPayload
+from .events import CoverageAuditPayload, EventKind, MessagePayload, PreflightPayload, PreviewPayload
 
 #: Stages of the plan with their initial weights (expected relative cost);
 #: the weights are re-planned from the preflight's projection.
@@ -285,7 +285,7 @@ class _Run:
                 if not self.tel.cancel_reported:  # a stage reports it; this covers between stages
                     self.tel.emit(
                         EventKind.CANCELLED,
-                        _message_payload(f"run cancelled: {exc}" if str(exc) else "run cancelled"),
+                        MessagePayload(message=f"run cancelled: {exc}" if str(exc) else "run cancelled"),
                     )
             except Exception as exc:  # noqa: BLE001 - reported, run ends failed
                 status = "failed"
@@ -502,7 +502,7 @@ class _Run:
                 n_train=n_tr,
                 n_val=n_va,
                 n_test=n_te,
-                timings={k: float(v) for k, v in timings.items() if isinstance(v, (int, float)) and v is not None},
+                timings={k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
             ),
         )
 
@@ -736,9 +736,6 @@ class _Run:
         for name, secs in proj.per_stage.items():
             self.tel.plan.set_weight(name, max(secs, 0.01))
 
-    def _training_deadline(self) -> float:
-        return self.deadlines.training
-
     def _deadline_hit(self, stage: str, what: str) -> None:
         self.tel.budget(
             "deadline",
@@ -755,7 +752,7 @@ class _Run:
                 train,
                 self.out / "features",
                 self.prog,
-                deadline=self._training_deadline(),
+                deadline=self.deadlines.training,
             )
             if not paths:
                 self.err("no training volume could be read; the model is skipped", code="no_training")
@@ -845,7 +842,7 @@ class _Run:
         n_points = len(cfg.l1_grid) * len(cfg.l2_grid)
         with self._stage("search", total=n_points + len(val) * n_points * len(cfg.threshold_grid)):
             res = self._search_in(X, y, val, self.out / "search", self.prog,
-                                  max_iter=cfg.search_max_iter, deadline=self._training_deadline())
+                                  max_iter=cfg.search_max_iter, deadline=self.deadlines.training)
             self.best = res["best"]
 
     def _search_in(self, X, y, val, dest: Path, prog, *, max_iter: int, deadline: float | None,
@@ -876,7 +873,7 @@ class _Run:
         cfg = self.config
         with self._stage("fit_prox", total=cfg.fit_max_iter):
             model = self._fit_in(X, y, self.best, self.out / "model", self.prog,
-                                 max_iter=cfg.fit_max_iter, deadline=self._training_deadline(),
+                                 max_iter=cfg.fit_max_iter, deadline=self.deadlines.training,
                                  emit=True)
             if not np.any(model.coef):
                 self.warn("the fitted model has no non-zero weight (stopped by the budget before "
@@ -935,7 +932,7 @@ class _Run:
         if not use or not self.selection.train:
             self.skip("unet", "U-Net off" if not use else "no training volumes")
             return
-        if time.monotonic() > self._training_deadline():
+        if time.monotonic() > self.deadlines.training:
             self._deadline_hit("unet", "no time left to train the U-Net")
             self.skip("unet", "training deadline passed")
             return
@@ -976,7 +973,7 @@ class _Run:
 
             res = unet_mod.train_unet(
                 patches, val=None, params=params, device=cfg.unet_device, checkpoint_dir=dest,
-                resume=True, deadline=self._training_deadline(), on_batch=on_batch, on_epoch=on_epoch,
+                resume=True, deadline=self.deadlines.training, on_batch=on_batch, on_epoch=on_epoch,
             )
             if res.stopped_reason == "deadline":
                 self._deadline_hit("unet", f"training stopped after {res.epochs_done} epochs")
@@ -1231,12 +1228,6 @@ def prior_shift(counts: np.ndarray, y: np.ndarray) -> float:
     if total == 0 or len(y) == 0:
         return 0.0
     return _logit(counts[1] / total) - _logit(float(np.mean(y)))
-
-
-def _message_payload(message: str, *, subject: str = "", code: str = ""):
-    from .events import MessagePayload
-
-    return MessagePayload(message=message, subject=subject, code=code)
 
 
 def run_pipeline(
