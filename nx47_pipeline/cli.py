@@ -166,12 +166,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.out:
         env["NX47_OUT_DIR"] = args.out
     if not env.get("NX47_DATA_ROOT"):
-        from .demo import ensure_demo_dataset
-        from .discovery import KAGGLE_ROOTS, default_demo_root
+        from .discovery import resolve_data_root
 
-        if not any(Path(r).is_dir() for r in KAGGLE_ROOTS):
-            root = ensure_demo_dataset(default_demo_root())
-            env["NX47_DATA_ROOT"] = str(root)
+        # the Kaggle mounts, else the demo dataset (generated when absent)
+        env["NX47_DATA_ROOT"] = str(resolve_data_root("auto"))
     cmd = voila_command(notebook, port=args.port, ip=args.ip)
     print(f"NX47 dashboard: http://{args.ip}:{args.port}/  (data root: {env.get('NX47_DATA_ROOT', 'auto')})", flush=True)
     return subprocess.call(cmd, env=env, cwd=str(REPO_ROOT))
