@@ -32,6 +32,8 @@ SAFETY_FACTOR = 1.3
 #: Fallback rates (seconds per million voxels) used when no preflight ran.
 DEFAULT_SEGMENT_S_PER_MVOX = 4.0
 FALLBACK_S_PER_MVOX = 0.3
+#: Seconds always kept back at the end of a run (packaging, GLOBAL_STATS).
+RESERVE_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,7 +222,7 @@ def segment_reserve_s(
     """Seconds to keep back for segmenting ``n_test`` volumes and packaging."""
     rate = timings.segment_s_per_mvox if timings else DEFAULT_SEGMENT_S_PER_MVOX
     pack = timings.package_s_per_volume if timings else 0.05
-    return SAFETY_FACTOR * n_test * (mvox_test * rate + pack) + 2.0
+    return SAFETY_FACTOR * n_test * (mvox_test * rate + pack) + RESERVE_MARGIN_S
 
 
 def fallback_needed_s(timings: PreflightTimings | None, *, mvox: float) -> float:

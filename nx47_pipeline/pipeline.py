@@ -439,7 +439,7 @@ class _Run:
         segmentation of every test volume and the packaging."""
         reserve = sum(
             budget_mod.fallback_needed_s(None, mvox=_mvox(r.shape)) for r in self.inventory.test
-        ) + budget_mod.segment_reserve_s(None, n_test=0, mvox_test=0.0)
+        ) + budget_mod.RESERVE_MARGIN_S
         return self.deadlines.hard - reserve
 
     def _preflight(self) -> str:
