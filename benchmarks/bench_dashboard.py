@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from nx47_pipeline.bus import EventBus  # noqa: E402
+from nx47_pipeline.telemetry.bus import EventBus  # noqa: E402
 from nx47_pipeline.config import RunConfig  # noqa: E402
-from nx47_pipeline.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
+from nx47_pipeline.telemetry.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
 from nx47_widgets.runner import ThreadedRunner, UIPump  # noqa: E402
 from nx47_widgets.state import DashboardState  # noqa: E402
 from _common import git_commit, machine, write_section, load_note  # noqa: E402

@@ -30,8 +30,8 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nx47_pipeline.demo import _scroll_style, generate_demo_dataset, make_volume  # noqa: E402
-from nx47_pipeline.volume_io import write_volume  # noqa: E402
+from nx47_pipeline.data.demo import _scroll_style, generate_demo_dataset, make_volume  # noqa: E402
+from nx47_pipeline.io.volumes import write_volume  # noqa: E402
 from _common import load_note  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def _otsu(img: np.ndarray) -> int:
 
 
 def realism(n_per_scroll: int, edge: int, seed: int = 47) -> list[dict]:
-    from nx47_pipeline.metric import score_volume
+    from nx47_pipeline.model.metric import score_volume
 
     scrolls = ["34117", "35360", "26010"]
     data = {

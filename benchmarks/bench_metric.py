@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nx47_pipeline import metric as M  # noqa: E402
+from nx47_pipeline.model import metric as M  # noqa: E402
 from _common import git_commit as _git_commit, ram_gib as _ram_gib, load_note  # noqa: E402
 
 

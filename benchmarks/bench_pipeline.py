@@ -111,7 +111,7 @@ def run_once(data: Path, out: Path, *, n_train: int, n_val: int, telemetry: bool
 
 
 def make_data(root: Path, n_pairs: int, edge: int, n_test: int) -> Path:
-    from nx47_pipeline.demo import generate_demo_dataset
+    from nx47_pipeline.data.demo import generate_demo_dataset
 
     return generate_demo_dataset(root, n_train=n_pairs, n_test=n_test, shape=edge, seed=47)
 

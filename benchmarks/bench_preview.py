@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from nx47_pipeline.volume_io import write_volume  # noqa: E402
+from nx47_pipeline.io.volumes import write_volume  # noqa: E402
 from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_slice  # noqa: E402
 from _common import git_commit, machine, write_section, load_note  # noqa: E402
 

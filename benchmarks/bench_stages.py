@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nx47_pipeline import features as F  # noqa: E402
+from nx47_pipeline.model import features as F  # noqa: E402
 from _common import git_commit as _git_commit, ram_gib as _ram_gb, load_note  # noqa: E402
 
 TARGET = 1.5
@@ -114,9 +114,9 @@ def _floor_linear(volume: np.ndarray, n_features: int, slab: int) -> float:
 
 
 def child(workdir: Path, repeats: int) -> dict:
-    from nx47_pipeline.fit_prox import LogisticModel
-    from nx47_pipeline.segment import fallback_segment, postprocess, segment_volume
-    from nx47_pipeline.volume_io import read_volume
+    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.postprocess import fallback_segment, postprocess, segment_volume
+    from nx47_pipeline.io.volumes import read_volume
 
     tif = workdir / "image.tif"
     model = LogisticModel.load(workdir / "model.npz")
@@ -156,10 +156,10 @@ def child(workdir: Path, repeats: int) -> dict:
 
 
 def prepare(workdir: Path, n: int) -> float:
-    from nx47_pipeline.demo import make_volume
-    from nx47_pipeline.features import feature_names, volume_sample
-    from nx47_pipeline.fit_prox import fit_prox
-    from nx47_pipeline.volume_io import write_volume
+    from nx47_pipeline.data.demo import make_volume
+    from nx47_pipeline.model.features import feature_names, volume_sample
+    from nx47_pipeline.model.linear import fit_prox
+    from nx47_pipeline.io.volumes import write_volume
 
     image, label = make_volume((n, n, n), seed=320)
     write_volume(workdir / "image.tif", image)

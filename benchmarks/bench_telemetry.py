@@ -38,12 +38,12 @@ import scipy.ndimage as ndi
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nx47_pipeline.bus import EventBus, QueueSink  # noqa: E402
-from nx47_pipeline.console import ConsoleSink  # noqa: E402
-from nx47_pipeline.events import EventKind, ProgressPayload  # noqa: E402
-from nx47_pipeline.journal import JournalSink, verify_journal  # noqa: E402
-from nx47_pipeline.telemetry import Telemetry  # noqa: E402
-from nx47_pipeline.trace import array_trace  # noqa: E402
+from nx47_pipeline.telemetry.bus import EventBus, QueueSink  # noqa: E402
+from nx47_pipeline.telemetry.console import ConsoleSink  # noqa: E402
+from nx47_pipeline.telemetry.events import EventKind, ProgressPayload  # noqa: E402
+from nx47_pipeline.telemetry.journal import JournalSink, verify_journal  # noqa: E402
+from nx47_pipeline.telemetry.facade import Telemetry  # noqa: E402
+from nx47_pipeline.telemetry.trace import array_trace  # noqa: E402
 from _common import write_section, load_note  # noqa: E402
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nx47_pipeline import unet as U  # noqa: E402
+from nx47_pipeline.unet import core as U  # noqa: E402
 from _common import ram_gib as _ram_gib  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import ipywidgets as W
 
 from nx47_pipeline.config import RunConfig
-from nx47_pipeline.events import Event, EventKind
+from nx47_pipeline.telemetry.events import Event, EventKind
 
 from .runner import DetachedRunner, Job, ThreadedRunner, UIPump, pid_alive, read_lock_pid
 from .state import CoverageModel, DashboardState, LogEntry
@@ -110,7 +110,7 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
     Returns
     -------
     RunResult
-        From :func:`nx47_pipeline.pipeline.run_pipeline`.
+        From :func:`nx47_pipeline.run.orchestrator.run_pipeline`.
 
     Raises
     ------
@@ -118,7 +118,7 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
         When the run left no ``submission.zip`` (the notebook run then fails
         visibly instead of looking successful).
     """
-    from nx47_pipeline.pipeline import run_pipeline
+    from nx47_pipeline.run.orchestrator import run_pipeline
 
     stream = sys.stdout if stream is None else stream
     print(f"[nx47] headless run: data={config.data_root} out={config.out_dir} "
@@ -136,7 +136,7 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
 def _discover(data_root: str) -> tuple[Any, Any]:
     """(root, inventory) from the discovery module (no demo data is generated
     here: a run does that when it starts)."""
-    from nx47_pipeline.discovery import discover, resolve_data_root
+    from nx47_pipeline.data.discovery import discover, resolve_data_root
 
     root = resolve_data_root(data_root, generate_demo=False)
     return root, discover(root)
@@ -286,7 +286,7 @@ class Dashboard:
     # -- coverage ----------------------------------------------------------
     def scan(self) -> None:
         """Discover the data root and bound the sliders by what was found."""
-        from nx47_pipeline.budget import load_preflight_timings
+        from nx47_pipeline.run.budget import load_preflight_timings
 
         try:
             root, inv = _discover(self.data_root.value.strip() or "auto")
@@ -332,7 +332,7 @@ class Dashboard:
 
     def refresh_timings(self) -> None:
         """Reload preflight timings from the output folder into the coverage panel."""
-        from nx47_pipeline.budget import load_preflight_timings
+        from nx47_pipeline.run.budget import load_preflight_timings
 
         with self._lock:
             if self.coverage is None:

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from nx47_pipeline.volume_io import read_volume
+from nx47_pipeline.io.volumes import read_volume
 
 __all__ = ["SliceRequest", "render_slice", "AsyncRenderer", "VolumeCache", "OVERLAYS"]
 

@@ -1,7 +1,7 @@
 """Run the pipeline off the kernel's main thread and pump its events to the UI.
 
 * :class:`ThreadedRunner` runs a job (by default
-  :func:`nx47_pipeline.pipeline.run_pipeline`) on a worker thread with a
+  :func:`nx47_pipeline.run.orchestrator.run_pipeline`) on a worker thread with a
   :class:`~nx47_pipeline.bus.QueueSink`; :meth:`~ThreadedRunner.stop` cancels
   it through a :class:`~nx47_pipeline.cancel.CancelToken`.
 * :class:`DetachedRunner` runs the pipeline as its own process (``nx47 run``)
@@ -27,10 +27,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nx47_pipeline.bus import QueueSink
-from nx47_pipeline.cancel import CancelToken
+from nx47_pipeline.telemetry.bus import QueueSink
+from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.config import RunConfig, env_name
-from nx47_pipeline.events import (
+from nx47_pipeline.telemetry.events import (
     Event,
     EventKind,
     ExecCompletePayload,
@@ -53,8 +53,8 @@ Job = Callable[[RunConfig, CancelToken, Any], Any]
 
 
 def default_job(config: RunConfig, cancel: CancelToken, sink: Any) -> Any:
-    """Run :func:`nx47_pipeline.pipeline.run_pipeline` with ``sink`` attached."""
-    from nx47_pipeline.pipeline import run_pipeline
+    """Run :func:`nx47_pipeline.run.orchestrator.run_pipeline` with ``sink`` attached."""
+    from nx47_pipeline.run.orchestrator import run_pipeline
 
     return run_pipeline(config, cancel=cancel, extra_sinks=[sink])
 
@@ -214,7 +214,7 @@ class DetachedRunner:
 
     def __init__(self, out_dir: str | os.PathLike, *,
                  process: subprocess.Popen | None = None) -> None:
-        from nx47_pipeline.journal import JournalFollower
+        from nx47_pipeline.telemetry.journal import JournalFollower
 
         self.out_dir = Path(out_dir)
         self.journal = self.out_dir / "journal.jsonl"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from nx47_pipeline.events import (
+from nx47_pipeline.telemetry.events import (
     Event,
     EventKind,
     PreviewPayload,
@@ -401,7 +401,7 @@ class CoverageModel:
             ``fits``, ``budget_s``, ``max_train_fit``, ``max_val_fit``,
             ``fit_projected_s``.
         """
-        from nx47_pipeline.coverage import coverage_audit, plan_counts
+        from nx47_pipeline.data.coverage import coverage_audit, plan_counts
 
         n_train, n_val = plan_counts(self.n_pairs, max_train_volumes=self.max_train,
                                      max_val_volumes=self.max_val)
@@ -418,7 +418,7 @@ class CoverageModel:
             "budget_s": self.budget_s,
         }
         if self.timings is not None:
-            from nx47_pipeline.budget import largest_fit, project_run
+            from nx47_pipeline.run.budget import largest_fit, project_run
 
             cfg = self._config()
             proj = project_run(self.timings, n_train=n_train, n_val=n_val,
@@ -768,7 +768,7 @@ class ResultsState:
 
     def verify(self, journal_path: str | Path) -> Any:
         """Verify the run's journal (``journal.verify_journal``) and keep the result."""
-        from nx47_pipeline.journal import verify_journal
+        from nx47_pipeline.telemetry.journal import verify_journal
 
         self.verification = verify_journal(journal_path)
         self.version += 1

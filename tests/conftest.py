@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nx47_pipeline.demo import generate_demo_dataset
-from nx47_pipeline.volume_io import write_volume
+from nx47_pipeline.data.demo import generate_demo_dataset
+from nx47_pipeline.io.volumes import write_volume
 
 DEMO_N_TRAIN = 6
 DEMO_N_TEST = 2

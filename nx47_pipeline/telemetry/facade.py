@@ -1,0 +1,579 @@
+"""Telemetry facade: the one object the orchestrator talks to.
+
+It owns the :class:`~nx47_pipeline.bus.EventBus` and its sinks (journal,
+console, any extra sink such as the dashboard's
+:class:`~nx47_pipeline.bus.QueueSink`), the
+:class:`~nx47_pipeline.plan.PlanTracker`, the
+:class:`~nx47_pipeline.heartbeat.HeartbeatMonitor` and the
+:class:`~nx47_pipeline.cancel.CancelToken`.  Typical use::
+
+    tel = Telemetry(out_dir=out, stages=[("features", 5.0), ("fit", 2.0)])
+    tel.start(run_id="r1")
+    with tel.stage("features", total=len(ids)):
+        for i, vid in enumerate(ids):
+            ...
+            tel.progress(step_done=i + 1, file=vid)   # may raise Cancelled
+    tel.finish("ok", submission="submission.zip", stats={...})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from nx47_pipeline.io.atomic import write_json
+from nx47_pipeline.telemetry.bus import EventBus, Sink
+from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
+from nx47_pipeline.telemetry.console import ConsoleSink
+from nx47_pipeline.telemetry.events import (
+    BudgetPayload,
+    ConfigPayload,
+    Event,
+    EventKind,
+    ExecCompletePayload,
+    GlobalStatsPayload,
+    MessagePayload,
+    MetricPayload,
+    Payload,
+    ProgressPayload,
+    RunStartPayload,
+    StepPayload,
+    WorkerState,
+)
+from nx47_pipeline.telemetry.heartbeat import HeartbeatMonitor
+from nx47_pipeline.telemetry.journal import JournalSink
+from nx47_pipeline.telemetry.plan import PlanTracker
+from nx47_pipeline.telemetry.trace import array_trace
+
+__all__ = ["Telemetry", "JOURNAL_NAME", "PLAN_NAME"]
+
+JOURNAL_NAME = "journal.jsonl"
+PLAN_NAME = "plan.json"
+
+_BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_fit", "deadline_s"}
+
+
+class _Counter:
+    """Rate of one progress counter (files or sub-steps) within a stage."""
+
+    __slots__ = ("key", "t0", "done0", "last")
+
+    def __init__(self, key: Any, t0: float, done0: float) -> None:
+        self.key, self.t0, self.done0, self.last = key, t0, done0, done0
+
+
+class Telemetry:
+    """Facade over bus, sinks, plan, heartbeat and cancellation.
+
+    Parameters
+    ----------
+    out_dir : str or path, optional
+        Run folder: ``journal.jsonl`` and ``plan.json`` go there.  None: no
+        journal (console and extra sinks only).
+    stages : sequence of (name, weight)
+        The plan (see :class:`PlanTracker`).
+    config_dict : dict, optional
+        Published as the CONFIG event.  ``array_trace: False`` turns
+        :meth:`trace` off.
+    console, console_stream, console_interval_s
+        The :class:`ConsoleSink` (on by default, stdout, 5 s throttle).
+    heartbeat_interval_s, stall_after_s
+        The :class:`HeartbeatMonitor` settings.
+    extra_sinks : sequence of Sink
+        Attached after the journal and console (e.g. a dashboard QueueSink).
+    enabled : bool
+        False: telemetry off (no journal, console, queue or heartbeat work);
+        :meth:`progress` only checks cancellation.
+    budget_s : float, optional
+        Wall-clock budget of the run, for ``budget_left_s`` and heartbeats.
+    cancel : CancelToken, optional
+        Shared token (a new one by default).
+    clock, mono
+        Wall and monotonic clocks (injectable for tests).
+    progress_interval_s : float
+        Minimum seconds between two PROGRESS_UPDATE events of a stage; a
+        report in between only updates the plan, the heartbeat and checks
+        cancellation.  The first report of a stage, a report that completes
+        the stage's counter, and a change of file or sub-step name are
+        always published.  0 publishes every report.
+    snapshot_interval_s : float
+        Minimum seconds between two ``plan.json`` rewrites on progress
+        (stage begin / end always rewrite it).
+    journal_fsync : bool
+        ``fsync`` every journal line.
+    """
+
+    def __init__(
+        self,
+        *,
+        out_dir: str | os.PathLike | None,
+        stages: Sequence[tuple[str, float]],
+        config_dict: dict | None = None,
+        console: bool = True,
+        console_stream=None,
+        console_interval_s: float = 5.0,
+        heartbeat_interval_s: float = 15.0,
+        stall_after_s: float | None = None,
+        extra_sinks: Sequence[Sink] = (),
+        enabled: bool = True,
+        budget_s: float | None = None,
+        cancel: CancelToken | None = None,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        progress_interval_s: float = 0.25,
+        snapshot_interval_s: float = 5.0,
+        journal_fsync: bool = False,
+    ) -> None:
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.enabled = bool(enabled)
+        self.config_dict = dict(config_dict or {})
+        self.budget_s = None if budget_s is None else float(budget_s)
+        self.cancel = cancel if cancel is not None else CancelToken()
+        self._clock = clock
+        self._mono = mono
+        self._mono_t0 = mono()
+        self.progress_interval_s = float(progress_interval_s)
+        self.snapshot_interval_s = float(snapshot_interval_s)
+        self._journal_fsync = bool(journal_fsync)
+        self._heartbeat_interval_s = float(heartbeat_interval_s)
+        self._stall_after_s = stall_after_s
+        self._trace_on = bool(self.config_dict.get("array_trace", True))
+        self.plan = PlanTracker(stages, clock=mono)
+        self.bus = EventBus(clock=clock)
+        self.journal: JournalSink | None = None
+        self.console: ConsoleSink | None = None
+        self.heartbeat: HeartbeatMonitor | None = None
+        self.resumed = False
+        self.run_id = ""
+        self._stack: list[str] = []
+        self._stack_lock = threading.Lock()
+        self._stage_t0: dict[str, float] = {}
+        self._last_pub: dict[str, float] = {}
+        self._last_names: dict[str, tuple[str, str]] = {}
+        self._counters: dict[tuple[str, str], _Counter] = {}
+        self._last_snapshot = float("-inf")
+        self._snapshot_warned = False
+        self._started = False
+        self._finished = False
+        self._cancel_reported = False
+        self._extra_sinks = list(extra_sinks)
+        if self.enabled:
+            if console:
+                self.console = ConsoleSink(console_stream, min_interval_s=console_interval_s)
+                self.bus.attach(self.console)
+            for sink in self._extra_sinks:
+                self.bus.attach(sink)
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------
+    def start(self, *, run_id: str) -> None:
+        """Open the journal (continuing its chain), publish RUN_START and
+        CONFIG, and start the heartbeat with the calling thread as worker."""
+        if self._started:
+            raise RuntimeError("Telemetry.start() was already called")
+        self._started = True
+        self.run_id = str(run_id)
+        if not self.enabled:
+            return
+        problems: list[tuple[str, str]] = []
+        open_error = ""
+        if self.out_dir is not None:
+            try:
+                self.journal = JournalSink(self.out_dir / JOURNAL_NAME, fsync=self._journal_fsync)
+            except OSError as exc:  # the run goes on without a journal
+                open_error = f"cannot open the journal {self.out_dir / JOURNAL_NAME}: {exc}"
+        if self.journal is not None:
+            self.resumed = self.journal.last_seq >= 0
+            self.bus.set_next_seq(self.journal.last_seq + 1)
+            # the journal first: what a live view shows is already on disk
+            sinks = self.bus.sinks
+            for s in sinks:
+                self.bus.detach(s)
+            self.bus.attach(self.journal)
+            for s in sinks:
+                self.bus.attach(s)
+            if self.journal.torn_recovered:
+                problems.append((
+                    "journal_torn_tail",
+                    f"the journal's last line was torn by an earlier crash; it was kept in "
+                    f"{self.journal.torn_copy} and the chain continues",
+                ))
+            if self.journal.quarantined is not None:
+                problems.append((
+                    "journal_bad_chain",
+                    f"the existing journal failed verification and was moved to "
+                    f"{self.journal.quarantined}; a new chain starts",
+                ))
+        self.bus.publish(
+            EventKind.RUN_START,
+            RunStartPayload(
+                run_id=self.run_id,
+                out_dir="" if self.out_dir is None else str(self.out_dir),
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                resumed=self.resumed,
+            ),
+        )
+        self.bus.publish(EventKind.CONFIG, ConfigPayload(config=self.config_dict))
+        for code, msg in problems:
+            self.warning(msg, subject=JOURNAL_NAME, code=code)
+        if open_error:
+            self.error(open_error, subject=JOURNAL_NAME, code="journal_open_failed")
+        self.heartbeat = HeartbeatMonitor(
+            self._publish_heartbeat,
+            interval_s=self._heartbeat_interval_s,
+            stall_after_s=self._stall_after_s,
+            clock=self._mono,
+            budget_left=self.budget_left_s,
+            stage=lambda: self.current_stage,
+        )
+        self.heartbeat.start()
+        self._write_snapshot(force=True)
+
+    def _publish_heartbeat(self, payload, stage: str) -> None:
+        self.bus.publish(EventKind.HEARTBEAT, payload, stage=stage)
+
+    def finish(
+        self, status: str, *, submission: str | None = None, stats: dict | None = None
+    ) -> None:
+        """End the run: GLOBAL_STATS (if ``stats``), a final heartbeat,
+        EXEC_COMPLETE (carrying the journal head before it), the plan
+        snapshot, and close every sink.  Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        if not self.enabled:
+            return
+        if stats is not None:
+            self.bus.publish(EventKind.GLOBAL_STATS, GlobalStatsPayload(stats=dict(stats)))
+        final = {
+            "ok": WorkerState.FINISHED,
+            "cancelled": WorkerState.CANCELLED,
+        }.get(status, WorkerState.FAILED)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat.set_final(final)
+            self.heartbeat.beat()
+        self._write_snapshot(force=True)
+        self.bus.publish(
+            EventKind.EXEC_COMPLETE,
+            ExecCompletePayload(
+                status=status,
+                submission=submission,
+                duration_s=round(self.elapsed_s(), 3),
+                journal_head=None if self.journal is None else self.journal.head,
+            ),
+        )
+        self.bus.close()
+
+    # ------------------------------------------------------------------
+    # stages
+    # ------------------------------------------------------------------
+    @property
+    def cancel_reported(self) -> bool:
+        """True once a CANCELLED event was published for this run."""
+        return self._cancel_reported
+
+    @property
+    def current_stage(self) -> str:
+        """Name of the innermost open stage ("" outside stages)."""
+        stack = self._stack
+        return stack[-1] if stack else ""
+
+    def _ensure_planned(self, name: str) -> None:
+        if name not in self.plan:
+            self.plan.add_stage(name, 0.0)
+            self.warning(
+                f"stage {name!r} is not in the plan {self.plan.stage_names[:-1]!r}; "
+                "added with weight 0",
+                subject=name,
+                code="unplanned_stage",
+            )
+
+    def _step(self, name: str, phase: str, status: str = "ok",
+              duration: float | None = None, message: str = "") -> None:
+        self.bus.publish(
+            EventKind.STEP,
+            StepPayload(
+                phase=phase,
+                status=status,
+                duration_s=None if duration is None else round(duration, 3),
+                index=self.plan.index_of(name),
+                count=len(self.plan),
+                message=message,
+            ),
+            stage=name,
+        )
+
+    @contextlib.contextmanager
+    def stage(self, name: str, *, total: float = 1.0, message: str = "") -> Iterator["Telemetry"]:
+        """Context manager around one stage (STEP begin / end, plan, snapshot).
+
+        A :class:`Cancelled` (or KeyboardInterrupt) ends the stage with
+        status ``cancelled``; any other exception publishes an ERROR and ends
+        it ``failed``.  Exceptions are re-raised.
+        """
+        name = str(name)
+        self._ensure_planned(name)
+        t0 = self._mono()
+        with self._stack_lock:
+            self._stack.append(name)
+        self.plan.start(name, total)
+        self._stage_t0[name] = t0
+        self._last_pub.pop(name, None)
+        self._last_names.pop(name, None)
+        for key in [k for k in self._counters if k[0] == name]:
+            del self._counters[key]
+        if self.enabled:
+            self._step(name, "begin", message=message)
+            self._write_snapshot(force=True)
+        if self.heartbeat is not None:
+            self.heartbeat.notify_progress()
+        status = "ok"
+        end_msg = ""
+        try:
+            yield self
+        except (Cancelled, KeyboardInterrupt) as exc:
+            status = "cancelled"
+            end_msg = str(exc) or type(exc).__name__
+            if self.enabled and not self._cancel_reported:
+                self._cancel_reported = True
+                self.bus.publish(
+                    EventKind.CANCELLED,
+                    MessagePayload(message=end_msg, subject=name, code="cancelled"),
+                    stage=name,
+                )
+            raise
+        except BaseException as exc:
+            status = "failed"
+            end_msg = f"{type(exc).__name__}: {exc}"
+            if self.enabled:
+                self.bus.publish(
+                    EventKind.ERROR,
+                    MessagePayload(
+                        message=f"stage {name} failed: {end_msg}",
+                        subject=name,
+                        code="stage_failed",
+                        extra={
+                            "exception": type(exc).__name__,
+                            "traceback": "".join(
+                                traceback.format_exception(type(exc), exc, exc.__traceback__)
+                            )[-4000:],
+                        },
+                    ),
+                    stage=name,
+                )
+            raise
+        finally:
+            self.plan.finish(name, status)
+            with self._stack_lock:
+                if name in self._stack:
+                    idx = len(self._stack) - 1 - self._stack[::-1].index(name)
+                    del self._stack[idx]
+            if self.enabled:
+                self._step(name, "end", status, self._mono() - t0, end_msg)
+                self._write_snapshot(force=True)
+            if self.heartbeat is not None:
+                self.heartbeat.notify_progress()
+
+    def skip_stage(self, name: str, reason: str) -> None:
+        """Mark stage ``name`` skipped: STEP begin + end with status ``skipped``."""
+        name = str(name)
+        self._ensure_planned(name)
+        self.plan.skip(name, reason)
+        if self.enabled:
+            self._step(name, "begin", message=reason)
+            self._step(name, "end", "skipped", 0.0, reason)
+            self._write_snapshot(force=True)
+
+    # ------------------------------------------------------------------
+    # progress
+    # ------------------------------------------------------------------
+    def _rate(self, name: str, level: str, label: str, done: float, now: float) -> float | None:
+        key = (name, level)
+        c = self._counters.get(key)
+        if c is None or c.key != label or done < c.last:
+            # a new counter (other total, or the count restarted, e.g. next file)
+            c = _Counter(label, self._stage_t0.get(name, now) if c is None else now,
+                         0.0 if c is None else done)
+            self._counters[key] = c
+        c.last = done
+        dt = now - c.t0
+        if dt <= 0 or done <= c.done0:
+            return None
+        return (done - c.done0) / dt
+
+    def progress(
+        self,
+        *,
+        step_done: float | None = None,
+        step_total: float | None = None,
+        substep: str = "",
+        substep_done: int = 0,
+        substep_total: int = 0,
+        file: str = "",
+        file_done: int = 0,
+        file_total: int = 0,
+        message: str = "",
+    ) -> None:
+        """Report progress of the current stage; then check cancellation.
+
+        Raises
+        ------
+        Cancelled
+            If cancellation was requested.
+        """
+        if not self.enabled:
+            self.cancel.raise_if_cancelled()
+            return
+        name = self.current_stage
+        now = self._mono()
+        if self.heartbeat is not None:
+            self.heartbeat.notify_progress()
+        if name:
+            if step_done is not None or step_total is not None:
+                done = self.plan.counters(name)[0] if step_done is None else step_done
+                self.plan.update(name, done, step_total)
+            # rates of the finest active counter
+            rate = None
+            if substep_total:
+                rate = self._rate(name, "sub", substep_total, substep_done, now)
+            if rate is None and file_total:
+                rate = self._rate(name, "file", file_total, file_done, now)
+            if rate is None:
+                rate = self.plan.rate(name)
+            done, total = self.plan.counters(name)
+            index = self.plan.index_of(name)
+        else:
+            rate, index = None, -1
+            done = float(step_done or 0.0)
+            total = float(step_total or 0.0)
+        last = self._last_pub.get(name)
+        names = (file, substep)
+        complete = (total > 0 and done >= total) or (
+            substep_total > 0 and substep_done >= substep_total
+        ) or (file_total > 0 and file_done >= file_total)
+        if (
+            last is None
+            or now - last >= self.progress_interval_s
+            or complete
+            or self._last_names.get(name) != names
+        ):
+            self._last_pub[name] = now
+            self._last_names[name] = names
+            payload = ProgressPayload(
+                step=name,
+                step_index=index,
+                step_count=len(self.plan),
+                step_done=done,
+                step_total=total,
+                substep=substep,
+                substep_done=int(substep_done),
+                substep_total=int(substep_total),
+                file=str(file),
+                file_done=int(file_done),
+                file_total=int(file_total),
+                global_=self.plan.overall_progress(),
+                rate=rate,
+                eta_s=self.plan.eta_s(),
+                message=message,
+            )
+            self.bus.publish(EventKind.PROGRESS_UPDATE, payload, stage=name)
+            self._write_snapshot()
+        self.cancel.raise_if_cancelled()
+
+    def _write_snapshot(self, *, force: bool = False) -> None:
+        if self.out_dir is None or not self.enabled:
+            return
+        now = self._mono()
+        if not force and now - self._last_snapshot < self.snapshot_interval_s:
+            return
+        self._last_snapshot = now
+        try:
+            snap = self.plan.snapshot()
+            snap["run_id"] = self.run_id
+            snap["updated_ts"] = self._clock()
+            _atomic_json(self.out_dir / PLAN_NAME, snap)
+        except OSError as exc:
+            if self._snapshot_warned:
+                return
+            self._snapshot_warned = True
+            self.bus.publish(
+                EventKind.WARNING,
+                MessagePayload(message=f"cannot write {PLAN_NAME}: {exc}", subject=PLAN_NAME,
+                               code="plan_write_failed"),
+                stage=self.current_stage,
+            )
+
+    # ------------------------------------------------------------------
+    # other events
+    # ------------------------------------------------------------------
+    def emit(self, kind: EventKind, payload: Payload, *, stage: str | None = None) -> Event | None:
+        """Publish any event (stage defaults to the current stage).
+
+        Returns the event, or None when telemetry is off.
+        """
+        if not self.enabled:
+            return None
+        return self.bus.publish(kind, payload, stage=self.current_stage if stage is None else stage)
+
+    def metric(self, name: str, value: float, *, step: int | None = None, **extra: Any) -> None:
+        """Publish a METRIC (e.g. a validation score or an objective value)."""
+        self.emit(EventKind.METRIC, MetricPayload(name=name, value=float(value), step=step,
+                                                  extra=extra))
+
+    def warning(self, message: str, *, subject: str = "", code: str = "", **extra: Any) -> None:
+        """Publish a WARNING (``subject`` names the id or file concerned)."""
+        self.emit(EventKind.WARNING, MessagePayload(message=message, subject=subject, code=code,
+                                                    extra=extra))
+
+    def error(self, message: str, *, subject: str = "", code: str = "", **extra: Any) -> None:
+        """Publish an ERROR (``subject`` names the id or file concerned)."""
+        self.emit(EventKind.ERROR, MessagePayload(message=message, subject=subject, code=code,
+                                                  extra=extra))
+
+    def budget(self, decision: str, message: str, **fields: Any) -> None:
+        """Publish a BUDGET decision; known fields (budget_s, projected_s,
+        fits, max_train_fit, max_val_fit, deadline_s) go to the payload, the
+        rest to ``extra``."""
+        known = {k: v for k, v in fields.items() if k in _BUDGET_FIELDS}
+        extra = {k: v for k, v in fields.items() if k not in _BUDGET_FIELDS}
+        if "extra" in extra and isinstance(extra["extra"], dict):
+            extra = {**extra.pop("extra"), **extra}
+        self.emit(EventKind.BUDGET, BudgetPayload(decision=decision, message=message,
+                                                  extra=extra, **known))
+
+    def trace(self, name: str, array) -> None:
+        """Publish an ARRAY_TRACE of ``array`` (no-op when off or disabled by
+        ``config_dict['array_trace']``).  A failure becomes a WARNING."""
+        if not (self.enabled and self._trace_on):
+            return
+        try:
+            payload = array_trace(name, array)
+        except Exception as exc:
+            self.warning(f"array trace of {name} failed: {type(exc).__name__}: {exc}",
+                         subject=name, code="trace_failed")
+            return
+        self.emit(EventKind.ARRAY_TRACE, payload)
+
+    # ------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Seconds since this Telemetry was created."""
+        return self._mono() - self._mono_t0
+
+    def budget_left_s(self) -> float | None:
+        """``budget_s - elapsed_s()`` (None without a budget)."""
+        if self.budget_s is None:
+            return None
+        return self.budget_s - self.elapsed_s()
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    write_json(path, obj, allow_nan=False, default=str)

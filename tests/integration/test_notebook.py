@@ -1,0 +1,77 @@
+"""``dashboard.ipynb`` executed headless by papermill (as in a Kaggle commit run):
+it starts the run by itself, prints progress lines, blocks until the end and
+leaves a valid ``submission.zip``."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+import tifffile
+
+from nx47_pipeline.data.demo import generate_demo_dataset
+from nx47_pipeline.data.discovery import discover
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOILA_", "JPY_", "NX47_",
+                                                                    "KAGGLE_"))}
+    env.update(extra)
+    return env
+
+
+def test_notebook_has_a_papermill_parameters_cell():
+    nb = nbformat.read(REPO / "dashboard.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    src = tagged[0].source
+    for name in ("DATA_ROOT", "OUT_DIR", "MAX_TRAIN_VOLUMES", "MAX_VAL_VOLUMES", "BUDGET_S",
+                 "USE_UNET", "AUTO_RUN"):
+        assert f"{name} = None" in src
+
+
+@pytest.mark.timeout(300)
+def test_papermill_headless_run_leaves_a_valid_submission(tmp_path, monkeypatch):
+    import papermill as pm
+
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_train=4, n_test=2, shape=32, seed=1)
+    out = tmp_path / "out"
+    env = _clean_env(NX47_HEARTBEAT_INTERVAL_S="1", NX47_SEARCH_MAX_ITER="20",
+                     NX47_FIT_MAX_ITER="40", NX47_USE_UNET="0")
+    for k in list(os.environ):
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)  # the kernel inherits this environment
+    executed = tmp_path / "executed.ipynb"
+    pm.execute_notebook(
+        str(REPO / "dashboard.ipynb"), str(executed), cwd=str(REPO), kernel_name="python3",
+        parameters={"DATA_ROOT": str(data), "OUT_DIR": str(out), "MAX_TRAIN_VOLUMES": 2,
+                    "MAX_VAL_VOLUMES": 1, "BUDGET_S": 600.0},  # AUTO_RUN left at None: detected
+        progress_bar=False, request_save_on_cell_execute=False)
+
+    nb = nbformat.read(executed, as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "[nx47] headless run" in text
+    assert "[nx47] finished: status=ok" in text
+    assert text.count("\n") > 10  # progress lines were printed while it ran
+
+    sub = out / "submission.zip"
+    assert sub.is_file()
+    tests = {r.id: r for r in discover(data).test}
+    with zipfile.ZipFile(sub) as zf:
+        assert zf.testzip() is None
+        names = sorted(zf.namelist())
+        assert names == sorted(f"{i}.tif" for i in tests)
+        for name in names:
+            arr = tifffile.imread(io.BytesIO(zf.read(name)))
+            rec = tests[name[:-4]]
+            assert arr.dtype.name == "uint8" and tuple(arr.shape) == tuple(rec.shape)
+            assert set(int(v) for v in set(arr.ravel().tolist())) <= {0, 1}

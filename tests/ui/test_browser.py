@@ -1,0 +1,185 @@
+"""The dashboard as a user sees it: ``voila dashboard.ipynb`` on 127.0.0.1,
+driven by Debian chromium through Playwright.
+
+Moves a coverage slider and sees the coverage panel change, clicks Run (in
+detached mode), sees the global bar advance, the heartbeat light change and a
+preview image appear, reloads the page (Voila kills the kernel) and sees the
+re-attached dashboard continue, and waits for the run to finish.  Screenshots
+and the Voila log go to ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from nx47_pipeline.data.demo import generate_demo_dataset
+from nx47_widgets.runner import pid_alive, read_lock_pid
+
+from browser_util import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    VoilaServer,
+    artifacts_dir,
+    chromium_available,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    # in CI a missing browser is a failure, not a skip
+    pytest.mark.skipif(not chromium_available() and not os.environ.get("CI"),
+                       reason=f"no chromium at {CHROMIUM}"),
+]
+
+GLOBAL_WIDTH_JS = """() => {
+  const bar = document.querySelector('.nx47-bar-global .progress-bar');
+  return bar ? parseFloat(bar.style.width || '0') : -1;
+}"""
+HB_STATE_JS = """() => {
+  const hb = document.querySelector('.nx47-hb');
+  return hb ? hb.getAttribute('data-state') : null;
+}"""
+PREVIEW_JS = """() => {
+  const img = document.querySelector('img.nx47-preview-image, .nx47-preview-image img');
+  return img ? img.naturalWidth : 0;
+}"""
+TEXT_JS = """(sel) => { const e = document.querySelector(sel); return e ? e.textContent : null; }"""
+RESULT_JS = """() => {
+  const e = document.querySelector('.nx47-status[data-status]');
+  return e ? e.getAttribute('data-status') : null;
+}"""
+
+
+def _wait(page, js, pred, timeout_s, what, arg=None, shots=None):
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = page.evaluate(js, arg) if arg is not None else page.evaluate(js)
+        if pred(value):
+            return value
+        time.sleep(0.25)
+    if shots is not None:
+        page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
+
+
+@pytest.fixture()
+def run_env(tmp_path):
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_train=8, n_test=2, shape=48, seed=3)
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    for k in [k for k in env if k.startswith(("VOILA_", "JPY_", "NX47_"))]:
+        del env[k]
+    env.update({
+        "NX47_DATA_ROOT": str(data),
+        "NX47_OUT_DIR": str(out),
+        "NX47_DETACHED": "1",
+        "NX47_USE_UNET": "0",
+        "NX47_HEARTBEAT_INTERVAL_S": "1",
+        "NX47_SEARCH_MAX_ITER": "40",
+        "NX47_FIT_MAX_ITER": "150",
+        "NX47_MAX_TRAIN_VOLUMES": "5",
+        "NX47_MAX_VAL_VOLUMES": "2",
+        "PYTHONPATH": str(REPO),
+    })
+    yield env, data, out
+    pid = read_lock_pid(out)  # the detached run started through the page
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.timeout(420)
+def test_voila_dashboard_in_chromium(run_env):
+    from playwright.sync_api import sync_playwright
+
+    env, data, out = run_env
+    shots = artifacts_dir("browser")
+    server = VoilaServer(REPO / "dashboard.ipynb", env, shots / "voila.log")
+    try:
+        server.wait_ready(120)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                         headless=True)
+            page = browser.new_page(viewport={"width": 1300, "height": 1800})
+            console: list[str] = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            try:
+                _drive(page, server.url, shots, out)
+            finally:
+                (shots / "console.log").write_text("\n".join(console))
+                page.screenshot(path=str(shots / "99-last.png"), full_page=True)
+                browser.close()
+    finally:
+        server.stop()
+
+
+def _drive(page, url: str, shots: Path, out: Path) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector(".nx47-dashboard", timeout=180_000)
+    page.wait_for_selector(".nx47-selected", timeout=60_000)
+    page.screenshot(path=str(shots / "01-loaded.png"), full_page=True)
+
+    # -- the coverage panel follows the slider at once --------------------
+    before = page.evaluate(TEXT_JS, ".nx47-selected")
+    assert before == "7", f"5 train + 2 val of 8 discovered expected, panel says {before!r}"
+    handle = page.locator(".nx47-max-train .noUi-handle")
+    handle.focus()
+    for _ in range(3):
+        handle.press("ArrowLeft")
+    selected = _wait(page, TEXT_JS, lambda v: v == "4", 30, "coverage panel update",
+                     arg=".nx47-selected", shots=shots)
+    assert selected == "4"
+    assert page.evaluate(TEXT_JS, ".nx47-coverage-pct") == "50.0%"
+    page.screenshot(path=str(shots / "02-slider-moved.png"), full_page=True)
+    for _ in range(3):
+        handle.press("ArrowRight")
+    _wait(page, TEXT_JS, lambda v: v == "7", 30, "slider back", arg=".nx47-selected")
+
+    # -- Run (detached) -----------------------------------------------------
+    assert page.locator(".nx47-detached input").is_checked()
+    assert page.evaluate(HB_STATE_JS) == "WAITING"
+    page.locator("button.nx47-run").click()
+    _wait(page, HB_STATE_JS, lambda v: v in ("ACTIVE", "COMPUTING"), 90,
+          "heartbeat light to turn on", shots=shots)
+    w1 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v > 0, 90, "global bar to advance", shots=shots)
+    page.screenshot(path=str(shots / "03-running.png"), full_page=True)
+    # the kernel stays responsive during the run: a slider still updates the panel
+    val_handle = page.locator(".nx47-max-val .noUi-handle")
+    val_handle.focus()
+    val_handle.press("ArrowLeft")
+    _wait(page, TEXT_JS, lambda v: v == "6", 30, "coverage panel during the run",
+          arg=".nx47-selected", shots=shots)
+    width = _wait(page, PREVIEW_JS, lambda v: v > 0, 120, "preview image", shots=shots)
+    assert width >= 256
+    page.screenshot(path=str(shots / "04-preview.png"), full_page=True)
+    w2 = page.evaluate(GLOBAL_WIDTH_JS)
+    assert pid_alive(read_lock_pid(out)), "the detached run should still be running"
+
+    # -- reload: Voila kills the kernel, the run goes on, the page re-attaches --
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(".nx47-dashboard", timeout=180_000)
+    status = _wait(page, TEXT_JS, lambda v: v and "attached" in v, 60, "re-attach",
+                   arg=".nx47-status-line", shots=shots)
+    assert str(out) in status
+    w3 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v >= max(w1, w2), 60,
+               "global bar after reload", shots=shots)
+    page.screenshot(path=str(shots / "05-reattached.png"), full_page=True)
+
+    # -- completion -----------------------------------------------------------
+    result = _wait(page, RESULT_JS, lambda v: v in ("ok", "failed", "cancelled"), 300,
+                   "run completion", shots=shots)
+    page.screenshot(path=str(shots / "06-finished.png"), full_page=True)
+    assert result == "ok", page.evaluate(TEXT_JS, ".nx47-results")
+    assert page.evaluate(GLOBAL_WIDTH_JS) == pytest.approx(100.0)
+    assert _wait(page, HB_STATE_JS, lambda v: v == "FINISHED", 30, "FINISHED light") == "FINISHED"
+    assert "journal verified" in page.evaluate(TEXT_JS, ".nx47-results")
+    assert (out / "submission.zip").is_file()
+    (shots / "progress.json").write_text(json.dumps({"w1": w1, "w2": w2, "w3": w3}))
+

@@ -1,0 +1,229 @@
+"""Runners and the UI pump: threaded jobs, detached processes followed through
+their journal, rate-bounded pumping, headless detection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from nx47_pipeline.telemetry.bus import EventBus
+from nx47_pipeline.config import RunConfig
+from nx47_pipeline.telemetry.events import (
+    EventKind,
+    MessagePayload,
+    ProgressPayload,
+    RunStartPayload,
+)
+from nx47_pipeline.telemetry.journal import JournalSink
+from nx47_widgets.app import config_from_parameters, is_headless, should_autorun
+from nx47_widgets.runner import (
+    DetachedRunner,
+    ThreadedRunner,
+    UIPump,
+    config_env,
+    pid_alive,
+    read_lock_pid,
+)
+
+
+def test_threaded_runner_reports_a_crashing_job_as_events():
+    def job(config, cancel, sink):
+        raise ValueError("boom in features")
+
+    r = ThreadedRunner(RunConfig(), job=job).start()
+    assert r.join(5)
+    events = r.drain()
+    kinds = [e.kind for e in events]
+    assert kinds == [EventKind.ERROR, EventKind.EXEC_COMPLETE]
+    assert "boom in features" in events[0].payload.message
+    assert events[1].payload.status == "failed"
+    assert isinstance(r.error, ValueError) and "boom in features" in r.error_text
+    with pytest.raises(RuntimeError, match="already started"):
+        r.start()
+
+
+def test_threaded_runner_runs_off_the_calling_thread():
+    seen = {}
+
+    def job(config, cancel, sink):
+        seen["thread"] = threading.current_thread().name
+        return 42
+
+    r = ThreadedRunner(RunConfig(), job=job).start()
+    assert r.join(5) and r.result == 42
+    assert seen["thread"] == "nx47-pipeline" != threading.current_thread().name
+
+
+def test_config_env_reproduces_the_config_in_another_process():
+    cfg = RunConfig(data_root="/d", out_dir="/o", max_train_volumes=3, max_val_volumes=0,
+                    budget_s=123.5, use_unet=None, auto_coverage=True,
+                    feature_scales=(1.0, 3.0), closing_radius=(1, 1, 2))
+    env = config_env(cfg)
+    assert env["NX47_USE_UNET"] == "auto" and env["NX47_FEATURE_SCALES"] == "1.0,3.0"
+    assert RunConfig.from_env(env) == cfg
+    assert RunConfig.from_env(config_env(cfg.replace(use_unet=False))).use_unet is False
+
+
+def test_lock_pid_and_liveness(tmp_path):
+    assert read_lock_pid(tmp_path) is None
+    (tmp_path / "run.lock").write_text(f"{os.getpid()}\n")
+    assert read_lock_pid(tmp_path) == os.getpid() and pid_alive(os.getpid())
+    (tmp_path / "run.lock").write_text('{"pid": 12, "host": "x"}')
+    assert read_lock_pid(tmp_path) == 12
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert not pid_alive(proc.pid)
+    (tmp_path / "run.lock").write_text("garbage")
+    assert read_lock_pid(tmp_path) is None
+
+
+def test_detached_runner_follows_a_journal_being_written(tmp_path):
+    out = tmp_path / "run"
+    bus = EventBus()
+    bus.attach(JournalSink(out / "journal.jsonl"))
+    follower = DetachedRunner(out)
+    assert follower.drain() == []  # no journal yet
+    bus.publish(EventKind.RUN_START, RunStartPayload(run_id="x", out_dir=str(out), pid=1))
+    first = follower.drain()
+    assert [e.kind for e in first] == [EventKind.RUN_START]
+    for i in range(5):
+        bus.publish(EventKind.PROGRESS_UPDATE, ProgressPayload(
+            step="s", step_index=0, step_count=1, step_done=i, step_total=5, global_=i / 5))
+    # a torn (incomplete) last line is held back until its newline arrives
+    with open(out / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"seq": 99, "kind": "WARN')
+    events = follower.drain()
+    assert [e.payload.step_done for e in events] == [0, 1, 2, 3, 4]
+    assert not follower.finished
+    assert not follower.running  # no run.lock: nothing alive
+
+
+def test_ui_pump_flushes_at_a_bounded_rate_and_survives_view_errors():
+    produced = []
+    lock = threading.Lock()
+
+    def source():
+        with lock:
+            out, produced[:] = list(produced), []
+        return out
+
+    batches = []
+
+    def flush(events, tick):
+        batches.append(len(events))
+        if len(batches) == 3:
+            raise RuntimeError("view bug")
+
+    pump = UIPump(source, flush, interval=0.1, tick_s=100.0).start()
+    bus = EventBus()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        ev = bus.publish(EventKind.WARNING, MessagePayload(message="m"))
+        with lock:
+            produced.append(ev)
+        time.sleep(0.001)
+    time.sleep(0.3)
+    pump.stop()
+    elapsed = time.monotonic() - t0
+    assert pump.alive is False
+    assert len(batches) <= elapsed / 0.1 + 2
+    assert sum(batches) == pump.events == bus.next_seq  # nothing lost
+    assert len(pump.errors) == 1 and "view bug" in pump.errors[0]
+    with pytest.raises(ValueError, match="interval"):
+        UIPump(source, flush, interval=0)
+
+
+def test_headless_detection_rules():
+    assert is_headless({}) is True  # papermill / nbclient: no front end
+    assert is_headless({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}) is True
+    assert is_headless({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}) is False
+    assert is_headless({"VOILA_KERNEL_ID": "abc"}) is False
+    assert is_headless({"JPY_SESSION_NAME": "/x/dashboard.ipynb"}) is False
+    assert is_headless({"JPY_SESSION_NAME": "x", "NX47_AUTO_RUN": "1"}) is True
+    assert should_autorun(False, {}) is False and should_autorun(True, {"VOILA_KERNEL_ID": "a"})
+
+
+def test_notebook_parameters_fall_back_to_environment():
+    env = {"NX47_DATA_ROOT": "/env/data", "NX47_OUT_DIR": "/env/out", "NX47_USE_UNET": "0",
+           "NX47_MAX_TRAIN_VOLUMES": "5"}
+    cfg = config_from_parameters(environ=env)
+    assert (cfg.data_root, cfg.out_dir, cfg.use_unet, cfg.max_train_volumes) == (
+        "/env/data", "/env/out", False, 5)
+    cfg = config_from_parameters(data_root="/p", max_train_volumes=0, budget_s=60.0,
+                                 use_unet=True, environ=env)
+    assert (cfg.data_root, cfg.max_train_volumes, cfg.budget_s, cfg.use_unet) == (
+        "/p", 0, 60.0, True)
+    with pytest.raises(ValueError, match="max_train_volumes"):
+        config_from_parameters(max_train_volumes=-1, environ={})
+
+
+# ---------------------------------------------------------------------------
+# With the real pipeline
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from nx47_pipeline.data.demo import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("rundata")
+    generate_demo_dataset(root, n_train=4, n_test=1, shape=40, seed=2)
+    return root
+
+
+def _wait_for(drain, pred, timeout):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        seen += drain()
+        if any(pred(e) for e in seen):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"no matching event within {timeout} s; kinds {[e.kind.value for e in seen]}")
+
+
+@pytest.mark.timeout(120)
+def test_stop_cancels_the_real_pipeline_within_two_seconds(tmp_path, small_data):
+    cfg = RunConfig(data_root=str(small_data), out_dir=str(tmp_path / "out"), use_unet=False,
+                    heartbeat_interval_s=1.0, console=False, search_max_iter=400,
+                    fit_max_iter=2000, max_train_volumes=3, max_val_volumes=1)
+    r = ThreadedRunner(cfg).start()
+    seen = _wait_for(r.drain, lambda e: e.kind is EventKind.STEP and e.stage == "preflight"
+                     and e.payload.phase == "begin", 90)
+    time.sleep(1.0)  # in the middle of the preflight's computations
+    assert r.running
+    r.stop("test pressed Stop")
+    assert r.join(2.0), "the pipeline did not stop within 2 s"
+    assert r.stop_latency_s < 2.0
+    seen += r.drain()
+    done = [e for e in seen if e.kind is EventKind.EXEC_COMPLETE]
+    assert done and done[-1].payload.status == "cancelled"
+    assert r.result.status == "cancelled"
+
+
+@pytest.mark.timeout(120)
+def test_detached_run_survives_its_launcher_and_stops_on_sigterm(tmp_path, small_data):
+    cfg = RunConfig(data_root=str(small_data), out_dir=str(tmp_path / "out"), use_unet=False,
+                    heartbeat_interval_s=1.0, search_max_iter=400, fit_max_iter=2000,
+                    max_train_volumes=3, max_val_volumes=1)
+    launched = DetachedRunner.launch(cfg)
+    try:
+        _wait_for(launched.drain, lambda e: e.kind is EventKind.HEARTBEAT, 60)
+        # a new dashboard (after a page reload) attaches through run.lock + journal
+        attached = DetachedRunner(tmp_path / "out")
+        assert attached.pid == launched.pid and attached.running
+        replay = attached.drain()
+        assert replay[0].kind is EventKind.RUN_START and replay[0].payload.pid == launched.pid
+        attached.stop("test pressed Stop")
+        assert launched.process.wait(10) is not None
+        rest = _wait_for(attached.drain, lambda e: e.kind is EventKind.EXEC_COMPLETE, 5)
+        assert [e for e in rest if e.kind is EventKind.EXEC_COMPLETE][-1].payload.status \
+            == "cancelled"
+        assert attached.finished and not attached.running
+    finally:
+        if launched.process.poll() is None:
+            launched.process.kill()
+            launched.process.wait(5)

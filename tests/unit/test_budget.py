@@ -1,0 +1,87 @@
+"""Budget planner: projection from preflight rates, largest coverage that fits, deadlines."""
+
+import pytest
+
+from nx47_pipeline.run.budget import (
+    Deadlines,
+    PreflightTimings,
+    ceil_frac,
+    largest_fit,
+    load_preflight_timings,
+    project_run,
+    segment_reserve_s,
+)
+from nx47_pipeline.config import RunConfig
+
+
+def _timings(**kw):
+    base = dict(
+        features_s_per_mvox=2.0, search_s_per_mvox=10.0, fit_s_per_iter_row=1e-6,
+        validate_s_per_mvox=3.0, segment_s_per_mvox=3.0, fallback_s_per_mvox=0.2,
+        package_s_per_volume=0.1, mvox_train=32.768, mvox_test=32.768,
+        rows_per_volume=40000, grid_fits=4,
+    )
+    base.update(kw)
+    return PreflightTimings(**base)
+
+
+def test_projection_grows_with_coverage_and_names_every_stage():
+    cfg = RunConfig()
+    t = _timings()
+    small = project_run(t, n_train=24, n_val=8, n_test=120, config=cfg)
+    big = project_run(t, n_train=600, n_val=186, n_test=120, config=cfg)
+    assert set(small.per_stage) >= {"features", "search", "fit_prox", "validate", "segment", "package"}
+    assert big.total_s > small.total_s
+    assert small.per_stage["segment"] == pytest.approx(big.per_stage["segment"])  # test set is fixed
+    assert small.usable_s == pytest.approx(cfg.budget_s * 0.9)
+
+
+def test_full_coverage_of_786_pairs_does_not_fit_nine_hours_but_capped_does():
+    # rates of the order measured at 320^3 on 2 cores
+    cfg = RunConfig()
+    t = _timings(features_s_per_mvox=1.0, search_s_per_mvox=5.0)
+    assert not project_run(t, n_train=629, n_val=157, n_test=120, config=cfg).fits
+    assert project_run(t, n_train=24, n_val=8, n_test=120, config=cfg).fits
+
+
+def test_largest_fit_fits_and_one_more_pair_does_not():
+    cfg = RunConfig(budget_s=8 * 3600)
+    t = _timings()
+    n_train, n_val, projected = largest_fit(t, n_pairs=786, n_test=120, config=cfg)
+    assert 0 < n_train < 786 and n_val >= 1
+    assert projected <= cfg.budget_s * 0.9
+    bigger = project_run(t, n_train=n_train + 2, n_val=n_val + 1, n_test=120, config=cfg)
+    assert not bigger.fits
+
+
+def test_largest_fit_is_monotonic_in_budget():
+    t = _timings()
+    sizes = [largest_fit(t, n_pairs=786, n_test=120, config=RunConfig(budget_s=b))[0]
+             for b in (3600 * 6, 3600 * 8, 3600 * 12)]
+    assert sizes == sorted(sizes)
+
+
+def test_nothing_fits_a_tiny_budget():
+    assert largest_fit(_timings(), n_pairs=786, n_test=120, config=RunConfig(budget_s=60))[:2] == (0, 0)
+
+
+def test_deadlines_keep_back_the_segmentation_reserve():
+    d = Deadlines(start=100.0, budget_s=1000.0, safety_margin_frac=0.1)
+    d.reserve_s = segment_reserve_s(_timings(), n_test=10, mvox_test=1.0)
+    assert d.hard == pytest.approx(1000.0)
+    assert d.training < d.hard
+    assert d.hard - d.training == pytest.approx(d.reserve_s)
+
+
+def test_timings_round_trip_and_missing_file(tmp_path):
+    t = _timings()
+    t.save(tmp_path / "preflight" / "timings.json")
+    assert load_preflight_timings(tmp_path) == t
+    assert load_preflight_timings(tmp_path / "nowhere") is None
+
+
+def test_ceil_five_percent():
+    assert ceil_frac(786, 0.05) == 40  # the user's report: 40 preflight pairs for 786
+    assert ceil_frac(32, 0.05) == 2
+    assert ceil_frac(3, 0.05) == 1
+    assert ceil_frac(0, 0.05) == 0

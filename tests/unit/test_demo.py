@@ -1,0 +1,162 @@
+"""Demo dataset: layout, label rules, scroll styles, determinism, arguments."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from nx47_pipeline.data.demo import (
+    ensure_demo_dataset,
+    generate_demo_dataset,
+    make_volume,
+    parse_shape,
+)
+from nx47_pipeline.data.discovery import discover
+from nx47_pipeline.io.volumes import read_header, read_volume
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _digest_tree(root):
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_layout_and_csvs(demo_root):
+    rows = _rows(demo_root / "train.csv")
+    assert rows[0] == ["id", "scroll_id"]
+    ids = [r[0] for r in rows[1:]]
+    assert len(ids) == 6 + 2  # 6 pairs and 2 ghost rows without files
+    assert all(i.isdigit() and 6 <= len(i) <= 10 for i in ids)
+    on_disk = {p.stem for p in (demo_root / "train_images").glob("*.tif")}
+    assert on_disk == {p.stem for p in (demo_root / "train_labels").glob("*.tif")}
+    assert len(on_disk) == 6 and len(set(ids) - on_disk) == 2
+    assert len({r[1] for r in rows[1:] if r[0] in on_disk}) >= 3  # at least 3 scrolls
+    test_rows = _rows(demo_root / "test.csv")
+    test_ids = {r[0] for r in test_rows[1:]}
+    assert test_ids == {p.stem for p in (demo_root / "test_images").glob("*.tif")}
+    assert test_ids == {p.stem for p in (demo_root / "test_labels_hidden").glob("*.tif")}
+    assert not test_ids & on_disk  # distinct volumes, not copies of train
+    for vid in test_ids:
+        a = read_volume(demo_root / "test_images" / f"{vid}.tif")
+        for tid in on_disk:
+            b = read_volume(demo_root / "train_images" / f"{tid}.tif")
+            assert not np.array_equal(a, b)
+    hdr = read_header(next((demo_root / "train_images").glob("*.tif")))
+    assert hdr.compression == "LZW" and hdr.dtype == "uint8" and hdr.shape == (40, 40, 40)
+
+
+def test_deprecated_labels_are_binary(demo_root):
+    labs = sorted((demo_root / "deprecated_train_labels").glob("*.tif"))
+    imgs = sorted((demo_root / "deprecated_train_images").glob("*.tif"))
+    assert labs and [p.name for p in labs] == [p.name for p in imgs]
+    for p in labs:
+        assert set(np.unique(read_volume(p, kind="label"))) <= {0, 1}
+
+
+def test_label_rules(demo_root):
+    inv = discover(demo_root)
+    for rec in inv.pairs:
+        lab = read_volume(rec.label_path, kind="label")
+        frac = np.bincount(lab.ravel(), minlength=3) / lab.size
+        assert 0.5 <= frac[2] <= 0.7 + 1e-3, rec.id
+        assert 0.01 <= frac[1] <= 0.15, rec.id
+        # 3-voxel ignore border on every face (first and last z slices too)
+        for axis in range(3):
+            for idx in (0, 1, 2, -1, -2, -3):
+                assert np.all(np.take(lab, idx, axis=axis) == 2)
+        # the surface is a thin layer: no voxel deeper than 2 inside it
+        inner = ndi.distance_transform_edt(lab == 1)
+        assert np.percentile(inner[lab == 1], 99) <= 2.3
+
+
+def test_surface_sits_off_the_ridge_and_debris_is_unlabelled():
+    img, lab = make_volume((64, 64, 64), seed=11)
+    core = lab != 2
+    fg, bg = img[(lab == 1)], img[(lab == 0)]
+    assert fg.mean() > bg.mean() + 10  # the surface is on a sheet ...
+    # ... but the brightest voxels (ridge cores, debris) are mostly not label 1
+    top = img >= np.percentile(img[core], 99.5)
+    assert (lab[top & core] == 1).mean() < 0.5
+    # label-1 voxel intensity resembles the real data (mean ~88, std ~48)
+    assert 60 <= fg.mean() <= 130 and 20 <= fg.std() <= 60
+
+
+def test_scrolls_have_their_own_style():
+    from nx47_pipeline.data.demo import _scroll_style
+
+    a, b = _scroll_style(47, "34117"), _scroll_style(47, "35360")
+    assert a != b and a == _scroll_style(47, "34117")
+
+
+def test_byte_identical_for_a_seed(tmp_path):
+    kw = dict(n_train=3, n_test=1, shape=(24, 28, 32), seed=9)
+    seen = []
+    generate_demo_dataset(tmp_path / "a", on_progress=lambda d, n, w: seen.append((d, n)), **kw)
+    generate_demo_dataset(tmp_path / "b", **kw)
+    da, db = _digest_tree(tmp_path / "a"), _digest_tree(tmp_path / "b")
+    assert da == db and len(da) >= 3 * 2 + 1 + 1 + 2 * 2 + 2
+    assert seen == [(i, 6) for i in range(1, 7)]  # 3 train + 1 test + 2 deprecated
+    generate_demo_dataset(tmp_path / "c", **{**kw, "seed": 10})
+    dc = _digest_tree(tmp_path / "c")
+    assert set(dc.values()).isdisjoint(
+        v for k, v in da.items() if k.endswith(".tif") and "deprecated" not in k
+    )
+    shapes = {read_header(p).shape for p in (tmp_path / "a" / "train_images").glob("*.tif")}
+    assert shapes == {(24, 28, 32)}
+
+
+def test_default_shapes_are_mixed():
+    from nx47_pipeline.data.demo import _as_shape
+
+    shapes = [_as_shape(None, i, "train") for i in range(12)]
+    assert shapes.count((80, 80, 80)) >= 6
+    assert (64, 64, 64) in shapes and (96, 96, 96) in shapes
+
+
+def test_ensure_demo_dataset_generates_once(tmp_path, monkeypatch):
+    import nx47_pipeline.data.demo as demo
+
+    calls = []
+
+    def fake(out, **kw):
+        calls.append(out)
+        (tmp_path / "d").mkdir(exist_ok=True)
+        (tmp_path / "d" / "train.csv").write_text("id,scroll_id\n")
+
+    monkeypatch.setattr(demo, "generate_demo_dataset", fake)
+    assert ensure_demo_dataset(tmp_path / "d") == tmp_path / "d"
+    assert ensure_demo_dataset(tmp_path / "d") == tmp_path / "d"
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("80", 80), (" 64,80,80 ", (64, 80, 80)), ("320", 320), ("32x48x64", (32, 48, 64)),
+])
+def test_parse_shape(text, expected):
+    assert parse_shape(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "8", "64,80", "64,80,80,3", "1.5"])
+def test_parse_shape_rejects_naming_the_text(text):
+    with pytest.raises(ValueError) as e:
+        parse_shape(text)
+    assert repr(text) in str(e.value)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_train"):
+        generate_demo_dataset(tmp_path, n_train=0)
+    with pytest.raises(ValueError, match="n_test"):
+        generate_demo_dataset(tmp_path, n_test=-1)
+    with pytest.raises(ValueError, match="shape"):
+        generate_demo_dataset(tmp_path, shape=(8, 64, 64))

@@ -1,0 +1,167 @@
+"""Post-processing, segmentation of a volume and the budget fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nx47_pipeline.data.demo import make_volume
+from nx47_pipeline.model.features import feature_names
+from nx47_pipeline.model.linear import LogisticModel
+from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.postprocess import (
+    anisotropic_closing,
+    fallback_segment,
+    hysteresis,
+    otsu_baseline,
+    postprocess,
+    probability_to_uint8,
+    remove_small_components,
+    segment_volume,
+    uint8_to_probability,
+)
+
+
+@pytest.mark.parametrize("shape", [(17, 23, 9), (32, 32, 32), (5, 40, 3)])
+def test_postprocess_gives_uint8_binary_of_source_shape(shape):
+    rng = np.random.default_rng(0)
+    prob = rng.random(shape).astype(np.float32)
+    out = postprocess(prob, low=0.35, high=0.5, closing_radius=(1, 2, 2), min_size=5)
+    assert out.shape == shape and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1}
+    assert out.any()
+
+
+def test_hysteresis_keeps_weak_voxels_26_connected_to_strong():
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[2, 2, 2] = 0.9  # strong
+    prob[3, 3, 3] = 0.4  # weak, touches the strong voxel by a corner only
+    prob[4, 4, 4] = 0.4  # weak, chained to it
+    prob[9, 9, 9] = 0.4  # weak, isolated
+    prob[9, 2, 9] = 0.45  # weak, isolated
+    m = hysteresis(prob, low=0.35, high=0.5)
+    assert m.dtype == bool
+    assert m[2, 2, 2] and m[3, 3, 3] and m[4, 4, 4]
+    assert not m[9, 9, 9] and not m[9, 2, 9]
+    assert m.sum() == 3
+    with pytest.raises(ValueError, match="low"):
+        hysteresis(prob, low=0.6, high=0.5)
+
+
+def test_small_components_removed_large_kept_with_26_connectivity():
+    m = np.zeros((30, 30, 30), bool)
+    m[2:7, 2:7, 2:6] = True  # 100 voxels: kept at min_size=100
+    m[25:28, 2:5, 25:28] = True  # 27 voxels: removed
+    # a diagonal chain of 120 voxels touching by corners only: one component
+    for i in range(12):
+        m[10 + i, 10 + i, 10] = True
+        m[10 + i, 10 + i, 11:20] = True
+    out = remove_small_components(m, min_size=100)
+    assert out[2:7, 2:7, 2:6].all()
+    assert not out[25:28, 2:5, 25:28].any()
+    assert out[10, 10, 10] and out[21, 21, 19]
+    assert out.sum() == 100 + 120
+
+
+def test_closing_fills_pinholes_is_extensive_and_keeps_border_objects():
+    m = np.zeros((10, 24, 24), bool)
+    m[5, :, :] = True  # a sheet touching every side wall
+    m[5, 10, 10] = False  # pinhole
+    m[5, 3, 15:17] = False  # 2-voxel gap
+    out = anisotropic_closing(m, radius=(1, 2, 2))
+    assert out[5].all()  # holes closed, border voxels not eroded
+    assert np.all(out >= m)  # never removes a voxel
+    assert not out[0].any() and not out[9].any()  # nothing grown far away
+    slab = np.zeros((12, 24, 24), bool)
+    slab[3:9] = True
+    slab[:, 10, 10] = False  # a tunnel through a 6-voxel-thick slab
+    ell = anisotropic_closing(slab, radius=(1, 2, 2), shape="ellipsoid")
+    assert ell[4:8, 10, 10].all() and np.all(ell >= slab)
+    np.testing.assert_array_equal(anisotropic_closing(m, radius=(0, 0, 0)), m)
+    with pytest.raises(ValueError, match="closing_radius"):
+        anisotropic_closing(m, radius=(1, 2))
+
+
+def test_postprocess_removes_dust_after_closing():
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[10, 2:18, 2:18] = 0.9  # a 256-voxel sheet
+    prob[2, 2, 2] = 0.9  # a speck
+    out = postprocess(prob, low=0.35, high=0.5, closing_radius=(1, 1, 1), min_size=50)
+    assert out[10, 2:18, 2:18].all()
+    assert out[2, 2, 2] == 0
+
+
+def _toy_model():
+    names = feature_names((1.0, 2.0))
+    coef = np.zeros(len(names))
+    coef[names.index("smooth_s1")] = 3.0
+    return LogisticModel(coef=coef, intercept=0.0, mean=np.full(len(names), 0.3),
+                         scale=np.full(len(names), 0.1), feature_names=names, scales=(1.0, 2.0))
+
+
+def test_segment_volume_returns_mask_and_probability():
+    image, _ = make_volume((24, 26, 28), seed=1)
+    model = _toy_model()
+    calls = []
+    mask, prob = segment_volume(image, model, low=0.35, high=0.5, closing_radius=(1, 2, 2), min_size=20,
+                                slab=8, on_progress=lambda d, t, w: calls.append((d, t, w)), return_prob=True)
+    assert mask.shape == image.shape and mask.dtype == np.uint8
+    assert prob.shape == image.shape and prob.dtype == np.float32
+    np.testing.assert_array_equal(
+        mask, postprocess(model.predict_volume(image), low=0.35, high=0.5, closing_radius=(1, 2, 2), min_size=20))
+    assert calls[-1] == (4, 4, "postprocess")
+    assert [c[0] for c in calls] == [1, 2, 3, 4]
+    only = segment_volume(image, model, low=0.35, high=0.5, closing_radius=(1, 2, 2), min_size=20)
+    np.testing.assert_array_equal(only, mask)
+
+
+@pytest.mark.parametrize(
+    "volume",
+    [
+        make_volume((32, 30, 28), seed=2)[0],
+        np.zeros((8, 9, 10), np.uint8),  # constant
+        np.random.default_rng(3).random((16, 12, 2)).astype(np.float32),  # float, thin
+        (np.arange(4 * 5 * 6).reshape(4, 5, 6) * 100).astype(np.uint16),
+    ],
+)
+def test_fallback_works_on_any_volume(volume):
+    out = fallback_segment(volume, closing_radius=(1, 2, 2), min_size=10)
+    assert out.shape == volume.shape and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1}
+
+
+def test_fallback_scores_above_plain_otsu():
+    """The budget fallback is a usable submission: on demo volumes its
+    competition score (local metric) is clearly above a plain Otsu mask."""
+    fallback, otsu = [], []
+    for seed in (4, 9, 10):
+        image, label = make_volume((40, 40, 40), seed=seed)
+        out = fallback_segment(image)
+        keep = label != 2
+        assert (out.astype(bool)[keep] & (label == 1)[keep]).sum() > 0.3 * (label == 1).sum()
+        fallback.append(score_volume(out, label).score)
+        otsu.append(score_volume(otsu_baseline(image), label).score)
+    # measured: ~0.60 vs ~0.51
+    assert np.mean(fallback) > np.mean(otsu) + 0.05, (fallback, otsu)
+    with pytest.raises(ValueError, match="fg_quantile"):
+        fallback_segment(image, fg_quantile=1.0)
+
+
+def test_otsu_baseline_separates_two_levels():
+    vol = np.full((10, 10, 10), 20, np.uint8)
+    vol[3:6] = 200
+    out = otsu_baseline(vol)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, (vol == 200).astype(np.uint8))
+    assert not otsu_baseline(np.zeros((4, 4, 4), np.uint8)).any()
+
+
+def test_probability_uint8_roundtrip():
+    p = np.linspace(-0.1, 1.1, 7 * 11 * 13, dtype=np.float32).reshape(7, 11, 13)
+    u = probability_to_uint8(p)
+    assert u.dtype == np.uint8 and u.min() == 0 and u.max() == 255
+    back = uint8_to_probability(u)
+    assert back.dtype == np.float32
+    assert np.abs(back - np.clip(p, 0, 1)).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="uint8"):
+        uint8_to_probability(p)

@@ -1,0 +1,474 @@
+"""Behaviour of the optional U-Net stage on CPU with tiny volumes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nx47_pipeline.unet import core as U
+
+ROOT = Path(__file__).resolve().parents[2]
+torch = pytest.importorskip("torch")
+
+PATCH = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP
+    threads make every step ~10x slower as soon as another process runs."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _volume(seed: int, shape=(40, 40, 40)):
+    """A wavy bright sheet labelled 1, noise around it, label 2 on the border."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = shape[0] / 2 + 3 * np.sin(x / 5.0 + seed) + 2 * np.cos(y / 7.0)
+    label = (np.abs(z - centre) < 1.5).astype(np.uint8)
+    image = rng.normal(60, 20, shape) + 90 * label
+    image = image.clip(0, 255).astype(np.uint8)
+    label[:3] = 2
+    label[-3:] = 2
+    label[:, :, :3] = 2
+    return f"vol{seed}", image, label
+
+
+def _params(**kw):
+    base = dict(width=4, depth=2, patch=PATCH, batch=4, epochs=2, lr=3e-3, val_fraction=0.0)
+    base.update(kw)
+    return U.UNetParams(**base)
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    return [_volume(s) for s in range(3)]
+
+
+@pytest.fixture(scope="module")
+def patches(volumes):
+    return U.extract_patches(
+        volumes, patch=PATCH, patches_per_volume=4, label_guided_frac=0.5, seed=3
+    )
+
+
+def _masked_loss(model, ps: U.PatchSet) -> float:
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(ps.images).float().div(127.5).sub(1).unsqueeze(1)
+        y = torch.from_numpy(ps.labels).unsqueeze(1)
+        return float(U.masked_bce_dice_loss(model(x), (y == 1).float(), y != 2))
+
+
+# ----------------------------------------------------------------------
+# lazy import and the missing-torch error
+# ----------------------------------------------------------------------
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_importing_the_module_does_not_import_torch():
+    res = _run(
+        """
+        import sys
+        import nx47_pipeline.unet.core as u
+        params = u.UNetParams()
+        print('torch' in sys.modules)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+
+
+def test_missing_torch_gives_an_actionable_error():
+    res = _run(
+        """
+        import sys
+        sys.modules['torch'] = None
+        import nx47_pipeline.unet.core as u
+        assert u.torch_available() is False
+        assert u.cuda_available() is False
+        assert u.resolve_device('auto') == 'cpu'
+        try:
+            u.build_unet(u.UNetParams())
+        except ImportError as exc:
+            assert isinstance(exc, u.UNetUnavailable)
+            print(exc)
+        else:
+            raise SystemExit('no error')
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    msg = res.stdout
+    assert "pip install torch" in msg and "--no-unet" in msg
+
+
+# ----------------------------------------------------------------------
+# parameters and devices
+# ----------------------------------------------------------------------
+def test_params_are_validated_naming_the_field():
+    with pytest.raises(ValueError, match="patch"):
+        U.UNetParams(patch=30, depth=3)  # not divisible by 8
+    with pytest.raises(ValueError, match="norm"):
+        U.UNetParams(norm="batch")
+    with pytest.raises(ValueError, match="overlap"):
+        U.UNetParams(overlap=1.0)
+
+
+def test_params_follow_the_run_configuration():
+    from nx47_pipeline.config import RunConfig
+
+    cfg = RunConfig(unet_epochs=3, unet_patch=32, unet_batch=1, unet_width=8, unet_depth=2, seed=5)
+    p = U.params_from_config(cfg, tta_flip=True)
+    assert (p.epochs, p.patch, p.batch, p.width, p.depth, p.seed) == (3, 32, 1, 8, 2, 5)
+    assert p.tta_flip is True
+    with pytest.raises(TypeError, match="bogus"):
+        U.params_from_config(cfg, bogus=1)
+    # the defaults of the two agree
+    assert U.params_from_config(RunConfig()) == U.UNetParams()
+
+
+def test_resolve_device():
+    assert U.resolve_device("cpu") == "cpu"
+    assert U.resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="'tpu'"):
+        U.resolve_device("tpu")
+    if not U.cuda_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            U.resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------
+# patches
+# ----------------------------------------------------------------------
+def test_extract_patches_streams_with_progress_and_guides_on_labels(volumes):
+    seen = []
+
+    def stream():
+        for v in volumes:
+            yield v
+
+    ps = U.extract_patches(
+        stream(),
+        patch=PATCH,
+        patches_per_volume=4,
+        label_guided_frac=1.0,
+        seed=1,
+        on_file=lambda d, t, vid: seen.append((d, t, vid)),
+        n_volumes=3,
+    )
+    assert seen == [(1, 3, "vol0"), (2, 3, "vol1"), (3, 3, "vol2")]
+    assert ps.images.shape == (12, PATCH, PATCH, PATCH) and ps.images.dtype == np.uint8
+    assert ps.labels.dtype == np.uint8
+    assert set(np.unique(ps.labels)) <= {0, 1, 2}
+    # label-guided: every patch contains surface voxels
+    assert all((lab == 1).any() for lab in ps.labels)
+    # patches are true crops of their source volume
+    vid, image, label = volumes[1]
+    k = ps.volume_ids.index(vid)
+    z, y, x = ps.origins[k]
+    assert np.array_equal(ps.images[k], image[z : z + PATCH, y : y + PATCH, x : x + PATCH])
+    assert np.array_equal(ps.labels[k], label[z : z + PATCH, y : y + PATCH, x : x + PATCH])
+    # same seed, same patches
+    again = U.extract_patches(volumes, patch=PATCH, patches_per_volume=4, label_guided_frac=1.0, seed=1)
+    assert np.array_equal(again.images, ps.images)
+
+
+def test_small_volume_is_padded_and_padding_is_masked():
+    image = np.full((10, 30, 17), 200, np.uint8)
+    label = np.zeros((10, 30, 17), np.uint8)
+    ps = U.extract_patches(
+        [("small", image, label)], patch=PATCH, patches_per_volume=2, label_guided_frac=0.0, seed=0
+    )
+    assert ps.images.shape == (2, PATCH, PATCH, PATCH)
+    for img, lab in zip(ps.images, ps.labels):
+        assert (lab == 0).sum() == 10 * PATCH * 17  # every real voxel kept, once
+        assert np.all(img[lab == 2] == 0)
+        assert np.all(img[lab == 0] == 200)
+
+
+# ----------------------------------------------------------------------
+# loss and model
+# ----------------------------------------------------------------------
+def test_loss_ignores_masked_voxels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, 8, generator=g) > 0.7).float()
+    mask = torch.rand(2, 1, 8, 8, 8, generator=g) > 0.5
+    base = U.masked_bce_dice_loss(logits, target, mask)
+    changed_logits = logits.clone()
+    changed_logits[~mask] = 50.0
+    changed_target = target.clone()
+    changed_target[~mask] = 1 - changed_target[~mask]
+    assert torch.allclose(U.masked_bce_dice_loss(changed_logits, changed_target, mask), base)
+    # a better prediction on the unmasked voxels lowers it
+    better = torch.where(target > 0, torch.tensor(5.0), torch.tensor(-5.0))
+    assert U.masked_bce_dice_loss(better, target, mask) < base
+    # an empty mask gives 0 with a usable gradient
+    logits.requires_grad_(True)
+    empty = U.masked_bce_dice_loss(logits, target, torch.zeros_like(mask))
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+def test_model_maps_patch_to_logits(norm):
+    model = U.build_unet(_params(norm=norm))
+    x = torch.zeros(2, 1, PATCH, PATCH, PATCH)
+    assert model(x).shape == (2, 1, PATCH, PATCH, PATCH)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("GroupNorm" if norm == "group" else "InstanceNorm3d") in kinds
+
+
+# ----------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(patches, tmp_path_factory):
+    """Six epochs on the tiny patch set, with every callback recorded."""
+    params = _params(epochs=6)
+    batches, epochs = [], []
+    result = U.train_unet(
+        patches,
+        val=patches,
+        params=params,
+        device="cpu",
+        checkpoint_dir=tmp_path_factory.mktemp("trained"),
+        on_batch=lambda *a: batches.append(a),
+        on_epoch=lambda *a: epochs.append(a),
+    )
+    return params, result, batches, epochs
+
+
+def test_training_reduces_the_masked_loss_and_reports_each_batch(patches, trained):
+    params, result, batches, epochs = trained
+    before = _masked_loss(U.build_unet(params), patches)
+    after = _masked_loss(result.model, patches)
+    assert after < 0.9 * before
+    n_batches = math.ceil(len(patches) / params.batch)
+    assert len(batches) == 6 * n_batches
+    assert batches[0][:4] == (1, 6, 1, n_batches) and batches[-1][:4] == (6, 6, n_batches, n_batches)
+    assert all(math.isfinite(b[4]) for b in batches)
+    assert [e[0] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    assert all(e[3] is not None for e in epochs)  # validation loss every epoch
+    assert result.stopped_reason == "completed" and result.epochs_done == 6
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_round_trip_with_weights_only(patches, tmp_path):
+    params = _params(epochs=1)
+    result = U.train_unet(patches, val=None, params=params, device="cpu", checkpoint_dir=tmp_path)
+    assert result.checkpoint == tmp_path / "last.pt"
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert state["epoch"] == 1 and state["params"]["width"] == 4
+    model, loaded = U.load_unet(tmp_path, device="cpu")
+    assert loaded == params
+    x = torch.from_numpy(patches.images[:2]).float().div(127.5).sub(1).unsqueeze(1)
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), result.model(x), atol=1e-6)
+
+
+def test_resume_continues_the_epoch_count(patches, tmp_path):
+    U.train_unet(patches, val=None, params=_params(epochs=2), device="cpu", checkpoint_dir=tmp_path)
+    seen = []
+    result = U.train_unet(
+        patches,
+        val=None,
+        params=_params(epochs=3),
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        on_epoch=lambda *a: seen.append(a[0]),
+    )
+    assert seen == [3]
+    assert result.epochs_done == 3
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 3
+    # resume=False starts again from epoch 1
+    fresh = []
+    U.train_unet(
+        patches,
+        val=None,
+        params=_params(epochs=1),
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        resume=False,
+        on_epoch=lambda *a: fresh.append(a[0]),
+    )
+    assert fresh == [1]
+
+
+def test_resume_refuses_a_different_architecture(patches, tmp_path):
+    U.train_unet(patches, val=None, params=_params(epochs=1), device="cpu", checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="last.pt"):
+        U.train_unet(
+            patches, val=None, params=_params(width=8), device="cpu", checkpoint_dir=tmp_path
+        )
+
+
+def test_deadline_stops_between_batches_and_keeps_the_last_epoch(patches, tmp_path):
+    batches = []
+    # the clock advances one unit per finished batch; deadline after 3 batches
+    params = _params(epochs=5, steps_per_epoch=2)
+    result = U.train_unet(
+        patches,
+        val=None,
+        params=params,
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        deadline=3.0,
+        on_batch=lambda *a: batches.append(a),
+        clock=lambda: float(len(batches)),
+    )
+    assert result.stopped_reason == "deadline"
+    assert len(batches) == 3
+    assert result.epochs_done == 1
+    assert result.checkpoint == tmp_path / "last.pt"
+    assert torch.load(result.checkpoint, weights_only=True)["epoch"] == 1
+
+
+def test_callback_exception_propagates_and_checkpoint_stays_valid(patches, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def on_batch(epoch, epochs, batch, n_batches, loss):
+        if epoch == 2 and batch == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        U.train_unet(
+            patches,
+            val=None,
+            params=_params(epochs=3, steps_per_epoch=2),
+            device="cpu",
+            checkpoint_dir=tmp_path,
+            on_batch=on_batch,
+        )
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+    model, _ = U.load_unet(tmp_path / "last.pt")
+    assert model is not None
+
+
+# ----------------------------------------------------------------------
+# inference and fusion
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(37, 29, 41), (11, 50, 24)])
+def test_inference_returns_the_source_shape_and_reports_each_window_batch(shape):
+    params = _params(batch=3, overlap=0.5)
+    model = U.build_unet(params)
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    calls = []
+    prob = U.predict_volume(
+        model, image, params=params, device="cpu", on_window=lambda d, t: calls.append((d, t))
+    )
+    assert prob.shape == shape and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and prob.min() >= 0 and prob.max() <= 1
+    step = PATCH // 2
+    windows = math.prod(
+        1 if s <= PATCH else math.ceil((s - PATCH) / step) + 1 for s in shape
+    )
+    assert len(calls) == math.ceil(windows / 3)
+    assert calls[-1] == (windows, windows)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_blending_covers_every_voxel_with_normalised_weights():
+    class Pointwise(torch.nn.Module):
+        """Logit = the input intensity rescaled: output equals a function of
+        the voxel itself, whichever window it was seen in."""
+
+        def forward(self, x):
+            return x * 2.0
+
+    params = _params(batch=2, overlap=0.5)
+    image = np.random.default_rng(2).integers(0, 255, (30, 41, 26), dtype=np.uint8)
+    prob = U.predict_volume(Pointwise(), image, params=params, device="cpu")
+    expected = 1 / (1 + np.exp(-2.0 * (image / 127.5 - 1)))
+    assert np.allclose(prob, expected, atol=1e-5)
+
+
+def test_flip_tta_is_invariant_to_flipping_the_input():
+    params = _params(tta_flip=True, overlap=0.0)
+    model = U.build_unet(params)
+    image = np.random.default_rng(1).integers(0, 255, (PATCH, PATCH, PATCH), dtype=np.uint8)
+    prob = U.predict_volume(model, image, params=params, device="cpu")
+    flipped = U.predict_volume(model, np.ascontiguousarray(image[::-1]), params=params, device="cpu")
+    assert np.allclose(prob[::-1], flipped, atol=1e-5)
+
+
+def test_trained_model_finds_the_surface(trained):
+    params, result, _, _ = trained
+    _, image, label = _volume(7)
+    prob = U.predict_volume(result.model, image, params=params, device="cpu")
+    assert prob[label == 1].mean() > prob[label == 0].mean() + 0.1
+
+
+def test_fuse_probabilities():
+    a = np.full((4, 4, 4), 0.2, np.float32)
+    b = np.full((4, 4, 4), 0.6, np.float32)
+    assert np.allclose(U.fuse_probabilities(a, b, mode="mean"), 0.4)
+    assert np.allclose(U.fuse_probabilities(a, b, mode="replace"), 0.6)
+    with pytest.raises(ValueError, match="mode"):
+        U.fuse_probabilities(a, b, mode="max")
+    with pytest.raises(ValueError, match="shape"):
+        U.fuse_probabilities(a, b[:2])
+
+
+# ----------------------------------------------------------------------
+# budget
+# ----------------------------------------------------------------------
+def test_estimate_cost_follows_the_documented_formula():
+    p = U.UNetParams(epochs=10, patches_per_volume=8, batch=2, val_fraction=0.0, patch=64, overlap=0.5)
+    train_only = U.estimate_cost(
+        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=1.0
+    )
+    assert train_only == pytest.approx(10 * 20 * 1.0)
+    with_infer = U.estimate_cost(
+        n_train_volumes=5,
+        voxels_per_volume=320**3,
+        params=p,
+        seconds_per_patch_batch=1.0,
+        n_infer_volumes=2,
+    )
+    # 320 side, 64 window, step 32: 9 positions per axis, 729 windows, 365 batches
+    assert with_infer - train_only == pytest.approx(2 * 365 / 2)
+    tta = U.estimate_cost(
+        n_train_volumes=5,
+        voxels_per_volume=320**3,
+        params=U.UNetParams(**{**p.to_dict(), "tta_flip": True}),
+        seconds_per_patch_batch=1.0,
+        n_infer_volumes=2,
+    )
+    assert tta - train_only == pytest.approx(8 * 2 * 365 / 2)
+    # without a measurement the CPU reference is far slower than CUDA
+    cpu = U.estimate_cost(
+        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cpu"
+    )
+    gpu = U.estimate_cost(
+        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cuda"
+    )
+    assert cpu > 10 * gpu > 0
+    auto = U.estimate_cost(n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None)
+    assert auto == (gpu if U.cuda_available() else cpu)
+    with pytest.raises(ValueError, match="seconds_per_patch_batch"):
+        U.estimate_cost(n_train_volumes=1, voxels_per_volume=1000, params=p, seconds_per_patch_batch=0)
+
+
+def test_time_train_step_measures_a_positive_duration():
+    assert U.time_train_step(_params(), device="cpu", repeats=1) > 0
