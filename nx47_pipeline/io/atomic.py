@@ -10,11 +10,11 @@ previous content, if any.
 from __future__ import annotations
 
 import contextlib
-import json
+
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -52,9 +52,3 @@ def write_text(path: str | os.PathLike, text: str, *, newline: str | None = None
         with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
             fh.write(text)
     return Path(path)
-
-
-def write_json(path: str | os.PathLike, obj: Any, **dump_kw: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically (``dump_kw`` go to :func:`json.dumps`)."""
-    dump_kw.setdefault("indent", 1)
-    return write_text(path, json.dumps(obj, **dump_kw))

@@ -66,7 +66,83 @@ COALESCIBLE: frozenset[EventKind] = frozenset(
 )
 
 
-class WorkerState(str, enum.Enum):
+class _Name(str, enum.Enum):
+    """A protocol name: compares equal to, formats and serialises as its value."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class StageName(_Name):
+    """The pipeline's stages, in run order (the envelope's ``stage`` field)."""
+
+    DISCOVERY = "discovery"
+    PREFLIGHT = "preflight"
+    FEATURES = "features"
+    SEARCH = "search"
+    FIT_PROX = "fit_prox"
+    UNET = "unet"
+    VALIDATE = "validate"
+    SEGMENT = "segment"
+    PACKAGE = "package"
+
+
+class Status(_Name):
+    """Status of a stage (STEP ``status``, plan) or of a run (EXEC_COMPLETE)."""
+
+    PENDING = "pending"  # plan only: not started
+    RUNNING = "running"  # plan only: started, not ended
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    BUDGET = "budget"  # stage cut by the budget
+    PREFLIGHT_FAILED = "preflight_failed"  # run only: fallback submission written
+
+    @property
+    def done(self) -> bool:
+        """True for every status but ``pending`` and ``running``."""
+        return self not in (Status.PENDING, Status.RUNNING)
+
+
+class MetricName(_Name):
+    """METRIC names the pipeline publishes."""
+
+    SEARCH_SCORE = "search_score"  # one grid point on one validation volume
+    SEARCH_MEAN_SCORE = "search_mean_score"  # one grid point, mean over validation volumes
+    FIT_PROX_OBJECTIVE = "fit_prox_objective"  # final fit, per iteration
+    UNET_BATCH_LOSS = "unet_batch_loss"
+    UNET_EPOCH_LOSS = "unet_epoch_loss"
+    VAL_SCORE = "val_score"  # one validation volume
+
+
+class BudgetDecision(_Name):
+    """BUDGET ``decision`` values."""
+
+    PROJECTION = "projection"
+    AUTO_COVERAGE = "auto_coverage"
+    DEADLINE = "deadline"
+    FALLBACK = "fallback"
+    PREFLIGHT = "preflight"
+
+
+class Split(_Name):
+    """PREVIEW ``split`` values."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class StepPhase(_Name):
+    BEGIN = "begin"
+    END = "end"
+
+
+class WorkerState(_Name):
     """Worker classification carried by HEARTBEAT events."""
 
     ACTIVE = "ACTIVE"  # progress reported recently
@@ -88,6 +164,21 @@ class Payload:
 
     #: JSON keys that differ from attribute names (attribute -> key).
     _renames: ClassVar[dict[str, str]] = {}
+    #: Fields whose value must be a member of an enum (checked and converted
+    #: on construction, so a reader can compare with ``is``).
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, kind in self._enums.items():
+            value = getattr(self, name)
+            try:
+                member = kind(value)
+            except ValueError:
+                allowed = ", ".join(m.value for m in kind)
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must be one of {allowed}; got {value!r}"
+                ) from None
+            object.__setattr__(self, name, member)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -130,8 +221,10 @@ class ConfigPayload(Payload):
 class StepPayload(Payload):
     """Begin or end of a stage (``phase`` is ``"begin"`` or ``"end"``)."""
 
-    phase: str
-    status: str = "ok"  # ok | skipped | failed | cancelled | budget
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"phase": StepPhase, "status": Status}
+
+    phase: StepPhase
+    status: Status = Status.OK  # on end: ok | skipped | failed | cancelled | budget
     duration_s: float | None = None
     index: int = 0  # position of the stage in the plan
     count: int = 0  # number of stages in the plan
@@ -163,7 +256,9 @@ class ProgressPayload(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class HeartbeatPayload(Payload):
-    state: str  # a WorkerState value
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"state": WorkerState}
+
+    state: WorkerState
     since_progress_s: float
     cpu_pct: float  # process CPU use since the previous beat (100 = one core)
     worker_cpu_s: float | None  # worker thread CPU time, when measurable
@@ -188,7 +283,9 @@ class ArrayTracePayload(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class MetricPayload(Payload):
-    name: str
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"name": MetricName}
+
+    name: MetricName
     value: float
     step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -199,8 +296,10 @@ class PreviewPayload(Payload):
     """A volume is ready to look at: paths are relative to the output folder
     unless absolute (source images and labels live in the data root)."""
 
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"split": Split}
+
     volume_id: str
-    split: str  # train | val | test
+    split: Split
     shape: list[int]
     image_path: str
     label_path: str | None = None
@@ -237,7 +336,9 @@ class PreflightPayload(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetPayload(Payload):
-    decision: str  # projection | auto_coverage | deadline | fallback | ...
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"decision": BudgetDecision}
+
+    decision: BudgetDecision
     message: str
     budget_s: float | None = None
     projected_s: float | None = None
@@ -265,7 +366,9 @@ class GlobalStatsPayload(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class ExecCompletePayload(Payload):
-    status: str  # ok | failed | cancelled
+    _enums: ClassVar[dict[str, type[enum.Enum]]] = {"status": Status}
+
+    status: Status  # ok | failed | cancelled | preflight_failed
     submission: str | None = None
     duration_s: float = 0.0
     journal_head: str | None = None

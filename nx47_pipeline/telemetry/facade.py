@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from nx47_pipeline.io.atomic import write_json
+from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.telemetry.bus import EventBus, Sink
 from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
 from nx47_pipeline.telemetry.console import ConsoleSink
@@ -43,11 +42,13 @@ from nx47_pipeline.telemetry.events import (
     Payload,
     ProgressPayload,
     RunStartPayload,
+    Status,
     StepPayload,
     WorkerState,
 )
 from nx47_pipeline.telemetry.heartbeat import HeartbeatMonitor
 from nx47_pipeline.telemetry.journal import JournalSink
+from nx47_pipeline.telemetry.progress import ProgressThrottle, StageStack
 from nx47_pipeline.telemetry.plan import PlanTracker
 from nx47_pipeline.telemetry.trace import array_trace
 
@@ -59,13 +60,71 @@ PLAN_NAME = "plan.json"
 _BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_fit", "deadline_s"}
 
 
-class _Counter:
-    """Rate of one progress counter (files or sub-steps) within a stage."""
+def open_journal(path: Path, *, fsync: bool) -> tuple[JournalSink | None, list[tuple[str, str]], str]:
+    """Open (continue) the journal at ``path``.
 
-    __slots__ = ("key", "t0", "done0", "last")
+    Returns
+    -------
+    (journal or None, [(code, message) of repairs to report], error text when it could not open)
+    """
+    try:
+        journal = JournalSink(path, fsync=fsync)
+    except OSError as exc:  # the run goes on without a journal
+        return None, [], f"cannot open the journal {path}: {exc}"
+    problems = []
+    if journal.torn_recovered:
+        problems.append((
+            "journal_torn_tail",
+            f"the journal's last line was torn by an earlier crash; it was kept in "
+            f"{journal.torn_copy} and the chain continues",
+        ))
+    if journal.quarantined is not None:
+        problems.append((
+            "journal_bad_chain",
+            f"the existing journal failed verification and was moved to "
+            f"{journal.quarantined}; a new chain starts",
+        ))
+    return journal, problems, ""
 
-    def __init__(self, key: Any, t0: float, done0: float) -> None:
-        self.key, self.t0, self.done0, self.last = key, t0, done0, done0
+
+#: Worker state of the last heartbeat, by run status (any other: failed).
+_FINAL_STATE = {Status.OK: WorkerState.FINISHED, Status.CANCELLED: WorkerState.CANCELLED}
+
+
+def budget_payload(decision: str, message: str, fields: dict[str, Any]) -> BudgetPayload:
+    """BUDGET payload: the known fields go to the payload, the rest (and an
+    ``extra`` dict) to ``extra``."""
+    known = {k: v for k, v in fields.items() if k in _BUDGET_FIELDS}
+    extra = {k: v for k, v in fields.items() if k not in _BUDGET_FIELDS}
+    if "extra" in extra and isinstance(extra["extra"], dict):
+        extra = {**extra.pop("extra"), **extra}
+    return BudgetPayload(decision=decision, message=message, extra=extra, **known)
+
+
+def stage_failed_payload(name: str, exc: BaseException) -> MessagePayload:
+    """The ERROR of stage ``name`` ending with ``exc`` (with its traceback's tail)."""
+    return MessagePayload(
+        message=f"stage {name} failed: {type(exc).__name__}: {exc}",
+        subject=name,
+        code="stage_failed",
+        extra={
+            "exception": type(exc).__name__,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+        },
+    )
+
+
+def write_plan_snapshot(plan: PlanTracker, path: Path, *, run_id: str, now: float) -> MessagePayload | None:
+    """Write ``plan.json`` atomically; the WARNING to publish when it failed, else None."""
+    try:
+        snap = plan.snapshot()
+        snap["run_id"] = run_id
+        snap["updated_ts"] = now
+        write_json(path, snap, allow_nan=False, default=str)
+    except OSError as exc:
+        return MessagePayload(message=f"cannot write {PLAN_NAME}: {exc}", subject=PLAN_NAME,
+                              code="plan_write_failed")
+    return None
 
 
 class Telemetry:
@@ -151,12 +210,8 @@ class Telemetry:
         self.heartbeat: HeartbeatMonitor | None = None
         self.resumed = False
         self.run_id = ""
-        self._stack: list[str] = []
-        self._stack_lock = threading.Lock()
-        self._stage_t0: dict[str, float] = {}
-        self._last_pub: dict[str, float] = {}
-        self._last_names: dict[str, tuple[str, str]] = {}
-        self._counters: dict[tuple[str, str], _Counter] = {}
+        self._stack = StageStack()
+        self._throttle = ProgressThrottle(self.progress_interval_s)
         self._last_snapshot = float("-inf")
         self._snapshot_warned = False
         self._started = False
@@ -185,10 +240,8 @@ class Telemetry:
         problems: list[tuple[str, str]] = []
         open_error = ""
         if self.out_dir is not None:
-            try:
-                self.journal = JournalSink(self.out_dir / JOURNAL_NAME, fsync=self._journal_fsync)
-            except OSError as exc:  # the run goes on without a journal
-                open_error = f"cannot open the journal {self.out_dir / JOURNAL_NAME}: {exc}"
+            self.journal, problems, open_error = open_journal(self.out_dir / JOURNAL_NAME,
+                                                              fsync=self._journal_fsync)
         if self.journal is not None:
             self.resumed = self.journal.last_seq >= 0
             self.bus.set_next_seq(self.journal.last_seq + 1)
@@ -199,18 +252,6 @@ class Telemetry:
             self.bus.attach(self.journal)
             for s in sinks:
                 self.bus.attach(s)
-            if self.journal.torn_recovered:
-                problems.append((
-                    "journal_torn_tail",
-                    f"the journal's last line was torn by an earlier crash; it was kept in "
-                    f"{self.journal.torn_copy} and the chain continues",
-                ))
-            if self.journal.quarantined is not None:
-                problems.append((
-                    "journal_bad_chain",
-                    f"the existing journal failed verification and was moved to "
-                    f"{self.journal.quarantined}; a new chain starts",
-                ))
         self.bus.publish(
             EventKind.RUN_START,
             RunStartPayload(
@@ -253,10 +294,7 @@ class Telemetry:
             return
         if stats is not None:
             self.bus.publish(EventKind.GLOBAL_STATS, GlobalStatsPayload(stats=dict(stats)))
-        final = {
-            "ok": WorkerState.FINISHED,
-            "cancelled": WorkerState.CANCELLED,
-        }.get(status, WorkerState.FAILED)
+        final = _FINAL_STATE.get(status, WorkerState.FAILED)
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat.set_final(final)
@@ -284,8 +322,7 @@ class Telemetry:
     @property
     def current_stage(self) -> str:
         """Name of the innermost open stage ("" outside stages)."""
-        stack = self._stack
-        return stack[-1] if stack else ""
+        return self._stack.current
 
     def _ensure_planned(self, name: str) -> None:
         if name not in self.plan:
@@ -297,20 +334,12 @@ class Telemetry:
                 code="unplanned_stage",
             )
 
-    def _step(self, name: str, phase: str, status: str = "ok",
+    def _step(self, name: str, phase: str, status: Status | str = Status.OK,
               duration: float | None = None, message: str = "") -> None:
-        self.bus.publish(
-            EventKind.STEP,
-            StepPayload(
-                phase=phase,
-                status=status,
-                duration_s=None if duration is None else round(duration, 3),
-                index=self.plan.index_of(name),
-                count=len(self.plan),
-                message=message,
-            ),
-            stage=name,
-        )
+        duration_s = None if duration is None else round(duration, 3)
+        self.bus.publish(EventKind.STEP, StepPayload(phase=phase, status=status, duration_s=duration_s,
+                                                     index=self.plan.index_of(name), count=len(self.plan),
+                                                     message=message), stage=name)
 
     @contextlib.contextmanager
     def stage(self, name: str, *, total: float = 1.0, message: str = "") -> Iterator["Telemetry"]:
@@ -323,25 +352,20 @@ class Telemetry:
         name = str(name)
         self._ensure_planned(name)
         t0 = self._mono()
-        with self._stack_lock:
-            self._stack.append(name)
+        self._stack.push(name)
         self.plan.start(name, total)
-        self._stage_t0[name] = t0
-        self._last_pub.pop(name, None)
-        self._last_names.pop(name, None)
-        for key in [k for k in self._counters if k[0] == name]:
-            del self._counters[key]
+        self._throttle.begin(name, t0)
         if self.enabled:
             self._step(name, "begin", message=message)
             self._write_snapshot(force=True)
         if self.heartbeat is not None:
             self.heartbeat.notify_progress()
-        status = "ok"
+        status = Status.OK
         end_msg = ""
         try:
             yield self
         except (Cancelled, KeyboardInterrupt) as exc:
-            status = "cancelled"
+            status = Status.CANCELLED
             end_msg = str(exc) or type(exc).__name__
             if self.enabled and not self._cancel_reported:
                 self._cancel_reported = True
@@ -352,31 +376,14 @@ class Telemetry:
                 )
             raise
         except BaseException as exc:
-            status = "failed"
+            status = Status.FAILED
             end_msg = f"{type(exc).__name__}: {exc}"
             if self.enabled:
-                self.bus.publish(
-                    EventKind.ERROR,
-                    MessagePayload(
-                        message=f"stage {name} failed: {end_msg}",
-                        subject=name,
-                        code="stage_failed",
-                        extra={
-                            "exception": type(exc).__name__,
-                            "traceback": "".join(
-                                traceback.format_exception(type(exc), exc, exc.__traceback__)
-                            )[-4000:],
-                        },
-                    ),
-                    stage=name,
-                )
+                self.bus.publish(EventKind.ERROR, stage_failed_payload(name, exc), stage=name)
             raise
         finally:
             self.plan.finish(name, status)
-            with self._stack_lock:
-                if name in self._stack:
-                    idx = len(self._stack) - 1 - self._stack[::-1].index(name)
-                    del self._stack[idx]
+            self._stack.pop(name)
             if self.enabled:
                 self._step(name, "end", status, self._mono() - t0, end_msg)
                 self._write_snapshot(force=True)
@@ -390,26 +397,12 @@ class Telemetry:
         self.plan.skip(name, reason)
         if self.enabled:
             self._step(name, "begin", message=reason)
-            self._step(name, "end", "skipped", 0.0, reason)
+            self._step(name, "end", Status.SKIPPED, 0.0, reason)
             self._write_snapshot(force=True)
 
     # ------------------------------------------------------------------
     # progress
     # ------------------------------------------------------------------
-    def _rate(self, name: str, level: str, label: str, done: float, now: float) -> float | None:
-        key = (name, level)
-        c = self._counters.get(key)
-        if c is None or c.key != label or done < c.last:
-            # a new counter (other total, or the count restarted, e.g. next file)
-            c = _Counter(label, self._stage_t0.get(name, now) if c is None else now,
-                         0.0 if c is None else done)
-            self._counters[key] = c
-        c.last = done
-        dt = now - c.t0
-        if dt <= 0 or done <= c.done0:
-            return None
-        return (done - c.done0) / dt
-
     def progress(
         self,
         *,
@@ -441,12 +434,8 @@ class Telemetry:
             if step_done is not None or step_total is not None:
                 done = self.plan.counters(name)[0] if step_done is None else step_done
                 self.plan.update(name, done, step_total)
-            # rates of the finest active counter
-            rate = None
-            if substep_total:
-                rate = self._rate(name, "sub", substep_total, substep_done, now)
-            if rate is None and file_total:
-                rate = self._rate(name, "file", file_total, file_done, now)
+            rate = self._throttle.rate(name, now, substep_done=substep_done, substep_total=substep_total,
+                                       file_done=file_done, file_total=file_total)
             if rate is None:
                 rate = self.plan.rate(name)
             done, total = self.plan.counters(name)
@@ -455,35 +444,15 @@ class Telemetry:
             rate, index = None, -1
             done = float(step_done or 0.0)
             total = float(step_total or 0.0)
-        last = self._last_pub.get(name)
-        names = (file, substep)
         complete = (total > 0 and done >= total) or (
             substep_total > 0 and substep_done >= substep_total
         ) or (file_total > 0 and file_done >= file_total)
-        if (
-            last is None
-            or now - last >= self.progress_interval_s
-            or complete
-            or self._last_names.get(name) != names
-        ):
-            self._last_pub[name] = now
-            self._last_names[name] = names
+        if self._throttle.due(name, now, names=(file, substep), complete=complete):
             payload = ProgressPayload(
-                step=name,
-                step_index=index,
-                step_count=len(self.plan),
-                step_done=done,
-                step_total=total,
-                substep=substep,
-                substep_done=int(substep_done),
-                substep_total=int(substep_total),
-                file=str(file),
-                file_done=int(file_done),
-                file_total=int(file_total),
-                global_=self.plan.overall_progress(),
-                rate=rate,
-                eta_s=self.plan.eta_s(),
-                message=message,
+                step=name, step_index=index, step_count=len(self.plan), step_done=done, step_total=total,
+                substep=substep, substep_done=int(substep_done), substep_total=int(substep_total),
+                file=str(file), file_done=int(file_done), file_total=int(file_total),
+                global_=self.plan.overall_progress(), rate=rate, eta_s=self.plan.eta_s(), message=message,
             )
             self.bus.publish(EventKind.PROGRESS_UPDATE, payload, stage=name)
             self._write_snapshot()
@@ -496,21 +465,10 @@ class Telemetry:
         if not force and now - self._last_snapshot < self.snapshot_interval_s:
             return
         self._last_snapshot = now
-        try:
-            snap = self.plan.snapshot()
-            snap["run_id"] = self.run_id
-            snap["updated_ts"] = self._clock()
-            _atomic_json(self.out_dir / PLAN_NAME, snap)
-        except OSError as exc:
-            if self._snapshot_warned:
-                return
+        problem = write_plan_snapshot(self.plan, self.out_dir / PLAN_NAME, run_id=self.run_id, now=self._clock())
+        if problem is not None and not self._snapshot_warned:
             self._snapshot_warned = True
-            self.bus.publish(
-                EventKind.WARNING,
-                MessagePayload(message=f"cannot write {PLAN_NAME}: {exc}", subject=PLAN_NAME,
-                               code="plan_write_failed"),
-                stage=self.current_stage,
-            )
+            self.bus.publish(EventKind.WARNING, problem, stage=self.current_stage)
 
     # ------------------------------------------------------------------
     # other events
@@ -543,12 +501,7 @@ class Telemetry:
         """Publish a BUDGET decision; known fields (budget_s, projected_s,
         fits, max_train_fit, max_val_fit, deadline_s) go to the payload, the
         rest to ``extra``."""
-        known = {k: v for k, v in fields.items() if k in _BUDGET_FIELDS}
-        extra = {k: v for k, v in fields.items() if k not in _BUDGET_FIELDS}
-        if "extra" in extra and isinstance(extra["extra"], dict):
-            extra = {**extra.pop("extra"), **extra}
-        self.emit(EventKind.BUDGET, BudgetPayload(decision=decision, message=message,
-                                                  extra=extra, **known))
+        self.emit(EventKind.BUDGET, budget_payload(decision, message, fields))
 
     def trace(self, name: str, array) -> None:
         """Publish an ARRAY_TRACE of ``array`` (no-op when off or disabled by
@@ -573,7 +526,3 @@ class Telemetry:
         if self.budget_s is None:
             return None
         return self.budget_s - self.elapsed_s()
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    write_json(path, obj, allow_nan=False, default=str)

@@ -28,6 +28,11 @@ from typing import Callable
 
 from nx47_pipeline.telemetry.events import HeartbeatPayload, WorkerState
 
+try:  # optional: /proc is read first; Kaggle images may lack psutil
+    import psutil
+except ImportError:  # pragma: no cover - depends on the image
+    psutil = None
+
 __all__ = ["HeartbeatMonitor", "thread_cpu_clock", "rss_mb"]
 
 #: Worker-thread CPU (core-seconds per wall second) that counts as computing.
@@ -77,11 +82,11 @@ def rss_mb() -> float:
             pages = int(fh.read().split()[1])
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError, AttributeError):
+        if psutil is None:
+            return 0.0
         try:
-            import psutil
-
             return psutil.Process().memory_info().rss / 2**20
-        except Exception:
+        except Exception:  # noqa: BLE001 - a figure for a heartbeat, never fatal
             return 0.0
 
 

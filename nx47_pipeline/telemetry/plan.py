@@ -15,14 +15,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nx47_pipeline.io.atomic import write_json
+from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.telemetry.events import Status
 
 __all__ = ["PlanTracker", "STATUSES", "DONE_STATUSES"]
 
 #: Stage statuses.  ``pending`` and ``running`` are open; the others are done.
-STATUSES = ("pending", "running", "ok", "skipped", "failed", "cancelled", "budget")
+STATUSES = (Status.PENDING, Status.RUNNING, Status.OK, Status.SKIPPED, Status.FAILED,
+            Status.CANCELLED, Status.BUDGET)
 #: Statuses in which a stage counts as complete for the global figure.
-DONE_STATUSES = frozenset({"ok", "skipped", "failed", "cancelled", "budget"})
+DONE_STATUSES = frozenset(s for s in STATUSES if s.done)
 
 
 class _Stage:
@@ -31,7 +33,7 @@ class _Stage:
     def __init__(self, name: str, weight: float) -> None:
         self.name = name
         self.weight = weight
-        self.status = "pending"
+        self.status = Status.PENDING
         self.done = 0.0
         self.total = 1.0
         self.t_start: float | None = None
@@ -139,7 +141,7 @@ class PlanTracker:
             now = self._clock()
             if self._t_first is None:
                 self._t_first = now
-            st.status = "running"
+            st.status = Status.RUNNING
             st.total = total
             st.done = 0.0
             st.t_start = now
@@ -156,7 +158,7 @@ class PlanTracker:
             st = self._get(name)
             if st.status in DONE_STATUSES:
                 return
-            if st.status == "pending":
+            if st.status == Status.PENDING:
                 self.start(name, st.total if total is None else total)
             if total is not None:
                 total = float(total)
@@ -166,12 +168,13 @@ class PlanTracker:
             st.done = max(0.0, float(done))
             self._bump()
 
-    def finish(self, name: str, status: str = "ok") -> None:
+    def finish(self, name: str, status: Status | str = Status.OK) -> None:
         """Close stage ``name`` with ``status`` (ok, failed, cancelled, budget, skipped)."""
         if status not in DONE_STATUSES:
             raise ValueError(
-                f"status must be one of {sorted(DONE_STATUSES)}, got {status!r}"
+                f"status must be one of {sorted(str(s) for s in DONE_STATUSES)}, got {status!r}"
             )
+        status = Status(status)
         with self._lock:
             st = self._get(name)
             now = self._clock()
@@ -179,7 +182,7 @@ class PlanTracker:
                 st.t_start = now
                 if self._t_first is None:
                     self._t_first = now
-            if status == "ok":
+            if status == Status.OK:
                 st.done = max(st.done, st.total)
             st.status = status
             st.t_end = now
@@ -188,7 +191,7 @@ class PlanTracker:
     def skip(self, name: str, reason: str = "") -> None:
         """Mark stage ``name`` skipped (counts as complete)."""
         with self._lock:
-            self.finish(name, "skipped")
+            self.finish(name, Status.SKIPPED)
             self._get(name).reason = reason
 
     def set_weight(self, name: str, weight: float) -> None:
@@ -206,6 +209,16 @@ class PlanTracker:
     def status(self, name: str) -> str:
         with self._lock:
             return self._get(name).status
+
+    def seconds(self, name: str) -> float | None:
+        """Seconds stage ``name`` ran (so far, when running); None when it never
+        started or was skipped."""
+        with self._lock:
+            st = self._get(name)
+            if st.t_start is None or st.status == Status.SKIPPED:
+                return None
+            end = st.t_end if st.t_end is not None else self._clock()
+            return max(0.0, end - st.t_start)
 
     def counters(self, name: str) -> tuple[float, float]:
         """``(done, total)`` of stage ``name``."""

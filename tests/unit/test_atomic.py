@@ -2,7 +2,8 @@
 
 import pytest
 
-from nx47_pipeline.io.atomic import atomic_path, write_json, write_text
+from nx47_pipeline.io.atomic import atomic_path, write_text
+from nx47_pipeline.io.jsonio import write_json
 
 
 def test_a_failed_write_keeps_the_previous_content_and_leaves_no_temp(tmp_path):

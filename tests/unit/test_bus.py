@@ -55,7 +55,7 @@ def heartbeat():
 
 
 def metric(i=0):
-    return MetricPayload(name="m", value=float(i))
+    return MetricPayload(name="val_score", value=float(i))
 
 
 def step(phase="begin"):

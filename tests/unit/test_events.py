@@ -11,8 +11,11 @@ from nx47_pipeline.telemetry.events import (
     Event,
     EventKind,
     MessagePayload,
+    MetricName,
     MetricPayload,
     ProgressPayload,
+    StageName,
+    Status,
     StepPayload,
 )
 
@@ -24,7 +27,7 @@ def _sample_payloads():
             file="1407735", file_done=3, file_total=12, global_=0.42, rate=0.5, eta_s=192.0,
         ),
         EventKind.STEP: StepPayload(phase="end", status="ok", duration_s=1.5, index=1, count=9),
-        EventKind.METRIC: MetricPayload(name="score", value=0.61, step=3, extra={"split": "val"}),
+        EventKind.METRIC: MetricPayload(name="val_score", value=0.61, step=3, extra={"split": "val"}),
         EventKind.WARNING: MessagePayload(message="bad file", subject="123.tif", code="unreadable"),
     }
 
@@ -62,3 +65,24 @@ def test_wrong_payload_type_is_rejected_naming_both_types():
     with pytest.raises(TypeError, match="STEP.*StepPayload.*MessagePayload"):
         Event(seq=0, ts=0.0, t=0.0, kind=EventKind.STEP, stage="",
               payload=MessagePayload(message="x"))
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: MetricPayload(name="loss", value=1.0), "MetricPayload.name"),
+        (lambda: StepPayload(phase="end", status="done"), "StepPayload.status"),
+        (lambda: StepPayload(phase="middle"), "StepPayload.phase"),
+    ],
+)
+def test_protocol_names_are_checked_on_construction(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_protocol_names_compare_as_their_json_values():
+    p = StepPayload(phase="end", status="cancelled")
+    assert p.status is Status.CANCELLED and p.status == "cancelled"
+    assert f"{StageName.FIT_PROX}" == "fit_prox" and str(MetricName.VAL_SCORE) == "val_score"
+    assert Event.from_dict(Event(seq=0, ts=0.0, t=0.0, kind=EventKind.STEP, stage=StageName.SEARCH,
+                                 payload=p).to_dict()).payload.status is Status.CANCELLED

@@ -30,7 +30,7 @@ def write_events(path, n=6, *, seq_start=0):
             events.append(bus.publish(EventKind.STEP, StepPayload(phase="begin", index=i), stage="a"))
         else:
             events.append(bus.publish(EventKind.METRIC,
-                                      MetricPayload(name="m", value=i / 3, extra={"é": "ü"}),
+                                      MetricPayload(name="val_score", value=i / 3, extra={"é": "ü"}),
                                       stage="a"))
     bus.close()
     return events, sink
@@ -59,7 +59,7 @@ def test_nan_and_numpy_values_are_journaled_as_plain_json(tmp_path):
     path = tmp_path / "journal.jsonl"
     bus = EventBus()
     bus.attach(JournalSink(path))
-    bus.publish(EventKind.METRIC, MetricPayload(name="m", value=math.nan,
+    bus.publish(EventKind.METRIC, MetricPayload(name="val_score", value=math.nan,
                                                 extra={"n": np.int64(3), "a": np.arange(2)}))
     bus.close()
     text = path.read_text()
