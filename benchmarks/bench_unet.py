@@ -11,7 +11,7 @@ on random patches, timed batch by batch through ``on_batch``; the first
 batch is reported apart as warm-up) and ``predict_volume`` on a synthetic
 volume (timed through ``on_window``).  Inference time for a 320^3 volume is
 extrapolated from the measured windows per second.  Finally the measured
-step time is fed to ``estimate_cost`` for the default run size, which is the
+step time is fed to ``UNetCost`` for the default run size, which is the
 figure the budget planner uses to decide whether the U-Net is worth running.
 
 Defaults: on CUDA, 128^3 patches (width 16, depth 4, batch 2, amp) and a
@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nx47_pipeline.unet import core as U  # noqa: E402
+import nx47_pipeline.unet as U  # noqa: E402
+from nx47_pipeline.run.budget import UNetCost  # noqa: E402
 from _common import ram_gib as _ram_gib  # noqa: E402
 
 
@@ -149,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- projection for the default run ----------------------------
     default = U.UNetParams(width=args.width, depth=depth, patch=patch, batch=args.batch)
-    projected = U.estimate_cost(
-        n_train_volumes=24, voxels_per_volume=320**3, params=default,
-        seconds_per_patch_batch=step_s, n_infer_volumes=8 + 120,
+    projected = UNetCost(default, seconds_per_patch_batch=step_s).total_s(
+        n_train_volumes=24, voxels_per_volume=320**3, n_infer_volumes=8 + 120,
     )
 
     vox = args.batch * patch**3
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         lines.append(f"| peak GPU memory, training / inference | {train_mem:.2f} / {infer_mem:.2f} GiB |")
     lines += [
-        f"| `estimate_cost`: 24 train volumes × 8 patches, 20 epochs, 128 volumes predicted | "
+        f"| `UNetCost`: 24 train volumes × 8 patches, 20 epochs, 128 volumes predicted | "
         f"{projected / 3600:.1f} h |",
         "",
     ]

@@ -10,7 +10,10 @@ that keeps back the time needed to segment all test volumes and package
 
 All projections scale linearly with voxels (features, segmentation,
 validation) or with sample rows x iterations (fit_prox), which is how these
-stages behave; a safety factor covers the rest.
+stages behave; a safety factor covers the rest.  The optional U-Net's cost
+(:class:`UNetCost`: training batches and sliding-window inference) is part of
+the same projection, so the coverage :func:`largest_fit` picks is the one the
+run's own projection says fits.  Every cost formula of a run lives here.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.atomic import write_json
 from nx47_pipeline.config import RunConfig
+from nx47_pipeline.data.coverage import plan_counts
+from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.unet.backend import cuda_available
+from nx47_pipeline.unet.params import UNetParams
 
 #: Multiplier applied to projected times (preflight rates on small data are
 #: optimistic: caches are warm, volumes are small).
@@ -73,6 +79,105 @@ def load_preflight_timings(out_dir: str | Path) -> PreflightTimings | None:
         return None
 
 
+# ---------------------------------------------------------------------------
+# U-Net cost
+# ---------------------------------------------------------------------------
+#: Seconds of one training batch for the reference shape (width 16, depth 3,
+#: patch 64, batch 2) when nothing better is known.  CPU: 3.8 s measured on a
+#: shared 2-core x86_64 machine (benchmarks/results/unet.md).  CUDA: not
+#: measured in this project; 0.1 s is a guess for a T4/P100.  Prefer a
+#: measurement with :func:`nx47_pipeline.unet.time_train_step`.
+REFERENCE_STEP_SECONDS = {"cpu": 3.8, "cuda": 0.1}
+_REFERENCE = UNetParams()
+
+
+@dataclass(frozen=True)
+class UNetCost:
+    """Cost model of the U-Net stage.
+
+    Formula (``s`` = seconds of one training batch)::
+
+        batches_per_epoch = steps_per_epoch
+                            or ceil(n_train_volumes * patches_per_volume / batch)
+        train   = epochs * batches_per_epoch * s * (1 + val_fraction / 3)
+        windows = prod over axes of (ceil((side - patch) / step) + 1),
+                  side = voxels_per_volume ** (1/3), step = patch * (1 - overlap)
+        infer   = ceil(windows / batch) * (s / 2) * (8 if tta_flip else 1)   per volume
+
+    A forward pass of a window batch is taken as half a training step
+    (forward + backward + update); the CPU benchmark measured 0.35-0.55,
+    GPUs are usually nearer 1/3, so the figure errs on the long side.
+    Validation batches are counted as a third of a step.  Without a measured
+    ``seconds_per_patch_batch`` the figure is :data:`REFERENCE_STEP_SECONDS`
+    for ``device`` scaled by ``(patch / 64)**3 * (batch / 2) * (width / 16)**2``
+    (convolution cost grows with the voxels and the square of the channels).
+
+    Parameters
+    ----------
+    params : UNetParams
+        Hyper-parameters.
+    seconds_per_patch_batch : float or None
+        Measured seconds of one training batch (the preflight measures it).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available): which
+        reference figure to use when nothing was measured.
+    """
+
+    params: UNetParams
+    seconds_per_patch_batch: float | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = self.seconds_per_patch_batch
+        if s is not None and not s > 0:
+            raise ValueError(f"seconds_per_patch_batch must be > 0 or None, got {s!r}")
+
+    @property
+    def step_s(self) -> float:
+        """Seconds of one training batch (measured, else the reference figure)."""
+        if self.seconds_per_patch_batch is not None:
+            return float(self.seconds_per_patch_batch)
+        device = str(self.device)
+        if device == "auto":
+            kind = "cuda" if cuda_available() else "cpu"
+        else:
+            kind = "cuda" if device.startswith("cuda") else "cpu"
+        p = self.params
+        return REFERENCE_STEP_SECONDS[kind] * (
+            (p.patch / _REFERENCE.patch) ** 3
+            * (p.batch / _REFERENCE.batch)
+            * (p.width / _REFERENCE.width) ** 2
+        )
+
+    def train_s(self, n_train_volumes: int) -> float:
+        """Seconds to train on ``n_train_volumes`` volumes."""
+        if n_train_volumes < 0:
+            raise ValueError(f"n_train_volumes must be >= 0, got {n_train_volumes!r}")
+        p = self.params
+        per_epoch = p.steps_per_epoch or math.ceil(n_train_volumes * p.patches_per_volume / p.batch)
+        return float(p.epochs * per_epoch * self.step_s * (1.0 + p.val_fraction / 3.0))
+
+    def infer_s(self, voxels_per_volume: float) -> float:
+        """Seconds of sliding-window inference on one volume of ``voxels_per_volume``."""
+        if not voxels_per_volume > 0:
+            raise ValueError(f"voxels_per_volume must be > 0, got {voxels_per_volume!r}")
+        p = self.params
+        side = float(voxels_per_volume) ** (1.0 / 3.0)
+        step = max(1.0, round(p.patch * (1.0 - p.overlap)))
+        windows = (math.ceil(max(0.0, side - p.patch) / step) + 1) ** 3
+        return float(math.ceil(windows / p.batch) * (self.step_s / 2.0) * (8 if p.tta_flip else 1))
+
+    def total_s(self, *, n_train_volumes: int, voxels_per_volume: float, n_infer_volumes: int = 0) -> float:
+        """Training plus inference on ``n_infer_volumes`` volumes."""
+        if n_infer_volumes < 0:
+            raise ValueError(f"n_infer_volumes must be >= 0, got {n_infer_volumes!r}")
+        return self.train_s(n_train_volumes) + n_infer_volumes * self.infer_s(voxels_per_volume)
+
+
+def _unet_infer_s(unet: UNetCost | None, mvox: float) -> float:
+    return unet.infer_s(mvox * 1e6) if unet is not None and mvox > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Projection:
     """Projected duration of a full run."""
@@ -102,8 +207,7 @@ def project_run(
     n_val: int,
     n_test: int,
     config: RunConfig,
-    use_unet: bool = False,
-    unet_s: float = 0.0,
+    unet: UNetCost | None = None,
 ) -> Projection:
     """Project the duration of a run at the given coverage.
 
@@ -115,8 +219,9 @@ def project_run(
         Number of training pairs, validation pairs and test volumes.
     config : RunConfig
         Gives iteration counts, grid size and the budget.
-    use_unet : bool
-        Whether to add ``unet_s`` seconds for the U-Net stage.
+    unet : UNetCost, optional
+        The U-Net's cost model when the U-Net is on: its training goes to
+        the ``unet`` stage, its inference to ``validate`` and ``segment``.
     """
     rows = fit_rows(n_train, timings, config)
     s = SAFETY_FACTOR
@@ -128,9 +233,11 @@ def project_run(
             + n_val * timings.mvox_train * timings.search_s_per_mvox
         ),
         "fit_prox": s * config.fit_max_iter * rows * timings.fit_s_per_iter_row,
-        "unet": unet_s if use_unet else 0.0,
-        "validate": s * n_val * timings.mvox_train * timings.validate_s_per_mvox,
-        "segment": s * n_test * timings.mvox_test * timings.segment_s_per_mvox,
+        "unet": s * unet.train_s(n_train) if unet is not None else 0.0,
+        "validate": s * n_val * (timings.mvox_train * timings.validate_s_per_mvox
+                                 + _unet_infer_s(unet, timings.mvox_train)),
+        "segment": s * n_test * (timings.mvox_test * timings.segment_s_per_mvox
+                                 + _unet_infer_s(unet, timings.mvox_test)),
         "package": s * n_test * timings.package_s_per_volume + 1.0,
     }
     total = float(sum(per_stage.values()))
@@ -147,6 +254,16 @@ def project_run(
     )
 
 
+def unet_projected_s(proj: Projection, timings: PreflightTimings, unet: UNetCost | None) -> float:
+    """The U-Net's share of ``proj``: training plus inference on validation and test volumes."""
+    if unet is None:
+        return 0.0
+    return proj.per_stage["unet"] + SAFETY_FACTOR * (
+        proj.n_val * _unet_infer_s(unet, timings.mvox_train)
+        + proj.n_test * _unet_infer_s(unet, timings.mvox_test)
+    )
+
+
 def largest_fit(
     timings: PreflightTimings,
     *,
@@ -154,11 +271,13 @@ def largest_fit(
     n_test: int,
     config: RunConfig,
     remaining_s: float | None = None,
+    unet: UNetCost | None = None,
 ) -> tuple[int, int, float]:
     """The largest coverage whose projection fits the budget.
 
     Candidates keep the train:val proportion of the defaults (3:1) and grow
-    one pair at a time up to ``n_pairs``.
+    one pair at a time up to ``n_pairs``; each is projected with
+    :func:`project_run` (``unet`` included), the run's own projection.
 
     Returns
     -------
@@ -166,8 +285,6 @@ def largest_fit(
         ``(0, 0, projected)`` of the smallest candidate when nothing fits
         (the run then relies on the fallback).
     """
-    from nx47_pipeline.data.coverage import plan_counts
-
     usable = config.budget_s * (1.0 - config.safety_margin_frac)
     if remaining_s is not None:
         usable = min(usable, remaining_s)
@@ -177,7 +294,7 @@ def largest_fit(
         n_val = max(1, round(total / 4))
         n_train = total - n_val
         n_train, n_val = plan_counts(n_pairs, max_train_volumes=n_train, max_val_volumes=n_val)
-        proj = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config)
+        proj = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config, unet=unet)
         if smallest is None:
             smallest = proj.total_s
         if proj.total_s <= usable:
@@ -217,17 +334,42 @@ class Deadlines:
 
 
 def segment_reserve_s(
-    timings: PreflightTimings | None, *, n_test: int, mvox_test: float
+    timings: PreflightTimings | None, *, n_test: int, mvox_test: float, unet: UNetCost | None = None
 ) -> float:
     """Seconds to keep back for segmenting ``n_test`` volumes and packaging."""
     rate = timings.segment_s_per_mvox if timings else DEFAULT_SEGMENT_S_PER_MVOX
     pack = timings.package_s_per_volume if timings else 0.05
-    return SAFETY_FACTOR * n_test * (mvox_test * rate + pack) + RESERVE_MARGIN_S
+    per_volume = mvox_test * rate + _unet_infer_s(unet, mvox_test) + pack
+    return SAFETY_FACTOR * n_test * per_volume + RESERVE_MARGIN_S
 
 
 def fallback_needed_s(timings: PreflightTimings | None, *, mvox: float) -> float:
+    """Seconds to keep back for the fallback segmentation of one volume of ``mvox`` million voxels."""
     rate = timings.fallback_s_per_mvox if timings else FALLBACK_S_PER_MVOX
     return SAFETY_FACTOR * mvox * rate + 0.05
+
+
+def model_segment_need_s(
+    timings: PreflightTimings | None,
+    *,
+    mvox: float,
+    rest_mvox: list[float] | tuple[float, ...],
+    unet: UNetCost | None = None,
+) -> float:
+    """Seconds needed to segment one volume of ``mvox`` million voxels with
+    the model and still give the fallback to every volume after it
+    (``rest_mvox``); the segment stage falls back when less is left."""
+    rate = timings.segment_s_per_mvox if timings else DEFAULT_SEGMENT_S_PER_MVOX
+    return (
+        SAFETY_FACTOR * (mvox * rate + _unet_infer_s(unet, mvox))
+        + sum(fallback_needed_s(timings, mvox=m) for m in rest_mvox)
+        + 1.0
+    )
+
+
+def preflight_reserve_s(timings: PreflightTimings | None, *, test_mvox: list[float] | tuple[float, ...]) -> float:
+    """Seconds the preflight must leave: the fallback of every test volume and the end margin."""
+    return sum(fallback_needed_s(timings, mvox=m) for m in test_mvox) + RESERVE_MARGIN_S
 
 
 def ceil_frac(n: int, frac: float) -> int:

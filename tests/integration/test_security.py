@@ -141,7 +141,7 @@ class _Payload:
 
 def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
     pytest.importorskip("torch")
-    from nx47_pipeline.unet import core as unet
+    import nx47_pipeline.unet as unet
 
     marker = tmp_path / "code_ran"
     ckpt = tmp_path / "last.pt"
@@ -165,14 +165,15 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path):
 # Servers bind 127.0.0.1 unless told otherwise
 # ----------------------------------------------------------------------
 def test_serve_defaults_to_loopback():
-    from nx47_pipeline.cli import commands as cli
+    import nx47_pipeline.cli.dispatch as cli
+    from nx47_pipeline.cli import serve
 
     args = cli.build_parser().parse_args(["serve"])
     assert args.ip == "127.0.0.1"
-    cmd = cli.voila_command(REPO / "dashboard.ipynb", port=8866)
+    cmd = serve.voila_command(REPO / "dashboard.ipynb", port=8866)
     assert "--Voila.ip=127.0.0.1" in cmd
     # told otherwise, it binds what it is told
-    assert "--Voila.ip=10.1.2.3" in cli.voila_command(REPO / "x.ipynb", port=1, ip="10.1.2.3")
+    assert "--Voila.ip=10.1.2.3" in serve.voila_command(REPO / "x.ipynb", port=1, ip="10.1.2.3")
 
 
 def test_no_project_file_binds_all_interfaces():
@@ -210,7 +211,7 @@ def test_voila_really_listens_on_loopback_only(tmp_path):
     import json
     import time
 
-    from nx47_pipeline.cli import commands as cli
+    from nx47_pipeline.cli import serve
 
     nb = tmp_path / "tiny.ipynb"
     nb.write_text(json.dumps({
@@ -219,7 +220,7 @@ def test_voila_really_listens_on_loopback_only(tmp_path):
         "nbformat": 4, "nbformat_minor": 5,
     }))
     port = _free_port()
-    cmd = cli.voila_command(nb, port=port)
+    cmd = serve.voila_command(nb, port=port)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         addrs: set[str] = set()

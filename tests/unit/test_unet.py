@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nx47_pipeline.unet import core as U
+import nx47_pipeline.unet as U
+from nx47_pipeline.run.budget import UNetCost
 
 ROOT = Path(__file__).resolve().parents[2]
 torch = pytest.importorskip("torch")
@@ -86,7 +87,7 @@ def test_importing_the_module_does_not_import_torch():
     res = _run(
         """
         import sys
-        import nx47_pipeline.unet.core as u
+        import nx47_pipeline.unet as u
         params = u.UNetParams()
         print('torch' in sys.modules)
         """
@@ -100,7 +101,7 @@ def test_missing_torch_gives_an_actionable_error():
         """
         import sys
         sys.modules['torch'] = None
-        import nx47_pipeline.unet.core as u
+        import nx47_pipeline.unet as u
         assert u.torch_available() is False
         assert u.cuda_available() is False
         assert u.resolve_device('auto') == 'cpu'
@@ -433,41 +434,28 @@ def test_fuse_probabilities():
 # ----------------------------------------------------------------------
 # budget
 # ----------------------------------------------------------------------
-def test_estimate_cost_follows_the_documented_formula():
+def test_unet_cost_follows_the_documented_formula():
     p = U.UNetParams(epochs=10, patches_per_volume=8, batch=2, val_fraction=0.0, patch=64, overlap=0.5)
-    train_only = U.estimate_cost(
-        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=1.0
-    )
-    assert train_only == pytest.approx(10 * 20 * 1.0)
-    with_infer = U.estimate_cost(
-        n_train_volumes=5,
-        voxels_per_volume=320**3,
-        params=p,
-        seconds_per_patch_batch=1.0,
-        n_infer_volumes=2,
-    )
+    cost = UNetCost(p, seconds_per_patch_batch=1.0)
+    train_only = cost.total_s(n_train_volumes=5, voxels_per_volume=320**3)
+    assert train_only == pytest.approx(10 * 20 * 1.0) == cost.train_s(5)
+    with_infer = cost.total_s(n_train_volumes=5, voxels_per_volume=320**3, n_infer_volumes=2)
     # 320 side, 64 window, step 32: 9 positions per axis, 729 windows, 365 batches
     assert with_infer - train_only == pytest.approx(2 * 365 / 2)
-    tta = U.estimate_cost(
-        n_train_volumes=5,
-        voxels_per_volume=320**3,
-        params=U.UNetParams(**{**p.to_dict(), "tta_flip": True}),
-        seconds_per_patch_batch=1.0,
-        n_infer_volumes=2,
-    )
-    assert tta - train_only == pytest.approx(8 * 2 * 365 / 2)
+    assert cost.infer_s(320**3) == pytest.approx(365 / 2)
+    tta = UNetCost(U.UNetParams(**{**p.to_dict(), "tta_flip": True}), seconds_per_patch_batch=1.0)
+    assert tta.total_s(n_train_volumes=5, voxels_per_volume=320**3, n_infer_volumes=2) - train_only == (
+        pytest.approx(8 * 2 * 365 / 2))
     # without a measurement the CPU reference is far slower than CUDA
-    cpu = U.estimate_cost(
-        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cpu"
-    )
-    gpu = U.estimate_cost(
-        n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None, device="cuda"
-    )
+    cpu = UNetCost(p, device="cpu").total_s(n_train_volumes=5, voxels_per_volume=320**3)
+    gpu = UNetCost(p, device="cuda").total_s(n_train_volumes=5, voxels_per_volume=320**3)
     assert cpu > 10 * gpu > 0
-    auto = U.estimate_cost(n_train_volumes=5, voxels_per_volume=320**3, params=p, seconds_per_patch_batch=None)
+    auto = UNetCost(p).total_s(n_train_volumes=5, voxels_per_volume=320**3)
     assert auto == (gpu if U.cuda_available() else cpu)
     with pytest.raises(ValueError, match="seconds_per_patch_batch"):
-        U.estimate_cost(n_train_volumes=1, voxels_per_volume=1000, params=p, seconds_per_patch_batch=0)
+        UNetCost(p, seconds_per_patch_batch=0)
+    with pytest.raises(ValueError, match="voxels_per_volume"):
+        cost.infer_s(0)
 
 
 def test_time_train_step_measures_a_positive_duration():

@@ -1,0 +1,133 @@
+"""The 3D U-Net module and its masked BCE + Dice loss (torch, imported lazily)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from nx47_pipeline.unet.backend import require_torch
+from nx47_pipeline.unet.params import UNetParams
+
+
+@functools.lru_cache(maxsize=1)
+def _model_classes():
+    """Define the nn.Module classes once torch is imported."""
+    torch = require_torch()
+    nn = torch.nn
+
+    def norm_layer(kind: str, channels: int):
+        if kind == "instance":
+            return nn.InstanceNorm3d(channels, affine=True)
+        groups = math.gcd(channels, 8)
+        return nn.GroupNorm(groups, channels)
+
+    class ConvBlock(nn.Sequential):
+        def __init__(self, c_in: int, c_out: int, norm: str) -> None:
+            super().__init__(
+                nn.Conv3d(c_in, c_out, 3, padding=1, bias=False),
+                norm_layer(norm, c_out),
+                nn.LeakyReLU(0.01, inplace=True),
+                nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
+                norm_layer(norm, c_out),
+                nn.LeakyReLU(0.01, inplace=True),
+            )
+
+    class UNet3D(nn.Module):
+        """Plain 3D U-Net: conv blocks, strided-conv down, transposed-conv up."""
+
+        def __init__(self, width: int, depth: int, norm: str) -> None:
+            super().__init__()
+            chans = [width * 2**k for k in range(depth + 1)]
+            self.encoders = nn.ModuleList()
+            self.downs = nn.ModuleList()
+            c_prev = 1
+            for k in range(depth):
+                self.encoders.append(ConvBlock(c_prev, chans[k], norm))
+                self.downs.append(nn.Conv3d(chans[k], chans[k], 2, stride=2))
+                c_prev = chans[k]
+            self.bottleneck = ConvBlock(chans[depth - 1] if depth else 1, chans[depth], norm)
+            self.ups = nn.ModuleList()
+            self.decoders = nn.ModuleList()
+            for k in reversed(range(depth)):
+                self.ups.append(nn.ConvTranspose3d(chans[k + 1], chans[k], 2, stride=2))
+                self.decoders.append(ConvBlock(2 * chans[k], chans[k], norm))
+            self.head = nn.Conv3d(chans[0], 1, 1)
+
+        def forward(self, x):
+            skips = []
+            for enc, down in zip(self.encoders, self.downs):
+                x = enc(x)
+                skips.append(x)
+                x = down(x)
+            x = self.bottleneck(x)
+            for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+                x = dec(torch.cat([up(x), skip], dim=1))
+            return self.head(x)
+
+    return UNet3D
+
+
+def build_unet(params: UNetParams):
+    """Build the 3D U-Net described by ``params``.
+
+    Parameters
+    ----------
+    params : UNetParams
+        ``width``, ``depth`` and ``norm`` define the network.
+
+    Returns
+    -------
+    torch.nn.Module
+        Input ``(n, 1, d, h, w)`` float, output ``(n, 1, d, h, w)`` logits;
+        ``d, h, w`` must be divisible by ``2**depth``.
+    """
+    if not isinstance(params, UNetParams):
+        raise TypeError(f"params must be a UNetParams, got {type(params).__name__}")
+    torch = require_torch()
+    cls = _model_classes()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(params.seed))
+        return cls(params.width, params.depth, params.norm)
+
+
+def masked_bce_dice_loss(logits, target, mask, *, dice_weight: float = 1.0, eps: float = 1.0):
+    """Binary cross-entropy + soft Dice, both restricted to ``mask``.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Raw network output, any shape.
+    target : torch.Tensor
+        0/1 targets, same shape.
+    mask : torch.Tensor
+        Bool or 0/1 tensor, same shape: voxels that count (label != 2 and
+        not padding).
+    dice_weight : float
+        Weight of the Dice term.
+    eps : float
+        Smoothing of the Dice ratio.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar loss (float32).  With an empty mask the loss is 0 and still
+        connected to ``logits`` (its gradient is zero).
+    """
+    torch = require_torch()
+    if logits.shape != target.shape or logits.shape != mask.shape:
+        raise ValueError(
+            f"logits, target and mask must have the same shape, got "
+            f"{tuple(logits.shape)}, {tuple(target.shape)}, {tuple(mask.shape)}"
+        )
+    logits = logits.float()
+    m = mask.float()
+    t = target.float() * m
+    n = m.sum()
+    if float(n) == 0.0:
+        return logits.sum() * 0.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    bce = (bce * m).sum() / n
+    p = torch.sigmoid(logits) * m
+    dice = 1.0 - (2.0 * (p * t).sum() + eps) / (p.sum() + t.sum() + eps)
+    return bce + dice_weight * dice
+

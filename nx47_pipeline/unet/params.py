@@ -1,0 +1,132 @@
+"""U-Net hyper-parameters (:class:`UNetParams`) and their mapping from a RunConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetParams:
+    """Hyper-parameters of the U-Net stage.
+
+    Attributes
+    ----------
+    width : int
+        Channels of the first level; level ``k`` has ``width * 2**k``.
+    depth : int
+        Number of down-sampling steps (``depth + 1`` resolution levels);
+        ``patch`` must be divisible by ``2**depth``.
+    norm : str
+        ``"group"`` (GroupNorm, up to 8 groups) or ``"instance"``.
+    patch : int
+        Side of the cubic training patch and inference window.
+    batch : int
+        Patches per training batch and windows per inference batch.
+    lr : float
+        Adam learning rate.
+    epochs : int
+        Total epochs (a resumed run continues up to this number).
+    steps_per_epoch : int or None
+        Batches per epoch; ``None`` means one pass over the patches.
+    val_fraction : float
+        Share of the training patches held out (by source volume when there
+        are several) when ``train_unet`` gets no ``val`` set; 0 disables it.
+    overlap : float
+        Overlap of inference windows, in ``[0, 1)``.
+    tta_flip : bool
+        Average the 8 mirrorings of each window at inference.
+    amp : bool
+        Mixed precision (float16 autocast + gradient scaling); effective on
+        CUDA only.
+    seed : int
+        Seed of patch sampling, initialisation and batch order.
+    label_guided_frac : float
+        Share of patches centred on a label-1 voxel.
+    patches_per_volume : int
+        Patches drawn from each training volume.
+    """
+
+    width: int = 16
+    depth: int = 3
+    norm: str = "group"
+    patch: int = 64
+    batch: int = 2
+    lr: float = 1e-3
+    epochs: int = 20
+    steps_per_epoch: int | None = None
+    val_fraction: float = 0.1
+    overlap: float = 0.5
+    tta_flip: bool = False
+    amp: bool = True
+    seed: int = 47
+    label_guided_frac: float = 0.5
+    patches_per_volume: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("width", "depth", "patch", "batch", "epochs", "patches_per_volume"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.norm not in ("group", "instance"):
+            raise ValueError(f"norm must be 'group' or 'instance', got {self.norm!r}")
+        if self.patch % (2**self.depth) != 0:
+            raise ValueError(
+                f"patch must be divisible by 2**depth = {2**self.depth} "
+                f"(depth={self.depth}), got patch={self.patch!r}"
+            )
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if not 0 <= self.label_guided_frac <= 1:
+            raise ValueError(
+                f"label_guided_frac must be in [0, 1], got {self.label_guided_frac!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-value dictionary (stored in checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UNetParams":
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def params_from_config(config: Any, **overrides: Any) -> UNetParams:
+    """:class:`UNetParams` from a ``RunConfig`` (its ``unet_*`` fields and
+    ``seed``), with ``overrides`` applied last.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Any object with ``unet_epochs``, ``unet_patch``, ``unet_batch``,
+        ``unet_width``, ``unet_depth`` and ``seed`` attributes.
+    **overrides
+        Further :class:`UNetParams` fields (e.g. ``epochs`` from the budget
+        planner, ``steps_per_epoch``, ``tta_flip``).
+    """
+    values = {
+        "epochs": config.unet_epochs,
+        "patch": config.unet_patch,
+        "batch": config.unet_batch,
+        "width": config.unet_width,
+        "depth": config.unet_depth,
+        "seed": config.seed,
+    }
+    names = {f.name for f in dataclasses.fields(UNetParams)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown UNetParams field(s) {unknown}")
+    values.update(overrides)
+    return UNetParams(**values)
+

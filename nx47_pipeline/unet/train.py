@@ -1,0 +1,329 @@
+"""U-Net training with resumable checkpoints.
+
+Checkpoints hold only tensors and plain Python values, so
+``torch.load(path, weights_only=True)`` reads them.  Randomness is derived
+from ``(seed, epoch)`` at the start of every epoch, so a resumed run draws the
+same batches as an uninterrupted one would.  Callbacks may raise (for
+instance ``Cancelled``): the exception propagates unchanged and the last
+completed epoch's checkpoint on disk stays valid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nx47_pipeline.io.atomic import atomic_path
+from nx47_pipeline.unet.backend import require_torch, resolve_device
+from nx47_pipeline.unet.net import build_unet, masked_bce_dice_loss
+from nx47_pipeline.unet.params import UNetParams
+from nx47_pipeline.unet.patches import IGNORE, PatchSet, split_patches
+
+#: Name of the rolling checkpoint inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_unet`.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network as it was when training stopped (after a deadline stop
+        it includes the batches of the unfinished epoch).
+    epochs_done : int
+        Completed epochs, counting those of a resumed checkpoint.
+    stopped_reason : str
+        ``"completed"`` or ``"deadline"``.
+    history : list of dict
+        One entry per completed epoch: ``epoch``, ``train_loss``,
+        ``val_loss`` (None without validation), ``seconds``, ``batches``.
+    checkpoint : Path or None
+        ``last.pt`` of the last completed epoch, None if no epoch completed.
+    """
+
+    model: Any
+    epochs_done: int
+    stopped_reason: str
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str):
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+    x = (x.float() / 127.5 - 1.0).unsqueeze(1)
+    y = y.unsqueeze(1)
+    return x, (y == 1).float(), (y != IGNORE)
+
+
+def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool):
+    """One optimisation step (mixed precision on CUDA); returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        logits = model(x)
+    loss = masked_bce_dice_loss(logits, t, m)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def _atomic_save(torch, obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _architecture(p: UNetParams) -> tuple:
+    return (p.width, p.depth, p.norm)
+
+
+def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: bool) -> float:
+    model.eval()
+    total = 0.0
+    count = 0
+    with torch.inference_mode():
+        for start in range(0, len(val), batch):
+            x, t, m = _to_batch(
+                torch, val.images[start : start + batch], val.labels[start : start + batch], device
+            )
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+            loss = masked_bce_dice_loss(logits, t, m)
+            total += float(loss) * x.shape[0]
+            count += x.shape[0]
+    model.train()
+    return total / max(count, 1)
+
+
+def train_unet(
+    train: PatchSet,
+    *,
+    val: PatchSet | None,
+    params: UNetParams,
+    device: str = "auto",
+    checkpoint_dir: str | Path,
+    resume: bool = True,
+    deadline: float | None = None,
+    on_batch: Callable[[int, int, int, int, float], None] | None = None,
+    on_epoch: Callable[[int, int, float, float | None], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> TrainResult:
+    """Train the U-Net on patches, with per-epoch checkpoints and a deadline.
+
+    Parameters
+    ----------
+    train : PatchSet
+        Training patches (side must equal ``params.patch``).
+    val : PatchSet or None
+        Validation patches.  When None and ``params.val_fraction > 0`` a
+        share of ``train`` is held out (see :func:`split_patches`); when
+        None and ``val_fraction == 0`` there is no validation.
+    params : UNetParams
+        Network and training hyper-parameters.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<n>"``.
+    checkpoint_dir : str or Path
+        Folder of ``last.pt`` (created if missing).
+    resume : bool
+        Continue from ``last.pt`` when present (epoch count, weights,
+        optimiser, history).  The checkpoint's architecture must match.
+    deadline : float, optional
+        ``clock()`` value; checked before every batch.  When reached,
+        training stops with ``stopped_reason="deadline"``.  The unfinished
+        epoch is not checkpointed: ``last.pt`` keeps the last completed
+        epoch, and the returned model holds the latest weights.
+    on_batch : callable, optional
+        ``on_batch(epoch, epochs, batch, n_batches, loss)`` after every
+        batch; ``epoch`` and ``batch`` count from 1.
+    on_epoch : callable, optional
+        ``on_epoch(epoch, epochs, train_loss, val_loss)`` after each epoch's
+        checkpoint is written.
+    clock : callable
+        Monotonic clock (injectable for tests).
+
+    Returns
+    -------
+    TrainResult
+
+    Notes
+    -----
+    An exception raised by a callback propagates unchanged; the checkpoint
+    of the last completed epoch is left intact.
+    """
+    torch = require_torch()
+    if not isinstance(params, UNetParams):
+        raise TypeError(f"params must be a UNetParams, got {type(params).__name__}")
+    if len(train) == 0:
+        raise ValueError("train has no patches; extract some with extract_patches first")
+    if train.patch != params.patch:
+        raise ValueError(f"train patches have side {train.patch}, params.patch is {params.patch}")
+    if val is not None and len(val) and val.patch != params.patch:
+        raise ValueError(f"val patches have side {val.patch}, params.patch is {params.patch}")
+    if val is None and params.val_fraction > 0 and len(train) >= 2:
+        train, val = split_patches(train, fraction=params.val_fraction, seed=params.seed)
+    dev = resolve_device(device)
+    use_amp = bool(params.amp) and dev.startswith("cuda")
+    ckpt_dir = Path(checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = ckpt_dir / CHECKPOINT_NAME
+
+    model = build_unet(params).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        state = _read_checkpoint(torch, ckpt_path, dev)
+        saved = UNetParams.from_dict(state["params"])
+        if _architecture(saved) != _architecture(params):
+            raise ValueError(
+                f"checkpoint {ckpt_path} holds width/depth/norm {_architecture(saved)}, "
+                f"params ask for {_architecture(params)}; use another checkpoint_dir or "
+                "resume=False"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if use_amp and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["epoch"])
+        history = [dict(h) for h in state.get("history", [])]
+    saved_path: Path | None = ckpt_path if ckpt_path.exists() and start_epoch > 0 else None
+
+    n = len(train)
+    n_batches = params.steps_per_epoch or max(1, math.ceil(n / params.batch))
+    epochs = int(params.epochs)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        t0 = clock()
+        rng = np.random.default_rng([int(params.seed), epoch, 1])
+        torch.manual_seed(int(params.seed) * 1000 + epoch)
+        need = n_batches * params.batch
+        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(need / n))])[:need]
+        running = 0.0
+        for b in range(n_batches):
+            if deadline is not None and clock() >= deadline:
+                return TrainResult(model, epoch, "deadline", history, saved_path)
+            idx = np.sort(order[b * params.batch : (b + 1) * params.batch])
+            images = train.images[idx]
+            labels = train.labels[idx]
+            flips = tuple(a + 1 for a in range(3) if rng.random() < 0.5)
+            if flips:
+                images = np.flip(images, axis=flips)
+                labels = np.flip(labels, axis=flips)
+            x, t, m = _to_batch(torch, images, labels, dev)
+            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp)
+            value = float(loss.detach())
+            running += value
+            if on_batch is not None:
+                on_batch(epoch + 1, epochs, b + 1, n_batches, value)
+        train_loss = running / n_batches
+        val_loss = None
+        if val is not None and len(val) and not (deadline is not None and clock() >= deadline):
+            val_loss = _evaluate(torch, model, val, params.batch, dev, use_amp)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(train_loss),
+                "val_loss": None if val_loss is None else float(val_loss),
+                "seconds": float(clock() - t0),
+                "batches": int(n_batches),
+            }
+        )
+        _atomic_save(
+            torch,
+            {
+                "format": "nx47-unet-1",
+                "epoch": epoch + 1,
+                "params": params.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if use_amp else {},
+                "history": history,
+            },
+            ckpt_path,
+        )
+        saved_path = ckpt_path
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs, float(train_loss), val_loss)
+    return TrainResult(model, max(epochs, start_epoch), "completed", history, saved_path)
+
+
+def _read_checkpoint(torch, path: Path, device: str) -> dict:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(state, dict) or not {"model", "params", "epoch"} <= set(state):
+        raise ValueError(f"checkpoint {path} is not an NX47 U-Net checkpoint")
+    return state
+
+
+def load_unet(checkpoint: str | Path, *, device: str = "cpu"):
+    """Load a U-Net checkpoint written by :func:`train_unet`.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A ``last.pt`` file, or the folder that holds it.
+    device : str
+        Where to place the model (see :func:`resolve_device`).
+
+    Returns
+    -------
+    (torch.nn.Module, UNetParams)
+        The model in eval mode and the parameters it was trained with.
+    """
+    torch = require_torch()
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    dev = resolve_device(device)
+    state = _read_checkpoint(torch, path, dev)
+    params = UNetParams.from_dict(state["params"])
+    model = build_unet(params)
+    model.load_state_dict(state["model"])
+    return model.to(dev).eval(), params
+
+
+def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 2) -> float:
+    """Measure the seconds of one training batch (forward + backward + step).
+
+    Runs one warm-up batch and ``repeats`` timed ones on random data; meant
+    for a preflight so :func:`estimate_cost` gets a measured figure.
+    """
+    torch = require_torch()
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    dev = resolve_device(device)
+    use_amp = bool(params.amp) and dev.startswith("cuda")
+    model = build_unet(params).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=params.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    rng = np.random.default_rng(params.seed)
+    shape = (params.batch,) + (params.patch,) * 3
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    labels = rng.integers(0, 3, shape, dtype=np.uint8)
+    x, t, m = _to_batch(torch, images, labels, dev)
+
+    def step():
+        _train_step(torch, model, opt, scaler, x, t, m, use_amp)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - t0) / repeats
+
