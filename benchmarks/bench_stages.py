@@ -115,7 +115,8 @@ def _floor_linear(volume: np.ndarray, n_features: int, slab: int) -> float:
 
 def child(workdir: Path, repeats: int) -> dict:
     from nx47_pipeline.model.linear import LogisticModel
-    from nx47_pipeline.model.postprocess import fallback_segment, postprocess, segment_volume
+    from nx47_pipeline.model.postprocess import fallback_segment, postprocess
+    from nx47_pipeline.model.predict import segment_volume
     from nx47_pipeline.io.volumes import read_volume
 
     tif = workdir / "image.tif"

@@ -29,8 +29,7 @@ import numpy as np
 from scipy.special import expit
 
 from nx47_pipeline.io.atomic import atomic_path
-from nx47_pipeline.model.features import feature_names as _feature_names
-from nx47_pipeline.model.features import iter_feature_slabs
+from nx47_pipeline.model.predict import linear_probabilities
 
 IterFn = Callable[[int, int, float], None]
 ProgressFn = Callable[[int, int, str], None]
@@ -110,39 +109,12 @@ class LogisticModel:
         slab: int = 32,
         on_progress: ProgressFn | None = None,
     ) -> np.ndarray:
-        """Probability map of a whole volume, features computed slab-wise.
+        """Probability map of a whole volume (float32, shape of ``volume``).
 
-        Parameters
-        ----------
-        volume : ndarray, shape (Z, Y, X)
-            CT volume.
-        slab : int
-            z-slab thickness; memory holds one slab of features at a time.
-        on_progress : callable, optional
-            ``on_progress(done_slabs, n_slabs, what)``; may raise to cancel.
-
-        Returns
-        -------
-        ndarray, float32, shape (Z, Y, X)
+        Shorthand for :func:`nx47_pipeline.model.predict.linear_probabilities`
+        with this one model.
         """
-        expected = _feature_names(self.scales)
-        if expected != self.feature_names:
-            raise ValueError(
-                "model features do not match the filter bank of scales "
-                f"{self.scales}: {self.feature_names[:3]}... vs {expected[:3]}..."
-            )
-        volume = np.asarray(volume)
-        w, b = self.raw_weights()
-        w32 = w.astype(np.float32)
-        out = np.empty(volume.shape, dtype=np.float32)
-        for z0, z1, feats in iter_feature_slabs(
-            volume, scales=self.scales, slab=slab, on_progress=on_progress
-        ):
-            d = feats.reshape(feats.shape[0], -1).T @ w32  # gemv
-            d += np.float32(b)
-            expit(d, out=d)
-            out[z0:z1] = d.reshape(feats.shape[1:])
-        return out
+        return linear_probabilities(volume, [self], slab=slab, on_progress=on_progress)[0]
 
     # ------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -246,6 +218,7 @@ def fit_prox(
     feature_names: Sequence[str] | None = None,
     scales: Sequence[float] = (1.0, 2.0, 4.0),
     warm_start: LogisticModel | None = None,
+    intercept_shift: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> FitResult:
     """Fit an L1 + L2 penalised logistic model by accelerated proximal gradient.
@@ -277,7 +250,13 @@ def fit_prox(
         Filter-bank scales stored in the model (used by ``predict_volume``).
     warm_start : LogisticModel, optional
         Start from this model (same features); its coefficients are mapped
-        onto this data's standardization.
+        onto this data's standardization.  It is taken to carry the same
+        ``intercept_shift`` (an earlier result of this function).
+    intercept_shift : float
+        Added to the fitted intercept: the logit correction from the
+        class-balanced sample's prior to the data's (:func:`prior_shift`),
+        so the model's probabilities mean what they say.  The objective is
+        that of the sample; the shift is applied to the returned model only.
     clock : callable
         Monotonic clock (injectable for tests).
 
@@ -336,7 +315,7 @@ def fit_prox(
             )
         u, c = warm_start.raw_weights()
         w = u * scale
-        b = c + float(mean @ u)
+        b = c - float(intercept_shift) + float(mean @ u)
     else:
         w = np.zeros(nf)
         p = float(np.clip(yf.mean(), 1e-6, 1 - 1e-6))
@@ -397,7 +376,7 @@ def fit_prox(
 
     model = LogisticModel(
         coef=x_w,
-        intercept=x_b,
+        intercept=x_b + float(intercept_shift),
         mean=mean,
         scale=scale,
         feature_names=names,
@@ -413,3 +392,31 @@ def fit_prox(
         objective=history,
         seconds=clock() - t_start,
     )
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def prior_shift(counts: np.ndarray, y: np.ndarray) -> float:
+    """Intercept correction from the sample's class prior to the data's.
+
+    Parameters
+    ----------
+    counts : array of 2 ints
+        Labelled voxels of class 0 and class 1 over the training volumes.
+    y : array
+        The (class-balanced) sample's labels.
+
+    Returns
+    -------
+    float
+        ``logit(data prior) - logit(sample prior)``; 0 when either is empty.
+        Pass it to :func:`fit_prox` as ``intercept_shift``.
+    """
+    counts = np.asarray(counts)
+    total = int(counts.sum())
+    if total == 0 or len(y) == 0:
+        return 0.0
+    return _logit(counts[1] / total) - _logit(float(np.mean(y)))

@@ -60,6 +60,7 @@ from typing import Any, Callable, Iterable, Sequence
 import cc3d
 import edt
 import numpy as np
+import tifffile
 from skimage.measure import euler_number
 from skimage.metrics import variation_of_information
 from surface_distance import lookup_tables as _sd_tables
@@ -791,8 +792,6 @@ def score_submission(
         If ``labels`` holds no ``.tif`` file or ``pred`` is neither a folder
         nor a zip.
     """
-    import tifffile
-
     pred = Path(pred)
     labels = Path(labels)
     if not labels.is_dir():

@@ -21,7 +21,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from nx47_pipeline.model.linear import LogisticModel
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -179,56 +178,6 @@ def postprocess(
     mask = anisotropic_closing(mask, radius=closing_radius)
     mask = remove_small_components(mask, min_size=min_size)
     return mask.astype(np.uint8)
-
-
-def segment_volume(
-    volume: np.ndarray,
-    model: LogisticModel,
-    *,
-    low: float = 0.35,
-    high: float = 0.5,
-    closing_radius: Sequence[int] = (1, 2, 2),
-    min_size: int = 100,
-    slab: int = 32,
-    on_progress: ProgressFn | None = None,
-    return_prob: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Segment one volume with a fitted model.
-
-    Parameters
-    ----------
-    volume : ndarray, shape (Z, Y, X)
-        CT volume.
-    model : LogisticModel
-        From :func:`nx47_pipeline.fit_prox.fit_prox`.
-    low, high, closing_radius, min_size
-        See :func:`postprocess`.
-    slab : int
-        z-slab thickness for the feature computation.
-    on_progress : callable, optional
-        ``on_progress(done, total, what)``: once per feature slab, then once
-        for post-processing; may raise to cancel.
-    return_prob : bool
-        Also return the float32 probability map.
-
-    Returns
-    -------
-    mask : ndarray of uint8 in {0, 1}, shape of ``volume``
-    prob : ndarray of float32, only when ``return_prob``
-    """
-    volume = _check_3d("volume", volume)
-    n_slabs = -(-volume.shape[0] // int(slab)) if int(slab) >= 1 else 0
-    total = n_slabs + 1
-
-    def slab_progress(done: int, _n: int, what: str) -> None:
-        if on_progress is not None:
-            on_progress(done, total, what)
-
-    prob = model.predict_volume(volume, slab=slab, on_progress=slab_progress)
-    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size)
-    if on_progress is not None:
-        on_progress(total, total, "postprocess")
-    return (mask, prob) if return_prob else mask
 
 
 def _otsu_threshold(volume: np.ndarray) -> float:

@@ -5,7 +5,7 @@ hysteresis threshold pair ``(high - gap, high)`` of the segmentation.  Each
 (L1, L2) point is fitted once on the training sample (reduced iterations);
 then every validation volume is passed through the filter bank once, every
 fitted model is applied to it, and every threshold pair is post-processed and
-scored with :func:`nx47_pipeline.metric.score_volume`.  Each fit and each
+scored with :func:`nx47_pipeline.model.metric.score_volume`.  Each fit and each
 (model, threshold) evaluation is one progress unit.
 
 Results are cached in ``dest`` (one model per fit, one JSON per validation
@@ -14,7 +14,6 @@ volume, ``results.json`` at the end), so a rerun resumes mid-grid.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,7 +21,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nx47_pipeline.io.atomic import write_json
+from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.volumes import VolumeError, read_pair
+from nx47_pipeline.model.features import feature_names
+from nx47_pipeline.model.linear import LogisticModel, fit_prox
+from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.postprocess import postprocess
+from nx47_pipeline.model.predict import linear_probabilities
 
 
 def grid_points(
@@ -41,31 +46,6 @@ def threshold_pairs(thresholds: Sequence[float], gap: float) -> list[tuple[float
         if not 0.0 < high < 1.0:
             raise ValueError(f"thresholds must lie in (0, 1), got {high!r}")
         out.append((max(float(high) - gap, 0.01), float(high)))
-    return out
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    write_json(path, data, sort_keys=True)
-
-
-def predict_many(models, volume: np.ndarray, *, scales, on_progress=None) -> np.ndarray:
-    """Probabilities of several linear models on one volume, computing the
-    filter bank once (slab by slab).
-
-    Returns
-    -------
-    ndarray, float32, shape (len(models), Z, Y, X)
-    """
-    from nx47_pipeline.model.features import iter_feature_slabs
-
-    out = np.empty((len(models),) + volume.shape, dtype=np.float32)
-    Z = volume.shape[0]
-    for z0, z1, feats in iter_feature_slabs(volume, scales=scales):
-        flat = feats.reshape(feats.shape[0], -1).T
-        for g, model in enumerate(models):
-            out[g, z0:z1] = model.predict_proba(flat).reshape((z1 - z0,) + volume.shape[1:])
-        if on_progress is not None:
-            on_progress(z1, Z, "filter bank + models")
     return out
 
 
@@ -116,12 +96,6 @@ def run_search(
         ``model_path``), ``results`` (mean score per grid point),
         ``fit_iters`` and ``fit_seconds`` (summed over fits).
     """
-    from nx47_pipeline.model.features import feature_names
-    from nx47_pipeline.model.linear import LogisticModel, fit_prox
-    from nx47_pipeline.model.metric import score_volume
-    from nx47_pipeline.model.postprocess import postprocess
-    from nx47_pipeline.io.volumes import VolumeError, read_pair
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     points = grid_points(l1_grid, l2_grid)
@@ -155,10 +129,10 @@ def run_search(
                    substep_done=i, substep_total=n)
 
         res = fit_prox(X, y, l1=l1, l2=l2, max_iter=max_iter, tol=tol, deadline=deadline,
-                       on_iter=on_iter, feature_names=feature_names(scales), scales=tuple(scales))
-        res.model = dataclasses.replace(res.model, intercept=res.model.intercept + intercept_shift)
+                       on_iter=on_iter, feature_names=feature_names(scales), scales=tuple(scales),
+                       intercept_shift=intercept_shift)
         res.model.save(path)
-        _atomic_json(meta_path, {"n_iter": res.n_iter, "seconds": res.seconds, "l1": l1, "l2": l2,
+        write_json(meta_path, {"n_iter": res.n_iter, "seconds": res.seconds, "l1": l1, "l2": l2,
                                  "stopped_reason": res.stopped_reason})
         fit_iters += res.n_iter
         fit_seconds += res.seconds
@@ -193,7 +167,7 @@ def run_search(
                 report(len(points) + _v * n_eval, total, file=rec.id, file_done=_v, file_total=len(val),
                        substep=what, substep_done=d, substep_total=t)
 
-            probs = predict_many(models, image, scales=scales, on_progress=on_p)
+            probs = linear_probabilities(image, models, on_progress=on_p)
             scores = np.zeros((len(points), len(pairs)))
             for g in range(len(points)):
                 for t_i, (low, high) in enumerate(pairs):
@@ -205,7 +179,7 @@ def run_search(
                            file_total=len(val), substep=f"grid point {k}/{n_eval}",
                            substep_done=k, substep_total=n_eval)
             del probs
-            _atomic_json(cache, {"n_models": len(points), "scores": scores.tolist()})
+            write_json(cache, {"n_models": len(points), "scores": scores.tolist()})
         sums += scores
         counts += 1
         for g, (l1, l2) in enumerate(points):
@@ -237,6 +211,6 @@ def run_search(
         low, high = pairs[len(pairs) // 2]
         best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "score": None}
     best["model_path"] = str(dest / f"model_{g_best}.npz")
-    _atomic_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts})
+    write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts})
     report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}")
     return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds}

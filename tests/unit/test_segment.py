@@ -17,9 +17,9 @@ from nx47_pipeline.model.postprocess import (
     postprocess,
     probability_to_uint8,
     remove_small_components,
-    segment_volume,
     uint8_to_probability,
 )
+from nx47_pipeline.model.predict import segment_volume
 
 
 @pytest.mark.parametrize("shape", [(17, 23, 9), (32, 32, 32), (5, 40, 3)])
