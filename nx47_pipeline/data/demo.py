@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from nx47_pipeline.data.discovery import default_demo_root
 from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.io.volumes import write_volume
 
@@ -469,7 +470,7 @@ def ensure_demo_dataset(root: str | os.PathLike[str] | None = None) -> Path:
     Parameters
     ----------
     root : str or path-like, optional
-        Defaults to :func:`nx47_pipeline.discovery.default_demo_root`.
+        Defaults to :func:`nx47_pipeline.data.discovery.default_demo_root`.
 
     Returns
     -------
@@ -477,8 +478,6 @@ def ensure_demo_dataset(root: str | os.PathLike[str] | None = None) -> Path:
         ``root``.
     """
     if root is None:
-        from nx47_pipeline.data.discovery import default_demo_root
-
         root = default_demo_root()
     root = Path(root)
     if not (root / "train.csv").is_file():

@@ -56,17 +56,16 @@ def default_demo_root() -> Path:
     return Path(__file__).resolve().parents[2] / "demo_data"
 
 
-def resolve_data_root(data_root: str | os.PathLike[str] = "auto", *, generate_demo: bool = True) -> Path:
-    """Turn ``data_root`` into an existing folder.
+def resolve_data_root(data_root: str | os.PathLike[str] = "auto") -> Path:
+    """Turn ``data_root`` into an existing folder; never generates data.
 
     Parameters
     ----------
     data_root : str or path-like
         A folder, ``"auto"`` (first of :data:`KAGGLE_ROOTS` that exists, else
-        the demo root) or ``"demo"`` (the demo root).
-    generate_demo : bool
-        Generate the demo dataset (default settings) when the demo root is
-        chosen and holds no ``train.csv``.
+        the demo root) or ``"demo"`` (the demo root).  The demo root counts
+        once it holds ``train.csv``; ``nx47 demo-data`` and ``nx47 serve``
+        generate it (:func:`nx47_pipeline.data.demo.ensure_demo_dataset`).
 
     Returns
     -------
@@ -75,8 +74,9 @@ def resolve_data_root(data_root: str | os.PathLike[str] = "auto", *, generate_de
     Raises
     ------
     FileNotFoundError
-        A given folder does not exist, or ``auto``/``demo`` found nothing and
-        ``generate_demo`` is false.
+        A given folder does not exist, or ``auto``/``demo`` found nothing
+        (the message names what was probed and the command that generates
+        the demo dataset).
     NotADirectoryError
         ``data_root`` is a file.
     """
@@ -90,15 +90,11 @@ def resolve_data_root(data_root: str | os.PathLike[str] = "auto", *, generate_de
         demo = default_demo_root()
         if (demo / "train.csv").is_file():
             return demo
-        if not generate_demo:
-            probed = ", ".join(KAGGLE_ROOTS) + ", " if key == "auto" else ""
-            raise FileNotFoundError(
-                f"data_root={text!r}: no dataset found (probed {probed}{demo}); "
-                f"generate one with `nx47 demo-data --out {demo}`"
-            )
-        from nx47_pipeline.data.demo import ensure_demo_dataset
-
-        return ensure_demo_dataset(demo)
+        probed = ", ".join(KAGGLE_ROOTS) + ", " if key == "auto" else ""
+        raise FileNotFoundError(
+            f"data_root={text!r}: no dataset found (probed {probed}{demo}); "
+            f"generate one with `nx47 demo-data --out {demo}`"
+        )
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data_root {str(path)!r} does not exist")

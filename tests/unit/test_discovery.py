@@ -164,7 +164,10 @@ def test_resolve_data_root(tmp_path, monkeypatch):
     kaggle_a, kaggle_b = tmp_path / "k1", tmp_path / "k2"
     monkeypatch.setattr(discovery, "KAGGLE_ROOTS", (str(kaggle_a), str(kaggle_b)))
     with pytest.raises(FileNotFoundError, match="demo-data"):
-        resolve_data_root("auto", generate_demo=False)
+        resolve_data_root("auto")
+    with pytest.raises(FileNotFoundError, match="demo-data"):
+        resolve_data_root("demo")
+    assert not (tmp_path / "demo").exists()  # resolving never generates
     # the demo root is used once it holds train.csv
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "train.csv").write_text("id,scroll_id\n")
@@ -174,23 +177,6 @@ def test_resolve_data_root(tmp_path, monkeypatch):
     assert resolve_data_root("auto") == kaggle_b
     kaggle_a.mkdir()
     assert resolve_data_root("auto") == kaggle_a
-
-
-def test_resolve_generates_demo_when_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(discovery, "KAGGLE_ROOTS", (str(tmp_path / "none"),))
-    monkeypatch.setenv("NX47_DEMO_ROOT", str(tmp_path / "gen"))
-    calls = []
-
-    def fake_generate(out, **kw):  # the real generator is covered in test_demo
-        calls.append(Path(out))
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "train.csv").write_text("id,scroll_id\n")
-        return Path(out)
-
-    monkeypatch.setattr("nx47_pipeline.data.demo.generate_demo_dataset", fake_generate)
-    assert resolve_data_root("auto") == tmp_path / "gen"
-    assert resolve_data_root("demo") == tmp_path / "gen"
-    assert calls == [tmp_path / "gen"]  # generated once, then reused
 
 
 def test_default_demo_root_is_in_repo(monkeypatch):
