@@ -138,7 +138,7 @@ def _discover(data_root: str) -> tuple[Any, Any]:
     here: a run does that when it starts)."""
     from nx47_pipeline.data.discovery import discover, resolve_data_root
 
-    root = resolve_data_root(data_root, generate_demo=False)
+    root = resolve_data_root(data_root)
     return root, discover(root)
 
 

@@ -1,5 +1,5 @@
-"""The ``nx47`` command line: one module per command."""
+"""The ``nx47`` command line: one module per command (:mod:`.dispatch` holds the parser)."""
 
-from nx47_pipeline.cli.commands import main
+from nx47_pipeline.cli.dispatch import main
 
 __all__ = ["main"]

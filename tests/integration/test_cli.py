@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from nx47_pipeline.run.budget import PreflightTimings
-from nx47_pipeline.cli.commands import build_parser, main
+from nx47_pipeline.cli.dispatch import build_parser, main
 
 COMMANDS = ("run", "demo-data", "verify-journal", "score", "plan", "serve")
 
@@ -29,7 +29,7 @@ def test_help_documents_every_command():
 
 
 def test_run_flags_reach_the_config(monkeypatch):
-    from nx47_pipeline.cli.commands import _config_from_args
+    from nx47_pipeline.cli.run import config_from_args as _config_from_args
 
     monkeypatch.setenv("NX47_MAX_VAL_VOLUMES", "5")
     args = build_parser().parse_args(["run", "--data", "/d", "--out", "/o", "--max-train-volumes", "0",

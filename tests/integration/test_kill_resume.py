@@ -195,7 +195,7 @@ def publish(self, kind, payload, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
     return ev
 bus.EventBus.publish = publish
-from nx47_pipeline.cli.commands import main
+from nx47_pipeline.cli.dispatch import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -249,7 +249,7 @@ def test_rerun_resumes_and_gives_identical_masks(full_run, data_root, tmp_path):
 
 
 def test_prior_shift_maps_balanced_probabilities_to_the_data_prior():
-    from nx47_pipeline.run.orchestrator import prior_shift
+    from nx47_pipeline.model.linear import prior_shift
 
     y = np.array([0, 1] * 50)
     # 20 % surface among labelled voxels: logit(0.2) - logit(0.5)
@@ -318,3 +318,35 @@ def test_a_bad_first_training_pair_does_not_fail_the_preflight(data_root, tmp_pa
              and (first.id in e.payload.subject or first.id in e.payload.message)]
     assert named and any("label" in e.payload.message for e in named)
     assert (out / "submission.zip").is_file()
+
+
+def test_a_threaded_run_leaves_the_kernel_environment_unchanged(data_root, tmp_path):
+    """A dashboard run is a thread in the user's kernel: it must not touch
+    ``os.environ`` (not even temporarily), U-Net on so torch is imported."""
+    import os
+
+    pytest.importorskip("torch")
+    before = dict(os.environ)
+    seen: list[dict] = []
+    token = CancelToken()
+
+    class EnvProbe:  # a sink: checks the environment at every event, mid-run
+        def handle(self, event):
+            if dict(os.environ) != before:
+                seen.append(dict(os.environ))
+
+        def close(self):
+            pass
+
+    config = small_config(data_root, tmp_path / "out", use_unet=True, unet_epochs=1, unet_patch=16,
+                          unet_width=4, unet_depth=1, unet_batch=1, max_train_volumes=2, max_val_volumes=1)
+    result: dict = {}
+    th = threading.Thread(target=lambda: result.update(
+        r=run_pipeline(config, cancel=token, extra_sinks=[EnvProbe()])), daemon=True)
+    th.start()
+    th.join(300)
+    assert not th.is_alive()
+    assert result["r"].status == "ok", result["r"].error
+    assert result["r"].stats["stage_status"]["unet"] == "ok"
+    assert dict(os.environ) == before
+    assert not seen, {k for k in seen[0] if seen[0].get(k) != before.get(k)}

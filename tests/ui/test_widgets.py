@@ -452,7 +452,7 @@ def test_log_level_and_kind_filters(tmp_path, data_root):
 def test_charts_collect_metrics():
     st = DashboardState()
     for i, v in enumerate([5.0, 3.0, 2.0]):
-        st.apply(ev(EventKind.METRIC, MetricPayload(name="fit_prox.objective", value=v, step=i),
+        st.apply(ev(EventKind.METRIC, MetricPayload(name="fit_prox_objective", value=v, step=i),
                     stage="fit_prox"))
     grid = {"l1": 1e-4, "l2": 1e-3, "low": 0.3, "high": 0.5}
     for vid, v in (("1", 0.2), ("2", 0.4)):

@@ -1,0 +1,114 @@
+"""``nx47 run``: run the pipeline and write submission.zip."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from nx47_pipeline.config import RunConfig
+from nx47_pipeline.data.demo import ensure_demo_dataset
+from nx47_pipeline.data.discovery import resolve_data_root
+from nx47_pipeline.run.orchestrator import run_pipeline
+from nx47_pipeline.telemetry.cancel import CancelToken
+
+NAME = "run"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="run the pipeline and write submission.zip",
+        description=(
+            "Run the whole pipeline: discovery, coverage audit, mandatory 5 %% preflight, "
+            "features, hyper-parameter search, fit_prox, optional U-Net, validation, "
+            "segmentation and packaging. Every option can also be set with an "
+            "environment variable NX47_<FIELD> (see docs/architecture.md); flags win. "
+            "Rerunning with the same --out resumes."
+        ),
+    )
+    p.add_argument("--data", default=None, help="data root, or 'auto' (Kaggle mounts, then the demo dataset)")
+    p.add_argument("--out", default=None, help="output folder (journal, artifacts, submission.zip)")
+    p.add_argument("--max-train-volumes", type=int, default=None, help="training pairs to use (0 = all; default 24)")
+    p.add_argument("--max-val-volumes", type=int, default=None, help="validation pairs to use (0 = all; default 8)")
+    p.add_argument("--budget-s", type=float, default=None, help="runtime budget in seconds (default 32400 = 9 h)")
+    p.add_argument("--auto-coverage", action=argparse.BooleanOptionalAction, default=None,
+                   help="shrink coverage to the largest that fits the budget after the preflight")
+    p.add_argument("--unet", dest="use_unet", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the optional 3D U-Net (default: on with CUDA, off on CPU)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--heartbeat-interval-s", type=float, default=None)
+    p.add_argument("--quiet", action="store_true", help="no console progress lines")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any RunConfig field, e.g. --set fit_max_iter=200 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``nx47 run`` flags over ``NX47_*`` environment variables."""
+    overrides = {
+        "data_root": args.data,
+        "out_dir": args.out,
+        "max_train_volumes": args.max_train_volumes,
+        "max_val_volumes": args.max_val_volumes,
+        "budget_s": args.budget_s,
+        "auto_coverage": args.auto_coverage,
+        "seed": args.seed,
+        "heartbeat_interval_s": args.heartbeat_interval_s,
+    }
+    if args.quiet:
+        overrides["console"] = False
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    config = RunConfig.from_env(**overrides)
+    if args.use_unet is not None:
+        config = config.replace(use_unet=args.use_unet)
+    return config
+
+
+def ensure_data_root(data_root: str) -> str:
+    """``data_root`` resolved; for ``auto``/``demo`` with nothing found, the
+    demo dataset is generated here, explicitly (resolving never generates)."""
+    try:
+        return str(resolve_data_root(data_root))
+    except FileNotFoundError:
+        if str(data_root).strip().lower() not in ("auto", "demo"):
+            raise
+        return str(ensure_demo_dataset())
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        config = config.replace(data_root=ensure_data_root(config.data_root))
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"nx47 run: {exc}", file=sys.stderr)
+        return 2
+    # torch keeps a compiler cache in the system temp folder by default; this
+    # process is the run's own, so its environment keeps that cache inside
+    # the output folder (a run inside a notebook kernel leaves the kernel's
+    # environment alone)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                          str(Path(config.out_dir).expanduser().resolve() / "model" / "unet" / "torch-cache"))
+    token = CancelToken()
+
+    def on_signal(signum, frame):  # SIGINT / SIGTERM: cooperative stop
+        token.cancel(f"signal {signal.Signals(signum).name}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+    try:
+        result = run_pipeline(config, cancel=token)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"nx47 run: {exc}", file=sys.stderr)
+        return 2
+    if result.error:
+        print(f"nx47 run: {result.error}", file=sys.stderr)
+    print(f"nx47 run: {result.status}; submission: {result.submission or 'none'}; output: {result.out_dir}")
+    return result.exit_code

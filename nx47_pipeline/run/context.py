@@ -1,0 +1,142 @@
+"""What the stages of one run share, explicitly.
+
+:class:`RunContext` holds what does not change during a run (config, output
+folder, telemetry, deadlines) and the run's results so far
+(:class:`RunState`): each stage function reads its inputs from there or from
+artifacts and returns its outputs, and the orchestrator stores them in the
+state.  No stage reads a field another stage sets as a side effect.
+
+:class:`Reporter` is how a stage talks to the user: warnings, errors and
+progress always reach the bus; METRIC, PREVIEW, ARRAY_TRACE and deadline
+BUDGET events only when it ``publishes`` (the preflight runs the same stage
+functions with a quiet reporter, so the dashboard shows the real run only).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from nx47_pipeline.config import RunConfig
+from nx47_pipeline.data.coverage import Selection
+from nx47_pipeline.data.discovery import Inventory
+from nx47_pipeline.model.linear import LogisticModel
+from nx47_pipeline.model.predict import UNetPart
+from nx47_pipeline.run.budget import Deadlines, PreflightTimings, UNetCost
+from nx47_pipeline.telemetry.cancel import CancelToken
+from nx47_pipeline.telemetry.events import BudgetDecision, EventKind, MetricName, PreviewPayload
+from nx47_pipeline.telemetry.facade import Telemetry
+
+#: ``progress(done, total, **fields)``: PROGRESS_UPDATE of the current stage.
+ProgressFn = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The training sample: class-balanced rows and the class-prior correction."""
+
+    X: np.ndarray
+    y: np.ndarray
+    prior_shift: float  # see nx47_pipeline.model.linear.prior_shift
+
+
+@dataclass(frozen=True)
+class UNetPlan:
+    """Whether the run trains the U-Net, why, and its cost model."""
+
+    use: bool
+    why: str
+    cost: UNetCost | None = None  # None when off
+
+
+@dataclass
+class RunState:
+    """Results of the stages so far (set by the orchestrator from return values)."""
+
+    inventory: Inventory | None = None
+    selection: Selection | None = None
+    audit: dict[str, Any] = field(default_factory=dict)
+    timings: PreflightTimings | None = None
+    unet_plan: UNetPlan = field(default_factory=lambda: UNetPlan(False, "U-Net not planned"))
+    best: dict[str, Any] = field(default_factory=dict)
+    model: LogisticModel | None = None
+    unet: UNetPart | None = None
+    val_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    fallback_ids: list[str] = field(default_factory=list)
+    resumed: bool = False
+    error_text: str = ""
+
+
+@dataclass
+class RunContext:
+    """One run: its fixed surroundings and its :class:`RunState`."""
+
+    config: RunConfig
+    out: Path
+    tel: Telemetry
+    deadlines: Deadlines
+    cancel: CancelToken
+    t_start: float = field(default_factory=time.monotonic)
+    state: RunState = field(default_factory=RunState)
+    n_warnings: int = 0
+    n_errors: int = 0
+
+    def warn(self, message: str, *, subject: str = "", code: str = "") -> None:
+        self.n_warnings += 1
+        self.tel.warning(message, subject=subject, code=code)
+
+    def err(self, message: str, *, subject: str = "", code: str = "") -> None:
+        self.n_errors += 1
+        self.tel.error(message, subject=subject, code=code)
+
+    def progress(self, done: float, total: float, **fields: Any) -> None:
+        self.tel.progress(step_done=done, step_total=total, **fields)
+
+    def reporter(self, *, publish: bool = True, progress: ProgressFn | None = None) -> "Reporter":
+        return Reporter(self, progress or self.progress, publish)
+
+
+@dataclass
+class Reporter:
+    """A stage's voice: see the module docstring."""
+
+    ctx: RunContext
+    progress: ProgressFn
+    publish: bool = True
+
+    def warn(self, message: str, *, subject: str = "", code: str = "") -> None:
+        self.ctx.warn(message, subject=subject, code=code)
+
+    def err(self, message: str, *, subject: str = "", code: str = "") -> None:
+        self.ctx.err(message, subject=subject, code=code)
+
+    def metric(self, name: MetricName, value: float, **extra: Any) -> None:
+        if self.publish:
+            self.ctx.tel.metric(MetricName(name), float(value), **extra)
+
+    def trace(self, name: str, array: Any) -> None:
+        if self.publish:
+            self.ctx.tel.trace(name, array)
+
+    def preview(self, payload: PreviewPayload) -> None:
+        if self.publish:
+            self.ctx.tel.emit(EventKind.PREVIEW, payload)
+
+    def deadline_hit(self, stage: str, what: str) -> None:
+        """BUDGET ``deadline``: ``stage`` stopped early at the training deadline."""
+        if self.publish:
+            ctx = self.ctx
+            ctx.tel.budget(
+                BudgetDecision.DEADLINE,
+                f"{stage}: deadline reached, {what}",
+                budget_s=ctx.config.budget_s,
+                deadline_s=ctx.deadlines.training - ctx.t_start,
+            )
+
+    def budget(self, decision: BudgetDecision, message: str, **fields: Any) -> None:
+        if self.publish:
+            self.ctx.tel.budget(decision, message, **fields)

@@ -1,0 +1,179 @@
+"""The mandatory preflight: the whole chain on a small slice, timed.
+
+It runs the same stage functions as the real run (:mod:`.stages`) on
+``preflight_frac`` of the training and validation pairs and one test volume,
+with reduced iterations and a quiet reporter (no METRIC or PREVIEW: the
+dashboard shows the real run), in ``<out>/preflight/``.  What it measures
+(:class:`~nx47_pipeline.run.budget.PreflightTimings`, saved to
+``preflight/timings.json``) feeds the projection; a rerun in the same folder
+reuses it.
+
+The preflight has its own deadline: it must end early enough to leave the
+fallback segmentation of every test volume and the packaging.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nx47_pipeline.data.discovery import VolumeRecord
+from nx47_pipeline.io.submission import write_submission
+from nx47_pipeline.io.volumes import read_volume
+from nx47_pipeline.model.postprocess import fallback_segment
+from nx47_pipeline.run import budget, stages
+from nx47_pipeline.run.budget import PreflightTimings
+from nx47_pipeline.run.context import RunContext
+from nx47_pipeline.unet.backend import torch_available
+from nx47_pipeline.unet.train import time_train_step
+
+#: Phases of the preflight chain (its progress counts them).
+PHASES = ("features", "search", "fit_prox", "unet", "validate", "segment")
+
+
+class OutOfTime(Exception):
+    """The preflight ran past the time the budget leaves it."""
+
+
+@dataclass(frozen=True)
+class PreflightSlice:
+    """What the preflight runs on."""
+
+    train: list[VolumeRecord]  # the first candidates; a bad one is replaced by the next selected
+    candidates: list[VolumeRecord]  # every selected training pair, in order
+    val: list[VolumeRecord]
+    test: list[VolumeRecord]
+
+
+def preflight_slice(ctx: RunContext) -> PreflightSlice:
+    """``ceil(preflight_frac * n)`` training and validation pairs, one test volume."""
+    sel, inv = ctx.state.selection, ctx.state.inventory
+    frac = ctx.config.preflight_frac
+    n_tr = budget.ceil_frac(len(sel.train), frac)
+    n_va = budget.ceil_frac(len(sel.val), frac)
+    return PreflightSlice(train=list(sel.train[:n_tr]), candidates=list(sel.train),
+                          val=list(sel.val[:n_va]), test=list(inv.test[:1]))
+
+
+def preflight_deadline(ctx: RunContext) -> float:
+    """Monotonic time by which the preflight must end (the fallback of every
+    test volume and the end margin stay)."""
+    reserve = budget.preflight_reserve_s(None, test_mvox=[stages.mvox(r.shape) for r in ctx.state.inventory.test])
+    return ctx.deadlines.hard - reserve
+
+
+def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
+    """The whole chain on ``sl`` with reduced iterations; raises
+    :class:`OutOfTime` past :func:`preflight_deadline`."""
+    cfg = ctx.config
+    small_iter = max(5, min(cfg.search_max_iter, 30))
+    phases = len(PHASES)
+    deadline = preflight_deadline(ctx)
+    if time.monotonic() > deadline:
+        raise OutOfTime("nothing left after reserving the fallback segmentation")
+
+    def phase(i: int) -> Callable[..., None]:
+        label = PHASES[i]
+
+        def p(done: float, total: float, **kw: Any) -> None:
+            if time.monotonic() > deadline:
+                raise OutOfTime(f"its deadline passed during {label}")
+            sub = kw.pop("substep", "")
+            kw["substep"] = f"{label}: {sub}" if sub else label
+            ctx.progress(i + done / max(total, 1e-9), phases, **kw)
+        return p
+
+    def quiet(i: int):
+        return ctx.reporter(publish=False, progress=phase(i))
+
+    # features: an unusable candidate (bad label, unreadable file: reported by
+    # name) is replaced by the next selected pair, so one bad file cannot fail
+    # the whole preflight
+    t = time.monotonic()
+    want = len(sl.train)
+    used: list[VolumeRecord] = []
+    paths: list[Path] = []
+    feat = phase(0)
+    for rec in sl.candidates[: want + 5]:
+        if len(paths) == want:
+            break
+        k = len(paths)
+        rep = ctx.reporter(publish=False,
+                           progress=lambda d, t_, _k=k, **kw: feat(_k + d / max(t_, 1e-9), want, **kw))
+        got = stages.features(ctx, rep, [rec], dest / "features")
+        if got:
+            paths += got
+            used.append(rec)
+    if not paths:
+        raise stages.RunFailed("no selected training pair is usable (each was reported above)")
+    samples = stages.load_samples(paths)
+    t_feat = time.monotonic() - t
+    mvox_train = float(np.mean([stages.mvox(r.shape) for r in used]))
+
+    t = time.monotonic()
+    grid = stages.search(ctx, quiet(1), samples, sl.val, dest / "search", max_iter=small_iter, deadline=None)
+    t_search_total = time.monotonic() - t
+    fit_s = grid["fit_seconds"]
+    mvox_val = float(np.sum([stages.mvox(r.shape) for r in sl.val]))
+
+    model = stages.fit(ctx, quiet(2), samples, grid["best"], dest / "model", max_iter=small_iter, deadline=None)
+    unet_s_per_batch = None
+    if cfg.use_unet is not False and torch_available() and deadline - time.monotonic() > 120:
+        phase(3)(0, 1, message="timing one U-Net training batch")
+        unet_s_per_batch = time_train_step(stages.unet_params(ctx), device=cfg.unet_device)
+    phase(3)(1, 1)
+
+    t = time.monotonic()
+    stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None)
+    t_val = time.monotonic() - t
+
+    t = time.monotonic()
+    stages.segment(ctx, quiet(5), model, grid["best"], None, sl.test, dest / "test", deadline=None)
+    t_seg = time.monotonic() - t
+    mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
+
+    vol = read_volume(sl.test[0].image_path, kind="image")
+    t = time.monotonic()
+    fallback_segment(vol, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
+    t_fb = time.monotonic() - t
+    t = time.monotonic()
+    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip")
+    t_pack = time.monotonic() - t
+    ctx.progress(phases, phases, message="preflight chain complete")
+    return PreflightTimings(
+        features_s_per_mvox=t_feat / max(mvox_train * len(paths), 1e-6),
+        search_s_per_mvox=max(t_search_total - fit_s, 1e-3) / max(mvox_val, 1e-6),
+        fit_s_per_iter_row=fit_s / max(grid["fit_iters"] * len(samples.y), 1),
+        validate_s_per_mvox=t_val / max(mvox_val, 1e-6),
+        segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
+        fallback_s_per_mvox=t_fb / max(stages.mvox(vol.shape), 1e-6),
+        package_s_per_volume=t_pack / len(sl.test),
+        mvox_train=mvox_train,
+        mvox_test=mvox_test,
+        rows_per_volume=len(samples.y) / len(paths),
+        grid_fits=len(cfg.l1_grid) * len(cfg.l2_grid),
+        unet_s_per_batch=unet_s_per_batch,
+    )
+
+
+def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) -> None:
+    """Raise :class:`~nx47_pipeline.run.stages.RunFailed` when the slice cannot run."""
+    if not sl.train or not sl.val:
+        raise stages.RunFailed(
+            f"preflight needs at least one training and one validation pair; "
+            f"selected {n_train_selected} training and {n_val_selected} validation pairs"
+        )
+    if not sl.test:
+        raise stages.RunFailed("preflight needs at least one test image; none found")
+
+
+def slice_counts(sl: PreflightSlice) -> tuple[int, int, int]:
+    return len(sl.train), len(sl.val), len(sl.test)
+
+
+__all__: Sequence[str] = ["PHASES", "OutOfTime", "PreflightSlice", "preflight_slice", "preflight_deadline",
+                          "run_chain", "check_slice"]
