@@ -72,6 +72,8 @@ class RunConfig:
     unet_depth: int = 3
     unet_fuse: str = "mean"  # mean | replace
     unet_device: str = "auto"
+    # --- inference only ----------------------------------------------------
+    model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
 
     def __post_init__(self) -> None:
         for name in ("max_train_volumes", "max_val_volumes"):

@@ -8,6 +8,8 @@ verify-journal  check the hash chain of a journal.jsonl
 score           score predicted masks against labels with the local metric
 plan            project a run's duration from an earlier preflight
 serve           serve dashboard.ipynb with Voila on 127.0.0.1
+export-model    copy a run's model bundle out (for `run --model` / Kaggle)
+kaggle-kit      build the offline Kaggle kit (wheels + notebook + README)
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nx47_pipeline.cli import demo_data, plan, run, score, serve, verify_journal
+from nx47_pipeline.cli import demo_data, export_model, kaggle_kit, plan, run, score, serve, verify_journal
 
 #: Commands in help order; ``score`` parses its own arguments.
-COMMANDS = (run, demo_data, verify_journal, score, plan, serve)
+COMMANDS = (run, demo_data, verify_journal, score, plan, serve, export_model, kaggle_kit)
 
 
 def build_parser() -> argparse.ArgumentParser:

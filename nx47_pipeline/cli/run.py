@@ -12,6 +12,7 @@ from pathlib import Path
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
+from nx47_pipeline.model.bundle import read_manifest, verify_files
 from nx47_pipeline.run.orchestrator import run_pipeline
 from nx47_pipeline.telemetry.cancel import CancelToken
 
@@ -39,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="shrink coverage to the largest that fits the budget after the preflight")
     p.add_argument("--unet", dest="use_unet", action=argparse.BooleanOptionalAction, default=None,
                    help="train the optional 3D U-Net (default: on with CUDA, off on CPU)")
+    p.add_argument("--model", dest="model_dir", default=None, metavar="BUNDLE",
+                   help="inference only: segment with this model bundle (nx47 export-model) instead of training")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--heartbeat-interval-s", type=float, default=None)
     p.add_argument("--quiet", action="store_true", help="no console progress lines")
@@ -57,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "auto_coverage": args.auto_coverage,
         "seed": args.seed,
         "heartbeat_interval_s": args.heartbeat_interval_s,
+        "model_dir": args.model_dir,
     }
     if args.quiet:
         overrides["console"] = False
@@ -86,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         config = config.replace(data_root=ensure_data_root(config.data_root))
+        if config.model_dir:  # refuse a bad bundle before any work, naming the file
+            verify_files(config.model_dir, read_manifest(config.model_dir))
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"nx47 run: {exc}", file=sys.stderr)
         return 2

@@ -69,6 +69,7 @@ class RunState:
     fallback_ids: list[str] = field(default_factory=list)
     resumed: bool = False
     error_text: str = ""
+    bundle_summary: str = ""  # a run with --model: what the bundle holds
 
 
 @dataclass

@@ -29,6 +29,7 @@ import numpy as np
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import select_coverage
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.model.bundle import Bundle, BundleError, load_bundle, write_manifest
 from nx47_pipeline.run import budget, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
 from nx47_pipeline.run.context import RunContext, UNetPlan
@@ -152,8 +153,13 @@ def _preflight(ctx: RunContext) -> Status:
             return Status.OK
         t0 = time.monotonic()
         try:
-            preflight.check_slice(sl, len(ctx.state.selection.train), len(ctx.state.selection.val))
-            timings = preflight.run_chain(ctx, sl, ctx.out / "preflight")
+            if ctx.state.model is not None:  # inference only (--model): time that part
+                if not sl.test:
+                    raise RunFailed("preflight needs at least one test image; none found")
+                timings = preflight.run_inference_chain(ctx, sl, ctx.out / "preflight")
+            else:
+                preflight.check_slice(sl, len(ctx.state.selection.train), len(ctx.state.selection.val))
+                timings = preflight.run_chain(ctx, sl, ctx.out / "preflight")
         except Cancelled:
             raise
         except preflight.OutOfTime as exc:
@@ -312,10 +318,57 @@ def _train(ctx: RunContext) -> None:
     if st.model is None:
         _skip(ctx, StageName.VALIDATE, "no model" if had_samples else "no training samples")
         return
+    _validate(ctx)
+    _write_bundle_manifest(ctx)
+
+
+def _validate(ctx: RunContext) -> None:
+    st = ctx.state
     val = st.selection.val
     with _stage(ctx, StageName.VALIDATE, total=max(len(val), 1)):
         st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.out / "val",
                                         deadline=ctx.deadlines.training)
+
+
+def _validation_summary(st) -> dict[str, Any]:
+    scores = [v["score"] for v in st.val_scores.values()]
+    return {"mean_score": float(np.mean(scores)) if scores else None, "per_volume": st.val_scores}
+
+
+def _write_bundle_manifest(ctx: RunContext) -> None:
+    """``model/model.json``: the trained model as a bundle (``nx47 export-model``)."""
+    cfg, st = ctx.config, ctx.state
+    try:
+        write_manifest(
+            ctx.out / "model", best=st.best, closing_radius=cfg.closing_radius,
+            min_component_voxels=cfg.min_component_voxels, unet_fuse=cfg.unet_fuse if st.unet else None,
+            train_ids=[r.id for r in st.selection.train], val_ids=[r.id for r in st.selection.val],
+            validation=_validation_summary(st),
+        )
+    except (OSError, ValueError) as exc:
+        ctx.err(f"{ctx.out / 'model' / 'model.json'}: could not write the model bundle manifest: {exc}",
+                code="bundle_write_failed")
+
+
+def _use_bundle(ctx: RunContext) -> Bundle | None:
+    """Load ``config.model_dir``; the run then segments with it (inference only).
+    None, with an ERROR naming the file, when the bundle is refused."""
+    cfg, st = ctx.config, ctx.state
+    try:
+        bundle = load_bundle(cfg.model_dir, device=cfg.unet_device)
+    except (BundleError, ImportError) as exc:
+        ctx.err(f"model bundle refused: {exc}", subject=str(cfg.model_dir), code="bundle_invalid")
+        return None
+    # the bundle's post-processing makes the masks those of the run that trained it
+    ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
+                             min_component_voxels=bundle.min_component_voxels,
+                             feature_scales=bundle.feature_scales)
+    st.model, st.best, st.unet = bundle.model, dict(bundle.best), bundle.unet
+    if bundle.unet is not None:
+        st.unet_plan = UNetPlan(True, f"U-Net from {bundle.path}",
+                                UNetCost(params=bundle.unet.params, device=cfg.unet_device))
+    st.bundle_summary = bundle.summary()
+    return bundle
 
 
 def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | None:
@@ -331,6 +384,36 @@ def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | Non
         return stages.package(ctx, ctx.reporter(), test, ctx.out / "test", ctx.out / "submission.zip")
 
 
+def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
+    """A run with ``--model``: no training; validate (when validation pairs
+    are selected), segment and package with the bundle's model."""
+    bundle = _use_bundle(ctx)
+    why = f"model from {ctx.config.model_dir}"
+    if bundle is None or _preflight(ctx) != Status.OK:
+        for name in _TRAINING_STAGES:
+            _skip(ctx, name, why if bundle is not None else "model bundle refused")
+        ctx.state.model = ctx.state.unet = None
+        sub = _segment_and_package(ctx, test, model_ok=False)
+        return Status.FAILED if bundle is None else (Status.OK if sub is not None or not test else Status.FAILED), sub
+    for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET):
+        _skip(ctx, name, why)
+    st = ctx.state
+    n_test = len(st.inventory.test)
+    proj = budget.project_run(st.timings, n_train=0, n_val=len(st.selection.val), n_test=n_test, config=ctx.config,
+                              unet=st.unet_plan.cost if st.unet is not None else None)
+    mvox_test = float(np.mean([stages.mvox(r.shape) for r in st.inventory.test])) if n_test else 0.0
+    ctx.deadlines.reserve_s = budget.segment_reserve_s(st.timings, n_test=n_test, mvox_test=mvox_test,
+                                                       unet=st.unet_plan.cost if st.unet is not None else None)
+    for name, secs in proj.per_stage.items():
+        ctx.tel.plan.set_weight(name, max(secs, 0.01))
+    if st.selection.val:
+        _validate(ctx)
+    else:
+        _skip(ctx, StageName.VALIDATE, "no validation pairs selected")
+    sub = _segment_and_package(ctx, test, model_ok=True)
+    return (Status.OK if sub is not None or not test else Status.FAILED), sub
+
+
 def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
     _discovery(ctx)
     inv = ctx.state.inventory
@@ -338,6 +421,8 @@ def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
     if not test:
         ctx.err(f"{inv.root}: no test images found (test_images/*.tif); nothing to submit",
                 subject=str(inv.root), code="no_test")
+    if ctx.config.model_dir:
+        return _inference_chain(ctx, test)
     pre = _preflight(ctx)
     if pre != Status.OK:
         why = "preflight failed" if pre == Status.FAILED else "budget too small to train"
@@ -360,7 +445,6 @@ def run_stats(ctx: RunContext, status: Status, submission: Path | None) -> dict[
     """GLOBAL_STATS / ``stats.json``: counts, per-stage status and seconds
     (from the plan), validation scores, coverage."""
     st, plan = ctx.state, ctx.tel.plan
-    scores = [v["score"] for v in st.val_scores.values()]
     head = getattr(getattr(ctx.tel, "journal", None), "head", None)
     stage_status = {n: str(plan.status(n)) for n in plan.stage_names if plan.status(n) != Status.PENDING}
     stage_seconds = {n: round(s, 3) for n in plan.stage_names if (s := plan.seconds(n)) is not None}
@@ -380,10 +464,9 @@ def run_stats(ctx: RunContext, status: Status, submission: Path | None) -> dict[
         "fallback_ids": list(st.fallback_ids),
         "stage_seconds": stage_seconds,
         "stage_status": stage_status,
-        "validation": {
-            "mean_score": float(np.mean(scores)) if scores else None,
-            "per_volume": st.val_scores,
-        },
+        "validation": _validation_summary(st),
+        "model_dir": ctx.config.model_dir or None,
+        "model_bundle": st.bundle_summary or None,
         "best": {k: v for k, v in st.best.items() if k != "model_path"},
         "coverage": st.audit,
         "elapsed_s": round(time.monotonic() - ctx.t_start, 3),

@@ -160,6 +160,53 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     )
 
 
+def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
+    """The inference part of the chain on ``sl`` (a run with ``--model``):
+    validation of one pair when there is one, model segmentation of one test
+    volume, the fallback and the packaging, timed.  Training rates are 0."""
+    st = ctx.state
+    deadline = preflight_deadline(ctx)
+    if time.monotonic() > deadline:
+        raise OutOfTime("nothing left after reserving the fallback segmentation")
+    n = 4
+
+    def step(i: int, label: str):
+        def p(done: float, total: float, **kw: Any) -> None:
+            if time.monotonic() > deadline:
+                raise OutOfTime(f"its deadline passed during {label}")
+            sub = kw.pop("substep", "")
+            kw["substep"] = f"{label}: {sub}" if sub else label
+            ctx.progress(i + done / max(total, 1e-9), n, **kw)
+        return ctx.reporter(publish=False, progress=p)
+
+    t = time.monotonic()
+    val = sl.val[:1]
+    stages.validate(ctx, step(0, "validate"), st.model, st.best, st.unet, val, dest / "val", deadline=None)
+    t_val = time.monotonic() - t
+    mvox_val = float(np.sum([stages.mvox(r.shape) for r in val]))
+    t = time.monotonic()
+    stages.segment(ctx, step(1, "segment"), st.model, st.best, st.unet, sl.test, dest / "test", deadline=None)
+    t_seg = time.monotonic() - t
+    mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
+    vol = read_volume(sl.test[0].image_path, kind="image")
+    t = time.monotonic()
+    fallback_segment(vol, closing_radius=ctx.config.closing_radius, min_size=ctx.config.min_component_voxels)
+    t_fb = time.monotonic() - t
+    t = time.monotonic()
+    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip")
+    t_pack = time.monotonic() - t
+    ctx.progress(n, n, message="inference preflight complete")
+    return PreflightTimings(
+        features_s_per_mvox=0.0, search_s_per_mvox=0.0, fit_s_per_iter_row=0.0,
+        validate_s_per_mvox=t_val / max(mvox_val, 1e-6) if val else t_seg / max(mvox_test, 1e-6),
+        segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
+        fallback_s_per_mvox=t_fb / max(stages.mvox(vol.shape), 1e-6),
+        package_s_per_volume=t_pack / len(sl.test),
+        mvox_train=float(np.mean([stages.mvox(r.shape) for r in val])) if val else mvox_test,
+        mvox_test=mvox_test, rows_per_volume=0.0, grid_fits=0,
+    )
+
+
 def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) -> None:
     """Raise :class:`~nx47_pipeline.run.stages.RunFailed` when the slice cannot run."""
     if not sl.train or not sl.val:

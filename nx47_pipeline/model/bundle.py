@@ -1,0 +1,256 @@
+"""Model bundles: a trained model as a self-describing folder.
+
+A finished training run's ``<out>/model/`` is a bundle: ``model.json`` (the
+manifest) beside the files it lists.  The manifest holds everything that
+turns a volume into the same mask as the run that trained it: the linear
+model's file and filter-bank scales, the search's thresholds, the
+post-processing parameters, the U-Net's weights, parameters and fusion mode
+when it was trained, the training and validation ids, the validation scores,
+the code version, and the sha256 of every file.
+
+:func:`load_bundle` refuses a bundle that is not one (no or unreadable
+``model.json``), of an unknown format version, or whose files are missing or
+do not match their sha256, with an error naming the file.  U-Net weights are
+read with ``weights_only=True`` (:func:`nx47_pipeline.unet.load_unet`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from nx47_pipeline import __version__
+from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.model.linear import LogisticModel
+from nx47_pipeline.model.predict import UNetPart
+from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
+
+MANIFEST = "model.json"
+FORMAT = "nx47-model-bundle"
+FORMAT_VERSION = 1
+LINEAR_FILE = "model.npz"
+FIT_FILE = "fit.json"
+UNET_FILE = f"unet/{CHECKPOINT_NAME}"
+
+
+class BundleError(ValueError):
+    """A model bundle cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified model bundle.
+
+    Attributes
+    ----------
+    path : Path
+        The bundle folder.
+    manifest : dict
+        ``model.json``.
+    model : LogisticModel
+    best : dict
+        ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search.
+    closing_radius : tuple of int
+    min_component_voxels : int
+    unet : UNetPart or None
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    model: LogisticModel
+    best: dict[str, Any]
+    closing_radius: tuple[int, int, int]
+    min_component_voxels: int
+    unet: UNetPart | None
+
+    @property
+    def feature_scales(self) -> tuple[float, ...]:
+        return tuple(self.model.scales)
+
+    def summary(self) -> str:
+        """One line for people: what the bundle holds and how it scored."""
+        m = self.manifest
+        val = (m.get("validation") or {}).get("mean_score")
+        return (
+            f"{self.path}: linear model ({len(self.model.coef)} features, scales {list(self.feature_scales)})"
+            + (" + U-Net" if self.unet is not None else "")
+            + f"; thresholds {self.best['low']:.2f}/{self.best['high']:.2f}; "
+            f"trained on {len(m.get('train_ids', []))} volumes"
+            + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
+            + f"; nx47 {m.get('code_version', '?')}"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(
+    model_dir: str | Path,
+    *,
+    best: Mapping[str, Any],
+    closing_radius: Sequence[int],
+    min_component_voxels: int,
+    unet_fuse: str | None,
+    train_ids: Sequence[str],
+    val_ids: Sequence[str],
+    validation: Mapping[str, Any],
+) -> Path:
+    """Write ``model_dir/model.json`` describing the files already there.
+
+    The U-Net entry is written when ``model_dir/unet/last.pt`` exists and
+    ``unet_fuse`` is given (the run used the U-Net).
+    """
+    model_dir = Path(model_dir)
+    linear = LogisticModel.load(model_dir / LINEAR_FILE)
+    files = [LINEAR_FILE] + ([FIT_FILE] if (model_dir / FIT_FILE).exists() else [])
+    unet = None
+    if unet_fuse is not None and (model_dir / UNET_FILE).exists():
+        files.append(UNET_FILE)
+        unet = {"file": UNET_FILE, "fuse": unet_fuse}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "code_version": __version__,
+        "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "linear": {"file": LINEAR_FILE, "feature_scales": list(linear.scales),
+                   "n_features": int(len(linear.coef))},
+        "search": {k: best.get(k) for k in ("l1", "l2", "low", "high", "score")},
+        "postprocess": {"closing_radius": [int(r) for r in closing_radius],
+                        "min_component_voxels": int(min_component_voxels)},
+        "unet": unet,
+        "train_ids": list(train_ids),
+        "val_ids": list(val_ids),
+        "validation": dict(validation),
+        "files": {name: sha256_file(model_dir / name) for name in files},
+    }
+    return write_json(model_dir / MANIFEST, manifest, sort_keys=True)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """``model.json`` of the bundle at ``path``, checked for format and version."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a model bundle folder (it does not exist or is a file)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{mpath}: missing; a model bundle holds model.json (export one with "
+                          "`nx47 export-model --run DIR --out BUNDLE`)") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{mpath}: unreadable or not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not an NX47 model bundle manifest (format {manifest.get('format')!r})"
+                          if isinstance(manifest, dict) else f"{mpath}: not a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: unknown format_version {version!r} (this nx47 reads {FORMAT_VERSION})")
+    for key in ("linear", "search", "postprocess", "files"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(f"{mpath}: field {key!r} is missing or not an object")
+    return manifest
+
+
+def verify_files(path: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Raise :class:`BundleError` naming the first listed file that is missing
+    or whose sha256 differs."""
+    path = Path(path)
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{path / MANIFEST}: file entry {name!r} leaves the bundle folder")
+        if not f.is_file():
+            raise BundleError(f"{f}: listed in {MANIFEST} but missing")
+        got = sha256_file(f)
+        if got != digest:
+            raise BundleError(f"{f}: sha256 {got[:12]}... does not match {MANIFEST} ({str(digest)[:12]}...); "
+                              "the file was changed or corrupted")
+
+
+def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
+    """Read, verify and load the bundle at ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The bundle folder (``model.json`` and its files).
+    device : str
+        Where to place the U-Net, when the bundle holds one.
+
+    Raises
+    ------
+    BundleError
+        Not a bundle, unknown format version, a file missing or changed, or a
+        file that does not load; the message names the file.
+    """
+    path = Path(path).expanduser()
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    linear_file = path / manifest["linear"]["file"]
+    try:
+        model = LogisticModel.load(linear_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{linear_file}: not a readable linear model ({exc})") from None
+    search = manifest["search"]
+    for key in ("low", "high"):
+        if not isinstance(search.get(key), (int, float)):
+            raise BundleError(f"{path / MANIFEST}: search.{key} must be a number, got {search.get(key)!r}")
+    post = manifest["postprocess"]
+    unet = None
+    if manifest.get("unet"):
+        ufile = path / manifest["unet"]["file"]
+        try:
+            net, params = load_unet(ufile, device=device)
+        except ImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - named and re-raised as a bundle problem
+            raise BundleError(f"{ufile}: U-Net weights do not load ({type(exc).__name__}: {exc})") from None
+        unet = UNetPart(net=net, params=params, device=device, fuse=manifest["unet"].get("fuse", "mean"))
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        model=model,
+        best={k: search.get(k) for k in ("l1", "l2", "low", "high", "score")},
+        closing_radius=tuple(int(r) for r in post["closing_radius"]),
+        min_component_voxels=int(post["min_component_voxels"]),
+        unet=unet,
+    )
+
+
+def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
+    """Copy the bundle of the run in ``run_dir`` (its ``model/``) to ``out``.
+
+    Only the manifest and the files it lists are copied; the copy is
+    verified.  ``out`` must not exist or be an empty folder.
+    """
+    src = Path(run_dir) / "model"
+    if not (src / MANIFEST).exists() and (Path(run_dir) / MANIFEST).exists():
+        src = Path(run_dir)  # already a bundle folder
+    manifest = read_manifest(src)
+    verify_files(src, manifest)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: exists and is not empty; choose a new folder for the bundle")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for name in list(manifest["files"]) + [MANIFEST]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, tmp / name)
+    verify_files(tmp, manifest)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out

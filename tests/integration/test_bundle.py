@@ -1,0 +1,170 @@
+"""Model bundles and inference-only runs (``nx47 run --model``), under Kaggle
+conditions: input mounted read-only, ``KAGGLE_KERNEL_RUN_TYPE=Batch``, output
+to a writable folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from nx47_pipeline.data.demo import generate_demo_dataset
+from nx47_pipeline.model.bundle import FORMAT_VERSION, MANIFEST, BundleError, export_bundle, load_bundle
+from nx47_pipeline.run.orchestrator import run_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pipeline import small_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINING = ("features", "search", "fit_prox", "unet")
+
+
+def _read_only_copy(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose files and folders cannot be written (as /kaggle/input)."""
+    shutil.copytree(src, dst)
+    for p in sorted(dst.rglob("*"), reverse=True) + [dst]:
+        mode = p.stat().st_mode
+        p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return dst
+
+
+def _masks(out: Path) -> dict[str, np.ndarray]:
+    return {p.name: tifffile.imread(p) for p in sorted((out / "test").glob("*.tif"))
+            if not p.name.endswith("_prob.tif")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    data = root / "data"
+    generate_demo_dataset(data, n_train=6, n_test=2, shape=40, seed=11)
+    out = root / "train"
+    result = run_pipeline(small_config(data, out, max_val_volumes=1))
+    assert result.status == "ok", result.error
+    bundle = export_bundle(out, root / "bundle")
+    ro = _read_only_copy(data, root / "input")
+    yield data, ro, out, bundle
+    for p in [ro] + list(ro.rglob("*")):
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+def test_a_training_run_leaves_a_self_describing_bundle(trained):
+    _, _, out, bundle = trained
+    manifest = json.loads((out / "model" / MANIFEST).read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert set(manifest["files"]) >= {"model.npz"}
+    assert manifest["search"]["low"] < manifest["search"]["high"]
+    assert manifest["postprocess"]["min_component_voxels"] == small_config(Path("."), Path(".")).min_component_voxels
+    assert manifest["train_ids"] and manifest["val_ids"]
+    assert isinstance(manifest["validation"]["mean_score"], float)
+    # the export holds exactly the manifest and its files, and loads
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(["model.json", *manifest["files"]])
+    assert "linear model" in load_bundle(bundle).summary()
+
+
+def test_run_with_model_gives_the_training_runs_masks_on_read_only_input(trained, tmp_path, monkeypatch):
+    _, ro, out, bundle = trained
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    result = run_pipeline(small_config(ro, tmp_path / "working", model_dir=str(bundle), max_val_volumes=1))
+    assert result.status == "ok", result.error
+    assert (tmp_path / "working" / "submission.zip").is_file()
+    reference, got = _masks(out), _masks(tmp_path / "working")
+    assert reference and set(got) == set(reference)
+    for name in reference:
+        np.testing.assert_array_equal(got[name], reference[name])
+    stats = result.stats
+    for stage in TRAINING:
+        assert stats["stage_status"][stage] == "skipped"
+    assert stats["stage_status"]["segment"] == "ok" and stats["stage_status"]["validate"] == "ok"
+    assert stats["elapsed_s"] > 0 and "segment" in stats["stage_seconds"]  # its own time
+    assert stats["model_dir"] == str(bundle)
+    steps = [json.loads(line) for line in (tmp_path / "working" / "journal.jsonl").read_text().splitlines()]
+    skips = {e["stage"]: e["payload"]["message"] for e in steps
+             if e["kind"] == "STEP" and e["payload"]["status"] == "skipped"}
+    assert skips == {s: f"model from {bundle}" for s in TRAINING}
+
+
+def test_a_tampered_bundle_is_refused_by_file_name(trained, tmp_path):
+    data, _, _, bundle = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    raw = bytearray((bad / "model.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (bad / "model.npz").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"model\.npz.*sha256"):
+        load_bundle(bad)
+    proc = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "run", "--data", str(data),
+                           "--out", str(tmp_path / "o"), "--model", str(bad), "--quiet"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2
+    assert str(bad / "model.npz") in proc.stderr
+    assert not (tmp_path / "o" / "submission.zip").exists()
+    # unknown format version, and not a bundle at all
+    other = tmp_path / "v9"
+    shutil.copytree(bundle, other)
+    m = json.loads((other / MANIFEST).read_text())
+    m["format_version"] = 9
+    (other / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format_version 9"):
+        load_bundle(other)
+    with pytest.raises(BundleError, match="model.json"):
+        load_bundle(tmp_path)
+
+
+def test_export_model_command(trained, tmp_path):
+    _, _, out, _ = trained
+    proc = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "export-model", "--run", str(out),
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "thresholds" in proc.stdout
+    again = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "export-model", "--run", str(out),
+                            "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.timeout(900)
+def test_kaggle_kit_installs_offline_in_a_fresh_venv_and_runs_with_the_model(trained, tmp_path):
+    """Exactly the Kaggle flow: build the kit, a fresh virtual environment,
+    ``pip install --no-index --find-links KIT/wheels nx47`` with no package
+    index reachable, then ``nx47 run --data <read-only> --out X --model BUNDLE``."""
+    _, ro, out, bundle = trained
+    kit = tmp_path / "kit"
+    build = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "kaggle-kit", "--out", str(kit)],
+                           capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheels = sorted(p.name for p in (kit / "wheels").glob("*.whl"))
+    assert any(w.startswith("nx47-") for w in wheels)
+    assert not any(w.startswith("torch-") for w in wheels)
+    for dep in ("numpy", "scipy", "scikit_image", "tifffile", "connected_components_3d", "edt",
+                "surface_distance"):
+        assert any(w.lower().startswith(dep) for w in wheels), (dep, wheels)
+    nb = json.loads((kit / "nx47-kaggle.ipynb").read_text())
+    assert "--no-index" in "".join(nb["cells"][0]["source"])
+    assert (kit / "README.md").is_file()
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "NX47_", "PYTHON"))}
+    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", KAGGLE_KERNEL_RUN_TYPE="Batch")
+    inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                           str(kit / "wheels"), "nx47"], capture_output=True, text=True, timeout=600,
+                          env=offline, cwd=tmp_path)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    work = tmp_path / "working"
+    run = subprocess.run([str(venv / "bin" / "nx47"), "run", "--data", str(ro), "--out", str(work),
+                          "--model", str(bundle), "--max-val-volumes", "1", "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=offline, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert (work / "submission.zip").is_file()
+    reference, got = _masks(out), _masks(work)
+    for name in reference:
+        np.testing.assert_array_equal(got[name], reference[name])
