@@ -16,6 +16,8 @@ from typing import Any, Iterable, Sequence
 
 import ipywidgets as W
 
+from nx47_pipeline.telemetry.format import format_duration
+
 from .state import (
     AXES,
     LEVELS,
@@ -26,7 +28,6 @@ from .state import (
     PreviewState,
     ProgressState,
     ResultsState,
-    format_duration,
 )
 
 __all__ = [
