@@ -1,27 +1,31 @@
-"""The dashboard: controls, panels, runner and UI pump wired together.
+"""The dashboard: settings, run controls, panels, runner and UI pump wired together.
 
 ``build_dashboard(config)`` is what ``dashboard.ipynb`` calls when it is shown
-(Voila, Jupyter, Kaggle interactive); ``run_headless(config)`` is what it
-calls when executed headless (papermill / nbclient, Kaggle commit runs).
+(Voila, Jupyter, Kaggle interactive).  What happens lives elsewhere: event
+reducers in :mod:`nx47_widgets.state`, widget panels in
+:mod:`nx47_widgets.views`, the controls' mapping to RunConfig in
+:mod:`nx47_widgets.settings`, runners and the pump in
+:mod:`nx47_widgets.runner`, the headless path in :mod:`nx47_widgets.notebook`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import ipywidgets as W
+from IPython.display import display
 
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event, EventKind
 
-from .runner import DetachedRunner, Job, ThreadedRunner, UIPump, pid_alive, read_lock_pid
-from .state import CoverageModel, DashboardState, LogEntry
-from .views import (
+from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has_run, is_live
+from nx47_widgets.settings import SettingsForm
+from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
+from nx47_widgets.views import (
     ChartsPanel,
     CoveragePanel,
     HeartbeatPanel,
@@ -29,117 +33,17 @@ from .views import (
     PreviewPanel,
     ProgressPanel,
     ResultsPanel,
+    RunControls,
     Syncer,
 )
 
-__all__ = ["Dashboard", "build_dashboard", "run_headless", "should_autorun", "is_headless",
-           "config_from_parameters"]
+__all__ = ["Dashboard", "build_dashboard"]
 
-_UNET_OPTIONS = [("auto (GPU only)", None), ("on", True), ("off", False)]
+#: Values of ``NX47_DETACHED`` that turn the "detached" toggle on.
+_YES = ("1", "true", "yes", "on")
 
-#: Environment variables that show an interactive front end is attached.
-_INTERACTIVE_ENV = ("VOILA_KERNEL_ID", "VOILA_SERVER_URL", "VOILA_APP_PORT",
-                    "JPY_SESSION_NAME", "VSCODE_PID", "COLAB_RELEASE_TAG")
-
-
-def is_headless(environ: Mapping[str, str] | None = None) -> bool:
-    """Guess whether nobody can click: True for papermill / nbclient runs.
-
-    Rules, first match wins: ``NX47_AUTO_RUN`` (1/0) decides;
-    ``KAGGLE_KERNEL_RUN_TYPE=Batch`` (a Kaggle commit run) is headless, any
-    other value (``Interactive``) is not; a Voila kernel, a Jupyter server
-    session (``JPY_SESSION_NAME``), VS Code or Colab is interactive; anything
-    else (papermill, nbclient, ``jupyter nbconvert --execute``) is headless.
-    """
-    env = os.environ if environ is None else environ
-    forced = env.get("NX47_AUTO_RUN", "").strip().lower()
-    if forced in ("1", "true", "yes", "on"):
-        return True
-    if forced in ("0", "false", "no", "off"):
-        return False
-    kaggle = env.get("KAGGLE_KERNEL_RUN_TYPE", "").strip()
-    if kaggle:
-        return kaggle.lower() == "batch"
-    if any(env.get(name) for name in _INTERACTIVE_ENV):
-        return False
-    return True
-
-
-def should_autorun(auto_run: bool | None = None,
-                   environ: Mapping[str, str] | None = None) -> bool:
-    """``auto_run`` if given, else :func:`is_headless`."""
-    if auto_run is not None:
-        return bool(auto_run)
-    return is_headless(environ)
-
-
-def config_from_parameters(*, data_root: str | None = None, out_dir: str | None = None,
-                           max_train_volumes: int | None = None,
-                           max_val_volumes: int | None = None, budget_s: float | None = None,
-                           use_unet: bool | None = None,
-                           environ: Mapping[str, str] | None = None) -> RunConfig:
-    """The RunConfig of the notebook's ``parameters`` cell.
-
-    A parameter left at None falls back to its ``NX47_*`` environment
-    variable, then to the RunConfig default (``use_unet=None`` too: it does
-    not override ``NX47_USE_UNET``).  Without ``out_dir`` / ``NX47_OUT_DIR``,
-    a Kaggle notebook writes to ``/kaggle/working``.
-    """
-    env = os.environ if environ is None else environ
-    overrides: dict[str, Any] = dict(
-        data_root=data_root, out_dir=out_dir, max_train_volumes=max_train_volumes,
-        max_val_volumes=max_val_volumes, budget_s=budget_s)
-    if use_unet is not None:
-        overrides["use_unet"] = bool(use_unet)
-    if out_dir is None and not env.get("NX47_OUT_DIR") and Path("/kaggle/working").is_dir():
-        overrides["out_dir"] = "/kaggle/working"
-    return RunConfig.from_env(env, **overrides)
-
-
-def run_headless(config: RunConfig, *, stream=None) -> Any:
-    """Run the pipeline in this thread, printing progress lines; block until it ends.
-
-    Parameters
-    ----------
-    config : RunConfig
-        The run.
-    stream : text stream, optional
-        Where progress lines go (default ``sys.stdout``, i.e. the notebook
-        output that papermill saves).
-
-    Returns
-    -------
-    RunResult
-        From :func:`nx47_pipeline.run.orchestrator.run_pipeline`.
-
-    Raises
-    ------
-    RuntimeError
-        When the run left no ``submission.zip`` (the notebook run then fails
-        visibly instead of looking successful).
-    """
-    from nx47_pipeline.run.orchestrator import run_pipeline
-
-    stream = sys.stdout if stream is None else stream
-    print(f"[nx47] headless run: data={config.data_root} out={config.out_dir} "
-          f"max_train={config.max_train_volumes} max_val={config.max_val_volumes} "
-          f"budget={config.budget_s:.0f}s", file=stream, flush=True)
-    result = run_pipeline(config, console_stream=stream)
-    print(f"[nx47] finished: status={result.status} submission={result.submission}",
-          file=stream, flush=True)
-    if result.submission is None:
-        raise RuntimeError(f"the run in {config.out_dir} ended with status {result.status!r} "
-                           f"and no submission.zip (see {config.out_dir}/journal.jsonl)")
-    return result
-
-
-def _discover(data_root: str) -> tuple[Any, Any]:
-    """(root, inventory) from the discovery module (no demo data is generated
-    here: a run does that when it starts)."""
-    from nx47_pipeline.data.discovery import discover, resolve_data_root
-
-    root = resolve_data_root(data_root)
-    return root, discover(root)
+#: Kinds after which the preflight timings in the output folder may be new.
+_TIMING_KINDS = frozenset({EventKind.PREFLIGHT_OK, EventKind.BUDGET})
 
 
 class Dashboard:
@@ -166,6 +70,14 @@ class Dashboard:
     ----------
     widget : ipywidgets.VBox
         The whole page.
+    settings : SettingsForm
+        The run settings' controls (also reachable as ``data_root``,
+        ``out_dir``, ``max_train``, ``max_val``, ``budget_min``, ``use_unet``,
+        ``auto_coverage``).
+    controls : RunControls
+        Scan, Detached, Run, Stop, Attach and the status line (also reachable
+        as ``scan_button``, ``detached``, ``run_button``, ``stop_button``,
+        ``attach_button``, ``status``).
     state : DashboardState
     coverage : CoverageModel or None
     runner : ThreadedRunner, DetachedRunner or None
@@ -186,43 +98,17 @@ class Dashboard:
         self.coverage_note = ""
         self.runner: ThreadedRunner | DetachedRunner | None = None
         self._lock = threading.RLock()
-        self._verified_for: str | None = None
-        self._finished_seen = False
 
         # -- controls ---------------------------------------------------
-        self.data_root = W.Text(value=str(config.data_root), description="Data root",
-                                layout=W.Layout(width="480px"))
-        self.scan_button = W.Button(description="Scan data", tooltip="discover the data root again")
-        self.out_dir = W.Text(value=str(config.out_dir), description="Output",
-                              layout=W.Layout(width="480px"))
-        self.max_train = W.IntSlider(value=config.max_train_volumes, min=0, max=max(
-            config.max_train_volumes, 1), description="Max train", continuous_update=True)
-        self.max_val = W.IntSlider(value=config.max_val_volumes, min=0, max=max(
-            config.max_val_volumes, 1), description="Max val", continuous_update=True)
-        self.max_train.add_class("nx47-max-train")
-        self.max_val.add_class("nx47-max-val")
-        self.budget_min = W.BoundedFloatText(value=round(config.budget_s / 60.0, 2), min=0.1,
-                                             max=7 * 24 * 60, step=1.0,
-                                             description="Budget (min)",
-                                             style={"description_width": "initial"})
-        self.use_unet = W.Dropdown(options=_UNET_OPTIONS, value=config.use_unet,
-                                   description="U-Net")
-        self.auto_coverage = W.Checkbox(value=config.auto_coverage, indent=False,
-                                        description="Auto coverage (largest that fits)",
-                                        layout=W.Layout(width="auto"))
-        self.detached = W.Checkbox(value=detached, indent=False,
-                                   description="Detached (run survives page reload)",
-                                   layout=W.Layout(width="auto"))
-        self.detached.add_class("nx47-detached")
-        self.run_button = W.Button(description="Run", button_style="success")
-        self.stop_button = W.Button(description="Stop", button_style="danger", disabled=True)
-        self.attach_button = W.Button(description="Attach to output folder",
-                                      layout=W.Layout(width="auto"))
-        for b, cls in ((self.run_button, "nx47-run"), (self.stop_button, "nx47-stop"),
-                       (self.attach_button, "nx47-attach")):
-            b.add_class(cls)
-        self.status = W.HTML("")
-        self.status.add_class("nx47-status-line")
+        self.settings = SettingsForm(config)
+        self.controls = RunControls(self.syncer, detached=detached)
+        s, c = self.settings, self.controls
+        self.data_root, self.out_dir = s.data_root, s.out_dir
+        self.max_train, self.max_val, self.budget_min = s.max_train, s.max_val, s.budget_min
+        self.use_unet, self.auto_coverage = s.use_unet, s.auto_coverage
+        self.scan_button, self.detached, self.status = c.scan_button, c.detached, c.status
+        self.run_button, self.stop_button = c.run_button, c.stop_button
+        self.attach_button = c.attach_button
 
         # -- panels -----------------------------------------------------
         self.progress_panel = ProgressPanel(self.syncer)
@@ -234,19 +120,19 @@ class Dashboard:
         self.charts_panel = ChartsPanel(self.syncer)
         self.results_panel = ResultsPanel(self.syncer)
 
-        controls = W.VBox([
-            W.HBox([self.data_root, self.scan_button]),
-            self.out_dir,
-            W.HBox([self.max_train, self.max_val]),
-            W.HBox([self.budget_min, self.use_unet]),
-            W.HBox([self.auto_coverage, self.detached]),
-            W.HBox([self.run_button, self.stop_button, self.attach_button]),
-            self.status,
+        form = W.VBox([
+            W.HBox([s.data_root, c.scan_button]),
+            s.out_dir,
+            W.HBox([s.max_train, s.max_val]),
+            W.HBox([s.budget_min, s.use_unet]),
+            W.HBox([s.auto_coverage, c.detached]),
+            W.HBox([c.run_button, c.stop_button, c.attach_button]),
+            c.status,
         ])
         self.widget = W.VBox([
             W.HTML("<h2 style='margin:4px 0'>NX47 — surface segmentation run</h2>"),
-            W.HBox([controls, W.VBox([W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
-                                      self.coverage_panel.widget])]),
+            W.HBox([form, W.VBox([W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
+                                  self.coverage_panel.widget])]),
             self.heartbeat_panel.widget,
             self.progress_panel.widget,
             self.preview_panel.widget,
@@ -257,110 +143,68 @@ class Dashboard:
         self.widget.add_class("nx47-dashboard")
 
         # -- wiring -----------------------------------------------------
-        for w in (self.max_train, self.max_val, self.budget_min, self.auto_coverage):
-            w.observe(self._on_coverage_control, names="value")
-        self.scan_button.on_click(lambda _b: self.scan())
-        self.run_button.on_click(lambda _b: self._guard(self.run))
-        self.stop_button.on_click(lambda _b: self._guard(self.stop))
-        self.attach_button.on_click(lambda _b: self._guard(self.attach))
+        self.settings.observe(self._on_coverage_control)
+        self.controls.on_click(scan=self.scan, run=self.run, stop=self.stop, attach=self.attach)
 
         self.pump = UIPump(None, self.flush, interval=pump_interval)
         self.scan()
-        self._render_all(tick=True)
+        self._render_all()
         if auto_attach:
             self._auto_attach()
         if start_pump:
             self.pump.start()
 
-    # ------------------------------------------------------------------
-    def _guard(self, fn: Callable[[], Any]) -> None:
-        """Run a button action; show an error in the status line instead of raising."""
-        try:
-            fn()
-        except Exception as exc:
-            self._set_status(f"<span style='color:#c62828'>{type(exc).__name__}: {exc}</span>")
-
-    def _set_status(self, html_text: str) -> None:
-        self.syncer.set(self.status, value=html_text)
-
     # -- coverage ----------------------------------------------------------
     def scan(self) -> None:
         """Discover the data root and bound the sliders by what was found."""
-        from nx47_pipeline.run.budget import load_preflight_timings
-
-        try:
-            root, inv = _discover(self.data_root.value.strip() or "auto")
-        except Exception as exc:
-            with self._lock:
-                self.coverage = None
-                self.coverage_note = f"data root {self.data_root.value!r}: {exc}"
-                self.coverage_panel.render(None, self.coverage_note)
-            return
-        n_pairs, n_test = len(inv.pairs), len(inv.test)
-        timings = load_preflight_timings(self.out_dir.value) if self.out_dir.value else None
         with self._lock:
-            self.coverage = CoverageModel(n_pairs=n_pairs, n_test=n_test,
-                                          config=self.current_config(), timings=timings)
-            issues = len(getattr(inv, "issues", []) or [])
-            self.coverage_note = f"root: {root}" + (f" · {issues} issue(s) found" if issues else "")
-            for s in (self.max_train, self.max_val):
-                s.max = max(n_pairs, 1)
-                if s.value > n_pairs:
-                    s.value = n_pairs
-            self._render_coverage()
+            self.coverage, self.coverage_note = scan_coverage(
+                self.data_root.value, self.out_dir.value, self.current_config())
+            if self.coverage is not None:
+                self.settings.bound_volumes(self.coverage.n_pairs)
+            self.coverage_panel.render(self.coverage, self.coverage_note)
 
     def _on_coverage_control(self, change: dict) -> None:
         with self._lock:
             if self.coverage is None:
                 return
-            self.coverage.config = self.coverage.config.replace(
-                auto_coverage=bool(self.auto_coverage.value))
-            self.coverage.update(max_train=self.max_train.value, max_val=self.max_val.value,
-                                 budget_s=max(self.budget_min.value, 0.1) * 60.0)
-            self._render_coverage()
-
-    def _render_coverage(self) -> None:
-        if self.coverage is None:
-            self.coverage_panel.render(None, self.coverage_note)
-            return
-        try:
+            self.coverage.update(**self.settings.coverage_caps())
             self.coverage_panel.render(self.coverage, self.coverage_note)
-        except Exception as exc:  # projection needs fields a stale timings file lacks
-            self.coverage.timings = None
-            self.coverage_panel.render(self.coverage, f"{self.coverage_note} · "
-                                                      f"projection unavailable: {exc}")
 
     def refresh_timings(self) -> None:
         """Reload preflight timings from the output folder into the coverage panel."""
-        from nx47_pipeline.run.budget import load_preflight_timings
-
         with self._lock:
-            if self.coverage is None:
-                return
-            t = load_preflight_timings(self.out_dir.value)
-            if t is not None:
-                self.coverage.update(timings=t)
-                self._render_coverage()
+            if self.coverage is not None and self.coverage.reload_timings(self.out_dir.value):
+                self.coverage_panel.render(self.coverage, self.coverage_note)
 
     def current_config(self) -> RunConfig:
-        """A RunConfig from the controls (on top of the initial config)."""
-        return self.config.replace(
-            data_root=self.data_root.value.strip() or "auto",
-            out_dir=self.out_dir.value.strip() or self.config.out_dir,
-            max_train_volumes=int(self.max_train.value),
-            max_val_volumes=int(self.max_val.value),
-            budget_s=float(self.budget_min.value) * 60.0,
-            use_unet=self.use_unet.value,
-            auto_coverage=bool(self.auto_coverage.value),
-        )
+        """A RunConfig from the controls (on top of the initial config).
+
+        Raises
+        ------
+        SettingsError
+            When a control holds a value its field refuses.
+        """
+        return self.settings.read()
 
     # -- running -------------------------------------------------------------
     @property
     def running(self) -> bool:
+        """True while a run (thread or process) is going on."""
         return self.runner is not None and self.runner.running
 
     def run(self) -> ThreadedRunner | DetachedRunner:
-        """Start a run with the current controls (threaded or detached)."""
+        """Start a run with the current controls (threaded or detached).
+
+        Returns
+        -------
+        ThreadedRunner or DetachedRunner
+
+        Raises
+        ------
+        RuntimeError
+            When a run is already in progress.
+        """
         with self._lock:
             if self.running:
                 raise RuntimeError("a run is already in progress; press Stop first")
@@ -373,103 +217,111 @@ class Dashboard:
                 self.runner = ThreadedRunner(config, job=self.job).start()
                 mode = "worker thread"
             self.pump.set_source(self.runner.drain)
-            self._set_buttons(running=True)
-            self._set_status(f"running in a {mode} → {config.out_dir}")
+            self.controls.set_running(True)
+            self.controls.set_status(f"running in a {mode} → {config.out_dir}")
             return self.runner
 
     def _reset_for_run(self, out_dir: str) -> None:
         self.state = DashboardState(out_dir=out_dir, clock=self.clock)
-        self.preview_panel.state = self.state.preview
-        self.log_panel.state = self.state.log
-        self.state.log.set_filter(min_level=self.log_panel.level.value)
-        self._verified_for = None
-        self._finished_seen = False
+        self.preview_panel.bind(self.state.preview)
+        self.log_panel.bind(self.state.log)
 
     def stop(self, reason: str = "user pressed Stop") -> None:
-        """Cancel the run (threaded: cancel token; detached: SIGTERM)."""
+        """Cancel the run (threaded: cancel token; detached: SIGTERM).
+
+        Parameters
+        ----------
+        reason : str
+            Why (the run's CANCELLED event says it).
+        """
         if self.runner is None:
             return
         self.runner.stop(reason)
-        self._set_status("stopping…")
+        self.controls.set_status("stopping…")
 
     def attach(self, out_dir: str | os.PathLike | None = None) -> DetachedRunner:
-        """Follow the journal of a run folder (running or finished)."""
+        """Follow the journal of a run folder (running or finished).
+
+        Parameters
+        ----------
+        out_dir : str or path-like, optional
+            The run folder (default: the Output control's).
+
+        Returns
+        -------
+        DetachedRunner
+
+        Raises
+        ------
+        RuntimeError
+            While a threaded run is in progress.
+        FileNotFoundError
+            When the folder holds no journal.
+        """
         with self._lock:
             if self.running and isinstance(self.runner, ThreadedRunner):
                 raise RuntimeError("a threaded run is in progress; stop it before attaching")
             folder = Path(out_dir if out_dir is not None else self.out_dir.value).resolve()
-            if not (folder / "journal.jsonl").exists():
-                raise FileNotFoundError(f"{folder}: no journal.jsonl, nothing to attach to")
+            runner = DetachedRunner.attach(folder)
             self.out_dir.value = str(folder)
             self._reset_for_run(str(folder))
-            self.runner = DetachedRunner(folder)
+            self.runner = runner
             self.pump.set_source(self.runner.drain)
             live = self.runner.running
-            self._set_buttons(running=live)
-            self._set_status(f"attached to {folder} "
-                             f"({'running, pid ' + str(self.runner.pid) if live else 'not running'})")
+            self.controls.set_running(live)
+            self.controls.set_status(
+                f"attached to {folder} "
+                f"({'running, pid ' + str(self.runner.pid) if live else 'not running'})")
             return self.runner
 
     def _auto_attach(self) -> None:
         folder = Path(self.out_dir.value)
-        if (folder / "journal.jsonl").exists() and pid_alive(read_lock_pid(folder)):
+        if is_live(folder):
             self.detached.value = True
-            self._guard(self.attach)
-        elif (folder / "journal.jsonl").exists():
-            self._set_status(f"{folder} holds a finished run: press "
-                             f"'Attach to output folder' to open it")
-
-    def _set_buttons(self, *, running: bool) -> None:
-        self.syncer.set(self.run_button, disabled=running)
-        self.syncer.set(self.stop_button, disabled=not running)
+            self.controls.guard(self.attach)
+        elif has_run(folder):
+            self.controls.set_status(f"{folder} holds a finished run: press "
+                                     f"'Attach to output folder' to open it")
 
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
-        """Apply a batch of events and render what changed (called by the pump)."""
+        """Apply a batch of events and render what changed (called by the pump).
+
+        Parameters
+        ----------
+        events : list of Event
+            The batch, in order.
+        tick : bool
+            True when the time-only displays (seconds since the last beat)
+            are due for a refresh.
+        """
         with self._lock:
-            changed = self.state.apply_many(events) if events else set()
-            kinds = {e.kind for e in events}
+            state = self.state
+            changed = state.apply_many(events) if events else set()
             if "progress" in changed:
-                self.progress_panel.render(self.state.progress)
+                self.progress_panel.render(state.progress)
             if "heartbeat" in changed or tick:
-                self.heartbeat_panel.render(self.state.heartbeat)
+                self.heartbeat_panel.render(state.heartbeat)
             if "preview" in changed:
                 self.preview_panel.render()
             if "log" in changed:
                 self.log_panel.render()
             if "charts" in changed:
-                self.charts_panel.render(self.state.charts)
-            if kinds & {EventKind.PREFLIGHT_OK, EventKind.BUDGET}:
+                self.charts_panel.render(state.charts)
+            if any(e.kind in _TIMING_KINDS for e in events):
                 self.refresh_timings()
-            for e in events:  # a resumed run's journal holds older runs first
-                if e.kind is EventKind.RUN_START:
-                    self._finished_seen = False
-                    self._verified_for = None
-                elif e.kind is EventKind.EXEC_COMPLETE:
-                    self._finished_seen = True
-            done = self._finished_seen or (self.runner is not None and not self.runner.running)
-            if self._finished_seen and self.runner is not None:
-                self._verify_once()
-            if "results" in changed or self._finished_seen:
-                self.results_panel.render(self.state.results)
-            if done and not self.stop_button.disabled:
-                self._set_buttons(running=False)
-                self._set_status(f"run ended: {self.state.results.status or 'process exited'}")
+            done = state.ended or (self.runner is not None and not self.runner.running)
+            if state.ended and self.runner is not None \
+                    and state.verify_journal_once(self.out_dir.value):
+                self.refresh_timings()
+            if "results" in changed or state.ended:
+                self.results_panel.render(state.results)
+            if done and self.controls.shows_running:
+                self.controls.set_running(False)
+                self.controls.set_status(
+                    f"run ended: {state.results.status or 'process exited'}")
 
-    def _verify_once(self) -> None:
-        out = self.state.results.out_dir or self.out_dir.value
-        journal = Path(out) / "journal.jsonl"
-        if self._verified_for == str(journal) or not journal.exists():
-            return
-        self._verified_for = str(journal)
-        try:
-            self.state.results.verify(journal)
-        except Exception as exc:
-            self.state.log.entries.append(LogEntry(-1, 0.0, "error", "VERIFY", "dashboard",
-                                                   f"journal verification: {exc}"))
-        self.refresh_timings()
-
-    def _render_all(self, tick: bool = False) -> None:
+    def _render_all(self) -> None:
         self.progress_panel.render(self.state.progress)
         self.heartbeat_panel.render(self.state.heartbeat)
         self.log_panel.render()
@@ -477,10 +329,21 @@ class Dashboard:
         self.results_panel.render(self.state.results)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ended and all its events were applied; True if so."""
+        """Block until the run ended and all its events were applied.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most (None: no limit).
+
+        Returns
+        -------
+        bool
+            True if the run's end was applied.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self._finished_seen:
+            if self.state.ended:
                 return True
             if self.runner is not None and not self.runner.running:
                 # the run is over: one last drain in case the pump is not running
@@ -488,8 +351,8 @@ class Dashboard:
                     events = self.runner.drain()
                     if events:
                         self.flush(events, False)
-                    elif self._finished_seen or not self.pump.alive:
-                        return self._finished_seen
+                    elif self.state.ended or not self.pump.alive:
+                        return self.state.ended
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -497,22 +360,28 @@ class Dashboard:
     def close(self) -> None:
         """Stop the pump and the renderer (the run itself is not stopped)."""
         self.pump.stop()
-        self.preview_panel.renderer.close()
+        self.preview_panel.close()
 
     def _ipython_display_(self) -> None:  # pragma: no cover - display hook
-        from IPython.display import display
-
         display(self.widget)
 
 
 def build_dashboard(config: RunConfig | None = None, **kwargs: Any) -> Dashboard:
-    """Build the dashboard for ``config`` (default ``RunConfig.from_env()``).
+    """Build the dashboard for ``config``.
 
-    Keyword arguments go to :class:`Dashboard`; ``detached`` defaults to the
-    environment variable ``NX47_DETACHED`` (1/0).
+    Parameters
+    ----------
+    config : RunConfig, optional
+        Default ``RunConfig.from_env()``.
+    **kwargs
+        Passed to :class:`Dashboard`; ``detached`` defaults to the environment
+        variable ``NX47_DETACHED`` (1/0).
+
+    Returns
+    -------
+    Dashboard
     """
     config = RunConfig.from_env() if config is None else config
     if "detached" not in kwargs:
-        kwargs["detached"] = os.environ.get("NX47_DETACHED", "").strip().lower() in (
-            "1", "true", "yes", "on")
+        kwargs["detached"] = os.environ.get("NX47_DETACHED", "").strip().lower() in _YES
     return Dashboard(config, **kwargs)

@@ -2,12 +2,14 @@
 
 * :class:`ThreadedRunner` runs a job (by default
   :func:`nx47_pipeline.run.orchestrator.run_pipeline`) on a worker thread with a
-  :class:`~nx47_pipeline.bus.QueueSink`; :meth:`~ThreadedRunner.stop` cancels
-  it through a :class:`~nx47_pipeline.cancel.CancelToken`.
+  :class:`~nx47_pipeline.telemetry.bus.QueueSink`; :meth:`~ThreadedRunner.stop`
+  cancels it through a :class:`~nx47_pipeline.telemetry.cancel.CancelToken`.
 * :class:`DetachedRunner` runs the pipeline as its own process (``nx47 run``)
   and follows its ``journal.jsonl``; it can also attach to any run folder,
   running or finished.  A Voila page reload kills the kernel but not that
-  process, and the new kernel attaches again.
+  process, and the new kernel attaches again.  :func:`has_run` and
+  :func:`is_live` tell a folder with a live run (its run lock names a live
+  process, :mod:`nx47_pipeline.run.resume`) from one with a finished run.
 * :class:`UIPump` is the single consumer: it drains a source at most every
   ``interval`` seconds and hands the batch to one ``flush`` call, so widget
   syncs stay bounded (about ``1 / interval`` per second) whatever the event
@@ -16,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,15 +28,21 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import nx47_pipeline
+from nx47_pipeline.config import RunConfig, env_name
+from nx47_pipeline.run.orchestrator import run_pipeline
+from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 from nx47_pipeline.telemetry.bus import QueueSink
 from nx47_pipeline.telemetry.cancel import CancelToken
-from nx47_pipeline.config import RunConfig, env_name
 from nx47_pipeline.telemetry.events import (
     Event,
     EventKind,
     ExecCompletePayload,
     MessagePayload,
+    Status,
 )
+from nx47_pipeline.telemetry.facade import JOURNAL_NAME
+from nx47_pipeline.telemetry.journal import JournalFollower
 
 __all__ = [
     "ThreadedRunner",
@@ -43,8 +50,9 @@ __all__ = [
     "UIPump",
     "Job",
     "config_env",
-    "pid_alive",
-    "read_lock_pid",
+    "default_job",
+    "has_run",
+    "is_live",
 ]
 
 #: ``job(config, cancel, sink)``: runs a pipeline, delivering events to ``sink``
@@ -53,9 +61,20 @@ Job = Callable[[RunConfig, CancelToken, Any], Any]
 
 
 def default_job(config: RunConfig, cancel: CancelToken, sink: Any) -> Any:
-    """Run :func:`nx47_pipeline.run.orchestrator.run_pipeline` with ``sink`` attached."""
-    from nx47_pipeline.run.orchestrator import run_pipeline
+    """Run :func:`nx47_pipeline.run.orchestrator.run_pipeline` with ``sink`` attached.
 
+    Parameters
+    ----------
+    config : RunConfig
+    cancel : CancelToken
+        Cancels the run cooperatively.
+    sink : object
+        Gets every event (``sink.handle(event)``).
+
+    Returns
+    -------
+    RunResult
+    """
     return run_pipeline(config, cancel=cancel, extra_sinks=[sink])
 
 
@@ -109,7 +128,7 @@ class ThreadedRunner:
             for kind, payload in (
                 (EventKind.ERROR, MessagePayload(message=f"{type(exc).__name__}: {exc}",
                                                  code="runner_exception")),
-                (EventKind.EXEC_COMPLETE, ExecCompletePayload(status="failed")),
+                (EventKind.EXEC_COMPLETE, ExecCompletePayload(status=Status.FAILED)),
             ):
                 self.sink.handle(Event(seq=-1, ts=now, t=0.0, kind=kind, stage="runner",
                                        payload=payload))
@@ -170,34 +189,32 @@ def config_env(config: RunConfig) -> dict[str, str]:
     return out
 
 
-def read_lock_pid(out_dir: str | os.PathLike) -> int | None:
-    """The pid written in ``<out_dir>/run.lock``, or None (absent or unreadable)."""
-    path = Path(out_dir) / "run.lock"
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    try:
-        return int(json.loads(text)["pid"]) if text.startswith("{") else int(text.split()[0])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
+def has_run(out_dir: str | os.PathLike) -> bool:
+    """True if ``out_dir`` holds a run's journal (running or finished).
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+
+    Returns
+    -------
+    bool
+    """
+    return (Path(out_dir) / JOURNAL_NAME).exists()
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True if a process with ``pid`` exists (and is not a zombie)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a finished child not yet reaped is a zombie: not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def is_live(out_dir: str | os.PathLike) -> bool:
+    """True if ``out_dir`` holds a journal and the process named in its run lock lives.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+
+    Returns
+    -------
+    bool
+    """
+    return has_run(out_dir) and pid_alive(read_lock_pid(out_dir))
 
 
 class DetachedRunner:
@@ -214,10 +231,8 @@ class DetachedRunner:
 
     def __init__(self, out_dir: str | os.PathLike, *,
                  process: subprocess.Popen | None = None) -> None:
-        from nx47_pipeline.telemetry.journal import JournalFollower
-
         self.out_dir = Path(out_dir)
-        self.journal = self.out_dir / "journal.jsonl"
+        self.journal = self.out_dir / JOURNAL_NAME
         self.follower = JournalFollower(self.journal)
         self.process = process
         self.stop_requested_at: float | None = None
@@ -234,14 +249,31 @@ class DetachedRunner:
         (see :func:`config_env`) plus ``--data`` / ``--out``.  The process
         outlives the kernel.  Its console output goes to ``log_path``
         (default ``<out_dir>/console.log``).
+
+        Parameters
+        ----------
+        config : RunConfig
+            The run (its ``out_dir`` is created).
+        env : mapping, optional
+            Base environment of the process (default ``os.environ``).
+        python : str
+            The interpreter.
+        log_path : str or path-like, optional
+            Where the process's console output goes.
+        extra_args : sequence of str
+            More arguments of ``nx47 run``.
+
+        Returns
+        -------
+        DetachedRunner
+            Following the new process; what earlier runs wrote to the journal
+            is skipped.
         """
         out_dir = Path(config.out_dir).resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
         run_env = dict(os.environ if env is None else env)
         run_env.update(config_env(config.replace(out_dir=str(out_dir))))
         # the child imports the same nx47_pipeline as this process (Kaggle: no install)
-        import nx47_pipeline
-
         pkg_parent = str(Path(nx47_pipeline.__file__).resolve().parents[1])
         paths = [p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if pkg_parent not in paths:
@@ -257,6 +289,28 @@ class DetachedRunner:
                                               stdin=subprocess.DEVNULL, env=run_env,
                                               start_new_session=True, cwd=os.getcwd())
         return runner
+
+    @classmethod
+    def attach(cls, out_dir: str | os.PathLike) -> "DetachedRunner":
+        """Follow the run folder ``out_dir`` (running or finished) from its start.
+
+        Parameters
+        ----------
+        out_dir : str or path-like
+
+        Returns
+        -------
+        DetachedRunner
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``out_dir`` holds no journal.
+        """
+        folder = Path(out_dir)
+        if not has_run(folder):
+            raise FileNotFoundError(f"{folder}: no {JOURNAL_NAME}, nothing to attach to")
+        return cls(folder)
 
     @property
     def pid(self) -> int | None:

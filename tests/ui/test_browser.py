@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from nx47_pipeline.data.demo import generate_demo_dataset
-from nx47_widgets.runner import pid_alive, read_lock_pid
+from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 
 from browser_util import (
     CHROMIUM,

@@ -20,15 +20,9 @@ from nx47_pipeline.telemetry.events import (
     RunStartPayload,
 )
 from nx47_pipeline.telemetry.journal import JournalSink
-from nx47_widgets.app import config_from_parameters, is_headless, should_autorun
-from nx47_widgets.runner import (
-    DetachedRunner,
-    ThreadedRunner,
-    UIPump,
-    config_env,
-    pid_alive,
-    read_lock_pid,
-)
+from nx47_pipeline.run.resume import pid_alive, read_lock_pid
+from nx47_widgets.notebook import config_from_parameters, is_headless, should_autorun
+from nx47_widgets.runner import DetachedRunner, ThreadedRunner, UIPump, config_env
 
 
 def test_threaded_runner_reports_a_crashing_job_as_events():

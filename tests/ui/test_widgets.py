@@ -437,14 +437,15 @@ def test_log_level_and_kind_filters(tmp_path, data_root):
                  ev(EventKind.PROGRESS_UPDATE, progress(1, 2))], False)
         text = d.log_panel.text.value
         assert "slow disk" in text and "bad tiff" in text and "begin" in text
-        assert "PROGRESS_UPDATE" not in text  # debug level hidden by default
+        # the kind column shows the console's label (PROGRESS for PROGRESS_UPDATE)
+        assert " PROGRESS " not in text  # debug level hidden by default
         d.log_panel.level.value = "error"
         assert "bad tiff" in d.log_panel.text.value
         assert "slow disk" not in d.log_panel.text.value
         d.log_panel.level.value = "debug"
         d.log_panel.kind.value = "PROGRESS_UPDATE"
         lines = d.log_panel.text.value.splitlines()
-        assert len(lines) == 1 and "PROGRESS_UPDATE" in lines[0]
+        assert len(lines) == 1 and " PROGRESS " in lines[0]
     finally:
         d.close()
 
@@ -475,6 +476,18 @@ def test_charts_collect_metrics():
     assert st.charts.grid[0]["l1"] == 1e-4 and st.charts.grid[0]["value"] == 0.35
     assert st.charts.loss == [(1.0, 0.7)]
     assert st.charts.val_scores == {"8": 0.6, "7": 0.55}
+
+
+def test_charts_keep_unknown_metric_names_apart():
+    st = DashboardState()
+    payload = MetricPayload(name="val_score", value=0.5, step=3)
+    object.__setattr__(payload, "name", "a_newer_metric")  # a name this dashboard lacks
+    assert "charts" not in st.apply(ev(EventKind.METRIC, payload, stage="unet"))
+    assert st.charts.other == {"a_newer_metric": [(3.0, 0.5)]}
+    assert st.charts.version == 0
+    assert "charts" not in st.apply(ev(EventKind.METRIC, MetricPayload(
+        name="val_score", value=0.4), stage="validate"))  # no volume_id: no bar to draw
+    assert st.charts.val_scores == {}
 
 
 def test_reload_reattaches_to_a_live_resumed_run(tmp_path, data_root):

@@ -1,0 +1,253 @@
+"""The run settings the dashboard's controls show, and their mapping to :class:`RunConfig`.
+
+:data:`SETTINGS` says which RunConfig fields have a control and how a
+control's value converts to the field's value and back;
+:class:`SettingsForm` holds those controls, reads them into a RunConfig
+(:meth:`~SettingsForm.read`) and writes a RunConfig into them
+(:meth:`~SettingsForm.write`).  A value the RunConfig refuses raises
+:class:`SettingsError`, which names the control, the field and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import ipywidgets as W
+
+from nx47_pipeline.config import RunConfig
+
+__all__ = ["Setting", "SETTINGS", "COVERAGE_FIELDS", "UNET_OPTIONS", "SettingsError",
+           "SettingsForm"]
+
+#: Choices of the U-Net control: (label, ``RunConfig.use_unet``).
+UNET_OPTIONS = [("auto (GPU only)", None), ("on", True), ("off", False)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One RunConfig field shown by a control.
+
+    Attributes
+    ----------
+    field : str
+        The RunConfig field.
+    label : str
+        The control's description.
+    to_config : callable
+        ``to_config(control_value, base_config) -> field value``.
+    to_control : callable
+        ``to_control(field_value) -> control value``.
+    """
+
+    field: str
+    label: str
+    to_config: Callable[[Any, RunConfig], Any]
+    to_control: Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+#: The RunConfig fields the controls show, in display order.  A blank data
+#: root means ``"auto"``; a blank output folder keeps the base config's.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_root", "Data root", lambda v, base: v.strip() or "auto", str),
+    Setting("out_dir", "Output", lambda v, base: v.strip() or base.out_dir, str),
+    Setting("max_train_volumes", "Max train", lambda v, base: int(v), int),
+    Setting("max_val_volumes", "Max val", lambda v, base: int(v), int),
+    Setting("budget_s", "Budget (min)", lambda v, base: float(v) * 60.0,
+            lambda s: round(float(s) / 60.0, 2)),
+    Setting("use_unet", "U-Net", lambda v, base: v, _same),
+    Setting("auto_coverage", "Auto coverage (largest that fits)", lambda v, base: bool(v), bool),
+)
+
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+#: The fields whose change re-projects the coverage panel.
+COVERAGE_FIELDS = ("max_train_volumes", "max_val_volumes", "budget_s", "auto_coverage")
+
+#: Smallest budget the coverage projection takes, in minutes.
+_MIN_BUDGET_MIN = 0.1
+
+
+class SettingsError(ValueError):
+    """A control holds a value its RunConfig field refuses.
+
+    Attributes
+    ----------
+    field : str
+        The RunConfig field.
+    value : object
+        The control's value.
+    """
+
+    def __init__(self, field: str, value: Any, reason: Any) -> None:
+        label = _BY_FIELD[field].label if field in _BY_FIELD else field
+        super().__init__(f"{label} ({field}) = {value!r}: {reason}")
+        self.field, self.value = field, value
+
+
+class SettingsForm:
+    """The controls of the run settings over a base RunConfig.
+
+    Fields without a control keep the base config's value.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The base configuration; the controls start with its values.
+
+    Attributes
+    ----------
+    controls : dict of str to ipywidgets.Widget
+        RunConfig field -> its control.
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.base = config
+        v = {s.field: s.to_control(getattr(config, s.field)) for s in SETTINGS}
+        lab = {s.field: s.label for s in SETTINGS}
+        self.data_root = W.Text(value=v["data_root"], description=lab["data_root"],
+                                layout=W.Layout(width="480px"))
+        self.out_dir = W.Text(value=v["out_dir"], description=lab["out_dir"],
+                              layout=W.Layout(width="480px"))
+        self.max_train = W.IntSlider(value=v["max_train_volumes"], min=0,
+                                     max=max(v["max_train_volumes"], 1),
+                                     description=lab["max_train_volumes"],
+                                     continuous_update=True)
+        self.max_val = W.IntSlider(value=v["max_val_volumes"], min=0,
+                                   max=max(v["max_val_volumes"], 1),
+                                   description=lab["max_val_volumes"], continuous_update=True)
+        self.max_train.add_class("nx47-max-train")
+        self.max_val.add_class("nx47-max-val")
+        self.budget_min = W.BoundedFloatText(value=v["budget_s"], min=_MIN_BUDGET_MIN,
+                                             max=7 * 24 * 60, step=1.0,
+                                             description=lab["budget_s"],
+                                             style={"description_width": "initial"})
+        self.use_unet = W.Dropdown(options=UNET_OPTIONS, value=v["use_unet"],
+                                   description=lab["use_unet"])
+        self.auto_coverage = W.Checkbox(value=v["auto_coverage"], indent=False,
+                                        description=lab["auto_coverage"],
+                                        layout=W.Layout(width="auto"))
+        self.controls: dict[str, W.Widget] = {
+            "data_root": self.data_root,
+            "out_dir": self.out_dir,
+            "max_train_volumes": self.max_train,
+            "max_val_volumes": self.max_val,
+            "budget_s": self.budget_min,
+            "use_unet": self.use_unet,
+            "auto_coverage": self.auto_coverage,
+        }
+
+    # -- controls -> RunConfig ---------------------------------------------
+    def values(self) -> dict[str, Any]:
+        """The controls' values converted to RunConfig field values.
+
+        Returns
+        -------
+        dict
+            RunConfig field -> value.
+
+        Raises
+        ------
+        SettingsError
+            When a control's value does not convert.
+        """
+        out = {}
+        for s in SETTINGS:
+            raw = self.controls[s.field].value
+            try:
+                out[s.field] = s.to_config(raw, self.base)
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(s.field, raw, exc) from None
+        return out
+
+    def read(self) -> RunConfig:
+        """A RunConfig from the controls, on top of the base config.
+
+        Returns
+        -------
+        RunConfig
+
+        Raises
+        ------
+        SettingsError
+            When a control's value is not valid for its field (the message
+            names the control, the field and the value).
+        """
+        values = self.values()
+        try:
+            return self.base.replace(**values)
+        except ValueError as exc:
+            for name, value in values.items():  # find the field RunConfig refused
+                try:
+                    self.base.replace(**{name: value})
+                except ValueError as one:
+                    raise SettingsError(name, self.controls[name].value, one) from None
+            raise SettingsError("settings", values, exc) from None
+
+    def coverage_caps(self) -> dict[str, Any]:
+        """The settings the coverage projection follows as the user moves the controls.
+
+        Returns
+        -------
+        dict
+            ``max_train``, ``max_val``, ``budget_s`` (at least 0.1 minute) and
+            ``auto_coverage``: keyword arguments of
+            :meth:`~nx47_widgets.state.coverage.CoverageModel.update`.
+        """
+        return dict(max_train=int(self.max_train.value), max_val=int(self.max_val.value),
+                    budget_s=max(self.budget_min.value, _MIN_BUDGET_MIN) * 60.0,
+                    auto_coverage=bool(self.auto_coverage.value))
+
+    # -- RunConfig -> controls ---------------------------------------------
+    def write(self, config: RunConfig) -> None:
+        """Show ``config`` in the controls.
+
+        A control is set only when its value reads as another field value
+        than ``config``'s (a budget typed in finer steps than the control
+        rounds to is left as typed); a volume slider grows to the value.
+
+        Parameters
+        ----------
+        config : RunConfig
+        """
+        for s in SETTINGS:
+            control, want = self.controls[s.field], getattr(config, s.field)
+            try:
+                if s.to_config(control.value, self.base) == want:
+                    continue
+            except (TypeError, ValueError):
+                pass
+            value = s.to_control(want)
+            if s.field in ("max_train_volumes", "max_val_volumes") and value > control.max:
+                control.max = value
+            control.value = value
+
+    def bound_volumes(self, n_pairs: int) -> None:
+        """Bound the volume sliders by the ``n_pairs`` pairs discovery found.
+
+        Parameters
+        ----------
+        n_pairs : int
+        """
+        for s in (self.max_train, self.max_val):
+            s.max = max(n_pairs, 1)
+            if s.value > n_pairs:
+                s.value = n_pairs
+
+    def observe(self, callback: Callable[[dict], None],
+                fields: Iterable[str] = COVERAGE_FIELDS) -> None:
+        """Call ``callback(change)`` when the value of a control of ``fields`` changes.
+
+        Parameters
+        ----------
+        callback : callable
+            A traitlets observer.
+        fields : iterable of str
+            RunConfig fields (default :data:`COVERAGE_FIELDS`).
+        """
+        for name in fields:
+            self.controls[name].observe(callback, names="value")

@@ -1,0 +1,199 @@
+"""The heartbeat light: HEARTBEAT events plus a local stall detector."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from nx47_pipeline.telemetry.events import Event, EventKind, Status, WorkerState
+
+__all__ = ["HeartbeatView", "HeartbeatState", "COLOURS", "WAITING"]
+
+#: The light before a run started (the other states are :class:`WorkerState` values).
+WAITING = "WAITING"
+
+_ACTIVE = WorkerState.ACTIVE.value
+_COMPUTING = WorkerState.COMPUTING.value
+_STALLED = WorkerState.STALLED.value
+_FINISHED = WorkerState.FINISHED.value
+_FAILED = WorkerState.FAILED.value
+_CANCELLED = WorkerState.CANCELLED.value
+
+_WORDS = {
+    WAITING: "waiting for the run",
+    _ACTIVE: "active: progress is being reported",
+    _COMPUTING: "computing: busy, no new progress yet",
+    _STALLED: "stalled: no heartbeat or CPU activity",
+    _FINISHED: "finished",
+    _FAILED: "failed",
+    _CANCELLED: "cancelled",
+}
+
+#: Colour of the light in each state.
+COLOURS = {
+    WAITING: "#9e9e9e",
+    _ACTIVE: "#2e7d32",
+    _COMPUTING: "#1565c0",
+    _STALLED: "#c62828",
+    _FINISHED: "#2e7d32",
+    _FAILED: "#c62828",
+    _CANCELLED: "#ef6c00",
+}
+
+
+@dataclass(frozen=True)
+class HeartbeatView:
+    """What the heartbeat light shows at one instant."""
+
+    state: str  # WAITING | ACTIVE | COMPUTING | STALLED | FINISHED | FAILED | CANCELLED
+    colour: str
+    since_beat_s: float | None
+    since_progress_s: float | None
+    cpu_pct: float | None
+    rss_mb: float | None
+    message: str = ""
+
+    @property
+    def words(self) -> str:
+        """The state in words."""
+        return _WORDS.get(self.state, self.state.lower())
+
+
+def _final_light(status: Status) -> str:
+    """The light of a run that ended with ``status``."""
+    if status == Status.OK:
+        return _FINISHED
+    if status == Status.CANCELLED:
+        return _CANCELLED
+    return _FAILED
+
+
+class HeartbeatState:
+    """Reducer for HEARTBEAT events with a local stall detector.
+
+    The light turns STALLED by itself when no heartbeat has arrived for
+    ``stall_factor`` heartbeat intervals (at least ``min_stall_s`` seconds),
+    even if the last beat said ACTIVE: a dead or frozen worker cannot say so.
+
+    Parameters
+    ----------
+    clock : callable, optional
+        Wall-clock source (``time.time``); tests inject a fake one.  Beat ages
+        are measured against the events' ``ts`` so that a followed journal and
+        an in-process queue agree.
+    stall_factor : float
+        Heartbeat intervals without a beat before the light turns STALLED.
+    min_stall_s : float
+        Lower bound of that silence, in seconds.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time,
+                 stall_factor: float = 3.0, min_stall_s: float = 3.0) -> None:
+        self.clock = clock
+        self.stall_factor = stall_factor
+        self.min_stall_s = min_stall_s
+        self.version = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the run (the light goes back to WAITING)."""
+        self.running = False
+        self.started_ts: float | None = None
+        self.last_beat_ts: float | None = None
+        self.last_progress_ts: float | None = None
+        self.beat_state: str | None = None
+        self.interval_s: float = 15.0
+        self.cpu_pct: float | None = None
+        self.rss_mb: float | None = None
+        self.message = ""
+        self.final: str | None = None
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; True for RUN_START, CONFIG, HEARTBEAT, PROGRESS_UPDATE, EXEC_COMPLETE.
+
+        Parameters
+        ----------
+        event : Event
+            Any event.
+
+        Returns
+        -------
+        bool
+            True when the event concerns the light.
+        """
+        kind, p = event.kind, event.payload
+        if kind is EventKind.RUN_START:
+            self.reset()
+            self.running = True
+            self.started_ts = event.ts
+        elif kind is EventKind.CONFIG:
+            interval = (p.config or {}).get("heartbeat_interval_s")
+            if isinstance(interval, (int, float)) and interval > 0:
+                self.interval_s = float(interval)
+        elif kind is EventKind.HEARTBEAT:
+            self.running = self.final is None
+            self.last_beat_ts = event.ts
+            self.beat_state = p.state
+            self.interval_s = float(p.interval_s) if p.interval_s else self.interval_s
+            self.cpu_pct = p.cpu_pct
+            self.rss_mb = p.rss_mb
+            self.message = p.message
+            self.last_progress_ts = event.ts - float(p.since_progress_s)
+            if p.state in (_FINISHED, _FAILED, _CANCELLED):
+                self.final = p.state
+        elif kind is EventKind.PROGRESS_UPDATE:
+            self.last_progress_ts = event.ts
+            if self.started_ts is None:
+                self.started_ts = event.ts
+                self.running = self.final is None
+        elif kind is EventKind.EXEC_COMPLETE:
+            self.final = _final_light(p.status)
+            self.running = False
+        else:
+            return False
+        self.version += 1
+        return True
+
+    @property
+    def stall_after_s(self) -> float:
+        """Seconds without a beat after which the light turns STALLED by itself."""
+        return max(self.min_stall_s, self.stall_factor * self.interval_s)
+
+    def view(self, now: float | None = None) -> HeartbeatView:
+        """The light at wall time ``now``.
+
+        Parameters
+        ----------
+        now : float, optional
+            Wall time (default: the clock).
+
+        Returns
+        -------
+        HeartbeatView
+        """
+        now = self.clock() if now is None else now
+        since_beat = None if self.last_beat_ts is None else max(0.0, now - self.last_beat_ts)
+        since_prog = None if self.last_progress_ts is None else max(0.0, now - self.last_progress_ts)
+        if self.final is not None:
+            state = self.final
+        elif not self.running:
+            state = WAITING
+        else:
+            reference = self.last_beat_ts if self.last_beat_ts is not None else self.started_ts
+            silent = None if reference is None else now - reference
+            if silent is not None and silent > self.stall_after_s:
+                state = _STALLED
+            elif self.beat_state in (_ACTIVE, _COMPUTING, _STALLED):
+                state = self.beat_state
+            else:
+                state = _ACTIVE  # running, no beat yet, within the grace period
+        return HeartbeatView(
+            state=state,
+            colour=COLOURS.get(state, "#9e9e9e"),
+            since_beat_s=since_beat,
+            since_progress_s=since_prog,
+            cpu_pct=self.cpu_pct,
+            rss_mb=self.rss_mb,
+            message=self.message,
+        )

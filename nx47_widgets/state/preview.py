@@ -1,0 +1,164 @@
+"""The slice previewer's state: volumes seen so far and the current selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nx47_pipeline.telemetry.events import Event, EventKind, PreviewPayload
+
+__all__ = ["AXES", "PreviewState"]
+
+#: Slicing axes, in array order.
+AXES = ("z", "y", "x")
+
+
+class PreviewState:
+    """Volumes seen so far and the current selection of the slice previewer.
+
+    While ``follow`` is True every PREVIEW event selects its volume (and a
+    suggested slice); :meth:`take_control` (the user touched a control) stops
+    that until :meth:`follow_live` is called.
+
+    Parameters
+    ----------
+    out_dir : str or Path, optional
+        The run folder (relative artifact paths are under it); RUN_START
+        events replace it.
+    """
+
+    def __init__(self, out_dir: str | Path | None = None) -> None:
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.volumes: dict[str, PreviewPayload] = {}
+        self.order: list[str] = []
+        self.follow = True
+        self.volume: str | None = None
+        self.axis = "z"
+        self.index = 0
+        self.version = 0
+
+    def key(self, payload: PreviewPayload) -> str:
+        """The volume's key in the selector: ``"<split>/<volume_id>"``."""
+        return f"{payload.split}/{payload.volume_id}"
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; True for a PREVIEW (a volume to look at).
+
+        Parameters
+        ----------
+        event : Event
+            Any event; RUN_START sets the output folder, PREVIEW adds a volume.
+
+        Returns
+        -------
+        bool
+            True when the previewer changed.
+        """
+        if event.kind is EventKind.RUN_START:
+            out = event.payload.out_dir
+            if out:
+                self.out_dir = Path(out)
+            return False
+        if event.kind is not EventKind.PREVIEW:
+            return False
+        p: PreviewPayload = event.payload
+        k = self.key(p)
+        if k not in self.volumes:
+            self.order.append(k)
+        self.volumes[k] = p
+        if self.follow or self.volume is None:
+            self._select(k, self.axis if self.volume else "z", None)
+        self.version += 1
+        return True
+
+    def _suggested(self, p: PreviewPayload, axis: str) -> int:
+        idx = list((p.slices or {}).get(axis) or [])
+        if idx:
+            return int(idx[len(idx) // 2])
+        size = self.axis_size(p, axis)
+        return size // 2
+
+    @staticmethod
+    def axis_size(p: PreviewPayload, axis: str) -> int:
+        """Number of slices of the volume ``p`` along ``axis``."""
+        shape = list(p.shape) if p.shape else [1, 1, 1]
+        return int(shape[AXES.index(axis)])
+
+    def _select(self, key: str, axis: str, index: int | None) -> None:
+        if key not in self.volumes:
+            raise KeyError(f"volume {key!r} has not been previewed yet; known: {self.order}")
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+        p = self.volumes[key]
+        self.volume, self.axis = key, axis
+        size = self.axis_size(p, axis)
+        self.index = self._suggested(p, axis) if index is None else int(index)
+        self.index = min(max(self.index, 0), max(size - 1, 0))
+
+    def select(self, volume: str | None = None, axis: str | None = None,
+               index: int | None = None) -> None:
+        """User selection (stops live following).
+
+        Parameters
+        ----------
+        volume : str, optional
+            Key of a previewed volume (see :meth:`key`).
+        axis : str, optional
+            One of :data:`AXES`; a new volume or axis without ``index`` gets
+            the suggested slice.
+        index : int, optional
+            Slice index (clipped to the axis).
+
+        Raises
+        ------
+        KeyError
+            For a volume that was not previewed.
+        ValueError
+            For an unknown axis.
+        """
+        self.take_control()
+        vol = volume if volume is not None else self.volume
+        if vol is None:
+            return
+        new_axis = axis if axis is not None else self.axis
+        if index is None and (vol != self.volume or new_axis != self.axis):
+            self._select(vol, new_axis, None)
+        else:
+            self._select(vol, new_axis, self.index if index is None else index)
+        self.version += 1
+
+    def take_control(self) -> None:
+        """Stop following live previews."""
+        if self.follow:
+            self.follow = False
+            self.version += 1
+
+    def follow_live(self) -> None:
+        """Follow live previews again (selects the latest volume)."""
+        self.follow = True
+        if self.order:
+            self._select(self.order[-1], self.axis, None)
+        self.version += 1
+
+    @property
+    def current(self) -> PreviewPayload | None:
+        """The selected volume's payload, or None."""
+        return None if self.volume is None else self.volumes[self.volume]
+
+    def resolve(self, path: str | None) -> Path | None:
+        """Absolute path of an artifact (relative paths are under the output folder).
+
+        Parameters
+        ----------
+        path : str or None
+            A path from a PREVIEW payload.
+
+        Returns
+        -------
+        Path or None
+        """
+        if not path:
+            return None
+        pp = Path(path)
+        if pp.is_absolute() or self.out_dir is None:
+            return pp
+        return self.out_dir / pp

@@ -1,0 +1,72 @@
+"""The run's results: status, submission, GLOBAL_STATS and journal verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nx47_pipeline.telemetry.events import Event, EventKind, Status
+from nx47_pipeline.telemetry.journal import verify_journal
+
+__all__ = ["ResultsState"]
+
+
+class ResultsState:
+    """Submission path, GLOBAL_STATS and journal verification of a run."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.status: Status | None = None
+        self.submission: str | None = None
+        self.duration_s: float | None = None
+        self.journal_head: str | None = None
+        self.stats: dict[str, Any] = {}
+        self.verification: Any = None
+        self.out_dir: str | None = None
+        self.version = 0
+
+    def apply(self, event: Event) -> bool:
+        """Apply one event; True for RUN_START, GLOBAL_STATS and EXEC_COMPLETE.
+
+        Parameters
+        ----------
+        event : Event
+
+        Returns
+        -------
+        bool
+        """
+        p = event.payload
+        if event.kind is EventKind.RUN_START:
+            self._clear()
+            self.out_dir = p.out_dir
+        elif event.kind is EventKind.GLOBAL_STATS:
+            self.stats = dict(p.stats)
+        elif event.kind is EventKind.EXEC_COMPLETE:
+            self.status = p.status
+            self.submission = p.submission
+            self.duration_s = p.duration_s
+            self.journal_head = p.journal_head
+        else:
+            return False
+        self.version += 1
+        return True
+
+    def verify(self, journal_path: str | Path) -> Any:
+        """Verify the run's journal and keep the result.
+
+        Parameters
+        ----------
+        journal_path : str or Path
+            The run's ``journal.jsonl``.
+
+        Returns
+        -------
+        Verification
+            From :func:`nx47_pipeline.telemetry.journal.verify_journal`.
+        """
+        self.verification = verify_journal(journal_path)
+        self.version += 1
+        return self.verification

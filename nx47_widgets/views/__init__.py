@@ -1,0 +1,34 @@
+"""ipywidgets views over the plain-Python states of :mod:`nx47_widgets.state`.
+
+Each panel owns its widgets and has ``render(...)`` which copies the state
+into the widgets, setting a trait only when its value changed (every change
+is one comm message, so :class:`Syncer` counts them).  Panels never read
+events themselves; the dashboard's UI pump calls ``render`` after applying a
+batch.  Charts are inline SVG (no plotting dependency, :mod:`~nx47_widgets.views.svg`).
+"""
+
+from nx47_widgets.views.base import Syncer
+from nx47_widgets.views.charts import ChartsPanel
+from nx47_widgets.views.controls import RunControls
+from nx47_widgets.views.coverage import CoveragePanel
+from nx47_widgets.views.heartbeat import HeartbeatPanel
+from nx47_widgets.views.log import LogPanel
+from nx47_widgets.views.preview import PreviewPanel
+from nx47_widgets.views.progress import ProgressPanel
+from nx47_widgets.views.results import ResultsPanel
+from nx47_widgets.views.svg import grid_table, svg_bar_chart, svg_line_chart
+
+__all__ = [
+    "Syncer",
+    "ProgressPanel",
+    "HeartbeatPanel",
+    "CoveragePanel",
+    "PreviewPanel",
+    "LogPanel",
+    "ChartsPanel",
+    "ResultsPanel",
+    "RunControls",
+    "svg_line_chart",
+    "svg_bar_chart",
+    "grid_table",
+]

@@ -1,0 +1,92 @@
+"""What every panel shares: :class:`Syncer` and small HTML helpers."""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any, Sequence
+
+import ipywidgets as W
+
+__all__ = ["Syncer", "h", "section", "fmt"]
+
+
+class Syncer:
+    """Set widget traits only when they change, and count the changes.
+
+    ``changes`` counts trait updates sent to the front end (one comm message
+    each, or one per widget inside ``hold_sync``); ``messages`` counts
+    widgets synced (one message per widget per :meth:`set` call).
+    """
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self.messages = 0
+        self._lock = threading.Lock()
+
+    def set(self, widget: W.Widget, **traits: Any) -> bool:
+        """Set the traits of ``widget`` that differ from ``traits``.
+
+        Parameters
+        ----------
+        widget : ipywidgets.Widget
+        **traits
+            Trait name -> value.
+
+        Returns
+        -------
+        bool
+            True when at least one trait changed.
+        """
+        diff = {k: v for k, v in traits.items() if getattr(widget, k) != v}
+        if not diff:
+            return False
+        with widget.hold_sync():
+            for k, v in diff.items():
+                setattr(widget, k, v)
+        with self._lock:
+            self.changes += len(diff)
+            self.messages += 1
+        return True
+
+    def set_options(self, widget: W.Widget, options: Sequence[Any]) -> bool:
+        """Replace the ``options`` of a selection widget if they differ.
+
+        Parameters
+        ----------
+        widget : ipywidgets.Widget
+            A widget with ``options`` (Dropdown, ToggleButtons, ...).
+        options : sequence
+            The new options, as ipywidgets takes them.
+
+        Returns
+        -------
+        bool
+            True when the options changed (counted as one change).
+        """
+        if list(widget.options) == list(options):
+            return False
+        widget.options = options
+        with self._lock:
+            self.changes += 1
+        return True
+
+
+def h(text: Any) -> str:
+    """``text`` escaped for HTML."""
+    return html.escape(str(text))
+
+
+def section(title: str) -> W.HTML:
+    """A panel's heading."""
+    return W.HTML(f"<h3 style='margin:8px 0 2px 0'>{h(title)}</h3>")
+
+
+def fmt(v: Any) -> str:
+    """A value for a table cell: floats to 4 significant digits, long lists cut."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        text = str(v)
+        return text if len(text) < 160 else text[:157] + "..."
+    return str(v)

@@ -1,0 +1,42 @@
+"""The charts panel: fit_prox objective, hyper-parameter grid, U-Net loss, validation scores."""
+
+from __future__ import annotations
+
+import ipywidgets as W
+
+from nx47_widgets.state.charts import ChartState
+from nx47_widgets.views.base import Syncer, section
+from nx47_widgets.views.svg import grid_table, svg_bar_chart, svg_line_chart
+
+__all__ = ["ChartsPanel"]
+
+
+class ChartsPanel:
+    """fit_prox objective, hyper-parameter grid, U-Net loss, validation scores.
+
+    Parameters
+    ----------
+    syncer : Syncer
+    """
+
+    def __init__(self, syncer: Syncer) -> None:
+        self.syncer = syncer
+        self.objective = W.HTML("")
+        self.grid = W.HTML("")
+        self.loss = W.HTML("")
+        self.scores = W.HTML("")
+        self.widget = W.VBox([
+            section("Charts"),
+            W.HBox([self.objective, self.loss]),
+            W.HBox([self.grid, self.scores]),
+        ])
+        self.widget.add_class("nx47-charts")
+
+    def render(self, state: ChartState) -> None:
+        """Draw the series of ``state``."""
+        self.syncer.set(self.objective, value=svg_line_chart(
+            state.objective, title="fit_prox objective"))
+        self.syncer.set(self.loss, value=svg_line_chart(state.loss, title="U-Net loss"))
+        self.syncer.set(self.grid, value=grid_table(state.grid))
+        self.syncer.set(self.scores, value=svg_bar_chart(
+            state.val_scores, title="validation score per volume"))

@@ -1,0 +1,77 @@
+"""The coverage panel: discovered / selected / coverage % and the budget verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+
+from nx47_pipeline.telemetry.format import format_duration
+
+from nx47_widgets.state.coverage import CoverageModel
+from nx47_widgets.views.base import Syncer, h
+
+__all__ = ["CoveragePanel"]
+
+
+class CoveragePanel:
+    """Discovered / selected / coverage % and the budget verdict.
+
+    Parameters
+    ----------
+    syncer : Syncer
+
+    Attributes
+    ----------
+    last : dict
+        The summary shown last (:meth:`CoverageModel.summary`).
+    """
+
+    def __init__(self, syncer: Syncer) -> None:
+        self.syncer = syncer
+        self.html = W.HTML("")
+        self.html.add_class("nx47-coverage")
+        self.widget = self.html
+        self.last: dict[str, Any] = {}
+
+    def render(self, model: CoverageModel | None, note: str = "") -> None:
+        """Show ``model`` (None: only ``note``, e.g. why discovery failed)."""
+        if model is None:
+            self.syncer.set(self.html, value=f"<div class='nx47-cov'>{h(note or 'no data discovered yet')}</div>")
+            return
+        s, problem = model.checked_summary()
+        if problem:
+            note = f"{note} · {problem}"
+        self.last = s
+        rows = [
+            ("discovered pairs", f"<span class='nx47-discovered'>{s['discovered']}</span>"),
+            ("selected", f"<span class='nx47-selected'>{s['selected']}</span> "
+                         f"({s['n_train']} train + {s['n_val']} val)"),
+            ("coverage", f"<span class='nx47-coverage-pct'>{s['coverage_pct']:.1f}%</span>"),
+            ("test volumes", str(s["n_test"])),
+            ("budget", format_duration(s["budget_s"])),
+        ]
+        if "projected_s" in s:
+            ok = s["fits"]
+            colour = "#2e7d32" if ok else "#c62828"
+            verdict = "fits" if ok else "does not fit"
+            rows.append(("projected", f"{format_duration(s['projected_s'])} — "
+                         f"<b class='nx47-fits' style='color:{colour}'>{verdict}</b>"))
+            if s["max_train_fit"] or s["max_val_fit"]:
+                rows.append(("largest that fits",
+                             f"{s['max_train_fit']} train + {s['max_val_fit']} val "
+                             f"({format_duration(s['fit_projected_s'])})"))
+            else:
+                rows.append(("largest that fits", "none: the run relies on the fallback"))
+        else:
+            rows.append(("projection", "run a preflight (or a run) to project the duration"))
+        body = "<table class='nx47-cov'>" + "".join(
+            f"<tr><td style='padding-right:12px;color:#555'>{h(k)}</td><td>{v}</td></tr>"
+            for k, v in rows) + "</table>"
+        if getattr(model.config, "auto_coverage", False):
+            body += ("<div style='color:#1565c0'>auto coverage is on: after its preflight "
+                     "the run replaces these caps by the largest coverage that fits the "
+                     "budget</div>")
+        if note:
+            body += f"<div style='color:#555'>{h(note)}</div>"
+        self.syncer.set(self.html, value=body)

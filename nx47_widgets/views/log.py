@@ -1,0 +1,67 @@
+"""The event log panel: the last lines, a minimum level and a kind filter."""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import ipywidgets as W
+
+from nx47_widgets.state.log import LEVELS, LogState
+from nx47_widgets.views.base import Syncer, section
+
+__all__ = ["LogPanel"]
+
+#: The kind filter's "no filter" choice.
+ALL_KINDS = "all"
+
+
+class LogPanel:
+    """Event log (last lines) with a minimum level and a kind filter.
+
+    Parameters
+    ----------
+    syncer : Syncer
+    state : LogState
+        The log shown (see :meth:`bind`).
+    kinds : sequence of str
+        Event kind values offered by the kind filter.
+    lock : threading.RLock, optional
+        Shared with the UI pump's flush.
+    """
+
+    def __init__(self, syncer: Syncer, state: LogState, kinds: Sequence[str],
+                 lock: threading.RLock | None = None) -> None:
+        self.syncer = syncer
+        self.state = state
+        self._lock = lock if lock is not None else threading.RLock()
+        self.level = W.Dropdown(options=list(LEVELS), value=state.min_level,
+                                description="Level")
+        self.kind = W.Dropdown(options=[ALL_KINDS, *kinds], value=ALL_KINDS, description="Kind")
+        self.text = W.Textarea(value="", layout=W.Layout(width="100%", height="220px"),
+                               disabled=True)
+        self.text.add_class("nx47-log")
+        self.level.observe(self._on_filter, names="value")
+        self.kind.observe(self._on_filter, names="value")
+        self.widget = W.VBox([section("Event log"), W.HBox([self.level, self.kind]), self.text])
+
+    def bind(self, state: LogState) -> None:
+        """Show ``state`` from now on, with the filters the controls show."""
+        with self._lock:
+            self.state = state
+            self._apply_filter()
+
+    def _apply_filter(self) -> None:
+        kind = self.kind.value
+        self.state.set_filter(min_level=self.level.value,
+                              kinds=None if kind == ALL_KINDS else [kind])
+
+    def _on_filter(self, change: dict) -> None:
+        with self._lock:
+            self._apply_filter()
+            self.render()
+
+    def render(self, limit: int = 200) -> None:
+        """Show the last ``limit`` lines that pass the filters."""
+        lines = [e.line() for e in self.state.visible(limit)]
+        self.syncer.set(self.text, value="\n".join(lines))

@@ -1,0 +1,160 @@
+"""The architecture as tests: layers, no cycles, small classes, lazy imports only where needed.
+
+Read from the source with ``ast`` (nothing is imported), so a violation names
+the file and line.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("nx47_pipeline", "nx47_widgets")
+#: The only modules a function may import lazily: heavy, optional, or both.
+LAZY_OK = ("torch", "dask", "distributed", "dask_image")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = list(rel.parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module level) for every import in ``path``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, top) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                found.append((child.module, child.lineno, top))
+                for a in child.names:  # "from pkg import module"
+                    if f"{child.module}.{a.name}" in MODULES:
+                        found.append((f"{child.module}.{a.name}", child.lineno, top))
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False)
+            elif isinstance(child, ast.If) and top and _is_type_checking(child):
+                continue
+            else:
+                visit(child, top)
+
+    visit(tree, True)
+    return found
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _root(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_the_layer_packages_exist():
+    for layer in ("io", "data", "telemetry", "model", "unet", "run", "cli"):
+        assert (REPO / "nx47_pipeline" / layer / "__init__.py").is_file(), layer
+    for part in ("state", "views"):
+        assert (REPO / "nx47_widgets" / part / "__init__.py").is_file(), part
+
+
+def test_telemetry_depends_on_nothing_above_it():
+    banned = ("nx47_pipeline.model", "nx47_pipeline.run", "nx47_pipeline.unet", "nx47_pipeline.data",
+              "nx47_widgets", "torch", "scipy")
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("nx47_pipeline.telemetry"):
+            continue
+        for mod, line, _ in _imports(path):
+            if any(mod == b or mod.startswith(b + ".") for b in banned):
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_pipeline_never_imports_widgets():
+    bad = [f"{p.relative_to(REPO)}:{line} imports {mod}"
+           for name, p in MODULES.items() if name.startswith("nx47_pipeline")
+           for mod, line, _ in _imports(p) if _root(mod) in ("nx47_widgets", "ipywidgets", "IPython")]
+    assert not bad, "\n".join(bad)
+
+
+def test_function_level_imports_are_only_torch_and_dask():
+    bad = [f"{p.relative_to(REPO)}:{line} imports {mod} inside a function"
+           for p in MODULES.values()
+           for mod, line, top in _imports(p) if not top and _root(mod) not in LAZY_OK]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_between_modules():
+    graph = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for mod, _, top in _imports(path):
+            if top and mod in MODULES and mod != name:
+                graph[name].add(mod)
+    # a package's __init__ re-exporting its modules is not a cycle of its modules
+    for name in graph:
+        if (MODULES[name].name == "__init__.py"):
+            graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def dfs(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+            elif m not in state:
+                dfs(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            dfs(n)
+    assert not cycles, "\n".join(cycles)
+
+
+@pytest.mark.parametrize("limit", [400])
+def test_no_class_longer_than_the_limit(limit):
+    long = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} class {node.name} is {n} lines")
+    assert not long, "\n".join(long)
+
+
+def test_widgets_never_match_event_names_by_substring():
+    """Routing is by the shared enums (MetricName, StageName, Status), not by
+    ``"loss" in name``-style tests on event fields."""
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("nx47_widgets"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Compare) and len(node.ops) == 1
+                    and isinstance(node.ops[0], (ast.In, ast.NotIn))
+                    and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str)
+                    and isinstance(node.comparators[0], (ast.Name, ast.Attribute, ast.Subscript, ast.Call))):
+                target = ast.unparse(node.comparators[0])
+                if any(k in target for k in ("name", "stage", "kind", "status")):
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, "\n".join(bad)
