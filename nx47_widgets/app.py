@@ -10,6 +10,7 @@ reducers in :mod:`nx47_widgets.state`, widget panels in
 
 from __future__ import annotations
 
+import html
 import os
 import threading
 import time
@@ -120,9 +121,13 @@ class Dashboard:
         self.charts_panel = ChartsPanel(self.syncer)
         self.results_panel = ResultsPanel(self.syncer)
 
+        self.model_info = W.HTML()
+        self.model_info.add_class("nx47-model-info")
         form = W.VBox([
             W.HBox([s.data_root, c.scan_button]),
             s.out_dir,
+            s.model_dir,
+            self.model_info,
             W.HBox([s.max_train, s.max_val]),
             W.HBox([s.budget_min, s.use_unet]),
             W.HBox([s.auto_coverage, c.detached]),
@@ -144,6 +149,8 @@ class Dashboard:
 
         # -- wiring -----------------------------------------------------
         self.settings.observe(self._on_coverage_control)
+        self.settings.observe(self._on_model_control, fields=("model_dir",))
+        self._on_model_control({})
         self.controls.on_click(scan=self.scan, run=self.run, stop=self.stop, attach=self.attach)
 
         self.pump = UIPump(None, self.flush, interval=pump_interval)
@@ -163,6 +170,12 @@ class Dashboard:
             if self.coverage is not None:
                 self.settings.bound_volumes(self.coverage.n_pairs)
             self.coverage_panel.render(self.coverage, self.coverage_note)
+
+    def _on_model_control(self, change: dict) -> None:
+        ok, text = self.settings.model_summary()
+        colour = "#555" if ok else "#b00020"
+        self.syncer.set(self.model_info,
+                        value=f"<span style='color:{colour};font-size:12px'>{html.escape(text)}</span>")
 
     def _on_coverage_control(self, change: dict) -> None:
         with self._lock:

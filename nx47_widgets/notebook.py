@@ -85,7 +85,7 @@ def should_autorun(auto_run: bool | None = None,
 def config_from_parameters(*, data_root: str | None = None, out_dir: str | None = None,
                            max_train_volumes: int | None = None,
                            max_val_volumes: int | None = None, budget_s: float | None = None,
-                           use_unet: bool | None = None,
+                           use_unet: bool | None = None, model_dir: str | None = None,
                            environ: Mapping[str, str] | None = None) -> RunConfig:
     """The RunConfig of the notebook's ``parameters`` cell.
 
@@ -104,6 +104,9 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
         ``BUDGET_S``.
     use_unet : bool, optional
         ``USE_UNET``.
+    model_dir : str, optional
+        ``MODEL_DIR``: a model bundle; the run segments with it and trains
+        nothing (``NX47_MODEL_DIR``).
     environ : mapping, optional
         The environment (default ``os.environ``).
 
@@ -119,7 +122,7 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
     env = os.environ if environ is None else environ
     overrides: dict[str, Any] = dict(
         data_root=data_root, out_dir=out_dir, max_train_volumes=max_train_volumes,
-        max_val_volumes=max_val_volumes, budget_s=budget_s)
+        max_val_volumes=max_val_volumes, budget_s=budget_s, model_dir=model_dir)
     if use_unet is not None:
         overrides["use_unet"] = bool(use_unet)
     if out_dir is None and not env.get("NX47_OUT_DIR") and _KAGGLE_WORKING.is_dir():

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import ipywidgets as W
 
 from nx47_pipeline.config import RunConfig
+from nx47_pipeline.model.bundle import BundleError, describe_bundle
 
 __all__ = ["Setting", "SETTINGS", "COVERAGE_FIELDS", "UNET_OPTIONS", "SettingsError",
            "SettingsForm"]
@@ -61,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
             lambda s: round(float(s) / 60.0, 2)),
     Setting("use_unet", "U-Net", lambda v, base: v, _same),
     Setting("auto_coverage", "Auto coverage (largest that fits)", lambda v, base: bool(v), bool),
+    Setting("model_dir", "Model", lambda v, base: v.strip(), str),
 )
 
 _BY_FIELD = {s.field: s for s in SETTINGS}
@@ -131,6 +133,10 @@ class SettingsForm:
         self.auto_coverage = W.Checkbox(value=v["auto_coverage"], indent=False,
                                         description=lab["auto_coverage"],
                                         layout=W.Layout(width="auto"))
+        self.model_dir = W.Text(value=v["model_dir"], description=lab["model_dir"],
+                                placeholder="blank: train now; or a model bundle folder",
+                                layout=W.Layout(width="480px"))
+        self.model_dir.add_class("nx47-model-dir")
         self.controls: dict[str, W.Widget] = {
             "data_root": self.data_root,
             "out_dir": self.out_dir,
@@ -139,6 +145,7 @@ class SettingsForm:
             "budget_s": self.budget_min,
             "use_unet": self.use_unet,
             "auto_coverage": self.auto_coverage,
+            "model_dir": self.model_dir,
         }
 
     # -- controls -> RunConfig ---------------------------------------------
@@ -225,6 +232,21 @@ class SettingsForm:
             if s.field in ("max_train_volumes", "max_val_volumes") and value > control.max:
                 control.max = value
             control.value = value
+
+    def model_summary(self) -> tuple[bool, str]:
+        """What the Model control selects: ``(ok, text)``.
+
+        Blank: the run trains a model now.  A folder: the bundle's summary
+        after its manifest and files are checked, or why it is refused
+        (``ok`` False, the message names the file).
+        """
+        path = self.model_dir.value.strip()
+        if not path:
+            return True, "train a model now (no bundle)"
+        try:
+            return True, describe_bundle(path)
+        except BundleError as exc:
+            return False, str(exc)
 
     def bound_volumes(self, n_pairs: int) -> None:
         """Bound the volume sliders by the ``n_pairs`` pairs discovery found.

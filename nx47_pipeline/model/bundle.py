@@ -75,16 +75,33 @@ class Bundle:
 
     def summary(self) -> str:
         """One line for people: what the bundle holds and how it scored."""
-        m = self.manifest
-        val = (m.get("validation") or {}).get("mean_score")
-        return (
-            f"{self.path}: linear model ({len(self.model.coef)} features, scales {list(self.feature_scales)})"
-            + (" + U-Net" if self.unet is not None else "")
-            + f"; thresholds {self.best['low']:.2f}/{self.best['high']:.2f}; "
-            f"trained on {len(m.get('train_ids', []))} volumes"
-            + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
-            + f"; nx47 {m.get('code_version', '?')}"
-        )
+        return manifest_summary(self.path, self.manifest)
+
+
+def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
+    """One line for people from a bundle's manifest (nothing is loaded)."""
+    m = manifest
+    lin = m.get("linear") or {}
+    search = m.get("search") or {}
+    val = (m.get("validation") or {}).get("mean_score")
+    low, high = search.get("low"), search.get("high")
+    return (
+        f"{path}: linear model ({lin.get('n_features', '?')} features, scales {lin.get('feature_scales')})"
+        + (" + U-Net" if m.get("unet") else "")
+        + (f"; thresholds {low:.2f}/{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float))
+           else "")
+        + f"; trained on {len(m.get('train_ids', []))} volumes"
+        + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
+        + f"; nx47 {m.get('code_version', '?')}"
+    )
+
+
+def describe_bundle(path: str | Path) -> str:
+    """The summary of the bundle at ``path`` after checking its manifest and
+    files (raises :class:`BundleError` naming the file otherwise)."""
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    return manifest_summary(Path(path), manifest)
 
 
 def sha256_file(path: Path) -> str:

@@ -168,3 +168,52 @@ def test_kaggle_kit_installs_offline_in_a_fresh_venv_and_runs_with_the_model(tra
     reference, got = _masks(out), _masks(work)
     for name in reference:
         np.testing.assert_array_equal(got[name], reference[name])
+
+
+def test_dashboard_model_control_shows_the_bundle_or_why_it_is_refused(trained, tmp_path):
+    from nx47_widgets.app import build_dashboard
+    from nx47_pipeline.config import RunConfig
+
+    _, ro, _, bundle = trained
+    d = build_dashboard(RunConfig(data_root=str(ro), out_dir=str(tmp_path / "o")))
+    try:
+        assert "train a model now" in d.model_info.value
+        d.settings.model_dir.value = str(bundle)
+        assert "thresholds" in d.model_info.value and "validation score" in d.model_info.value
+        assert d.current_config().model_dir == str(bundle)
+        bad = tmp_path / "bad"
+        shutil.copytree(bundle, bad)
+        (bad / "model.npz").write_bytes(b"not a model")
+        d.settings.model_dir.value = str(bad)
+        assert str(bad / "model.npz") in d.model_info.value and "sha256" in d.model_info.value
+    finally:
+        d.close()
+
+
+@pytest.mark.timeout(300)
+def test_kit_notebook_runs_headless_with_model_dir_on_read_only_input(trained, tmp_path, monkeypatch):
+    """The kit's notebook under papermill, as a Kaggle commit: MODEL_DIR set,
+    input read-only, KAGGLE_KERNEL_RUN_TYPE=Batch; it writes submission.zip."""
+    import papermill as pm
+
+    from nx47_pipeline.cli.kaggle_kit import kit_notebook
+
+    _, ro, out, bundle = trained
+    nb_path = tmp_path / "nx47-kaggle.ipynb"
+    nb_path.write_text(json.dumps(kit_notebook(REPO / "dashboard.ipynb")))
+    for k in [k for k in os.environ if k.startswith(("NX47_", "VOILA_", "JPY_", "KAGGLE_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setenv("NX47_HEARTBEAT_INTERVAL_S", "1")
+    work = tmp_path / "working"
+    pm.execute_notebook(str(nb_path), str(tmp_path / "executed.ipynb"), cwd=str(tmp_path),
+                        kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
+                        parameters={"DATA_ROOT": str(ro), "OUT_DIR": str(work), "MODEL_DIR": str(bundle),
+                                    "MAX_VAL_VOLUMES": 1})
+    assert (work / "submission.zip").is_file()
+    stats = json.loads((work / "stats.json").read_text())
+    assert stats["status"] == "ok" and stats["model_dir"] == str(bundle)
+    assert all(stats["stage_status"][s] == "skipped" for s in TRAINING)
+    reference, got = _masks(out), _masks(work)
+    for name in reference:
+        np.testing.assert_array_equal(got[name], reference[name])
