@@ -51,12 +51,14 @@ class RunConfig:
     # --- features / model ------------------------------------------------
     feature_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
     samples_per_class: int = 20000
+    sample_slabs: int = 3  # training samples come from this many z-slabs per volume (0 = all)
     max_total_samples: int = 1_000_000
     l1_grid: tuple[float, ...] = (1e-4, 1e-3)
     l2_grid: tuple[float, ...] = (1e-3, 1e-2)
     threshold_grid: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
     hysteresis_gap: float = 0.15
     search_max_iter: int = 150
+    search_max_val_volumes: int = 8  # the search scores its grid on at most this many (0 = all)
     fit_max_iter: int = 500
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0
@@ -92,6 +94,9 @@ class RunConfig:
             raise ValueError(
                 f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s!r}"
             )
+        for name in ("sample_slabs", "search_max_val_volumes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
         if self.unet_fuse not in ("mean", "replace"):
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
 

@@ -467,6 +467,7 @@ def iter_feature_slabs(
     slab: int = 32,
     on_progress: ProgressFn | None = None,
     workers: int | None = None,
+    only: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Features of consecutive z-slabs, each computed with a halo.
 
@@ -483,6 +484,9 @@ def iter_feature_slabs(
     workers : int, optional
         Threads computing slabs ahead of the caller (default
         :func:`default_workers`); results are identical for any value.
+    only : sequence of int, optional
+        Indices of the slabs to compute (slab ``k`` starts at ``k * slab``);
+        the others are skipped.  Default: every slab.
 
     Yields
     ------
@@ -499,7 +503,12 @@ def iter_feature_slabs(
         workers = default_workers()
     if isinstance(workers, bool) or int(workers) != workers or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    return _slab_gen(volume, sc, int(slab), on_progress, int(workers))
+    n_slabs = -(-volume.shape[0] // int(slab))
+    if only is not None:
+        only = sorted({int(k) for k in only})
+        if only and (only[0] < 0 or only[-1] >= n_slabs):
+            raise ValueError(f"only must hold slab indices in [0, {n_slabs}), got {only[:5]}...")
+    return _slab_gen(volume, sc, int(slab), on_progress, int(workers), only)
 
 
 def default_workers() -> int:
@@ -513,12 +522,14 @@ def default_workers() -> int:
 
 def _slab_gen(
     volume: np.ndarray, sc: tuple[float, ...], slab: int, on_progress: ProgressFn | None,
-    workers: int,
+    workers: int, only: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     halo = halo_for(sc)
     nz = volume.shape[0]
     nf = len(feature_names(sc))
     starts = list(range(0, nz, slab))
+    if only is not None:
+        starts = [starts[k] for k in only]
 
     def compute(z0: int) -> tuple[int, int, np.ndarray]:
         z1 = min(nz, z0 + slab)
@@ -571,13 +582,20 @@ def _check_label(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _choose_indices(
-    label: np.ndarray, n_per_class: int, seed: int
+    label: np.ndarray, n_per_class: int, seed: int, *, z_ranges: Sequence[tuple[int, int]] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flat voxel indices (sorted within each class) and their 0/1 labels."""
+    """Flat voxel indices (sorted within each class) and their 0/1 labels;
+    with ``z_ranges``, only voxels in those ``[z0, z1)`` ranges are candidates."""
     if int(n_per_class) != n_per_class or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive integer, got {n_per_class!r}")
     rng = np.random.default_rng(seed)
     flat = label.reshape(-1)
+    if z_ranges is not None:
+        plane = int(np.prod(label.shape[1:]))
+        keep = np.zeros(flat.size, dtype=bool)
+        for z0, z1 in z_ranges:
+            keep[z0 * plane:z1 * plane] = True
+        flat = np.where(keep, flat, np.uint8(2))
     idx_parts, y_parts = [], []
     for cls in (0, 1):
         candidates = np.flatnonzero(flat == cls)
@@ -623,6 +641,21 @@ def sample_voxels(
     return X, y
 
 
+def sample_slabs(nz: int, *, slab: int, max_slabs: int | None, seed: int) -> list[int] | None:
+    """Indices of ``max_slabs`` z-slabs spread evenly along ``nz`` rows (a
+    seeded offset); None when every slab is used."""
+    if max_slabs is None:
+        return None
+    if isinstance(max_slabs, bool) or int(max_slabs) != max_slabs or max_slabs < 1:
+        raise ValueError(f"max_slabs must be a positive integer or None, got {max_slabs!r}")
+    n = -(-int(nz) // int(slab))
+    if max_slabs >= n:
+        return None
+    step = n / max_slabs
+    offset = np.random.default_rng(seed).random() * step
+    return sorted({min(n - 1, int(offset + i * step)) for i in range(int(max_slabs))})
+
+
 def volume_sample(
     volume: np.ndarray,
     label: np.ndarray,
@@ -631,12 +664,16 @@ def volume_sample(
     n_per_class: int,
     seed: int,
     slab: int = 32,
+    max_slabs: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced sample of one volume, features computed slab-wise.
 
     Gives the same result as ``sample_voxels(compute_features(volume), label,
     ...)`` (up to float rounding) while holding only one slab of features.
+    With ``max_slabs``, the sample is drawn from that many z-slabs chosen
+    evenly along z (seeded offset) and only those slabs' features are
+    computed: the cost falls with the fraction of slabs, not with the sample.
 
     Parameters
     ----------
@@ -652,6 +689,8 @@ def volume_sample(
         Random seed.
     slab : int
         Slab thickness along z.
+    max_slabs : int, optional
+        Draw the sample from at most this many slabs (None: all slabs).
     on_progress : callable, optional
         ``on_progress(done_slabs, n_slabs, what)``.
 
@@ -663,12 +702,14 @@ def volume_sample(
     volume = _check_volume(volume)
     label = _check_label(label, volume.shape)
     sc = _check_scales(scales)
-    idx, y = _choose_indices(label, n_per_class, seed)
+    only = sample_slabs(volume.shape[0], slab=slab, max_slabs=max_slabs, seed=seed)
+    z_ranges = None if only is None else [(k * slab, min(volume.shape[0], (k + 1) * slab)) for k in only]
+    idx, y = _choose_indices(label, n_per_class, seed, z_ranges=z_ranges)
     nf = len(feature_names(sc))
     X = np.empty((idx.size, nf), dtype=np.float32)
     plane = volume.shape[1] * volume.shape[2]
     z_of = idx // plane
-    for z0, z1, feats in iter_feature_slabs(volume, scales=sc, slab=slab, on_progress=on_progress):
+    for z0, z1, feats in iter_feature_slabs(volume, scales=sc, slab=slab, on_progress=on_progress, only=only):
         rows = np.flatnonzero((z_of >= z0) & (z_of < z1))
         if rows.size:
             local = idx[rows] - z0 * plane

@@ -94,7 +94,8 @@ def run_search(
     dict
         ``best`` (``l1``, ``l2``, ``low``, ``high``, ``score``,
         ``model_path``), ``results`` (mean score per grid point),
-        ``fit_iters`` and ``fit_seconds`` (summed over fits).
+        ``fit_iters`` and ``fit_seconds`` (summed over fits), ``fit_converged``
+        (how many fits converged before ``max_iter``).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,7 @@ def run_search(
     models = []
     fit_iters = 0
     fit_seconds = 0.0
+    fit_converged = 0
     for g, (l1, l2) in enumerate(points):
         path = dest / f"model_{g}.npz"
         meta_path = dest / f"model_{g}.json"
@@ -117,6 +119,7 @@ def run_search(
             meta = json.loads(meta_path.read_text())
             fit_iters += meta["n_iter"]
             fit_seconds += meta["seconds"]
+            fit_converged += meta.get("stopped_reason") == "converged"
             report(g + 1, total, substep=f"fit {g + 1}/{len(points)} (cached)")
             continue
         if deadline is not None and time.monotonic() > deadline and models:
@@ -136,6 +139,7 @@ def run_search(
                                  "stopped_reason": res.stopped_reason})
         fit_iters += res.n_iter
         fit_seconds += res.seconds
+        fit_converged += res.stopped_reason == "converged"
         models.append(res.model)
         report(g + 1, total, substep=f"fit {g + 1}/{len(points)}")
     points = points[: len(models)]
@@ -213,4 +217,5 @@ def run_search(
     best["model_path"] = str(dest / f"model_{g_best}.npz")
     write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts})
     report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}")
-    return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds}
+    return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds,
+            "fit_converged": fit_converged}

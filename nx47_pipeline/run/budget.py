@@ -31,8 +31,9 @@ from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.unet.backend import cuda_available
 from nx47_pipeline.unet.params import UNetParams
 
-#: Multiplier applied to projected times (preflight rates on small data are
-#: optimistic: caches are warm, volumes are small).
+#: Multiplier applied to the time kept back for segmentation and fallbacks
+#: (a deadline must err on the safe side).  Projections are best estimates:
+#: the budget's own ``safety_margin_frac`` is their margin.
 SAFETY_FACTOR = 1.3
 
 #: Fallback rates (seconds per million voxels) used when no preflight ran.
@@ -58,6 +59,10 @@ class PreflightTimings:
     rows_per_volume: float  # sample rows contributed by one training volume
     grid_fits: int  # number of (l1, l2) fits in the search grid
     unet_s_per_batch: float | None = None
+    # iterations the preflight's fits needed when they converged (None: they
+    # ran to their cap, so the real run is projected at its own cap)
+    search_iters_converged: float | None = None  # mean per grid fit
+    fit_iters_converged: float | None = None  # the final fit, warm-started from the search
     measured_at: float = field(default_factory=time.time)
 
     def save(self, path: str | Path) -> Path:
@@ -200,6 +205,12 @@ def fit_rows(n_train: int, timings: PreflightTimings, config: RunConfig) -> floa
     return min(n_train * timings.rows_per_volume, float(config.max_total_samples))
 
 
+def search_val_count(n_val: int, config: RunConfig) -> int:
+    """Validation volumes the search scores its grid on."""
+    k = config.search_max_val_volumes
+    return min(n_val, k) if k else n_val
+
+
 def project_run(
     timings: PreflightTimings,
     *,
@@ -224,15 +235,17 @@ def project_run(
         the ``unet`` stage, its inference to ``validate`` and ``segment``.
     """
     rows = fit_rows(n_train, timings, config)
-    s = SAFETY_FACTOR
+    s = 1.0  # best estimate (see SAFETY_FACTOR)
+    search_iters = _iters(timings.search_iters_converged, config.search_max_iter)
+    fit_iters = _iters(timings.fit_iters_converged, config.fit_max_iter)
     per_stage = {
         "features": s * n_train * timings.mvox_train * timings.features_s_per_mvox,
         "search": s
         * (
-            timings.grid_fits * config.search_max_iter * rows * timings.fit_s_per_iter_row
-            + n_val * timings.mvox_train * timings.search_s_per_mvox
+            timings.grid_fits * search_iters * rows * timings.fit_s_per_iter_row
+            + search_val_count(n_val, config) * timings.mvox_train * timings.search_s_per_mvox
         ),
-        "fit_prox": s * config.fit_max_iter * rows * timings.fit_s_per_iter_row,
+        "fit_prox": s * fit_iters * rows * timings.fit_s_per_iter_row,
         "unet": s * unet.train_s(n_train) if unet is not None else 0.0,
         "validate": s * n_val * (timings.mvox_train * timings.validate_s_per_mvox
                                  + _unet_infer_s(unet, timings.mvox_train)),
@@ -254,11 +267,17 @@ def project_run(
     )
 
 
+def _iters(converged: float | None, cap: int) -> float:
+    """Iterations a fit is projected to take: what the preflight's converged
+    fits took (at least 1), else the cap."""
+    return float(cap) if converged is None else float(min(cap, max(1.0, converged)))
+
+
 def unet_projected_s(proj: Projection, timings: PreflightTimings, unet: UNetCost | None) -> float:
     """The U-Net's share of ``proj``: training plus inference on validation and test volumes."""
     if unet is None:
         return 0.0
-    return proj.per_stage["unet"] + SAFETY_FACTOR * (
+    return proj.per_stage["unet"] + (
         proj.n_val * _unet_infer_s(unet, timings.mvox_train)
         + proj.n_test * _unet_infer_s(unet, timings.mvox_test)
     )

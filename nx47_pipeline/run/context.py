@@ -70,6 +70,7 @@ class RunState:
     resumed: bool = False
     error_text: str = ""
     bundle_summary: str = ""  # a run with --model: what the bundle holds
+    projection: dict[str, float] = field(default_factory=dict)  # seconds per stage, from the plan step
 
 
 @dataclass

@@ -91,9 +91,39 @@ class RunResult:
 # ---------------------------------------------------------------------------
 @contextlib.contextmanager
 def _stage(ctx: RunContext, name: StageName, total: float = 1.0) -> Iterator[None]:
-    """STEP begin/end around a stage; the plan keeps its status and seconds."""
+    """STEP begin/end around a stage; the plan keeps its status and seconds.
+    After a stage that was projected, BUDGET ``reprojection``."""
     with ctx.tel.stage(name, total=total):
         yield
+    if ctx.state.projection:
+        _reproject(ctx, name)
+
+
+def _reproject(ctx: RunContext, name: StageName) -> None:
+    """Re-project the stages still to run, scaled by the error so far
+    (actual / projected seconds of the projected stages that ran)."""
+    proj, plan = ctx.state.projection, ctx.tel.plan
+    done = [n for n in proj if plan.status(n).done]
+    ran = [n for n in done if plan.seconds(n) is not None and proj[n] > 0]
+    actual = sum(plan.seconds(n) for n in ran)
+    projected = sum(proj[n] for n in ran)
+    if projected <= 0:
+        return
+    ratio = actual / projected
+    remaining = [n for n in proj if not plan.status(n).done]
+    remaining_s = ratio * sum(proj[n] for n in remaining)
+    stage_actual = plan.seconds(name) or 0.0
+    ctx.tel.budget(
+        BudgetDecision.REPROJECTION,
+        f"after {name}: {stage_actual:.0f} s (projected {proj.get(name, 0.0):.0f} s); so far actual / "
+        f"projected = {ratio:.2f}; remaining {remaining_s / 60:.1f} min against "
+        f"{ctx.deadlines.left() / 60:.1f} min left",
+        budget_s=ctx.config.budget_s,
+        projected_s=remaining_s,
+        fits=remaining_s <= ctx.deadlines.left(),
+        extra={"stage": str(name), "stage_actual_s": stage_actual, "stage_projected_s": proj.get(name, 0.0),
+               "actual_over_projected": ratio, "remaining_stages": [str(n) for n in remaining]},
+    )
 
 
 def _skip(ctx: RunContext, name: StageName, reason: str) -> None:
@@ -267,6 +297,7 @@ def _plan(ctx: RunContext) -> None:
     ctx.deadlines.reserve_s = budget.segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test, unet=cost)
     for name, secs in proj.per_stage.items():
         ctx.tel.plan.set_weight(name, max(secs, 0.01))
+    st.projection = dict(proj.per_stage)
 
 
 # ---------------------------------------------------------------------------
@@ -292,7 +323,8 @@ def _train(ctx: RunContext) -> None:
     else:
         val = st.selection.val
         n_points = len(cfg.l1_grid) * len(cfg.l2_grid)
-        with _stage(ctx, StageName.SEARCH, total=n_points + len(val) * n_points * len(cfg.threshold_grid)):
+        n_search = len(stages.search_volumes(cfg, val))
+        with _stage(ctx, StageName.SEARCH, total=n_points + n_search * n_points * len(cfg.threshold_grid)):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.out / "search",
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):
@@ -406,6 +438,7 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
                                                        unet=st.unet_plan.cost if st.unet is not None else None)
     for name, secs in proj.per_stage.items():
         ctx.tel.plan.set_weight(name, max(secs, 0.01))
+    st.projection = dict(proj.per_stage)
     if st.selection.val:
         _validate(ctx)
     else:

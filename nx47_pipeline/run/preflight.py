@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nx47_pipeline.data.discovery import VolumeRecord
+from nx47_pipeline.io.jsonio import read_json
 from nx47_pipeline.io.submission import write_submission
 from nx47_pipeline.io.volumes import read_volume
 from nx47_pipeline.model.postprocess import fallback_segment
@@ -121,6 +122,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     mvox_val = float(np.sum([stages.mvox(r.shape) for r in sl.val]))
 
     model = stages.fit(ctx, quiet(2), samples, grid["best"], dest / "model", max_iter=small_iter, deadline=None)
+    fit_info = read_json(dest / "model" / "fit.json") or {}
     unet_s_per_batch = None
     if cfg.use_unet is not False and torch_available() and deadline - time.monotonic() > 120:
         phase(3)(0, 1, message="timing one U-Net training batch")
@@ -157,6 +159,9 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         rows_per_volume=len(samples.y) / len(paths),
         grid_fits=len(cfg.l1_grid) * len(cfg.l2_grid),
         unet_s_per_batch=unet_s_per_batch,
+        search_iters_converged=(grid["fit_iters"] / max(len(cfg.l1_grid) * len(cfg.l2_grid), 1)
+                                if grid.get("fit_converged") == len(cfg.l1_grid) * len(cfg.l2_grid) else None),
+        fit_iters_converged=(float(fit_info["n_iter"]) if fit_info.get("converged") else None),
     )
 
 

@@ -197,7 +197,7 @@ def features(
 
         X, y = volume_sample(
             image, label, scales=cfg.feature_scales, n_per_class=per_class,
-            seed=volume_seed(cfg.seed, rec.id), on_progress=on_feat,
+            seed=volume_seed(cfg.seed, rec.id), max_slabs=cfg.sample_slabs or None, on_progress=on_feat,
         )
         # labelled-voxel class counts: the sample is class-balanced, the
         # volumes are not; the model's intercept is corrected with them
@@ -237,10 +237,11 @@ def search(
     *, max_iter: int, deadline: float | None,
 ) -> dict[str, Any]:
     """The (L1, L2) x threshold grid search scored with the competition
-    metric on ``val`` (:func:`nx47_pipeline.model.search.run_search`)."""
+    metric on the first ``search_max_val_volumes`` of ``val``
+    (:func:`nx47_pipeline.model.search.run_search`)."""
     cfg = ctx.config
     return run_search(
-        samples.X, samples.y, val,
+        samples.X, samples.y, search_volumes(cfg, val),
         dest=dest,
         l1_grid=cfg.l1_grid, l2_grid=cfg.l2_grid,
         thresholds=cfg.threshold_grid, gap=cfg.hysteresis_gap,
@@ -254,6 +255,13 @@ def search(
         on_warning=lambda msg, subject, code: report.warn(msg, subject=subject, code=code),
         on_deadline=lambda what: report.deadline_hit("search", what),
     )
+
+
+def search_volumes(cfg, val: Sequence[VolumeRecord]) -> list[VolumeRecord]:
+    """The validation volumes the search scores its grid on (a bounded subset:
+    its cost grows with volumes x grid points; validation scores every one)."""
+    k = cfg.search_max_val_volumes
+    return list(val[:k] if k else val)
 
 
 def fit(

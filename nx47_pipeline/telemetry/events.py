@@ -127,6 +127,7 @@ class BudgetDecision(_Name):
     DEADLINE = "deadline"
     FALLBACK = "fallback"
     PREFLIGHT = "preflight"
+    REPROJECTION = "reprojection"  # after each stage: the remainder re-projected with the error so far
 
 
 class Split(_Name):

@@ -69,11 +69,11 @@ def test_auto_coverage_picks_a_coverage_whose_projection_fits(tmp_path, monkeypa
 
 
 def test_the_unet_shrinks_the_coverage_that_fits():
-    cfg = RunConfig(budget_s=3 * 3600)
+    cfg = RunConfig(budget_s=2 * 3600)
     t = _timings()
     cost = UNetCost(params_from_config(cfg), t.unet_s_per_batch, "cpu")
-    with_unet = largest_fit(t, n_pairs=200, n_test=10, config=cfg, unet=cost)
-    without = largest_fit(t, n_pairs=200, n_test=10, config=cfg)
+    with_unet = largest_fit(t, n_pairs=786, n_test=10, config=cfg, unet=cost)
+    without = largest_fit(t, n_pairs=786, n_test=10, config=cfg)
     assert 0 < with_unet[0] < without[0]
     # largest_fit's figure is project_run's figure for that coverage
     again = project_run(t, n_train=with_unet[0], n_val=with_unet[1], n_test=10, config=cfg, unet=cost)
