@@ -59,6 +59,7 @@ class RunConfig:
     hysteresis_gap: float = 0.15
     search_max_iter: int = 150
     search_max_val_volumes: int = 8  # the search scores its grid on at most this many (0 = all)
+    search_top_k: int = 4  # candidates scored with the full metric after the proxy ranking (0 = all)
     fit_max_iter: int = 500
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0
@@ -94,7 +95,7 @@ class RunConfig:
             raise ValueError(
                 f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s!r}"
             )
-        for name in ("sample_slabs", "search_max_val_volumes"):
+        for name in ("sample_slabs", "search_max_val_volumes", "search_top_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
         if self.unet_fuse not in ("mean", "replace"):

@@ -2,14 +2,20 @@
 
 The grid is (L1 strength x L2 strength) for the ``fit_prox`` model times the
 hysteresis threshold pair ``(high - gap, high)`` of the segmentation.  Each
-(L1, L2) point is fitted once on the training sample (reduced iterations);
-then every validation volume is passed through the filter bank once, every
-fitted model is applied to it, and every threshold pair is post-processed and
-scored with :func:`nx47_pipeline.model.metric.score_volume`.  Each fit and each
-(model, threshold) evaluation is one progress unit.
+(L1, L2) point is fitted once on the training sample (reduced iterations).
+Then, on every validation volume, the filter bank runs once, every fitted
+model is applied, and every (model, threshold) candidate is ranked by a cheap
+proxy (:func:`proxy_dice`: a threshold and a count).  The ``top_k`` best
+candidates by mean proxy are post-processed and scored with
+:func:`nx47_pipeline.model.metric.score_volume` on every validation volume
+(a second pass through the filter bank for their models only), and the best
+of them wins.  Post-processing and the metric cost far more than the filter
+bank at 320^3, so this is what bounds the search (docs/benchmarks.md).  Each
+fit, ranking and full evaluation is one progress unit.
 
-Results are cached in ``dest`` (one model per fit, one JSON per validation
-volume, ``results.json`` at the end), so a rerun resumes mid-grid.
+Results are cached in ``dest`` (one model per fit, one ranking and one score
+JSON per validation volume, ``results.json`` at the end), so a rerun resumes
+mid-grid.
 """
 
 from __future__ import annotations
@@ -49,6 +55,17 @@ def threshold_pairs(thresholds: Sequence[float], gap: float) -> list[tuple[float
     return out
 
 
+def proxy_dice(prob: np.ndarray, label: np.ndarray, *, high: float) -> float:
+    """Cheap ranking score of one candidate: the Dice of ``prob > high``
+    against label 1 over the labelled voxels (label 2 ignored)."""
+    labelled = label != 2
+    pred = (prob > high) & labelled
+    truth = label == 1
+    inter = np.count_nonzero(pred & truth)
+    denom = np.count_nonzero(pred) + np.count_nonzero(truth)
+    return 2.0 * inter / denom if denom else 1.0
+
+
 def run_search(
     X: np.ndarray,
     y: np.ndarray,
@@ -65,6 +82,7 @@ def run_search(
     max_iter: int = 150,
     tol: float = 1e-6,
     intercept_shift: float = 0.0,
+    top_k: int = 4,
     deadline: float | None = None,
     progress: Callable[..., None] | None = None,
     on_metric: Callable[[str, float, dict], None] | None = None,
@@ -84,6 +102,12 @@ def run_search(
     intercept_shift : float
         Added to each fitted model's intercept: the logit correction from
         the class-balanced sample's prior to the labelled voxels' prior.
+    top_k : int
+        Candidates scored with the competition metric: every (model,
+        threshold) candidate is first ranked on every validation volume by
+        :func:`proxy_dice` (a threshold and a count, no post-processing);
+        the ``top_k`` best by mean proxy are then post-processed and scored
+        in full, and the best of those wins.  0 scores every candidate.
     deadline : float, optional
         ``time.monotonic()`` value; the search stops early there and picks
         the best point seen (BUDGET is the caller's to publish via
@@ -101,8 +125,8 @@ def run_search(
     dest.mkdir(parents=True, exist_ok=True)
     points = grid_points(l1_grid, l2_grid)
     pairs = threshold_pairs(thresholds, gap)
-    n_eval = len(points) * len(pairs)
-    total = len(points) + len(val) * n_eval
+    n_cands = len(points) * len(pairs)
+    total = len(points) + len(val) * (n_cands + (min(int(top_k), n_cands) if top_k else n_cands))
     report = progress or (lambda *a, **k: None)
     metric = on_metric or (lambda *a: None)
 
@@ -144,19 +168,20 @@ def run_search(
         report(g + 1, total, substep=f"fit {g + 1}/{len(points)}")
     points = points[: len(models)]
 
-    # 2. every validation volume through every model and threshold pair
-    sums = np.zeros((len(points), len(pairs)))
-    counts = 0
-    done_units = len(points)
+    # 2. rank every (model, threshold) candidate with a cheap proxy on every
+    #    validation volume, 3. score the top_k with the competition metric
+    cands = [(g, t_i) for g in range(len(points)) for t_i in range(len(pairs))]
+    k_full = len(cands) if not top_k else min(int(top_k), len(cands))
+    n_units = len(val) * (len(cands) + k_full)
+    total = len(points) + n_units
+    proxy_sum = np.zeros(len(cands))
+    n_ranked = 0
+    ranked_ids: list[str] = []
     for v, rec in enumerate(val):
-        cache = dest / f"val_{rec.id}.json"
-        scores = None
-        if cache.exists():
-            data = json.loads(cache.read_text())
-            if data.get("n_models") == len(points):
-                scores = np.asarray(data["scores"], dtype=float)
-        if scores is None:
-            if deadline is not None and time.monotonic() > deadline:
+        cache = dest / f"rank_{rec.id}.json"
+        data = json.loads(cache.read_text()) if cache.exists() else None
+        if data is None or data.get("n_models") != len(points):
+            if deadline is not None and time.monotonic() > deadline and n_ranked:
                 if on_deadline:
                     on_deadline(f"{len(val) - v} of {len(val)} validation volumes not searched")
                 break
@@ -168,45 +193,81 @@ def run_search(
                 continue
 
             def on_p(d, t, what, _v=v):
-                report(len(points) + _v * n_eval, total, file=rec.id, file_done=_v, file_total=len(val),
-                       substep=what, substep_done=d, substep_total=t)
+                report(len(points) + _v * len(cands), total, file=rec.id, file_done=_v, file_total=len(val),
+                       substep=f"rank: {what}", substep_done=d, substep_total=t)
 
             probs = linear_probabilities(image, models, on_progress=on_p)
-            scores = np.zeros((len(points), len(pairs)))
-            for g in range(len(points)):
-                for t_i, (low, high) in enumerate(pairs):
-                    mask = postprocess(probs[g], low=low, high=high, closing_radius=closing_radius,
-                                       min_size=min_size)
-                    scores[g, t_i] = score_volume(mask, label).score
-                    k = g * len(pairs) + t_i + 1
-                    report(len(points) + v * n_eval + k, total, file=rec.id, file_done=v,
-                           file_total=len(val), substep=f"grid point {k}/{n_eval}",
-                           substep_done=k, substep_total=n_eval)
+            data = {"n_models": len(points),
+                    "proxy": [proxy_dice(probs[g], label, high=pairs[t_i][1]) for g, t_i in cands]}
             del probs
-            write_json(cache, {"n_models": len(points), "scores": scores.tolist()})
-        sums += scores
+            write_json(cache, data)
+        proxy_sum += np.asarray(data["proxy"], dtype=float)
+        n_ranked += 1
+        ranked_ids.append(rec.id)
+        report(len(points) + (v + 1) * len(cands), total, file=rec.id, file_done=v + 1, file_total=len(val),
+               substep="rank")
+    order = sorted(range(len(cands)), key=lambda i: -proxy_sum[i])
+    chosen = sorted(order[:k_full])  # candidate indices scored in full
+    chosen_models = sorted({cands[i][0] for i in chosen})
+    sums = np.zeros(len(chosen))
+    counts = 0
+    base = len(points) + len(val) * len(cands)
+    for v, rec in enumerate(r for r in val if r.id in ranked_ids):
+        cache = dest / f"val_{rec.id}.json"
+        data = json.loads(cache.read_text()) if cache.exists() else None
+        if data is None or data.get("candidates") != [list(cands[i]) for i in chosen]:
+            if deadline is not None and time.monotonic() > deadline and counts:
+                if on_deadline:
+                    on_deadline(f"{len(ranked_ids) - v} of {len(ranked_ids)} validation volumes not scored")
+                break
+            try:
+                image, label = read_pair(rec.image_path, rec.label_path)
+            except VolumeError as exc:
+                if on_warning:
+                    on_warning(str(exc), rec.id, exc.code)
+                continue
+
+            def on_q(d, t, what, _v=v):
+                report(base + _v * k_full, total, file=rec.id, file_done=_v, file_total=len(ranked_ids),
+                       substep=f"score: {what}", substep_done=d, substep_total=t)
+
+            probs = linear_probabilities(image, [models[g] for g in chosen_models], on_progress=on_q)
+            scores = []
+            for j, i in enumerate(chosen):
+                g, t_i = cands[i]
+                low, high = pairs[t_i]
+                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high,
+                                   closing_radius=closing_radius, min_size=min_size)
+                scores.append(score_volume(mask, label).score)
+                report(base + v * k_full + j + 1, total, file=rec.id, file_done=v, file_total=len(ranked_ids),
+                       substep=f"candidate {j + 1}/{k_full}", substep_done=j + 1, substep_total=k_full)
+            del probs
+            data = {"candidates": [list(cands[i]) for i in chosen], "scores": scores}
+            write_json(cache, data)
+        sums += np.asarray(data["scores"], dtype=float)
         counts += 1
-        for g, (l1, l2) in enumerate(points):
-            for t_i, (low, high) in enumerate(pairs):
-                metric("search_score", float(scores[g, t_i]),
-                       {"volume_id": rec.id, "l1": l1, "l2": l2, "low": low, "high": high})
-        done_units = len(points) + (v + 1) * n_eval
-        report(done_units, total, file=rec.id, file_done=v + 1, file_total=len(val))
+        for j, i in enumerate(chosen):
+            g, t_i = cands[i]
+            metric("search_score", float(data["scores"][j]),
+                   {"volume_id": rec.id, "l1": points[g][0], "l2": points[g][1],
+                    "low": pairs[t_i][0], "high": pairs[t_i][1]})
+        report(base + (v + 1) * k_full, total, file=rec.id, file_done=v + 1, file_total=len(ranked_ids))
 
     results = []
     if counts:
         mean = sums / counts
-        for g, (l1, l2) in enumerate(points):
-            for t_i, (low, high) in enumerate(pairs):
-                results.append({"l1": l1, "l2": l2, "low": low, "high": high, "score": float(mean[g, t_i])})
-                metric("search_mean_score", float(mean[g, t_i]),
-                       {"l1": l1, "l2": l2, "low": low, "high": high, "n_volumes": counts})
+        for j, i in enumerate(chosen):
+            g, t_i = cands[i]
+            (l1, l2), (low, high) = points[g], pairs[t_i]
+            results.append({"l1": l1, "l2": l2, "low": low, "high": high, "score": float(mean[j]),
+                            "proxy": float(proxy_sum[i] / max(n_ranked, 1))})
+            metric("search_mean_score", float(mean[j]),
+                   {"l1": l1, "l2": l2, "low": low, "high": high, "n_volumes": counts})
         # best score; ties go to the stronger regularisation (fewer features)
-        order = sorted(range(len(results)), key=lambda i: (-round(results[i]["score"], 9),
-                                                             -results[i]["l1"], -results[i]["l2"]))
-        best_i = order[0]
-        g_best = best_i // len(pairs)
-        best = dict(results[best_i])
+        best_j = sorted(range(len(results)), key=lambda j: (-round(results[j]["score"], 9),
+                                                             -results[j]["l1"], -results[j]["l2"]))[0]
+        g_best = cands[chosen[best_j]][0]
+        best = dict(results[best_j])
     else:
         if on_warning:
             on_warning("no validation volume could be scored; the search keeps the middle of the grid",
@@ -214,8 +275,11 @@ def run_search(
         g_best = len(points) // 2
         low, high = pairs[len(pairs) // 2]
         best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "score": None}
+    proxies = [{"l1": points[g][0], "l2": points[g][1], "low": pairs[t_i][0], "high": pairs[t_i][1],
+                "proxy": float(proxy_sum[i] / max(n_ranked, 1))} for i, (g, t_i) in enumerate(cands)]
     best["model_path"] = str(dest / f"model_{g_best}.npz")
-    write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts})
+    write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts,
+                                       "ranked": proxies, "top_k": k_full})
     report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}")
     return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds,
             "fit_converged": fit_converged}

@@ -324,7 +324,9 @@ def _train(ctx: RunContext) -> None:
         val = st.selection.val
         n_points = len(cfg.l1_grid) * len(cfg.l2_grid)
         n_search = len(stages.search_volumes(cfg, val))
-        with _stage(ctx, StageName.SEARCH, total=n_points + n_search * n_points * len(cfg.threshold_grid)):
+        n_cands = n_points * len(cfg.threshold_grid)
+        n_full = min(cfg.search_top_k, n_cands) if cfg.search_top_k else n_cands
+        with _stage(ctx, StageName.SEARCH, total=n_points + n_search * (n_cands + n_full)):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.out / "search",
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):

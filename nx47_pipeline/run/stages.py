@@ -249,6 +249,7 @@ def search(
         closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels,
         max_iter=max_iter, tol=cfg.fit_tol,
         intercept_shift=samples.prior_shift,
+        top_k=cfg.search_top_k,
         deadline=deadline,
         progress=report.progress,
         on_metric=lambda name, value, extra: report.metric(MetricName(name), value, **extra),
