@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--n-test", type=int, default=2, help="test volumes (default 2)")
     d.add_argument("--shape", default=None, help="edge length (e.g. 320) or Z,Y,X; default: mixed small shapes")
     d.add_argument("--seed", type=int, default=47)
+    d.add_argument("--variant", choices=("a", "b"), default="a",
+                   help="generator variant: a (the demo data) or b (held out: other spacing, thickness, "
+                        "noise, lighting and label offset)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nx47 demo-data: --shape: {exc}", file=sys.stderr)
         return 2
-    root = generate_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, shape=shape, seed=args.seed)
+    root = generate_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, shape=shape, seed=args.seed,
+                                 variant=args.variant)
     print(f"demo dataset written to {root}")
     return 0

@@ -133,7 +133,33 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: float) 
     return f / std if std > 0 else f
 
 
-def _scroll_style(seed: int, scroll: str) -> dict[str, float]:
+#: Generator variants: ``"a"`` (the demo data the project is tuned on) and
+#: ``"b"`` (held out for checking generalisation: thinner sheets packed
+#: closer, brighter and noisier background, stronger uneven lighting, more
+#: warp, more debris, and the labelled surface farther off the ridge).
+VARIANTS = ("a", "b")
+
+
+def _scroll_style(seed: int, scroll: str, variant: str = "a") -> dict[str, float]:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "b":
+        r = _seed_of("style-b", seed, scroll)
+        thickness = float(r.uniform(4.5, 7.0))
+        return {
+            "thickness": thickness,
+            "thick_lo": thickness - 1.5,
+            "thick_hi": thickness + 1.5,
+            "gap": float(r.uniform(5.0, 9.0)),
+            "background": float(r.uniform(38.0, 58.0)),
+            "peak": float(r.uniform(95.0, 125.0)),
+            "noise": float(r.uniform(17.0, 24.0)),
+            "fibre": float(r.uniform(0.28, 0.42)),
+            "illum": float(r.uniform(0.38, 0.55)),
+            "warp": float(r.uniform(0.14, 0.22)),
+            "offset": float(r.uniform(2.0, 2.6)),
+            "debris": 2.0,
+        }
     r = _seed_of("style", seed, scroll)
     return {
         "thickness": float(r.uniform(6.0, 9.5)),
@@ -203,7 +229,7 @@ def make_volume(
     centres, thicks = [], []
     c = lo + rng.uniform(0, thick_mean + gap_mean)
     while c < hi:
-        t = float(np.clip(rng.normal(thick_mean, 0.8), 6.0, 10.0))
+        t = float(np.clip(rng.normal(thick_mean, 0.8), st.get("thick_lo", 6.0), st.get("thick_hi", 10.0)))
         centres.append(c)
         thicks.append(t)
         c += t + float(rng.uniform(0.45, 1.55)) * gap_mean
@@ -272,7 +298,7 @@ def make_volume(
     del fibre, illum, density
 
     # bright debris (not labelled)
-    n_debris = max(3, int(P * N * Q / 12000))
+    n_debris = max(3, int(st.get("debris", 1.0) * P * N * Q / 12000))
     for _ in range(n_debris):
         r = rng.uniform(0.8, 3.5, size=3)
         ctr = rng.uniform(0, 1, size=3) * np.array(canon)
@@ -354,6 +380,7 @@ def generate_demo_dataset(
     n_test: int = 2,
     shape: ShapeArg = None,
     seed: int = 47,
+    variant: str = "a",
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> Path:
     """Write a demo dataset with the competition's layout.
@@ -374,6 +401,9 @@ def generate_demo_dataset(
         edge; a tuple: that shape.  ``320`` gives competition-size volumes.
     seed : int
         The same seed gives byte-identical files.
+    variant : {"a", "b"}
+        The generator variant (:data:`VARIANTS`): ``"a"`` the demo data,
+        ``"b"`` a held-out variant for checking generalisation.
     on_progress : callable, optional
         ``on_progress(done, total, what)`` after each volume written.
 
@@ -393,6 +423,8 @@ def generate_demo_dataset(
         raise ValueError(f"n_test must be >= 0, got {n_test!r}")
     if shape is not None:
         _as_shape(shape, 0, "train")  # validate early
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     rng = _seed_of("dataset", seed)
@@ -414,7 +446,7 @@ def generate_demo_dataset(
     ]
     test_scroll = [scrolls[int(rng.integers(0, n_scrolls))] for _ in range(n_test)]
     ghost_scroll = [scrolls[int(rng.integers(0, n_scrolls))] for _ in range(n_ghost)]
-    styles = {s: _scroll_style(seed, s) for s in scrolls}
+    styles = {s: _scroll_style(seed, s, variant) for s in scrolls}
 
     total = n_train + n_test + n_dep
     done = 0

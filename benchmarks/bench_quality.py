@@ -1,0 +1,178 @@
+"""Segmentation quality on held-out data of two generator variants.
+
+For each generator variant (``a``: the demo data the project is tuned on;
+``b``: a held-out variant with other sheet spacing, thickness, noise,
+lighting and label offset) a dataset is written with
+``nx47 demo-data --variant V``; its test volumes' labels
+(``test_labels_hidden/``) are never seen by training.  Methods:
+
+* ``otsu``: a global Otsu threshold per test volume (the baseline);
+* ``fit_prox``: ``nx47 run --no-unet`` (default settings);
+* ``fit_prox (bad inputs)``: the same with half of the training pairs made
+  unusable (truncated image files), so fewer pairs train the model;
+* ``unet``: ``nx47 run --unet --budget-s 600`` on the CPU (``--no-unet-run``
+  skips it).
+
+Each submission is scored with ``nx47 score --json`` against the hidden
+labels: the table gives the mean Surface Dice, VOI score, TopoScore and
+score.  An ablation re-runs the post-processing of the fit_prox run's own
+probability maps (``test/<id>_prob.tif``) with each step removed.
+
+Run: ``python benchmarks/bench_quality.py --out benchmarks/results/quality.md
+[--shape 128] [--no-unet-run]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from _common import git_commit, load_note, machine, write_section  # noqa: E402
+from nx47_pipeline.data.discovery import discover  # noqa: E402
+from nx47_pipeline.io.jsonio import read_json  # noqa: E402
+from nx47_pipeline.io.volumes import read_volume  # noqa: E402
+from nx47_pipeline.model.metric import score_volumes  # noqa: E402
+from nx47_pipeline.model.postprocess import ablation_steps, otsu_baseline, postprocess_steps  # noqa: E402
+from nx47_pipeline.model.postprocess import uint8_to_probability  # noqa: E402
+
+PARTS = ("surface_dice", "voi", "topo", "score")
+
+
+def nx47(*args: str, env: dict | None = None, timeout: float = 7200) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NX47_")}
+    full.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", *args], cwd=str(REPO), env=full,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode not in (0,):
+        raise RuntimeError(f"nx47 {' '.join(args[:3])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc
+
+
+def mean_parts(result: dict) -> dict[str, float]:
+    rows = list(result["per_volume"].values())
+    out = {}
+    for k in PARTS:
+        key = "voi_score" if k == "voi" and "voi_score" in rows[0] else k
+        vals = [r.get(key) for r in rows if isinstance(r.get(key), (int, float))]
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def score_zip(zip_path: Path, labels: Path) -> dict[str, float]:
+    res = json.loads(nx47("score", "--pred", str(zip_path), "--labels", str(labels), "--json").stdout)
+    return mean_parts(res)
+
+
+def otsu_scores(data: Path) -> dict[str, float]:
+    labels = data / "test_labels_hidden"
+    triples = []
+    for rec in discover(data).test:
+        img = read_volume(rec.image_path, kind="image")
+        triples.append((rec.id, otsu_baseline(img), read_volume(labels / f"{rec.id}.tif", kind="label")))
+    return mean_parts(score_volumes(triples))
+
+
+def break_half(src: Path, dst: Path) -> int:
+    """Copy ``src`` and truncate every other training image: fewer usable pairs."""
+    shutil.copytree(src, dst)
+    imgs = sorted((dst / "train_images").glob("*.tif"))
+    for p in imgs[1::2]:
+        raw = p.read_bytes()
+        p.write_bytes(raw[: len(raw) // 3])
+    return len(imgs[1::2])
+
+
+def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
+    """The fit_prox run's test probabilities through the post-processing with each step off."""
+    best = read_json(run / "search" / "results.json")["best"]
+    cfg = read_json(run / "config.json")
+    labels = data / "test_labels_hidden"
+    recs = discover(data).test
+    probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
+             for r in recs}
+    truth = {r.id: read_volume(labels / f"{r.id}.tif", kind="label") for r in recs}
+    images = {r.id: read_volume(r.image_path, kind="image") for r in recs}
+    out = []
+    for name, steps in ablation_steps():
+        triples = [(vid, postprocess_steps(probs[vid], low=best["low"], high=best["high"],
+                                           closing_radius=tuple(cfg["closing_radius"]),
+                                           min_size=cfg["min_component_voxels"], steps=steps,
+                                           image=images[vid]), truth[vid])
+                   for vid in probs]
+        out.append((name, mean_parts(score_volumes(triples))))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality.md")
+    ap.add_argument("--shape", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=12)
+    ap.add_argument("--n-test", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=202, help="dataset seed (the project tunes on seed 47)")
+    ap.add_argument("--no-unet-run", action="store_true")
+    args = ap.parse_args()
+    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    tmp = Path(tempfile.mkdtemp(prefix="nx47-quality-"))
+    tables: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    ablations: dict[str, list] = {}
+    for variant in ("a", "b"):
+        data = tmp / f"data-{variant}"
+        nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+             "--shape", str(args.shape), "--seed", str(args.seed), "--variant", variant)
+        labels = data / "test_labels_hidden"
+        rows = [("otsu", otsu_scores(data))]
+        run = tmp / f"fit-{variant}"
+        nx47("run", "--data", str(data), "--out", str(run), "--no-unet", "--max-train-volumes", "0",
+             "--max-val-volumes", "3", "--quiet")
+        rows.append(("fit_prox", score_zip(run / "submission.zip", labels)))
+        ablations[variant] = ablation(run, data)
+        bad = tmp / f"data-{variant}-bad"
+        n_bad = break_half(data, bad)
+        bad_run = tmp / f"fit-{variant}-bad"
+        nx47("run", "--data", str(bad), "--out", str(bad_run), "--no-unet", "--max-train-volumes", "0",
+             "--max-val-volumes", "3", "--quiet")
+        rows.append((f"fit_prox ({n_bad} of {args.n_train} training images truncated)",
+                     score_zip(bad_run / "submission.zip", labels)))
+        if not args.no_unet_run:
+            urun = tmp / f"unet-{variant}"
+            nx47("run", "--data", str(data), "--out", str(urun), "--unet", "--budget-s", "600",
+                 "--max-train-volumes", "0", "--max-val-volumes", "3", "--quiet")
+            rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels)))
+        tables[variant] = rows
+    lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants)", "",
+             f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
+             f"`nx47 demo-data --variant V --seed {args.seed}` (the project is tuned on variant a, seed 47); "
+             "test labels are never seen by training. Mean over the test volumes of the local competition "
+             "metric's parts. Command: `python benchmarks/bench_quality.py --out "
+             "benchmarks/results/quality.md`.", ""]
+    for variant, rows in tables.items():
+        lines += [f"**Variant {variant}**", "", "| method | Surface Dice | VOI score | TopoScore | score |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, m in rows:
+            lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
+                         f"**{m['score']:.3f}** |")
+        lines.append("")
+    lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds from "
+              "its search):", "", "| post-processing | variant a score | variant b score |", "| --- | ---: | ---: |"]
+    for (name, ma), (_, mb) in zip(ablations["a"], ablations["b"]):
+        lines.append(f"| {name} | {ma['score']:.3f} | {mb['score']:.3f} |")
+    lines += ["", f"Machine: {machine()}. Date: {started}. Commit: {git_commit()}. {load_note()}", ""]
+    write_section(args.out, lines)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
