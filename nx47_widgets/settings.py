@@ -24,8 +24,23 @@ from nx47_widgets.lifecycle import describe, holder, output_problem
 __all__ = ["Setting", "SETTINGS", "COVERAGE_FIELDS", "UNET_OPTIONS", "SettingsError",
            "SettingsForm", "run_problems", "CAPS_HINT"]
 
-#: Choices of the U-Net control: (label, ``RunConfig.use_unet``).
-UNET_OPTIONS = [("auto (GPU only)", None), ("on", True), ("off", False)]
+#: Choices of the U-Net control: (label, control value).  The values are
+#: strings: a dropdown whose value is None shows nothing selected.
+UNET_OPTIONS = [("auto (GPU only)", "auto"), ("on", "on"), ("off", "off")]
+_UNET_TO_CONFIG = {"auto": None, "on": True, "off": False}
+
+
+def _unet_to_control(value: bool | None) -> str:
+    return "auto" if value is None else ("on" if value else "off")
+
+
+def _unet_to_config(value: str | bool | None, base: RunConfig) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return _UNET_TO_CONFIG[value]
+    except KeyError:
+        raise ValueError(f"U-Net must be one of {sorted(_UNET_TO_CONFIG)}") from None
 
 
 @dataclass(frozen=True)
@@ -50,10 +65,6 @@ class Setting:
     to_control: Callable[[Any], Any]
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 #: The RunConfig fields the controls show, in display order.  A blank data
 #: root means ``"auto"``; a blank output folder keeps the base config's.
 SETTINGS: tuple[Setting, ...] = (
@@ -63,7 +74,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_val_volumes", "Max val", lambda v, base: int(v), int),
     Setting("budget_s", "Budget (min)", lambda v, base: float(v) * 60.0,
             lambda s: round(float(s) / 60.0, 2)),
-    Setting("use_unet", "U-Net", lambda v, base: v, _same),
+    Setting("use_unet", "U-Net", _unet_to_config, _unet_to_control),
     Setting("auto_coverage", "Auto coverage (largest that fits)", lambda v, base: bool(v), bool),
     Setting("model_dir", "Model", lambda v, base: v.strip(), str),
 )

@@ -6,11 +6,40 @@ import threading
 
 import ipywidgets as W
 
-from nx47_widgets.render import AsyncRenderer, SliceRequest
+from nx47_widgets.render import FN_RGB, FP_RGB, IGNORE_RGB, LABEL_RGB, PRED_RGB, AsyncRenderer, SliceRequest
 from nx47_widgets.state.preview import AXES, PreviewState
 from nx47_widgets.views.base import Syncer, h, section
 
-__all__ = ["PreviewPanel"]
+__all__ = ["PreviewPanel", "legend_html", "available_overlays"]
+
+
+def _rgb(c: tuple[int, int, int]) -> str:
+    return f"rgb({c[0]},{c[1]},{c[2]})"
+
+
+def legend_html() -> str:
+    """The overlays' colours."""
+    items = [(LABEL_RGB, "label: surface"), (IGNORE_RGB, "label: ignored"),
+             (PRED_RGB, "prediction"), (FP_RGB, "error: false positive"),
+             (FN_RGB, "error: false negative")]
+    sw = "".join(f"<span class='sw' style='background:{_rgb(c)}'></span>{h(t)}" for c, t in items)
+    heat = ("<span class='sw' style='background:linear-gradient(90deg,rgb(255,0,0),"
+            "rgb(255,255,0))'></span>probability 0 → 1")
+    return f"<div class='nx47-legend' style='font-size:12px'>{sw}{heat}</div>"
+
+
+def available_overlays(p) -> dict[str, str]:
+    """For a PREVIEW payload: overlay name -> "" if it applies, else why not."""
+    no_label = "no label: test volumes have none"
+    no_pred = "no prediction: training volumes are not segmented"
+    return {
+        "label": "" if p.label_path else no_label,
+        "pred": "" if p.pred_path else no_pred,
+        "prob": "" if p.prob_path else no_pred,
+        "error": "" if (p.label_path and p.pred_path) else
+                 ("the error map needs a label and a prediction: " +
+                  (no_label if not p.label_path else no_pred)),
+    }
 
 
 class PreviewPanel:
@@ -47,8 +76,12 @@ class PreviewPanel:
         self.opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05,
                                      description="Opacity", continuous_update=False)
         self.follow = W.Checkbox(value=True, description="Follow live", indent=False)
-        self.image = W.Image(format="png", layout=W.Layout(max_width="512px"))
+        # hidden until the first PNG (an empty image shows a broken-image icon)
+        self.image = W.Image(format="png", layout=W.Layout(max_width="512px", display="none"))
         self.image.add_class("nx47-preview-image")
+        self.legend = W.HTML(legend_html())
+        self.overlay_note = W.HTML("")
+        self.overlay_note.add_class("nx47-overlay-note")
         self.info = W.HTML("<i>no volume previewed yet</i>")
         self.info.add_class("nx47-preview-info")
         self.renderer = AsyncRenderer(self._on_png, self._on_error)
@@ -61,9 +94,11 @@ class PreviewPanel:
         self.follow.observe(self._on_follow, names="value")
         controls = W.VBox([
             W.HBox([self.volume, self.follow]), self.axis, self.index,
-            W.HBox(list(self.overlays.values())), self.opacity, self.info,
+            W.HBox(list(self.overlays.values()), layout=W.Layout(flex_flow="row wrap")),
+            self.overlay_note, self.opacity, self.info, self.legend,
         ])
-        self.widget = W.VBox([section("Slice preview"), W.HBox([controls, self.image])])
+        self.widget = W.VBox([section("Slice preview"),
+                              W.HBox([controls, self.image], layout=W.Layout(flex_flow="row wrap"))])
         self.widget.add_class("nx47-preview")
 
     def bind(self, state: PreviewState) -> None:
@@ -116,6 +151,7 @@ class PreviewPanel:
                 self.syncer.set(self.axis, value=st.axis)
                 self.syncer.set(self.index, max=max(size - 1, 0))
                 self.syncer.set(self.index, value=st.index)
+                self._overlay_controls(p)
                 score = "" if p.score is None else f" · score {p.score:.3f}"
                 self.syncer.set(self.info, value=(
                     f"<span class='nx47-preview-vol'>{h(p.split)} {h(p.volume_id)}</span>"
@@ -125,13 +161,22 @@ class PreviewPanel:
                 self._updating = False
             self.request()
 
+    def _overlay_controls(self, p) -> None:
+        """Offer only the overlays the volume has data for, and say why not."""
+        why = available_overlays(p)
+        for name, cb in self.overlays.items():
+            self.syncer.set(cb, disabled=bool(why[name]), tooltip=why[name] or f"show the {name}")
+        missing = sorted({w for w in why.values() if w})
+        self.syncer.set(self.overlay_note, value="".join(
+            f"<div class='nx47-hint'>{h(w)}</div>" for w in missing))
+
     def make_request(self) -> SliceRequest | None:
         """The rendering request of the current selection (None: nothing selected)."""
         p = self.state.current
         if p is None:
             return None
         res = self.state.resolve
-        overlays = tuple(n for n, cb in self.overlays.items() if cb.value)
+        overlays = tuple(n for n, cb in self.overlays.items() if cb.value and not cb.disabled)
         return SliceRequest(
             image=str(res(p.image_path)), axis=self.state.axis, index=int(self.state.index),
             label=str(res(p.label_path)) if p.label_path else None,
@@ -152,6 +197,7 @@ class PreviewPanel:
 
     def _on_png(self, req: SliceRequest, png: bytes) -> None:
         self.syncer.set(self.image, value=png)
+        self.syncer.set(self.image.layout, display="")
 
     def _on_error(self, req: SliceRequest, exc: BaseException) -> None:
         self.syncer.set(self.info, value=f"<span style='color:#c62828'>cannot render "

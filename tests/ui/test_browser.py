@@ -183,3 +183,71 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     assert (out / "submission.zip").is_file()
     (shots / "progress.json").write_text(json.dumps({"w1": w1, "w2": w2, "w3": w3}))
 
+
+
+PAGE_JS = """() => {
+  const vis = (e) => !!e && getComputedStyle(e).display !== 'none' && e.getClientRects().length > 0;
+  const unet = document.querySelector('.nx47-unet select');
+  const img = document.querySelector('img.nx47-preview-image, .nx47-preview-image img');
+  const titles = [...document.querySelectorAll('h1, h2')].filter(vis)
+      .filter(e => e.textContent.includes('NX47')).length;
+  const left = document.querySelector('.nx47-left').getBoundingClientRect();
+  const right = document.querySelector('.nx47-right').getBoundingClientRect();
+  const log = document.querySelector('.nx47-log-view');
+  return {
+    title: document.title,
+    unet: unet && unet.selectedIndex >= 0 ? unet.options[unet.selectedIndex].text.replace(/\u00a0/g, ' ') : '',
+    brokenImage: !!img && vis(img) && !(img.naturalWidth > 0),
+    markdownVisible: [...document.querySelectorAll('.jp-MarkdownCell')].some(vis),
+    titles: titles,
+    capsHint: (document.querySelector('.nx47-caps-hint') || {}).textContent || '',
+    legend: vis(document.querySelector('.nx47-legend')),
+    sideBySide: right.left >= left.right - 1 && right.top < left.bottom,
+    stacked: right.top >= left.bottom - 1,
+    hScroll: document.scrollingElement.scrollWidth > window.innerWidth + 1,
+    logAtBottom: log ? Math.abs(log.scrollTop) < 2 : null,
+  };
+}"""
+
+
+@pytest.mark.timeout(240)
+def test_page_loads_clean_and_uses_the_width(tmp_path):
+    """Bug 5 and the layout: the tab names NX47, one title, no intro markdown, the
+    U-Net choice shows, no broken-image icon, "0 = all" explained, the overlay legend;
+    two columns at 1600 px, one at 800 px, no sideways scrolling."""
+    from playwright.sync_api import sync_playwright
+
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_train=6, n_test=1, shape=32, seed=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOILA_", "JPY_", "NX47_"))}
+    env.update(NX47_DATA_ROOT=str(data), NX47_OUT_DIR=str(tmp_path / "out"),
+               NX47_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    shots = artifacts_dir("browser-page")
+    server = VoilaServer(REPO / "dashboard.ipynb", env, shots / "voila.log")
+    try:
+        server.wait_ready(120)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                         headless=True)
+            for width in (1600, 800):
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.goto(server.url, wait_until="domcontentloaded")
+                page.wait_for_selector(".nx47-selected", timeout=180_000)
+                time.sleep(1.0)  # let the last widget views settle
+                info = page.evaluate(PAGE_JS)
+                page.screenshot(path=str(shots / f"page-{width}.png"), full_page=True)
+                assert info["title"].startswith("NX47"), info
+                assert info["titles"] == 1 and not info["markdownVisible"], info
+                assert info["unet"] == "auto (GPU only)", info
+                assert not info["brokenImage"], info
+                assert "0 = all" in info["capsHint"] and info["legend"], info
+                assert not info["hScroll"], info
+                assert info["logAtBottom"] in (True, None), info
+                if width == 1600:
+                    assert info["sideBySide"], info
+                else:
+                    assert info["stacked"], info
+                page.close()
+            browser.close()
+    finally:
+        server.stop()
