@@ -30,6 +30,7 @@ from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import SettingsForm, run_problems
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
+from nx47_widgets.state.runs import pick_run, scan_runs
 from nx47_widgets.views import (
     ChartsPanel,
     CoveragePanel,
@@ -43,6 +44,7 @@ from nx47_widgets.views import (
 )
 from nx47_widgets.views.base import h
 from nx47_widgets.views.page import PAGE_CSS, PageBridge
+from nx47_widgets.views.runs import RunsPanel
 
 __all__ = ["Dashboard", "build_dashboard", "RunRefused"]
 
@@ -78,6 +80,8 @@ class Dashboard:
         Open at once the run found in the output folder (live or ended).
     browser : bool
         Drive the browser page (address bar, tab title, downloads, keys): under Voila.
+    named_folder : bool
+        The page's address named the output folder (``?out=``): open only that.
 
     Attributes
     ----------
@@ -102,8 +106,10 @@ class Dashboard:
 
     def __init__(self, config: RunConfig, *, job: Job | None = None, detached: bool = False,
                  clock: Callable[[], float] = time.time, pump_interval: float = 0.1,
-                 start_pump: bool = True, auto_attach: bool = True, browser: bool = False) -> None:
+                 start_pump: bool = True, auto_attach: bool = True, browser: bool = False,
+                 named_folder: bool = False) -> None:
         self.config = config
+        self._named_folder = named_folder
         self.clock = clock
         self.syncer = Syncer()
         self.session = RunSession(config.out_dir, job=job, clock=clock)
@@ -133,6 +139,9 @@ class Dashboard:
         self.log_panel = LogPanel(self.syncer, st.log, [k.value for k in EventKind], lock=self._lock)
         self.charts_panel = ChartsPanel(self.syncer)
         self.results_panel = ResultsPanel(self.syncer, page=self.page)
+        self.runs_panel = RunsPanel(self.syncer, str(Path(config.out_dir).expanduser().parent),
+                                    scan=scan_runs, on_open=lambda f: self.controls.guard(
+                                        lambda: self.attach(f)), links=browser)
         self.model_info = W.HTML()
         self.model_info.add_class("nx47-model-info")
         self.widget = _layout(self)
@@ -150,6 +159,7 @@ class Dashboard:
         self._render_all()
         self._check_folder()
         self.page.bind_keys()
+        self.runs_panel.refresh()
         if auto_attach:
             self._auto_attach()
         if start_pump:
@@ -278,6 +288,8 @@ class Dashboard:
             mode = self.session.mode + (f" pid {runner.pid}" if isinstance(runner, DetachedRunner) else "")
             self.controls.set_status(f"running in a {mode} → {h(self.session.folder)}")
             self.page.keep_run_in_url(str(self.session.folder))
+            self.runs_panel.current = str(self.session.folder)
+            self.runs_panel.refresh()
             return runner
 
     def _bind_state(self) -> None:
@@ -331,14 +343,21 @@ class Dashboard:
                 f"attached to {h(self.session.folder)} "
                 f"({'running: ' + describe(h_) if live else 'not running'})")
             self.page.keep_run_in_url(str(self.session.folder))
+            self.runs_panel.current = str(self.session.folder)
+            self.runs_panel.render()
             return runner
 
     def _auto_attach(self) -> None:
+        """Open the run of the output folder; without one, the running or the
+        newest run under the output root (not when the address named the folder)."""
         folder = Path(self.out_dir.value).expanduser()
+        if not has_run(folder) and not self._named_folder:
+            pick = pick_run(self.runs_panel.runs)
+            folder = pick.folder if pick is not None else folder
         if has_run(folder):
             if holder(folder) is not None:
                 self.detached.value = True
-            self.controls.guard(self.attach)
+            self.controls.guard(lambda: self.attach(folder))
 
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
@@ -380,6 +399,7 @@ class Dashboard:
                 self.results_panel.render(state.results, tl)
             done = state.ended or not self.session.running
             if done and self.controls.shows_running:
+                self.runs_panel.refresh()
                 self.controls.set_running(False)
                 self.controls.set_status(
                     f"run ended: <b style='color:{verdict.colour}'>{h(verdict.label)}</b> — "
@@ -396,34 +416,15 @@ class Dashboard:
         self.results_panel.render(st.results, st.progress.timeline)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ended and all its events were applied.
-
-        Parameters
-        ----------
-        timeout : float, optional
-            Seconds to wait at most (None: no limit).
-
-        Returns
-        -------
-        bool
-            True if the run's end was applied.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.state.ended:
-                return True
-            runner = self.session.runner
-            if runner is not None and not runner.running:
-                # the run is over: one last drain in case the pump is not running
-                with self._lock:
-                    events = self.session.drain()
-                    if events:
-                        self.flush(events, False)
-                    elif self.state.ended or not self.pump.alive:
-                        return self.state.ended
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        """Block until the run ended and all its events were applied (see
+        :meth:`RunSession.wait`); True if the run's end was applied."""
+        def flush_rest() -> bool:
+            with self._lock:
+                events = self.session.drain()
+                if events:
+                    self.flush(events, False)
+                return bool(events)
+        return self.session.wait(timeout, flush_rest, lambda: self.pump.alive)
 
     def close(self) -> None:
         """Stop the pump and the renderer (the run itself is not stopped)."""
@@ -449,7 +450,8 @@ def _layout(d: Dashboard) -> W.VBox:
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
                    d.coverage_panel.widget, d.heartbeat_panel.widget,
-                   d.progress_panel.widget])
+                   d.progress_panel.widget,
+                   W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
     left.add_class("nx47-left")
     right = W.VBox([d.preview_panel.widget, d.results_panel.widget,
                     d.charts_panel.widget, d.log_panel.widget])
@@ -489,6 +491,7 @@ def build_dashboard(config: RunConfig | None = None, *, environ: Mapping[str, st
     query = page_query(env)
     if query.get("out"):
         config = config.replace(out_dir=query["out"])
+        kwargs.setdefault("named_folder", True)
     if "detached" not in kwargs:
         kwargs["detached"] = env.get("NX47_DETACHED", "").strip().lower() in _YES
     kwargs.setdefault("browser", served_by_voila(env))

@@ -187,6 +187,36 @@ class RunSession:
             remove_stale_lock(self.folder)
         return True
 
+    def wait(self, timeout: float | None, flush_rest: Callable[[], bool],
+             pump_alive: Callable[[], bool]) -> bool:
+        """Block until the run ended and all its events were applied.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait at most (None: no limit).
+        flush_rest : callable
+            Drains and applies what is left; True when there was something.
+        pump_alive : callable
+            Whether a UI pump still applies events by itself.
+
+        Returns
+        -------
+        bool
+            True if the run's end was applied.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.state.ended:
+                return True
+            if self.runner is not None and not self.runner.running:
+                # the run is over: one last drain in case the pump is not running
+                if not flush_rest() and (self.state.ended or not pump_alive()):
+                    return self.state.ended
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def _killed_record(self) -> str | None:
         if self.folder is None:
             return None

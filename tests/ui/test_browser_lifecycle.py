@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -262,9 +263,12 @@ def test_detached_run_in_another_folder_is_reattached_after_reload(served):
                      page, shots)
             page.screenshot(path=str(shots / "reattached.png"), full_page=True)
 
-            # a page on the default address, pointed at the busy folder: Attach, not Run
+            # a page on another run's address (a page without one would open the
+            # running run by itself), then pointed at the busy folder: Attach, not Run
             other = browser.new_page(viewport={"width": 1280, "height": 1000})
-            _open(other, server.url)
+            _open(other, server.url + "?out=" + quote(str(tmp / "idle")))
+            assert js(other, TEXT_JS, ".nx47-status-line") in ("", None) or \
+                "attached" not in js(other, TEXT_JS, ".nx47-status-line")
             box = other.locator(".nx47-out-dir input")
             box.fill(str(elsewhere))
             box.press("Enter")

@@ -415,7 +415,7 @@ def test_previewer_follows_live_until_user_takes_control(tmp_path, data_root):
         p3 = PreviewPayload(**{**p.to_dict(), "volume_id": "v3", "split": "test"})
         d.flush([ev(EventKind.PREVIEW, p3, stage="segment")], False)
         assert pv.volume.value == "val/v2" and pv.index.value == 1
-        assert [k for k, _ in pv.volume.options] == ["val/v1", "val/v2", "test/v3"]
+        assert [k for _, k in pv.volume.options] == ["val/v1", "val/v2", "test/v3"]
         pv.follow.value = True
         assert pv.volume.value == "test/v3"
         # the same request twice is served from the PNG cache
