@@ -76,14 +76,31 @@ class PageBridge:
         self.widget.add_class("nx47-bridge")
         self.scripts: list[str] = []
         self._url_out: str | None = None
+        self._keep: list[str] = []  # scripts every page view needs (key bindings)
+        self._n = 0
 
-    def run(self, script: str) -> None:
-        """Run ``script`` in the page once (thread-safe: sets the Output's outputs)."""
+    def run(self, script: str, *, keep: bool = False) -> None:
+        """Run ``script`` in the page once (thread-safe: sets the Output's outputs).
+
+        The Output shows the kept scripts and the latest one; a view created
+        later (the page connects after the kernel ran the notebook) runs them
+        all, so each script is guarded to run once per page.
+        """
         if not self.enabled:
             return
+        self._n += 1
+        guarded = (f"(function(){{window.__nx47Ran=window.__nx47Ran||{{}};"
+                   f"if(window.__nx47Ran[{self._n}])return;window.__nx47Ran[{self._n}]=1;"
+                   f"{script}}})();")
         self.scripts.append(script)
-        self.widget.outputs = ({"output_type": "display_data",
-                                "data": {"application/javascript": script}, "metadata": {}},)
+        if keep:
+            self._keep.append(guarded)
+            latest = []
+        else:
+            latest = [guarded]
+        self.widget.outputs = tuple(
+            {"output_type": "display_data", "data": {"application/javascript": code}, "metadata": {}}
+            for code in [*self._keep, *latest])
 
     def keep_run_in_url(self, out_dir: str) -> None:
         """Put ``?out=<out_dir>`` in the address bar (no reload, no history entry)."""
@@ -114,4 +131,4 @@ class PageBridge:
                  "if(t==='INPUT'||t==='TEXTAREA'||t==='SELECT'||e.ctrlKey||e.metaKey||e.altKey)return;"
                  "const c=k[e.key];if(!c)return;"
                  "const b=document.querySelector('button.'+c);"
-                 "if(b){b.click();e.preventDefault();}});})();")
+                 "if(b){b.click();e.preventDefault();}});})();", keep=True)

@@ -150,6 +150,8 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
           "heartbeat light to turn on", shots=shots)
     w1 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v > 0, 90, "global bar to advance", shots=shots)
     page.screenshot(path=str(shots / "03-running.png"), full_page=True)
+    docs = shots / "docs"
+    docs.mkdir(exist_ok=True)
     # the kernel stays responsive during the run: a slider still updates the panel
     val_handle = page.locator(".nx47-max-val .noUi-handle")
     val_handle.focus()
@@ -171,6 +173,10 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     w3 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v >= max(w1, w2), 60,
                "global bar after reload", shots=shots)
     page.screenshot(path=str(shots / "05-reattached.png"), full_page=True)
+    # the ETA comes from the projection (or the run already finished)
+    _wait(page, TEXT_JS, lambda v: v and (("ETA" in v and "(projection)" in v) or "finished" in v),
+          90, "an ETA from the projection", arg=".nx47-bartext-global", shots=shots)
+    page.screenshot(path=str(shots / "docs" / "live-run.png"), full_page=False)
 
     # -- completion -----------------------------------------------------------
     result = _wait(page, RESULT_JS, lambda v: v in ("ok", "failed", "cancelled"), 300,
@@ -182,6 +188,41 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     assert "journal verified" in page.evaluate(TEXT_JS, ".nx47-results")
     assert (out / "submission.zip").is_file()
     (shots / "progress.json").write_text(json.dumps({"w1": w1, "w2": w2, "w3": w3}))
+    page.locator(".nx47-results-card").screenshot(path=str(shots / "docs" / "results-card.png"))
+    assert "validation score" in page.evaluate(TEXT_JS, ".nx47-results")
+    _qa_viewer(page, shots, out)
+
+
+SLICE_JS = """() => { const e = document.querySelector('.nx47-preview-info');
+  const m = e ? e.textContent.match(/[zyx]=(\\d+)/) : null; return m ? parseInt(m[1]) : null; }"""
+
+
+def _qa_viewer(page, shots: Path, out: Path) -> None:
+    """The QA viewer after the run: worst first, keys, side by side, a mark in qa.json,
+    the runs page showing it."""
+    page.locator(".nx47-worst-first input").check()
+    page.locator(".nx47-preview select").first.select_option(index=0)  # the worst volume
+    _wait(page, TEXT_JS, lambda v: v and v.startswith("val"), 30, "the worst validation volume",
+          arg=".nx47-preview-vol", shots=shots)
+    page.locator(".nx47-view-mode button", has_text="side by side").click()
+    before = _wait(page, SLICE_JS, lambda v: v is not None, 30, "a slice shown", shots=shots)
+    page.locator(".nx47-dashboard h2").click()  # focus outside any text box
+    page.keyboard.press("ArrowRight")  # keyboard shortcut: next slice
+    _wait(page, SLICE_JS, lambda v: v == before + 1, 30, "the next slice by key", shots=shots)
+    _wait(page, TEXT_JS, lambda v: v and "false positives" in v, 30, "per-slice error counts",
+          arg=".nx47-slice-counts", shots=shots)
+    page.locator("button.nx47-qa-fail").click()
+    deadline = time.monotonic() + 30
+    while not (out / "qa.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    marks = json.loads((out / "qa.json").read_text())["volumes"]
+    assert [m["mark"] for m in marks.values()] == ["fail"]
+    time.sleep(1.0)  # the side-by-side PNG
+    page.locator(".nx47-preview").screenshot(path=str(shots / "docs" / "qa-viewer.png"))
+    page.locator(".nx47-runs-page button", has_text="Refresh").click()
+    _wait(page, TEXT_JS, lambda v: v and "1 fail" in v, 30, "the mark on the runs page",
+          arg=".nx47-runs", shots=shots)
+    page.locator(".nx47-runs-page").screenshot(path=str(shots / "docs" / "runs-page.png"))
 
 
 
