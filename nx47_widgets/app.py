@@ -1,10 +1,11 @@
-"""The dashboard: settings, run controls, panels, runner and UI pump wired together.
+"""The dashboard: settings, run controls, panels, run session and UI pump wired together.
 
 ``build_dashboard(config)`` is what ``dashboard.ipynb`` calls when it is shown
 (Voila, Jupyter, Kaggle interactive).  What happens lives elsewhere: event
 reducers in :mod:`nx47_widgets.state`, widget panels in
 :mod:`nx47_widgets.views`, the controls' mapping to RunConfig in
-:mod:`nx47_widgets.settings`, runners and the pump in
+:mod:`nx47_widgets.settings`, the page's run (start, attach, stop, how it
+ended) in :mod:`nx47_widgets.session`, runners and the pump in
 :mod:`nx47_widgets.runner`, the headless path in :mod:`nx47_widgets.notebook`.
 """
 
@@ -15,7 +16,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ipywidgets as W
 from IPython.display import display
@@ -23,9 +24,13 @@ from IPython.display import display
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event, EventKind
 
-from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has_run, is_live
-from nx47_widgets.settings import SettingsForm
+from nx47_widgets.lifecycle import describe, holder
+from nx47_widgets.notebook import page_query, served_by_voila
+from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has_run
+from nx47_widgets.session import RunSession
+from nx47_widgets.settings import SettingsForm, run_problems
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
+from nx47_widgets.state.runs import pick_run, scan_runs
 from nx47_widgets.views import (
     ChartsPanel,
     CoveragePanel,
@@ -37,8 +42,11 @@ from nx47_widgets.views import (
     RunControls,
     Syncer,
 )
+from nx47_widgets.views.base import h
+from nx47_widgets.views.page import PAGE_CSS, PageBridge
+from nx47_widgets.views.runs import RunsPanel
 
-__all__ = ["Dashboard", "build_dashboard"]
+__all__ = ["Dashboard", "build_dashboard", "RunRefused"]
 
 #: Values of ``NX47_DETACHED`` that turn the "detached" toggle on.
 _YES = ("1", "true", "yes", "on")
@@ -47,8 +55,12 @@ _YES = ("1", "true", "yes", "on")
 _TIMING_KINDS = frozenset({EventKind.PREFLIGHT_OK, EventKind.BUDGET})
 
 
+class RunRefused(ValueError):
+    """Run was pressed with settings that cannot run (the page lists why)."""
+
+
 class Dashboard:
-    """Widgets + states + runner + pump of one dashboard page.
+    """Widgets + states + run session + pump of one dashboard page.
 
     Parameters
     ----------
@@ -65,7 +77,11 @@ class Dashboard:
     start_pump : bool
         Start the UI pump thread at once (tests may call ``pump.pump_once``).
     auto_attach : bool
-        Attach at once to a live run found in the output folder.
+        Open at once the run found in the output folder (live or ended).
+    browser : bool
+        Drive the browser page (address bar, tab title, downloads, keys): under Voila.
+    named_folder : bool
+        The page's address named the output folder (``?out=``): open only that.
 
     Attributes
     ----------
@@ -76,29 +92,31 @@ class Dashboard:
         ``out_dir``, ``max_train``, ``max_val``, ``budget_min``, ``use_unet``,
         ``auto_coverage``).
     controls : RunControls
-        Scan, Detached, Run, Stop, Attach and the status line (also reachable
-        as ``scan_button``, ``detached``, ``run_button``, ``stop_button``,
-        ``attach_button``, ``status``).
-    state : DashboardState
+        Scan, Detached, Run, Stop, Attach, the status line and the problems
+        (also reachable as ``scan_button``, ``detached``, ``run_button``,
+        ``stop_button``, ``attach_button``, ``status``).
+    session : RunSession
+        The run shown (``runner`` and ``state`` are its).
     coverage : CoverageModel or None
-    runner : ThreadedRunner, DetachedRunner or None
     pump : UIPump
     syncer : Syncer
         Counts widget trait changes.
+    page : PageBridge
     """
 
     def __init__(self, config: RunConfig, *, job: Job | None = None, detached: bool = False,
                  clock: Callable[[], float] = time.time, pump_interval: float = 0.1,
-                 start_pump: bool = True, auto_attach: bool = True) -> None:
+                 start_pump: bool = True, auto_attach: bool = True, browser: bool = False,
+                 named_folder: bool = False) -> None:
         self.config = config
-        self.job = job
+        self._named_folder = named_folder
         self.clock = clock
         self.syncer = Syncer()
-        self.state = DashboardState(out_dir=config.out_dir, clock=clock)
+        self.session = RunSession(config.out_dir, job=job, clock=clock)
         self.coverage: CoverageModel | None = None
         self.coverage_note = ""
-        self.runner: ThreadedRunner | DetachedRunner | None = None
         self._lock = threading.RLock()
+        self._rendered: dict[str, int] = {}
 
         # -- controls ---------------------------------------------------
         self.settings = SettingsForm(config)
@@ -112,77 +130,96 @@ class Dashboard:
         self.attach_button = c.attach_button
 
         # -- panels -----------------------------------------------------
+        self.page = PageBridge(enabled=browser)
+        st = self.session.state
         self.progress_panel = ProgressPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
-        self.preview_panel = PreviewPanel(self.syncer, self.state.preview, lock=self._lock)
-        self.log_panel = LogPanel(self.syncer, self.state.log,
-                                  [k.value for k in EventKind], lock=self._lock)
+        self.preview_panel = PreviewPanel(self.syncer, st.preview, lock=self._lock)
+        self.log_panel = LogPanel(self.syncer, st.log, [k.value for k in EventKind], lock=self._lock)
         self.charts_panel = ChartsPanel(self.syncer)
-        self.results_panel = ResultsPanel(self.syncer)
-
+        self.results_panel = ResultsPanel(self.syncer, page=self.page)
+        self.runs_panel = RunsPanel(self.syncer, str(Path(config.out_dir).expanduser().parent),
+                                    scan=scan_runs, on_open=lambda f: self.controls.guard(
+                                        lambda: self.attach(f)), links=browser)
         self.model_info = W.HTML()
         self.model_info.add_class("nx47-model-info")
-        form = W.VBox([
-            W.HBox([s.data_root, c.scan_button]),
-            s.out_dir,
-            s.model_dir,
-            self.model_info,
-            W.HBox([s.max_train, s.max_val]),
-            W.HBox([s.budget_min, s.use_unet]),
-            W.HBox([s.auto_coverage, c.detached]),
-            W.HBox([c.run_button, c.stop_button, c.attach_button]),
-            c.status,
-        ])
-        self.widget = W.VBox([
-            W.HTML("<h2 style='margin:4px 0'>NX47 — surface segmentation run</h2>"),
-            W.HBox([form, W.VBox([W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
-                                  self.coverage_panel.widget])]),
-            self.heartbeat_panel.widget,
-            self.progress_panel.widget,
-            self.preview_panel.widget,
-            self.charts_panel.widget,
-            self.results_panel.widget,
-            self.log_panel.widget,
-        ])
-        self.widget.add_class("nx47-dashboard")
+        self.widget = _layout(self)
 
         # -- wiring -----------------------------------------------------
         self.settings.observe(self._on_coverage_control)
         self.settings.observe(self._on_model_control, fields=("model_dir",))
+        self.settings.observe(self._on_folder_control, fields=("out_dir",))
+        self.settings.observe(self._on_data_control, fields=("data_root",))
         self._on_model_control({})
         self.controls.on_click(scan=self.scan, run=self.run, stop=self.stop, attach=self.attach)
 
         self.pump = UIPump(None, self.flush, interval=pump_interval)
         self.scan()
         self._render_all()
+        self._check_folder()
+        self.page.bind_keys()
+        self.runs_panel.refresh()
         if auto_attach:
             self._auto_attach()
         if start_pump:
             self.pump.start()
+
+    # -- the run shown (compatibility names) -----------------------------------
+    @property
+    def runner(self) -> ThreadedRunner | DetachedRunner | None:
+        return self.session.runner
+
+    @property
+    def state(self) -> DashboardState:
+        return self.session.state
+
+    @property
+    def job(self) -> Job | None:
+        """The threaded job (default: the pipeline)."""
+        return self.session.job
+
+    @job.setter
+    def job(self, job: Job | None) -> None:
+        self.session.job = job
+
+    @property
+    def running(self) -> bool:
+        """True while a run (thread or process) is going on."""
+        return self.session.running
 
     # -- coverage ----------------------------------------------------------
     def scan(self) -> None:
         """Discover the data root and bound the sliders by what was found."""
         with self._lock:
             self.coverage, self.coverage_note = scan_coverage(
-                self.data_root.value, self.out_dir.value, self.current_config())
+                self.data_root.value, self.out_dir.value, self.settings.base)
             if self.coverage is not None:
                 self.settings.bound_volumes(self.coverage.n_pairs)
+                self.coverage.update(**self.settings.coverage_caps())
             self.coverage_panel.render(self.coverage, self.coverage_note)
+            self.show_problems()
 
     def _on_model_control(self, change: dict) -> None:
         ok, text = self.settings.model_summary()
         colour = "#555" if ok else "#b00020"
         self.syncer.set(self.model_info,
                         value=f"<span style='color:{colour};font-size:12px'>{html.escape(text)}</span>")
+        self.show_problems()
 
     def _on_coverage_control(self, change: dict) -> None:
         with self._lock:
-            if self.coverage is None:
-                return
-            self.coverage.update(**self.settings.coverage_caps())
-            self.coverage_panel.render(self.coverage, self.coverage_note)
+            if self.coverage is not None:
+                self.coverage.update(**self.settings.coverage_caps())
+                self.coverage_panel.render(self.coverage, self.coverage_note)
+            self.show_problems()
+
+    def _on_data_control(self, change: dict) -> None:
+        self.scan()
+
+    def _on_folder_control(self, change: dict) -> None:
+        self._check_folder()
+        self.refresh_timings()
 
     def refresh_timings(self) -> None:
         """Reload preflight timings from the output folder into the coverage panel."""
@@ -200,12 +237,28 @@ class Dashboard:
         """
         return self.settings.read()
 
-    # -- running -------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        """True while a run (thread or process) is going on."""
-        return self.runner is not None and self.runner.running
+    # -- before Run ----------------------------------------------------------
+    def problems(self) -> list[str]:
+        """What keeps Run from starting now (empty: it can start)."""
+        return run_problems(self.settings, self.coverage, self.coverage_note,
+                            running=self.running)
 
+    def show_problems(self) -> list[str]:
+        """Show :meth:`problems` under the Run button; returns them."""
+        found = self.problems() if not self.running else []
+        self.controls.show_problems(found)
+        return found
+
+    def _check_folder(self) -> None:
+        if self.running:
+            self.controls.set_busy(None)
+            return
+        folder = self.out_dir.value.strip()
+        h_ = holder(folder) if folder else None
+        self.controls.set_busy(describe(h_) if h_ is not None else None)
+        self.show_problems()
+
+    # -- running -------------------------------------------------------------
     def run(self) -> ThreadedRunner | DetachedRunner:
         """Start a run with the current controls (threaded or detached).
 
@@ -217,40 +270,44 @@ class Dashboard:
         ------
         RuntimeError
             When a run is already in progress.
+        RunRefused
+            When the settings cannot run (they are listed under the Run button).
         """
         with self._lock:
             if self.running:
                 raise RuntimeError("a run is already in progress; press Stop first")
+            problems = self.show_problems()
+            if problems:
+                raise RunRefused("not started: " + "; ".join(problems))
             config = self.current_config()
-            self._reset_for_run(config.out_dir)
-            if self.detached.value:
-                self.runner = DetachedRunner.launch(config)
-                mode = f"detached process pid {self.runner.pid}"
-            else:
-                self.runner = ThreadedRunner(config, job=self.job).start()
-                mode = "worker thread"
-            self.pump.set_source(self.runner.drain)
+            runner = self.session.start(config, detached=bool(self.detached.value))
+            self._bind_state()
+            self.pump.set_source(self.session.drain)
             self.controls.set_running(True)
-            self.controls.set_status(f"running in a {mode} → {config.out_dir}")
-            return self.runner
+            self.controls.set_busy(None)
+            mode = self.session.mode + (f" pid {runner.pid}" if isinstance(runner, DetachedRunner) else "")
+            self.controls.set_status(f"running in a {mode} → {h(self.session.folder)}")
+            self.page.keep_run_in_url(str(self.session.folder))
+            self.runs_panel.current = str(self.session.folder)
+            self.runs_panel.refresh()
+            return runner
 
-    def _reset_for_run(self, out_dir: str) -> None:
-        self.state = DashboardState(out_dir=out_dir, clock=self.clock)
-        self.preview_panel.bind(self.state.preview)
-        self.log_panel.bind(self.state.log)
+    def _bind_state(self) -> None:
+        st = self.session.state
+        self.preview_panel.bind(st.preview)
+        self.log_panel.bind(st.log)
+        self._rendered.clear()
+        self._render_all()
 
     def stop(self, reason: str = "user pressed Stop") -> None:
-        """Cancel the run (threaded: cancel token; detached: SIGTERM).
+        """Stop the run shown (its own thread or process, or one attached to).
 
         Parameters
         ----------
         reason : str
             Why (the run's CANCELLED event says it).
         """
-        if self.runner is None:
-            return
-        self.runner.stop(reason)
-        self.controls.set_status("stopping…")
+        self.controls.set_status(h(self.session.stop(reason)) + "…")
 
     def attach(self, out_dir: str | os.PathLike | None = None) -> DetachedRunner:
         """Follow the journal of a run folder (running or finished).
@@ -272,29 +329,35 @@ class Dashboard:
             When the folder holds no journal.
         """
         with self._lock:
-            if self.running and isinstance(self.runner, ThreadedRunner):
-                raise RuntimeError("a threaded run is in progress; stop it before attaching")
-            folder = Path(out_dir if out_dir is not None else self.out_dir.value).resolve()
-            runner = DetachedRunner.attach(folder)
-            self.out_dir.value = str(folder)
-            self._reset_for_run(str(folder))
-            self.runner = runner
-            self.pump.set_source(self.runner.drain)
-            live = self.runner.running
+            folder = Path(out_dir if out_dir is not None else self.out_dir.value).expanduser()
+            runner = self.session.attach(folder)
+            self.out_dir.value = str(self.session.folder)
+            self._bind_state()
+            self.pump.set_source(self.session.drain)
+            live = runner.running
             self.controls.set_running(live)
+            self.controls.set_busy(None)
+            self.controls.show_problems([])
+            h_ = runner.holder
             self.controls.set_status(
-                f"attached to {folder} "
-                f"({'running, pid ' + str(self.runner.pid) if live else 'not running'})")
-            return self.runner
+                f"attached to {h(self.session.folder)} "
+                f"({'running: ' + describe(h_) if live else 'not running'})")
+            self.page.keep_run_in_url(str(self.session.folder))
+            self.runs_panel.current = str(self.session.folder)
+            self.runs_panel.render()
+            return runner
 
     def _auto_attach(self) -> None:
-        folder = Path(self.out_dir.value)
-        if is_live(folder):
-            self.detached.value = True
-            self.controls.guard(self.attach)
-        elif has_run(folder):
-            self.controls.set_status(f"{folder} holds a finished run: press "
-                                     f"'Attach to output folder' to open it")
+        """Open the run of the output folder; without one, the running or the
+        newest run under the output root (not when the address named the folder)."""
+        folder = Path(self.out_dir.value).expanduser()
+        if not has_run(folder) and not self._named_folder:
+            pick = pick_run(self.runs_panel.runs)
+            folder = pick.folder if pick is not None else folder
+        if has_run(folder):
+            if holder(folder) is not None:
+                self.detached.value = True
+            self.controls.guard(lambda: self.attach(folder))
 
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
@@ -309,12 +372,15 @@ class Dashboard:
             are due for a refresh.
         """
         with self._lock:
-            state = self.state
+            state = self.session.state
             changed = state.apply_many(events) if events else set()
+            if self.session.check_end():
+                changed |= {"heartbeat", "results", "log"}
+            verdict = state.results.verdict
             if "progress" in changed:
                 self.progress_panel.render(state.progress)
-            if "heartbeat" in changed or tick:
-                self.heartbeat_panel.render(state.heartbeat)
+            if "heartbeat" in changed or "results" in changed or tick:
+                self.heartbeat_panel.render(state.heartbeat, verdict=verdict)
             if "preview" in changed:
                 self.preview_panel.render()
             if "log" in changed:
@@ -323,52 +389,42 @@ class Dashboard:
                 self.charts_panel.render(state.charts)
             if any(e.kind in _TIMING_KINDS for e in events):
                 self.refresh_timings()
-            done = state.ended or (self.runner is not None and not self.runner.running)
-            if state.ended and self.runner is not None \
+            if state.ended and self.session.runner is not None \
                     and state.verify_journal_once(self.out_dir.value):
                 self.refresh_timings()
-            if "results" in changed or state.ended:
-                self.results_panel.render(state.results)
+                changed.add("results")
+            tl = state.progress.timeline
+            if "results" in changed or self._rendered.get("timeline") != tl.version:
+                self._rendered["timeline"] = tl.version
+                self.results_panel.render(state.results, tl)
+            done = state.ended or not self.session.running
             if done and self.controls.shows_running:
+                self.runs_panel.refresh()
                 self.controls.set_running(False)
                 self.controls.set_status(
-                    f"run ended: {state.results.status or 'process exited'}")
+                    f"run ended: <b style='color:{verdict.colour}'>{h(verdict.label)}</b> — "
+                    f"{h(verdict.words)}")
+            if tick and not self.session.running:
+                self._check_folder()
 
     def _render_all(self) -> None:
-        self.progress_panel.render(self.state.progress)
-        self.heartbeat_panel.render(self.state.heartbeat)
+        st = self.session.state
+        self.progress_panel.render(st.progress)
+        self.heartbeat_panel.render(st.heartbeat, verdict=st.results.verdict)
         self.log_panel.render()
-        self.charts_panel.render(self.state.charts)
-        self.results_panel.render(self.state.results)
+        self.charts_panel.render(st.charts)
+        self.results_panel.render(st.results, st.progress.timeline)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ended and all its events were applied.
-
-        Parameters
-        ----------
-        timeout : float, optional
-            Seconds to wait at most (None: no limit).
-
-        Returns
-        -------
-        bool
-            True if the run's end was applied.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.state.ended:
-                return True
-            if self.runner is not None and not self.runner.running:
-                # the run is over: one last drain in case the pump is not running
-                with self._lock:
-                    events = self.runner.drain()
-                    if events:
-                        self.flush(events, False)
-                    elif self.state.ended or not self.pump.alive:
-                        return self.state.ended
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        """Block until the run ended and all its events were applied (see
+        :meth:`RunSession.wait`); True if the run's end was applied."""
+        def flush_rest() -> bool:
+            with self._lock:
+                events = self.session.drain()
+                if events:
+                    self.flush(events, False)
+                return bool(events)
+        return self.session.wait(timeout, flush_rest, lambda: self.pump.alive)
 
     def close(self) -> None:
         """Stop the pump and the renderer (the run itself is not stopped)."""
@@ -379,22 +435,64 @@ class Dashboard:
         display(self.widget)
 
 
-def build_dashboard(config: RunConfig | None = None, **kwargs: Any) -> Dashboard:
+def _layout(d: Dashboard) -> W.VBox:
+    """The page: controls and status on the left, live panels on the right."""
+    s, c = d.settings, d.controls
+    form = W.VBox([
+        W.HBox([s.data_root, c.scan_button]), s.out_dir, s.model_dir, d.model_info,
+        W.HBox([s.max_train, s.max_val], layout=W.Layout(flex_flow="row wrap")),
+        s.caps_hint, s.caps_note,
+        W.HBox([s.budget_min, s.use_unet], layout=W.Layout(flex_flow="row wrap")),
+        W.HBox([s.auto_coverage, c.detached], layout=W.Layout(flex_flow="row wrap")),
+        W.HBox([c.run_button, c.stop_button, c.attach_button],
+               layout=W.Layout(flex_flow="row wrap")),
+        c.problems, c.status,
+    ])
+    left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
+                   d.coverage_panel.widget, d.heartbeat_panel.widget,
+                   d.progress_panel.widget,
+                   W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
+    left.add_class("nx47-left")
+    right = W.VBox([d.preview_panel.widget, d.results_panel.widget,
+                    d.charts_panel.widget, d.log_panel.widget])
+    right.add_class("nx47-right")
+    cols = W.Box([left, right])
+    cols.add_class("nx47-cols")
+    page = W.VBox([W.HTML(PAGE_CSS + "<h2 style='margin:4px 0'>NX47 — surface "
+                          "segmentation run</h2>"), cols, d.page.widget])
+    page.add_class("nx47-dashboard")
+    return page
+
+
+def build_dashboard(config: RunConfig | None = None, *, environ: Mapping[str, str] | None = None,
+                    **kwargs: Any) -> Dashboard:
     """Build the dashboard for ``config``.
+
+    Under Voila the page's address may name a run folder (``?out=<folder>``):
+    it replaces the output folder, and the run there is opened.
 
     Parameters
     ----------
     config : RunConfig, optional
         Default ``RunConfig.from_env()``.
+    environ : mapping, optional
+        The environment (default ``os.environ``): ``NX47_DETACHED``, and
+        Voila's ``QUERY_STRING``.
     **kwargs
         Passed to :class:`Dashboard`; ``detached`` defaults to the environment
-        variable ``NX47_DETACHED`` (1/0).
+        variable ``NX47_DETACHED`` (1/0), ``browser`` to whether Voila serves the page.
 
     Returns
     -------
     Dashboard
     """
+    env = os.environ if environ is None else environ
     config = RunConfig.from_env() if config is None else config
+    query = page_query(env)
+    if query.get("out"):
+        config = config.replace(out_dir=query["out"])
+        kwargs.setdefault("named_folder", True)
     if "detached" not in kwargs:
-        kwargs["detached"] = os.environ.get("NX47_DETACHED", "").strip().lower() in _YES
+        kwargs["detached"] = env.get("NX47_DETACHED", "").strip().lower() in _YES
+    kwargs.setdefault("browser", served_by_voila(env))
     return Dashboard(config, **kwargs)

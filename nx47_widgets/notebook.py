@@ -12,11 +12,13 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import parse_qs
 
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.run.orchestrator import run_pipeline
 
-__all__ = ["run_headless", "should_autorun", "is_headless", "config_from_parameters"]
+__all__ = ["run_headless", "should_autorun", "is_headless", "config_from_parameters",
+           "page_query", "served_by_voila"]
 
 #: Environment variables that show an interactive front end is attached.
 _INTERACTIVE_ENV = ("VOILA_KERNEL_ID", "VOILA_SERVER_URL", "VOILA_APP_PORT",
@@ -60,6 +62,36 @@ def is_headless(environ: Mapping[str, str] | None = None) -> bool:
     if any(env.get(name) for name in _INTERACTIVE_ENV):
         return False
     return True
+
+
+def served_by_voila(environ: Mapping[str, str] | None = None) -> bool:
+    """True in a kernel Voila started for a page (it sets ``VOILA_*`` variables)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name) for name in ("VOILA_KERNEL_ID", "VOILA_SERVER_URL",
+                                          "VOILA_REQUEST_URL", "VOILA_APP_PORT"))
+
+
+def page_query(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The page address's query (``?out=<run folder>``) as Voila hands it to the kernel.
+
+    Voila puts the query string of the page request in the kernel's
+    ``QUERY_STRING``; outside Voila it is empty.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment (default ``os.environ``).
+
+    Returns
+    -------
+    dict of str to str
+        The last value of each parameter.
+    """
+    env = os.environ if environ is None else environ
+    if not served_by_voila(env):
+        return {}
+    parsed = parse_qs(env.get("QUERY_STRING", ""), keep_blank_values=False)
+    return {k: v[-1] for k, v in parsed.items() if v}
 
 
 def should_autorun(auto_run: bool | None = None,

@@ -23,10 +23,14 @@ from PIL import Image
 
 from nx47_pipeline.io.volumes import read_volume
 
-__all__ = ["SliceRequest", "render_slice", "AsyncRenderer", "VolumeCache", "OVERLAYS"]
+__all__ = ["SliceRequest", "render_slice", "slice_counts", "AsyncRenderer", "VolumeCache",
+           "OVERLAYS", "LAYOUTS"]
 
 #: Overlay names understood by :func:`render_slice`.
 OVERLAYS = ("label", "pred", "prob", "error")
+#: ``overlay``: one picture with the overlays on the image; ``side``: image |
+#: label | prediction | error side by side (those the volume has).
+LAYOUTS = ("overlay", "side")
 
 _AXES = {"z": 0, "y": 1, "x": 2}
 
@@ -60,6 +64,12 @@ class SliceRequest:
     min_size : int
         The PNG is upscaled (nearest neighbour) to at least this many pixels
         on its shorter side.
+    zoom : float
+        Magnification (>= 1): the window shown is the slice's size / zoom.
+    center : (float, float)
+        Centre of that window, as fractions of the slice's (rows, columns).
+    layout : str
+        One of :data:`LAYOUTS`.
     """
 
     image: str
@@ -71,6 +81,9 @@ class SliceRequest:
     overlays: tuple[str, ...] = ("label", "pred")
     opacity: float = 0.5
     min_size: int = 256
+    zoom: float = 1.0
+    center: tuple[float, float] = (0.5, 0.5)
+    layout: str = "overlay"
 
 
 class VolumeCache:
@@ -109,6 +122,52 @@ def _take(vol: np.ndarray, axis: str, index: int, path: str) -> np.ndarray:
     return np.take(vol, index, axis=ax)
 
 
+def _window(shape: tuple[int, ...], zoom: float, center: tuple[float, float]) -> tuple[slice, slice]:
+    """Rows and columns of the zoomed window around ``center``."""
+    out = []
+    for n, c in zip(shape[:2], center):
+        size = max(1, int(round(n / max(zoom, 1.0))))
+        start = int(round(min(max(c, 0.0), 1.0) * n - size / 2))
+        start = min(max(start, 0), n - size)
+        out.append(slice(start, start + size))
+    return out[0], out[1]
+
+
+def _read(req: SliceRequest, cache: VolumeCache, need_label: bool, need_pred: bool, need_prob: bool):
+    img = _take(cache.get(req.image), req.axis, req.index, req.image).astype(np.float32)
+    label = pred = prob = None
+    if req.label and need_label:
+        label = _take(cache.get(req.label, kind="label"), req.axis, req.index, req.label)
+    if req.pred and need_pred:
+        pred = _take(cache.get(req.pred), req.axis, req.index, req.pred) != 0
+    if req.prob and need_prob:
+        prob = _take(cache.get(req.prob), req.axis, req.index, req.prob).astype(np.float32) / 255
+    return img, label, pred, prob
+
+
+def _compose(grey: np.ndarray, label, pred, prob, overlays: tuple[str, ...], a: float) -> np.ndarray:
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+
+    def blend(mask: np.ndarray, colour, alpha) -> None:
+        alpha_arr = np.where(mask, alpha, 0.0)[..., None]
+        rgb[:] = rgb * (1 - alpha_arr) + np.asarray(colour, np.float32) * alpha_arr
+
+    if "prob" in overlays and prob is not None:
+        heat = np.stack([np.ones_like(prob), prob, np.zeros_like(prob)], -1) * 255
+        alpha = (a * prob)[..., None]
+        rgb[:] = rgb * (1 - alpha) + heat * alpha
+    if "label" in overlays and label is not None:
+        blend(label == 2, IGNORE_RGB, a * 0.5)
+        blend(label == 1, LABEL_RGB, a)
+    if "pred" in overlays and pred is not None:
+        blend(pred, PRED_RGB, a)
+    if "error" in overlays and label is not None and pred is not None:
+        valid = label != 2
+        blend(pred & (label == 0) & valid, FP_RGB, max(a, 0.6))
+        blend(~pred & (label == 1) & valid, FN_RGB, max(a, 0.6))
+    return rgb
+
+
 def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> bytes:
     """Render one slice as PNG bytes.
 
@@ -117,6 +176,8 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
     ignore region (label 2) greyed; ``pred`` the predicted mask in blue;
     ``prob`` the probability as a red-to-yellow heat layer; ``error`` false
     positives in red and false negatives in yellow (ignore region excluded).
+    ``zoom`` and ``center`` crop a window; the ``side`` layout draws image |
+    label | prediction | error next to each other (those the request has).
 
     Parameters
     ----------
@@ -133,7 +194,8 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
     Raises
     ------
     ValueError
-        If ``req.axis``, ``req.overlays`` or ``req.opacity`` is invalid.
+        If ``req.axis``, ``req.overlays``, ``req.opacity``, ``req.zoom`` or
+        ``req.layout`` is invalid.
     IndexError
         If ``req.index`` is outside the volume.
     nx47_pipeline.volume_io.VolumeError
@@ -146,45 +208,71 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
         raise ValueError(f"overlays must be among {OVERLAYS}, got {bad!r}")
     if not 0.0 <= req.opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {req.opacity!r}")
+    if req.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {req.layout!r}")
+    if not req.zoom >= 1.0:
+        raise ValueError(f"zoom must be >= 1, got {req.zoom!r}")
     cache = cache or _DEFAULT_CACHE
-    img = _take(cache.get(req.image), req.axis, req.index, req.image).astype(np.float32)
+    side = req.layout == "side"
+    want = set(OVERLAYS) if side else set(req.overlays)
+    img, label, pred, prob = _read(req, cache, bool({"label", "error"} & want),
+                                   bool({"pred", "error"} & want), "prob" in want)
     lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rows, cols = _window(grey.shape, req.zoom, req.center)
+    crop = [None if x is None else x[rows, cols] for x in (grey, label, pred, prob)]
+    grey, label, pred, prob = crop
     a = float(req.opacity)
-
-    def blend(mask: np.ndarray, colour, alpha) -> None:
-        alpha_arr = np.where(mask, alpha, 0.0)[..., None] if np.ndim(alpha) == 0 \
-            else (alpha * mask)[..., None]
-        rgb[:] = rgb * (1 - alpha_arr) + np.asarray(colour, np.float32) * alpha_arr
-
-    label = pred = None
-    if req.label and ("label" in req.overlays or "error" in req.overlays):
-        label = _take(cache.get(req.label, kind="label"), req.axis, req.index, req.label)
-    if req.pred and ("pred" in req.overlays or "error" in req.overlays):
-        pred = _take(cache.get(req.pred), req.axis, req.index, req.pred) != 0
-    if "prob" in req.overlays and req.prob:
-        prob = _take(cache.get(req.prob), req.axis, req.index, req.prob).astype(np.float32) / 255
-        heat = np.stack([np.ones_like(prob), prob, np.zeros_like(prob)], -1) * 255
-        alpha = (a * prob)[..., None]
-        rgb[:] = rgb * (1 - alpha) + heat * alpha
-    if "label" in req.overlays and label is not None:
-        blend(label == 2, IGNORE_RGB, a * 0.5)
-        blend(label == 1, LABEL_RGB, a)
-    if "pred" in req.overlays and pred is not None:
-        blend(pred, PRED_RGB, a)
-    if "error" in req.overlays and label is not None and pred is not None:
-        valid = label != 2
-        blend(pred & (label == 0) & valid, FP_RGB, max(a, 0.6))
-        blend(~pred & (label == 1) & valid, FN_RGB, max(a, 0.6))
+    if side:
+        tiles = [_compose(grey, None, None, None, (), a)]
+        if label is not None:
+            tiles.append(_compose(grey, label, None, None, ("label",), max(a, 0.5)))
+        if pred is not None:
+            tiles.append(_compose(grey, None, pred, None, ("pred",), max(a, 0.5)))
+        if label is not None and pred is not None:
+            tiles.append(_compose(grey, label, pred, None, ("error",), max(a, 0.5)))
+        gap = np.full((grey.shape[0], 4, 3), 255.0, np.float32)
+        parts = []
+        for t in tiles:
+            parts.extend([t, gap])
+        rgb = np.concatenate(parts[:-1], axis=1)
+    else:
+        rgb = _compose(grey, label, pred, prob, req.overlays, a)
     out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-    short = min(out.size)
+    short = min(out.size) if not side else grey.shape[0]
     if short and short < req.min_size:
         factor = int(np.ceil(req.min_size / short))
         out = out.resize((out.size[0] * factor, out.size[1] * factor), Image.NEAREST)
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def slice_counts(req: SliceRequest, *, cache: VolumeCache | None = None) -> dict[str, int]:
+    """False positives, false negatives and true positives of the whole slice.
+
+    The ignore region (label 2) is left out.  Empty when the request has no
+    label or no prediction.
+
+    Parameters
+    ----------
+    req : SliceRequest
+    cache : VolumeCache, optional
+
+    Returns
+    -------
+    dict
+        ``fp``, ``fn``, ``tp`` (voxel counts in the slice).
+    """
+    if not (req.label and req.pred):
+        return {}
+    cache = cache or _DEFAULT_CACHE
+    label = _take(cache.get(req.label, kind="label"), req.axis, req.index, req.label)
+    pred = _take(cache.get(req.pred), req.axis, req.index, req.pred) != 0
+    valid = label != 2
+    return {"fp": int(np.count_nonzero(pred & (label == 0) & valid)),
+            "fn": int(np.count_nonzero(~pred & (label == 1) & valid)),
+            "tp": int(np.count_nonzero(pred & (label == 1)))}
 
 
 class AsyncRenderer:
@@ -198,12 +286,15 @@ class AsyncRenderer:
 
     def __init__(self, on_done: Callable[[SliceRequest, bytes], None],
                  on_error: Callable[[SliceRequest, BaseException], None] | None = None,
-                 *, max_pngs: int = 64, cache: VolumeCache | None = None) -> None:
+                 *, max_pngs: int = 64, cache: VolumeCache | None = None,
+                 on_counts: Callable[[SliceRequest, dict], None] | None = None) -> None:
         self.on_done = on_done
+        self.on_counts = on_counts
         self.on_error = on_error
         self.cache = cache or VolumeCache()
         self.max_pngs = max_pngs
         self._pngs: collections.OrderedDict[SliceRequest, bytes] = collections.OrderedDict()
+        self._counts: dict[SliceRequest, dict] = {}
         self._lock = threading.Lock()
         self._latest: SliceRequest | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nx47-render")
@@ -223,6 +314,8 @@ class AsyncRenderer:
             self._latest = req
         if png is not None:
             self.on_done(req, png)
+            if self.on_counts is not None:
+                self.on_counts(req, self._counts.get(req, {}))
             return None
         return self._pool.submit(self._work, req)
 
@@ -232,6 +325,7 @@ class AsyncRenderer:
                 return
         try:
             png = render_slice(req, cache=self.cache)
+            counts = slice_counts(req, cache=self.cache) if self.on_counts is not None else {}
         except Exception as exc:  # reported to the view, never raised in the kernel
             if self.on_error is not None:
                 self.on_error(req, exc)
@@ -239,11 +333,15 @@ class AsyncRenderer:
         with self._lock:
             self.renders += 1
             self._pngs[req] = png
+            self._counts[req] = counts
             while len(self._pngs) > self.max_pngs:
-                self._pngs.popitem(last=False)
+                old, _ = self._pngs.popitem(last=False)
+                self._counts.pop(old, None)
             latest = self._latest
         if req == latest:
             self.on_done(req, png)
+            if self.on_counts is not None:
+                self.on_counts(req, counts)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

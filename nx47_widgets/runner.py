@@ -4,10 +4,16 @@
   :func:`nx47_pipeline.run.orchestrator.run_pipeline`) on a worker thread with a
   :class:`~nx47_pipeline.telemetry.bus.QueueSink`; :meth:`~ThreadedRunner.stop`
   cancels it through a :class:`~nx47_pipeline.telemetry.cancel.CancelToken`.
+  While it runs it registers itself (:mod:`nx47_widgets.lifecycle`): another
+  page stops it with a stop request, and a kernel shutting down cancels it
+  (the run ends CANCELLED, its lock released).
 * :class:`DetachedRunner` runs the pipeline as its own process (``nx47 run``)
   and follows its ``journal.jsonl``; it can also attach to any run folder,
-  running or finished.  A Voila page reload kills the kernel but not that
-  process, and the new kernel attaches again.  :func:`has_run` and
+  running or finished.  A Voila page reload ends the kernel but not that
+  process, and the new kernel attaches again.  Its :meth:`~DetachedRunner.stop`
+  sends SIGTERM to a run process and a stop request to a kernel's threaded
+  run; :meth:`~DetachedRunner.enforce_stop` kills a holder that did not end
+  in time and records it (``killed.json``).  :func:`has_run` and
   :func:`is_live` tell a folder with a live run (its run lock names a live
   process, :mod:`nx47_pipeline.run.resume`) from one with a finished run.
 * :class:`UIPump` is the single consumer: it drains a source at most every
@@ -18,6 +24,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -25,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,6 +51,17 @@ from nx47_pipeline.telemetry.events import (
 )
 from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 from nx47_pipeline.telemetry.journal import JournalFollower
+
+from nx47_widgets.lifecycle import (
+    Holder,
+    clear_stop_request,
+    holder,
+    mark_killed,
+    read_stop_request,
+    register_threaded,
+    request_stop,
+    unregister,
+)
 
 __all__ = [
     "ThreadedRunner",
@@ -94,7 +113,18 @@ class ThreadedRunner:
     -----
     If the job raises, the runner itself queues an ERROR and an
     EXEC_COMPLETE(``failed``) event so the dashboard never waits forever.
+
+    While the job runs, the runner registers the run folder as held by a
+    threaded run of this process (:func:`nx47_widgets.lifecycle.register_threaded`)
+    and watches it for a stop request (another page pressed Stop); when the
+    process exits (a kernel shut down) it cancels the job and waits a few
+    seconds for its CANCELLED end.
     """
+
+    #: Seconds between two looks for a stop request.
+    watch_s = 0.2
+    #: Seconds an exiting process waits for a cancelled job to end.
+    exit_wait_s = 8.0
 
     def __init__(self, config: RunConfig, *, job: Job | None = None,
                  queue_maxsize: int | None = None) -> None:
@@ -109,14 +139,32 @@ class ThreadedRunner:
         self._done = threading.Event()
         self.stop_requested_at: float | None = None
         self.finished_at: float | None = None
+        self.out_dir = Path(config.out_dir).expanduser().resolve()
+        self._marker: Path | None = None
+        self._started_ts = 0.0
 
     def start(self) -> "ThreadedRunner":
         """Start the worker thread (once)."""
         if self._thread is not None:
             raise RuntimeError("this runner was already started; create a new one")
+        self._started_ts = time.time()
+        try:
+            self._marker = register_threaded(self.out_dir)
+        except OSError:  # no state folder: the run works, other pages cannot stop it
+            self._marker = None
+        _LIVE_THREADED.add(self)
         self._thread = threading.Thread(target=self._main, name="nx47-pipeline", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name="nx47-stop-watch", daemon=True).start()
         return self
+
+    def _watch(self) -> None:
+        """Turn a stop request written by another page into a cancel."""
+        while not self._done.wait(self.watch_s):
+            reason = read_stop_request(self.out_dir, self._started_ts)
+            if reason is not None:
+                clear_stop_request(self.out_dir)
+                self.stop(reason)
 
     def _main(self) -> None:
         try:
@@ -133,6 +181,7 @@ class ThreadedRunner:
                 self.sink.handle(Event(seq=-1, ts=now, t=0.0, kind=kind, stage="runner",
                                        payload=payload))
         finally:
+            unregister(self._marker)
             self.finished_at = time.monotonic()
             self._done.set()
 
@@ -168,6 +217,22 @@ class ThreadedRunner:
         if self.stop_requested_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.stop_requested_at
+
+
+#: Threaded runners of this process (cancelled when it exits).
+_LIVE_THREADED: "weakref.WeakSet[ThreadedRunner]" = weakref.WeakSet()
+
+
+def _cancel_threaded_runs_at_exit() -> None:
+    """A kernel shutting down ends its threaded runs as CANCELLED, lock released."""
+    runners = [r for r in list(_LIVE_THREADED) if r.running]
+    for r in runners:
+        r.stop("the kernel running this run is shutting down")
+    for r in runners:
+        r.join(r.exit_wait_s)
+
+
+atexit.register(_cancel_threaded_runs_at_exit)
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +292,17 @@ class DetachedRunner:
         ``run.lock`` with its pid).
     process : subprocess.Popen, optional
         The process when this object launched it.
+
+    Attributes
+    ----------
+    stopped_holder : Holder or None
+        The process :meth:`stop` asked to stop.
+    killed : str or None
+        Why :meth:`enforce_stop` killed that process (None: it did not).
     """
+
+    #: Seconds a holder has to end after Stop before :meth:`enforce_stop` kills it.
+    stop_grace_s = 20.0
 
     def __init__(self, out_dir: str | os.PathLike, *,
                  process: subprocess.Popen | None = None) -> None:
@@ -236,6 +311,8 @@ class DetachedRunner:
         self.follower = JournalFollower(self.journal)
         self.process = process
         self.stop_requested_at: float | None = None
+        self.stopped_holder: Holder | None = None
+        self.killed: str | None = None
         self._finished = False
         self._lock = threading.Lock()
 
@@ -344,16 +421,73 @@ class DetachedRunner:
         """True once EXEC_COMPLETE was read from the journal."""
         return self._finished
 
+    @property
+    def holder(self) -> Holder | None:
+        """The live process holding the folder (the one this runner launched first)."""
+        if self.process is not None:
+            return Holder(self.process.pid, "process") if self.process.poll() is None else None
+        return holder(self.out_dir)
+
     def stop(self, reason: str = "user pressed Stop") -> None:
-        """Send SIGTERM to the run process (the CLI turns it into a cancel)."""
-        pid = self.pid
+        """Stop the run cooperatively: SIGTERM to a run process (the CLI turns
+        it into a cancel), a stop request to a kernel's threaded run.
+
+        Parameters
+        ----------
+        reason : str
+            Said by the run's CANCELLED event (threaded runs).
+        """
+        h = self.holder
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
-        if pid and pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        if h is None:
+            return
+        self.stopped_holder = h
+        if h.threaded:
+            request_stop(self.out_dir, reason)
+            return
+        try:
+            os.kill(h.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def enforce_stop(self, now: float | None = None) -> bool:
+        """Kill the holder asked to stop if it still lives ``stop_grace_s`` later.
+
+        A killed holder cannot say so: ``killed.json`` records it and the dead
+        lock is removed, so the folder reads *killed* and can be reused.
+
+        Parameters
+        ----------
+        now : float, optional
+            ``time.monotonic()`` (tests pass their own).
+
+        Returns
+        -------
+        bool
+            True when it killed the holder now.
+        """
+        h, asked = self.stopped_holder, self.stop_requested_at
+        if h is None or asked is None or self.killed is not None or self._finished:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - asked < self.stop_grace_s or not pid_alive(h.pid):
+            return False
+        what = "kernel" if h.threaded else "run process"
+        reason = (f"the {what} (pid {h.pid}) did not end within {self.stop_grace_s:.0f} s "
+                  f"of Stop and was killed")
+        try:
+            os.kill(h.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5.0
+        while pid_alive(h.pid) and time.monotonic() < deadline:
+            if self.process is not None:
+                self.process.poll()
+            time.sleep(0.05)
+        mark_killed(self.out_dir, h.pid, reason)
+        self.killed = reason
+        return True
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the process ends (and the journal says so, if it can)."""

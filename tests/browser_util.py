@@ -1,5 +1,7 @@
-"""Helpers for the browser test: a Voila server on 127.0.0.1 and Debian chromium
-driven by Playwright (never ``playwright install``: the system browser is used)."""
+"""Helpers for the browser tests: the project's Voila server on 127.0.0.1 (the
+command line of ``nx47 serve``, :func:`nx47_pipeline.cli.serve.voila_command`)
+and Debian chromium driven by Playwright (never ``playwright install``: the
+system browser is used)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+import psutil
+
+from nx47_pipeline.cli.serve import voila_command as serve_voila_command
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -29,10 +34,24 @@ def free_port() -> int:
 
 
 def voila_command(notebook: Path, port: int) -> list[str]:
-    voila = Path(sys.executable).with_name("voila")
-    exe = [str(voila)] if voila.exists() else [sys.executable, "-m", "voila"]
-    return [*exe, str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-            "--VoilaConfiguration.show_tracebacks=True"]
+    """``nx47 serve``'s Voila command line, with tracebacks shown on the page."""
+    return [*serve_voila_command(notebook, port=port), "--VoilaConfiguration.show_tracebacks=True"]
+
+
+def kernel_pids(root_pid: int) -> list[int]:
+    """Live ipykernel processes started under the process ``root_pid``."""
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for p in children:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(p.cmdline()):
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
 
 
 class VoilaServer:
@@ -61,6 +80,10 @@ class VoilaServer:
             time.sleep(0.5)
         raise TimeoutError(f"voila did not answer on {self.url} within {timeout} s: {self.log()}")
 
+    def kernels(self) -> list[int]:
+        """Pids of the live kernels of this server."""
+        return kernel_pids(self.proc.pid)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
@@ -68,13 +91,20 @@ class VoilaServer:
             return ""
 
     def stop(self) -> None:
+        """SIGTERM to Voila (it shuts its kernels down); leftovers are killed."""
+        kernels = self.kernels()
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # voila and the kernels it started
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        for pid in kernels:  # kernels live in their own sessions
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
 
 

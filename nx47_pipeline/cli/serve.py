@@ -1,11 +1,20 @@
-"""``nx47 serve``: serve dashboard.ipynb with Voila on 127.0.0.1."""
+"""``nx47 serve``: serve dashboard.ipynb with Voila on 127.0.0.1.
+
+Voila runs as ``python -m nx47_widgets.server`` (Voila with the dashboard's
+page life cycle: a closed or reloaded page leaves no kernel behind, a kernel
+running a threaded run is kept until the run ends; see ``docs/dashboard.md``).
+SIGTERM, SIGINT and SIGHUP sent to ``nx47 serve`` are passed on to Voila,
+which shuts its kernels down before it exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from nx47_pipeline.cli.run import ensure_data_root
@@ -23,12 +32,61 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default=None)
 
 
+#: Seconds a kernel may stay without a connected page before it is shut down,
+#: and how often that is checked (``nx47_widgets.server.DashboardKernelManager``).
+ORPHAN_KERNEL_S = 8
+CULL_INTERVAL_S = 4
+
+#: Signals passed on to Voila.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+#: Seconds Voila gets to shut its kernels down after a forwarded signal.
+STOP_WAIT_S = 30.0
+
+
 def voila_command(notebook: Path, *, port: int, ip: str = "127.0.0.1") -> list[str]:
-    """The Voila command line the project uses (binds ``ip``, 127.0.0.1 by default)."""
+    """The Voila command line the project uses (binds ``ip``, 127.0.0.1 by default).
+
+    Voila runs through ``nx47_widgets.server`` (the page life cycle); kernels
+    without a connected page are shut down after :data:`ORPHAN_KERNEL_S` s.
+    """
     return [
-        sys.executable, "-m", "voila", str(notebook),
+        sys.executable, "-m", "nx47_widgets.server", str(notebook),
         "--no-browser", f"--port={port}", f"--Voila.ip={ip}",
+        f"--MappingKernelManager.cull_idle_timeout={ORPHAN_KERNEL_S}",
+        f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
     ]
+
+
+def run_forwarding_signals(cmd: list[str], *, env: dict[str, str], cwd: str) -> int:
+    """Run ``cmd`` and pass SIGTERM / SIGINT / SIGHUP on to it; its exit status.
+
+    A second signal, or Voila still running :data:`STOP_WAIT_S` s after the
+    first, kills it.
+    """
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd)
+    received: list[int] = []
+
+    def forward(signum, frame):  # noqa: ARG001 - signal handler signature
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if len(received) > 1 else signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    stop_by = None
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if received and stop_by is None:
+                stop_by = time.monotonic() + STOP_WAIT_S
+            if stop_by is not None and time.monotonic() > stop_by:
+                proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -43,4 +101,4 @@ def main(args: argparse.Namespace) -> int:
         env["NX47_DATA_ROOT"] = ensure_data_root("auto")
     cmd = voila_command(notebook, port=args.port, ip=args.ip)
     print(f"NX47 dashboard: http://{args.ip}:{args.port}/  (data root: {env.get('NX47_DATA_ROOT', 'auto')})", flush=True)
-    return subprocess.call(cmd, env=env, cwd=str(REPO_ROOT))
+    return run_forwarding_signals(cmd, env=env, cwd=str(REPO_ROOT))

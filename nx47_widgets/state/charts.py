@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nx47_pipeline.telemetry.events import Event, EventKind, MetricName, Split
+from nx47_pipeline.telemetry.events import Event, EventKind, MetricName, Split, Status, StepPhase
 
 __all__ = ["ChartState"]
 
@@ -26,7 +26,9 @@ class ChartState:
     * ``val_scores``: per-volume validation score (PREVIEW of split ``val``
       with a score, or :attr:`MetricName.VAL_SCORE` with a ``volume_id``);
     * ``other``: series of METRIC names this dashboard does not know, by name
-      (kept, not charted).
+      (kept, not charted);
+    * ``stage_end``: how each stage ended (status, message), so an empty chart
+      can say "skipped" instead of "no data yet".
 
     Parameters
     ----------
@@ -43,6 +45,7 @@ class ChartState:
         self._grid: dict[tuple, dict[str, Any]] = {}
         self.val_scores: dict[str, float] = {}
         self.other: dict[str, list[tuple[float, float]]] = {}
+        self.stage_end: dict[str, tuple[Status, str]] = {}
         self.version = 0
 
     @staticmethod
@@ -64,6 +67,10 @@ class ChartState:
         bool
         """
         p = event.payload
+        if event.kind is EventKind.STEP and p.phase == StepPhase.END:
+            self.stage_end[str(event.stage)] = (p.status, p.message)
+            self.version += 1
+            return True
         if event.kind is EventKind.PREVIEW:
             if p.split == Split.VAL and p.score is not None:
                 self.val_scores[p.volume_id] = float(p.score)
@@ -108,3 +115,13 @@ class ChartState:
         elif not cell["final"]:  # running mean of per-volume scores until then
             cell["n"] += 1
             cell["value"] += (value - cell["value"]) / cell["n"]
+
+    def empty_text(self, stage: str) -> str:
+        """What an empty chart of ``stage`` says: why it has no data."""
+        end = self.stage_end.get(stage)
+        if end is None:
+            return "no data yet: the stage has not run"
+        status, message = end
+        if status is Status.OK:
+            return f"no data: {stage} ended without reporting any" + (f" ({message})" if message else "")
+        return f"{stage} {status}" + (f": {message}" if message else "")

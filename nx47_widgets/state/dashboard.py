@@ -11,7 +11,7 @@ from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 from nx47_pipeline.telemetry.format import clean
 
 from nx47_widgets.state.charts import ChartState
-from nx47_widgets.state.heartbeat import HeartbeatState
+from nx47_widgets.state.heartbeat import KILLED, HeartbeatState
 from nx47_widgets.state.log import LogEntry, LogState
 from nx47_widgets.state.preview import PreviewState
 from nx47_widgets.state.progress import ProgressState
@@ -94,6 +94,28 @@ class DashboardState:
         for ev in events:
             changed |= self.apply(ev)
         return changed
+
+    def end_without_event(self, light: str, reason: str) -> None:
+        """The run's process is gone without EXEC_COMPLETE: killed or lost.
+
+        Parameters
+        ----------
+        light : str
+            :data:`~nx47_widgets.state.heartbeat.KILLED` or
+            :data:`~nx47_widgets.state.heartbeat.LOST`.
+        reason : str
+            Shown in the status, the results and under the light.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        if light == KILLED:
+            self.results.end_without_event(killed=reason)
+        else:
+            self.results.end_without_event(lost=reason)
+        self.heartbeat.end_without_event(light, reason)
+        self.log.add(LogEntry(-1, 0.0, "error", "LOST" if light != KILLED else "KILLED",
+                              "dashboard", f"run {light.lower()}: {reason}"))
 
     def versions(self) -> dict[str, int]:
         """Version counter of each part."""

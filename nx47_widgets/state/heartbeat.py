@@ -8,10 +8,14 @@ from typing import Callable
 
 from nx47_pipeline.telemetry.events import Event, EventKind, Status, WorkerState
 
-__all__ = ["HeartbeatView", "HeartbeatState", "COLOURS", "WAITING"]
+__all__ = ["HeartbeatView", "HeartbeatState", "COLOURS", "WAITING", "KILLED", "LOST"]
 
 #: The light before a run started (the other states are :class:`WorkerState` values).
 WAITING = "WAITING"
+#: The light of a run whose process was killed (no final event; ``killed.json``).
+KILLED = "KILLED"
+#: The light of a run whose process died without a final event.
+LOST = "LOST"
 
 _ACTIVE = WorkerState.ACTIVE.value
 _COMPUTING = WorkerState.COMPUTING.value
@@ -28,6 +32,8 @@ _WORDS = {
     _FINISHED: "finished",
     _FAILED: "failed",
     _CANCELLED: "cancelled",
+    KILLED: "killed: the run's process was killed",
+    LOST: "lost: the run's process ended without a final event",
 }
 
 #: Colour of the light in each state.
@@ -38,7 +44,9 @@ COLOURS = {
     _STALLED: "#c62828",
     _FINISHED: "#2e7d32",
     _FAILED: "#c62828",
-    _CANCELLED: "#ef6c00",
+    _CANCELLED: "#8d6e63",
+    KILLED: "#6a1b9a",
+    LOST: "#546e7a",
 }
 
 
@@ -75,6 +83,7 @@ class HeartbeatState:
     The light turns STALLED by itself when no heartbeat has arrived for
     ``stall_factor`` heartbeat intervals (at least ``min_stall_s`` seconds),
     even if the last beat said ACTIVE: a dead or frozen worker cannot say so.
+    Once the run ended, the ages stop counting at its end.
 
     Parameters
     ----------
@@ -108,6 +117,7 @@ class HeartbeatState:
         self.rss_mb: float | None = None
         self.message = ""
         self.final: str | None = None
+        self.ended_ts: float | None = None
 
     def apply(self, event: Event) -> bool:
         """Apply one event; True for RUN_START, CONFIG, HEARTBEAT, PROGRESS_UPDATE, EXEC_COMPLETE.
@@ -142,6 +152,7 @@ class HeartbeatState:
             self.last_progress_ts = event.ts - float(p.since_progress_s)
             if p.state in (_FINISHED, _FAILED, _CANCELLED):
                 self.final = p.state
+                self.ended_ts = event.ts
         elif kind is EventKind.PROGRESS_UPDATE:
             self.last_progress_ts = event.ts
             if self.started_ts is None:
@@ -150,10 +161,29 @@ class HeartbeatState:
         elif kind is EventKind.EXEC_COMPLETE:
             self.final = _final_light(p.status)
             self.running = False
+            self.ended_ts = event.ts
         else:
             return False
         self.version += 1
         return True
+
+    def end_without_event(self, state: str, message: str, now: float | None = None) -> None:
+        """The run's process is gone and said nothing: the light shows ``state``.
+
+        Parameters
+        ----------
+        state : str
+            :data:`KILLED` or :data:`LOST`.
+        message : str
+            Why (shown under the light).
+        now : float, optional
+            When (default: the clock); the ages stop there.
+        """
+        if self.final is not None and self.final not in (KILLED, LOST):
+            return
+        self.final, self.running, self.message = state, False, message
+        self.ended_ts = self.clock() if now is None else now
+        self.version += 1
 
     @property
     def stall_after_s(self) -> float:
@@ -173,6 +203,8 @@ class HeartbeatState:
         HeartbeatView
         """
         now = self.clock() if now is None else now
+        if self.final is not None and self.ended_ts is not None:
+            now = min(now, self.ended_ts)  # a finished run's ages stop counting
         since_beat = None if self.last_beat_ts is None else max(0.0, now - self.last_beat_ts)
         since_prog = None if self.last_progress_ts is None else max(0.0, now - self.last_progress_ts)
         if self.final is not None:

@@ -139,6 +139,27 @@ class PreviewState:
             self._select(self.order[-1], self.axis, None)
         self.version += 1
 
+    def ordered(self, worst_first: bool = False) -> list[str]:
+        """The volume keys in the order seen, or worst score first (unscored last)."""
+        if not worst_first:
+            return list(self.order)
+        scored = sorted((k for k in self.order if self.volumes[k].score is not None),
+                        key=lambda k: float(self.volumes[k].score))
+        return scored + [k for k in self.order if self.volumes[k].score is None]
+
+    def step_slice(self, delta: int) -> None:
+        """Move ``delta`` slices along the axis (user action: stops following)."""
+        if self.volume is not None:
+            self.select(index=self.index + int(delta))
+
+    def step_volume(self, delta: int, order: list[str] | None = None) -> None:
+        """Select the volume ``delta`` places away in ``order`` (default: as seen)."""
+        keys = order or self.order
+        if not keys:
+            return
+        i = keys.index(self.volume) if self.volume in keys else -1
+        self.select(volume=keys[(i + int(delta)) % len(keys)])
+
     @property
     def current(self) -> PreviewPayload | None:
         """The selected volume's payload, or None."""

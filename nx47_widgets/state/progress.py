@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from nx47_pipeline.telemetry.events import Event, EventKind, Status, StepPhase
 from nx47_pipeline.telemetry.format import format_duration
 
+from nx47_widgets.state.timeline import Timeline
+
 __all__ = ["BarState", "ProgressState", "STYLE_INFO", "STYLE_SUCCESS", "STYLE_WARNING",
            "STYLE_DANGER"]
 
@@ -82,7 +84,16 @@ def _counter_text(what: str, done: float, total: float, rate: float | None = Non
 
 
 class ProgressState:
-    """Reducer for the four bars: global, stage, sub-step and file."""
+    """Reducer for the four bars: global, stage, sub-step and file.
+
+    The overall bar's ETA comes from the projection (:class:`Timeline`), not
+    from the pipeline's rate-based guess.
+
+    Attributes
+    ----------
+    timeline : Timeline
+        Stages against the projection.
+    """
 
     NAMES = ("global", "stage", "substep", "file")
 
@@ -90,6 +101,8 @@ class ProgressState:
         self.bars: dict[str, BarState] = {n: BarState() for n in self.NAMES}
         self.version = 0
         self.finished: Status | None = None  # the run's status once it ended
+        self.timeline = Timeline()
+        self._global = 0.0
 
     def _snap(self) -> tuple:
         return tuple(self.bars[n].snapshot() for n in self.NAMES)
@@ -110,6 +123,7 @@ class ProgressState:
         """
         before = self._snap()
         kind = event.kind
+        timeline_changed = self.timeline.apply(event)
         if kind is EventKind.RUN_START:
             for b in self.bars.values():
                 b.reset()
@@ -127,17 +141,29 @@ class ProgressState:
             self.bars["global"].set(None, f"cancelled: {event.payload.message}", STYLE_WARNING)
         elif kind is EventKind.EXEC_COMPLETE:
             self._complete(event.payload)
+        elif kind is EventKind.BUDGET and self.finished is None and self._global:
+            self.bars["global"].set(None, self._global_text())
         else:
-            return False
-        changed = self._snap() != before
+            return timeline_changed
+        changed = self._snap() != before or timeline_changed
         if changed:
             self.version += 1
         return changed
 
+    def eta_text(self) -> str:
+        """``"ETA 1m 20s (projection)"``, or why there is none yet."""
+        eta = self.timeline.eta_s()
+        if eta is None:
+            return "ETA after the preflight's projection"
+        return f"ETA {format_duration(eta)} (projection)"
+
+    def _global_text(self) -> str:
+        return f"overall · {100 * self._global:.1f} % · {self.eta_text()}"
+
     def _progress(self, p) -> None:
         g, st, sub, fl = (self.bars[n] for n in self.NAMES)
-        eta = f" · ETA {format_duration(p.eta_s)}" if p.eta_s is not None else ""
-        g.set(p.global_, f"overall · {100 * p.global_:.1f} %{eta}")
+        self._global = float(p.global_)
+        g.set(p.global_, self._global_text())
         step_label = f"{p.step} (stage {p.step_index + 1} of {p.step_count})" \
             if p.step_count else p.step
         frac = p.step_done / p.step_total if p.step_total else 0.0

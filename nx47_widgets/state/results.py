@@ -8,11 +8,19 @@ from typing import Any
 from nx47_pipeline.telemetry.events import Event, EventKind, Status
 from nx47_pipeline.telemetry.journal import verify_journal
 
+from nx47_widgets.state.outcome import Verdict, classify
+
 __all__ = ["ResultsState"]
 
 
 class ResultsState:
-    """Submission path, GLOBAL_STATS and journal verification of a run."""
+    """Submission path, GLOBAL_STATS, journal verification and the verdict of a run.
+
+    Attributes
+    ----------
+    killed, lost : str or None
+        Why the run ended without a final event (its process killed, or gone).
+    """
 
     def __init__(self) -> None:
         self._clear()
@@ -25,7 +33,9 @@ class ResultsState:
         self.stats: dict[str, Any] = {}
         self.verification: Any = None
         self.out_dir: str | None = None
-        self.version = 0
+        self.killed: str | None = None
+        self.lost: str | None = None
+        self.version = getattr(self, "version", 0) + 1
 
     def apply(self, event: Event) -> bool:
         """Apply one event; True for RUN_START, GLOBAL_STATS and EXEC_COMPLETE.
@@ -53,6 +63,31 @@ class ResultsState:
             return False
         self.version += 1
         return True
+
+    @property
+    def verdict(self) -> Verdict:
+        """How the run ended (or that it runs), in words and colour."""
+        return classify(self.status, self.stats, killed=self.killed, lost=self.lost)
+
+    @property
+    def ended(self) -> bool:
+        """True once the run ended, with or without a final event."""
+        return self.status is not None or bool(self.killed or self.lost)
+
+    def end_without_event(self, *, killed: str | None = None, lost: str | None = None) -> None:
+        """The run's process is gone without EXEC_COMPLETE: killed, or lost.
+
+        Parameters
+        ----------
+        killed : str, optional
+            Why it was killed.
+        lost : str, optional
+            Why it counts as lost.
+        """
+        if self.status is not None:
+            return
+        self.killed, self.lost = killed, (None if killed else lost)
+        self.version += 1
 
     def verify(self, journal_path: str | Path) -> Any:
         """Verify the run's journal and keep the result.

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import ipywidgets as W
 
-__all__ = ["Syncer", "h", "section", "fmt"]
+__all__ = ["Syncer", "h", "section", "fmt", "nested_html", "human_bytes"]
 
 
 class Syncer:
@@ -90,3 +90,54 @@ def fmt(v: Any) -> str:
         text = str(v)
         return text if len(text) < 160 else text[:157] + "..."
     return str(v)
+
+
+def human_bytes(n: int | float | None) -> str:
+    """``1.2 MB`` style size."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000.0
+    return f"{size:.1f} GB"  # pragma: no cover
+
+
+def nested_html(value: Any, *, depth: int = 0, max_items: int = 60) -> str:
+    """A value as readable HTML: dicts as two-column tables, lists of scalars
+    joined, lists of dicts as tables; floats to 4 significant digits; nothing cut
+    in the middle (long collections say how many items they hold).
+
+    Parameters
+    ----------
+    value : object
+    depth : int
+        Nesting level (deeper levels are set smaller).
+    max_items : int
+        Items shown per collection.
+
+    Returns
+    -------
+    str
+    """
+    if isinstance(value, dict):
+        if not value:
+            return "<i>none</i>"
+        items = list(value.items())
+        rows = "".join(f"<tr><td style='color:#555'>{h(k)}</td><td>{nested_html(v, depth=depth + 1)}</td></tr>"
+                       for k, v in items[:max_items])
+        more = f"<tr><td colspan=2><i>… {len(items) - max_items} more</i></td></tr>" \
+            if len(items) > max_items else ""
+        return f"<table>{rows}{more}</table>"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "<i>none</i>"
+        if all(not isinstance(v, (dict, list, tuple)) for v in value):
+            shown = ", ".join(h(fmt(v)) for v in value[:max_items])
+            more = f" … ({len(value)} in all)" if len(value) > max_items else ""
+            return shown + more
+        return "".join(f"<div>{nested_html(v, depth=depth + 1)}</div>" for v in value[:max_items])
+    if value is None:
+        return "-"
+    return h(fmt(value))

@@ -27,16 +27,19 @@ class ChartsPanel:
         self.scores = W.HTML("")
         self.widget = W.VBox([
             section("Charts"),
-            W.HBox([self.objective, self.loss]),
-            W.HBox([self.grid, self.scores]),
+            W.HBox([self.objective, self.loss], layout=W.Layout(flex_flow="row wrap")),
+            W.HBox([self.grid, self.scores], layout=W.Layout(flex_flow="row wrap")),
         ])
         self.widget.add_class("nx47-charts")
 
     def render(self, state: ChartState) -> None:
-        """Draw the series of ``state``."""
+        """Draw the series of ``state`` (an empty chart says why it is empty)."""
         self.syncer.set(self.objective, value=svg_line_chart(
-            state.objective, title="fit_prox objective"))
-        self.syncer.set(self.loss, value=svg_line_chart(state.loss, title="U-Net loss"))
-        self.syncer.set(self.grid, value=grid_table(state.grid))
+            state.objective, title="fit_prox objective per iteration",
+            empty=state.empty_text("fit_prox")))
+        self.syncer.set(self.loss, value=svg_line_chart(
+            state.loss, title="U-Net batch loss", empty=state.empty_text("unet")))
+        self.syncer.set(self.grid, value=grid_table(state.grid, empty=state.empty_text("search")))
         self.syncer.set(self.scores, value=svg_bar_chart(
-            state.val_scores, title="validation score per volume"))
+            state.val_scores, title="validation score per volume",
+            empty=state.empty_text("validate")))

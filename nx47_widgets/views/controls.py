@@ -1,4 +1,5 @@
-"""The run controls: Scan, Detached, Run, Stop, Attach and the status line."""
+"""The run controls: Scan, Detached, Run, Stop, Attach, the status line and
+the inline problems that keep Run from starting."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from nx47_widgets.views.base import Syncer
+from nx47_widgets.views.base import Syncer, h
 
 __all__ = ["RunControls"]
 
@@ -37,6 +38,10 @@ class RunControls:
             b.add_class(cls)
         self.status = W.HTML("")
         self.status.add_class("nx47-status-line")
+        self.problems = W.HTML("")
+        self.problems.add_class("nx47-problems")
+        self._busy = False
+        self._running = False
 
     def on_click(self, *, scan: Callable[[], Any], run: Callable[[], Any],
                  stop: Callable[[], Any], attach: Callable[[], Any]) -> None:
@@ -64,10 +69,33 @@ class RunControls:
         """Show ``html_text`` (HTML) in the status line."""
         self.syncer.set(self.status, value=html_text)
 
+    def show_problems(self, problems: list[str]) -> None:
+        """List what keeps Run from starting (empty: nothing)."""
+        body = "".join(f"<div>&#9888; {h(p)}</div>" for p in problems)
+        self.syncer.set(self.problems, value=body)
+
     def set_running(self, running: bool) -> None:
         """Enable Stop while a run is shown as running, Run otherwise."""
-        self.syncer.set(self.run_button, disabled=running)
-        self.syncer.set(self.stop_button, disabled=not running)
+        self._running = running
+        self._buttons()
+
+    def set_busy(self, busy_text: str | None) -> None:
+        """The output folder is held by another live run (``busy_text``: by whom):
+        offer Attach instead of Run."""
+        self._busy = busy_text is not None
+        self.syncer.set(self.run_button, tooltip=(
+            f"the output folder is busy: {busy_text}" if busy_text else "start a run"))
+        self._buttons()
+
+    def _buttons(self) -> None:
+        busy_free = self._busy and not self._running
+        self.syncer.set(self.run_button, disabled=self._running or self._busy,
+                        description="Run (folder busy)" if busy_free else "Run")
+        self.syncer.set(self.stop_button, disabled=not self._running)
+        self.syncer.set(self.attach_button,
+                        description="Attach to the running run" if busy_free
+                        else "Attach to output folder",
+                        button_style="warning" if busy_free else "")
 
     @property
     def shows_running(self) -> bool:

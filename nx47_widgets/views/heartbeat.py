@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipywidgets as W
 
 from nx47_widgets.state.heartbeat import WAITING, HeartbeatState
+from nx47_widgets.state.outcome import Outcome, Verdict
 from nx47_widgets.views.base import Syncer, h, section
 
 __all__ = ["HeartbeatPanel"]
@@ -12,6 +13,10 @@ __all__ = ["HeartbeatPanel"]
 
 def _ago(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}s ago"
+
+
+def _before(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}s"
 
 
 class HeartbeatPanel:
@@ -29,22 +34,33 @@ class HeartbeatPanel:
         self.widget = W.VBox([section("Heartbeat"), self.html])
         self.state = WAITING
 
-    def render(self, state: HeartbeatState, now: float | None = None) -> None:
-        """Show the light of ``state`` at wall time ``now`` (default: its clock)."""
+    def render(self, state: HeartbeatState, now: float | None = None,
+               verdict: Verdict | None = None) -> None:
+        """Show the light of ``state`` at wall time ``now`` (default: its clock).
+
+        Once the run ended, ``verdict`` (how it ended: fallback, budget cut,
+        killed, lost ...) gives the light its colour and words; the ages then
+        count to the end of the run, not to now.
+        """
         v = state.view(now)
         self.state = v.state
+        colour, words, outcome = v.colour, v.words, ""
+        if verdict is not None and state.final is not None and verdict.outcome is not Outcome.RUNNING:
+            colour, words, outcome = verdict.colour, verdict.words, verdict.outcome.value
         cpu = "-" if v.cpu_pct is None else f"{v.cpu_pct:.0f}%"
         rss = "-" if v.rss_mb is None else f"{v.rss_mb:.0f} MB"
+        ages = (f"last beat {_ago(v.since_beat_s)} · last progress {_ago(v.since_progress_s)}"
+                if state.final is None else
+                f"ended · last beat {_before(v.since_beat_s)} before the end")
         body = (
-            f"<div class='nx47-hb' data-state='{v.state}' style='display:flex;"
-            f"align-items:center;gap:10px'>"
+            f"<div class='nx47-hb' data-state='{v.state}' data-outcome='{outcome}' "
+            f"style='display:flex;align-items:center;gap:10px;flex-wrap:wrap'>"
             f"<span class='nx47-light' style='display:inline-block;width:18px;height:18px;"
-            f"border-radius:9px;background:{v.colour};box-shadow:0 0 6px {v.colour}'></span>"
-            f"<b class='nx47-hb-state' style='color:{v.colour}'>{v.state}</b>"
-            f"<span>{h(v.words)}</span>"
-            f"<span>· last beat {_ago(v.since_beat_s)} · last progress "
-            f"{_ago(v.since_progress_s)} · CPU {cpu} · memory {rss}</span></div>"
+            f"border-radius:9px;background:{colour};box-shadow:0 0 6px {colour}'></span>"
+            f"<b class='nx47-hb-state' style='color:{colour}'>{v.state}</b>"
+            f"<span class='nx47-hb-words'>{h(words)}</span>"
+            f"<span>· {ages} · CPU {cpu} · memory {rss}</span></div>"
         )
-        if v.message:
+        if v.message and v.message != words:
             body += f"<div style='color:#555'>{h(v.message)}</div>"
         self.syncer.set(self.html, value=body)

@@ -8,7 +8,7 @@ from typing import Sequence
 import ipywidgets as W
 
 from nx47_widgets.state.log import LEVELS, LogState
-from nx47_widgets.views.base import Syncer, section
+from nx47_widgets.views.base import Syncer, h, section
 
 __all__ = ["LogPanel"]
 
@@ -38,8 +38,9 @@ class LogPanel:
         self.level = W.Dropdown(options=list(LEVELS), value=state.min_level,
                                 description="Level")
         self.kind = W.Dropdown(options=[ALL_KINDS, *kinds], value=ALL_KINDS, description="Kind")
-        self.text = W.Textarea(value="", layout=W.Layout(width="100%", height="220px"),
-                               disabled=True)
+        # a scroll box anchored at its bottom (column-reverse): the newest
+        # line is in view after every update
+        self.text = W.HTML("")
         self.text.add_class("nx47-log")
         self.level.observe(self._on_filter, names="value")
         self.kind.observe(self._on_filter, names="value")
@@ -64,4 +65,5 @@ class LogPanel:
     def render(self, limit: int = 200) -> None:
         """Show the last ``limit`` lines that pass the filters."""
         lines = [e.line() for e in self.state.visible(limit)]
-        self.syncer.set(self.text, value="\n".join(lines))
+        body = h("\n".join(lines)) if lines else "<i>no event yet</i>"
+        self.syncer.set(self.text, value=f"<div class='nx47-log-view'><div>{body}</div></div>")

@@ -1,4 +1,6 @@
-"""The slice previewer: volume, axis, slice, overlays, opacity and the PNG."""
+"""The slice previewer and QA viewer: volume (as seen, or worst score first),
+axis, slice, overlays or side by side, zoom and pan, per-slice error counts,
+keyboard shortcuts, and pass / fail / note marks saved to ``qa.json``."""
 
 from __future__ import annotations
 
@@ -6,15 +8,56 @@ import threading
 
 import ipywidgets as W
 
-from nx47_widgets.render import AsyncRenderer, SliceRequest
+from nx47_widgets.render import FN_RGB, FP_RGB, IGNORE_RGB, LABEL_RGB, PRED_RGB, AsyncRenderer, SliceRequest
 from nx47_widgets.state.preview import AXES, PreviewState
+from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.views.base import Syncer, h, section
 
-__all__ = ["PreviewPanel"]
+__all__ = ["PreviewPanel", "legend_html", "available_overlays"]
+
+
+def _rgb(c: tuple[int, int, int]) -> str:
+    return f"rgb({c[0]},{c[1]},{c[2]})"
+
+
+def legend_html() -> str:
+    """The overlays' colours."""
+    items = [(LABEL_RGB, "label: surface"), (IGNORE_RGB, "label: ignored"),
+             (PRED_RGB, "prediction"), (FP_RGB, "error: false positive"),
+             (FN_RGB, "error: false negative")]
+    sw = "".join(f"<span class='sw' style='background:{_rgb(c)}'></span>{h(t)}" for c, t in items)
+    heat = ("<span class='sw' style='background:linear-gradient(90deg,rgb(255,0,0),"
+            "rgb(255,255,0))'></span>probability 0 → 1")
+    return f"<div class='nx47-legend' style='font-size:12px'>{sw}{heat}</div>"
+
+
+def available_overlays(p) -> dict[str, str]:
+    """For a PREVIEW payload: overlay name -> "" if it applies, else why not."""
+    no_label = "no label: test volumes have none"
+    no_pred = "no prediction: training volumes are not segmented"
+    return {
+        "label": "" if p.label_path else no_label,
+        "pred": "" if p.pred_path else no_pred,
+        "prob": "" if p.prob_path else no_pred,
+        "error": "" if (p.label_path and p.pred_path) else
+                 ("the error map needs a label and a prediction: " +
+                  (no_label if not p.label_path else no_pred)),
+    }
+
+
+def _button(text: str, cls: str, tooltip: str = "") -> W.Button:
+    b = W.Button(description=text, tooltip=tooltip, layout=W.Layout(width="auto"))
+    b.add_class(cls)
+    return b
+
+
+#: The viewer's keys, as the help line says them.
+KEY_HELP = ("keys: ← → slice · ↑ ↓ volume · l label · p prediction · e error map "
+            "(when the page has focus outside a text box)")
 
 
 class PreviewPanel:
-    """Slice previewer: volume, axis, slice, overlays, opacity, PNG image.
+    """Slice previewer and QA viewer.
 
     Rendering runs on :class:`~nx47_widgets.render.AsyncRenderer`'s thread;
     user changes to a control stop live following (``state.take_control``).
@@ -47,29 +90,135 @@ class PreviewPanel:
         self.opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05,
                                      description="Opacity", continuous_update=False)
         self.follow = W.Checkbox(value=True, description="Follow live", indent=False)
-        self.image = W.Image(format="png", layout=W.Layout(max_width="512px"))
+        self.worst_first = W.Checkbox(value=False, description="worst score first", indent=False,
+                                      layout=W.Layout(width="auto"))
+        self.worst_first.add_class("nx47-worst-first")
+        self.layout_mode = W.ToggleButtons(options=[("overlay", "overlay"), ("side by side", "side")],
+                                           value="overlay", description="View",
+                                           style={"button_width": "90px"})
+        self.layout_mode.add_class("nx47-view-mode")
+        self.zoom = W.FloatSlider(value=1.0, min=1.0, max=8.0, step=0.5, description="Zoom",
+                                  continuous_update=False)
+        self.pan_x = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="Pan x",
+                                   continuous_update=False)
+        self.pan_y = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="Pan y",
+                                   continuous_update=False)
+        self.keys = {
+            "prev_slice": _button("‹ slice", "nx47-key-prev-slice", "previous slice (←)"),
+            "next_slice": _button("slice ›", "nx47-key-next-slice", "next slice (→)"),
+            "prev_volume": _button("‹ volume", "nx47-key-prev-volume", "previous volume (↑)"),
+            "next_volume": _button("volume ›", "nx47-key-next-volume", "next volume (↓)"),
+        }
+        # hidden targets of the l / p / e keys
+        self.toggles = {name: _button(name, f"nx47-key-{name}") for name in ("label", "pred", "error")}
+        for b in self.toggles.values():
+            b.layout.display = "none"
+        self.counts = W.HTML("")
+        self.counts.add_class("nx47-slice-counts")
+        self.mark_pass = _button("Pass", "nx47-qa-pass", "mark this volume as passing QA")
+        self.mark_fail = _button("Fail", "nx47-qa-fail", "mark this volume as failing QA")
+        self.note = W.Text(placeholder="note on this volume (Enter saves)", continuous_update=False,
+                           layout=W.Layout(width="60%"))
+        self.note.add_class("nx47-qa-note")
+        self.mark_info = W.HTML("")
+        self.mark_info.add_class("nx47-qa-info")
+        self.qa: QaMarks | None = None
+        # hidden until the first PNG (an empty image shows a broken-image icon)
+        self.image = W.Image(format="png", layout=W.Layout(max_width="512px", display="none"))
         self.image.add_class("nx47-preview-image")
+        self.legend = W.HTML(legend_html())
+        self.overlay_note = W.HTML("")
+        self.overlay_note.add_class("nx47-overlay-note")
         self.info = W.HTML("<i>no volume previewed yet</i>")
         self.info.add_class("nx47-preview-info")
-        self.renderer = AsyncRenderer(self._on_png, self._on_error)
+        self.renderer = AsyncRenderer(self._on_png, self._on_error, on_counts=self._on_counts)
         self._updating = False
         self._lock = lock if lock is not None else threading.RLock()
         for w in (self.volume, self.axis, self.index):
             w.observe(self._on_user, names="value")
-        for w in (*self.overlays.values(), self.opacity):
+        for w in (*self.overlays.values(), self.opacity, self.layout_mode, self.zoom,
+                  self.pan_x, self.pan_y):
             w.observe(self._on_style, names="value")
         self.follow.observe(self._on_follow, names="value")
+        self.worst_first.observe(lambda _c: self.render(), names="value")
+        self.keys["prev_slice"].on_click(lambda _b: self._act(lambda: self.state.step_slice(-1)))
+        self.keys["next_slice"].on_click(lambda _b: self._act(lambda: self.state.step_slice(1)))
+        self.keys["prev_volume"].on_click(lambda _b: self._act(lambda: self.state.step_volume(-1, self._order())))
+        self.keys["next_volume"].on_click(lambda _b: self._act(lambda: self.state.step_volume(1, self._order())))
+        for name, b in self.toggles.items():
+            b.on_click(lambda _b, n=name: self._toggle(n))
+        self.mark_pass.on_click(lambda _b: self.set_mark("pass"))
+        self.mark_fail.on_click(lambda _b: self.set_mark("fail"))
+        self.note.observe(lambda c: self.set_mark(None, note=c["new"]), names="value")
+        row = lambda *ws: W.HBox(list(ws), layout=W.Layout(flex_flow="row wrap", align_items="center"))  # noqa: E731
         controls = W.VBox([
-            W.HBox([self.volume, self.follow]), self.axis, self.index,
-            W.HBox(list(self.overlays.values())), self.opacity, self.info,
+            row(self.volume, self.follow, self.worst_first),
+            row(self.keys["prev_volume"], self.keys["next_volume"], self.keys["prev_slice"],
+                self.keys["next_slice"], *self.toggles.values()),
+            self.axis, self.index,
+            row(*self.overlays.values()), self.overlay_note, self.layout_mode, self.opacity,
+            self.zoom, row(self.pan_x, self.pan_y), self.info, self.counts, self.legend,
+            row(self.mark_pass, self.mark_fail, self.note), self.mark_info,
+            W.HTML(f"<div class='nx47-hint'>{KEY_HELP}</div>"),
         ])
-        self.widget = W.VBox([section("Slice preview"), W.HBox([controls, self.image])])
+        self.widget = W.VBox([section("Slice viewer (QA)"),
+                              W.HBox([controls, self.image], layout=W.Layout(flex_flow="row wrap"))])
         self.widget.add_class("nx47-preview")
 
     def bind(self, state: PreviewState) -> None:
         """Show ``state`` from now on (a new run has a new state)."""
         with self._lock:
             self.state = state
+            self.qa = None
+
+    def _order(self) -> list[str]:
+        return self.state.ordered(bool(self.worst_first.value))
+
+    def _act(self, fn) -> None:
+        with self._lock:
+            fn()
+            self.render()
+
+    def _toggle(self, name: str) -> None:
+        cb = self.overlays[name]
+        if not cb.disabled:
+            cb.value = not cb.value
+
+    # -- QA marks -----------------------------------------------------------
+    def marks(self) -> QaMarks | None:
+        """The QA marks of the run shown (``qa.json`` in its folder)."""
+        if self.qa is None and self.state.out_dir is not None:
+            self.qa = QaMarks.load(self.state.out_dir)
+        return self.qa
+
+    def set_mark(self, mark: str | None, note: str | None = None) -> None:
+        """Mark the volume shown (``"pass"``, ``"fail"``) and/or note it; saved at once."""
+        if self._updating:
+            return
+        with self._lock:
+            qa, key = self.marks(), self.state.volume
+            if qa is None or key is None:
+                return
+            try:
+                qa.mark(key, mark=mark, note=note)
+            except OSError as exc:
+                self.syncer.set(self.mark_info, value=f"<span style='color:#c62828'>cannot save "
+                                                      f"{h(qa.path)}: {h(exc)}</span>")
+                return
+            self._show_mark(key)
+
+    def _show_mark(self, key: str) -> None:
+        qa = self.marks()
+        entry = qa.get(key) if qa is not None else {}
+        mark = entry.get("mark", "")
+        colour = {"pass": "#2e7d32", "fail": "#c62828"}.get(mark, "#555")
+        text = (f"<b style='color:{colour}'>{h(mark or 'not marked')}</b>"
+                + (f" · note: {h(entry['note'])}" if entry.get("note") else "")
+                + (f" · saved in {h(qa.path)}" if qa is not None and entry else ""))
+        self.syncer.set(self.mark_info, value=f"<span data-mark='{h(mark)}'>{text}</span>")
+        self.syncer.set(self.mark_pass, button_style="success" if mark == "pass" else "")
+        self.syncer.set(self.mark_fail, button_style="danger" if mark == "fail" else "")
+        self.syncer.set(self.note, value=entry.get("note", ""))
 
     # -- user actions -----------------------------------------------------
     def _on_user(self, change: dict) -> None:
@@ -106,7 +255,9 @@ class PreviewPanel:
             st = self.state
             self._updating = True
             try:
-                self.syncer.set_options(self.volume, [(k, k) for k in st.order])
+                labels = {k: k + ("" if st.volumes[k].score is None
+                                  else f" · {st.volumes[k].score:.3f}") for k in st.order}
+                self.syncer.set_options(self.volume, [(labels[k], k) for k in self._order()])
                 self.syncer.set(self.follow, value=st.follow)
                 p = st.current
                 if p is None:
@@ -116,14 +267,25 @@ class PreviewPanel:
                 self.syncer.set(self.axis, value=st.axis)
                 self.syncer.set(self.index, max=max(size - 1, 0))
                 self.syncer.set(self.index, value=st.index)
+                self._overlay_controls(p)
                 score = "" if p.score is None else f" · score {p.score:.3f}"
                 self.syncer.set(self.info, value=(
                     f"<span class='nx47-preview-vol'>{h(p.split)} {h(p.volume_id)}</span>"
                     f" {h('x'.join(str(s) for s in p.shape))}{score}"
                     f" · {st.axis}={st.index}"))
+                self._show_mark(st.volume)
             finally:
                 self._updating = False
             self.request()
+
+    def _overlay_controls(self, p) -> None:
+        """Offer only the overlays the volume has data for, and say why not."""
+        why = available_overlays(p)
+        for name, cb in self.overlays.items():
+            self.syncer.set(cb, disabled=bool(why[name]), tooltip=why[name] or f"show the {name}")
+        missing = sorted({w for w in why.values() if w})
+        self.syncer.set(self.overlay_note, value="".join(
+            f"<div class='nx47-hint'>{h(w)}</div>" for w in missing))
 
     def make_request(self) -> SliceRequest | None:
         """The rendering request of the current selection (None: nothing selected)."""
@@ -131,13 +293,14 @@ class PreviewPanel:
         if p is None:
             return None
         res = self.state.resolve
-        overlays = tuple(n for n, cb in self.overlays.items() if cb.value)
+        overlays = tuple(n for n, cb in self.overlays.items() if cb.value and not cb.disabled)
         return SliceRequest(
             image=str(res(p.image_path)), axis=self.state.axis, index=int(self.state.index),
             label=str(res(p.label_path)) if p.label_path else None,
             pred=str(res(p.pred_path)) if p.pred_path else None,
             prob=str(res(p.prob_path)) if p.prob_path else None,
-            overlays=overlays, opacity=float(self.opacity.value),
+            overlays=overlays, opacity=float(self.opacity.value), zoom=float(self.zoom.value),
+            center=(float(self.pan_y.value), float(self.pan_x.value)), layout=self.layout_mode.value,
         )
 
     def request(self) -> None:
@@ -152,6 +315,17 @@ class PreviewPanel:
 
     def _on_png(self, req: SliceRequest, png: bytes) -> None:
         self.syncer.set(self.image, value=png)
+        self.syncer.set(self.image.layout, display="")
+
+    def _on_counts(self, req: SliceRequest, counts: dict) -> None:
+        if not counts:
+            text = "<span class='nx47-hint'>error counts need a label and a prediction</span>"
+        else:
+            text = (f"this slice: <b style='color:rgb{FP_RGB}'>{counts['fp']}</b> false positives · "
+                    f"<b style='color:#b8860b'>{counts['fn']}</b> false negatives · "
+                    f"{counts['tp']} true positives")
+        self.syncer.set(self.counts, value=f"<span data-fp='{counts.get('fp', '')}' "
+                                           f"data-fn='{counts.get('fn', '')}'>{text}</span>")
 
     def _on_error(self, req: SliceRequest, exc: BaseException) -> None:
         self.syncer.set(self.info, value=f"<span style='color:#c62828'>cannot render "

@@ -11,7 +11,8 @@ __all__ = ["svg_line_chart", "svg_bar_chart", "grid_table"]
 
 
 def svg_line_chart(points: Sequence[tuple[float, float]], *, title: str,
-                   width: int = 320, height: int = 160, log_y: bool = False) -> str:
+                   width: int = 320, height: int = 160, log_y: bool = False,
+                   empty: str = "no data yet") -> str:
     """A small SVG line chart with min/max labels.
 
     Parameters
@@ -23,6 +24,8 @@ def svg_line_chart(points: Sequence[tuple[float, float]], *, title: str,
         Size in pixels.
     log_y : bool
         Logarithmic y axis.
+    empty : str
+        What the chart says without points.
 
     Returns
     -------
@@ -33,8 +36,8 @@ def svg_line_chart(points: Sequence[tuple[float, float]], *, title: str,
            if math.isfinite(x) and math.isfinite(y) and (not log_y or y > 0)]
     head = f"<div style='font-size:12px'><b>{h(title)}</b></div>"
     if len(pts) < 1:
-        return head + f"<svg width='{width}' height='{height}'><text x='10' y='20' " \
-                      f"fill='#888'>no data yet</text></svg>"
+        return head + f"<div class='nx47-empty' style='color:#888;font-size:12px;width:{width}px'>" \
+                      f"{h(empty)}</div>"
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
     xs = [p[0] for p in pts]
     ys = [fy(p[1]) for p in pts]
@@ -46,9 +49,12 @@ def svg_line_chart(points: Sequence[tuple[float, float]], *, title: str,
     coords = " ".join(f"{pad + (x - x0) * sx:.1f},{height - pad - (y - y0) * sy:.1f}"
                       for x, y in zip(xs, ys))
     lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
+    dots = "" if len(pts) > 40 else "".join(
+        f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' fill='#1565c0'/>"
+        for c in coords.split())
     return head + (
         f"<svg width='{width}' height='{height}' style='background:#fafafa'>"
-        f"<polyline fill='none' stroke='#1565c0' stroke-width='1.5' points='{coords}'/>"
+        f"<polyline fill='none' stroke='#1565c0' stroke-width='1.5' points='{coords}'/>{dots}"
         f"<text x='2' y='{pad - 6}' font-size='10' fill='#555'>{hi:.4g}</text>"
         f"<text x='2' y='{height - 4}' font-size='10' fill='#555'>{lo:.4g}</text>"
         f"<text x='{width - 60}' y='{height - 4}' font-size='10' fill='#555'>n={len(pts)}</text>"
@@ -56,7 +62,7 @@ def svg_line_chart(points: Sequence[tuple[float, float]], *, title: str,
 
 
 def svg_bar_chart(values: dict[str, float], *, title: str, width: int = 320,
-                  bar_h: int = 14) -> str:
+                  bar_h: int = 14, empty: str = "no data yet") -> str:
     """Horizontal bars of values in [0, 1] (e.g. per-volume scores) and their mean.
 
     Parameters
@@ -74,7 +80,7 @@ def svg_bar_chart(values: dict[str, float], *, title: str, width: int = 320,
     """
     head = f"<div style='font-size:12px'><b>{h(title)}</b></div>"
     if not values:
-        return head + "<div style='color:#888'>no data yet</div>"
+        return head + f"<div class='nx47-empty' style='color:#888;font-size:12px'>{h(empty)}</div>"
     items = list(values.items())[-40:]
     height = bar_h * len(items) + 4
     rows = []
@@ -89,7 +95,7 @@ def svg_bar_chart(values: dict[str, float], *, title: str, width: int = 320,
         f"<div style='font-size:11px'>mean {mean:.3f} over {len(values)} volumes</div>"
 
 
-def grid_table(trials: Iterable[dict[str, Any]], limit: int = 12) -> str:
+def grid_table(trials: Iterable[dict[str, Any]], limit: int = 12, empty: str = "no data yet") -> str:
     """HTML table of hyper-parameter grid points, best first.
 
     Parameters
@@ -107,7 +113,7 @@ def grid_table(trials: Iterable[dict[str, Any]], limit: int = 12) -> str:
     trials = sorted(trials, key=lambda t: -t["value"])
     if not trials:
         return "<div style='font-size:12px'><b>Hyper-parameter grid</b></div>" \
-               "<div style='color:#888'>no data yet</div>"
+               f"<div class='nx47-empty' style='color:#888;font-size:12px'>{h(empty)}</div>"
     keys = [k for k in trials[0] if k not in ("name", "value", "n", "final")][:5]
     best = max(t["value"] for t in trials)
     head = "".join(f"<th>{h(k)}</th>" for k in keys) + "<th>score</th>"

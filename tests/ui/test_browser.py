@@ -150,6 +150,8 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
           "heartbeat light to turn on", shots=shots)
     w1 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v > 0, 90, "global bar to advance", shots=shots)
     page.screenshot(path=str(shots / "03-running.png"), full_page=True)
+    docs = shots / "docs"
+    docs.mkdir(exist_ok=True)
     # the kernel stays responsive during the run: a slider still updates the panel
     val_handle = page.locator(".nx47-max-val .noUi-handle")
     val_handle.focus()
@@ -171,6 +173,10 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     w3 = _wait(page, GLOBAL_WIDTH_JS, lambda v: v >= max(w1, w2), 60,
                "global bar after reload", shots=shots)
     page.screenshot(path=str(shots / "05-reattached.png"), full_page=True)
+    # the ETA comes from the projection (or the run already finished)
+    _wait(page, TEXT_JS, lambda v: v and (("ETA" in v and "(projection)" in v) or "finished" in v),
+          90, "an ETA from the projection", arg=".nx47-bartext-global", shots=shots)
+    page.screenshot(path=str(shots / "docs" / "live-run.png"), full_page=False)
 
     # -- completion -----------------------------------------------------------
     result = _wait(page, RESULT_JS, lambda v: v in ("ok", "failed", "cancelled"), 300,
@@ -182,4 +188,107 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     assert "journal verified" in page.evaluate(TEXT_JS, ".nx47-results")
     assert (out / "submission.zip").is_file()
     (shots / "progress.json").write_text(json.dumps({"w1": w1, "w2": w2, "w3": w3}))
+    page.locator(".nx47-results-card").screenshot(path=str(shots / "docs" / "results-card.png"))
+    assert "validation score" in page.evaluate(TEXT_JS, ".nx47-results")
+    _qa_viewer(page, shots, out)
 
+
+SLICE_JS = """() => { const e = document.querySelector('.nx47-preview-info');
+  const m = e ? e.textContent.match(/[zyx]=(\\d+)/) : null; return m ? parseInt(m[1]) : null; }"""
+
+
+def _qa_viewer(page, shots: Path, out: Path) -> None:
+    """The QA viewer after the run: worst first, keys, side by side, a mark in qa.json,
+    the runs page showing it."""
+    page.locator(".nx47-worst-first input").check()
+    page.locator(".nx47-preview select").first.select_option(index=0)  # the worst volume
+    _wait(page, TEXT_JS, lambda v: v and v.startswith("val"), 30, "the worst validation volume",
+          arg=".nx47-preview-vol", shots=shots)
+    page.locator(".nx47-view-mode button", has_text="side by side").click()
+    before = _wait(page, SLICE_JS, lambda v: v is not None, 30, "a slice shown", shots=shots)
+    page.locator(".nx47-dashboard h2").click()  # focus outside any text box
+    page.keyboard.press("ArrowRight")  # keyboard shortcut: next slice
+    _wait(page, SLICE_JS, lambda v: v == before + 1, 30, "the next slice by key", shots=shots)
+    _wait(page, TEXT_JS, lambda v: v and "false positives" in v, 30, "per-slice error counts",
+          arg=".nx47-slice-counts", shots=shots)
+    page.locator("button.nx47-qa-fail").click()
+    deadline = time.monotonic() + 30
+    while not (out / "qa.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    marks = json.loads((out / "qa.json").read_text())["volumes"]
+    assert [m["mark"] for m in marks.values()] == ["fail"]
+    time.sleep(1.0)  # the side-by-side PNG
+    page.locator(".nx47-preview").screenshot(path=str(shots / "docs" / "qa-viewer.png"))
+    page.locator(".nx47-runs-page button", has_text="Refresh").click()
+    _wait(page, TEXT_JS, lambda v: v and "1 fail" in v, 30, "the mark on the runs page",
+          arg=".nx47-runs", shots=shots)
+    page.locator(".nx47-runs-page").screenshot(path=str(shots / "docs" / "runs-page.png"))
+
+
+
+PAGE_JS = """() => {
+  const vis = (e) => !!e && getComputedStyle(e).display !== 'none' && e.getClientRects().length > 0;
+  const unet = document.querySelector('.nx47-unet select');
+  const img = document.querySelector('img.nx47-preview-image, .nx47-preview-image img');
+  const titles = [...document.querySelectorAll('h1, h2')].filter(vis)
+      .filter(e => e.textContent.includes('NX47')).length;
+  const left = document.querySelector('.nx47-left').getBoundingClientRect();
+  const right = document.querySelector('.nx47-right').getBoundingClientRect();
+  const log = document.querySelector('.nx47-log-view');
+  return {
+    title: document.title,
+    unet: unet && unet.selectedIndex >= 0 ? unet.options[unet.selectedIndex].text.replace(/\u00a0/g, ' ') : '',
+    brokenImage: !!img && vis(img) && !(img.naturalWidth > 0),
+    markdownVisible: [...document.querySelectorAll('.jp-MarkdownCell')].some(vis),
+    titles: titles,
+    capsHint: (document.querySelector('.nx47-caps-hint') || {}).textContent || '',
+    legend: vis(document.querySelector('.nx47-legend')),
+    sideBySide: right.left >= left.right - 1 && right.top < left.bottom,
+    stacked: right.top >= left.bottom - 1,
+    hScroll: document.scrollingElement.scrollWidth > window.innerWidth + 1,
+    logAtBottom: log ? Math.abs(log.scrollTop) < 2 : null,
+  };
+}"""
+
+
+@pytest.mark.timeout(240)
+def test_page_loads_clean_and_uses_the_width(tmp_path):
+    """Bug 5 and the layout: the tab names NX47, one title, no intro markdown, the
+    U-Net choice shows, no broken-image icon, "0 = all" explained, the overlay legend;
+    two columns at 1600 px, one at 800 px, no sideways scrolling."""
+    from playwright.sync_api import sync_playwright
+
+    data = tmp_path / "data"
+    generate_demo_dataset(data, n_train=6, n_test=1, shape=32, seed=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOILA_", "JPY_", "NX47_"))}
+    env.update(NX47_DATA_ROOT=str(data), NX47_OUT_DIR=str(tmp_path / "out"),
+               NX47_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    shots = artifacts_dir("browser-page")
+    server = VoilaServer(REPO / "dashboard.ipynb", env, shots / "voila.log")
+    try:
+        server.wait_ready(120)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                         headless=True)
+            for width in (1600, 800):
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.goto(server.url, wait_until="domcontentloaded")
+                page.wait_for_selector(".nx47-selected", timeout=180_000)
+                time.sleep(1.0)  # let the last widget views settle
+                info = page.evaluate(PAGE_JS)
+                page.screenshot(path=str(shots / f"page-{width}.png"), full_page=True)
+                assert info["title"].startswith("NX47"), info
+                assert info["titles"] == 1 and not info["markdownVisible"], info
+                assert info["unet"] == "auto (GPU only)", info
+                assert not info["brokenImage"], info
+                assert "0 = all" in info["capsHint"] and info["legend"], info
+                assert not info["hScroll"], info
+                assert info["logAtBottom"] in (True, None), info
+                if width == 1600:
+                    assert info["sideBySide"], info
+                else:
+                    assert info["stacked"], info
+                page.close()
+            browser.close()
+    finally:
+        server.stop()

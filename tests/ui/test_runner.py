@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,47 @@ def test_detached_run_survives_its_launcher_and_stops_on_sigterm(tmp_path, small
         if launched.process.poll() is None:
             launched.process.kill()
             launched.process.wait(5)
+
+
+def _looping_job(started):
+    def job(config, cancel, sink):
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.out_dir) / "run.lock").write_text(str(os.getpid()))
+        try:
+            started.set()
+            while not cancel.cancelled:
+                time.sleep(0.02)
+            return cancel.reason
+        finally:
+            (Path(config.out_dir) / "run.lock").unlink()
+    return job
+
+
+def test_a_threaded_run_is_registered_and_stopped_by_another_pages_request(tmp_path, monkeypatch):
+    from nx47_widgets.lifecycle import holder, request_stop, threaded_runs_of
+
+    monkeypatch.setenv("NX47_STATE_DIR", str(tmp_path / "state"))
+    out = tmp_path / "out"
+    started = threading.Event()
+    r = ThreadedRunner(RunConfig(out_dir=str(out)), job=_looping_job(started)).start()
+    assert started.wait(5)
+    assert threaded_runs_of(os.getpid()) == [str(out.resolve())]
+    h = holder(out)
+    assert h is not None and h.threaded and h.pid == os.getpid()
+    t0 = time.monotonic()
+    request_stop(out, "stopped from another page")  # what a re-attached page writes
+    assert r.join(2.0) and time.monotonic() - t0 < 2.0
+    assert r.result == "stopped from another page"
+    assert threaded_runs_of(os.getpid()) == [] and holder(out) is None
+    assert not (out / "stop_request.json").exists()
+
+
+def test_a_kernel_shutting_down_cancels_its_threaded_runs(tmp_path, monkeypatch):
+    from nx47_widgets import runner as runner_mod
+
+    monkeypatch.setenv("NX47_STATE_DIR", str(tmp_path / "state"))
+    started = threading.Event()
+    r = ThreadedRunner(RunConfig(out_dir=str(tmp_path / "out")), job=_looping_job(started)).start()
+    assert started.wait(5)
+    runner_mod._cancel_threaded_runs_at_exit()  # what atexit runs when the kernel exits
+    assert r.done and "shutting down" in r.result

@@ -19,7 +19,7 @@ def test_controls_read_into_a_config_on_top_of_the_base():
     form.out_dir.value = ""  # blank: the base config's
     form.max_train.value = 0
     form.budget_min.value = 1.5
-    form.use_unet.value = False
+    form.use_unet.value = "off"
     form.auto_coverage.value = True
     cfg = form.read()
     assert (cfg.data_root, cfg.out_dir, cfg.max_train_volumes, cfg.budget_s, cfg.use_unet,
@@ -35,7 +35,7 @@ def test_write_shows_a_config_and_leaves_equal_values_as_typed():
     assert form.max_train.value == 40 and form.max_train.max >= 40  # the slider grew
     assert form.budget_min.value == 1.234
     form.write(RunConfig(budget_s=3600.0, use_unet=True))
-    assert form.budget_min.value == 60.0 and form.use_unet.value is True
+    assert form.budget_min.value == 60.0 and form.use_unet.value == "on"
 
 
 def test_an_invalid_control_value_names_the_field_and_the_value():

@@ -1,0 +1,134 @@
+"""The page around the panels: its style sheet, and a small bridge to the browser.
+
+:data:`PAGE_CSS` lays the dashboard out in two columns (controls and status
+on the left, live panels on the right) that wrap into one under ~1000 px,
+and hides what Voila would show above the app (the notebook's intro
+markdown; Voila's ``<body>`` has ``data-voila``, so Jupyter is not affected).
+
+:class:`PageBridge` runs short scripts in the page through an invisible
+Output widget: under Voila it keeps the run folder in the address bar
+(``?out=<folder>``, so a reload re-opens that run), names the tab, saves a
+file and binds the viewer's keyboard shortcuts.  In Jupyter or Kaggle it
+does nothing (no address of its own to keep).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Mapping
+
+import ipywidgets as W
+
+__all__ = ["PAGE_CSS", "PageBridge"]
+
+PAGE_CSS = """
+<style>
+body[data-voila] .jp-MarkdownCell { display: none; }
+body[data-voila] #rendered_cells { padding: 0 8px; }
+.nx47-dashboard { width: 100%; box-sizing: border-box; }
+.nx47-cols { display: flex; flex-flow: row wrap; gap: 12px; align-items: flex-start; width: 100%; }
+.nx47-left { flex: 1 1 440px; max-width: 600px; min-width: 300px; }
+.nx47-right { flex: 2 1 560px; min-width: 300px; }
+.nx47-dashboard .widget-text input, .nx47-dashboard textarea { min-width: 0; }
+.nx47-problems { color: #b00020; font-size: 13px; }
+.nx47-hint { color: #555; font-size: 12px; }
+.nx47-log-view { height: 240px; overflow-y: auto; display: flex; flex-direction: column-reverse;
+  font: 12px/1.35 monospace; background: #fafafa; border: 1px solid #ddd; padding: 4px;
+  white-space: pre-wrap; }
+.nx47-card table { border-collapse: collapse; font-size: 12px; }
+.nx47-card td, .nx47-card th { padding: 1px 8px 1px 0; text-align: left; vertical-align: top; }
+.nx47-legend span.sw { display: inline-block; width: 12px; height: 12px; margin: 0 4px -2px 8px;
+  border: 1px solid #999; }
+.nx47-runs table { border-collapse: collapse; font-size: 12px; }
+.nx47-runs td, .nx47-runs th { padding: 2px 10px 2px 0; text-align: left; }
+@media (max-width: 900px) { .nx47-left, .nx47-right { max-width: none; flex-basis: 100%; } }
+</style>
+"""
+
+#: What the page's keys do: key -> CSS class of the button they click.
+KEYS: dict[str, str] = {
+    "ArrowRight": "nx47-key-next-slice", "ArrowLeft": "nx47-key-prev-slice",
+    "ArrowDown": "nx47-key-next-volume", "ArrowUp": "nx47-key-prev-volume",
+    "l": "nx47-key-label", "p": "nx47-key-pred", "e": "nx47-key-error",
+}
+
+
+class PageBridge:
+    """Scripts for the page (under Voila only).
+
+    Parameters
+    ----------
+    enabled : bool
+        False: every method does nothing (Jupyter, Kaggle, tests).
+
+    Attributes
+    ----------
+    widget : ipywidgets.Output
+        Invisible; must be displayed with the page.
+    scripts : list of str
+        The scripts sent so far (tests read them).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.widget = W.Output(layout=W.Layout(height="0px", overflow="hidden"))
+        self.widget.add_class("nx47-bridge")
+        self.scripts: list[str] = []
+        self._url_out: str | None = None
+        self._keep: list[str] = []  # scripts every page view needs (key bindings)
+        self._n = 0
+
+    def run(self, script: str, *, keep: bool = False) -> None:
+        """Run ``script`` in the page once (thread-safe: sets the Output's outputs).
+
+        The Output shows the kept scripts and the latest one; a view created
+        later (the page connects after the kernel ran the notebook) runs them
+        all, so each script is guarded to run once per page.
+        """
+        if not self.enabled:
+            return
+        self._n += 1
+        guarded = (f"(function(){{window.__nx47Ran=window.__nx47Ran||{{}};"
+                   f"if(window.__nx47Ran[{self._n}])return;window.__nx47Ran[{self._n}]=1;"
+                   f"{script}}})();")
+        self.scripts.append(script)
+        if keep:
+            self._keep.append(guarded)
+            latest = []
+        else:
+            latest = [guarded]
+        self.widget.outputs = tuple(
+            {"output_type": "display_data", "data": {"application/javascript": code}, "metadata": {}}
+            for code in [*self._keep, *latest])
+
+    def keep_run_in_url(self, out_dir: str) -> None:
+        """Put ``?out=<out_dir>`` in the address bar (no reload, no history entry)."""
+        if out_dir == self._url_out:
+            return
+        self._url_out = out_dir
+        self.run("(function(){const u=new URL(window.location.href);"
+                 f"u.searchParams.set('out',{json.dumps(out_dir)});"
+                 "window.history.replaceState(null,'',u.toString());})();")
+
+    def set_title(self, title: str) -> None:
+        """Name the browser tab."""
+        self.run(f"document.title={json.dumps(title)};")
+
+    def save_file(self, name: str, data: bytes, mime: str = "application/octet-stream") -> None:
+        """Make the browser save ``data`` as ``name``."""
+        b64 = base64.b64encode(data).decode("ascii")
+        self.run("(function(){const a=document.createElement('a');"
+                 f"a.href='data:{mime};base64,{b64}';a.download={json.dumps(name)};"
+                 "document.body.appendChild(a);a.click();a.remove();})();")
+
+    def bind_keys(self, keys: Mapping[str, str] = KEYS) -> None:
+        """Keys click buttons (``keys``: key -> button class); not while typing."""
+        self.run("(function(){if(window.__nx47Keys)return;window.__nx47Keys=1;"
+                 f"const k={json.dumps(dict(keys))};"
+                 "document.addEventListener('keydown',function(e){"
+                 "const t=e.target&&e.target.tagName;"
+                 "if(t==='INPUT'||t==='TEXTAREA'||t==='SELECT'||e.ctrlKey||e.metaKey||e.altKey)return;"
+                 "const c=k[e.key];if(!c)return;"
+                 "const b=document.querySelector('button.'+c);"
+                 "if(b){b.click();e.preventDefault();}});})();", keep=True)
