@@ -16,7 +16,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch: the CPU build, pinned (an unpinned torch pulls a multi-GB CUDA build).
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dashboard,test]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dashboard,test,dask]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

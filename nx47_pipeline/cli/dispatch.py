@@ -10,6 +10,7 @@ plan            project a run's duration from an earlier preflight
 serve           serve dashboard.ipynb with Voila on 127.0.0.1
 export-model    copy a run's model bundle out (for `run --model` / Kaggle)
 kaggle-kit      build the offline Kaggle kit (wheels + notebook + README)
+infer           segment a volume of any size with a bundle, chunk by chunk (zarr in, zarr out)
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nx47_pipeline.cli import demo_data, export_model, kaggle_kit, plan, run, score, serve, verify_journal
+from nx47_pipeline.cli import demo_data, export_model, infer, kaggle_kit, plan, run, score, serve, verify_journal
 
 #: Commands in help order; ``score`` parses its own arguments.
-COMMANDS = (run, demo_data, verify_journal, score, plan, serve, export_model, kaggle_kit)
+COMMANDS = (run, demo_data, verify_journal, score, plan, serve, export_model, kaggle_kit, infer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -226,6 +226,43 @@ def postprocess_steps(
     return mask.astype(np.uint8)
 
 
+def postprocess_classes(
+    classes: np.ndarray,
+    *,
+    closing_radius: Sequence[int] = (1, 2, 2),
+    min_size: int = 100,
+) -> np.ndarray:
+    """:func:`postprocess` from threshold classes instead of probabilities.
+
+    ``classes`` is 0 where ``prob <= low``, 1 where ``low < prob <= high``
+    and 2 where ``prob > high`` (:func:`threshold_classes`): what chunked
+    inference stores, 1 byte per voxel, and all the post-processing needs.
+    The result equals ``postprocess(prob, low=low, high=high, ...)``.
+    """
+    classes = _check_3d("classes", classes)
+    weak = classes >= 1
+    mask = np.zeros(classes.shape, dtype=bool)
+    if weak.any():
+        labels = cc3d.connected_components(weak, connectivity=26)
+        keep = np.zeros(int(labels.max()) + 1, dtype=bool)
+        keep[np.unique(labels[classes == 2])] = True
+        keep[0] = False
+        mask = keep[labels]
+    mask = anisotropic_closing(mask, radius=closing_radius)
+    mask = fill_cavities(mask)
+    mask = remove_small_components(mask, min_size=min_size)
+    return mask.astype(np.uint8)
+
+
+def threshold_classes(prob: np.ndarray, *, low: float, high: float) -> np.ndarray:
+    """uint8 0 / 1 / 2: at most ``low``, above ``low``, above ``high``."""
+    if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+        raise ValueError(f"need finite low <= high, got low={low!r}, high={high!r}")
+    out = (prob > low).astype(np.uint8)
+    out += prob > high
+    return out
+
+
 def ablation_steps() -> list[tuple[str, tuple[str, ...]]]:
     """(name, steps) of the post-processing ablation: the default, each step
     removed, and each optional step added."""

@@ -88,6 +88,8 @@ class StageName(_Name):
     VALIDATE = "validate"
     SEGMENT = "segment"
     PACKAGE = "package"
+    PROBABILITY = "probability"  # nx47 infer: chunked probabilities
+    POSTPROCESS = "postprocess"  # nx47 infer: global post-processing
 
 
 class Status(_Name):
@@ -253,6 +255,7 @@ class ProgressPayload(Payload):
     rate: float | None = None  # units of the finest counter per second
     eta_s: float | None = None  # whole-run ETA
     message: str = ""
+    worker: str = ""  # the Dask worker that did the work ("" in process)
 
 
 @dataclass(frozen=True, kw_only=True)

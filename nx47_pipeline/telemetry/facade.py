@@ -415,6 +415,7 @@ class Telemetry:
         file_done: int = 0,
         file_total: int = 0,
         message: str = "",
+        worker: str = "",
     ) -> None:
         """Report progress of the current stage; then check cancellation.
 
@@ -452,8 +453,7 @@ class Telemetry:
                 step=name, step_index=index, step_count=len(self.plan), step_done=done, step_total=total,
                 substep=substep, substep_done=int(substep_done), substep_total=int(substep_total),
                 file=str(file), file_done=int(file_done), file_total=int(file_total),
-                global_=self.plan.overall_progress(), rate=rate, eta_s=self.plan.eta_s(), message=message,
-            )
+                global_=self.plan.overall_progress(), rate=rate, eta_s=self.plan.eta_s(), message=message, worker=worker)
             self.bus.publish(EventKind.PROGRESS_UPDATE, payload, stage=name)
             self._write_snapshot()
         self.cancel.raise_if_cancelled()

@@ -13,8 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("nx47_pipeline", "nx47_widgets")
-#: The only modules a function may import lazily: heavy, optional, or both.
-LAZY_OK = ("torch", "dask", "distributed", "dask_image")
+#: The only modules a function may import lazily: heavy, optional, or both
+#: (torch; the Dask stack: dask, distributed, dask-image, zarr).
+LAZY_OK = ("torch", "dask", "distributed", "dask_image", "zarr")
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,266 @@
+"""``nx47 infer``: segment a volume of any size with a model bundle, chunk by chunk.
+
+1. **probability** — the volume is cut into ``chunk``-sided cores; each core
+   is read with a halo of :func:`nx47_pipeline.model.features.halo_for`
+   voxels (so its filter bank, hence its probabilities, equal the
+   whole-volume ones), turned into threshold classes (0 / 1 / 2:
+   :func:`nx47_pipeline.model.postprocess.threshold_classes`) and written to
+   ``DIR/classes.zarr``; a marker ``DIR/chunks/<z>_<y>_<x>.done`` follows, so
+   a rerun after ``kill -9`` skips finished chunks.  Chunks run in process,
+   or as tasks on Dask distributed (``--scheduler``).
+2. **postprocess** — hysteresis, closing, cavity filling and dust removal on
+   the whole volume: in process with numpy (the volume's classes must fit in
+   memory), or with Dask arrays and dask-image's labelling across chunks
+   (memory per worker bounded by the chunk size), giving the same mask.
+   ``DIR/mask.zarr`` (uint8 0/1, the input's shape) is the result.
+
+Events go to ``DIR/journal.jsonl`` (RUN_START, STEP, PROGRESS_UPDATE per
+chunk naming the worker, HEARTBEAT, EXEC_COMPLETE), which ``nx47
+verify-journal`` checks.  The input is a zarr array, an OME-Zarr group
+(level 0) or a TIFF file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import tifffile
+
+from nx47_pipeline.io.atomic import write_text
+from nx47_pipeline.model.bundle import Bundle, load_bundle
+from nx47_pipeline.model.features import halo_for
+from nx47_pipeline.model.postprocess import anisotropic_closing, postprocess_classes, threshold_classes
+from nx47_pipeline.model.predict import linear_probabilities
+from nx47_pipeline.run.executor import chunk_grid, make_executor
+from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
+from nx47_pipeline.telemetry.events import StageName, Status
+from nx47_pipeline.telemetry.facade import Telemetry
+
+CLASSES = "classes.zarr"
+MASK = "mask.zarr"
+CHUNKS = "chunks"
+STAGES = ((StageName.PROBABILITY, 4.0), (StageName.POSTPROCESS, 1.0))
+
+
+@dataclass(frozen=True)
+class InferResult:
+    status: Status
+    mask: Path | None
+    chunks: int
+    chunks_resumed: int
+    seconds: float
+    error: str = ""
+
+
+# ---------------------------------------------------------------------------
+# input
+# ---------------------------------------------------------------------------
+def open_volume(path: str | os.PathLike):
+    """A read-only array (``shape``, ``dtype``, slicing) for a zarr array, an
+    OME-Zarr group (level 0) or a TIFF file."""
+    import zarr  # noqa: PLC0415 - optional (the Dask stack)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input volume does not exist")
+    if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    else:
+        node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        key = ms[0]["datasets"][0]["path"] if ms else "0"
+        if key not in node:
+            raise ValueError(f"{path}: a zarr group without multiscales level 0 (no array {key!r})")
+        node = node[key]
+    if len(node.shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got shape {tuple(node.shape)}")
+    return node
+
+
+# ---------------------------------------------------------------------------
+# one chunk (runs in process or on a Dask worker)
+# ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _bundle(path: str) -> Bundle:
+    return load_bundle(path, device="cpu")
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker  # noqa: PLC0415 - only on a Dask worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Classes of one core region, written to ``classes.zarr``; then its marker."""
+    import zarr  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    bundle = _bundle(job["bundle"])
+    vol = open_volume(job["input"])
+    core = [slice(a, b) for a, b in job["core"]]
+    h = job["halo"]
+    outer = [slice(max(0, c.start - h), min(n, c.stop + h)) for c, n in zip(core, vol.shape)]
+    block = np.asarray(vol[tuple(outer)])
+    prob = linear_probabilities(block, [bundle.model])[0]
+    inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
+    classes = threshold_classes(prob[inner], low=bundle.best["low"], high=bundle.best["high"])
+    out = zarr.open_array(job["classes"], mode="r+")
+    out[tuple(core)] = classes
+    write_text(Path(job["marker"]), json.dumps({"core": job["core"], "worker": _worker_name()}))
+    return {"id": job["id"], "worker": _worker_name(), "seconds": time.monotonic() - t0}
+
+
+# ---------------------------------------------------------------------------
+# post-processing
+# ---------------------------------------------------------------------------
+def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
+                      min_size: int, chunk: int) -> None:
+    import dask  # noqa: PLC0415 - optional, lazy
+    import dask.array as da  # noqa: PLC0415
+    from dask_image import ndmeasure  # noqa: PLC0415
+
+    c = da.from_zarr(str(classes_path))
+    s26 = np.ones((3, 3, 3), dtype=bool)
+    s6 = np.zeros((3, 3, 3), dtype=bool)
+    s6[1, 1, :] = s6[1, :, 1] = s6[:, 1, 1] = True
+    # each labelling is persisted once: every later step reads it
+    lab, _ = ndmeasure.label(c >= 1, structure=s26)
+    lab = lab.persist()
+    strong_ids = np.unique(lab[c == 2].compute())
+    r = tuple(int(v) for v in closing_radius)
+    mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), da.isin(lab, strong_ids[strong_ids > 0]),
+                          depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool).persist()
+    del lab
+    bg = ~mask
+    lab_bg, _ = ndmeasure.label(bg, structure=s6)
+    lab_bg = lab_bg.persist()
+    faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
+    border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
+    mask = (mask | (bg & ~da.isin(lab_bg, border_ids))).persist()
+    del lab_bg, bg
+    lab2, n2 = ndmeasure.label(mask, structure=s26)
+    lab2, n2 = dask.persist(lab2, n2)
+    n2 = int(n2.compute())
+    if min_size > 1 and n2:
+        sizes = da.bincount(lab2.ravel(), minlength=n2 + 1).compute()
+        small = np.flatnonzero(sizes < min_size)
+        mask = mask & ~da.isin(lab2, small[small > 0])
+    mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
+
+
+def _postprocess_numpy(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int], min_size: int,
+                       chunk: int) -> None:
+    import zarr  # noqa: PLC0415
+
+    classes = np.asarray(zarr.open_array(str(classes_path), mode="r")[...])
+    mask = postprocess_classes(classes, closing_radius=closing_radius, min_size=min_size)
+    out = zarr.create_array(str(mask_path), shape=mask.shape, chunks=(chunk,) * 3, dtype="uint8", overwrite=True)
+    out[...] = mask
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+def infer(
+    bundle: str | os.PathLike,
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    chunk: int = 128,
+    memory_limit: str | None = None,
+    console: bool = True,
+    console_stream: Any = None,
+    cancel: CancelToken | None = None,
+    heartbeat_interval_s: float = 15.0,
+) -> InferResult:
+    """Segment ``input_path`` with ``bundle`` into ``out_dir/mask.zarr`` (see the module docstring)."""
+    import zarr  # noqa: PLC0415
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    b = load_bundle(bundle, device="cpu")
+    if b.unet is not None:
+        raise ValueError(f"{bundle}: holds a U-Net; nx47 infer segments with linear bundles only "
+                         "(the U-Net's sliding windows are not chunk-exact)")
+    vol = open_volume(input_path)
+    tel = Telemetry(out_dir=out, stages=STAGES, console=console, console_stream=console_stream,
+                    progress_interval_s=0.0, heartbeat_interval_s=heartbeat_interval_s, cancel=cancel,
+                    config_dict={"command": "infer", "bundle": str(bundle), "input": str(input_path),
+                                 "scheduler": scheduler or "", "workers": workers, "chunk": chunk,
+                                 "memory_limit": memory_limit or "", "shape": list(vol.shape)})
+    t0 = time.monotonic()
+    tel.start(run_id=time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    status, mask_path, error = Status.FAILED, None, ""
+    n_chunks = n_resumed = 0
+    executor = None
+    try:
+        classes_path = out / CLASSES
+        meta = {"shape": list(vol.shape), "chunk": chunk, "bundle": str(Path(bundle).resolve()),
+                "input": str(Path(input_path).resolve())}
+        key_path = out / "infer_key.json"
+        if not key_path.exists() or json.loads(key_path.read_text()) != meta:
+            for stale in (classes_path, out / CHUNKS, out / MASK):
+                shutil.rmtree(stale, ignore_errors=True)
+            zarr.create_array(str(classes_path), shape=tuple(vol.shape), chunks=(chunk,) * 3, dtype="uint8",
+                              fill_value=0, overwrite=True)
+            write_text(key_path, json.dumps(meta))
+        (out / CHUNKS).mkdir(exist_ok=True)
+        cores = chunk_grid(vol.shape, chunk)
+        n_chunks = len(cores)
+        halo = halo_for(b.feature_scales)
+        jobs = []
+        for core in cores:
+            cid = "_".join(str(s.start) for s in core)
+            marker = out / CHUNKS / f"{cid}.done"
+            if marker.exists():
+                n_resumed += 1
+                continue
+            jobs.append({"id": cid, "core": [(s.start, s.stop) for s in core], "halo": halo,
+                         "bundle": str(Path(bundle).resolve()), "input": str(Path(input_path).resolve()),
+                         "classes": str(classes_path), "marker": str(marker)})
+        with tel.stage(StageName.PROBABILITY, total=n_chunks):
+            tel.progress(step_done=n_resumed, step_total=n_chunks,
+                         message=f"{n_chunks} chunks of {chunk}^3 (halo {halo}), {n_resumed} already done")
+            executor = make_executor(scheduler, workers=workers, memory_limit=memory_limit)
+            done = n_resumed
+            for _, res in executor.map(chunk_task, jobs):
+                done += 1
+                tel.progress(step_done=done, step_total=n_chunks, file=res["id"], file_done=done,
+                             file_total=n_chunks, worker=res["worker"])
+        with tel.stage(StageName.POSTPROCESS, total=1):
+            tel.progress(step_done=0, step_total=1, message="hysteresis, closing, cavities, dust (whole volume)")
+            post = _postprocess_dask if scheduler else _postprocess_numpy
+            mask_path = out / MASK
+            post(classes_path, mask_path, closing_radius=b.closing_radius, min_size=b.min_component_voxels,
+                 chunk=chunk)
+            tel.progress(step_done=1, step_total=1)
+        status = Status.OK
+    except Cancelled as exc:
+        status, error = Status.CANCELLED, f"cancelled: {exc}"
+    except Exception as exc:  # noqa: BLE001 - reported, the command ends failed
+        error = f"{type(exc).__name__}: {exc}"
+        tel.error(f"infer failed: {error}", code="infer_failed")
+    finally:
+        if executor is not None:
+            executor.close()
+        seconds = time.monotonic() - t0
+        tel.finish(status, submission=str(mask_path) if mask_path else None,
+                   stats={"chunks": n_chunks, "chunks_resumed": n_resumed, "seconds": round(seconds, 3),
+                          "mask": str(mask_path) if mask_path else None})
+    return InferResult(status, mask_path if status == Status.OK else None, n_chunks, n_resumed, seconds, error)
