@@ -17,16 +17,6 @@ Features of a volume (``feature_names`` gives their order):
   - ``laplacian_s<sigma>`` -- trace of the Hessian, times sigma**2;
   - ``local_std_s<sigma>`` -- Gaussian-weighted local standard deviation.
 
-* at the smallest scale, which side of a sheet a voxel is on:
-
-  - ``uphill_d<d>`` -- ``I(x + d g) - I(x)`` and ``downhill_d<d>`` --
-    ``I(x) - I(x - d g)``, with ``I`` the smoothed intensity and ``g`` its
-    unit gradient (uphill, towards the sheet's ridge), for ``d`` in
-    :data:`ASYM_STEPS`.  Sign-free (defined by the gradient itself) and
-    rotation invariant, they tell the steep flank of a sheet from its slow
-    flank at the same intensity, so a linear model can put the surface on
-    the right side of the ridge.
-
 The Hessian of the smoothed volume is taken by finite differences and its
 eigenvalues in closed form (trigonometric solution of the characteristic
 cubic of a symmetric 3x3 matrix, vectorised in float32), which is far
@@ -57,11 +47,6 @@ DERIV_REACH = 1
 #: Voxels per chunk of pointwise work (keeps temporaries in cache).
 CHUNK_VOXELS = 100_000
 PER_SCALE = ("smooth", "gradmag", "hess_lmax", "sheetness", "laplacian", "local_std")
-#: Distances (voxels) of the uphill / downhill samples along the gradient.
-ASYM_STEPS = (1.5, 3.0)
-#: z-rows the asymmetry samples reach beyond a voxel (largest step + 1 for
-#: the linear interpolation + 1 for the gradient).
-ASYM_REACH = int(np.ceil(max(ASYM_STEPS))) + 2
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -90,8 +75,6 @@ def feature_names(scales: Sequence[float] = (1.0, 2.0, 4.0)) -> list[str]:
     names = ["intensity"]
     for s in _check_scales(scales):
         names.extend(f"{kind}_s{s:g}" for kind in PER_SCALE)
-    for d in ASYM_STEPS:
-        names.extend((f"uphill_d{d:g}", f"downhill_d{d:g}"))
     return names
 
 
@@ -108,12 +91,10 @@ def halo_for(scales: Sequence[float]) -> int:
     int
         The Gaussian kernel radius of the largest scale
         (``int(TRUNCATE * sigma + 0.5)``) plus :data:`DERIV_REACH` row for the
-        finite differences, or that of the smallest scale plus
-        :data:`ASYM_REACH` for the asymmetry samples, whichever is larger.
+        finite differences.
     """
-    sc = _check_scales(scales)
-    smax, smin = max(sc), min(sc)
-    return max(int(TRUNCATE * smax + 0.5) + DERIV_REACH, int(TRUNCATE * smin + 0.5) + ASYM_REACH)
+    smax = max(_check_scales(scales))
+    return int(TRUNCATE * smax + 0.5) + DERIV_REACH
 
 
 def _as_unit_float(volume: np.ndarray) -> np.ndarray:
@@ -398,7 +379,7 @@ def _block_features(
     volume border).  The pointwise work runs in chunks of about
     :data:`CHUNK_VOXELS` voxels (whole z-rows) so its temporaries stay in cache.
     """
-    total = 1 + 3 * len(scales) + 1
+    total = 1 + 3 * len(scales)
     done = 0
     nz = block.shape[0]
     nc = z_hi - z_lo
@@ -444,45 +425,6 @@ def _block_features(
         if on_progress is not None:
             on_progress(done, total, f"local std {label}")
         k += len(PER_SCALE)
-
-    _asymmetry(block, z_lo, z_hi, min(scales), out[k:k + 2 * len(ASYM_STEPS)])
-    done += 1
-    if on_progress is not None:
-        on_progress(done, total, "uphill / downhill")
-
-
-def _asymmetry(block: np.ndarray, z_lo: int, z_hi: int, sigma: float, out: np.ndarray) -> None:
-    """``uphill_d`` / ``downhill_d`` features of ``block[z_lo:z_hi]`` into ``out``.
-
-    Samples the ``sigma``-smoothed block at ``x +- d g`` (``g`` the unit
-    gradient) by linear interpolation; rows beyond the block are the block's
-    edge rows (the caller's halo covers :data:`ASYM_REACH` inside a volume).
-    """
-    nz = block.shape[0]
-    a_lo, a_hi = max(0, z_lo - ASYM_REACH), min(nz, z_hi + ASYM_REACH)
-    sm = _gaussian_rows(block, sigma, a_lo, a_hi)
-    c0, nc = z_lo - a_lo, z_hi - z_lo
-    core = sm[c0:c0 + nc]
-    # unit gradient at the core rows (central differences; one-sided at edges)
-    lo, hi = max(0, c0 - 1), min(sm.shape[0], c0 + nc + 1)
-    gz = _diff1(sm[lo:hi], 0)[c0 - lo:c0 - lo + nc]
-    gy = _diff1(core, 1)
-    gx = _diff1(core, 2)
-    norm = np.sqrt(gz * gz + gy * gy + gx * gx)
-    norm = np.maximum(norm, np.float32(1e-6), out=norm)
-    gz /= norm
-    gy /= norm
-    gx /= norm
-    del norm
-    zz, yy, xx = np.meshgrid(np.arange(c0, c0 + nc, dtype=np.float32),
-                             np.arange(core.shape[1], dtype=np.float32),
-                             np.arange(core.shape[2], dtype=np.float32), indexing="ij")
-    for i, d in enumerate(ASYM_STEPS):
-        d = np.float32(d)
-        up = ndimage.map_coordinates(sm, [zz + d * gz, yy + d * gy, xx + d * gx], order=1, mode="nearest")
-        down = ndimage.map_coordinates(sm, [zz - d * gz, yy - d * gy, xx - d * gx], order=1, mode="nearest")
-        np.subtract(up.reshape(core.shape), core, out=out[2 * i])
-        np.subtract(core, down.reshape(core.shape), out=out[2 * i + 1])
 
 
 def compute_features(
