@@ -430,6 +430,7 @@ class Dashboard:
         """Stop the pump and the renderer (the run itself is not stopped)."""
         self.pump.stop()
         self.preview_panel.close()
+        self.charts_panel.close()
 
     def _ipython_display_(self) -> None:  # pragma: no cover - display hook
         display(self.widget)

@@ -4,7 +4,8 @@ Each panel owns its widgets and has ``render(...)`` which copies the state
 into the widgets, setting a trait only when its value changed (every change
 is one comm message, so :class:`Syncer` counts them).  Panels never read
 events themselves; the dashboard's UI pump calls ``render`` after applying a
-batch.  Charts are inline SVG (no plotting dependency, :mod:`~nx47_widgets.views.svg`).
+batch.  Charts are drawn with matplotlib on a background thread
+(:mod:`~nx47_widgets.views.mpl`), at most about once per second.
 """
 
 from nx47_widgets.views.base import Syncer

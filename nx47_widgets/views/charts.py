@@ -1,4 +1,8 @@
-"""The charts panel: fit_prox objective, hyper-parameter grid, U-Net loss, validation scores."""
+"""The charts panel: fit_prox objective, U-Net loss, the hyper-parameter grid
+as a heat map, validation scores worst first — drawn with matplotlib off the
+kernel's main thread (:mod:`~nx47_widgets.views.mpl`), at most about once per
+second, with a text line per chart that says what it holds or why it is empty
+and the grid as a readable table."""
 
 from __future__ import annotations
 
@@ -6,40 +10,63 @@ import ipywidgets as W
 
 from nx47_widgets.state.charts import ChartState
 from nx47_widgets.views.base import Syncer, section
-from nx47_widgets.views.svg import grid_table, svg_bar_chart, svg_line_chart
+from nx47_widgets.views.mpl import ChartRenderer, snapshot
+from nx47_widgets.views.svg import grid_table
 
 __all__ = ["ChartsPanel"]
 
 
+def _caption(title: str, points: list, empty: str) -> str:
+    if not points:
+        return f"<span style='font-size:12px'><b>{title}</b>: {empty}</span>"
+    x, y = points[-1]
+    return (f"<span style='font-size:12px'><b>{title}</b>: {len(points)} point(s), "
+            f"last {y:.4g} at {x:g}</span>")
+
+
 class ChartsPanel:
-    """fit_prox objective, hyper-parameter grid, U-Net loss, validation scores.
+    """Charts of a run.
 
     Parameters
     ----------
     syncer : Syncer
+    min_interval_s : float
+        Smallest time between two chart renders.
     """
 
-    def __init__(self, syncer: Syncer) -> None:
+    def __init__(self, syncer: Syncer, *, min_interval_s: float = 1.0) -> None:
         self.syncer = syncer
         self.objective = W.HTML("")
-        self.grid = W.HTML("")
         self.loss = W.HTML("")
         self.scores = W.HTML("")
+        self.grid = W.HTML("")
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        self.image.add_class("nx47-charts-image")
+        self.renderer = ChartRenderer(self._on_png, min_interval_s=min_interval_s)
         self.widget = W.VBox([
             section("Charts"),
-            W.HBox([self.objective, self.loss], layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.grid, self.scores], layout=W.Layout(flex_flow="row wrap")),
+            W.VBox([self.objective, self.loss, self.scores]),
+            self.image,
+            self.grid,
         ])
         self.widget.add_class("nx47-charts")
 
+    def _on_png(self, png: bytes, version: int) -> None:
+        self.syncer.set(self.image, value=png)
+        self.syncer.set(self.image.layout, display="")
+
     def render(self, state: ChartState) -> None:
-        """Draw the series of ``state`` (an empty chart says why it is empty)."""
-        self.syncer.set(self.objective, value=svg_line_chart(
-            state.objective, title="fit_prox objective per iteration",
-            empty=state.empty_text("fit_prox")))
-        self.syncer.set(self.loss, value=svg_line_chart(
-            state.loss, title="U-Net batch loss", empty=state.empty_text("unet")))
+        """Update the captions and the table now; queue the figure."""
+        self.syncer.set(self.objective, value=_caption("fit_prox objective", state.objective,
+                                                       state.empty_text("fit_prox")))
+        self.syncer.set(self.loss, value=_caption("U-Net batch loss", state.loss, state.empty_text("unet")))
+        scores = sorted(state.val_scores.items(), key=lambda kv: kv[1])
+        self.syncer.set(self.scores, value=(
+            f"<span style='font-size:12px'><b>validation</b>: {len(scores)} volume(s), worst "
+            f"{scores[0][0]} {scores[0][1]:.3f}</span>" if scores else
+            f"<span style='font-size:12px'><b>validation</b>: {state.empty_text('validate')}</span>"))
         self.syncer.set(self.grid, value=grid_table(state.grid, empty=state.empty_text("search")))
-        self.syncer.set(self.scores, value=svg_bar_chart(
-            state.val_scores, title="validation score per volume",
-            empty=state.empty_text("validate")))
+        self.renderer.submit(snapshot(state))
+
+    def close(self) -> None:
+        self.renderer.close()

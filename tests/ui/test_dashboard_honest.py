@@ -337,11 +337,20 @@ def test_charts_say_why_they_are_empty_and_show_single_points():
                 stage="fit_prox"))
     from nx47_widgets.views import ChartsPanel, Syncer
 
+    from nx47_widgets.views.mpl import chart_figure, snapshot
+
     panel = ChartsPanel(Syncer())
-    panel.render(st.charts)
-    assert "no data yet" not in panel.loss.value and "unet skipped: U-Net off" in panel.loss.value
-    assert "<circle" in panel.objective.value  # one point is drawn, not an empty line
-    assert "the stage has not run" in panel.scores.value
+    try:
+        panel.render(st.charts)
+        assert "no data yet" not in panel.loss.value and "unet skipped: U-Net off" in panel.loss.value
+        assert "1 point(s)" in panel.objective.value
+        assert "the stage has not run" in panel.scores.value
+    finally:
+        panel.close()
+    fig = chart_figure(snapshot(st.charts))
+    objective_line = fig.axes[0].lines[0]
+    assert len(objective_line.get_xdata()) == 1 and objective_line.get_marker() == "o"  # one point, drawn
+    assert "unet skipped: U-Net off" in fig.axes[1].texts[0].get_text()
 
 
 def test_global_stats_are_readable_tables_with_one_journal_head(tmp_path, ten_pairs):

@@ -533,3 +533,42 @@ def test_auto_coverage_toggle_is_explained_in_the_panel(tmp_path, data_root):
         assert d.current_config().auto_coverage is True
     finally:
         d.close()
+
+
+def test_charts_are_matplotlib_pngs_rendered_off_thread_at_most_once_per_interval():
+    """Many updates in a burst give one render per interval (newest wins),
+    on the renderer's thread, as PNG."""
+    import threading as _th
+
+    from nx47_widgets.views.mpl import ChartRenderer, snapshot
+
+    t = [0.0]
+    got = []
+    done = _th.Event()
+
+    def on_png(png, version):
+        got.append((png[:8], version, _th.current_thread().name))
+        done.set()
+
+    r = ChartRenderer(on_png, min_interval_s=1.0, clock=lambda: t[0])
+    st = DashboardState()
+    try:
+        for i in range(50):  # a burst: one render for the first, then the newest waits
+            st.apply(ev(EventKind.METRIC, MetricPayload(name="fit_prox_objective", value=1.0 / (i + 1), step=i),
+                        stage="fit_prox"))
+            r.submit(snapshot(st.charts))
+        assert done.wait(30)
+        done.clear()
+        assert len(got) == 1 and got[0][0] == b"\x89PNG\r\n\x1a\n" and got[0][2] == "nx47-charts"
+        for i in range(50, 60):  # a second burst within the same interval: held back
+            st.apply(ev(EventKind.METRIC, MetricPayload(name="fit_prox_objective", value=1.0 / (i + 1), step=i),
+                        stage="fit_prox"))
+            r.submit(snapshot(st.charts))
+        assert not done.wait(0.5)  # the clock has not moved: no second render yet
+        t[0] += 1.0
+        with r._cond:
+            r._cond.notify()
+        assert done.wait(30)
+        assert len(got) == 2 and got[1][1] == st.charts.version  # then the newest snapshot, once
+    finally:
+        r.close()
