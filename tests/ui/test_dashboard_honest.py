@@ -10,8 +10,6 @@ journal; a few real processes for killed and lost runs.
 from __future__ import annotations
 
 import itertools
-import os
-import signal
 import subprocess
 import sys
 import time
