@@ -102,7 +102,8 @@ def main() -> None:
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = [run_one(data, tmp / f"run-{t}-{v}", t, v) for t, v in COVERAGES]
     t, v = COVERAGES[-1]
-    before = run_one(data, tmp / "run-before", t, v, "--set", "sample_slabs=0", "--set", "search_max_val_volumes=0")
+    before = run_one(data, tmp / "run-before", t, v, "--set", "sample_slabs=0", "--set", "search_max_val_volumes=0",
+                     "--set", "search_top_k=0")
     plan = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "plan", "--out", str(tmp / "run-12-4"),
                            "--n-train", "629", "--n-val", "157", "--n-test", "120", "--budget-s", "7200"],
                           capture_output=True, text=True, cwd=str(REPO)).stdout.strip()
@@ -126,9 +127,11 @@ def main() -> None:
         lines.append(f"| {r['n_train']}/{r['n_val']} | " + " | ".join(cells) + " |")
     lines += ["", f"Validation quality on the same data ({t}/{v}): training samples from 3 z-slabs per volume "
               f"(`sample_slabs=3`, the default) {rows[-1]['score']:.3f} in {rows[-1]['wall']:.0f} s; from every "
-              f"slab (`sample_slabs=0`, `search_max_val_volumes=0`, the previous behaviour) "
+              f"slab and every search candidate scored in full (`sample_slabs=0`, `search_max_val_volumes=0`, "
+              f"`search_top_k=0`: the previous behaviour) "
               f"{before['score']:.3f} in {before['wall']:.0f} s (features {before['actual']['features']:.0f} s "
-              f"against {rows[-1]['actual']['features']:.0f} s).", ""]
+              f"against {rows[-1]['actual']['features']:.0f} s; search {before['actual']['search']:.0f} s against "
+              f"{rows[-1]['actual']['search']:.0f} s).", ""]
     lines += ["", "`nx47 plan --n-train 629 --n-val 157 --n-test 120 --budget-s 7200` from the 12/4 run's "
               f"{shape}³ preflight:", "", "```", plan, "```", "",
               f"Machine: {machine()}. Date: {started}. Commit: {git_commit()}. {load_note()}", ""]

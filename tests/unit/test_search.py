@@ -11,15 +11,13 @@ from nx47_pipeline.data.demo import generate_demo_dataset
 from nx47_pipeline.data.discovery import discover
 from nx47_pipeline.io.volumes import read_pair
 from nx47_pipeline.model.features import volume_sample
-from nx47_pipeline.model.search import proxy_dice, run_search
+from nx47_pipeline.model.search import RANK_CROP_MIN, rank_crop, run_search
 
 
-def test_proxy_dice_ignores_label_2_and_counts_overlap():
-    label = np.array([[[1, 1, 0, 2, 2, 0]]], np.uint8)
-    prob = np.array([[[0.9, 0.1, 0.9, 0.9, 0.1, 0.1]]], np.float32)
-    # pred over labelled voxels: {0, 2}; truth {0, 1}: Dice = 2*1/(2+2)
-    assert proxy_dice(prob, label, high=0.5) == pytest.approx(0.5)
-    assert proxy_dice(np.zeros_like(prob), np.full_like(label, 2), high=0.5) == 1.0
+def test_rank_crop_is_the_centre_eighth_of_a_large_volume_and_all_of_a_small_one():
+    assert rank_crop((320, 320, 256)) == (slice(80, 240), slice(80, 240), slice(64, 192))
+    assert rank_crop((RANK_CROP_MIN, 40, 7)) == (slice(0, RANK_CROP_MIN), slice(0, 40), slice(0, 7))
+    assert rank_crop((150, 150, 150))[0] == slice(27, 123)  # never below RANK_CROP_MIN
 
 
 @pytest.fixture(scope="module")
