@@ -259,7 +259,14 @@ def test_detached_run_in_another_folder_is_reattached_after_reload(served):
             assert js(page, VALUE_JS, ".nx47-out-dir input") == str(elsewhere)
             w2 = wait_for(lambda: js(page, GLOBAL_JS), lambda v: v >= w1, 60, "progress after reload")
             # and it keeps moving
-            wait_for(lambda: js(page, GLOBAL_JS), lambda v: v > w2, 60, "progress to move on",
+            # the global figure moves slowly once a long stage is planned (its
+            # weight is large), so "moving" is any progress bar or counter text
+            def progress_now():
+                return (js(page, GLOBAL_JS),) + tuple(js(page, TEXT_JS, f".nx47-bartext-{name}")
+                                                      for name in ("stage", "substep", "file"))
+
+            seen = progress_now()
+            wait_for(progress_now, lambda v: v != seen and v[0] >= w2, 120, "progress to move on",
                      page, shots)
             page.screenshot(path=str(shots / "reattached.png"), full_page=True)
 
