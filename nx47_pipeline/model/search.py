@@ -194,6 +194,15 @@ def run_search(
     proxy_sum = np.zeros(len(cands))
     n_ranked = 0
     ranked_ids: list[str] = []
+
+    def read(rec):
+        """The (image, label) of ``rec``; None (and a warning naming it) when unreadable."""
+        try:
+            return read_pair(rec.image_path, rec.label_path)
+        except VolumeError as exc:
+            if on_warning:
+                on_warning(str(exc), rec.id, exc.code)
+            return None
     for v, rec in enumerate(val):
         cache = dest / f"rank_{rec.id}.json"
         data = json.loads(cache.read_text()) if cache.exists() else None
@@ -202,12 +211,10 @@ def run_search(
                 if on_deadline:
                     on_deadline(f"{len(val) - v} of {len(val)} validation volumes not searched")
                 break
-            try:
-                image, label = read_pair(rec.image_path, rec.label_path)
-            except VolumeError as exc:
-                if on_warning:
-                    on_warning(str(exc), rec.id, exc.code)
+            pair = read(rec)
+            if pair is None:
                 continue
+            image, label = pair
 
             def on_p(d, t, what, _v=v):
                 report(len(points) + _v * len(cands), total, file=rec.id, file_done=_v, file_total=len(val),
@@ -239,12 +246,10 @@ def run_search(
                 if on_deadline:
                     on_deadline(f"{len(ranked_ids) - v} of {len(ranked_ids)} validation volumes not scored")
                 break
-            try:
-                image, label = read_pair(rec.image_path, rec.label_path)
-            except VolumeError as exc:
-                if on_warning:
-                    on_warning(str(exc), rec.id, exc.code)
+            pair = read(rec)
+            if pair is None:
                 continue
+            image, label = pair
 
             def on_q(d, t, what, _v=v):
                 report(base + _v * k_full, total, file=rec.id, file_done=_v, file_total=len(ranked_ids),

@@ -75,6 +75,18 @@ def preflight_deadline(ctx: RunContext) -> float:
     return ctx.deadlines.hard - reserve
 
 
+def _phase_progress(ctx: RunContext, deadline: float, i: int, n: int, label: str) -> Callable[..., None]:
+    """Progress of phase ``i`` of ``n`` (sub-steps prefixed with ``label``);
+    raises :class:`OutOfTime` past ``deadline``."""
+    def p(done: float, total: float, **kw: Any) -> None:
+        if time.monotonic() > deadline:
+            raise OutOfTime(f"its deadline passed during {label}")
+        sub = kw.pop("substep", "")
+        kw["substep"] = f"{label}: {sub}" if sub else label
+        ctx.progress(i + done / max(total, 1e-9), n, **kw)
+    return p
+
+
 def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
     """The whole chain on ``sl`` with reduced iterations; raises
     :class:`OutOfTime` past :func:`preflight_deadline`."""
@@ -86,15 +98,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         raise OutOfTime("nothing left after reserving the fallback segmentation")
 
     def phase(i: int) -> Callable[..., None]:
-        label = PHASES[i]
-
-        def p(done: float, total: float, **kw: Any) -> None:
-            if time.monotonic() > deadline:
-                raise OutOfTime(f"its deadline passed during {label}")
-            sub = kw.pop("substep", "")
-            kw["substep"] = f"{label}: {sub}" if sub else label
-            ctx.progress(i + done / max(total, 1e-9), phases, **kw)
-        return p
+        return _phase_progress(ctx, deadline, i, phases, PHASES[i])
 
     def quiet(i: int):
         return ctx.reporter(publish=False, progress=phase(i))
@@ -184,13 +188,7 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> Pref
     n = 4
 
     def step(i: int, label: str):
-        def p(done: float, total: float, **kw: Any) -> None:
-            if time.monotonic() > deadline:
-                raise OutOfTime(f"its deadline passed during {label}")
-            sub = kw.pop("substep", "")
-            kw["substep"] = f"{label}: {sub}" if sub else label
-            ctx.progress(i + done / max(total, 1e-9), n, **kw)
-        return ctx.reporter(publish=False, progress=p)
+        return ctx.reporter(publish=False, progress=_phase_progress(ctx, deadline, i, n, label))
 
     t = time.monotonic()
     val = sl.val[:1]
