@@ -103,13 +103,11 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
              for r in recs}
     truth = {r.id: read_volume(labels / f"{r.id}.tif", kind="label") for r in recs}
-    images = {r.id: read_volume(r.image_path, kind="image") for r in recs}
     out = []
     for name, steps in ablation_steps():
         triples = [(vid, postprocess_steps(probs[vid], low=best["low"], high=best["high"],
                                            closing_radius=tuple(cfg["closing_radius"]),
-                                           min_size=cfg["min_component_voxels"], steps=steps,
-                                           image=images[vid]), truth[vid])
+                                           min_size=cfg["min_component_voxels"], steps=steps), truth[vid])
                    for vid in probs]
         out.append((name, mean_parts(score_volumes(triples))))
     return out

@@ -201,12 +201,10 @@ def postprocess_steps(
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
     steps: Sequence[str] = DEFAULT_STEPS,
-    image: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`postprocess` with a chosen subset of :data:`STEPS` (ablations).
 
-    Without ``"hysteresis"`` the mask is ``prob > high``.  ``image`` is
-    unused by the current steps (kept for steps that look at intensities).
+    Without ``"hysteresis"`` the mask is ``prob > high``.
 
     Returns
     -------
@@ -217,6 +215,12 @@ def postprocess_steps(
     if unknown:
         raise ValueError(f"steps must be among {STEPS}, got {unknown}")
     mask = hysteresis(prob, low=low, high=high) if "hysteresis" in steps else prob > high
+    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size)
+
+
+def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: Sequence[int],
+                     min_size: int) -> np.ndarray:
+    """The steps of :data:`STEPS` that follow the thresholds, as uint8."""
     if "closing" in steps:
         mask = anisotropic_closing(mask, radius=closing_radius)
     if "fill_holes" in steps:
@@ -248,10 +252,7 @@ def postprocess_classes(
         keep[np.unique(labels[classes == 2])] = True
         keep[0] = False
         mask = keep[labels]
-    mask = anisotropic_closing(mask, radius=closing_radius)
-    mask = fill_cavities(mask)
-    mask = remove_small_components(mask, min_size=min_size)
-    return mask.astype(np.uint8)
+    return _after_threshold(mask, DEFAULT_STEPS, closing_radius=closing_radius, min_size=min_size)
 
 
 def threshold_classes(prob: np.ndarray, *, low: float, high: float) -> np.ndarray:
