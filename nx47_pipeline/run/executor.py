@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+from .cluster import ClusterMonitor
+
 DASK_HINT = ("Dask is needed for --scheduler: pip install 'nx47[dask]' "
              "(dask[array], distributed, dask-image, zarr)")
 
@@ -34,6 +36,9 @@ class InProcess:
 
     workers = 1
     dashboard_link = ""
+
+    def monitor(self, out_dir, *, interval_s: float = 2.0) -> None:
+        """Nothing to report: no ``cluster.json`` in process."""
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         """``(index, fn(item))`` for every item, in order."""
@@ -71,7 +76,11 @@ class DaskExecutor:
             self.client = distributed.Client(self._cluster)
         else:
             self.client = distributed.Client(scheduler)
+        self.scheduler = scheduler
         self.retries = int(retries)
+        self.tasks_in_flight = 0
+        self.tasks_done = 0
+        self._monitor = None
 
     @property
     def workers(self) -> int:
@@ -88,13 +97,28 @@ class DaskExecutor:
         _, distributed = require_dask()
         futures = self.client.map(fn, list(items), retries=self.retries, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
+        self.tasks_in_flight += len(futures)
         try:
             for fut in distributed.as_completed(futures):
-                yield index[fut.key], fut.result()
+                result = fut.result()
+                self.tasks_in_flight -= 1
+                self.tasks_done += 1
+                yield index[fut.key], result
         finally:
-            self.client.cancel([f for f in futures if not f.done()])
+            pending = [f for f in futures if not f.done()]
+            self.tasks_in_flight = max(0, self.tasks_in_flight - len(pending))
+            self.client.cancel(pending)
+
+    def monitor(self, out_dir, *, interval_s: float = 2.0) -> None:
+        """Keep ``out_dir/cluster.json`` current until :meth:`close` (the dashboard's Dask panel)."""
+        self._monitor = ClusterMonitor(out_dir, info=self.client.scheduler_info,
+                                       counts=lambda: (self.tasks_in_flight, self.tasks_done),
+                                       scheduler=self.scheduler, dashboard_link=self.dashboard_link,
+                                       interval_s=interval_s).start()
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

@@ -238,6 +238,7 @@ def infer(
             tel.progress(step_done=n_resumed, step_total=n_chunks,
                          message=f"{n_chunks} chunks of {chunk}^3 (halo {halo}), {n_resumed} already done")
             executor = make_executor(scheduler, workers=workers, memory_limit=memory_limit)
+            executor.monitor(out)
             done = n_resumed
             for _, res in executor.map(chunk_task, jobs):
                 done += 1

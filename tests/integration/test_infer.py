@@ -91,6 +91,11 @@ def test_dask_local_cluster_of_two_workers_gives_the_same_mask_and_events_from_b
     workers = {e["payload"].get("worker") for e in _events(tmp_path / "o")
                if e["kind"] == "PROGRESS_UPDATE" and e["stage"] == "probability" and e["payload"].get("worker")}
     assert len(workers) == 2, workers
+    # the Dask panel's file: both workers with their memory limit, all tasks done, closed at the end
+    cluster = json.loads((tmp_path / "o" / "cluster.json").read_text())
+    assert cluster["closed"] is True and cluster["scheduler"] == "local"
+    assert cluster["tasks_done"] == res.chunks and cluster["tasks_in_flight"] == 0
+    assert cluster["dashboard_link"].startswith("http")
 
 
 @pytest.mark.timeout(300)
