@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from nx47_pipeline import __version__
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
@@ -220,6 +221,12 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         model = LogisticModel.load(linear_file)
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"{linear_file}: not a readable linear model ({exc})") from None
+    expected = feature_names(model.scales)
+    if list(model.feature_names) != expected:
+        missing = sorted(set(expected) - set(model.feature_names)) or sorted(set(model.feature_names) - set(expected))
+        raise BundleError(f"{linear_file}: trained on other features than this nx47 computes "
+                          f"({len(model.feature_names)} vs {len(expected)}, e.g. {missing[:3]}): "
+                          "train or export the model again with this version")
     search = manifest["search"]
     for key in ("low", "high"):
         if not isinstance(search.get(key), (int, float)):

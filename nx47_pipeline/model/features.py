@@ -15,6 +15,11 @@ Features of a volume (``feature_names`` gives their order):
     bright plate: one strong curvature across the sheet, weak along it),
     else 0; with ``|l1| <= |l2| <= |l3|`` the eigenvalues by magnitude;
   - ``laplacian_s<sigma>`` -- trace of the Hessian, times sigma**2;
+  - ``gradcurv_s<sigma>`` -- the second derivative along the gradient
+    direction, ``g^T H g / |g|^2``, times sigma**2: which side of a ridge a
+    voxel lies on and how far (positive beyond a flank's inflection point,
+    negative between the inflection points), so an asymmetric sheet's steep
+    and slow sides differ;
   - ``local_std_s<sigma>`` -- Gaussian-weighted local standard deviation.
 
 The Hessian of the smoothed volume is taken by finite differences and its
@@ -46,7 +51,7 @@ TRUNCATE = 3.0
 DERIV_REACH = 1
 #: Voxels per chunk of pointwise work (keeps temporaries in cache).
 CHUNK_VOXELS = 100_000
-PER_SCALE = ("smooth", "gradmag", "hess_lmax", "sheetness", "laplacian", "local_std")
+PER_SCALE = ("smooth", "gradmag", "hess_lmax", "sheetness", "laplacian", "gradcurv", "local_std")
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -317,12 +322,13 @@ def _z_derivatives(piece: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.
 
 
 def _hessian_chunk(piece: np.ndarray, q0: int, q1: int, sigma: float, out: np.ndarray) -> None:
-    """Derivative features of ``piece[q0:q1]`` into ``out`` (4, q1-q0, Y, X).
+    """Derivative features of ``piece[q0:q1]`` into ``out`` (5, q1-q0, Y, X).
 
     ``piece`` has one extra row on each side of ``q0:q1`` unless that side is
     the volume border.  Writes gradient magnitude, largest-magnitude Hessian
-    eigenvalue, sheetness and Laplacian (scale-normalised: sigma times the
-    gradient, sigma**2 times the Hessian).
+    eigenvalue, sheetness, Laplacian and the second derivative along the
+    gradient (scale-normalised: sigma times the gradient, sigma**2 times the
+    Hessian).
     """
     core = piece[q0:q1]
     gz, hzz = _z_derivatives(piece, q0, q1)
@@ -334,16 +340,27 @@ def _hessian_chunk(piece: np.ndarray, q0: int, q1: int, sigma: float, out: np.nd
     np.multiply(gx, gx, out=tmp)
     gm += tmp
     del tmp
-    np.sqrt(gm, out=gm)
-    np.multiply(gm, np.float32(sigma), out=out[0])
-    del gm
+    np.multiply(np.sqrt(gm), np.float32(sigma), out=out[0])
     hzy = _diff1(gz, 1)
     hzx = _diff1(gz, 2)
     hyx = _diff1(gy, 2)
-    del gz, gy, gx
     hyy = _second_diff(core, 1)
     hxx = _second_diff(core, 2)
     s2 = np.float32(sigma * sigma)
+    # g^T H g / |g|^2 (0 where the gradient vanishes)
+    num = gz * gz * hzz
+    num += gy * gy * hyy
+    num += gx * gx * hxx
+    cross = gz * gy * hzy
+    cross += gz * gx * hzx
+    cross += gy * gx * hyx
+    cross *= np.float32(2.0)
+    num += cross
+    del cross, gz, gy, gx
+    gm += np.float32(1e-12)
+    np.divide(num, gm, out=num)
+    np.multiply(num, s2, out=out[4])
+    del num, gm
     lap = hzz + hyy
     lap += hxx
     np.multiply(lap, s2, out=out[3])
@@ -407,7 +424,7 @@ def _block_features(
             p_lo = max(0, c0 + u - DERIV_REACH)
             p_hi = min(ext.shape[0], c0 + w + DERIV_REACH)
             q0 = c0 + u - p_lo
-            _hessian_chunk(ext[p_lo:p_hi], q0, q0 + (w - u), s, out[k + 1 : k + 5, u:w])
+            _hessian_chunk(ext[p_lo:p_hi], q0, q0 + (w - u), s, out[k + 1 : k + 6, u:w])
         done += 1
         if on_progress is not None:
             on_progress(done, total, f"gradient+hessian {label}")
@@ -419,7 +436,7 @@ def _block_features(
             v = var[u:w]
             v -= m * m
             np.maximum(v, 0, out=v)
-            np.sqrt(v, out=out[k + 5, u:w])
+            np.sqrt(v, out=out[k + 6, u:w])
         del var, ext
         done += 1
         if on_progress is not None:

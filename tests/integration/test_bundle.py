@@ -17,7 +17,9 @@ import pytest
 import tifffile
 
 from nx47_pipeline.data.demo import generate_demo_dataset
-from nx47_pipeline.model.bundle import FORMAT_VERSION, MANIFEST, BundleError, export_bundle, load_bundle
+from nx47_pipeline.model.bundle import (FORMAT_VERSION, MANIFEST, BundleError, export_bundle, load_bundle,
+                                        sha256_file)
+from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.run.orchestrator import run_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,6 +119,22 @@ def test_a_tampered_bundle_is_refused_by_file_name(trained, tmp_path):
         load_bundle(other)
     with pytest.raises(BundleError, match="model.json"):
         load_bundle(tmp_path)
+
+
+def test_a_bundle_trained_on_another_filter_bank_is_refused_by_file_name(trained, tmp_path):
+    _, _, _, bundle = trained
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    model = LogisticModel.load(old / "model.npz")
+    keep = [i for i, n in enumerate(model.feature_names) if not n.startswith("gradcurv")]
+    LogisticModel(coef=model.coef[keep], intercept=model.intercept, mean=model.mean[keep],
+                  scale=model.scale[keep], feature_names=[model.feature_names[i] for i in keep],
+                  scales=model.scales).save(old / "model.npz")
+    m = json.loads((old / MANIFEST).read_text())
+    m["files"]["model.npz"] = sha256_file(old / "model.npz")
+    (old / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"model\.npz: trained on other features.*gradcurv"):
+        load_bundle(old)
 
 
 def test_export_model_command(trained, tmp_path):

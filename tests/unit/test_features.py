@@ -221,3 +221,20 @@ def test_workers_is_validated():
 
     with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
         iter_feature_slabs(np.zeros((8, 8, 8), np.uint8), workers=0)
+
+
+def test_gradcurv_tells_the_steep_flank_of_an_asymmetric_sheet_from_its_slow_flank():
+    """A bright sheet (normal along y) falling off steeply on one side and
+    slowly on the other: two voxels off its centre, the second derivative
+    along the gradient is positive (past the inflection) on the steep side and
+    negative on the slow side, whichever way the sheet faces."""
+    from nx47_pipeline.model.features import compute_features, feature_names
+
+    y = np.arange(40, dtype=np.float32)[None, :, None]
+    d = y - 20.0
+    for sign in (1.0, -1.0):
+        steep = np.where(sign * d >= 0, 1.0, 3.0)  # sigma of the profile on each side
+        vol = np.broadcast_to(np.exp(-0.5 * (d / steep) ** 2), (24, 40, 24)).astype(np.float32)
+        feats = compute_features(vol, scales=(1.0,))
+        gc = feats[feature_names((1.0,)).index("gradcurv_s1")][12, :, 12]
+        assert gc[int(20 + sign * 2.5)] > 0 > gc[int(20 - sign * 2.5)]
