@@ -212,7 +212,7 @@ class ClusterState:
         self.age_s: float | None = None
         self._stat: tuple | None = None
         self._mtime: float | None = None
-        self._shown: tuple | None = None
+        self._shown: tuple = (None, None, "", None)  # nothing to show
 
     @property
     def path(self) -> Path | None:

@@ -85,6 +85,7 @@ def test_a_cluster_file_is_shown_with_scheduler_workers_tasks_memory_and_the_das
 def test_no_cluster_file_hides_the_panel(tmp_path):
     st, panel, _ = setup(tmp_path)
     assert not st.visible and st.condition is None
+    assert not st.apply(start(tmp_path)) and st.version == 0  # nothing to redraw
     assert not panel.shown and panel.html.value == ""
     # the file appears later (the cluster started): shown on the next poll
     write_json(tmp_path / CLUSTER_NAME, full())
