@@ -43,6 +43,7 @@ from nx47_widgets.views import (
     Syncer,
 )
 from nx47_widgets.views.base import h
+from nx47_widgets.views.cluster import ClusterPanel
 from nx47_widgets.views.page import PAGE_CSS, PageBridge
 from nx47_widgets.views.runs import RunsPanel
 
@@ -133,6 +134,7 @@ class Dashboard:
         self.page = PageBridge(enabled=browser)
         st = self.session.state
         self.progress_panel = ProgressPanel(self.syncer)
+        self.cluster_panel = ClusterPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
         self.preview_panel = PreviewPanel(self.syncer, st.preview, lock=self._lock)
@@ -369,7 +371,8 @@ class Dashboard:
             The batch, in order.
         tick : bool
             True when the time-only displays (seconds since the last beat)
-            are due for a refresh.
+            are due for a refresh; the run folder's ``cluster.json`` is
+            looked at then too (re-read only when it changed).
         """
         with self._lock:
             state = self.session.state
@@ -387,6 +390,10 @@ class Dashboard:
                 self.log_panel.render()
             if "charts" in changed:
                 self.charts_panel.render(state.charts)
+            if tick and state.cluster.poll(running=self.session.running and not state.ended):
+                changed.add("cluster")
+            if "cluster" in changed:
+                self.cluster_panel.render(state.cluster)
             if any(e.kind in _TIMING_KINDS for e in events):
                 self.refresh_timings()
             if state.ended and self.session.runner is not None \
@@ -413,6 +420,8 @@ class Dashboard:
         self.heartbeat_panel.render(st.heartbeat, verdict=st.results.verdict)
         self.log_panel.render()
         self.charts_panel.render(st.charts)
+        st.cluster.poll(running=self.session.running and not st.ended)
+        self.cluster_panel.render(st.cluster)
         self.results_panel.render(st.results, st.progress.timeline)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -451,7 +460,7 @@ def _layout(d: Dashboard) -> W.VBox:
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
                    d.coverage_panel.widget, d.heartbeat_panel.widget,
-                   d.progress_panel.widget,
+                   d.progress_panel.widget, d.cluster_panel.widget,
                    W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
     left.add_class("nx47-left")
     right = W.VBox([d.preview_panel.widget, d.results_panel.widget,

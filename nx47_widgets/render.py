@@ -1,10 +1,15 @@
 """PNG rendering of volume slices with overlays (label, prediction,
 probability, error map), cached, for the slice previewer.
 
-Volumes are decoded once with :func:`nx47_pipeline.volume_io.read_volume`
-and kept in a small LRU cache (a 320³ uint8 volume is 33 MB); rendered PNGs
-are cached by their full request.  :class:`AsyncRenderer` runs the rendering
-on a single worker thread so the kernel never waits for a decode.
+A run's volumes (TIFF, up to :data:`WHOLE_MAX_VOXELS`) are decoded once with
+:func:`nx47_pipeline.io.volumes.read_volume` and kept in a small LRU cache (a
+320³ uint8 volume is 33 MB).  Volumes of any size — a zarr array, an OME-Zarr
+group (level 0) or a larger TIFF, as ``nx47 infer`` reads and writes them —
+are opened lazily with :func:`nx47_pipeline.run.infer.open_volume` and only
+the requested slice is read (every n-th voxel when the slice is longer than
+:data:`MAX_SIDE`).  Rendered PNGs are cached by their full request.
+:class:`AsyncRenderer` runs the rendering on a single worker thread so the
+kernel never waits for a decode.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from nx47_pipeline.io.volumes import read_volume
+from nx47_pipeline.io.volumes import read_header, read_volume
+from nx47_pipeline.run.infer import open_volume
 
-__all__ = ["SliceRequest", "render_slice", "slice_counts", "AsyncRenderer", "VolumeCache",
-           "OVERLAYS", "LAYOUTS"]
+__all__ = ["SliceRequest", "render_slice", "read_slices", "slice_counts", "AsyncRenderer",
+           "VolumeCache", "display_step", "is_chunked", "OVERLAYS", "LAYOUTS", "MAX_SIDE",
+           "WHOLE_MAX_VOXELS"]
 
 #: Overlay names understood by :func:`render_slice`.
 OVERLAYS = ("label", "pred", "prob", "error")
@@ -33,6 +40,11 @@ OVERLAYS = ("label", "pred", "prob", "error")
 LAYOUTS = ("overlay", "side")
 
 _AXES = {"z": 0, "y": 1, "x": 2}
+
+#: A TIFF with more voxels than this is read a slice at a time, not whole.
+WHOLE_MAX_VOXELS = 512 ** 3
+#: Longest side of a slice shown; a longer slice is read every n-th voxel.
+MAX_SIDE = 2048
 
 # RGB colours of the overlays.
 LABEL_RGB = (0, 200, 83)  # green: ground-truth surface
@@ -49,7 +61,7 @@ class SliceRequest:
     Parameters
     ----------
     image : str
-        CT volume (TIFF).
+        CT volume (TIFF; zarr or OME-Zarr, read a slice at a time).
     axis : {"z", "y", "x"}
         Axis the slice is perpendicular to.
     index : int
@@ -86,16 +98,54 @@ class SliceRequest:
     layout: str = "overlay"
 
 
-class VolumeCache:
-    """Thread-safe LRU cache of decoded volumes, keyed by path and mtime."""
+def is_chunked(path: str | os.PathLike) -> bool:
+    """True for a zarr array or OME-Zarr group (a folder, or a ``.zarr`` path)."""
+    p = Path(path)
+    return p.is_dir() or p.suffix.lower() == ".zarr"
 
-    def __init__(self, max_volumes: int = 6) -> None:
+
+def display_step(shape: tuple[int, ...], axis: str, max_side: int = MAX_SIDE) -> int:
+    """Every how many voxels a slice of ``shape`` along ``axis`` is read (1 unless
+    its longer side exceeds ``max_side``)."""
+    ax = _AXES[axis]
+    side = max((int(n) for i, n in enumerate(shape) if i != ax), default=1)
+    return max(1, -(-side // max(int(max_side), 1)))
+
+
+class VolumeCache:
+    """Thread-safe LRU cache of decoded volumes and of lazily opened ones.
+
+    Parameters
+    ----------
+    max_volumes : int
+        Decoded volumes (and lazy handles) kept.
+    whole_max_voxels : int
+        A TIFF up to this size is decoded whole (and cached); a larger one,
+        like a zarr store, is read a slice at a time.
+    max_side : int
+        Longest side of a slice read (see :func:`display_step`).
+
+    Attributes
+    ----------
+    loads : int
+        Volumes decoded whole so far.
+    slices : int
+        Slices read lazily so far.
+    """
+
+    def __init__(self, max_volumes: int = 6, *, whole_max_voxels: int = WHOLE_MAX_VOXELS,
+                 max_side: int = MAX_SIDE) -> None:
         self.max_volumes = max_volumes
+        self.whole_max_voxels = int(whole_max_voxels)
+        self.max_side = int(max_side)
         self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lazy: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
+        self.slices = 0
 
     def get(self, path: str | os.PathLike, *, kind: str = "image") -> np.ndarray:
+        """The whole decoded volume (a TIFF), from the cache when possible."""
         p = Path(path)
         key = (str(p), p.stat().st_mtime_ns, kind)
         with self._lock:
@@ -109,6 +159,53 @@ class VolumeCache:
             while len(self._data) > self.max_volumes:
                 self._data.popitem(last=False)
         return arr
+
+    def lazy(self, path: str | os.PathLike):
+        """The lazily opened volume at ``path`` (shape, dtype, slicing), or None
+        for a TIFF small enough to be decoded whole."""
+        p = Path(path)
+        key = (str(p), p.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._lazy:
+                self._lazy.move_to_end(key)
+                return self._lazy[key]
+        handle = None
+        if is_chunked(p) or read_header(p).n_voxels > self.whole_max_voxels:
+            handle = open_volume(p)
+        with self._lock:
+            self._lazy[key] = handle
+            while len(self._lazy) > self.max_volumes:
+                self._lazy.popitem(last=False)
+        return handle
+
+    def take(self, path: str | os.PathLike, axis: str, index: int, *, kind: str = "image") -> np.ndarray:
+        """Slice ``index`` along ``axis`` of the volume at ``path``.
+
+        A small TIFF is decoded whole once (cached); any other volume is read
+        one slice at a time.  Either way a slice longer than ``max_side`` is
+        taken every :func:`display_step`-th voxel.
+
+        Raises
+        ------
+        IndexError
+            If ``index`` is outside the volume.
+        """
+        vol = self.lazy(path)
+        whole = self.get(path, kind=kind) if vol is None else None
+        shape = tuple((vol if whole is None else whole).shape)
+        step = slice(None, None, display_step(shape, axis, self.max_side))
+        if whole is not None:
+            return _take(whole, axis, index, str(path))[step, step]
+        ax = _AXES[axis]
+        n = int(vol.shape[ax])
+        if not 0 <= index < n:
+            raise IndexError(f"{path}: slice index {index} outside 0..{n - 1} on axis {axis!r}")
+        sel = [step, step, step]
+        sel[ax] = int(index)
+        out = np.asarray(vol[tuple(sel)])
+        with self._lock:
+            self.slices += 1
+        return out
 
 
 _DEFAULT_CACHE = VolumeCache()
@@ -133,15 +230,33 @@ def _window(shape: tuple[int, ...], zoom: float, center: tuple[float, float]) ->
     return out[0], out[1]
 
 
-def _read(req: SliceRequest, cache: VolumeCache, need_label: bool, need_pred: bool, need_prob: bool):
-    img = _take(cache.get(req.image), req.axis, req.index, req.image).astype(np.float32)
+def read_slices(req: SliceRequest, cache: VolumeCache | None = None, need_label: bool = True,
+                need_pred: bool = True, need_prob: bool = True):
+    """The slice of the image, label, prediction and probability of ``req``.
+
+    Parameters
+    ----------
+    req : SliceRequest
+    cache : VolumeCache, optional
+        Decoded-volume cache (a module-wide one by default).
+    need_label, need_pred, need_prob : bool
+        Read that volume's slice (when the request has the volume).
+
+    Returns
+    -------
+    tuple
+        ``(image, label, pred, prob)``: float32 image, label values, boolean
+        prediction, probability in [0, 1]; None where not read.
+    """
+    cache = cache or _DEFAULT_CACHE
+    img = cache.take(req.image, req.axis, req.index).astype(np.float32)
     label = pred = prob = None
     if req.label and need_label:
-        label = _take(cache.get(req.label, kind="label"), req.axis, req.index, req.label)
+        label = cache.take(req.label, req.axis, req.index, kind="label")
     if req.pred and need_pred:
-        pred = _take(cache.get(req.pred), req.axis, req.index, req.pred) != 0
+        pred = cache.take(req.pred, req.axis, req.index) != 0
     if req.prob and need_prob:
-        prob = _take(cache.get(req.prob), req.axis, req.index, req.prob).astype(np.float32) / 255
+        prob = cache.take(req.prob, req.axis, req.index).astype(np.float32) / 255
     return img, label, pred, prob
 
 
@@ -198,7 +313,7 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
         ``req.layout`` is invalid.
     IndexError
         If ``req.index`` is outside the volume.
-    nx47_pipeline.volume_io.VolumeError
+    nx47_pipeline.io.volumes.VolumeError
         If a volume cannot be read.
     """
     if req.axis not in _AXES:
@@ -215,8 +330,8 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
     cache = cache or _DEFAULT_CACHE
     side = req.layout == "side"
     want = set(OVERLAYS) if side else set(req.overlays)
-    img, label, pred, prob = _read(req, cache, bool({"label", "error"} & want),
-                                   bool({"pred", "error"} & want), "prob" in want)
+    img, label, pred, prob = read_slices(req, cache, bool({"label", "error"} & want),
+                                         bool({"pred", "error"} & want), "prob" in want)
     lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
     grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
     rows, cols = _window(grey.shape, req.zoom, req.center)
@@ -267,8 +382,8 @@ def slice_counts(req: SliceRequest, *, cache: VolumeCache | None = None) -> dict
     if not (req.label and req.pred):
         return {}
     cache = cache or _DEFAULT_CACHE
-    label = _take(cache.get(req.label, kind="label"), req.axis, req.index, req.label)
-    pred = _take(cache.get(req.pred), req.axis, req.index, req.pred) != 0
+    label = cache.take(req.label, req.axis, req.index, kind="label")
+    pred = cache.take(req.pred, req.axis, req.index) != 0
     valid = label != 2
     return {"fp": int(np.count_nonzero(pred & (label == 0) & valid)),
             "fn": int(np.count_nonzero(~pred & (label == 1) & valid)),

@@ -10,6 +10,7 @@ import threading
 from nx47_pipeline.model.bundle import BundleError
 from nx47_pipeline.run.executor import DaskUnavailable
 from nx47_pipeline.run.infer import infer
+from nx47_pipeline.run.resume import FolderBusy
 from nx47_pipeline.telemetry.cancel import CancelToken
 
 NAME = "infer"
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         res = infer(args.model, args.input, args.out, scheduler=args.scheduler, workers=args.workers,
                     chunk=args.chunk, memory_limit=args.memory_limit, console=not args.quiet, cancel=token)
-    except (BundleError, FileNotFoundError, ValueError, DaskUnavailable) as exc:
+    except (BundleError, FileNotFoundError, ValueError, DaskUnavailable, FolderBusy) as exc:
         print(f"nx47 infer: {exc}", file=sys.stderr)
         return 2
     print(f"nx47 infer: {res.status}; mask: {res.mask or 'none'}; {res.chunks} chunks "

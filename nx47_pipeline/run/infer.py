@@ -40,6 +40,7 @@ from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import anisotropic_closing, postprocess_classes, threshold_classes
 from nx47_pipeline.model.predict import linear_probabilities
 from nx47_pipeline.run.executor import chunk_grid, make_executor
+from nx47_pipeline.run.resume import acquire_lock, release_lock
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 from nx47_pipeline.telemetry.events import StageName, Status
 from nx47_pipeline.telemetry.facade import Telemetry
@@ -47,6 +48,7 @@ from nx47_pipeline.telemetry.facade import Telemetry
 CLASSES = "classes.zarr"
 MASK = "mask.zarr"
 CHUNKS = "chunks"
+INFER_KEY = "infer_key.json"
 STAGES = ((StageName.PROBABILITY, 4.0), (StageName.POSTPROCESS, 1.0))
 
 
@@ -199,13 +201,20 @@ def infer(
         raise ValueError(f"{bundle}: holds a U-Net; nx47 infer segments with linear bundles only "
                          "(the U-Net's sliding windows are not chunk-exact)")
     vol = open_volume(input_path)
-    tel = Telemetry(out_dir=out, stages=STAGES, console=console, console_stream=console_stream,
-                    progress_interval_s=0.0, heartbeat_interval_s=heartbeat_interval_s, cancel=cancel,
-                    config_dict={"command": "infer", "bundle": str(bundle), "input": str(input_path),
-                                 "scheduler": scheduler or "", "workers": workers, "chunk": chunk,
-                                 "memory_limit": memory_limit or "", "shape": list(vol.shape)})
-    t0 = time.monotonic()
-    tel.start(run_id=time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    # run.lock: a second run refuses the folder, a dashboard tells a live run from a lost one
+    # and its Stop signals this pid
+    acquire_lock(out)
+    try:
+        tel = Telemetry(out_dir=out, stages=STAGES, console=console, console_stream=console_stream,
+                        progress_interval_s=0.0, heartbeat_interval_s=heartbeat_interval_s, cancel=cancel,
+                        config_dict={"command": "infer", "bundle": str(bundle), "input": str(input_path),
+                                     "scheduler": scheduler or "", "workers": workers, "chunk": chunk,
+                                     "memory_limit": memory_limit or "", "shape": list(vol.shape)})
+        t0 = time.monotonic()
+        tel.start(run_id=time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    except BaseException:
+        release_lock(out)
+        raise
     status, mask_path, error = Status.FAILED, None, ""
     n_chunks = n_resumed = 0
     executor = None
@@ -213,7 +222,7 @@ def infer(
         classes_path = out / CLASSES
         meta = {"shape": list(vol.shape), "chunk": chunk, "bundle": str(Path(bundle).resolve()),
                 "input": str(Path(input_path).resolve())}
-        key_path = out / "infer_key.json"
+        key_path = out / INFER_KEY
         if not key_path.exists() or json.loads(key_path.read_text()) != meta:
             for stale in (classes_path, out / CHUNKS, out / MASK):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -264,4 +273,5 @@ def infer(
         tel.finish(status, submission=str(mask_path) if mask_path else None,
                    stats={"chunks": n_chunks, "chunks_resumed": n_resumed, "seconds": round(seconds, 3),
                           "mask": str(mask_path) if mask_path else None})
+        release_lock(out)
     return InferResult(status, mask_path if status == Status.OK else None, n_chunks, n_resumed, seconds, error)

@@ -12,7 +12,9 @@ Modules: :mod:`~nx47_widgets.state.progress` (the four bars),
 :mod:`~nx47_widgets.state.preview` (the slice previewer's selection),
 :mod:`~nx47_widgets.state.log` (the event log), :mod:`~nx47_widgets.state.charts`
 (metric series), :mod:`~nx47_widgets.state.results` (status, submission,
-journal verification) and :mod:`~nx47_widgets.state.dashboard` (all of them).
+journal verification), :mod:`~nx47_widgets.state.cluster` (the run's Dask
+cluster, from ``cluster.json``) and :mod:`~nx47_widgets.state.dashboard` (all
+of them).
 """
 
 from nx47_widgets.state.charts import ChartState

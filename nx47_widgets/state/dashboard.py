@@ -11,6 +11,7 @@ from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 from nx47_pipeline.telemetry.format import clean
 
 from nx47_widgets.state.charts import ChartState
+from nx47_widgets.state.cluster import ClusterState
 from nx47_widgets.state.heartbeat import KILLED, HeartbeatState
 from nx47_widgets.state.log import LogEntry, LogState
 from nx47_widgets.state.preview import PreviewState
@@ -26,9 +27,10 @@ class DashboardState:
     Parameters
     ----------
     out_dir : str or Path, optional
-        The run folder (for the previewer's relative paths and the journal).
+        The run folder (for the previewer's relative paths, the journal and
+        ``cluster.json``).
     clock : callable
-        Wall clock of the heartbeat light.
+        Wall clock of the heartbeat light and of the cluster file's age.
 
     Attributes
     ----------
@@ -37,7 +39,7 @@ class DashboardState:
         run's journal holds older runs first: their end does not count).
     """
 
-    PARTS = ("progress", "heartbeat", "preview", "log", "charts", "results")
+    PARTS = ("progress", "heartbeat", "preview", "log", "charts", "results", "cluster")
 
     def __init__(self, *, out_dir: str | Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -47,6 +49,7 @@ class DashboardState:
         self.log = LogState()
         self.charts = ChartState()
         self.results = ResultsState()
+        self.cluster = ClusterState(out_dir, clock=clock)
         self.n_events = 0
         self.last_seq = -1
         self.run_id: str | None = None

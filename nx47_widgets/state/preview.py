@@ -1,15 +1,44 @@
-"""The slice previewer's state: volumes seen so far and the current selection."""
+"""The slice previewer's state: volumes seen so far and the current selection.
+
+A run's volumes come with PREVIEW events.  An ``nx47 infer`` run sends none:
+its CONFIG (``command`` ``"infer"``) names the input volume, shown at once,
+and its EXEC_COMPLETE names ``mask.zarr``, shown over it from then on.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from nx47_pipeline.telemetry.events import Event, EventKind, PreviewPayload
+from nx47_pipeline.io.jsonio import read_json
+from nx47_pipeline.run.infer import INFER_KEY
+from nx47_pipeline.telemetry.events import Event, EventKind, PreviewPayload, Status
 
-__all__ = ["AXES", "PreviewState"]
+__all__ = ["AXES", "INFER_COMMAND", "INFER_SPLIT", "InferVolume", "PreviewState"]
 
 #: Slicing axes, in array order.
 AXES = ("z", "y", "x")
+#: The ``command`` in the CONFIG event of an ``nx47 infer`` run.
+INFER_COMMAND = "infer"
+#: The ``split`` of the volume of an ``nx47 infer`` run.
+INFER_SPLIT = "infer"
+
+
+@dataclass(frozen=True)
+class InferVolume:
+    """The volume an ``nx47 infer`` run segments, with the fields of a PREVIEW
+    payload the previewer reads (no label, no probability, no score)."""
+
+    volume_id: str
+    shape: list[int]
+    image_path: str
+    pred_path: str | None = None
+    split: str = INFER_SPLIT
+    label_path: str | None = None
+    prob_path: str | None = None
+    slices: dict[str, list[int]] = field(default_factory=dict)
+    score: float | None = None
 
 
 class PreviewState:
@@ -28,7 +57,8 @@ class PreviewState:
 
     def __init__(self, out_dir: str | Path | None = None) -> None:
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.volumes: dict[str, PreviewPayload] = {}
+        self.volumes: dict[str, PreviewPayload | InferVolume] = {}
+        self.infer_key: str | None = None  # the key of the infer run's volume
         self.order: list[str] = []
         self.follow = True
         self.volume: str | None = None
@@ -36,31 +66,49 @@ class PreviewState:
         self.index = 0
         self.version = 0
 
-    def key(self, payload: PreviewPayload) -> str:
+    def key(self, payload: PreviewPayload | InferVolume) -> str:
         """The volume's key in the selector: ``"<split>/<volume_id>"``."""
         return f"{payload.split}/{payload.volume_id}"
 
     def apply(self, event: Event) -> bool:
-        """Apply one event; True for a PREVIEW (a volume to look at).
+        """Apply one event; True when there is a volume to look at (or its mask).
 
         Parameters
         ----------
         event : Event
-            Any event; RUN_START sets the output folder, PREVIEW adds a volume.
+            Any event; RUN_START sets the output folder, PREVIEW adds a volume,
+            an infer run's CONFIG adds its input and its EXEC_COMPLETE its mask.
 
         Returns
         -------
         bool
             True when the previewer changed.
         """
-        if event.kind is EventKind.RUN_START:
+        kind = event.kind
+        if kind is EventKind.RUN_START:
             out = event.payload.out_dir
             if out:
                 self.out_dir = Path(out)
+            self.infer_key = None
             return False
-        if event.kind is not EventKind.PREVIEW:
-            return False
-        p: PreviewPayload = event.payload
+        if kind is EventKind.PREVIEW:
+            self._add(event.payload)
+            return True
+        if kind is EventKind.CONFIG and event.payload.config.get("command") == INFER_COMMAND:
+            vol = self._infer_volume(event.payload.config)
+            self.infer_key = self.key(vol)
+            self._add(vol)
+            return True
+        if kind is EventKind.EXEC_COMPLETE and self.infer_key in self.volumes:
+            p = event.payload
+            if p.status == Status.OK and p.submission:
+                self.volumes[self.infer_key] = replace(self.volumes[self.infer_key],
+                                                       pred_path=str(p.submission))
+                self.version += 1
+                return True
+        return False
+
+    def _add(self, p: PreviewPayload | InferVolume) -> None:
         k = self.key(p)
         if k not in self.volumes:
             self.order.append(k)
@@ -68,9 +116,18 @@ class PreviewState:
         if self.follow or self.volume is None:
             self._select(k, self.axis if self.volume else "z", None)
         self.version += 1
-        return True
 
-    def _suggested(self, p: PreviewPayload, axis: str) -> int:
+    def _infer_volume(self, config: dict[str, Any]) -> InferVolume:
+        """The input of an infer run; a relative input path (relative to where
+        the command ran) is taken resolved from the folder's ``infer_key.json``."""
+        path = str(config.get("input") or "")
+        if not Path(path).is_absolute() and self.out_dir is not None:
+            path = str((read_json(self.out_dir / INFER_KEY) or {}).get("input") or path)
+        shape = config.get("shape")
+        shape = [int(n) for n in shape] if isinstance(shape, list) and len(shape) == 3 else [1, 1, 1]
+        return InferVolume(volume_id=Path(path).name or "input", shape=shape, image_path=path)
+
+    def _suggested(self, p: PreviewPayload | InferVolume, axis: str) -> int:
         idx = list((p.slices or {}).get(axis) or [])
         if idx:
             return int(idx[len(idx) // 2])
@@ -78,7 +135,7 @@ class PreviewState:
         return size // 2
 
     @staticmethod
-    def axis_size(p: PreviewPayload, axis: str) -> int:
+    def axis_size(p: PreviewPayload | InferVolume, axis: str) -> int:
         """Number of slices of the volume ``p`` along ``axis``."""
         shape = list(p.shape) if p.shape else [1, 1, 1]
         return int(shape[AXES.index(axis)])
@@ -161,7 +218,7 @@ class PreviewState:
         self.select(volume=keys[(i + int(delta)) % len(keys)])
 
     @property
-    def current(self) -> PreviewPayload | None:
+    def current(self) -> PreviewPayload | InferVolume | None:
         """The selected volume's payload, or None."""
         return None if self.volume is None else self.volumes[self.volume]
 

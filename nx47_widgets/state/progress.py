@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from nx47_pipeline.telemetry.events import Event, EventKind, Status, StepPhase
 from nx47_pipeline.telemetry.format import format_duration
 
+from nx47_widgets.state.preview import INFER_COMMAND
 from nx47_widgets.state.timeline import Timeline
 
 __all__ = ["BarState", "ProgressState", "STYLE_INFO", "STYLE_SUCCESS", "STYLE_WARNING",
@@ -103,6 +104,8 @@ class ProgressState:
         self.finished: Status | None = None  # the run's status once it ended
         self.timeline = Timeline()
         self._global = 0.0
+        self.command = "run"  # "infer": no projection; the ETA is the pipeline's chunk rate
+        self._rate_eta: float | None = None
 
     def _snap(self) -> tuple:
         return tuple(self.bars[n].snapshot() for n in self.NAMES)
@@ -128,6 +131,7 @@ class ProgressState:
             for b in self.bars.values():
                 b.reset()
             self.finished = None
+            self.command, self._rate_eta = "run", None
             self.bars["global"].set(0.0, "run started", STYLE_INFO)
         elif kind is EventKind.PROGRESS_UPDATE:
             self._progress(event.payload)
@@ -141,6 +145,9 @@ class ProgressState:
             self.bars["global"].set(None, f"cancelled: {event.payload.message}", STYLE_WARNING)
         elif kind is EventKind.EXEC_COMPLETE:
             self._complete(event.payload)
+        elif kind is EventKind.CONFIG:
+            self.command = str(event.payload.config.get("command") or "run")
+            return timeline_changed
         elif kind is EventKind.BUDGET and self.finished is None and self._global:
             self.bars["global"].set(None, self._global_text())
         else:
@@ -153,6 +160,9 @@ class ProgressState:
     def eta_text(self) -> str:
         """``"ETA 1m 20s (projection)"``, or why there is none yet."""
         eta = self.timeline.eta_s()
+        if eta is None and self.command == INFER_COMMAND:  # no preflight: chunks are alike
+            eta = self._rate_eta
+            return "ETA -" if eta is None else f"ETA {format_duration(eta)} (chunk rate)"
         if eta is None:
             return "ETA after the preflight's projection"
         return f"ETA {format_duration(eta)} (projection)"
@@ -163,6 +173,7 @@ class ProgressState:
     def _progress(self, p) -> None:
         g, st, sub, fl = (self.bars[n] for n in self.NAMES)
         self._global = float(p.global_)
+        self._rate_eta = p.eta_s
         g.set(p.global_, self._global_text())
         step_label = f"{p.step} (stage {p.step_index + 1} of {p.step_count})" \
             if p.step_count else p.step

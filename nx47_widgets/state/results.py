@@ -9,6 +9,7 @@ from nx47_pipeline.telemetry.events import Event, EventKind, Status
 from nx47_pipeline.telemetry.journal import verify_journal
 
 from nx47_widgets.state.outcome import Verdict, classify
+from nx47_widgets.state.preview import INFER_COMMAND
 
 __all__ = ["ResultsState"]
 
@@ -20,6 +21,9 @@ class ResultsState:
     ----------
     killed, lost : str or None
         Why the run ended without a final event (its process killed, or gone).
+    command : str
+        ``"run"``, or ``"infer"`` for an ``nx47 infer`` run (its
+        ``submission`` is ``mask.zarr``).
     """
 
     def __init__(self) -> None:
@@ -35,10 +39,12 @@ class ResultsState:
         self.out_dir: str | None = None
         self.killed: str | None = None
         self.lost: str | None = None
+        self.command = "run"  # "infer": an nx47 infer run, whose result is mask.zarr
         self.version = getattr(self, "version", 0) + 1
 
     def apply(self, event: Event) -> bool:
-        """Apply one event; True for RUN_START, GLOBAL_STATS and EXEC_COMPLETE.
+        """Apply one event; True for RUN_START, GLOBAL_STATS, EXEC_COMPLETE and
+        the CONFIG of an infer run.
 
         Parameters
         ----------
@@ -52,6 +58,8 @@ class ResultsState:
         if event.kind is EventKind.RUN_START:
             self._clear()
             self.out_dir = p.out_dir
+        elif event.kind is EventKind.CONFIG and p.config.get("command") == INFER_COMMAND:
+            self.command = INFER_COMMAND
         elif event.kind is EventKind.GLOBAL_STATS:
             self.stats = dict(p.stats)
         elif event.kind is EventKind.EXEC_COMPLETE:

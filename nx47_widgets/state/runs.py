@@ -4,7 +4,9 @@ A run folder is any folder holding a ``journal.jsonl``: the root itself and
 its sub-folders (two levels down).  Each summary says how the run ended (or
 that it runs: its ``run.lock`` names a live process), from the journal's last
 lines, ``stats.json``, ``killed.json`` and ``qa.json`` — never by replaying
-the whole journal, so the page lists hundreds of runs at once.
+the whole journal, so the page lists hundreds of runs at once.  A folder of
+``nx47 infer`` (it holds ``infer_key.json``) is a run of kind ``"infer"``,
+with its input, shape and chunk from that file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nx47_pipeline.io.jsonio import read_json
+from nx47_pipeline.run.infer import INFER_KEY
 from nx47_pipeline.telemetry.events import EventKind, Status
 from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 
@@ -23,10 +26,12 @@ from nx47_widgets.lifecycle import describe, holder, read_killed
 from nx47_widgets.state.outcome import Outcome, Verdict, classify
 from nx47_widgets.state.qa import QA_NAME, QaMarks
 
-__all__ = ["RunSummary", "summarize_run", "scan_runs", "pick_run"]
+__all__ = ["RunSummary", "summarize_run", "scan_runs", "pick_run", "RUN", "INFER"]
 
 #: Bytes read from the end of a journal to find its last run's start and end.
 TAIL_BYTES = 256 * 1024
+#: Kinds of run folder: ``nx47 run`` (or the page's Run), ``nx47 infer``.
+RUN, INFER = "run", "infer"
 
 
 @dataclass
@@ -46,6 +51,8 @@ class RunSummary:
     mtime: float = 0.0
     qa: dict[str, int] = field(default_factory=dict)
     holder: str = ""
+    kind: str = RUN
+    infer: dict[str, Any] = field(default_factory=dict)  # infer_key.json: shape, chunk, input
 
     @property
     def running(self) -> bool:
@@ -101,6 +108,7 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
         status = Status(end["payload"].get("status", "failed"))
     elif live is None:
         stats = {}  # stats.json of an earlier run in the folder
+    key = read_json(folder / INFER_KEY)
     killed = lost = None
     if status is None and live is None:
         rec = read_killed(folder)
@@ -123,7 +131,9 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
         n_train=counts.get("train"), n_val=counts.get("val"),
         fallback=counts.get("fallback_volumes"), n_test=counts.get("test"), mtime=mtime,
         qa=QaMarks.load(folder).counts() if (folder / QA_NAME).exists() else {},
-        holder=describe(live) if live is not None else "")
+        holder=describe(live) if live is not None else "",
+        kind=INFER if (folder / INFER_KEY).exists() else RUN,
+        infer=key if isinstance(key, dict) else {})
 
 
 def scan_runs(root: str | os.PathLike, depth: int = 2) -> list[RunSummary]:

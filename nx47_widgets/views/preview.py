@@ -8,8 +8,17 @@ import threading
 
 import ipywidgets as W
 
-from nx47_widgets.render import FN_RGB, FP_RGB, IGNORE_RGB, LABEL_RGB, PRED_RGB, AsyncRenderer, SliceRequest
-from nx47_widgets.state.preview import AXES, PreviewState
+from nx47_widgets.render import (
+    FN_RGB,
+    FP_RGB,
+    IGNORE_RGB,
+    LABEL_RGB,
+    PRED_RGB,
+    AsyncRenderer,
+    SliceRequest,
+    display_step,
+)
+from nx47_widgets.state.preview import AXES, INFER_SPLIT, PreviewState
 from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.views.base import Syncer, h, section
 
@@ -32,13 +41,19 @@ def legend_html() -> str:
 
 
 def available_overlays(p) -> dict[str, str]:
-    """For a PREVIEW payload: overlay name -> "" if it applies, else why not."""
-    no_label = "no label: test volumes have none"
-    no_pred = "no prediction: training volumes are not segmented"
+    """For a PREVIEW payload (or an infer run's volume): overlay name -> "" if
+    it applies, else why not."""
+    if p.split == INFER_SPLIT:
+        no_label = "no label: an inferred volume has none"
+        no_pred = "no mask yet: nx47 infer writes mask.zarr when it ends"
+        no_prob = "no probability: nx47 infer keeps threshold classes, not probabilities"
+    else:
+        no_label = "no label: test volumes have none"
+        no_pred = no_prob = "no prediction: training volumes are not segmented"
     return {
         "label": "" if p.label_path else no_label,
         "pred": "" if p.pred_path else no_pred,
-        "prob": "" if p.prob_path else no_pred,
+        "prob": "" if p.prob_path else no_prob,
         "error": "" if (p.label_path and p.pred_path) else
                  ("the error map needs a label and a prediction: " +
                   (no_label if not p.label_path else no_pred)),
@@ -269,10 +284,12 @@ class PreviewPanel:
                 self.syncer.set(self.index, value=st.index)
                 self._overlay_controls(p)
                 score = "" if p.score is None else f" · score {p.score:.3f}"
+                step = display_step(tuple(p.shape), st.axis, self.renderer.cache.max_side)
+                every = f" · 1 voxel in {step} shown along each side" if step > 1 else ""
                 self.syncer.set(self.info, value=(
                     f"<span class='nx47-preview-vol'>{h(p.split)} {h(p.volume_id)}</span>"
                     f" {h('x'.join(str(s) for s in p.shape))}{score}"
-                    f" · {st.axis}={st.index}"))
+                    f" · {st.axis}={st.index}{every}"))
                 self._show_mark(st.volume)
             finally:
                 self._updating = False

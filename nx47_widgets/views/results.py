@@ -13,6 +13,7 @@ import ipywidgets as W
 
 from nx47_pipeline.telemetry.format import format_duration
 
+from nx47_widgets.state.preview import INFER_COMMAND
 from nx47_widgets.state.results import ResultsState
 from nx47_widgets.state.timeline import Timeline
 from nx47_widgets.views.base import Syncer, fmt, h, human_bytes, nested_html, section
@@ -124,7 +125,7 @@ class ResultsPanel:
             parts.append(f"<div style='font-size:15px'>validation score "
                          f"<b class='nx47-score'>{score:.4f}</b> "
                          f"<span class='nx47-hint'>(mean over {len(per_vol)} volumes)</span></div>")
-        elif state.ended:
+        elif state.ended and state.command != INFER_COMMAND:
             parts.append("<div class='nx47-hint'>no validation score (no volume was validated)</div>")
         fb = stats.get("fallback_ids") or []
         if fb:
@@ -134,9 +135,15 @@ class ResultsPanel:
                          f"volumes got the fallback segmentation (no model): {h(', '.join(map(str, fb)))}"
                          "</div>")
         size = _size(state.submission)
-        sub = (f"<code class='nx47-submission'>{h(state.submission)}</code> ({human_bytes(size)})"
-               if state.submission else "<i>none</i>")
-        parts.append(f"<div>submission: {sub}</div>")
+        if state.command == INFER_COMMAND:  # a zarr folder: shown in the slice viewer, not downloaded
+            size = None
+            sub = (f"<code class='nx47-submission'>{h(state.submission)}</code> (zarr, uint8 0/1; "
+                   "in the slice viewer)" if state.submission else "<i>none</i>")
+            parts.append(f"<div>mask: {sub}</div>")
+        else:
+            sub = (f"<code class='nx47-submission'>{h(state.submission)}</code> ({human_bytes(size)})"
+                   if state.submission else "<i>none</i>")
+            parts.append(f"<div>submission: {sub}</div>")
         parts.append(self._verification(state))
         parts.append(_stats_sections(stats))
         self.syncer.set(self.html, value="".join(parts))

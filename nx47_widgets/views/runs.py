@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -10,7 +11,7 @@ import ipywidgets as W
 
 from nx47_pipeline.telemetry.format import format_duration
 
-from nx47_widgets.state.runs import RunSummary
+from nx47_widgets.state.runs import INFER, RunSummary
 from nx47_widgets.views.base import Syncer, h
 
 __all__ = ["RunsPanel", "runs_table"]
@@ -20,11 +21,23 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
+def _kind(r: RunSummary) -> str:
+    """``run``, or ``infer`` with its input's name and shape (the input's path on hover)."""
+    if r.kind != INFER:
+        return f"<span class='nx47-run-kind'>{h(r.kind)}</span>"
+    shape = r.infer.get("shape")
+    what = Path(str(r.infer.get("input") or "")).name
+    if isinstance(shape, list):
+        what += " " + "×".join(str(n) for n in shape)
+    return (f"<span class='nx47-run-kind' data-kind='infer' title='{h(r.infer.get('input', ''))}'>"
+            f"<b>infer</b></span><div class='nx47-hint'>{h(what.strip())}</div>")
+
+
 def runs_table(runs: list[RunSummary], *, links: bool, current: str | None = None) -> str:
     """The runs as an HTML table (``links``: each row links to ``?out=<folder>``)."""
     if not runs:
         return "<div class='nx47-hint'>no run found under this folder</div>"
-    head = ("<tr><th>run folder</th><th>status</th><th>started</th><th>duration</th>"
+    head = ("<tr><th>run folder</th><th>kind</th><th>status</th><th>started</th><th>duration</th>"
             "<th>validation</th><th>coverage</th><th>fallback</th><th>QA</th></tr>")
     rows = []
     for r in runs:
@@ -39,7 +52,8 @@ def runs_table(runs: list[RunSummary], *, links: bool, current: str | None = Non
         fb = "-" if r.fallback is None else f"{r.fallback} of {r.n_test}"
         qa = ", ".join(f"{n} {k}" for k, n in r.qa.items() if n) or "-"
         rows.append(
-            f"<tr data-outcome='{v.outcome.value}'><td>{name}{mark}</td>"
+            f"<tr data-outcome='{v.outcome.value}' data-kind='{h(r.kind)}'><td>{name}{mark}</td>"
+            f"<td>{_kind(r)}</td>"
             f"<td><b style='color:{v.colour}' title='{h(v.words)}'>{h(v.label)}</b></td>"
             f"<td>{_when(r.started_ts)}</td><td>{format_duration(r.duration_s)}</td>"
             f"<td>{'-' if r.score is None else f'{r.score:.4f}'}</td><td>{cov}</td>"
@@ -95,7 +109,8 @@ class RunsPanel:
         """Show :attr:`runs`."""
         self.syncer.set(self.table, value=runs_table(self.runs, links=self.links,
                                                      current=self.current))
-        self.syncer.set_options(self.choice, [(f"{r.folder} · {r.verdict.label}", str(r.folder))
+        self.syncer.set_options(self.choice, [(f"{r.folder}{' · infer' if r.kind == INFER else ''} · "
+                                               f"{r.verdict.label}", str(r.folder))
                                               for r in self.runs])
 
     def _open(self) -> None:

@@ -131,3 +131,24 @@ def test_postprocess_classes_equals_postprocess_on_probabilities():
     a = postprocess(prob, low=0.45, high=0.6, closing_radius=(1, 2, 2), min_size=30)
     b = postprocess_classes(threshold_classes(prob, low=0.45, high=0.6), closing_radius=(1, 2, 2), min_size=30)
     assert a.any() and np.array_equal(a, b)
+
+
+def test_infer_holds_the_folder_lock_while_it_runs_and_refuses_a_busy_folder(case, tmp_path):
+    from nx47_pipeline.run.infer import infer
+    from nx47_pipeline.run.resume import FolderBusy, read_lock_pid
+
+    bundle, store, _, _ = case
+    out = tmp_path / "o"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(str(other.pid))
+        with pytest.raises(FolderBusy):
+            infer(bundle, store, out, chunk=24, console=False)
+        assert not (out / "journal.jsonl").exists()  # the other run's folder is left alone
+    finally:
+        other.kill()
+        other.wait()
+    res = infer(bundle, store, out, chunk=24, console=False)  # the holder is gone: the folder is free
+    assert res.status == "ok", res.error
+    assert read_lock_pid(out) is None
