@@ -91,7 +91,7 @@ def test_opening_an_infer_folder_replays_it_and_the_viewer_reads_one_slice_of_in
     d = Dashboard(RunConfig(data_root=str(case["root"] / "none"), out_dir=str(out)), start_pump=False)
     try:
         assert d.session.folder == out.resolve()
-        assert d.wait(20)
+        assert d.wait(60)
         st = d.state
         assert st.results.verdict.outcome is Outcome.OK and st.results.command == "infer"
         assert st.progress.bars["global"].value == 1.0
