@@ -77,6 +77,9 @@ class RunConfig:
     unet_device: str = "auto"
     # --- inference only ----------------------------------------------------
     model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
+    # --- Dask distributed --------------------------------------------------
+    scheduler: str = ""  # "" in process (Dask not imported); "local" a LocalCluster; else a scheduler address
+    workers: int = 2  # worker processes of a local cluster; with an address, the workers waited for
 
     def __post_init__(self) -> None:
         for name in ("max_train_volumes", "max_val_volumes"):
@@ -98,6 +101,8 @@ class RunConfig:
         for name in ("sample_slabs", "search_max_val_volumes", "search_top_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
+        if isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.unet_fuse not in ("mean", "replace"):
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
 

@@ -118,6 +118,7 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
                            max_train_volumes: int | None = None,
                            max_val_volumes: int | None = None, budget_s: float | None = None,
                            use_unet: bool | None = None, model_dir: str | None = None,
+                           scheduler: str | None = None, workers: int | None = None,
                            environ: Mapping[str, str] | None = None) -> RunConfig:
     """The RunConfig of the notebook's ``parameters`` cell.
 
@@ -139,6 +140,12 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
     model_dir : str, optional
         ``MODEL_DIR``: a model bundle; the run segments with it and trains
         nothing (``NX47_MODEL_DIR``).
+    scheduler : str, optional
+        ``SCHEDULER``: ``"local"`` or a Dask scheduler address; per-volume
+        work runs as Dask tasks (``NX47_SCHEDULER``; default in process).
+    workers : int, optional
+        ``WORKERS``: worker processes of a local cluster, or the workers to
+        wait for at an address (``NX47_WORKERS``; default 2).
     environ : mapping, optional
         The environment (default ``os.environ``).
 
@@ -154,7 +161,8 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
     env = os.environ if environ is None else environ
     overrides: dict[str, Any] = dict(
         data_root=data_root, out_dir=out_dir, max_train_volumes=max_train_volumes,
-        max_val_volumes=max_val_volumes, budget_s=budget_s, model_dir=model_dir)
+        max_val_volumes=max_val_volumes, budget_s=budget_s, model_dir=model_dir, scheduler=scheduler,
+        workers=workers)
     if use_unet is not None:
         overrides["use_unet"] = bool(use_unet)
     if out_dir is None and not env.get("NX47_OUT_DIR") and _KAGGLE_WORKING.is_dir():

@@ -13,6 +13,7 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
 from nx47_pipeline.model.bundle import read_manifest, verify_files
+from nx47_pipeline.run.executor import DaskUnavailable, require_dask
 from nx47_pipeline.run.orchestrator import run_pipeline
 from nx47_pipeline.telemetry.cancel import CancelToken
 
@@ -42,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train the optional 3D U-Net (default: on with CUDA, off on CPU)")
     p.add_argument("--model", dest="model_dir", default=None, metavar="BUNDLE",
                    help="inference only: segment with this model bundle (nx47 export-model) instead of training")
+    p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                   help="run per-volume work as Dask tasks: 'local' (a LocalCluster of worker processes) or a "
+                        "scheduler address such as tcp://host:8786 (default: in this process, Dask not imported)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --scheduler local: worker processes; with an address: workers to wait for (default 2)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--heartbeat-interval-s", type=float, default=None)
     p.add_argument("--quiet", action="store_true", help="no console progress lines")
@@ -61,6 +67,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "seed": args.seed,
         "heartbeat_interval_s": args.heartbeat_interval_s,
         "model_dir": args.model_dir,
+        "scheduler": args.scheduler,
+        "workers": args.workers,
     }
     if args.quiet:
         overrides["console"] = False
@@ -92,7 +100,9 @@ def main(args: argparse.Namespace) -> int:
         config = config.replace(data_root=ensure_data_root(config.data_root))
         if config.model_dir:  # refuse a bad bundle before any work, naming the file
             verify_files(config.model_dir, read_manifest(config.model_dir))
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
+        if config.scheduler:
+            require_dask()
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, DaskUnavailable) as exc:
         print(f"nx47 run: {exc}", file=sys.stderr)
         return 2
     # torch keeps a compiler cache in the system temp folder by default; this

@@ -236,10 +236,14 @@ def project_run(
     """
     rows = fit_rows(n_train, timings, config)
     s = 1.0  # best estimate (see SAFETY_FACTOR)
+    # per-volume stages run as parallel tasks on a Dask scheduler: each
+    # worker takes ceil(n / workers) volumes one after the other
+    w = parallel_workers(config)
+    n_train_w, n_val_w, n_test_w = (math.ceil(k / w) for k in (n_train, n_val, n_test))
     search_iters = _iters(timings.search_iters_converged, config.search_max_iter)
     fit_iters = _iters(timings.fit_iters_converged, config.fit_max_iter)
     per_stage = {
-        "features": s * n_train * timings.mvox_train * timings.features_s_per_mvox,
+        "features": s * n_train_w * timings.mvox_train * timings.features_s_per_mvox,
         "search": s
         * (
             timings.grid_fits * search_iters * rows * timings.fit_s_per_iter_row
@@ -247,9 +251,9 @@ def project_run(
         ),
         "fit_prox": s * fit_iters * rows * timings.fit_s_per_iter_row,
         "unet": s * unet.train_s(n_train) if unet is not None else 0.0,
-        "validate": s * n_val * (timings.mvox_train * timings.validate_s_per_mvox
+        "validate": s * n_val_w * (timings.mvox_train * timings.validate_s_per_mvox
                                  + _unet_infer_s(unet, timings.mvox_train)),
-        "segment": s * n_test * (timings.mvox_test * timings.segment_s_per_mvox
+        "segment": s * n_test_w * (timings.mvox_test * timings.segment_s_per_mvox
                                  + _unet_infer_s(unet, timings.mvox_test)),
         "package": s * n_test * timings.package_s_per_volume + 1.0,
     }
@@ -265,6 +269,12 @@ def project_run(
         n_val=n_val,
         n_test=n_test,
     )
+
+
+def parallel_workers(config: RunConfig) -> int:
+    """Volumes processed at once by the per-volume stages: ``config.workers``
+    on a Dask scheduler, else 1."""
+    return max(1, int(config.workers)) if config.scheduler else 1
 
 
 def _iters(converged: float | None, cap: int) -> float:

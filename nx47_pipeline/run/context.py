@@ -28,7 +28,7 @@ from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.run.budget import Deadlines, PreflightTimings, UNetCost
 from nx47_pipeline.telemetry.cancel import CancelToken
-from nx47_pipeline.telemetry.events import BudgetDecision, EventKind, MetricName, PreviewPayload
+from nx47_pipeline.telemetry.events import ArrayTracePayload, BudgetDecision, EventKind, MetricName, PreviewPayload
 from nx47_pipeline.telemetry.facade import Telemetry
 
 #: ``progress(done, total, **fields)``: PROGRESS_UPDATE of the current stage.
@@ -83,6 +83,8 @@ class RunContext:
     deadlines: Deadlines
     cancel: CancelToken
     t_start: float = field(default_factory=time.monotonic)
+    #: where per-volume tasks run: InProcess, or a DaskExecutor (``--scheduler``)
+    executor: Any = None
     state: RunState = field(default_factory=RunState)
     n_warnings: int = 0
     n_errors: int = 0
@@ -123,6 +125,11 @@ class Reporter:
     def trace(self, name: str, array: Any) -> None:
         if self.publish:
             self.ctx.tel.trace(name, array)
+
+    def emit_trace(self, payload: ArrayTracePayload) -> None:
+        """An ARRAY_TRACE computed elsewhere (a task, maybe on a Dask worker)."""
+        if self.publish:
+            self.ctx.tel.trace(payload.name, payload)
 
     def preview(self, payload: PreviewPayload) -> None:
         if self.publish:

@@ -9,12 +9,25 @@ by :func:`require_dask`, with an actionable error when it is missing.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .cluster import ClusterMonitor
 
 DASK_HINT = ("Dask is needed for --scheduler: pip install 'nx47[dask]' "
              "(dask[array], distributed, dask-image, zarr)")
+
+
+#: The distributed event topic workers' progress travels on.
+PROGRESS_TOPIC = "nx47-progress"
+#: Seconds between two progress events of one worker process (the last
+#: sub-step of a task is always sent).
+REMOTE_PROGRESS_INTERVAL_S = 0.5
+
+#: ``on_progress(index, done, total, what, frac, worker)``: a task's sub-step, in the driver.
+DriverProgress = Callable[[int, int, int, str, float, str], None]
 
 
 class DaskUnavailable(ImportError):
@@ -31,19 +44,75 @@ def require_dask():
     return dask, distributed
 
 
+def worker_name() -> str:
+    """The Dask worker running the current task ("" outside a worker)."""
+    try:
+        from distributed import get_worker  # noqa: PLC0415 - only on a Dask worker
+    except ImportError:
+        return ""
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return ""
+
+
+_last_sent = {"t": 0.0}
+_send_lock = threading.Lock()
+
+
+def remote_progress(index: int, done: int, total: int, what: str, frac: float) -> None:
+    """A task's ``progress`` on a Dask worker: a :data:`PROGRESS_TOPIC` event
+    (at most one per :data:`REMOTE_PROGRESS_INTERVAL_S` per worker process,
+    and the end of each sub-step), which the driver turns into PROGRESS_UPDATE."""
+    from distributed import get_worker  # noqa: PLC0415 - only on a Dask worker
+
+    now = time.monotonic()
+    with _send_lock:
+        if now - _last_sent["t"] < REMOTE_PROGRESS_INTERVAL_S and not (total and done >= total):
+            return
+        _last_sent["t"] = now
+    try:
+        w = get_worker()
+    except ValueError:
+        return
+    w.log_event(PROGRESS_TOPIC, {"index": int(index), "done": int(done), "total": int(total), "what": str(what),
+                                 "frac": float(frac), "name": str(w.name)})  # log_event sets "worker" to the address
+
+
+def _on_worker(fn: Callable[..., Any], item: Any, with_progress: bool) -> Any:
+    """Run ``fn`` on a worker; a result with a ``worker`` attribute gets the worker's name."""
+    result = fn(item, remote_progress) if with_progress else fn(item)
+    if hasattr(result, "worker"):
+        result.worker = worker_name()
+    return result
+
+
 class InProcess:
     """Runs tasks one after the other in this process."""
 
     workers = 1
     dashboard_link = ""
+    #: items are taken one at a time, each when the previous task is done
+    lazy = True
 
     def monitor(self, out_dir, *, interval_s: float = 2.0) -> None:
         """Nothing to report: no ``cluster.json`` in process."""
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        """``(index, fn(item))`` for every item, in order."""
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, on_progress: DriverProgress | None = None,
+            on_lost: Callable[[str], None] | None = None,
+            check: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
+        """``(index, fn(item))`` for every item, in order.  With ``on_progress``
+        the task is called as ``fn(item, progress)`` and its sub-steps reach
+        ``on_progress`` directly; ``check`` runs before every task (it may raise
+        to stop the loop)."""
         for i, item in enumerate(items):
-            yield i, fn(item)
+            if check is not None:
+                check()
+            if on_progress is None:
+                yield i, fn(item)
+            else:
+                yield i, fn(item, lambda index, done, total, what, frac: on_progress(index, done, total, what,
+                                                                                     frac, ""))
 
     def close(self) -> None:
         pass
@@ -58,7 +127,9 @@ class DaskExecutor:
         ``"local"`` (a LocalCluster of ``workers`` processes, one thread
         each, ``memory_limit`` each) or a scheduler address.
     workers : int
-        Worker processes of a local cluster.
+        Worker processes of a local cluster; with a scheduler address, the
+        workers waited for (at most ``wait_workers_s``; fewer is accepted,
+        none is an error).
     memory_limit : str or None
         Per-worker memory limit of a local cluster (e.g. ``"1GB"``).
     retries : int
@@ -66,7 +137,7 @@ class DaskExecutor:
     """
 
     def __init__(self, scheduler: str, *, workers: int = 2, memory_limit: str | None = None,
-                 retries: int = 2) -> None:
+                 retries: int = 2, connect_timeout_s: float = 30.0, wait_workers_s: float = 60.0) -> None:
         _, distributed = require_dask()
         self._cluster = None
         if scheduler == "local":
@@ -75,12 +146,25 @@ class DaskExecutor:
                 memory_limit=memory_limit or "auto", dashboard_address=":0")
             self.client = distributed.Client(self._cluster)
         else:
-            self.client = distributed.Client(scheduler)
+            self.client = distributed.Client(scheduler, timeout=connect_timeout_s)
+            try:  # a cluster being scaled up (dask-jobqueue, Kubernetes): wait for the workers asked for
+                self.client.wait_for_workers(int(workers), timeout=wait_workers_s)
+            except TimeoutError:
+                if not self.client.scheduler_info().get("workers"):
+                    self.client.close()
+                    raise TimeoutError(f"Dask scheduler {scheduler}: no worker joined within "
+                                       f"{wait_workers_s:.0f} s") from None
         self.scheduler = scheduler
         self.retries = int(retries)
         self.tasks_in_flight = 0
         self.tasks_done = 0
         self._monitor = None
+        self._messages: queue.SimpleQueue = queue.SimpleQueue()
+        # workers' progress events arrive on the client's event loop; the
+        # driver's loop in map() drains them (telemetry stays single-threaded)
+        self.client.subscribe_topic(PROGRESS_TOPIC, self._messages.put)
+
+    lazy = False
 
     @property
     def workers(self) -> int:
@@ -90,24 +174,76 @@ class DaskExecutor:
     def dashboard_link(self) -> str:
         return str(getattr(self.client, "dashboard_link", "") or "")
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
-        """``(index, result)`` as tasks complete (any order); a task whose
-        worker dies is retried ``retries`` times; closing the iterator
-        cancels the tasks not finished."""
-        _, distributed = require_dask()
-        futures = self.client.map(fn, list(items), retries=self.retries, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        self.tasks_in_flight += len(futures)
+    def _worker_addresses(self) -> set[str]:
         try:
-            for fut in distributed.as_completed(futures):
-                result = fut.result()
-                self.tasks_in_flight -= 1
-                self.tasks_done += 1
-                yield index[fut.key], result
+            return set(self.client.scheduler_info().get("workers", {}))
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer: no loss seen this time
+            return set()
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, on_progress: DriverProgress | None = None,
+            on_lost: Callable[[str], None] | None = None, check: Callable[[], None] | None = None,
+            tick_s: float = 0.5) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` as tasks complete (any order).
+
+        All items are submitted at once.  Every ``tick_s`` (and after each
+        result) the driver's loop forwards the workers' progress events to
+        ``on_progress``, reports each worker that left the cluster to
+        ``on_lost`` (its tasks are rescheduled by Dask, and retried
+        ``retries`` times when they fail) and calls ``check`` (which may
+        raise, e.g. :class:`~nx47_pipeline.telemetry.cancel.Cancelled`).
+        Leaving the iterator early (an exception, ``break``) cancels the
+        tasks not finished.
+        """
+        _, distributed = require_dask()
+        items = list(items)
+        futures = self.client.map(_on_worker, [fn] * len(items), items, [on_progress is not None] * len(items),
+                                  retries=self.retries, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        pending = set(futures)
+        self.tasks_in_flight += len(futures)
+        known = self._worker_addresses()
+        try:
+            while pending:
+                try:
+                    done, _ = distributed.wait(list(pending), timeout=tick_s, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done = set()
+                self._drain(on_progress)
+                now = self._worker_addresses()
+                if now:
+                    for gone in sorted(known - now):
+                        if on_lost is not None:
+                            on_lost(gone)
+                    known = now
+                if check is not None:
+                    check()
+                for fut in sorted(done, key=lambda f: index[f.key]):
+                    pending.discard(fut)
+                    result = fut.result()
+                    self.tasks_in_flight -= 1
+                    self.tasks_done += 1
+                    yield index[fut.key], result
+            self._drain(on_progress)
         finally:
-            pending = [f for f in futures if not f.done()]
-            self.tasks_in_flight = max(0, self.tasks_in_flight - len(pending))
-            self.client.cancel(pending)
+            left = [f for f in futures if not f.done()]
+            self.tasks_in_flight = max(0, self.tasks_in_flight - len(left))
+            if left:
+                self.client.cancel(left)
+
+    def _drain(self, on_progress: DriverProgress | None) -> None:
+        while True:
+            try:
+                event = self._messages.get_nowait()
+            except queue.Empty:
+                return
+            if on_progress is None:
+                continue
+            msg = event[1] if isinstance(event, tuple) and len(event) == 2 else event
+            try:
+                on_progress(int(msg["index"]), int(msg["done"]), int(msg["total"]), str(msg["what"]),
+                            float(msg["frac"]), str(msg["name"]))
+            except (KeyError, TypeError, ValueError):
+                continue
 
     def monitor(self, out_dir, *, interval_s: float = 2.0) -> None:
         """Keep ``out_dir/cluster.json`` current until :meth:`close` (the dashboard's Dask panel)."""
@@ -119,6 +255,10 @@ class DaskExecutor:
     def close(self) -> None:
         if self._monitor is not None:
             self._monitor.close()
+        try:
+            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

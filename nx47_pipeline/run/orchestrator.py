@@ -33,6 +33,7 @@ from nx47_pipeline.model.bundle import Bundle, BundleError, load_bundle, write_m
 from nx47_pipeline.run import budget, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
 from nx47_pipeline.run.context import RunContext, UNetPlan
+from nx47_pipeline.run.executor import InProcess, make_executor
 from nx47_pipeline.run.resume import acquire_lock, check_run_key, release_lock, run_key
 from nx47_pipeline.run.stages import RunFailed
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
@@ -311,7 +312,8 @@ def _train(ctx: RunContext) -> None:
     samples = None
     had_samples = False
     with _stage(ctx, StageName.FEATURES, total=max(len(train), 1)):
-        paths = stages.features(ctx, ctx.reporter(), train, ctx.out / "features", deadline=ctx.deadlines.training)
+        paths = stages.features(ctx, ctx.reporter(), train, ctx.out / "features", deadline=ctx.deadlines.training,
+                                executor=ctx.executor)
         if paths:
             samples = stages.load_samples(paths)
             had_samples = True
@@ -361,7 +363,7 @@ def _validate(ctx: RunContext) -> None:
     val = st.selection.val
     with _stage(ctx, StageName.VALIDATE, total=max(len(val), 1)):
         st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.out / "val",
-                                        deadline=ctx.deadlines.training)
+                                        deadline=ctx.deadlines.training, executor=ctx.executor)
 
 
 def _validation_summary(st) -> dict[str, Any]:
@@ -410,7 +412,7 @@ def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | Non
     with _stage(ctx, StageName.SEGMENT, total=max(len(test), 1)):
         st.fallback_ids = stages.segment(ctx, ctx.reporter(), st.model if model_ok else None, st.best,
                                          st.unet if model_ok else None, test, ctx.out / "test",
-                                         deadline=ctx.deadlines.hard)
+                                         deadline=ctx.deadlines.hard, executor=ctx.executor)
     if not test:
         _skip(ctx, StageName.PACKAGE, "no test images")
         return None
@@ -521,6 +523,7 @@ def _execute(ctx: RunContext) -> RunResult:
         ctx.state.resumed = (ctx.out / "journal.jsonl").exists()
         ctx.tel.start(run_id=time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
         write_json(ctx.out / "config.json", ctx.config.to_dict())
+        _start_executor(ctx)
         try:
             status, submission = _chain(ctx)
         except Cancelled as exc:
@@ -541,9 +544,41 @@ def _execute(ctx: RunContext) -> RunResult:
             ctx.err(f"{ctx.out / 'stats.json'}: could not write: {exc}", code="io")
         ctx.tel.finish(status, submission=str(submission) if submission else None, stats=stats)
     finally:
+        _close_executor(ctx)
         release_lock(ctx.out)
     return RunResult(status=status, out_dir=ctx.out, submission=submission, stats=stats,
                      error=ctx.state.error_text)
+
+
+def _start_executor(ctx: RunContext) -> None:
+    """``ctx.executor``: in process without ``config.scheduler``; else a
+    Dask client (``cluster.json`` kept current for the dashboard).  A
+    scheduler that cannot be used is an ERROR naming it, and the run goes on
+    in process."""
+    cfg = ctx.config
+    ctx.executor = InProcess()
+    if not cfg.scheduler:
+        return
+    try:
+        executor = make_executor(cfg.scheduler, workers=cfg.workers)
+    except Exception as exc:  # noqa: BLE001 - Dask missing, scheduler unreachable: the run still ends with masks
+        ctx.err(f"Dask scheduler {cfg.scheduler!r} cannot be used ({type(exc).__name__}: {exc}); "
+                "the run goes on in this process", subject=cfg.scheduler, code="scheduler_unavailable")
+        return
+    ctx.executor = executor
+    executor.monitor(ctx.out)
+    if executor.workers < cfg.workers:
+        ctx.warn(f"Dask scheduler {cfg.scheduler}: {executor.workers} workers, {cfg.workers} asked for; "
+                 "the per-volume stages take longer than projected", subject=cfg.scheduler, code="dask_workers")
+
+
+def _close_executor(ctx: RunContext) -> None:
+    executor, ctx.executor = ctx.executor, None
+    if executor is not None:
+        try:
+            executor.close()
+        except Exception as exc:  # noqa: BLE001 - the run's results are already written
+            ctx.warn(f"closing the Dask client failed: {type(exc).__name__}: {exc}", code="scheduler_close")
 
 
 def make_context(

@@ -24,18 +24,26 @@ import numpy as np
 
 from nx47_pipeline.data.coverage import Selection, select_coverage
 from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, resolve_data_root
-from nx47_pipeline.io.atomic import atomic_path
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.submission import PackagingError, write_submission
-from nx47_pipeline.io.volumes import VolumeError, read_header, read_pair, read_volume, write_volume
-from nx47_pipeline.model.features import feature_names, volume_sample
+from nx47_pipeline.io.volumes import VolumeError, read_pair
+from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
-from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import fallback_segment, postprocess, probability_to_uint8
-from nx47_pipeline.model.predict import UNetPart, probability
+from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.model.search import run_search
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
+from nx47_pipeline.run.executor import InProcess
+from nx47_pipeline.run.tasks import (
+    FeatureJob,
+    Outcome,
+    SegmentJob,
+    Segmenter,
+    ValidateJob,
+    features_task,
+    segment_task,
+    validate_task,
+)
 from nx47_pipeline.telemetry.events import (
     BudgetDecision,
     CoverageAuditPayload,
@@ -140,6 +148,21 @@ def coverage_audit(inv: Inventory, sel: Selection) -> CoverageAuditPayload:
 # ---------------------------------------------------------------------------
 # features
 # ---------------------------------------------------------------------------
+def _report_outcome(report: Reporter, out: Outcome) -> None:
+    """The warnings, errors and array traces a task returned, on the bus."""
+    for note in out.notes:
+        (report.err if note.level == "err" else report.warn)(note.message, subject=note.subject, code=note.code)
+    for payload in out.traces:
+        report.emit_trace(payload)
+
+
+def _lost_worker(report: Reporter, stage: str):
+    def on_lost(address: str) -> None:
+        report.warn(f"Dask worker {address} left the cluster during {stage}; its tasks are run again on the "
+                    "other workers", subject=address, code="worker_lost")
+    return on_lost
+
+
 def features(
     ctx: RunContext,
     report: Reporter,
@@ -149,69 +172,71 @@ def features(
     deadline: float | None = None,
     n_records: int | None = None,
     offset: int = 0,
+    executor: Any = None,
 ) -> list[Path]:
     """Class-balanced voxel samples of ``records``, one ``<id>.npz`` each
-    (``X``, ``y`` and the labelled voxels' class ``counts``).
+    (``X``, ``y`` and the labelled voxels' class ``counts``), in the order of
+    ``records``.
 
     Unreadable pairs and labels without both classes are reported by name
     and left out.  ``n_records``/``offset`` place these records in a larger
-    loop for progress and for the per-volume sample size.
+    loop for progress and for the per-volume sample size.  ``executor``
+    (default in process) runs one :func:`~nx47_pipeline.run.tasks.features_task`
+    per volume; on Dask their progress names the worker.
     """
     cfg = ctx.config
+    executor = executor if executor is not None else InProcess()
     dest.mkdir(parents=True, exist_ok=True)
     n = n_records if n_records is not None else len(records)
     per_class = max(1, min(cfg.samples_per_class, cfg.max_total_samples // max(2 * n, 1)))
-    out: list[Path] = []
+    done_paths: dict[int, Path] = {}
+    jobs: list[FeatureJob] = []
+    n_done = 0
     for j, rec in enumerate(records):
-        i = offset + j
         path = dest / f"{rec.id}.npz"
         if path.exists():
-            out.append(path)
-            report.progress(i + 1, n, file=rec.id, file_done=i + 1, file_total=n, message="cached")
+            done_paths[j] = path
+            n_done += 1
+            report.progress(offset + n_done, n, file=rec.id, file_done=offset + n_done, file_total=n,
+                            message="cached")
             continue
+        jobs.append(FeatureJob(index=j, volume_id=rec.id, image_path=rec.image_path, label_path=rec.label_path,
+                               dest=path, scales=tuple(cfg.feature_scales), per_class=per_class,
+                               seed=volume_seed(cfg.seed, rec.id), max_slabs=cfg.sample_slabs or None,
+                               trace=offset + j == 0 and cfg.array_trace))
+
+    def on_progress(index: int, done: int, total: int, what: str, frac: float, worker: str) -> None:
+        rec = records[index]
+        report.progress(offset + n_done + frac, n, file=rec.id, file_done=offset + n_done, file_total=n,
+                        substep=what, substep_done=done, substep_total=total, worker=worker)
+
+    def check() -> None:
+        ctx.cancel.raise_if_cancelled()
         if deadline is not None and time.monotonic() > deadline:
-            report.deadline_hit("features", f"{len(records) - j} training volumes left out")
-            break
-        report.progress(i, n, file=rec.id, file_done=i, file_total=n, substep="read")
-        try:
-            image, label = read_pair(rec.image_path, rec.label_path)
-        except VolumeError as exc:
-            report.err(str(exc), subject=rec.id, code=exc.code)
-            continue
-        if i == 0:
-            report.trace(f"train/{rec.id}/image", image)
-            report.trace(f"train/{rec.id}/label", label)
-        has_fg, has_bg = bool(np.any(label == 1)), bool(np.any(label == 0))
-        if not has_fg or not has_bg:
-            report.warn(
-                f"{rec.label_path}: label has no {'surface (1)' if not has_fg else 'background (0)'} "
-                "voxels outside the ignore label; volume skipped for training",
-                subject=rec.id,
-                code="label_unusable",
-            )
-            continue
+            raise _DeadlineHit
 
-        def on_feat(done: int, total: int, what: str, _i=i, _id=rec.id) -> None:
-            report.progress(_i + done / max(total, 1), n, file=_id, file_done=_i, file_total=n,
-                            substep=what, substep_done=done, substep_total=total)
+    try:
+        for _, res in executor.map(features_task, jobs, on_progress=on_progress, check=check,
+                                   on_lost=_lost_worker(report, "features")):
+            rec = records[res.index]
+            _report_outcome(report, res)
+            n_done += 1
+            if res.ok:
+                done_paths[res.index] = dest / f"{rec.id}.npz"
+                report.preview(PreviewPayload(
+                    volume_id=rec.id, split=Split.TRAIN, shape=list(res.shape or rec.shape or []),
+                    image_path=str(rec.image_path), label_path=str(rec.label_path),
+                    slices=suggest_slices(res.shape, cfg.preview_slices) if res.shape else {},
+                ))
+            report.progress(offset + n_done, n, file=rec.id, file_done=offset + n_done, file_total=n,
+                            worker=res.worker)
+    except _DeadlineHit:
+        report.deadline_hit("features", f"{len(records) - n_done} training volumes left out")
+    return [done_paths[j] for j in sorted(done_paths)]
 
-        X, y = volume_sample(
-            image, label, scales=cfg.feature_scales, n_per_class=per_class,
-            seed=volume_seed(cfg.seed, rec.id), max_slabs=cfg.sample_slabs or None, on_progress=on_feat,
-        )
-        # labelled-voxel class counts: the sample is class-balanced, the
-        # volumes are not; the model's intercept is corrected with them
-        counts = np.array([np.count_nonzero(label == 0), np.count_nonzero(label == 1)], dtype=np.int64)
-        with atomic_path(path) as tmp:
-            np.savez(tmp, X=X, y=y, counts=counts)
-        out.append(path)
-        report.preview(PreviewPayload(
-            volume_id=rec.id, split=Split.TRAIN, shape=list(image.shape),
-            image_path=str(rec.image_path), label_path=str(rec.label_path),
-            slices=suggest_slices(image.shape, cfg.preview_slices),
-        ))
-        report.progress(i + 1, n, file=rec.id, file_done=i + 1, file_total=n)
-    return out
+
+class _DeadlineHit(Exception):
+    """The training deadline passed while a stage's tasks were running."""
 
 
 def load_samples(paths: Iterable[Path]) -> Samples:
@@ -363,134 +388,141 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
 # ---------------------------------------------------------------------------
 # validate and segment
 # ---------------------------------------------------------------------------
-def model_mask(
-    ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None,
-    image: np.ndarray, on_p, prob_path: Path,
-) -> np.ndarray:
-    """Probability map (kept as uint8 at ``prob_path``) -> post-processed
-    uint8 0/1 mask with the search's thresholds."""
+def segmenter(ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None) -> Segmenter:
+    """The model and post-processing of this run, for validate and segment tasks."""
     cfg = ctx.config
-    prob = probability(image, model, unet=unet_part, on_progress=on_p)
-    on_p(1, 1, "post-processing", 1.0)
-    mask = postprocess(prob, low=best["low"], high=best["high"],
-                       closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
-    write_volume(prob_path, probability_to_uint8(prob))
-    return mask
+    return Segmenter(model=model, best=dict(best), unet=unet_part, closing_radius=tuple(cfg.closing_radius),
+                     min_size=cfg.min_component_voxels)
 
 
 def validate(
     ctx: RunContext, report: Reporter, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None,
-    val: Sequence[VolumeRecord], dest: Path, *, deadline: float | None,
+    val: Sequence[VolumeRecord], dest: Path, *, deadline: float | None, executor: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Segment and score each validation volume (``dest/<id>.tif`` and
-    ``<id>.json``); returns the scores by id."""
+    ``<id>.json``), one :func:`~nx47_pipeline.run.tasks.validate_task` each on
+    ``executor`` (default in process); returns the scores by id in the order
+    of ``val``."""
+    executor = executor if executor is not None else InProcess()
+    dest.mkdir(parents=True, exist_ok=True)
     n = len(val)
     scores: dict[str, dict[str, float]] = {}
-    for i, rec in enumerate(val):
-        mask_path = dest / f"{rec.id}.tif"
-        score_path = dest / f"{rec.id}.json"
-        cached = read_json(score_path) if mask_path.exists() else None
-        if cached is None:
-            if deadline is not None and time.monotonic() > deadline:
-                report.deadline_hit("validate", f"{n - i} validation volumes not scored")
-                break
-            try:
-                image, label = read_pair(rec.image_path, rec.label_path)
-            except VolumeError as exc:
-                report.err(str(exc), subject=rec.id, code=exc.code)
-                continue
+    seg = segmenter(ctx, model, best, unet_part)
+    jobs: list[ValidateJob] = []
+    n_done = 0
 
-            def on_p(done, total, what, frac, _i=i, _id=rec.id):
-                report.progress(_i + 0.8 * frac, n, file=_id, file_done=_i, file_total=n, substep=what,
-                                substep_done=done, substep_total=total)
-
-            mask = model_mask(ctx, model, best, unet_part, image, on_p, dest / f"{rec.id}_prob.tif")
-            write_volume(mask_path, mask)
-            report.progress(i + 0.9, n, file=rec.id, file_done=i, file_total=n, substep="score")
-            s = score_volume(mask, label)
-            cached = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
-            write_json(score_path, cached)
+    def publish(i: int, rec: VolumeRecord, cached: dict[str, float], worker: str = "") -> None:
         scores[rec.id] = cached
         report.metric(MetricName.VAL_SCORE, float(cached["score"]), step=i, volume_id=rec.id,
                       surface_dice=cached["surface_dice"], voi=cached["voi"], topo=cached["topo"])
         report.preview(preview_payload(ctx, rec, Split.VAL, dest, score=float(cached["score"])))
-        report.progress(i + 1, n, file=rec.id, file_done=i + 1, file_total=n)
-    return scores
+        report.progress(n_done, n, file=rec.id, file_done=n_done, file_total=n, worker=worker)
 
+    for i, rec in enumerate(val):
+        cached = read_json(dest / f"{rec.id}.json") if (dest / f"{rec.id}.tif").exists() else None
+        if cached is not None:
+            n_done += 1
+            publish(i, rec, cached)
+            continue
+        jobs.append(ValidateJob(index=i, volume_id=rec.id, image_path=rec.image_path, label_path=rec.label_path,
+                                dest=dest, segmenter=seg))
 
-def _empty_mask_for_unreadable(report: Reporter, rec: VolumeRecord, mask_path: Path, exc: VolumeError) -> None:
-    report.err(str(exc), subject=rec.id, code=exc.code)
-    shape = rec.shape
-    if shape is None:
-        try:
-            shape = read_header(rec.image_path).shape
-        except VolumeError:
-            shape = None
-    if shape is not None:
-        write_volume(mask_path, np.zeros(shape, dtype=np.uint8))
-        report.warn(f"{rec.image_path}: unreadable test image, submitted an empty mask of shape {tuple(shape)}",
-                    subject=rec.id, code="empty_mask")
+    def on_progress(index: int, done: int, total: int, what: str, frac: float, worker: str) -> None:
+        report.progress(n_done + frac, n, file=val[index].id, file_done=n_done, file_total=n, substep=what,
+                        substep_done=done, substep_total=total, worker=worker)
+
+    def check() -> None:
+        ctx.cancel.raise_if_cancelled()
+        if deadline is not None and time.monotonic() > deadline:
+            raise _DeadlineHit
+
+    try:
+        for _, res in executor.map(validate_task, jobs, on_progress=on_progress, check=check,
+                                   on_lost=_lost_worker(report, "validate")):
+            _report_outcome(report, res)
+            n_done += 1
+            if res.ok:
+                publish(res.index, val[res.index], res.data, res.worker)
+            else:
+                report.progress(n_done, n, file=res.volume_id, file_done=n_done, file_total=n, worker=res.worker)
+    except _DeadlineHit:
+        report.deadline_hit("validate", f"{n - n_done} validation volumes not scored")
+    return {rec.id: scores[rec.id] for rec in val if rec.id in scores}
 
 
 def segment(
     ctx: RunContext, report: Reporter, model: LogisticModel | None, best: dict[str, Any],
     unet_part: UNetPart | None, test: Sequence[VolumeRecord], dest: Path, *, deadline: float | None,
+    executor: Any = None,
 ) -> list[str]:
     """A mask for every test volume in ``dest``: the model's while the time
     left covers it and the fallback of every volume after it
     (:func:`nx47_pipeline.run.budget.model_segment_need_s`), else the
-    fallback.  Returns the ids that got the fallback."""
+    fallback.  One :func:`~nx47_pipeline.run.tasks.segment_task` per volume on
+    ``executor`` (default in process: each volume is decided when its turn
+    comes; on Dask all are decided at submission, counting the model time of
+    the volumes ahead shared by the workers).  Returns the ids that got the
+    fallback, in the order of ``test``."""
     cfg = ctx.config
+    executor = executor if executor is not None else InProcess()
     dest.mkdir(parents=True, exist_ok=True)
     n = len(test)
     timings = ctx.state.timings
     cost = ctx.state.unet_plan.cost if unet_part is not None else None
-    fallback_ids: list[str] = []
-    announced = False
-    for i, rec in enumerate(test):
-        mask_path = dest / f"{rec.id}.tif"
-        if mask_path.exists():
-            report.progress(i + 1, n, file=rec.id, file_done=i + 1, file_total=n, message="cached")
-            report.preview(preview_payload(ctx, rec, Split.TEST, dest))
-            continue
-        try:
-            image = read_volume(rec.image_path, kind="image")
-        except VolumeError as exc:
-            _empty_mask_for_unreadable(report, rec, mask_path, exc)
-            continue
-        use_model = model is not None
-        if use_model and deadline is not None:
-            left = deadline - time.monotonic()
-            need = budget.model_segment_need_s(
-                timings, mvox=mvox(image.shape), rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost,
-            )
-            if left < need:
-                use_model = False
-                if not announced:
-                    announced = True
-                    report.budget(
-                        BudgetDecision.FALLBACK,
-                        f"segment: {left:.0f} s left, model segmentation of {n - i} volumes does not fit; "
-                        "the remaining volumes get the fallback segmentation",
-                        budget_s=cfg.budget_s,
-                    )
-        if use_model:
-            def on_p(done, total, what, frac, _i=i, _id=rec.id):
-                report.progress(_i + 0.9 * frac, n, file=_id, file_done=_i, file_total=n,
-                                substep=what, substep_done=done, substep_total=total)
+    seg = segmenter(ctx, model, best, unet_part) if model is not None else None
+    workers = max(1, int(getattr(executor, "workers", 1) or 1))
+    state = {"announced": False, "ahead_s": 0.0, "done": 0}
 
-            mask = model_mask(ctx, model, best, unet_part, image, on_p, dest / f"{rec.id}_prob.tif")
-        else:
-            report.progress(i, n, file=rec.id, file_done=i, file_total=n, substep="fallback segmentation")
-            mask = fallback_segment(image, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
-            fallback_ids.append(rec.id)
-        if mask.shape != image.shape or mask.dtype != np.uint8:
-            raise RunFailed(f"{rec.image_path}: mask shape/dtype {mask.shape}/{mask.dtype} != source {image.shape}/uint8")
-        write_volume(mask_path, mask)
-        report.trace(f"test/{rec.id}/mask", mask)
-        report.preview(preview_payload(ctx, rec, Split.TEST, dest, shape=image.shape))
-        report.progress(i + 1, n, file=rec.id, file_done=i + 1, file_total=n)
-    return fallback_ids
+    for rec in test:
+        if (dest / f"{rec.id}.tif").exists():
+            state["done"] += 1
+            report.progress(state["done"], n, file=rec.id, file_done=state["done"], file_total=n, message="cached")
+            report.preview(preview_payload(ctx, rec, Split.TEST, dest))
+
+    def jobs():
+        for i, rec in enumerate(test):
+            if (dest / f"{rec.id}.tif").exists():
+                continue
+            use_model = seg is not None
+            if use_model and deadline is not None:
+                shape = rec.shape
+                m = mvox(shape)
+                left = deadline - time.monotonic() - state["ahead_s"] / workers
+                need = budget.model_segment_need_s(
+                    timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost,
+                )
+                if left < need:
+                    use_model = False
+                    if not state["announced"]:
+                        state["announced"] = True
+                        report.budget(
+                            BudgetDecision.FALLBACK,
+                            f"segment: {left:.0f} s left, model segmentation of {n - i} volumes does not fit; "
+                            "the remaining volumes get the fallback segmentation",
+                            budget_s=cfg.budget_s,
+                        )
+                elif not executor.lazy:
+                    state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost)
+            yield SegmentJob(index=i, volume_id=rec.id, image_path=rec.image_path, dest=dest,
+                             segmenter=seg if use_model else None, closing_radius=tuple(cfg.closing_radius),
+                             min_size=cfg.min_component_voxels, trace=cfg.array_trace)
+
+    def on_progress(index: int, done: int, total: int, what: str, frac: float, worker: str) -> None:
+        report.progress(state["done"] + frac, n, file=test[index].id, file_done=state["done"], file_total=n,
+                        substep=what, substep_done=done, substep_total=total, worker=worker)
+
+    fallback: set[int] = set()
+    for _, res in executor.map(segment_task, jobs(), on_progress=on_progress, check=ctx.cancel.raise_if_cancelled,
+                               on_lost=_lost_worker(report, "segment")):
+        rec = test[res.index]
+        _report_outcome(report, res)
+        state["done"] += 1
+        if res.data.get("fallback"):
+            fallback.add(res.index)
+        if res.shape is not None:
+            report.preview(preview_payload(ctx, rec, Split.TEST, dest, shape=res.shape))
+        report.progress(state["done"], n, file=rec.id, file_done=state["done"], file_total=n, worker=res.worker)
+    return [test[i].id for i in sorted(fallback)]
 
 
 # ---------------------------------------------------------------------------
@@ -530,7 +562,7 @@ __all__ = [
     "validate",
     "segment",
     "package",
-    "model_mask",
+    "segmenter",
     "mvox",
     "suggest_slices",
     "volume_seed",

@@ -31,6 +31,7 @@ from nx47_pipeline.telemetry.bus import EventBus, Sink
 from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
 from nx47_pipeline.telemetry.console import ConsoleSink
 from nx47_pipeline.telemetry.events import (
+    ArrayTracePayload,
     BudgetPayload,
     ConfigPayload,
     Event,
@@ -504,12 +505,13 @@ class Telemetry:
         self.emit(EventKind.BUDGET, budget_payload(decision, message, fields))
 
     def trace(self, name: str, array) -> None:
-        """Publish an ARRAY_TRACE of ``array`` (no-op when off or disabled by
-        ``config_dict['array_trace']``).  A failure becomes a WARNING."""
+        """Publish an ARRAY_TRACE of ``array`` (or ``array`` itself, a payload a
+        Dask worker computed); no-op when off or disabled by
+        ``config_dict['array_trace']``.  A failure becomes a WARNING."""
         if not (self.enabled and self._trace_on):
             return
         try:
-            payload = array_trace(name, array)
+            payload = array if isinstance(array, ArrayTracePayload) else array_trace(name, array)
         except Exception as exc:
             self.warning(f"array trace of {name} failed: {type(exc).__name__}: {exc}",
                          subject=name, code="trace_failed")
