@@ -12,7 +12,7 @@ from pathlib import Path
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
-from nx47_pipeline.model.bundle import read_manifest, verify_files
+from nx47_pipeline.model.bundle import describe_bundle
 from nx47_pipeline.run.executor import DaskUnavailable, require_dask
 from nx47_pipeline.run.orchestrator import run_pipeline
 from nx47_pipeline.telemetry.cancel import CancelToken
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         config = config.replace(data_root=ensure_data_root(config.data_root))
         if config.model_dir:  # refuse a bad bundle before any work, naming the file
-            verify_files(config.model_dir, read_manifest(config.model_dir))
+            describe_bundle(config.model_dir)
         if config.scheduler:
             require_dask()
     except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, DaskUnavailable) as exc:

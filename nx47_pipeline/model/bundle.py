@@ -98,11 +98,30 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
 
 
 def describe_bundle(path: str | Path) -> str:
-    """The summary of the bundle at ``path`` after checking its manifest and
-    files (raises :class:`BundleError` naming the file otherwise)."""
+    """The summary of the bundle at ``path`` after checking its manifest, its
+    files and its linear model's filter bank (raises :class:`BundleError`
+    naming the file otherwise)."""
     manifest = read_manifest(path)
     verify_files(path, manifest)
+    _load_linear(Path(path), manifest)
     return manifest_summary(Path(path), manifest)
+
+
+def _load_linear(path: Path, manifest: Mapping[str, Any]) -> LogisticModel:
+    """The bundle's linear model; refused when it was trained on another
+    filter bank than this nx47 computes (an earlier version's bundle)."""
+    linear_file = path / manifest["linear"]["file"]
+    try:
+        model = LogisticModel.load(linear_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{linear_file}: not a readable linear model ({exc})") from None
+    expected = feature_names(model.scales)
+    if list(model.feature_names) != expected:
+        missing = sorted(set(expected) - set(model.feature_names)) or sorted(set(model.feature_names) - set(expected))
+        raise BundleError(f"{linear_file}: trained on other features than this nx47 computes "
+                          f"({len(model.feature_names)} vs {len(expected)}, e.g. {missing[:3]}): "
+                          "train a model with this version (nx47 run) and export that run")
+    return model
 
 
 def sha256_file(path: Path) -> str:
@@ -216,17 +235,7 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
     path = Path(path).expanduser()
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    linear_file = path / manifest["linear"]["file"]
-    try:
-        model = LogisticModel.load(linear_file)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{linear_file}: not a readable linear model ({exc})") from None
-    expected = feature_names(model.scales)
-    if list(model.feature_names) != expected:
-        missing = sorted(set(expected) - set(model.feature_names)) or sorted(set(model.feature_names) - set(expected))
-        raise BundleError(f"{linear_file}: trained on other features than this nx47 computes "
-                          f"({len(model.feature_names)} vs {len(expected)}, e.g. {missing[:3]}): "
-                          "train or export the model again with this version")
+    model = _load_linear(path, manifest)
     search = manifest["search"]
     for key in ("low", "high"):
         if not isinstance(search.get(key), (int, float)):

@@ -17,8 +17,8 @@ import pytest
 import tifffile
 
 from nx47_pipeline.data.demo import generate_demo_dataset
-from nx47_pipeline.model.bundle import (FORMAT_VERSION, MANIFEST, BundleError, export_bundle, load_bundle,
-                                        sha256_file)
+from nx47_pipeline.model.bundle import (FORMAT_VERSION, MANIFEST, BundleError, describe_bundle, export_bundle,
+                                        load_bundle, sha256_file)
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.run.orchestrator import run_pipeline
 
@@ -122,7 +122,7 @@ def test_a_tampered_bundle_is_refused_by_file_name(trained, tmp_path):
 
 
 def test_a_bundle_trained_on_another_filter_bank_is_refused_by_file_name(trained, tmp_path):
-    _, _, _, bundle = trained
+    _, ro, _, bundle = trained
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
     model = LogisticModel.load(old / "model.npz")
@@ -135,6 +135,14 @@ def test_a_bundle_trained_on_another_filter_bank_is_refused_by_file_name(trained
     (old / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"model\.npz: trained on other features.*gradcurv"):
         load_bundle(old)
+    # the dashboard's bundle check and `nx47 run --model` refuse it before any work, naming the file
+    with pytest.raises(BundleError, match=r"model\.npz: trained on other features"):
+        describe_bundle(old)
+    proc = subprocess.run([sys.executable, "-m", "nx47_pipeline.cli", "run", "--data", str(ro), "--out",
+                           str(tmp_path / "r"), "--model", str(old), "--quiet"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "model.npz: trained on other features" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "r" / "journal.jsonl").exists()
 
 
 def test_export_model_command(trained, tmp_path):
