@@ -48,6 +48,15 @@ class UNetParams:
         Share of patches centred on a label-1 voxel.
     patches_per_volume : int
         Patches drawn from each training volume.
+    skel_weight : float
+        Weight of the skeleton-recall term next to BCE + Dice (0 = off).
+    lr_schedule : str
+        ``"poly"`` (``lr * (1 - step / steps) ** 0.9`` over the planned
+        steps) or ``"constant"``.
+    patience : int
+        Early stop: epochs without a better validation Dice before training
+        stops (0 = never).  With validation, the weights of the best epoch
+        are the ones used.
     """
 
     width: int = 16
@@ -65,6 +74,9 @@ class UNetParams:
     seed: int = 47
     label_guided_frac: float = 0.5
     patches_per_volume: int = 8
+    skel_weight: float = 1.0
+    lr_schedule: str = "poly"
+    patience: int = 5
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "patch", "batch", "epochs", "patches_per_volume"):
@@ -80,6 +92,12 @@ class UNetParams:
             )
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch!r}")
+        if self.lr_schedule not in ("poly", "constant"):
+            raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+        if not self.skel_weight >= 0:
+            raise ValueError(f"skel_weight must be >= 0, got {self.skel_weight!r}")
+        if isinstance(self.patience, bool) or int(self.patience) != self.patience or self.patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.val_fraction < 1:

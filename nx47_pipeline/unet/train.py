@@ -1,7 +1,12 @@
 """U-Net training with resumable checkpoints.
 
 Checkpoints hold only tensors and plain Python values, so
-``torch.load(path, weights_only=True)`` reads them.  Randomness is derived
+``torch.load(path, weights_only=True)`` reads them.  The loss is BCE + Dice +
+``skel_weight`` x skeleton recall; the learning rate follows
+``params.lr_schedule`` over the planned steps; with validation patches each
+epoch is scored by its validation Dice, the best epoch's weights are kept
+(``best_model`` in the checkpoint, what :func:`load_unet` returns) and
+training stops after ``params.patience`` epochs without a better one.  Randomness is derived
 from ``(seed, epoch)`` at the start of every epoch, so a resumed run draws the
 same batches as an uninterrupted one would.  Callbacks may raise (for
 instance ``Cancelled``): the exception propagates unchanged and the last
@@ -20,9 +25,9 @@ import numpy as np
 
 from nx47_pipeline.io.atomic import atomic_path
 from nx47_pipeline.unet.backend import require_torch, resolve_device
-from nx47_pipeline.unet.net import build_unet, masked_bce_dice_loss
+from nx47_pipeline.unet.net import build_unet, masked_bce_dice_loss, skeleton_recall_loss
 from nx47_pipeline.unet.params import UNetParams
-from nx47_pipeline.unet.patches import IGNORE, PatchSet, split_patches
+from nx47_pipeline.unet.patches import IGNORE, PatchSet, split_patches, surface_skeleton
 
 #: Name of the rolling checkpoint inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "last.pt"
@@ -40,10 +45,13 @@ class TrainResult:
     epochs_done : int
         Completed epochs, counting those of a resumed checkpoint.
     stopped_reason : str
-        ``"completed"`` or ``"deadline"``.
+        ``"completed"``, ``"early_stop"`` or ``"deadline"``.
     history : list of dict
         One entry per completed epoch: ``epoch``, ``train_loss``,
-        ``val_loss`` (None without validation), ``seconds``, ``batches``.
+        ``val_loss`` and ``val_dice`` (None without validation), ``lr`` (at
+        the epoch's end), ``seconds``, ``batches``.
+    best_epoch : int or None
+        The epoch whose weights ``model`` holds when there was validation.
     checkpoint : Path or None
         ``last.pt`` of the last completed epoch, None if no epoch completed.
     """
@@ -53,26 +61,45 @@ class TrainResult:
     stopped_reason: str
     history: list[dict] = field(default_factory=list)
     checkpoint: Path | None = None
+    best_epoch: int | None = None
 
 
-def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str):
+def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str, skeletons: np.ndarray | None = None):
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
     x = (x.float() / 127.5 - 1.0).unsqueeze(1)
     y = y.unsqueeze(1)
-    return x, (y == 1).float(), (y != IGNORE)
+    sk = None
+    if skeletons is not None:
+        sk = torch.from_numpy(np.ascontiguousarray(skeletons)).to(device).unsqueeze(1)
+    return x, (y == 1).float(), (y != IGNORE), sk
 
 
-def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool):
+def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool, skel=None, skel_weight: float = 0.0):
     """One optimisation step (mixed precision on CUDA); returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
         logits = model(x)
     loss = masked_bce_dice_loss(logits, t, m)
+    if skel is not None and skel_weight > 0:
+        loss = loss + skel_weight * skeleton_recall_loss(logits, skel, m)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss
+
+
+def lr_at(params: UNetParams, step: int, total_steps: int) -> float:
+    """The learning rate of optimisation step ``step`` (from 0) of ``total_steps``."""
+    if params.lr_schedule == "constant" or total_steps <= 0:
+        return float(params.lr)
+    return float(params.lr) * max(0.0, 1.0 - min(step, total_steps) / total_steps) ** 0.9
+
+
+def skeletons_of(labels: np.ndarray) -> np.ndarray:
+    """:func:`~nx47_pipeline.unet.patches.surface_skeleton` of every patch, uint8."""
+    return np.stack([surface_skeleton(lab) for lab in labels]).astype(np.uint8) if len(labels) else \
+        np.zeros_like(labels)
 
 
 def _atomic_save(torch, obj: dict, path: Path) -> None:
@@ -84,13 +111,16 @@ def _architecture(p: UNetParams) -> tuple:
     return (p.width, p.depth, p.norm)
 
 
-def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: bool) -> float:
+def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: bool) -> tuple[float, float]:
+    """Mean BCE + Dice loss and the Dice of the thresholded (p > 0.5)
+    predictions over the labelled voxels of the validation patches."""
     model.eval()
     total = 0.0
     count = 0
+    inter = pred_sum = true_sum = 0.0
     with torch.inference_mode():
         for start in range(0, len(val), batch):
-            x, t, m = _to_batch(
+            x, t, m, _ = _to_batch(
                 torch, val.images[start : start + batch], val.labels[start : start + batch], device
             )
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
@@ -98,8 +128,14 @@ def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: boo
             loss = masked_bce_dice_loss(logits, t, m)
             total += float(loss) * x.shape[0]
             count += x.shape[0]
+            pred = (logits.float() > 0) & m
+            truth = (t > 0.5) & m
+            inter += float((pred & truth).sum())
+            pred_sum += float(pred.sum())
+            true_sum += float(truth.sum())
     model.train()
-    return total / max(count, 1)
+    dice = 2.0 * inter / (pred_sum + true_sum) if pred_sum + true_sum > 0 else 1.0
+    return total / max(count, 1), dice
 
 
 def train_unet(
@@ -138,13 +174,15 @@ def train_unet(
         ``clock()`` value; checked before every batch.  When reached,
         training stops with ``stopped_reason="deadline"``.  The unfinished
         epoch is not checkpointed: ``last.pt`` keeps the last completed
-        epoch, and the returned model holds the latest weights.
+        epoch; the returned model holds the best epoch's weights with
+        validation, else the latest weights.
     on_batch : callable, optional
         ``on_batch(epoch, epochs, batch, n_batches, loss)`` after every
         batch; ``epoch`` and ``batch`` count from 1.
     on_epoch : callable, optional
         ``on_epoch(epoch, epochs, train_loss, val_loss)`` after each epoch's
-        checkpoint is written.
+        checkpoint is written.  Training stops early (``"early_stop"``)
+        after ``params.patience`` epochs without a better validation Dice.
     clock : callable
         Monotonic clock (injectable for tests).
 
@@ -179,6 +217,7 @@ def train_unet(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
     start_epoch = 0
+    best: dict[str, Any] = {"dice": -1.0, "epoch": None, "state": None, "since": 0}
     if resume and ckpt_path.exists():
         state = _read_checkpoint(torch, ckpt_path, dev)
         saved = UNetParams.from_dict(state["params"])
@@ -194,44 +233,71 @@ def train_unet(
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"])
         history = [dict(h) for h in state.get("history", [])]
+        if state.get("best_model") is not None:
+            best.update(dice=float(state.get("best_dice", -1.0)), epoch=state.get("best_epoch"),
+                        state=state["best_model"], since=int(state.get("best_since", 0)))
     saved_path: Path | None = ckpt_path if ckpt_path.exists() and start_epoch > 0 else None
+    has_val = val is not None and len(val) > 0
 
+    def result(reason: str, epochs_done: int) -> TrainResult:
+        if has_val and best["state"] is not None:
+            model.load_state_dict(best["state"])
+        return TrainResult(model, epochs_done, reason, history, saved_path,
+                           best["epoch"] if has_val else None)
+
+    skels = skeletons_of(train.labels) if params.skel_weight > 0 else None
     n = len(train)
     n_batches = params.steps_per_epoch or max(1, math.ceil(n / params.batch))
     epochs = int(params.epochs)
+    total_steps = epochs * n_batches
     model.train()
     for epoch in range(start_epoch, epochs):
+        if params.patience and has_val and best["since"] >= params.patience:
+            return result("early_stop", epoch)
         t0 = clock()
         rng = np.random.default_rng([int(params.seed), epoch, 1])
         torch.manual_seed(int(params.seed) * 1000 + epoch)
         need = n_batches * params.batch
         order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(need / n))])[:need]
         running = 0.0
+        lr = float(params.lr)
         for b in range(n_batches):
             if deadline is not None and clock() >= deadline:
-                return TrainResult(model, epoch, "deadline", history, saved_path)
+                return result("deadline", epoch)
+            lr = lr_at(params, epoch * n_batches + b, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             idx = np.sort(order[b * params.batch : (b + 1) * params.batch])
             images = train.images[idx]
             labels = train.labels[idx]
+            sk = skels[idx] if skels is not None else None
             flips = tuple(a + 1 for a in range(3) if rng.random() < 0.5)
             if flips:
                 images = np.flip(images, axis=flips)
                 labels = np.flip(labels, axis=flips)
-            x, t, m = _to_batch(torch, images, labels, dev)
-            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp)
+                sk = np.flip(sk, axis=flips) if sk is not None else None
+            x, t, m, s = _to_batch(torch, images, labels, dev, sk)
+            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp, s, params.skel_weight)
             value = float(loss.detach())
             running += value
             if on_batch is not None:
                 on_batch(epoch + 1, epochs, b + 1, n_batches, value)
         train_loss = running / n_batches
-        val_loss = None
-        if val is not None and len(val) and not (deadline is not None and clock() >= deadline):
-            val_loss = _evaluate(torch, model, val, params.batch, dev, use_amp)
+        val_loss = val_dice = None
+        if has_val and not (deadline is not None and clock() >= deadline):
+            val_loss, val_dice = _evaluate(torch, model, val, params.batch, dev, use_amp)
+            if val_dice > best["dice"]:
+                best.update(dice=val_dice, epoch=epoch + 1, since=0,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            else:
+                best["since"] += 1
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": float(train_loss),
                 "val_loss": None if val_loss is None else float(val_loss),
+                "val_dice": None if val_dice is None else float(val_dice),
+                "lr": lr,
                 "seconds": float(clock() - t0),
                 "batches": int(n_batches),
             }
@@ -246,13 +312,17 @@ def train_unet(
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if use_amp else {},
                 "history": history,
+                "best_model": best["state"],
+                "best_dice": float(best["dice"]),
+                "best_epoch": best["epoch"],
+                "best_since": int(best["since"]),
             },
             ckpt_path,
         )
         saved_path = ckpt_path
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs, float(train_loss), val_loss)
-    return TrainResult(model, max(epochs, start_epoch), "completed", history, saved_path)
+    return result("completed", max(epochs, start_epoch))
 
 
 def _read_checkpoint(torch, path: Path, device: str) -> dict:
@@ -273,7 +343,8 @@ def load_unet(checkpoint: str | Path, *, device: str = "cpu"):
     Parameters
     ----------
     checkpoint : str or Path
-        A ``last.pt`` file, or the folder that holds it.
+        A ``last.pt`` file, or the folder that holds it.  With validation
+        during training, the best epoch's weights are loaded.
     device : str
         Where to place the model (see :func:`resolve_device`).
 
@@ -292,7 +363,8 @@ def load_unet(checkpoint: str | Path, *, device: str = "cpu"):
     state = _read_checkpoint(torch, path, dev)
     params = UNetParams.from_dict(state["params"])
     model = build_unet(params)
-    model.load_state_dict(state["model"])
+    # the best validation epoch's weights when training kept them
+    model.load_state_dict(state["best_model"] if state.get("best_model") is not None else state["model"])
     return model.to(dev).eval(), params
 
 
@@ -314,10 +386,10 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     shape = (params.batch,) + (params.patch,) * 3
     images = rng.integers(0, 256, shape, dtype=np.uint8)
     labels = rng.integers(0, 3, shape, dtype=np.uint8)
-    x, t, m = _to_batch(torch, images, labels, dev)
+    x, t, m, sk = _to_batch(torch, images, labels, dev, skeletons_of(labels) if params.skel_weight > 0 else None)
 
     def step():
-        _train_step(torch, model, opt, scaler, x, t, m, use_amp)
+        _train_step(torch, model, opt, scaler, x, t, m, use_amp, sk, params.skel_weight)
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
 

@@ -460,3 +460,74 @@ def test_unet_cost_follows_the_documented_formula():
 
 def test_time_train_step_measures_a_positive_duration():
     assert U.time_train_step(_params(), device="cpu", repeats=1) > 0
+
+
+# ----------------------------------------------------------------------
+# skeleton recall, learning-rate schedule, early stop on validation Dice
+# ----------------------------------------------------------------------
+def test_surface_skeleton_is_the_middle_of_a_thick_sheet():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[:, :, 8:11] = 1  # a sheet 3 voxels thick, normal along x
+    label[:, :2] = 2  # unlabelled voxels are not surface
+    sk = U.surface_skeleton(label)
+    assert sk.dtype == bool and sk.shape == label.shape
+    assert not np.any(sk & (label != 1))  # a subset of the surface
+    assert sk[2:-2, 4:-2, 9].all()  # its middle plane, away from the borders
+    assert not sk[2:-2, 4:-2, 8].any() and not sk[2:-2, 4:-2, 10].any()
+    assert not U.surface_skeleton(np.zeros((6, 6, 6), np.uint8)).any()
+
+
+def test_skeleton_recall_counts_the_missed_skeleton_only_where_labelled():
+    sk = torch.zeros(1, 1, 4, 4, 4)
+    sk[..., 1, :, :] = 1
+    mask = torch.ones_like(sk, dtype=torch.bool)
+    hit = torch.where(sk > 0, 20.0, -20.0)
+    assert float(U.skeleton_recall_loss(hit, sk, mask)) < 0.1
+    assert float(U.skeleton_recall_loss(-hit, sk, mask)) > 0.9
+    # a missed skeleton voxel under the mask does not count
+    mask[..., 1, 0, :] = False
+    half = hit.clone()
+    half[..., 1, 0, :] = -20.0
+    assert float(U.skeleton_recall_loss(half, sk, mask)) < 0.1
+    with pytest.raises(ValueError, match="same shape"):
+        U.skeleton_recall_loss(hit, sk[..., :2], mask)
+
+
+def test_poly_learning_rate_decays_to_zero_and_constant_stays():
+    from nx47_pipeline.unet.train import lr_at
+
+    p = _params(lr=1e-3)
+    rates = [lr_at(p, s, 100) for s in range(0, 101, 10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == 0.0
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert lr_at(_params(lr=1e-3, lr_schedule="constant"), 90, 100) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_schedule must be 'poly' or 'constant', got 'cosine'"):
+        _params(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="patience must be an integer >= 0"):
+        _params(patience=-1)
+
+
+def test_training_stops_early_when_validation_dice_stops_improving_and_keeps_the_best_weights(patches, tmp_path):
+    # a learning rate too small to change the thresholded predictions: the
+    # validation Dice of epoch 1 is never beaten
+    params = _params(epochs=10, lr=1e-12, patience=2, lr_schedule="constant")
+    res = U.train_unet(patches, val=patches, params=params, device="cpu", checkpoint_dir=tmp_path)
+    assert res.stopped_reason == "early_stop"
+    assert res.epochs_done == 3 and res.best_epoch == 1
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert all(h["val_dice"] is not None for h in res.history)
+    # the checkpoint's best weights are what load_unet returns: the returned model's
+    model, _ = U.load_unet(tmp_path, device="cpu")
+    x = torch.from_numpy(patches.images[:2]).float().div(127.5).sub(1).unsqueeze(1)
+    res.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), res.model(x))
+
+
+def test_the_best_epoch_is_kept_across_a_resume(patches, tmp_path):
+    first = U.train_unet(patches, val=patches, params=_params(epochs=2), device="cpu", checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["best_epoch"] == first.best_epoch and state["best_model"] is not None
+    again = U.train_unet(patches, val=patches, params=_params(epochs=3), device="cpu", checkpoint_dir=tmp_path)
+    dices = [h["val_dice"] for h in again.history]
+    assert again.best_epoch == 1 + int(np.argmax(dices))
