@@ -154,8 +154,9 @@ def main() -> None:
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
              f"`nx47 demo-data --variant V --seed {args.seed}` (the project is tuned on variant a, seed 47); "
              "test labels are never seen by training. Mean over the test volumes of the local competition "
-             "metric's parts. Command: `python benchmarks/bench_quality.py --out "
-             "benchmarks/results/quality.md`.", ""]
+             "metric's parts. Command: `python benchmarks/bench_quality.py --out benchmarks/results/quality.md "
+             f"--shape {args.shape} --n-train {args.n_train} --n-test {args.n_test} --seed {args.seed}"
+             f"{' --no-unet-run' if args.no_unet_run else ''}`.", ""]
     for variant, rows in tables.items():
         lines += [f"**Variant {variant}**", "", "| method | Surface Dice | VOI score | TopoScore | score |",
                   "| --- | ---: | ---: | ---: | ---: |"]
