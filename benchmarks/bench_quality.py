@@ -121,33 +121,42 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--seed", type=int, default=202, help="dataset seed (the project tunes on seed 47)")
     ap.add_argument("--no-unet-run", action="store_true")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep datasets and runs here; a rerun reuses the finished ones (e.g. to redo the ablation)")
     args = ap.parse_args()
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    tmp = Path(tempfile.mkdtemp(prefix="nx47-quality-"))
+    tmp = args.work or Path(tempfile.mkdtemp(prefix="nx47-quality-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def run_once(out: Path, *argv: str) -> None:
+        if not (out / "submission.zip").exists():
+            nx47("run", "--out", str(out), *argv)
+
     tables: dict[str, list[tuple[str, dict[str, float]]]] = {}
     ablations: dict[str, list] = {}
     for variant in ("a", "b"):
         data = tmp / f"data-{variant}"
-        nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-             "--shape", str(args.shape), "--seed", str(args.seed), "--variant", variant)
+        if not (data / "test_labels_hidden").is_dir():
+            nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+                 "--shape", str(args.shape), "--seed", str(args.seed), "--variant", variant)
         labels = data / "test_labels_hidden"
         rows = [("otsu", otsu_scores(data))]
         run = tmp / f"fit-{variant}"
-        nx47("run", "--data", str(data), "--out", str(run), "--no-unet", "--max-train-volumes", "0",
-             "--max-val-volumes", "3", "--quiet")
+        run_once(run, "--data", str(data), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
+                 "--quiet")
         rows.append(("fit_prox", score_zip(run / "submission.zip", labels)))
         ablations[variant] = ablation(run, data)
         bad = tmp / f"data-{variant}-bad"
-        n_bad = break_half(data, bad)
+        n_bad = break_half(data, bad) if not bad.is_dir() else len(sorted((bad / "train_images").glob("*.tif"))[1::2])
         bad_run = tmp / f"fit-{variant}-bad"
-        nx47("run", "--data", str(bad), "--out", str(bad_run), "--no-unet", "--max-train-volumes", "0",
-             "--max-val-volumes", "3", "--quiet")
+        run_once(bad_run, "--data", str(bad), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
+                 "--quiet")
         rows.append((f"fit_prox ({n_bad} of {args.n_train} training images truncated)",
                      score_zip(bad_run / "submission.zip", labels)))
         if not args.no_unet_run:
             urun = tmp / f"unet-{variant}"
-            nx47("run", "--data", str(data), "--out", str(urun), "--unet", "--budget-s", "600",
-                 "--max-train-volumes", "0", "--max-val-volumes", "3", "--quiet")
+            run_once(urun, "--data", str(data), "--unet", "--budget-s", "600", "--max-train-volumes", "0",
+                     "--max-val-volumes", "3", "--quiet")
             rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels)))
         tables[variant] = rows
     lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants)", "",
@@ -170,7 +179,8 @@ def main() -> None:
         lines.append(f"| {name} | {ma['score']:.3f} | {mb['score']:.3f} |")
     lines += ["", f"Machine: {machine()}. Date: {started}. Commit: {git_commit()}. {load_note()}", ""]
     write_section(args.out, lines)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.work is None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -165,3 +165,48 @@ def test_probability_uint8_roundtrip():
     assert np.abs(back - np.clip(p, 0, 1)).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(ValueError, match="uint8"):
         uint8_to_probability(p)
+
+
+def test_thin_surface_keeps_the_ridge_of_an_oblique_sheet_whatever_its_orientation():
+    from nx47_pipeline.model.postprocess import thin_surface
+
+    z, y, x = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")
+    # an oblique sheet: distance to the plane z + 0.5 y = 25, probability a ridge 7 voxels wide
+    d = (z + 0.5 * y - 25) / np.sqrt(1.25)
+    prob = np.exp(-0.5 * (d / 2.0) ** 2).astype(np.float32)
+    mask = prob > 0.2
+    ridge = thin_surface(prob, mask, width=0)
+    assert ridge.dtype == bool and not np.any(ridge & ~mask)
+    inner = (slice(5, -5),) * 3
+    assert np.all(np.abs(d[inner][ridge[inner]]) <= 1.0)  # on the ridge, away from the borders
+    # one or two voxels across, with no hole, away from the borders
+    along_z = ridge[inner].sum(axis=0)
+    covered = mask[inner].any(axis=0)
+    assert 1 <= along_z[covered].min() and along_z[covered].max() <= 2
+    # width 1 grows it inside the mask only
+    wide = thin_surface(prob, mask, width=1)
+    assert np.all(ridge <= wide) and not np.any(wide & ~mask) and wide.sum() > ridge.sum()
+    with pytest.raises(ValueError, match="width must be an integer >= 0, got -1"):
+        thin_surface(prob, mask, width=-1)
+
+
+def test_cut_bridges_separates_two_slabs_joined_by_a_thin_neck_under_26_connectivity():
+    import cc3d
+
+    from nx47_pipeline.model.postprocess import cut_bridges
+
+    mask = np.zeros((30, 30, 30), bool)
+    mask[3:10, 2:28, 2:28] = True  # two slabs 7 voxels thick
+    mask[18:25, 2:28, 2:28] = True
+    mask[10:18, 14:15, 14:15] = True  # joined by a neck one voxel wide
+    assert cc3d.connected_components(mask, connectivity=26).max() == 1
+    cut = cut_bridges(mask)
+    assert not np.any(cut & ~mask)
+    labels = cc3d.connected_components(cut, connectivity=26)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert (sizes > 1000).sum() == 2  # both slabs kept, apart
+    assert cut.sum() > 0.8 * mask.sum()
+    # a single slab stays whole
+    one = np.zeros_like(mask)
+    one[3:10, 2:28, 2:28] = True
+    assert np.array_equal(cut_bridges(one), one)
