@@ -26,6 +26,10 @@ PROGRESS_TOPIC = "nx47-progress"
 #: sub-step of a task is always sent).
 REMOTE_PROGRESS_INTERVAL_S = 0.5
 
+#: Times an item whose finished result was lost with its worker is submitted
+#: again before the failure is the run's.
+MAX_RESUBMITS = 3
+
 #: ``on_progress(index, done, total, what, frac, worker)``: a task's sub-step, in the driver.
 DriverProgress = Callable[[int, int, int, str, float, str], None]
 
@@ -202,6 +206,7 @@ class DaskExecutor:
         pending = set(futures)
         self.tasks_in_flight += len(futures)
         known = self._worker_addresses()
+        resubmits: dict[int, int] = {}
         try:
             while pending:
                 try:
@@ -218,11 +223,27 @@ class DaskExecutor:
                 if check is not None:
                     check()
                 for fut in sorted(done, key=lambda f: index[f.key]):
+                    i = index[fut.key]
                     pending.discard(fut)
-                    result = fut.result()
+                    try:
+                        result = fut.result()
+                    except Exception:
+                        # a finished result lost with its worker before the gather
+                        # (the client's state of that future may be unusable
+                        # afterwards): the item runs again as a new task
+                        resubmits[i] = resubmits.get(i, 0) + 1
+                        if fut.status == "error" or resubmits[i] > MAX_RESUBMITS:
+                            raise
+                        self.client.cancel([fut])
+                        again = self.client.submit(_on_worker, fn, items[i], on_progress is not None,
+                                                   retries=self.retries, pure=False)
+                        index[again.key] = i
+                        futures.append(again)
+                        pending.add(again)
+                        continue
                     self.tasks_in_flight -= 1
                     self.tasks_done += 1
-                    yield index[fut.key], result
+                    yield i, result
             self._drain(on_progress)
         finally:
             left = [f for f in futures if not f.done()]
