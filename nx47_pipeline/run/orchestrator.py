@@ -359,11 +359,34 @@ def _train(ctx: RunContext) -> None:
 
 
 def _validate(ctx: RunContext) -> None:
+    """Segment and score the validation pairs.  With a U-Net they are also
+    segmented by fit_prox alone (``val/linear/``, not published); when that
+    scores better on the volumes both scored, the U-Net is dropped (WARNING
+    ``unet_not_better``): test segmentation and the bundle use fit_prox alone."""
     st = ctx.state
     val = st.selection.val
     with _stage(ctx, StageName.VALIDATE, total=max(len(val), 1)):
+        linear: dict[str, dict[str, float]] = {}
+        if st.unet is not None and val:
+            def alone(done, total, **fields):
+                fields["substep"] = f"fit_prox alone: {fields.get('substep') or 'volume'}"
+                ctx.progress(0, total, **fields)
+            linear = stages.validate(ctx, ctx.reporter(publish=False, progress=alone), st.model, st.best, None,
+                                     val, ctx.out / "val" / "linear", deadline=ctx.deadlines.training,
+                                     executor=ctx.executor)
         st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.out / "val",
                                         deadline=ctx.deadlines.training, executor=ctx.executor)
+        both = sorted(set(linear) & set(st.val_scores))
+        if st.unet is not None and both:
+            with_unet = float(np.mean([st.val_scores[i]["score"] for i in both]))
+            without = float(np.mean([linear[i]["score"] for i in both]))
+            if without > with_unet:
+                ctx.warn(f"the U-Net's validation score {with_unet:.3f} is below fit_prox alone ({without:.3f}) "
+                         f"on {len(both)} validation volumes: test volumes are segmented by fit_prox alone "
+                         "and the bundle holds no U-Net", subject=str(ctx.out / "val" / "linear"),
+                         code="unet_not_better")
+                st.unet = None
+                st.val_scores = linear
 
 
 def _validation_summary(st) -> dict[str, Any]:

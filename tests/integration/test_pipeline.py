@@ -372,3 +372,35 @@ def test_each_stage_after_the_projection_is_reprojected(full_run):
         assert x["actual_over_projected"] > 0 and e.payload.projected_s >= 0
         assert x["stage_actual_s"] == pytest.approx(result.stats["stage_seconds"][x["stage"]], abs=0.05)
     assert re[-1].payload.projected_s == 0 and re[-1].payload.extra["remaining_stages"] == []
+
+
+def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_path):
+    """One epoch of a 4-channel U-Net replacing fit_prox's probabilities
+    validates far below fit_prox alone: the run says so, segments the test
+    volumes with fit_prox alone and exports no U-Net."""
+    out = tmp_path / "out"
+    config = small_config(data_root, out, use_unet=True, unet_epochs=1, unet_patch=16, unet_width=4,
+                          unet_depth=1, unet_batch=1, unet_fuse="replace", max_train_volumes=2,
+                          max_val_volumes=2)
+    result = run_pipeline(config)
+    assert result.status == "ok", result.error
+    assert result.stats["stage_status"]["unet"] == "ok"
+    events = read_journal(out / "journal.jsonl")
+    drop = [e for e in events if e.kind.value == "WARNING" and e.payload.code == "unet_not_better"]
+    assert len(drop) == 1 and "below fit_prox alone" in drop[0].payload.message
+    linear = {p.stem: json.loads(p.read_text())["score"] for p in (out / "val" / "linear").glob("*.json")}
+    assert len(linear) == 2
+    # the run's validation result is fit_prox alone's, and so are the test masks
+    assert result.stats["validation"]["mean_score"] == pytest.approx(float(np.mean(list(linear.values()))))
+    from nx47_pipeline.data.discovery import discover
+    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.predict import segment_volume
+
+    model = LogisticModel.load(out / "model" / "model.npz")
+    best = json.loads((out / "search" / "results.json").read_text())["best"]
+    rec = discover(data_root).test[0]
+    alone = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
+                           closing_radius=config.closing_radius, min_size=config.min_component_voxels)
+    np.testing.assert_array_equal(tifffile.imread(out / "test" / f"{rec.id}.tif"), alone)
+    manifest = json.loads((out / "model" / "model.json").read_text())
+    assert not manifest.get("unet")
