@@ -204,3 +204,25 @@ def test_the_projection_shares_per_volume_stages_between_workers():
     assert four.per_stage["features"] == pytest.approx(one.per_stage["features"] / 4)
     assert four.per_stage["segment"] == pytest.approx(one.per_stage["segment"] * 2 / 6)  # ceil(6 / 4) = 2
     assert four.per_stage["fit_prox"] == one.per_stage["fit_prox"]  # one fit on the driver either way
+
+
+def test_without_a_scheduler_the_run_never_imports_dask(data_root, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nx47_pipeline.config import RunConfig\n"
+        "from nx47_pipeline.run.orchestrator import run_pipeline\n"
+        f"cfg = RunConfig(data_root={str(data_root)!r}, out_dir={str(tmp_path / 'o')!r}, max_train_volumes=2,\n"
+        "                max_val_volumes=1, console=False, use_unet=False, samples_per_class=2000,\n"
+        "                search_max_iter=20, fit_max_iter=40, l1_grid=(1e-3,), l2_grid=(1e-3,))\n"
+        "res = run_pipeline(cfg)\n"
+        "assert res.status == 'ok', res.error\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'dask_image')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert not (tmp_path / "o" / "cluster.json").exists()
