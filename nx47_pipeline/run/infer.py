@@ -149,24 +149,26 @@ def _label_dask(binary, structure: np.ndarray):
     """Connected components of a chunked boolean dask array: ``(labels, bound)``.
 
     Labels are > 0 on the foreground, unique across the volume but not
-    consecutive; ``bound`` is an upper bound of them.  Every block is
-    labelled once (``scipy.ndimage.label``) and persisted; the block offsets
-    and the equivalences across block faces (two-voxel slabs, only the
-    labels touching a face) are resolved on the client and applied by one
-    ``map_blocks``.  dask-image's ``ndmeasure.label`` is not used: with the
+    consecutive; ``bound`` is an upper bound of them.  The block labels
+    (``scipy.ndimage.label``) are not persisted: a block is labelled once for
+    the label counts (the block offsets), once for the face slabs (the
+    equivalences across block faces, only the labels touching a face,
+    resolved on the client) and again wherever the result is computed, a few
+    cheap labellings per block rather than int32 labels of the whole volume
+    held on the workers (twice, while a labelling is persisted: 768^3 under
+    a 1 GB limit per worker had the workers restarted for memory).  dask-image's ``ndmeasure.label`` is not used: with the
     current dask it relabels a block again for every later use (face slabs,
     the running label offsets), so its cost grew quadratically with the
     number of chunks (27 chunks of 64^3: 3 432 block labellings for one
     labelling of the volume).
     """
     import dask  # noqa: PLC0415
-    import dask.array as da  # noqa: PLC0415
     from scipy import ndimage, sparse  # noqa: PLC0415
     from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
 
     structure = np.asarray(structure, dtype=bool)
     local = binary.map_blocks(lambda b: ndimage.label(b, structure=structure)[0].astype(np.int32),
-                              dtype=np.int32).persist()
+                              dtype=np.int32)
     nb = local.numblocks
     counts = local.map_blocks(lambda b: np.full((1,) * b.ndim, b.max(initial=0), np.int64),
                               chunks=tuple((1,) * n for n in nb), dtype=np.int64).compute()
@@ -216,9 +218,9 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     s26 = np.ones((3, 3, 3), dtype=bool)
     s6 = np.zeros((3, 3, 3), dtype=bool)
     s6[1, 1, :] = s6[1, :, 1] = s6[:, 1, 1] = True
-    # each labelling is persisted once: every later step reads it
+    # only the boolean masks are persisted: the labellings are recomputed block by block where they are
+    # read (a few cheap scipy labellings per block), so the workers never hold a whole volume of labels
     lab, _ = _label_dask(c >= 1, s26)
-    lab = lab.persist()
     strong_ids = np.unique(lab[c == 2].compute())
     r = tuple(int(v) for v in closing_radius)
     mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), da.isin(lab, strong_ids[strong_ids > 0]),
@@ -226,15 +228,16 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     del lab
     bg = ~mask
     lab_bg, _ = _label_dask(bg, s6)
-    lab_bg = lab_bg.persist()
     faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
     border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
     mask = (mask | (bg & ~da.isin(lab_bg, border_ids))).persist()
     del lab_bg, bg
     lab2, n2 = _label_dask(mask, s26)
-    lab2 = lab2.persist()
     if min_size > 1 and n2:
-        sizes = da.bincount(lab2.ravel(), minlength=n2 + 1).compute()
+        # per block, then summed (da.bincount(lab2.ravel()) would rechunk the whole volume for the ravel)
+        sizes = lab2.map_blocks(lambda b: np.bincount(b.ravel(), minlength=n2 + 1)[None, None, None],
+                                new_axis=3, chunks=tuple((1,) * n for n in lab2.numblocks) + ((n2 + 1,),),
+                                dtype=np.int64).sum(axis=(0, 1, 2)).compute()
         small = np.flatnonzero(sizes < min_size)
         mask = mask & ~da.isin(lab2, small[small > 0])
     mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
