@@ -212,7 +212,8 @@ def _label_dask(binary, structure: np.ndarray):
 
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
                       min_size: int, chunk: int) -> None:
-    import dask.array as da  # noqa: PLC0415 - optional, lazy
+    import dask  # noqa: PLC0415 - optional, lazy
+    import dask.array as da  # noqa: PLC0415
 
     c = da.from_zarr(str(classes_path))
     s26 = np.ones((3, 3, 3), dtype=bool)
@@ -221,7 +222,11 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     # only the boolean masks are persisted: the labellings are recomputed block by block where they are
     # read (a few cheap scipy labellings per block), so the workers never hold a whole volume of labels
     lab, _ = _label_dask(c >= 1, s26)
-    strong_ids = np.unique(lab[c == 2].compute())
+    # per block, then merged on the client: lab[c == 2].compute() gathers every class-2 voxel's label in one
+    # task on one worker (768^3 under a 1 GB limit: KilledWorker)
+    strong_ids = np.unique(np.concatenate(dask.compute(*[
+        dask.delayed(lambda lb, cb: np.unique(lb[cb == 2]))(lb, cb)
+        for lb, cb in zip(lab.to_delayed().ravel(), c.to_delayed().ravel())])))
     r = tuple(int(v) for v in closing_radius)
     mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), da.isin(lab, strong_ids[strong_ids > 0]),
                           depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool).persist()
