@@ -190,7 +190,9 @@ def memory_note(r: dict) -> str:
     parts = [f"{extra} worker restart(s) (new worker addresses)" if extra > 0 else "no worker restarted"]
     parts.append(f"{len(r['warnings'])} WARNING event(s) in the journal" if r["warnings"]
                  else "no WARNING event in the journal")
-    if r["memory_log"]:
+    if r["memory_log"] is None:
+        parts.append("distributed's log not kept for this run")
+    elif r["memory_log"]:
         kinds = sorted({MEMORY_LOG.search(ln).group(0) for ln in r["memory_log"]})
         parts.append(f"{len(r['memory_log'])} memory line(s) logged by distributed ({', '.join(kinds)})")
     else:
@@ -299,9 +301,9 @@ def report(doc: dict) -> list[str]:
         prob = r["stages"].get("probability", nan)
         post = r["stages"].get("postprocess", nan)
         cpu = r.get("cpu_s_per_chunk", nan)
-        lines.append(f"| {r['size']}³ in {r['chunk']}³ | {r['chunks']} | {r['workers']} | {r['wall']:.1f} "
-                     f"| {prob:.1f} | {60 * r['steady_chunks_s']:.1f} | "
-                     f"{na(cpu, '.2f')} | {post:.1f} | {fmt_peaks(r)} |")
+        lines.append(f"| {r['size']}³ in {r['chunk']}³ | {r['chunks']} | {r['workers']} | {na(r['wall'], '.1f')} "
+                     f"| {na(prob, '.1f')} | {60 * r['steady_chunks_s']:.1f} | "
+                     f"{na(cpu, '.2f')} | {na(post, '.1f')} | {fmt_peaks(r)} |")
     lines.append("")
     by_w = {r["workers"]: r for r in rows if r["size"] == doc["size"]}
     if 1 in by_w and 2 in by_w:
@@ -332,7 +334,9 @@ def report(doc: dict) -> list[str]:
         scroll_chunks = int(np.prod([-(-n // ch) for n in SCROLL_SHAPE]))
         worker_h = scroll_chunks * per_chunk / 3600
         cpu_h = scroll_chunks * cpu_chunk / 3600
-        post_per_vox = base["stages"].get("postprocess", nan) * base["workers"] / size ** 3
+        posts = [r for r in rows if r["stages"].get("postprocess", nan) == r["stages"].get("postprocess")]
+        post_run = max(posts, key=lambda r: r["size"]) if posts else base
+        post_per_vox = post_run["stages"].get("postprocess", nan) * post_run["workers"] / post_run["size"] ** 3
         lines += [f"Projection on paper for a whole scroll of {SCROLL_SHAPE[0]} × {SCROLL_SHAPE[1]} × "
                   f"{SCROLL_SHAPE[2]} voxels ({scroll_vox / 1e12:.2f} × 10¹² voxels) in chunks of {ch}³, from the "
                   f"{size}³ run: {per_chunk:.2f} worker-seconds of wall time per chunk ({base['workers']} workers, "
@@ -349,10 +353,11 @@ def report(doc: dict) -> list[str]:
                          f"| {na(cpu_h / k, ',.1f')} |")
         lines += ["", "Reading and writing are inside these figures (local disk, zarr); a scroll on object "
                   "storage adds its transfer. The whole-volume post-processing is not in these hours. Scaled "
-                  f"linearly from this run ({post_per_vox * 1e6:.2f} worker-seconds per million voxels) it would "
+                  f"linearly from the {post_run['size']}³ run ({post_per_vox * 1e6:.2f} worker-seconds per million "
+                  "voxels) it would "
                   f"add {post_per_vox * scroll_vox / 3600:,.0f} worker-hours, but it does not scale out that way: "
-                  "the chunked labelling gathers every chunk face's label pairs on the client and keeps the "
-                  "labels of the whole volume on the cluster, so at scroll size it is the open cost "
+                  "the chunked labelling gathers every chunk face's label pairs on the client and keeps boolean "
+                  "masks of the whole volume on the cluster, so at scroll size it is the open cost "
                   "(post-processing slab by slab, or pairs reduced on the workers, would be needed).", ""]
     _common._LOAD_AT_START = doc.get("load_start", _common._LOAD_AT_START)  # the runs' start, not now
     date = doc.get("date") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
