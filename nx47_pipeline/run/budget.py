@@ -271,6 +271,19 @@ def project_run(
     )
 
 
+def validation_reserve_s(timings: PreflightTimings | None, *, n_val: int, config: RunConfig,
+                         unet: UNetCost | None) -> float:
+    """Seconds the validate stage needs after the U-Net has trained: every
+    validation pair segmented with the U-Net and by fit_prox alone (to keep
+    the U-Net only when it validates better), with :data:`SAFETY_FACTOR`.
+    The U-Net trains until the training deadline less this."""
+    if timings is None or n_val <= 0:
+        return 0.0
+    n = math.ceil(n_val / parallel_workers(config))
+    linear = timings.mvox_train * timings.validate_s_per_mvox
+    return SAFETY_FACTOR * n * (2.0 * linear + _unet_infer_s(unet, timings.mvox_train))
+
+
 def parallel_workers(config: RunConfig) -> int:
     """Volumes processed at once by the per-volume stages: ``config.workers``
     on a Dask scheduler, else 1."""

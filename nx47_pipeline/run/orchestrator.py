@@ -348,8 +348,12 @@ def _train(ctx: RunContext) -> None:
         ctx.reporter().deadline_hit("unet", "no time left to train the U-Net")
         _skip(ctx, StageName.UNET, "training deadline passed")
     else:
+        # the U-Net leaves the validation time (with and without it) before the training deadline
+        keep = budget.validation_reserve_s(st.timings, n_val=len(st.selection.val), config=cfg,
+                                           unet=st.unet_plan.cost)
         with _stage(ctx, StageName.UNET, total=stages.unet_params(ctx).epochs + 1):
-            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet")
+            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet",
+                                  deadline=ctx.deadlines.training - keep)
 
     if st.model is None:
         _skip(ctx, StageName.VALIDATE, "no model" if had_samples else "no training samples")

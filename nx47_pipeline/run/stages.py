@@ -340,9 +340,11 @@ def unet_params(ctx: RunContext) -> UNetParams:
     return params_from_config(ctx.config)
 
 
-def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest: Path) -> UNetPart | None:
-    """Train the U-Net on patches of ``train`` with checkpoints in ``dest``;
-    None when it completed no epoch."""
+def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest: Path, *,
+         deadline: float | None = None) -> UNetPart | None:
+    """Train the U-Net on patches of ``train`` with checkpoints in ``dest``
+    until ``deadline`` (default: the training deadline); None when it
+    completed no epoch."""
     cfg = ctx.config
     params = unet_params(ctx)
     steps = params.epochs + 1
@@ -374,7 +376,8 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
 
     res = train_unet(
         patches, val=None, params=params, device=cfg.unet_device, checkpoint_dir=dest,
-        resume=True, deadline=ctx.deadlines.training, on_batch=on_batch, on_epoch=on_epoch,
+        resume=True, deadline=ctx.deadlines.training if deadline is None else deadline, on_batch=on_batch,
+        on_epoch=on_epoch,
     )
     if res.stopped_reason == "deadline":
         report.deadline_hit("unet", f"training stopped after {res.epochs_done} epochs")

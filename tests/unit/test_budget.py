@@ -85,3 +85,22 @@ def test_ceil_five_percent():
     assert ceil_frac(32, 0.05) == 2
     assert ceil_frac(3, 0.05) == 1
     assert ceil_frac(0, 0.05) == 0
+
+
+def test_the_u_net_leaves_time_to_validate_with_and_without_it():
+    from nx47_pipeline.run.budget import SAFETY_FACTOR, UNetCost, validation_reserve_s
+    from nx47_pipeline.unet.params import UNetParams
+
+    t = _timings()
+    cfg = RunConfig()
+    linear = t.mvox_train * t.validate_s_per_mvox
+    # fit_prox alone and with the U-Net, for every validation pair
+    assert validation_reserve_s(t, n_val=4, config=cfg, unet=None) == pytest.approx(SAFETY_FACTOR * 4 * 2 * linear)
+    cost = UNetCost(UNetParams(), seconds_per_patch_batch=2.0)
+    with_unet = validation_reserve_s(t, n_val=4, config=cfg, unet=cost)
+    assert with_unet > SAFETY_FACTOR * 4 * 2 * linear
+    # shared by Dask workers, nothing without validation pairs or timings
+    assert validation_reserve_s(t, n_val=4, config=RunConfig(scheduler="local", workers=4), unet=cost) \
+        == pytest.approx(with_unet / 4)
+    assert validation_reserve_s(t, n_val=0, config=cfg, unet=cost) == 0.0
+    assert validation_reserve_s(None, n_val=4, config=cfg, unet=cost) == 0.0
