@@ -94,6 +94,19 @@ def break_half(src: Path, dst: Path) -> int:
     return len(imgs[1::2])
 
 
+def unet_note(run: Path) -> str:
+    """What the U-Net run's journal says about its training and whether it was kept."""
+    said = []
+    for line in (run / "journal.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        msg = str(e.get("payload", {}).get("message", ""))
+        if e["kind"] == "WARNING" and e["payload"].get("code") in ("unet_not_better", "unet_untrained"):
+            said.append(msg)
+        elif e["kind"] == "BUDGET" and e.get("stage") == "unet" and "training stopped" in msg:
+            said.append(msg)
+    return "; ".join(said) or "the U-Net trained and was kept (it validated at least as well as fit_prox alone)"
+
+
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     """The fit_prox run's test probabilities through the post-processing with each step off."""
     best = read_json(run / "search" / "results.json")["best"]
@@ -133,6 +146,7 @@ def main() -> None:
             nx47("run", "--out", str(out), *argv)
 
     tables: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    unet_notes: dict[str, str] = {}
     ablations: dict[str, list] = {}
     for variant in ("a", "b"):
         data = tmp / f"data-{variant}"
@@ -158,6 +172,7 @@ def main() -> None:
             run_once(urun, "--data", str(data), "--unet", "--budget-s", "600", "--max-train-volumes", "0",
                      "--max-val-volumes", "3", "--quiet")
             rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels)))
+            unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
     lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants)", "",
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
@@ -173,6 +188,8 @@ def main() -> None:
             lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
                          f"**{m['score']:.3f}** |")
         lines.append("")
+    for variant, note in unet_notes.items():
+        lines += [f"U-Net run, variant {variant}: {note}", ""]
     lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds from "
               "its search):", "", "| post-processing | variant a score | variant b score |", "| --- | ---: | ---: |"]
     for (name, ma), (_, mb) in zip(ablations["a"], ablations["b"]):

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import tifffile
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import connected_components
 
 from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.model.bundle import Bundle, load_bundle
@@ -163,8 +165,6 @@ def _label_dask(binary, structure: np.ndarray):
     labelling of the volume).
     """
     import dask  # noqa: PLC0415
-    from scipy import ndimage, sparse  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
 
     structure = np.asarray(structure, dtype=bool)
     local = binary.map_blocks(lambda b: ndimage.label(b, structure=structure)[0].astype(np.int32),

@@ -210,13 +210,8 @@ def features(
         report.progress(offset + n_done + frac, n, file=rec.id, file_done=offset + n_done, file_total=n,
                         substep=what, substep_done=done, substep_total=total, worker=worker)
 
-    def check() -> None:
-        ctx.cancel.raise_if_cancelled()
-        if deadline is not None and time.monotonic() > deadline:
-            raise _DeadlineHit
-
     try:
-        for _, res in executor.map(features_task, jobs, on_progress=on_progress, check=check,
+        for _, res in executor.map(features_task, jobs, on_progress=on_progress, check=_checker(ctx, deadline),
                                    on_lost=_lost_worker(report, "features")):
             rec = records[res.index]
             _report_outcome(report, res)
@@ -237,6 +232,15 @@ def features(
 
 class _DeadlineHit(Exception):
     """The training deadline passed while a stage's tasks were running."""
+
+
+def _checker(ctx: RunContext, deadline: float | None):
+    """Called by the executor between tasks: Stop, then the deadline."""
+    def check() -> None:
+        ctx.cancel.raise_if_cancelled()
+        if deadline is not None and time.monotonic() > deadline:
+            raise _DeadlineHit
+    return check
 
 
 def load_samples(paths: Iterable[Path]) -> Samples:
@@ -434,13 +438,8 @@ def validate(
         report.progress(n_done + frac, n, file=val[index].id, file_done=n_done, file_total=n, substep=what,
                         substep_done=done, substep_total=total, worker=worker)
 
-    def check() -> None:
-        ctx.cancel.raise_if_cancelled()
-        if deadline is not None and time.monotonic() > deadline:
-            raise _DeadlineHit
-
     try:
-        for _, res in executor.map(validate_task, jobs, on_progress=on_progress, check=check,
+        for _, res in executor.map(validate_task, jobs, on_progress=on_progress, check=_checker(ctx, deadline),
                                    on_lost=_lost_worker(report, "validate")):
             _report_outcome(report, res)
             n_done += 1

@@ -73,6 +73,18 @@ def _trace(out: Outcome, name: str, array: np.ndarray) -> None:
                               subject=name, code="trace_failed"))
 
 
+def _read_pair(job, out: Outcome):
+    """``(image, label)`` of a job's pair; None, with the error in ``out``, when unreadable."""
+    try:
+        image, label = read_pair(job.image_path, job.label_path)
+    except VolumeError as exc:
+        out.ok = False
+        out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
+        return None
+    out.shape = tuple(int(s) for s in image.shape)
+    return image, label
+
+
 # ---------------------------------------------------------------------------
 # features
 # ---------------------------------------------------------------------------
@@ -95,13 +107,10 @@ def features_task(job: FeatureJob, progress: TaskProgress = no_progress) -> Outc
     (``X``, ``y`` and the labelled voxels' class ``counts``)."""
     out = Outcome(job.index, job.volume_id)
     progress(job.index, 0, 1, "read", 0.0)
-    try:
-        image, label = read_pair(job.image_path, job.label_path)
-    except VolumeError as exc:
-        out.ok = False
-        out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
+    pair = _read_pair(job, out)
+    if pair is None:
         return out
-    out.shape = tuple(int(s) for s in image.shape)
+    image, label = pair
     if job.trace:
         _trace(out, f"train/{job.volume_id}/image", image)
         _trace(out, f"train/{job.volume_id}/label", label)
@@ -166,13 +175,10 @@ class ValidateJob:
 def validate_task(job: ValidateJob, progress: TaskProgress = no_progress) -> Outcome:
     """Segment and score one validation pair; ``data`` holds the scores."""
     out = Outcome(job.index, job.volume_id)
-    try:
-        image, label = read_pair(job.image_path, job.label_path)
-    except VolumeError as exc:
-        out.ok = False
-        out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
+    pair = _read_pair(job, out)
+    if pair is None:
         return out
-    out.shape = tuple(int(s) for s in image.shape)
+    image, label = pair
 
     def on_p(done, total, what, frac):
         progress(job.index, done, total, what, 0.8 * frac)

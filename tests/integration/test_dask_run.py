@@ -10,6 +10,7 @@ import io
 import json
 import os
 import signal
+import sys
 import zipfile
 from pathlib import Path
 
@@ -25,16 +26,15 @@ from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.telemetry.events import EventKind
 from nx47_pipeline.telemetry.journal import read_journal, verify_journal
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pipeline import small_config as pipeline_config  # noqa: E402
+
 pytestmark = pytest.mark.timeout(600)
 
 
 def small_config(data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(data_root=str(data), out_dir=str(out), max_train_volumes=0, max_val_volumes=2, budget_s=1800.0,
-                heartbeat_interval_s=0.5, stall_after_s=60.0, console=False, progress_interval_s=0.0,
-                samples_per_class=3000, search_max_iter=40, fit_max_iter=120, l1_grid=(1e-4, 1e-2),
-                l2_grid=(1e-3,), threshold_grid=(0.4, 0.6), use_unet=False, min_component_voxels=20)
-    base.update(kw)
-    return RunConfig(**base)
+    return pipeline_config(data, out, **{"budget_s": 1800.0, "heartbeat_interval_s": 0.5, "stall_after_s": 60.0,
+                                         **kw})
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,6 @@ def test_the_projection_shares_per_volume_stages_between_workers():
 
 def test_without_a_scheduler_the_run_never_imports_dask(data_root, tmp_path):
     import subprocess
-    import sys
 
     code = (
         "import sys\n"
