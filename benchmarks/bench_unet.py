@@ -146,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     w320 = _windows(320, patch, params.overlap)
     s320 = w320 / win_per_s
 
+    # ---- loss terms: the same step without the skeleton-recall term ----
+    plain = U.UNetParams(**{**params.to_dict(), "skel_weight": 0.0})
+    ab = {"without": [], "with": []}
+    for _ in range(2):  # interleaved, so a change of load hits both alike
+        ab["without"].append(U.time_train_step(plain, device=device, repeats=3))
+        ab["with"].append(U.time_train_step(params, device=device, repeats=3))
+
     load_after = os.getloadavg()[0]
 
     # ---- projection for the default run ----------------------------
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| training step (forward + backward + Adam), steady | {step_s:.3f} s |",
         f"| training throughput | {args.batch / step_s:.2f} patches/s ({vox / step_s / 1e6:.2f} Mvox/s) |",
         f"| training epoch total ({steps} batches + checkpoint) | {t_train:.2f} s |",
+        f"| training step without / with the skeleton-recall term (`time_train_step`, "
+        f"2 × 3 steps each, interleaved) | {min(ab['without']):.3f} / {min(ab['with']):.3f} s |",
         f"| inference: {n_windows} windows on {side}³ | {t_infer:.2f} s ({win_per_s:.2f} windows/s) |",
         f"| inference, one 320³ volume ({w320} windows, extrapolated) | {s320:.1f} s (×8 with flip TTA) |",
     ]
