@@ -41,7 +41,7 @@ from nx47_pipeline.model.bundle import Bundle, load_bundle
 from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import anisotropic_closing, postprocess_classes, threshold_classes
 from nx47_pipeline.model.predict import linear_probabilities
-from nx47_pipeline.run.executor import chunk_grid, make_executor
+from nx47_pipeline.run.executor import chunk_grid, make_executor, worker_name
 from nx47_pipeline.run.resume import acquire_lock, release_lock
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 from nx47_pipeline.telemetry.events import StageName, Status
@@ -99,15 +99,6 @@ def _bundle(path: str) -> Bundle:
     return load_bundle(path, device="cpu")
 
 
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker  # noqa: PLC0415 - only on a Dask worker
-
-        return str(get_worker().name)
-    except (ImportError, ValueError):
-        return "local"
-
-
 def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
     """Classes of one core region, written to ``classes.zarr``; then its marker."""
     import zarr  # noqa: PLC0415
@@ -124,8 +115,8 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
     classes = threshold_classes(prob[inner], low=bundle.best["low"], high=bundle.best["high"])
     out = zarr.open_array(job["classes"], mode="r+")
     out[tuple(core)] = classes
-    write_text(Path(job["marker"]), json.dumps({"core": job["core"], "worker": _worker_name()}))
-    return {"id": job["id"], "worker": _worker_name(), "seconds": time.monotonic() - t0}
+    write_text(Path(job["marker"]), json.dumps({"core": job["core"], "worker": worker_name()}))
+    return {"id": job["id"], "worker": worker_name(), "seconds": time.monotonic() - t0}
 
 
 # ---------------------------------------------------------------------------

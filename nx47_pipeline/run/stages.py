@@ -487,8 +487,7 @@ def segment(
                 continue
             use_model = seg is not None
             if use_model and deadline is not None:
-                shape = rec.shape
-                m = mvox(shape)
+                m = mvox(rec.shape)
                 left = deadline - time.monotonic() - state["ahead_s"] / workers
                 need = budget.model_segment_need_s(
                     timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost,
@@ -507,7 +506,7 @@ def segment(
                     state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost)
             yield SegmentJob(index=i, volume_id=rec.id, image_path=rec.image_path, dest=dest,
                              segmenter=seg if use_model else None, closing_radius=tuple(cfg.closing_radius),
-                             min_size=cfg.min_component_voxels, trace=cfg.array_trace)
+                             min_size=cfg.min_component_voxels, trace=cfg.array_trace, shape=rec.shape)
 
     def on_progress(index: int, done: int, total: int, what: str, frac: float, worker: str) -> None:
         report.progress(state["done"] + frac, n, file=test[index].id, file_done=state["done"], file_total=n,

@@ -202,12 +202,13 @@ class SegmentJob:
     closing_radius: tuple[int, int, int]
     min_size: int
     trace: bool = True
+    shape: tuple[int, ...] | None = None  # from discovery: the empty mask's shape when the image is unreadable
 
 
 def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outcome:
     """The mask of one test volume: the model's, or the fallback's when
     ``job.segmenter`` is None.  An unreadable image gets an empty mask of its
-    header's shape when the header can be read (``data['empty']``)."""
+    shape (discovery's, else its header's) when known (``data['empty']``)."""
     out = Outcome(job.index, job.volume_id)
     mask_path = job.dest / f"{job.volume_id}.tif"
     try:
@@ -215,10 +216,12 @@ def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outco
     except VolumeError as exc:
         out.ok = False
         out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
-        try:
-            shape = read_header(job.image_path).shape
-        except VolumeError:
-            return out
+        shape = job.shape
+        if shape is None:
+            try:
+                shape = read_header(job.image_path).shape
+            except VolumeError:
+                return out
         write_volume(mask_path, np.zeros(shape, dtype=np.uint8))
         out.shape = tuple(int(s) for s in shape)
         out.data["empty"] = True
