@@ -17,7 +17,10 @@ figure the budget planner uses to decide whether the U-Net is worth running.
 Defaults: on CUDA, 128^3 patches (width 16, depth 4, batch 2, amp) and a
 320^3 volume; on CPU, 64^3 patches (width 16, depth 3, batch 2) and a 128^3
 volume (``--quick``: 32^3 patches and a 64^3 volume).  The device is named
-in the output.
+in the output.  The network takes the prior channel (random maps here).
+On the CPU one epoch of 56 patches is also timed for the earlier CPU
+default (width 16, 64^3, batch 2, no prior) and for the device-sized one
+the run uses now (``DEVICE_SIZES["cpu"]``), interleaved.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nx47_pipeline.unet as U  # noqa: E402
 from nx47_pipeline.run.budget import UNetCost  # noqa: E402
+from nx47_pipeline.unet.params import DEVICE_SIZES  # noqa: E402
 from _common import ram_gib as _ram_gib  # noqa: E402
 
 
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.batch * steps
     images = rng.integers(0, 256, (n, patch, patch, patch), dtype=np.uint8)
     labels = rng.choice(np.array([0, 1, 2], np.uint8), size=images.shape, p=[0.4, 0.05, 0.55])
-    patches = U.PatchSet(images, labels, ["bench"] * n, np.zeros((n, 3), np.int64))
+    priors = rng.integers(0, 256, images.shape, dtype=np.uint8)  # the fit_prox map's channel
+    patches = U.PatchSet(images, labels, ["bench"] * n, np.zeros((n, 3), np.int64), priors)
     stamps: list[float] = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         wstamps.append((time.perf_counter(), done))
 
     t0 = time.perf_counter()
-    prob = U.predict_volume(model, volume, params=params, device=device, on_window=on_window)
+    prob = U.predict_volume(model, volume, params=params, device=device, on_window=on_window,
+                            prior=rng.random(volume.shape, dtype=np.float32))
     t_infer = time.perf_counter() - t0
     assert prob.shape == volume.shape
     n_windows = wstamps[-1][1]
@@ -152,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(2):  # interleaved, so a change of load hits both alike
         ab["without"].append(U.time_train_step(plain, device=device, repeats=3))
         ab["with"].append(U.time_train_step(params, device=device, repeats=3))
+
+    # ---- one CPU epoch: the earlier default vs the device-sized one ----
+    # an epoch of 56 patches (7 training volumes x 8), as in the quality benchmark
+    epoch_ab = None
+    if not cuda:
+        before = U.UNetParams(width=16, depth=3, patch=64, batch=2, prior=False)
+        now = U.UNetParams(**DEVICE_SIZES["cpu"], depth=3)
+        steps_ab = {"before": [], "now": []}
+        for _ in range(2):
+            steps_ab["before"].append(U.time_train_step(before, device=device, repeats=2))
+            steps_ab["now"].append(U.time_train_step(now, device=device, repeats=3))
+        epoch_ab = {k: (min(v), min(v) * math.ceil(56 / p.batch))
+                    for (k, v), p in zip(steps_ab.items(), (before, now))}
 
     load_after = os.getloadavg()[0]
 
@@ -182,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| inference: {n_windows} windows on {side}³ | {t_infer:.2f} s ({win_per_s:.2f} windows/s) |",
         f"| inference, one 320³ volume ({w320} windows, extrapolated) | {s320:.1f} s (×8 with flip TTA) |",
     ]
+    if epoch_ab is not None:
+        lines.append(
+            f"| CPU epoch of 56 patches, earlier default (width 16, 64³, batch 2, 1 channel) / now "
+            f"(width 8, 48³, batch 4, prior channel; `time_train_step` × batches, interleaved) | "
+            f"{epoch_ab['before'][1]:.1f} s ({epoch_ab['before'][0]:.2f} s × 28) / "
+            f"{epoch_ab['now'][1]:.1f} s ({epoch_ab['now'][0]:.2f} s × 14) |")
     if cuda:
         lines.append(f"| peak GPU memory, training / inference | {train_mem:.2f} / {infer_mem:.2f} GiB |")
     lines += [

@@ -69,11 +69,12 @@ class RunConfig:
     # --- U-Net -----------------------------------------------------------
     use_unet: bool | None = None  # None: on with CUDA, off on CPU-only
     unet_epochs: int = 20
-    unet_patch: int = 64
-    unet_batch: int = 2
-    unet_width: int = 16
+    # 0: by device (nx47_pipeline.unet.params.DEVICE_SIZES): 48 / 4 / 8 on the CPU, 64 / 2 / 16 on CUDA
+    unet_patch: int = 0
+    unet_batch: int = 0
+    unet_width: int = 0
     unet_depth: int = 3
-    unet_fuse: str = "mean"  # mean | replace
+    unet_fuse: str = "replace"  # replace (the U-Net's output already holds fit_prox's) | mean
     unet_device: str = "auto"
     # --- inference only ----------------------------------------------------
     model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
@@ -103,6 +104,10 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
         if isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        for name in ("unet_patch", "unet_batch", "unet_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 means by device), got {value!r}")
         if self.unet_fuse not in ("mean", "replace"):
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
 

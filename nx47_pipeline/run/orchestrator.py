@@ -342,8 +342,9 @@ def _train(ctx: RunContext) -> None:
             st.model = model
         del samples
 
-    if not st.unet_plan.use or not train:
-        _skip(ctx, StageName.UNET, "U-Net off" if not st.unet_plan.use else "no training volumes")
+    if not st.unet_plan.use or not train or st.model is None:
+        _skip(ctx, StageName.UNET, "U-Net off" if not st.unet_plan.use else
+              "no training volumes" if not train else "no fit_prox model")
     elif time.monotonic() > ctx.deadlines.training:
         ctx.reporter().deadline_hit("unet", "no time left to train the U-Net")
         _skip(ctx, StageName.UNET, "training deadline passed")
@@ -352,7 +353,7 @@ def _train(ctx: RunContext) -> None:
         keep = budget.validation_reserve_s(st.timings, n_val=len(st.selection.val), config=cfg,
                                            unet=st.unet_plan.cost)
         with _stage(ctx, StageName.UNET, total=stages.unet_params(ctx).epochs + 1):
-            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet",
+            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet", model=st.model,
                                   deadline=ctx.deadlines.training - keep)
 
     if st.model is None:

@@ -27,9 +27,9 @@ from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, reso
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.submission import PackagingError, write_submission
 from nx47_pipeline.io.volumes import VolumeError, read_pair
-from nx47_pipeline.model.features import feature_names
+from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
-from nx47_pipeline.model.predict import UNetPart
+from nx47_pipeline.model.predict import UNetPart, linear_probabilities
 from nx47_pipeline.model.search import run_search
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
@@ -345,12 +345,15 @@ def unet_params(ctx: RunContext) -> UNetParams:
 
 
 def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest: Path, *,
-         deadline: float | None = None) -> UNetPart | None:
+         model: LogisticModel | None = None, deadline: float | None = None) -> UNetPart | None:
     """Train the U-Net on patches of ``train`` with checkpoints in ``dest``
     until ``deadline`` (default: the training deadline); None when it
-    completed no epoch."""
+    completed no epoch.  With ``prior`` parameters (the default) each patch
+    also carries ``model``'s probabilities, the network's second input."""
     cfg = ctx.config
     params = unet_params(ctx)
+    if params.prior and model is None:
+        raise ValueError("the U-Net takes the fit_prox probabilities as input: model must be given")
     steps = params.epochs + 1
 
     def volumes():
@@ -368,6 +371,8 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
     patches = extract_patches(
         volumes(), patch=params.patch, patches_per_volume=params.patches_per_volume,
         label_guided_frac=params.label_guided_frac, seed=cfg.seed, on_file=on_file, n_volumes=len(train),
+        prior=(lambda region: linear_probabilities(region, [model])[0]) if params.prior else None,
+        prior_margin=halo_for(model.scales) + 1 if params.prior else 0,
     )
 
     def on_batch(epoch, epochs, batch, n_batches, loss):  # epoch counts from 1

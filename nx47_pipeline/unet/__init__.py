@@ -20,7 +20,14 @@ from nx47_pipeline.unet.backend import (
 from nx47_pipeline.unet.infer import fuse_probabilities, predict_volume
 from nx47_pipeline.unet.net import build_unet, masked_bce_dice_loss, skeleton_recall_loss
 from nx47_pipeline.unet.params import UNetParams, params_from_config
-from nx47_pipeline.unet.patches import IGNORE, PatchSet, extract_patches, split_patches, surface_skeleton
+from nx47_pipeline.unet.patches import (
+    IGNORE,
+    PatchSet,
+    extract_patches,
+    quantize_prior,
+    split_patches,
+    surface_skeleton,
+)
 from nx47_pipeline.unet.train import CHECKPOINT_NAME, TrainResult, load_unet, time_train_step, train_unet
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "UNetParams",
     "params_from_config",
     "PatchSet",
+    "quantize_prior",
     "extract_patches",
     "split_patches",
     "build_unet",

@@ -7,7 +7,9 @@ from typing import Callable
 import numpy as np
 
 from nx47_pipeline.unet.backend import require_torch, resolve_device
+from nx47_pipeline.unet.net import input_tensor
 from nx47_pipeline.unet.params import UNetParams
+from nx47_pipeline.unet.patches import quantize_prior
 
 
 def _positions(size: int, patch: int, step: int) -> list[int]:
@@ -36,6 +38,7 @@ def predict_volume(
     *,
     params: UNetParams,
     device: str = "auto",
+    prior: np.ndarray | None = None,
     on_window: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Sliding-window probabilities for a whole volume.
@@ -52,6 +55,9 @@ def predict_volume(
         forward pass), ``tta_flip`` (average the 8 mirrorings), ``amp``.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<n>"``.
+    prior : np.ndarray, optional
+        Probabilities in [0, 1] of ``volume``'s shape (the ``fit_prox``
+        map): the second input channel, required when ``params.prior``.
     on_window : callable, optional
         ``on_window(done, total)`` after each batch of windows.
 
@@ -71,12 +77,22 @@ def predict_volume(
         raise ValueError(f"volume must be 3D, got shape {volume.shape}")
     if volume.dtype != np.uint8:
         raise ValueError(f"volume must be uint8, got {volume.dtype}")
+    if params.prior and prior is None:
+        raise ValueError("params.prior is True: predict_volume needs prior, the fit_prox probability map")
+    if prior is not None:
+        prior = np.asarray(prior)
+        if prior.shape != volume.shape:
+            raise ValueError(f"prior has shape {prior.shape}, volume has shape {volume.shape}")
     dev = resolve_device(device)
     use_amp = bool(params.amp) and dev.startswith("cuda")
     p = params.patch
     shape = volume.shape
     pad = [(0, max(0, p - s)) for s in shape]
     work = np.pad(volume, pad, mode="edge") if any(b for _, b in pad) else volume
+    pwork = None
+    if params.prior:
+        q = quantize_prior(prior)
+        pwork = np.pad(q, pad, mode="edge") if any(b for _, b in pad) else q
     step = max(1, int(round(p * (1.0 - params.overlap))))
     grid = [_positions(s, p, step) for s in work.shape]
     corners = [(z, y, x) for z in grid[0] for y in grid[1] for x in grid[2]]
@@ -85,6 +101,7 @@ def predict_volume(
 
     model = model.to(dev).eval()
     src = torch.from_numpy(np.ascontiguousarray(work)).to(dev)
+    psrc = None if pwork is None else torch.from_numpy(np.ascontiguousarray(pwork)).to(dev)
     acc = torch.zeros(work.shape, dtype=torch.float32, device=dev)
     norm = torch.zeros(work.shape, dtype=torch.float32, device=dev)
     weight = torch.from_numpy(_gaussian_weights(p)).to(dev)
@@ -93,8 +110,9 @@ def predict_volume(
         for start in range(0, total, batch):
             chunk = corners[start : start + batch]
             x = torch.stack([src[z : z + p, y : y + p, w : w + p] for z, y, w in chunk])
-            x = (x.float() / 127.5 - 1.0).unsqueeze(1)
-            prob = torch.zeros_like(x)
+            pr = None if psrc is None else torch.stack([psrc[z : z + p, y : y + p, w : w + p] for z, y, w in chunk])
+            x = input_tensor(torch, x, pr)
+            prob = torch.zeros((x.shape[0], 1) + x.shape[2:], dtype=torch.float32, device=dev)
             for axes in flips:
                 xi = torch.flip(x, axes) if axes else x
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):

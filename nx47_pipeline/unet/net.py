@@ -9,6 +9,11 @@ from nx47_pipeline.unet.backend import require_torch
 from nx47_pipeline.unet.params import UNetParams
 
 
+#: Prior probabilities are clamped to ``[PRIOR_EPS, 1 - PRIOR_EPS]`` (half a
+#: uint8 step) before their logit is taken.
+PRIOR_EPS = 0.5 / 255.0
+
+
 @functools.lru_cache(maxsize=1)
 def _model_classes():
     """Define the nn.Module classes once torch is imported."""
@@ -33,27 +38,41 @@ def _model_classes():
             )
 
     class UNet3D(nn.Module):
-        """Plain 3D U-Net: conv blocks, strided-conv down, transposed-conv up."""
+        """Plain 3D U-Net: conv blocks, strided-conv down, transposed-conv up.
 
-        def __init__(self, width: int, depth: int, norm: str) -> None:
+        With a second input channel (the prior probabilities) the output is
+        the prior's logit plus the network's correction, and the head starts
+        at zero: an untrained network reproduces the prior exactly, and
+        training only moves it where the labels disagree with it."""
+
+        def __init__(self, width: int, depth: int, norm: str, in_channels: int = 1) -> None:
             super().__init__()
+            self.residual_prior = in_channels == 2
             chans = [width * 2**k for k in range(depth + 1)]
             self.encoders = nn.ModuleList()
             self.downs = nn.ModuleList()
-            c_prev = 1
+            c_prev = in_channels
             for k in range(depth):
                 self.encoders.append(ConvBlock(c_prev, chans[k], norm))
                 self.downs.append(nn.Conv3d(chans[k], chans[k], 2, stride=2))
                 c_prev = chans[k]
-            self.bottleneck = ConvBlock(chans[depth - 1] if depth else 1, chans[depth], norm)
+            self.bottleneck = ConvBlock(chans[depth - 1] if depth else in_channels, chans[depth], norm)
             self.ups = nn.ModuleList()
             self.decoders = nn.ModuleList()
             for k in reversed(range(depth)):
                 self.ups.append(nn.ConvTranspose3d(chans[k + 1], chans[k], 2, stride=2))
                 self.decoders.append(ConvBlock(2 * chans[k], chans[k], norm))
             self.head = nn.Conv3d(chans[0], 1, 1)
+            if self.residual_prior:
+                nn.init.zeros_(self.head.weight)
+                nn.init.zeros_(self.head.bias)
 
         def forward(self, x):
+            prior_logit = None
+            if self.residual_prior:
+                # the channel holds 2p - 1 of the uint8-quantized prior p
+                p = ((x[:, 1:2].float() + 1.0) * 0.5).clamp(PRIOR_EPS, 1.0 - PRIOR_EPS)
+                prior_logit = torch.log(p) - torch.log1p(-p)
             skips = []
             for enc, down in zip(self.encoders, self.downs):
                 x = enc(x)
@@ -62,7 +81,8 @@ def _model_classes():
             x = self.bottleneck(x)
             for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
                 x = dec(torch.cat([up(x), skip], dim=1))
-            return self.head(x)
+            out = self.head(x)
+            return out if prior_logit is None else out + prior_logit
 
     return UNet3D
 
@@ -73,12 +93,15 @@ def build_unet(params: UNetParams):
     Parameters
     ----------
     params : UNetParams
-        ``width``, ``depth`` and ``norm`` define the network.
+        ``width``, ``depth``, ``norm`` and ``prior`` (the number of input
+        channels) define the network.
 
     Returns
     -------
     torch.nn.Module
-        Input ``(n, 1, d, h, w)`` float, output ``(n, 1, d, h, w)`` logits;
+        Input ``(n, params.in_channels, d, h, w)`` float (with ``prior``
+        the output is the prior's logit plus a correction that starts at
+        zero), output ``(n, 1, d, h, w)`` logits;
         ``d, h, w`` must be divisible by ``2**depth``.
     """
     if not isinstance(params, UNetParams):
@@ -87,7 +110,17 @@ def build_unet(params: UNetParams):
     cls = _model_classes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(params.seed))
-        return cls(params.width, params.depth, params.norm)
+        return cls(params.width, params.depth, params.norm, params.in_channels)
+
+
+def input_tensor(torch, images, priors=None):
+    """The network input ``(n, c, d, h, w)`` from uint8 tensors: intensities
+    scaled to [-1, 1], then the uint8 prior probabilities (``255 * p``)
+    scaled the same way when given."""
+    x = (images.float() / 127.5 - 1.0).unsqueeze(1)
+    if priors is None:
+        return x
+    return torch.cat([x, (priors.float() / 127.5 - 1.0).unsqueeze(1)], dim=1)
 
 
 def masked_bce_dice_loss(logits, target, mask, *, dice_weight: float = 1.0, eps: float = 1.0):

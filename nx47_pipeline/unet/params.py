@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from nx47_pipeline.unet.backend import resolve_device
+
 
 @dataclass(frozen=True, kw_only=True)
 class UNetParams:
@@ -57,6 +59,13 @@ class UNetParams:
         Early stop: epochs without a better validation Dice before training
         stops (0 = never).  With validation, the weights of the best epoch
         are the ones used.
+    prior : bool
+        Give the network the ``fit_prox`` probability map as a second input
+        channel next to the intensities (a cascade: the U-Net learns to
+        correct the linear model rather than to find the surface from
+        nothing).  Training patches then carry ``priors`` and inference
+        needs the map.  Checkpoints written before this field existed load
+        with ``prior=False``.
     """
 
     width: int = 16
@@ -77,6 +86,7 @@ class UNetParams:
     skel_weight: float = 1.0
     lr_schedule: str = "poly"
     patience: int = 5
+    prior: bool = True
 
     def __post_init__(self) -> None:
         for name in ("width", "depth", "patch", "batch", "epochs", "patches_per_volume"):
@@ -117,7 +127,24 @@ class UNetParams:
     def from_dict(cls, data: dict[str, Any]) -> "UNetParams":
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        values.setdefault("prior", False)  # checkpoints from before the prior channel
+        return cls(**values)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network: intensities, and the prior map."""
+        return 2 if self.prior else 1
+
+
+#: Patch side, batch and width when the RunConfig leaves them at 0, by
+#: device kind.  On a CPU a narrow network on smaller patches makes about
+#: ten times more optimisation steps in the same time than the CUDA sizes,
+#: which is what a 10-minute budget needs (docs/model.md).
+DEVICE_SIZES: dict[str, dict[str, int]] = {
+    "cpu": {"patch": 48, "batch": 4, "width": 8},
+    "cuda": {"patch": 64, "batch": 2, "width": 16},
+}
 
 
 def params_from_config(config: Any, **overrides: Any) -> UNetParams:
@@ -128,16 +155,23 @@ def params_from_config(config: Any, **overrides: Any) -> UNetParams:
     ----------
     config : RunConfig
         Any object with ``unet_epochs``, ``unet_patch``, ``unet_batch``,
-        ``unet_width``, ``unet_depth`` and ``seed`` attributes.
+        ``unet_width``, ``unet_depth`` and ``seed`` attributes (and
+        ``unet_device``); a patch, batch or width of 0 takes the value of
+        :data:`DEVICE_SIZES` for the device the run resolves to.
     **overrides
         Further :class:`UNetParams` fields (e.g. ``epochs`` from the budget
         planner, ``steps_per_epoch``, ``tta_flip``).
     """
+    try:
+        kind = "cuda" if resolve_device(getattr(config, "unet_device", "auto")).startswith("cuda") else "cpu"
+    except ValueError:  # CUDA asked for but absent: the training stage reports it
+        kind = "cpu"
+    sizes = DEVICE_SIZES[kind]
     values = {
         "epochs": config.unet_epochs,
-        "patch": config.unet_patch,
-        "batch": config.unet_batch,
-        "width": config.unet_width,
+        "patch": config.unet_patch or sizes["patch"],
+        "batch": config.unet_batch or sizes["batch"],
+        "width": config.unet_width or sizes["width"],
         "depth": config.unet_depth,
         "seed": config.seed,
     }

@@ -32,18 +32,27 @@ class PatchSet:
     origins : np.ndarray
         ``(n, 3)`` int corner of every patch in its source volume (may be
         negative where the volume was padded).
+    priors : np.ndarray or None
+        ``(n, p, p, p)`` uint8 prior probabilities (``round(255 * p)``) of
+        the ``fit_prox`` model, the U-Net's second input channel; None when
+        the U-Net takes intensities only.
     """
 
     images: np.ndarray
     labels: np.ndarray
     volume_ids: list[str] = field(default_factory=list)
     origins: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    priors: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.shape != self.labels.shape or self.images.ndim != 4:
             raise ValueError(
                 f"PatchSet images and labels must both be (n, p, p, p); got "
                 f"{self.images.shape} and {self.labels.shape}"
+            )
+        if self.priors is not None and self.priors.shape != self.images.shape:
+            raise ValueError(
+                f"PatchSet priors must have the images' shape {self.images.shape}, got {self.priors.shape}"
             )
 
     def __len__(self) -> int:
@@ -62,6 +71,7 @@ class PatchSet:
             self.labels[index],
             [self.volume_ids[i] for i in index] if self.volume_ids else [],
             self.origins[index] if len(self.origins) else self.origins,
+            None if self.priors is None else self.priors[index],
         )
 
 
@@ -80,6 +90,33 @@ def _crop(volume: np.ndarray, origin: np.ndarray, patch: int, fill: int) -> np.n
     return out
 
 
+def quantize_prior(prob: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] as the uint8 ``round(255 * p)`` that patches
+    store (inference quantizes the same way, so both see the same values)."""
+    return np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _prior_patch(image: np.ndarray, origin: np.ndarray, patch: int,
+                 prior: Callable[[np.ndarray], np.ndarray], margin: int) -> np.ndarray:
+    """``prior`` of the patch at ``origin``, computed on the patch and a
+    ``margin`` of context (clipped to the volume, where the filters see the
+    volume's own border as they do on the whole volume); padding is 0."""
+    shape = np.array(image.shape)
+    lo = np.maximum(origin - margin, 0)
+    hi = np.minimum(origin + patch + margin, shape)
+    region = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    prob = np.asarray(prior(region))
+    if prob.shape != region.shape:
+        raise ValueError(f"prior returned shape {prob.shape} for a region of shape {region.shape}")
+    s_lo = np.maximum(origin, 0)
+    s_hi = np.minimum(origin + patch, shape)
+    out = np.zeros((patch,) * 3, dtype=np.uint8)
+    src = tuple(slice(int(a - b), int(c - b)) for a, b, c in zip(s_lo, lo, s_hi))
+    dst = tuple(slice(int(a - o), int(c - o)) for a, o, c in zip(s_lo, origin, s_hi))
+    out[dst] = quantize_prior(prob[src])
+    return out
+
+
 def extract_patches(
     volumes: Iterable[tuple[str, np.ndarray, np.ndarray]],
     *,
@@ -89,6 +126,8 @@ def extract_patches(
     seed: int,
     on_file: Callable[[int, int, str], None] | None = None,
     n_volumes: int | None = None,
+    prior: Callable[[np.ndarray], np.ndarray] | None = None,
+    prior_margin: int = 16,
 ) -> PatchSet:
     """Draw cubic patches from a stream of labelled volumes.
 
@@ -114,6 +153,14 @@ def extract_patches(
         ``n_volumes``, ``len(volumes)`` when available, else 0).
     n_volumes : int, optional
         Number of volumes in the stream, for progress.
+    prior : callable, optional
+        ``prior(image_region) -> probabilities`` of the same shape (e.g. the
+        ``fit_prox`` model's map); when given, every patch also gets its
+        prior (``PatchSet.priors``), computed on the patch plus
+        ``prior_margin`` voxels of context, not on the whole volume.
+    prior_margin : int
+        Context around each patch for ``prior`` (at least the reach of its
+        filters: 4 sigma of the largest scale).
 
     Returns
     -------
@@ -127,6 +174,8 @@ def extract_patches(
         raise ValueError(f"patches_per_volume must be >= 1, got {patches_per_volume!r}")
     if not 0 <= label_guided_frac <= 1:
         raise ValueError(f"label_guided_frac must be in [0, 1], got {label_guided_frac!r}")
+    if isinstance(prior_margin, bool) or int(prior_margin) != prior_margin or prior_margin < 0:
+        raise ValueError(f"prior_margin must be an integer >= 0, got {prior_margin!r}")
     total = n_volumes
     if total is None:
         try:
@@ -137,6 +186,7 @@ def extract_patches(
     labels: list[np.ndarray] = []
     ids: list[str] = []
     origins: list[np.ndarray] = []
+    priors: list[np.ndarray] = []
     n_guided_wanted = int(round(patches_per_volume * label_guided_frac))
     for done, item in enumerate(volumes, start=1):
         try:
@@ -159,6 +209,14 @@ def extract_patches(
         shape = np.array(image.shape)
         fg = np.flatnonzero(label == 1) if n_guided_wanted else np.empty(0, dtype=np.int64)
         n_guided = n_guided_wanted if fg.size else 0
+        whole_prior = None
+        if prior is not None and patches_per_volume * (patch + 2 * int(prior_margin)) ** 3 >= image.size:
+            # the crops with their context would cost more than the volume once
+            whole_prior = np.asarray(prior(image))
+            if whole_prior.shape != image.shape:
+                raise ValueError(f"prior returned shape {whole_prior.shape} for volume {vid!r} of shape "
+                                 f"{image.shape}")
+            whole_prior = quantize_prior(whole_prior)
         for k in range(patches_per_volume):
             if k < n_guided:
                 centre = np.array(np.unravel_index(fg[rng.integers(fg.size)], image.shape))
@@ -172,15 +230,21 @@ def extract_patches(
             origin = np.where(shape < patch, -((patch - shape) // 2), origin)
             images.append(_crop(image, origin, patch, 0))
             labels.append(_crop(label, origin, patch, IGNORE))
+            if whole_prior is not None:
+                priors.append(_crop(whole_prior, origin, patch, 0))
+            elif prior is not None:
+                priors.append(_prior_patch(image, origin, patch, prior, int(prior_margin)))
             ids.append(str(vid))
             origins.append(origin.astype(np.int64))
-        del image, label, fg
+        del image, label, fg, whole_prior
         if on_file is not None:
             on_file(done, int(total), str(vid))
     if not images:
         empty = np.zeros((0, patch, patch, patch), dtype=np.uint8)
-        return PatchSet(empty, empty.copy(), [], np.zeros((0, 3), dtype=np.int64))
-    return PatchSet(np.stack(images), np.stack(labels), ids, np.stack(origins))
+        return PatchSet(empty, empty.copy(), [], np.zeros((0, 3), dtype=np.int64),
+                        None if prior is None else empty.copy())
+    return PatchSet(np.stack(images), np.stack(labels), ids, np.stack(origins),
+                    np.stack(priors) if prior is not None else None)
 
 
 def split_patches(patches: PatchSet, *, fraction: float, seed: int) -> tuple[PatchSet, PatchSet]:

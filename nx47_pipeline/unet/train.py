@@ -3,7 +3,8 @@
 Checkpoints hold only tensors and plain Python values, so
 ``torch.load(path, weights_only=True)`` reads them.  The loss is BCE + Dice +
 ``skel_weight`` x skeleton recall; the learning rate follows
-``params.lr_schedule`` over the planned steps; with validation patches each
+``params.lr_schedule`` over the planned steps or the time to the deadline,
+whichever ends first; with validation patches each
 epoch is scored by its validation Dice, the best epoch's weights are kept
 (``best_model`` in the checkpoint, what :func:`load_unet` returns) and
 training stops after ``params.patience`` epochs without a better one.  Randomness is derived
@@ -25,7 +26,7 @@ import numpy as np
 
 from nx47_pipeline.io.atomic import atomic_path
 from nx47_pipeline.unet.backend import require_torch, resolve_device
-from nx47_pipeline.unet.net import build_unet, masked_bce_dice_loss, skeleton_recall_loss
+from nx47_pipeline.unet.net import build_unet, input_tensor, masked_bce_dice_loss, skeleton_recall_loss
 from nx47_pipeline.unet.params import UNetParams
 from nx47_pipeline.unet.patches import IGNORE, PatchSet, split_patches, surface_skeleton
 
@@ -64,10 +65,12 @@ class TrainResult:
     best_epoch: int | None = None
 
 
-def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str, skeletons: np.ndarray | None = None):
+def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str, skeletons: np.ndarray | None = None,
+              priors: np.ndarray | None = None):
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-    x = (x.float() / 127.5 - 1.0).unsqueeze(1)
+    pr = None if priors is None else torch.from_numpy(np.ascontiguousarray(priors)).to(device)
+    x = input_tensor(torch, x, pr)
     y = y.unsqueeze(1)
     sk = None
     if skeletons is not None:
@@ -89,11 +92,15 @@ def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool, skel=No
     return loss
 
 
-def lr_at(params: UNetParams, step: int, total_steps: int) -> float:
-    """The learning rate of optimisation step ``step`` (from 0) of ``total_steps``."""
+def lr_at(params: UNetParams, step: int, total_steps: int, time_frac: float = 0.0) -> float:
+    """The learning rate of optimisation step ``step`` (from 0) of
+    ``total_steps``; with a deadline, ``time_frac`` is the share of the time
+    to it already spent, and the schedule follows whichever of the two is
+    further along, so the rate has decayed when the deadline stops training."""
     if params.lr_schedule == "constant" or total_steps <= 0:
         return float(params.lr)
-    return float(params.lr) * max(0.0, 1.0 - min(step, total_steps) / total_steps) ** 0.9
+    progress = max(min(step, total_steps) / total_steps, min(max(float(time_frac), 0.0), 1.0))
+    return float(params.lr) * max(0.0, 1.0 - progress) ** 0.9
 
 
 def skeletons_of(labels: np.ndarray) -> np.ndarray:
@@ -108,7 +115,7 @@ def _atomic_save(torch, obj: dict, path: Path) -> None:
 
 
 def _architecture(p: UNetParams) -> tuple:
-    return (p.width, p.depth, p.norm)
+    return (p.width, p.depth, p.norm, p.prior)
 
 
 def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: bool) -> tuple[float, float]:
@@ -121,7 +128,8 @@ def _evaluate(torch, model, val: PatchSet, batch: int, device: str, use_amp: boo
     with torch.inference_mode():
         for start in range(0, len(val), batch):
             x, t, m, _ = _to_batch(
-                torch, val.images[start : start + batch], val.labels[start : start + batch], device
+                torch, val.images[start : start + batch], val.labels[start : start + batch], device,
+                priors=None if val.priors is None else val.priors[start : start + batch],
             )
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                 logits = model(x)
@@ -204,6 +212,12 @@ def train_unet(
         raise ValueError(f"train patches have side {train.patch}, params.patch is {params.patch}")
     if val is not None and len(val) and val.patch != params.patch:
         raise ValueError(f"val patches have side {val.patch}, params.patch is {params.patch}")
+    for name, ps in (("train", train), ("val", val)):
+        if ps is not None and len(ps) and (ps.priors is not None) != bool(params.prior):
+            raise ValueError(
+                f"{name} patches {'have' if ps.priors is not None else 'have no'} priors but params.prior is "
+                f"{params.prior}; extract them with extract_patches(prior=...) for prior=True"
+            )
     if val is None and params.val_fraction > 0 and len(train) >= 2:
         train, val = split_patches(train, fraction=params.val_fraction, seed=params.seed)
     dev = resolve_device(device)
@@ -223,7 +237,7 @@ def train_unet(
         saved = UNetParams.from_dict(state["params"])
         if _architecture(saved) != _architecture(params):
             raise ValueError(
-                f"checkpoint {ckpt_path} holds width/depth/norm {_architecture(saved)}, "
+                f"checkpoint {ckpt_path} holds width/depth/norm/prior {_architecture(saved)}, "
                 f"params ask for {_architecture(params)}; use another checkpoint_dir or "
                 "resume=False"
             )
@@ -250,6 +264,8 @@ def train_unet(
     n_batches = params.steps_per_epoch or max(1, math.ceil(n / params.batch))
     epochs = int(params.epochs)
     total_steps = epochs * n_batches
+    t_start = clock()
+    span = None if deadline is None else deadline - t_start
     model.train()
     for epoch in range(start_epoch, epochs):
         if params.patience and has_val and best["since"] >= params.patience:
@@ -264,19 +280,22 @@ def train_unet(
         for b in range(n_batches):
             if deadline is not None and clock() >= deadline:
                 return result("deadline", epoch)
-            lr = lr_at(params, epoch * n_batches + b, total_steps)
+            lr = lr_at(params, epoch * n_batches + b, total_steps,
+                       (clock() - t_start) / span if span and span > 0 else 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = np.sort(order[b * params.batch : (b + 1) * params.batch])
             images = train.images[idx]
             labels = train.labels[idx]
             sk = skels[idx] if skels is not None else None
+            pr = train.priors[idx] if train.priors is not None else None
             flips = tuple(a + 1 for a in range(3) if rng.random() < 0.5)
             if flips:
                 images = np.flip(images, axis=flips)
                 labels = np.flip(labels, axis=flips)
                 sk = np.flip(sk, axis=flips) if sk is not None else None
-            x, t, m, s = _to_batch(torch, images, labels, dev, sk)
+                pr = np.flip(pr, axis=flips) if pr is not None else None
+            x, t, m, s = _to_batch(torch, images, labels, dev, sk, pr)
             loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp, s, params.skel_weight)
             value = float(loss.detach())
             running += value
@@ -386,7 +405,9 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     shape = (params.batch,) + (params.patch,) * 3
     images = rng.integers(0, 256, shape, dtype=np.uint8)
     labels = rng.integers(0, 3, shape, dtype=np.uint8)
-    x, t, m, sk = _to_batch(torch, images, labels, dev, skeletons_of(labels) if params.skel_weight > 0 else None)
+    priors = rng.integers(0, 256, shape, dtype=np.uint8) if params.prior else None
+    x, t, m, sk = _to_batch(torch, images, labels, dev, skeletons_of(labels) if params.skel_weight > 0 else None,
+                            priors)
 
     def step():
         _train_step(torch, model, opt, scaler, x, t, m, use_amp, sk, params.skel_weight)

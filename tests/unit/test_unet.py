@@ -45,7 +45,7 @@ def _volume(seed: int, shape=(40, 40, 40)):
 
 
 def _params(**kw):
-    base = dict(width=4, depth=2, patch=PATCH, batch=4, epochs=2, lr=3e-3, val_fraction=0.0)
+    base = dict(width=4, depth=2, patch=PATCH, batch=4, epochs=2, lr=3e-3, val_fraction=0.0, prior=False)
     base.update(kw)
     return U.UNetParams(**base)
 
@@ -140,8 +140,22 @@ def test_params_follow_the_run_configuration():
     assert p.tta_flip is True
     with pytest.raises(TypeError, match="bogus"):
         U.params_from_config(cfg, bogus=1)
-    # the defaults of the two agree
-    assert U.params_from_config(RunConfig()) == U.UNetParams()
+    # left at 0, patch, batch and width follow the device; the rest are UNetParams' defaults
+    cpu = U.params_from_config(RunConfig(unet_device="cpu"))
+    assert (cpu.patch, cpu.batch, cpu.width) == (48, 4, 8)
+    assert cpu == U.UNetParams(patch=48, batch=4, width=8)
+
+
+def test_sizes_left_at_zero_follow_the_device_the_run_resolves(monkeypatch):
+    import nx47_pipeline.unet.params as P
+    from nx47_pipeline.config import RunConfig
+
+    monkeypatch.setattr(P, "resolve_device", lambda spec: "cuda")
+    gpu = P.params_from_config(RunConfig())
+    assert (gpu.patch, gpu.batch, gpu.width) == (64, 2, 16)
+    assert P.params_from_config(RunConfig(unet_patch=96, unet_width=24)).patch == 96
+    with pytest.raises(ValueError, match="unet_width must be an integer >= 0"):
+        RunConfig(unet_width=-1)
 
 
 def test_resolve_device():
@@ -501,6 +515,10 @@ def test_poly_learning_rate_decays_to_zero_and_constant_stays():
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == 0.0
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert lr_at(_params(lr=1e-3, lr_schedule="constant"), 90, 100) == pytest.approx(1e-3)
+    # with a deadline the schedule follows the time spent when that is further along
+    assert lr_at(p, 0, 100, time_frac=0.5) == pytest.approx(1e-3 * 0.5**0.9)
+    assert lr_at(p, 80, 100, time_frac=0.5) == pytest.approx(1e-3 * 0.2**0.9)
+    assert lr_at(p, 0, 100, time_frac=1.5) == 0.0
     with pytest.raises(ValueError, match="lr_schedule must be 'poly' or 'constant', got 'cosine'"):
         _params(lr_schedule="cosine")
     with pytest.raises(ValueError, match="patience must be an integer >= 0"):
@@ -531,3 +549,91 @@ def test_the_best_epoch_is_kept_across_a_resume(patches, tmp_path):
     again = U.train_unet(patches, val=patches, params=_params(epochs=3), device="cpu", checkpoint_dir=tmp_path)
     dices = [h["val_dice"] for h in again.history]
     assert again.best_epoch == 1 + int(np.argmax(dices))
+
+
+# ----------------------------------------------------------------------
+# the fit_prox probabilities as a second input channel (prior)
+# ----------------------------------------------------------------------
+def _smooth_prior(region):
+    """A local 'model': smoothed intensity in [0, 1] (reach 4 voxels)."""
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(region.astype(np.float32) / 255.0, 1.0, truncate=4.0)
+
+
+@pytest.mark.parametrize("per_volume", [2, 64], ids=["per-crop", "whole-volume"])
+def test_patch_priors_are_the_models_map_of_the_volume_at_each_patch(volumes, per_volume):
+    # with 2 patches the prior is computed on each crop and its margin, with
+    # 64 on the whole volume once; both give the whole-volume map's values
+    ps = U.extract_patches(volumes, patch=PATCH, patches_per_volume=per_volume, label_guided_frac=0.5, seed=3,
+                           prior=_smooth_prior, prior_margin=5)
+    assert ps.priors is not None and ps.priors.shape == ps.images.shape and ps.priors.dtype == np.uint8
+    whole = {vid: U.quantize_prior(_smooth_prior(img)) for vid, img, _ in volumes}
+    for k in range(len(ps)):
+        z, y, x = ps.origins[k]
+        expected = whole[ps.volume_ids[k]][z:z + PATCH, y:y + PATCH, x:x + PATCH]
+        assert np.abs(ps.priors[k].astype(int) - expected.astype(int)).max() <= 1
+    assert ps.subset(np.array([1, 0])).priors[0].tobytes() == ps.priors[1].tobytes()
+    plain = U.extract_patches(volumes, patch=PATCH, patches_per_volume=per_volume, label_guided_frac=0.5, seed=3)
+    assert plain.priors is None and np.array_equal(plain.images, ps.images)  # the same patches
+
+
+def test_priors_and_params_must_agree(patches, tmp_path):
+    with pytest.raises(ValueError, match=r"train patches have no priors but params.prior is True"):
+        U.train_unet(patches, val=None, params=_params(prior=True), device="cpu", checkpoint_dir=tmp_path)
+    model = U.build_unet(_params(prior=True))
+    image = np.zeros((PATCH,) * 3, np.uint8)
+    with pytest.raises(ValueError, match="needs prior"):
+        U.predict_volume(model, image, params=_params(prior=True), device="cpu")
+    with pytest.raises(ValueError, match=r"prior has shape \(3, 3, 3\)"):
+        U.predict_volume(model, image, params=_params(prior=True), device="cpu", prior=np.zeros((3, 3, 3)))
+
+
+def test_checkpoints_from_before_the_prior_channel_load_as_one_channel():
+    old = {k: v for k, v in U.UNetParams().to_dict().items() if k != "prior"}
+    assert U.UNetParams.from_dict(old).prior is False and U.UNetParams.from_dict(old).in_channels == 1
+    assert U.UNetParams.from_dict(U.UNetParams().to_dict()).prior is True
+
+
+def test_a_unet_with_a_prior_learns_from_it_where_the_image_alone_cannot(tmp_path):
+    # the label is not visible in the image (pure noise) but the prior marks
+    # it: only the network with the prior channel can find it
+    rng = np.random.default_rng(5)
+    vols = []
+    for k in range(3):
+        image = rng.integers(0, 256, (32, 32, 32), dtype=np.uint8)
+        label = np.zeros_like(image)
+        label[:, 10 + 4 * k: 13 + 4 * k] = 1
+        vols.append((f"n{k}", image, label))
+
+    priors = {vid: np.where(lab == 1, 0.8, 0.2).astype(np.float32) for vid, _, lab in vols}
+    ps = U.extract_patches(vols, patch=PATCH, patches_per_volume=6, label_guided_frac=0.5, seed=1)
+    q = np.stack([U.quantize_prior(priors[v][z:z + PATCH, y:y + PATCH, x:x + PATCH])
+                  for v, (z, y, x) in zip(ps.volume_ids, ps.origins)])
+    with_prior = U.PatchSet(ps.images, ps.labels, ps.volume_ids, ps.origins, q)
+    params = _params(prior=True, epochs=12, lr=1e-2, lr_schedule="constant", skel_weight=0.0)
+    res = U.train_unet(with_prior, val=None, params=params, device="cpu", checkpoint_dir=tmp_path / "p")
+    # a new volume whose surface lies across the training ones
+    image = rng.integers(0, 256, (32, 32, 32), dtype=np.uint8)
+    lab = np.zeros_like(image)
+    lab[:, :, 14:17] = 1
+    prob = U.predict_volume(res.model, image, params=params, device="cpu",
+                            prior=np.where(lab == 1, 0.8, 0.2).astype(np.float32))
+    assert prob[lab == 1].mean() > 0.5 > prob[lab == 0].mean()
+    blind = _params(prior=False, epochs=12, lr=1e-2, lr_schedule="constant", skel_weight=0.0)
+    res0 = U.train_unet(ps, val=None, params=blind, device="cpu", checkpoint_dir=tmp_path / "b")
+    prob0 = U.predict_volume(res0.model, image, params=blind, device="cpu")
+    assert prob0[lab == 1].mean() - prob0[lab == 0].mean() < 0.2
+
+
+def test_the_learning_rate_has_decayed_when_the_deadline_stops_training(patches, tmp_path):
+    # a fake clock that advances 1 s per reading: the deadline comes long
+    # before the 50 planned epochs, the rate still decays to near zero by it
+    t = iter(range(10**6))
+    params = _params(epochs=50, lr=1e-3)
+    res = U.train_unet(patches, val=None, params=params, device="cpu", checkpoint_dir=tmp_path,
+                       deadline=120.0, clock=lambda: float(next(t)))
+    assert res.stopped_reason == "deadline" and res.epochs_done >= 2
+    rates = [h["lr"] for h in res.history]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] < 0.35 * 1e-3  # by steps alone (15 of 50 epochs) it would be 0.7e-3
