@@ -104,7 +104,15 @@ def unet_note(run: Path) -> str:
             said.append(msg)
         elif e["kind"] == "BUDGET" and e.get("stage") == "unet" and "training stopped" in msg:
             said.append(msg)
-    return "; ".join(said) or "the U-Net trained and was kept (it validated at least as well as fit_prox alone)"
+    epochs = sum(1 for line in (run / "journal.jsonl").read_text().splitlines()
+                 if '"unet_epoch_loss"' in line and json.loads(line)["kind"] == "METRIC")
+    said.insert(0, f"{epochs} epochs trained")
+    linear = {p.stem: read_json(p)["score"] for p in (run / "val" / "linear").glob("*.json")}
+    both = {p.stem: read_json(p)["score"] for p in (run / "val").glob("*.json") if p.stem in linear}
+    if both and not any("below fit_prox" in m for m in said):
+        said.append(f"validation score with the U-Net {np.mean(list(both.values())):.3f}, fit_prox alone "
+                    f"{np.mean([linear[k] for k in both]):.3f} on {len(both)} volumes: the U-Net is kept")
+    return "; ".join(said)
 
 
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:

@@ -154,16 +154,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- loss terms: the same step without the skeleton-recall term ----
     plain = U.UNetParams(**{**params.to_dict(), "skel_weight": 0.0})
+    skel = U.UNetParams(**{**params.to_dict(), "skel_weight": 1.0})
     ab = {"without": [], "with": []}
     for _ in range(2):  # interleaved, so a change of load hits both alike
         ab["without"].append(U.time_train_step(plain, device=device, repeats=3))
-        ab["with"].append(U.time_train_step(params, device=device, repeats=3))
+        ab["with"].append(U.time_train_step(skel, device=device, repeats=3))
 
     # ---- one CPU epoch: the earlier default vs the device-sized one ----
     # an epoch of 56 patches (7 training volumes x 8), as in the quality benchmark
     epoch_ab = None
     if not cuda:
-        before = U.UNetParams(width=16, depth=3, patch=64, batch=2, prior=False)
+        before = U.UNetParams(width=16, depth=3, patch=64, batch=2, prior=False, skel_weight=1.0, dice_weight=1.0)
         now = U.UNetParams(**DEVICE_SIZES["cpu"], depth=3)
         steps_ab = {"before": [], "now": []}
         for _ in range(2):
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if epoch_ab is not None:
         lines.append(
             f"| CPU epoch of 56 patches, earlier default (width 16, 64³, batch 2, 1 channel) / now "
-            f"(width 8, 48³, batch 4, prior channel; `time_train_step` × batches, interleaved) | "
+            f"(width 8, 48³, batch 4, prior channel, BCE; `time_train_step` × batches, interleaved) | "
             f"{epoch_ab['before'][1]:.1f} s ({epoch_ab['before'][0]:.2f} s × 28) / "
             f"{epoch_ab['now'][1]:.1f} s ({epoch_ab['now'][0]:.2f} s × 14) |")
     if cuda:

@@ -51,7 +51,13 @@ class UNetParams:
     patches_per_volume : int
         Patches drawn from each training volume.
     skel_weight : float
-        Weight of the skeleton-recall term next to BCE + Dice (0 = off).
+        Weight of the skeleton-recall term next to BCE (0 = off, the
+        default: with the prior channel it lowered the validation score,
+        docs/model.md).
+    dice_weight : float
+        Weight of the soft Dice term next to BCE (0 = BCE alone, the
+        default for the same reason: Dice and skeleton recall reward recall,
+        and the thicker masks merge close sheets).
     lr_schedule : str
         ``"poly"`` (``lr * (1 - step / steps) ** 0.9`` over the planned
         steps) or ``"constant"``.
@@ -83,7 +89,8 @@ class UNetParams:
     seed: int = 47
     label_guided_frac: float = 0.5
     patches_per_volume: int = 8
-    skel_weight: float = 1.0
+    skel_weight: float = 0.0
+    dice_weight: float = 0.0
     lr_schedule: str = "poly"
     patience: int = 5
     prior: bool = True
@@ -104,6 +111,8 @@ class UNetParams:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch!r}")
         if self.lr_schedule not in ("poly", "constant"):
             raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+        if not self.dice_weight >= 0:
+            raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight!r}")
         if not self.skel_weight >= 0:
             raise ValueError(f"skel_weight must be >= 0, got {self.skel_weight!r}")
         if isinstance(self.patience, bool) or int(self.patience) != self.patience or self.patience < 0:

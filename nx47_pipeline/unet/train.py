@@ -78,12 +78,13 @@ def _to_batch(torch, images: np.ndarray, labels: np.ndarray, device: str, skelet
     return x, (y == 1).float(), (y != IGNORE), sk
 
 
-def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool, skel=None, skel_weight: float = 0.0):
+def _train_step(torch, model, optimizer, scaler, x, t, m, use_amp: bool, skel=None, skel_weight: float = 0.0,
+                dice_weight: float = 1.0):
     """One optimisation step (mixed precision on CUDA); returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
         logits = model(x)
-    loss = masked_bce_dice_loss(logits, t, m)
+    loss = masked_bce_dice_loss(logits, t, m, dice_weight=dice_weight)
     if skel is not None and skel_weight > 0:
         loss = loss + skel_weight * skeleton_recall_loss(logits, skel, m)
     scaler.scale(loss).backward()
@@ -296,7 +297,8 @@ def train_unet(
                 sk = np.flip(sk, axis=flips) if sk is not None else None
                 pr = np.flip(pr, axis=flips) if pr is not None else None
             x, t, m, s = _to_batch(torch, images, labels, dev, sk, pr)
-            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp, s, params.skel_weight)
+            loss = _train_step(torch, model, optimizer, scaler, x, t, m, use_amp, s, params.skel_weight,
+                               params.dice_weight)
             value = float(loss.detach())
             running += value
             if on_batch is not None:
@@ -410,7 +412,7 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
                             priors)
 
     def step():
-        _train_step(torch, model, opt, scaler, x, t, m, use_amp, sk, params.skel_weight)
+        _train_step(torch, model, opt, scaler, x, t, m, use_amp, sk, params.skel_weight, params.dice_weight)
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
 

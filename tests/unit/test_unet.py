@@ -45,7 +45,9 @@ def _volume(seed: int, shape=(40, 40, 40)):
 
 
 def _params(**kw):
-    base = dict(width=4, depth=2, patch=PATCH, batch=4, epochs=2, lr=3e-3, val_fraction=0.0, prior=False)
+    # the whole loss (BCE + Dice + skeleton recall) so its training path stays covered
+    base = dict(width=4, depth=2, patch=PATCH, batch=4, epochs=2, lr=3e-3, val_fraction=0.0, prior=False,
+                skel_weight=1.0, dice_weight=1.0)
     base.update(kw)
     return U.UNetParams(**base)
 
@@ -129,6 +131,8 @@ def test_params_are_validated_naming_the_field():
         U.UNetParams(norm="batch")
     with pytest.raises(ValueError, match="overlap"):
         U.UNetParams(overlap=1.0)
+    with pytest.raises(ValueError, match="dice_weight must be >= 0, got -1"):
+        U.UNetParams(dice_weight=-1)
 
 
 def test_params_follow_the_run_configuration():
