@@ -182,7 +182,7 @@ def main() -> None:
             rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels)))
             unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
-    lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants)", "",
+    lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants, seed {args.seed})", "",
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
              f"`nx47 demo-data --variant V --seed {args.seed}` (the project is tuned on variant a, seed 47); "
              "test labels are never seen by training. Mean over the test volumes of the local competition "

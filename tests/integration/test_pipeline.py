@@ -374,10 +374,17 @@ def test_each_stage_after_the_projection_is_reprojected(full_run):
     assert re[-1].payload.projected_s == 0 and re[-1].payload.extra["remaining_stages"] == []
 
 
-def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_path):
-    """One epoch of a 4-channel U-Net replacing fit_prox's probabilities
+def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_path, monkeypatch):
+    """One epoch of a 4-channel U-Net without the prior channel (so from
+    nothing, not from fit_prox's map) replacing fit_prox's probabilities
     validates far below fit_prox alone: the run says so, segments the test
     volumes with fit_prox alone and exports no U-Net."""
+    import dataclasses
+
+    from nx47_pipeline.run import stages
+
+    plain = stages.unet_params
+    monkeypatch.setattr(stages, "unet_params", lambda ctx: dataclasses.replace(plain(ctx), prior=False))
     out = tmp_path / "out"
     config = small_config(data_root, out, use_unet=True, unet_epochs=1, unet_patch=16, unet_width=4,
                           unet_depth=1, unet_batch=1, unet_fuse="replace", max_train_volumes=2,
