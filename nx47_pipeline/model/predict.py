@@ -144,7 +144,7 @@ def probability(
             on_progress(done, total, "U-Net windows", share + (1 - share) * done / max(total, 1))
 
     up = unet_predict_volume(unet.net, volume, params=unet.params, device=unet.device, on_window=on_window,
-                             prior=prob if getattr(unet.params, "prior", False) else None)
+                             prior=prob if unet.params.prior else None)
     return fuse_probabilities(prob, up, mode=unet.fuse)
 
 

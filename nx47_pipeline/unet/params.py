@@ -59,8 +59,9 @@ class UNetParams:
         default for the same reason: Dice and skeleton recall reward recall,
         and the thicker masks merge close sheets).
     lr_schedule : str
-        ``"poly"`` (``lr * (1 - step / steps) ** 0.9`` over the planned
-        steps) or ``"constant"``.
+        ``"poly"`` (``lr * (1 - progress) ** 0.9``, progress being the share
+        of the planned steps done or, with a deadline, of the time to it
+        spent, whichever is larger) or ``"constant"``.
     patience : int
         Early stop: epochs without a better validation Dice before training
         stops (0 = never).  With validation, the weights of the best epoch

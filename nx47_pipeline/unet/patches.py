@@ -96,25 +96,23 @@ def quantize_prior(prob: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _prior_of(prior: Callable[[np.ndarray], np.ndarray], region: np.ndarray, what: str) -> np.ndarray:
+    """``prior(region)`` checked for ``region``'s shape and quantized."""
+    prob = np.asarray(prior(region))
+    if prob.shape != region.shape:
+        raise ValueError(f"prior returned shape {prob.shape} for {what} of shape {region.shape}")
+    return quantize_prior(prob)
+
+
 def _prior_patch(image: np.ndarray, origin: np.ndarray, patch: int,
                  prior: Callable[[np.ndarray], np.ndarray], margin: int) -> np.ndarray:
     """``prior`` of the patch at ``origin``, computed on the patch and a
     ``margin`` of context (clipped to the volume, where the filters see the
     volume's own border as they do on the whole volume); padding is 0."""
-    shape = np.array(image.shape)
     lo = np.maximum(origin - margin, 0)
-    hi = np.minimum(origin + patch + margin, shape)
+    hi = np.minimum(origin + patch + margin, np.array(image.shape))
     region = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    prob = np.asarray(prior(region))
-    if prob.shape != region.shape:
-        raise ValueError(f"prior returned shape {prob.shape} for a region of shape {region.shape}")
-    s_lo = np.maximum(origin, 0)
-    s_hi = np.minimum(origin + patch, shape)
-    out = np.zeros((patch,) * 3, dtype=np.uint8)
-    src = tuple(slice(int(a - b), int(c - b)) for a, b, c in zip(s_lo, lo, s_hi))
-    dst = tuple(slice(int(a - o), int(c - o)) for a, o, c in zip(s_lo, origin, s_hi))
-    out[dst] = quantize_prior(prob[src])
-    return out
+    return _crop(_prior_of(prior, region, "a region"), origin - lo, patch, 0)
 
 
 def extract_patches(
@@ -212,11 +210,7 @@ def extract_patches(
         whole_prior = None
         if prior is not None and patches_per_volume * (patch + 2 * int(prior_margin)) ** 3 >= image.size:
             # the crops with their context would cost more than the volume once
-            whole_prior = np.asarray(prior(image))
-            if whole_prior.shape != image.shape:
-                raise ValueError(f"prior returned shape {whole_prior.shape} for volume {vid!r} of shape "
-                                 f"{image.shape}")
-            whole_prior = quantize_prior(whole_prior)
+            whole_prior = _prior_of(prior, image, f"volume {vid!r}")
         for k in range(patches_per_volume):
             if k < n_guided:
                 centre = np.array(np.unravel_index(fg[rng.integers(fg.size)], image.shape))

@@ -279,10 +279,11 @@ def train_unet(
         running = 0.0
         lr = float(params.lr)
         for b in range(n_batches):
-            if deadline is not None and clock() >= deadline:
+            now = clock()
+            if deadline is not None and now >= deadline:
                 return result("deadline", epoch)
             lr = lr_at(params, epoch * n_batches + b, total_steps,
-                       (clock() - t_start) / span if span and span > 0 else 0.0)
+                       (now - t_start) / span if span and span > 0 else 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = np.sort(order[b * params.batch : (b + 1) * params.batch])

@@ -640,4 +640,4 @@ def test_the_learning_rate_has_decayed_when_the_deadline_stops_training(patches,
     assert res.stopped_reason == "deadline" and res.epochs_done >= 2
     rates = [h["lr"] for h in res.history]
     assert all(a > b for a, b in zip(rates, rates[1:]))
-    assert rates[-1] < 0.35 * 1e-3  # by steps alone (15 of 50 epochs) it would be 0.7e-3
+    assert rates[-1] < 0.35 * 1e-3  # by steps alone (24 of 50 epochs) it would be 0.55e-3
