@@ -129,8 +129,33 @@ def test_a_worker_killed_mid_run_is_a_warning_and_the_run_ends_with_the_same_sub
 
 def test_stop_cancels_the_tasks_on_the_cluster(data_root, tmp_path):
     distributed = pytest.importorskip("distributed")
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class HoldFeatures(WorkerPlugin):
+        """On each worker, a features task reports progress and then waits for
+        the test's gate: no volume can be sampled before Stop, however fast
+        the machine (the race the test would otherwise depend on)."""
+
+        def setup(self, worker):
+            from distributed import Event
+
+            from nx47_pipeline.run import tasks
+
+            original = tasks.features_task
+
+            def held(job, progress=tasks.no_progress):
+                progress(job.index, 0, 1, "read", 0.0)
+                Event("nx47-test-gate").wait(timeout=120)
+                return original(job, progress)
+
+            tasks.features_task = held  # the task function is sent by name: workers now run `held`
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
             distributed.Client(lc) as client:
+        client.register_plugin(HoldFeatures())
+        assert set(client.run(lambda: __import__("nx47_pipeline.run.tasks", fromlist=["_"]).features_task.__name__)
+                   .values()) == {"held"}
+        gate = distributed.Event("nx47-test-gate", client=client)
         token = CancelToken()
 
         def stop_at_first_worker_progress(event):
@@ -138,18 +163,22 @@ def test_stop_cancels_the_tasks_on_the_cluster(data_root, tmp_path):
                 token.cancel("user pressed Stop")
 
         out = tmp_path / "stopped"
-        res = run_pipeline(small_config(data_root, out, scheduler=lc.scheduler_address, workers=2),
-                           cancel=token, extra_sinks=[CallbackSink(stop_at_first_worker_progress)],
-                           console_stream=io.StringIO())
-        assert res.status == "cancelled"
-        # nothing of this run is left queued or running on the cluster
-        processing = client.run_on_scheduler(lambda dask_scheduler: {
-            k: str(ts.state) for k, ts in dask_scheduler.tasks.items() if ts.state in ("processing", "queued",
-                                                                                       "waiting", "no-worker")})
-        assert processing == {}
+        try:
+            res = run_pipeline(small_config(data_root, out, scheduler=lc.scheduler_address, workers=2),
+                               cancel=token, extra_sinks=[CallbackSink(stop_at_first_worker_progress)],
+                               console_stream=io.StringIO())
+            assert res.status == "cancelled"
+            # nothing of this run is left queued or running on the cluster
+            processing = client.run_on_scheduler(lambda dask_scheduler: {
+                k: str(ts.state) for k, ts in dask_scheduler.tasks.items() if ts.state in ("processing", "queued",
+                                                                                           "waiting", "no-worker")})
+            assert processing == {}
+            assert list((out / "features").glob("*.npz")) == []  # stopped before any training volume was sampled
+        finally:
+            gate.set()
     events = read_journal(out / "journal.jsonl")
     assert events[-1].kind == EventKind.EXEC_COMPLETE and str(events[-1].payload.status) == "cancelled"
-    assert len(list((out / "features").glob("*.npz"))) < 4  # stopped before every training volume was sampled
+    assert any(e.kind == EventKind.PROGRESS_UPDATE and e.stage == "features" and e.payload.worker for e in events)
 
 
 def test_scheduler_and_workers_come_from_flags_environment_and_notebook_parameters(monkeypatch):
