@@ -134,6 +134,14 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     return out
 
 
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (as typed in a command)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality.md")
@@ -186,8 +194,9 @@ def main() -> None:
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
              f"`nx47 demo-data --variant V --seed {args.seed}` (the project is tuned on variant a, seed 47); "
              "test labels are never seen by training. Mean over the test volumes of the local competition "
-             "metric's parts. Command: `python benchmarks/bench_quality.py --out benchmarks/results/quality.md "
-             f"--shape {args.shape} --n-train {args.n_train} --n-test {args.n_test} --seed {args.seed}"
+             "metric's parts. Command: `python benchmarks/bench_quality.py "
+             f"--out {display_path(args.out)} --shape {args.shape} --n-train {args.n_train} "
+             f"--n-test {args.n_test} --seed {args.seed}"
              f"{' --no-unet-run' if args.no_unet_run else ''}`.", ""]
     for variant, rows in tables.items():
         lines += [f"**Variant {variant}**", "", "| method | Surface Dice | VOI score | TopoScore | score |",

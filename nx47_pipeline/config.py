@@ -68,7 +68,8 @@ class RunConfig:
     preview_slices: int = 3
     # --- U-Net -----------------------------------------------------------
     use_unet: bool | None = None  # None: on with CUDA, off on CPU-only
-    unet_epochs: int = 20
+    # an upper bound: training also stops at its deadline, the learning rate following the time to it
+    unet_epochs: int = 60
     # 0: by device (nx47_pipeline.unet.params.DEVICE_SIZES): 48 / 4 / 8 on the CPU, 64 / 2 / 16 on CUDA
     unet_patch: int = 0
     unet_batch: int = 0
@@ -76,6 +77,8 @@ class RunConfig:
     unet_depth: int = 3
     unet_fuse: str = "replace"  # replace (the U-Net's output already holds fit_prox's) | mean
     unet_device: str = "auto"
+    # flip TTA at inference: auto (when its extra inference fits the budget, see run.budget.tta_fits) | on | off
+    unet_tta: str = "auto"
     # --- inference only ----------------------------------------------------
     model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
     # --- Dask distributed --------------------------------------------------
@@ -110,6 +113,8 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 0 (0 means by device), got {value!r}")
         if self.unet_fuse not in ("mean", "replace"):
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
+        if self.unet_tta not in ("auto", "on", "off"):
+            raise ValueError(f"unet_tta must be 'auto', 'on' or 'off', got {self.unet_tta!r}")
 
     # ------------------------------------------------------------------
     def replace(self, **changes: Any) -> "RunConfig":

@@ -18,6 +18,8 @@ run's own projection says fits.  Every cost formula of a run lives here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -294,6 +296,35 @@ def _iters(converged: float | None, cap: int) -> float:
     """Iterations a fit is projected to take: what the preflight's converged
     fits took (at least 1), else the cap."""
     return float(cap) if converged is None else float(min(cap, max(1.0, converged)))
+
+
+#: Flip TTA is planned (``unet_tta="auto"``) when its extra inference takes
+#: at most this share of the usable time left: eight passes instead of one
+#: improved the score by about 0.01-0.04 on validation and test volumes
+#: (docs/model.md), a gain training epochs past the middle of the run did
+#: not bring.
+TTA_MAX_SHARE = 0.25
+
+
+def tta_extra_s(unet: UNetCost, timings: PreflightTimings, *, n_val: int, n_test: int) -> float:
+    """Seconds flip TTA adds to the U-Net inference of ``n_val`` validation
+    and ``n_test`` test volumes (safety factor included)."""
+    on = dataclasses.replace(unet, params=dataclasses.replace(unet.params, tta_flip=True))
+    off = dataclasses.replace(unet, params=dataclasses.replace(unet.params, tta_flip=False))
+    per_val = _unet_infer_s(on, timings.mvox_train) - _unet_infer_s(off, timings.mvox_train)
+    per_test = _unet_infer_s(on, timings.mvox_test) - _unet_infer_s(off, timings.mvox_test)
+    return SAFETY_FACTOR * (n_val * per_val + n_test * per_test)
+
+
+def tta_fits(unet: UNetCost, timings: PreflightTimings | None, *, n_val: int, n_test: int,
+             remaining_s: float) -> tuple[bool, float]:
+    """Whether flip TTA fits: its extra seconds (:func:`tta_extra_s`) at most
+    :data:`TTA_MAX_SHARE` of ``remaining_s``.  Returns ``(fits, extra_s)``;
+    without preflight timings it does not fit (nothing to size it with)."""
+    if timings is None:
+        return False, float("nan")
+    extra = tta_extra_s(unet, timings, n_val=n_val, n_test=n_test)
+    return extra <= TTA_MAX_SHARE * max(remaining_s, 0.0), extra
 
 
 def unet_projected_s(proj: Projection, timings: PreflightTimings, unet: UNetCost | None) -> float:

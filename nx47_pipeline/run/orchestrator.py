@@ -235,6 +235,29 @@ def resolve_unet(ctx: RunContext) -> UNetPlan:
     return UNetPlan(True, "U-Net on (--unet)", cost)
 
 
+def _plan_tta(ctx: RunContext, cost: UNetCost | None, *, n_test: int) -> UNetCost | None:
+    """Flip TTA for the U-Net's inference (``unet_tta``: ``auto`` when
+    :func:`~nx47_pipeline.run.budget.tta_fits`, ``on``, ``off``), as a BUDGET
+    ``tta`` decision; returns the cost model the reserves are sized with."""
+    cfg, st = ctx.config, ctx.state
+    if cost is None or cfg.unet_tta == "off":
+        return cost
+    n_val, left = len(st.selection.val), ctx.deadlines.left()
+    fits, extra = budget.tta_fits(cost, st.timings, n_val=n_val, n_test=n_test, remaining_s=left)
+    on = fits or cfg.unet_tta == "on"
+    what = (f"{extra:.0f} s more U-Net inference for {n_val} validation + {n_test} test volumes"
+            if extra == extra else "no preflight timing to size it")
+    why = ("NX47_UNET_TTA=on" if cfg.unet_tta == "on" else
+           f"{'within' if fits else 'over'} {budget.TTA_MAX_SHARE:.0%} of the {left:.0f} s left")
+    ctx.tel.budget(BudgetDecision.TTA, f"flip TTA {'on' if on else 'off'}: {what}, {why}", budget_s=cfg.budget_s,
+                   fits=bool(fits), extra={"tta": on, "extra_s": extra if extra == extra else None})
+    if not on:
+        return cost
+    cost = dataclasses.replace(cost, params=dataclasses.replace(cost.params, tta_flip=True))
+    st.unet_plan = dataclasses.replace(st.unet_plan, cost=cost)
+    return cost
+
+
 def _plan(ctx: RunContext) -> None:
     """Project the run, choose the coverage that fits (auto-coverage), set
     the training deadline's reserve and re-weight the plan."""
@@ -295,6 +318,7 @@ def _plan(ctx: RunContext) -> None:
         _emit_audit(ctx)
         proj = budget.project_run(timings, n_train=len(st.selection.train), n_val=len(st.selection.val),
                                   n_test=n_test, config=cfg, unet=cost)
+    cost = _plan_tta(ctx, cost, n_test=n_test)
     ctx.deadlines.reserve_s = budget.segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test, unet=cost)
     for name, secs in proj.per_stage.items():
         ctx.tel.plan.set_weight(name, max(secs, 0.01))
@@ -354,7 +378,8 @@ def _train(ctx: RunContext) -> None:
                                            unet=st.unet_plan.cost)
         with _stage(ctx, StageName.UNET, total=stages.unet_params(ctx).epochs + 1):
             st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet", model=st.model,
-                                  deadline=ctx.deadlines.training - keep)
+                                  deadline=ctx.deadlines.training - keep,
+                                  tta=bool(st.unet_plan.cost and st.unet_plan.cost.params.tta_flip))
 
     if st.model is None:
         _skip(ctx, StageName.VALIDATE, "no model" if had_samples else "no training samples")
@@ -381,6 +406,11 @@ def _validate(ctx: RunContext) -> None:
                                      executor=ctx.executor)
         st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.out / "val",
                                         deadline=ctx.deadlines.training, executor=ctx.executor)
+        unet_pair = None
+        if st.unet is not None and st.val_scores:
+            # the U-Net's own hysteresis pair, chosen on validation like fit_prox's
+            unet_pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.out / "val",
+                                                              st.val_scores, deadline=ctx.deadlines.training)
         both = sorted(set(linear) & set(st.val_scores))
         if st.unet is not None and both:
             with_unet = float(np.mean([st.val_scores[i]["score"] for i in both]))
@@ -392,6 +422,8 @@ def _validate(ctx: RunContext) -> None:
                          code="unet_not_better")
                 st.unet = None
                 st.val_scores = linear
+            elif unet_pair is not None:
+                st.best = {**st.best, "low": unet_pair["low"], "high": unet_pair["high"]}
 
 
 def _validation_summary(st) -> dict[str, Any]:

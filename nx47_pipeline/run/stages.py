@@ -15,6 +15,8 @@ reads it instead of computing it again, which is how a killed run resumes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import zlib
 from pathlib import Path
@@ -26,11 +28,13 @@ from nx47_pipeline.data.coverage import Selection, select_coverage
 from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, resolve_data_root
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.submission import PackagingError, write_submission
-from nx47_pipeline.io.volumes import VolumeError, read_pair
+from nx47_pipeline.io.volumes import VolumeError, read_pair, read_volume, write_volume
 from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
-from nx47_pipeline.model.search import run_search
+from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.postprocess import postprocess, uint8_to_probability
+from nx47_pipeline.model.search import run_search, threshold_pairs
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
 from nx47_pipeline.run.executor import InProcess
@@ -345,11 +349,13 @@ def unet_params(ctx: RunContext) -> UNetParams:
 
 
 def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest: Path, *,
-         model: LogisticModel | None = None, deadline: float | None = None) -> UNetPart | None:
+         model: LogisticModel | None = None, deadline: float | None = None, tta: bool = False) -> UNetPart | None:
     """Train the U-Net on patches of ``train`` with checkpoints in ``dest``
     until ``deadline`` (default: the training deadline); None when it
     completed no epoch.  With ``prior`` parameters (the default) each patch
-    also carries ``model``'s probabilities, the network's second input."""
+    also carries ``model``'s probabilities, the network's second input.
+    ``tta``: the returned part predicts with flip TTA (the run's budget
+    decision)."""
     cfg = ctx.config
     params = unet_params(ctx)
     if params.prior and model is None:
@@ -394,7 +400,8 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
         report.warn("the U-Net completed no epoch; segmentation uses the fit_prox model alone",
                     code="unet_untrained")
         return None
-    return UNetPart(net=res.model, params=params, device=cfg.unet_device, fuse=cfg.unet_fuse)
+    return UNetPart(net=res.model, params=dataclasses.replace(params, tta_flip=bool(tta)), device=cfg.unet_device,
+                    fuse=cfg.unet_fuse)
 
 
 # ---------------------------------------------------------------------------
@@ -455,6 +462,94 @@ def validate(
     except _DeadlineHit:
         report.deadline_hit("validate", f"{n - n_done} validation volumes not scored")
     return {rec.id: scores[rec.id] for rec in val if rec.id in scores}
+
+
+#: High thresholds of the U-Net's own hysteresis pairs (``low = high -
+#: hysteresis_gap``), scored on its validation maps: its probabilities are
+#: sharper than fit_prox's and its best pair was higher (docs/model.md).
+UNET_THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def unet_thresholds(
+    ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
+    scores: dict[str, dict[str, float]], *, deadline: float | None,
+) -> tuple[dict[str, float] | None, dict[str, dict[str, float]]]:
+    """The U-Net's hysteresis pair, chosen by the mean competition score on
+    the validation maps ``dest/<id>_prob.tif`` that :func:`validate` wrote
+    with the U-Net (at most ``search_max_val_volumes`` of them, the pairs of
+    :data:`UNET_THRESHOLD_GRID`; ``scores`` holds those of ``best``'s pair).
+
+    Returns ``(pair, scores)``: ``pair`` is ``{"low", "high", "score"}``
+    when a pair other than ``best``'s scores higher (the volumes' masks and
+    ``<id>.json`` are rewritten with it and ``scores`` updated), else None
+    and ``scores`` unchanged.  Stops with what it has at ``deadline``.
+    ``dest/unet_thresholds.json`` records every pair's mean."""
+    cfg = ctx.config
+    current = (float(best["low"]), float(best["high"]))
+    record = read_json(dest / "unet_thresholds.json")
+    if record and np.allclose(record.get("search_pair", ()), current) and len(record.get("chosen", ())) == 2:
+        # a resumed run: the masks and scores already follow the recorded choice
+        chosen = tuple(float(v) for v in record["chosen"])
+        if np.allclose(chosen, current):
+            return None, scores
+        mean = next((r["score"] for r in record.get("scores", []) if np.allclose((r["low"], r["high"]), chosen)),
+                    None)
+        return {"low": chosen[0], "high": chosen[1], "score": mean}, scores
+    recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
+    if not recs:
+        return None, scores
+    pairs = [p for p in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
+             if not np.allclose(p, current)]
+    results: dict[tuple[float, float], list] = {p: [] for p in pairs}
+    for i, rec in enumerate(recs):
+        if deadline is not None and time.monotonic() >= deadline:
+            report.deadline_hit("validate", f"U-Net thresholds scored on {i} of {len(recs)} volumes")
+            break
+        try:
+            prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
+            _, label = read_pair(rec.image_path, rec.label_path)
+        except VolumeError as exc:
+            report.warn(f"U-Net thresholds: {exc}", subject=rec.id, code="unet_threshold_skipped")
+            continue
+        for low, high in pairs:
+            mask = postprocess(prob, low=low, high=high, closing_radius=tuple(cfg.closing_radius),
+                               min_size=cfg.min_component_voxels)
+            results[(low, high)].append((rec.id, mask, score_volume(mask, label)))
+    done = [r.id for r in recs if all(any(x[0] == r.id for x in v) for v in results.values())]
+    if not done:
+        return None, scores
+    table = {current: float(np.mean([scores[i]["score"] for i in done]))}
+    for pair, rows in results.items():
+        table[pair] = float(np.mean([s.score for vid, _, s in rows if vid in done]))
+    for (low, high), mean in sorted(table.items(), key=lambda kv: kv[0][1]):
+        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, n_volumes=len(done))
+    chosen = max(table, key=lambda p: (table[p], p == current))
+    record = {"volumes": done, "chosen": list(chosen), "search_pair": list(current),
+              "scores": [{"low": lo, "high": hi, "score": v} for (lo, hi), v in sorted(table.items())]}
+    if chosen == current:
+        write_json(dest / "unet_thresholds.json", record)
+        return None, scores
+    new = dict(scores)
+    for vid, mask, s in results[chosen]:
+        if vid in done:
+            write_volume(dest / f"{vid}.tif", mask)
+            new[vid] = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+            write_json(dest / f"{vid}.json", new[vid])
+    # volumes past the threshold subset keep the search pair's masks: score them with the chosen one too
+    for rec in val:
+        if rec.id in new and rec.id not in done and (dest / f"{rec.id}_prob.tif").exists():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
+            _, label = read_pair(rec.image_path, rec.label_path)
+            mask = postprocess(prob, low=chosen[0], high=chosen[1], closing_radius=tuple(cfg.closing_radius),
+                               min_size=cfg.min_component_voxels)
+            s = score_volume(mask, label)
+            write_volume(dest / f"{rec.id}.tif", mask)
+            new[rec.id] = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+            write_json(dest / f"{rec.id}.json", new[rec.id])
+    write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
+    return {"low": chosen[0], "high": chosen[1], "score": table[chosen]}, new
 
 
 def segment(

@@ -119,6 +119,7 @@ class MetricName(_Name):
     UNET_BATCH_LOSS = "unet_batch_loss"
     UNET_EPOCH_LOSS = "unet_epoch_loss"
     VAL_SCORE = "val_score"  # one validation volume
+    UNET_THRESHOLD_SCORE = "unet_threshold_score"  # one hysteresis pair on the U-Net's maps, mean over validation
 
 
 class BudgetDecision(_Name):
@@ -130,6 +131,7 @@ class BudgetDecision(_Name):
     FALLBACK = "fallback"
     PREFLIGHT = "preflight"
     REPROJECTION = "reprojection"  # after each stage: the remainder re-projected with the error so far
+    TTA = "tta"  # whether the U-Net's flip TTA fits the budget (RunConfig.unet_tta)
 
 
 class Split(_Name):

@@ -81,7 +81,7 @@ class UNetParams:
     patch: int = 64
     batch: int = 2
     lr: float = 1e-3
-    epochs: int = 20
+    epochs: int = 60
     steps_per_epoch: int | None = None
     val_fraction: float = 0.1
     overlap: float = 0.5
@@ -93,7 +93,7 @@ class UNetParams:
     skel_weight: float = 0.0
     dice_weight: float = 0.0
     lr_schedule: str = "poly"
-    patience: int = 5
+    patience: int = 10
     prior: bool = True
 
     def __post_init__(self) -> None:

@@ -104,3 +104,20 @@ def test_the_u_net_leaves_time_to_validate_with_and_without_it():
         == pytest.approx(with_unet / 4)
     assert validation_reserve_s(t, n_val=0, config=cfg, unet=cost) == 0.0
     assert validation_reserve_s(None, n_val=4, config=cfg, unet=cost) == 0.0
+
+
+def test_flip_tta_fits_when_its_extra_inference_takes_at_most_a_quarter_of_the_time_left():
+    from nx47_pipeline.run.budget import SAFETY_FACTOR, TTA_MAX_SHARE, UNetCost, tta_fits
+    from nx47_pipeline.unet.params import UNetParams
+
+    t = _timings(mvox_train=0.9, mvox_test=0.9)
+    cost = UNetCost(UNetParams(patch=48, batch=4, width=8), seconds_per_patch_batch=0.5)
+    plain = cost.infer_s(0.9e6)
+    fits, extra = tta_fits(cost, t, n_val=3, n_test=2, remaining_s=1e6)
+    # eight mirrorings instead of one: seven more passes per volume
+    assert fits and extra == pytest.approx(SAFETY_FACTOR * 5 * 7 * plain)
+    assert tta_fits(cost, t, n_val=3, n_test=2, remaining_s=1.01 * extra / TTA_MAX_SHARE)[0]
+    assert not tta_fits(cost, t, n_val=3, n_test=2, remaining_s=0.99 * extra / TTA_MAX_SHARE)[0]
+    # more volumes cost more; nothing to size it with: off
+    assert tta_fits(cost, t, n_val=30, n_test=2, remaining_s=1e6)[1] > extra
+    assert tta_fits(cost, None, n_val=3, n_test=2, remaining_s=1e6)[0] is False

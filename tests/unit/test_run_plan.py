@@ -78,3 +78,27 @@ def test_the_unet_shrinks_the_coverage_that_fits():
     # largest_fit's figure is project_run's figure for that coverage
     again = project_run(t, n_train=with_unet[0], n_val=with_unet[1], n_test=10, config=cfg, unet=cost)
     assert again.total_s == pytest.approx(with_unet[2])
+
+
+@pytest.mark.parametrize("budget_s, tta, planned", [(9 * 3600, "auto", True), (1200, "auto", False),
+                                                     (1200, "on", True), (9 * 3600, "off", False)])
+def test_flip_tta_is_a_budget_decision_that_sizes_the_segment_reserve(tmp_path, monkeypatch, budget_s, tta, planned):
+    from nx47_pipeline.telemetry.events import BudgetDecision, EventKind
+    from nx47_pipeline.telemetry.bus import CallbackSink
+
+    ctx = _context(tmp_path, monkeypatch, budget_s=budget_s, use_unet=True, unet_tta=tta)
+    ctx.state.selection = select_coverage(ctx.state.inventory.pairs, max_train_volumes=4, max_val_volumes=2,
+                                          seed=ctx.config.seed)
+    seen = []
+    ctx.tel.bus.attach(CallbackSink(seen.append))
+    orchestrator._plan(ctx)
+    decisions = [e.payload for e in seen if e.kind == EventKind.BUDGET and e.payload.decision == BudgetDecision.TTA]
+    if tta == "off":
+        assert decisions == []
+    else:
+        assert len(decisions) == 1 and decisions[0].extra["tta"] is planned
+        assert ("flip TTA on" if planned else "flip TTA off") in decisions[0].message
+    assert ctx.state.unet_plan.cost.params.tta_flip is planned
+    # the reserve kept for the test volumes counts the eight passes when TTA is planned
+    plain = UNetCost(params_from_config(ctx.config), ctx.state.timings.unet_s_per_batch, ctx.config.unet_device)
+    assert (ctx.deadlines.reserve_s > 10 * 8 * plain.infer_s(320**3)) is planned

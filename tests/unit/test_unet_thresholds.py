@@ -1,0 +1,90 @@
+"""The U-Net's own hysteresis pair is chosen by the competition score on its
+validation maps, and the validation masks and scores follow the choice."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nx47_pipeline.config import RunConfig
+from nx47_pipeline.data.discovery import VolumeRecord
+from nx47_pipeline.io.volumes import read_volume, write_volume
+from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.postprocess import postprocess, probability_to_uint8
+from nx47_pipeline.run import orchestrator, stages
+
+SHAPE = (24, 40, 40)
+
+
+def _volume(tmp_path, i, z):
+    """A labelled sheet at ``z`` and a U-Net map that is sure of the sheet
+    (0.95) and half-sure of a thick halo around it (0.72)."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[z] = 1
+    prob = np.zeros(SHAPE, np.float32)
+    prob[z - 3:z + 4] = 0.72
+    prob[z] = 0.95
+    image = (label * 200 + 20).astype(np.uint8)
+    img_p, lab_p = tmp_path / "img" / f"v{i}.tif", tmp_path / "lab" / f"v{i}.tif"
+    write_volume(img_p, image)
+    write_volume(lab_p, label)
+    return VolumeRecord(f"v{i}", img_p, lab_p, SHAPE, "s0", "train"), prob, label
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    cfg = RunConfig(out_dir=str(tmp_path / "out"), console=False, min_component_voxels=10)
+    ctx = orchestrator.make_context(cfg)
+    dest = tmp_path / "out" / "val"
+    best = {"low": 0.55, "high": 0.7}
+    val, scores, labels = [], {}, {}
+    for i, z in enumerate((8, 14)):
+        rec, prob, label = _volume(tmp_path, i, z)
+        val.append(rec)
+        labels[rec.id] = label
+        write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+        mask = postprocess(prob, low=best["low"], high=best["high"], closing_radius=cfg.closing_radius,
+                           min_size=cfg.min_component_voxels)
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": score_volume(mask, label).score}
+    return ctx, dest, best, val, scores, labels
+
+
+def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_follow_it(setup):
+    ctx, dest, best, val, scores, labels = setup
+    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    # only a low threshold above the halo's 0.72 keeps the sheet alone
+    assert pair is not None and pair["low"] > 0.72 and pair["high"] <= 0.95
+    for rec in val:
+        mask = read_volume(dest / f"{rec.id}.tif", kind="label")
+        assert np.array_equal(mask, labels[rec.id])  # the thin sheet, not the halo
+        assert new[rec.id]["score"] > scores[rec.id]["score"]
+        assert json.loads((dest / f"{rec.id}.json").read_text())["score"] == pytest.approx(new[rec.id]["score"])
+    record = json.loads((dest / "unet_thresholds.json").read_text())
+    assert record["chosen"] == pytest.approx([pair["low"], pair["high"]])
+    assert len(record["scores"]) == len(stages.UNET_THRESHOLD_GRID)
+    # a resumed run keeps the recorded choice without scoring again
+    again, same = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    assert again["low"] == pytest.approx(pair["low"]) and same == new
+
+
+def test_the_search_pair_stays_when_no_other_pair_scores_better(setup):
+    ctx, dest, _, val, scores, _ = setup
+    best = {"low": 0.75, "high": 0.9}  # already the sheet alone
+    for rec in val:
+        mask = postprocess(np.asarray(read_volume(dest / f"{rec.id}_prob.tif"), np.float32) / 255.0,
+                           low=0.75, high=0.9, closing_radius=ctx.config.closing_radius,
+                           min_size=ctx.config.min_component_voxels)
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": 1.0}
+    before = {rec.id: read_volume(dest / f"{rec.id}.tif", kind="label") for rec in val}
+    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    assert pair is None and new == scores
+    for rec in val:
+        assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), before[rec.id])
+
+
+def test_a_passed_deadline_keeps_the_search_pair(setup):
+    ctx, dest, best, val, scores, _ = setup
+    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=0.0)
+    assert pair is None and new == scores
