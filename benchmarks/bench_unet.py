@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         lines.append(f"| peak GPU memory, training / inference | {train_mem:.2f} / {infer_mem:.2f} GiB |")
     lines += [
-        f"| `UNetCost`: 24 train volumes × 8 patches, 20 epochs, 128 volumes predicted | "
+        f"| `UNetCost`: 24 train volumes × 8 patches, {default.epochs} epochs, 128 volumes predicted | "
         f"{projected / 3600:.1f} h |",
         "",
     ]
