@@ -426,14 +426,16 @@ class Dashboard:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ended and all its events were applied (see
-        :meth:`RunSession.wait`); True if the run's end was applied."""
+        :meth:`RunSession.wait`) and rendered; True if the run's end was applied."""
         def flush_rest() -> bool:
             with self._lock:
                 events = self.session.drain()
                 if events:
                     self.flush(events, False)
                 return bool(events)
-        return self.session.wait(timeout, flush_rest, lambda: self.pump.alive)
+        ended = self.session.wait(timeout, flush_rest, lambda: self.pump.alive)
+        with self._lock:  # a pump flush that applied the end may still be rendering it: let it finish
+            return ended
 
     def close(self) -> None:
         """Stop the pump and the renderer (the run itself is not stopped)."""
