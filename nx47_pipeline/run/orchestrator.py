@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -246,11 +247,11 @@ def _plan_tta(ctx: RunContext, cost: UNetCost | None, *, n_test: int) -> UNetCos
     fits, extra = budget.tta_fits(cost, st.timings, n_val=n_val, n_test=n_test, remaining_s=left)
     on = fits or cfg.unet_tta == "on"
     what = (f"{extra:.0f} s more U-Net inference for {n_val} validation + {n_test} test volumes"
-            if extra == extra else "no preflight timing to size it")
+            if not math.isnan(extra) else "no preflight timing to size it")
     why = ("NX47_UNET_TTA=on" if cfg.unet_tta == "on" else
            f"{'within' if fits else 'over'} {budget.TTA_MAX_SHARE:.0%} of the {left:.0f} s left")
     ctx.tel.budget(BudgetDecision.TTA, f"flip TTA {'on' if on else 'off'}: {what}, {why}", budget_s=cfg.budget_s,
-                   fits=bool(fits), extra={"tta": on, "extra_s": extra if extra == extra else None})
+                   fits=bool(fits), extra={"tta": on, "extra_s": None if math.isnan(extra) else extra})
     if not on:
         return cost
     cost = dataclasses.replace(cost, params=dataclasses.replace(cost.params, tta_flip=True))

@@ -496,60 +496,66 @@ def unet_thresholds(
                     None)
         return {"low": chosen[0], "high": chosen[1], "score": mean}, scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
-    if not recs:
-        return None, scores
-    pairs = [p for p in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
-             if not np.allclose(p, current)]
-    results: dict[tuple[float, float], list] = {p: [] for p in pairs}
+    pairs = [p for p in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap) if not np.allclose(p, current)]
+    results: dict[tuple[float, float], list[float]] = {p: [] for p in pairs}
+    done: list[str] = []
     for i, rec in enumerate(recs):
         if deadline is not None and time.monotonic() >= deadline:
             report.deadline_hit("validate", f"U-Net thresholds scored on {i} of {len(recs)} volumes")
             break
-        try:
-            prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
-            _, label = read_pair(rec.image_path, rec.label_path)
-        except VolumeError as exc:
-            report.warn(f"U-Net thresholds: {exc}", subject=rec.id, code="unet_threshold_skipped")
+        pair_maps = _val_map(report, rec, dest)
+        if pair_maps is None:
             continue
-        for low, high in pairs:
-            mask = postprocess(prob, low=low, high=high, closing_radius=tuple(cfg.closing_radius),
-                               min_size=cfg.min_component_voxels)
-            results[(low, high)].append((rec.id, mask, score_volume(mask, label)))
-    done = [r.id for r in recs if all(any(x[0] == r.id for x in v) for v in results.values())]
+        prob, label = pair_maps
+        for pair in pairs:
+            results[pair].append(score_volume(_threshold_mask(cfg, prob, pair), label).score)
+        done.append(rec.id)
     if not done:
         return None, scores
     table = {current: float(np.mean([scores[i]["score"] for i in done]))}
-    for pair, rows in results.items():
-        table[pair] = float(np.mean([s.score for vid, _, s in rows if vid in done]))
+    table.update({pair: float(np.mean(values)) for pair, values in results.items()})
     for (low, high), mean in sorted(table.items(), key=lambda kv: kv[0][1]):
         report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, n_volumes=len(done))
     chosen = max(table, key=lambda p: (table[p], p == current))
     record = {"volumes": done, "chosen": list(chosen), "search_pair": list(current),
               "scores": [{"low": lo, "high": hi, "score": v} for (lo, hi), v in sorted(table.items())]}
-    if chosen == current:
-        write_json(dest / "unet_thresholds.json", record)
-        return None, scores
     new = dict(scores)
-    for vid, mask, s in results[chosen]:
-        if vid in done:
-            write_volume(dest / f"{vid}.tif", mask)
-            new[vid] = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
-            write_json(dest / f"{vid}.json", new[vid])
-    # volumes past the threshold subset keep the search pair's masks: score them with the chosen one too
-    for rec in val:
-        if rec.id in new and rec.id not in done and (dest / f"{rec.id}_prob.tif").exists():
-            if deadline is not None and time.monotonic() >= deadline:
+    if chosen != current:
+        # every validation volume the U-Net segmented gets the chosen pair's mask and score
+        for rec in val:
+            if rec.id not in new or not (dest / f"{rec.id}_prob.tif").exists():
+                continue
+            if rec.id not in done and deadline is not None and time.monotonic() >= deadline:
                 break
-            prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
-            _, label = read_pair(rec.image_path, rec.label_path)
-            mask = postprocess(prob, low=chosen[0], high=chosen[1], closing_radius=tuple(cfg.closing_radius),
-                               min_size=cfg.min_component_voxels)
-            s = score_volume(mask, label)
+            pair_maps = _val_map(report, rec, dest)
+            if pair_maps is None:
+                continue
+            mask = _threshold_mask(cfg, pair_maps[0], chosen)
+            s = score_volume(mask, pair_maps[1])
             write_volume(dest / f"{rec.id}.tif", mask)
             new[rec.id] = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
             write_json(dest / f"{rec.id}.json", new[rec.id])
     write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
+    if chosen == current:
+        return None, scores
     return {"low": chosen[0], "high": chosen[1], "score": table[chosen]}, new
+
+
+def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The U-Net's validation probabilities of ``rec`` (``dest/<id>_prob.tif``)
+    and its label; None with a WARNING naming the file when one is unreadable."""
+    try:
+        prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
+        _, label = read_pair(rec.image_path, rec.label_path)
+    except VolumeError as exc:
+        report.warn(f"U-Net thresholds: {exc}", subject=rec.id, code="unet_threshold_skipped")
+        return None
+    return prob, label
+
+
+def _threshold_mask(cfg, prob: np.ndarray, pair: tuple[float, float]) -> np.ndarray:
+    return postprocess(prob, low=pair[0], high=pair[1], closing_radius=tuple(cfg.closing_radius),
+                       min_size=cfg.min_component_voxels)
 
 
 def segment(
