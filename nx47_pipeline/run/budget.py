@@ -19,7 +19,6 @@ run's own projection says fits.  Every cost formula of a run lives here.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import time

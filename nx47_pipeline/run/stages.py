@@ -16,7 +16,6 @@ reads it instead of computing it again, which is how a killed run resumes.
 from __future__ import annotations
 
 import dataclasses
-
 import time
 import zlib
 from pathlib import Path
@@ -32,7 +31,7 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair, read_volume, write_
 from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
-from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.metric import VolumeScore, score_volume
 from nx47_pipeline.model.postprocess import postprocess, uint8_to_probability
 from nx47_pipeline.model.search import run_search, threshold_pairs
 from nx47_pipeline.run import budget
@@ -47,6 +46,7 @@ from nx47_pipeline.run.tasks import (
     features_task,
     segment_task,
     validate_task,
+    validation_record,
 )
 from nx47_pipeline.telemetry.events import (
     BudgetDecision,
@@ -497,7 +497,7 @@ def unet_thresholds(
         return {"low": chosen[0], "high": chosen[1], "score": mean}, scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
     pairs = [p for p in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap) if not np.allclose(p, current)]
-    results: dict[tuple[float, float], list[float]] = {p: [] for p in pairs}
+    results: dict[tuple[float, float], dict[str, VolumeScore]] = {p: {} for p in pairs}
     done: list[str] = []
     for i, rec in enumerate(recs):
         if deadline is not None and time.monotonic() >= deadline:
@@ -508,12 +508,12 @@ def unet_thresholds(
             continue
         prob, label = pair_maps
         for pair in pairs:
-            results[pair].append(score_volume(_threshold_mask(cfg, prob, pair), label).score)
+            results[pair][rec.id] = score_volume(_threshold_mask(cfg, prob, pair), label)
         done.append(rec.id)
     if not done:
         return None, scores
     table = {current: float(np.mean([scores[i]["score"] for i in done]))}
-    table.update({pair: float(np.mean(values)) for pair, values in results.items()})
+    table.update({pair: float(np.mean([s.score for s in by_id.values()])) for pair, by_id in results.items()})
     for (low, high), mean in sorted(table.items(), key=lambda kv: kv[0][1]):
         report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, n_volumes=len(done))
     chosen = max(table, key=lambda p: (table[p], p == current))
@@ -531,9 +531,9 @@ def unet_thresholds(
             if pair_maps is None:
                 continue
             mask = _threshold_mask(cfg, pair_maps[0], chosen)
-            s = score_volume(mask, pair_maps[1])
+            s = results[chosen].get(rec.id) or score_volume(mask, pair_maps[1])  # the sweep scored done volumes
             write_volume(dest / f"{rec.id}.tif", mask)
-            new[rec.id] = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+            new[rec.id] = validation_record(s)
             write_json(dest / f"{rec.id}.json", new[rec.id])
     write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
     if chosen == current:

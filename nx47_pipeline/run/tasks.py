@@ -27,7 +27,7 @@ from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.io.volumes import VolumeError, read_header, read_pair, read_volume, write_volume
 from nx47_pipeline.model.features import volume_sample
 from nx47_pipeline.model.linear import LogisticModel
-from nx47_pipeline.model.metric import score_volume
+from nx47_pipeline.model.metric import VolumeScore, score_volume
 from nx47_pipeline.model.postprocess import fallback_segment, postprocess, probability_to_uint8
 from nx47_pipeline.model.predict import UNetPart, probability
 from nx47_pipeline.telemetry.events import ArrayTracePayload
@@ -162,6 +162,11 @@ def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.n
     return mask
 
 
+def validation_record(s: VolumeScore) -> dict[str, float]:
+    """What ``val/<id>.json`` and the run's validation scores hold for one volume."""
+    return {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+
+
 @dataclass(frozen=True)
 class ValidateJob:
     index: int
@@ -187,7 +192,7 @@ def validate_task(job: ValidateJob, progress: TaskProgress = no_progress) -> Out
     write_volume(job.dest / f"{job.volume_id}.tif", mask)
     progress(job.index, 0, 1, "score", 0.9)
     s = score_volume(mask, label)
-    out.data = {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+    out.data = validation_record(s)
     write_json(job.dest / f"{job.volume_id}.json", out.data)
     return out
 
@@ -247,5 +252,5 @@ def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outco
     return out
 
 
-__all__ = ["Note", "Outcome", "TaskProgress", "no_progress", "FeatureJob", "features_task", "Segmenter",
+__all__ = ["Note", "Outcome", "TaskProgress", "no_progress", "FeatureJob", "features_task", "Segmenter", "validation_record",
            "model_mask", "ValidateJob", "validate_task", "SegmentJob", "segment_task"]
