@@ -56,7 +56,9 @@ class Bundle:
         ``model.json``.
     model : LogisticModel
     best : dict
-        ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search.
+        ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search and
+        ``thin`` (the post-processing's thin-surface step, chosen on
+        validation; False in bundles written before it was chosen).
     closing_radius : tuple of int
     min_component_voxels : int
     unet : UNetPart or None
@@ -91,6 +93,7 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
         + (" + U-Net" if m.get("unet") else "")
         + (f"; thresholds {low:.2f}/{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float))
            else "")
+        + ("; thin surface" if (m.get("postprocess") or {}).get("thin") is True else "")
         + f"; trained on {len(m.get('train_ids', []))} volumes"
         + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
         + f"; nx47 {m.get('code_version', '?')}"
@@ -165,7 +168,8 @@ def write_manifest(
                    "n_features": int(len(linear.coef))},
         "search": {k: best.get(k) for k in ("l1", "l2", "low", "high", "score")},
         "postprocess": {"closing_radius": [int(r) for r in closing_radius],
-                        "min_component_voxels": int(min_component_voxels)},
+                        "min_component_voxels": int(min_component_voxels),
+                        "thin": bool(best.get("thin", False))},
         "unet": unet,
         "train_ids": list(train_ids),
         "val_ids": list(val_ids),
@@ -241,6 +245,9 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         if not isinstance(search.get(key), (int, float)):
             raise BundleError(f"{path / MANIFEST}: search.{key} must be a number, got {search.get(key)!r}")
     post = manifest["postprocess"]
+    thin = post.get("thin", False)
+    if not isinstance(thin, bool):
+        raise BundleError(f"{path / MANIFEST}: postprocess.thin must be true or false, got {thin!r}")
     unet = None
     if manifest.get("unet"):
         ufile = path / manifest["unet"]["file"]
@@ -255,7 +262,7 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         path=path,
         manifest=manifest,
         model=model,
-        best={k: search.get(k) for k in ("l1", "l2", "low", "high", "score")},
+        best={**{k: search.get(k) for k in ("l1", "l2", "low", "high", "score")}, "thin": thin},
         closing_radius=tuple(int(r) for r in post["closing_radius"]),
         min_component_voxels=int(post["min_component_voxels"]),
         unet=unet,

@@ -22,6 +22,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from nx47_pipeline.model.features import sym3_eigvals
+
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -164,27 +166,41 @@ def postprocess(
     high: float = 0.5,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
+    thin: bool = False,
 ) -> np.ndarray:
     """Probabilities to a submission mask.
 
-    Hysteresis (``low``, ``high``) -> :func:`anisotropic_closing` ->
-    :func:`fill_cavities` -> :func:`remove_small_components`
-    (:data:`DEFAULT_STEPS`; ablations in docs/model.md).
+    Hysteresis (``low``, ``high``) -> with ``thin``, :func:`thin_surface`
+    -> :func:`anisotropic_closing` -> :func:`fill_cavities` ->
+    :func:`remove_small_components` (:data:`DEFAULT_STEPS`, plus ``"thin"``;
+    the run chooses ``thin`` on validation, ablations in docs/model.md).
 
     Returns
     -------
     ndarray of uint8 in {0, 1}, exactly ``prob.shape``
     """
-    return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size)
+    return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size,
+                             steps=post_steps(thin))
 
 
 #: Post-processing steps in their order (see :func:`postprocess_steps`);
-#: ``thin`` (:func:`thin_surface`) and ``bridges`` (:func:`cut_bridges`) are
-#: optional: measured on held-out data they did not pay (docs/model.md).
+#: ``thin`` (:func:`thin_surface`) is chosen per run on validation
+#: (``postprocess(thin=...)``); ``bridges`` (:func:`cut_bridges`) is an
+#: ablation step only: measured on held-out data it did not pay
+#: (docs/model.md).
 STEPS = ("hysteresis", "thin", "closing", "fill_holes", "bridges", "dust")
-#: The steps :func:`postprocess` runs (cavity filling: +0.02 / +0.01 score
-#: on held-out data of the two generator variants, docs/model.md).
+#: The steps :func:`postprocess` runs without ``thin`` (cavity filling:
+#: +0.02 / +0.01 score on held-out data of the two generator variants,
+#: docs/model.md).
 DEFAULT_STEPS = ("hysteresis", "closing", "fill_holes", "dust")
+
+
+def post_steps(thin: bool) -> tuple[str, ...]:
+    """The steps of :func:`postprocess`: :data:`DEFAULT_STEPS`, with
+    ``"thin"`` after the hysteresis when ``thin``."""
+    if not isinstance(thin, (bool, np.bool_)):
+        raise ValueError(f"thin must be True or False, got {thin!r}")
+    return tuple(s for s in STEPS if s in DEFAULT_STEPS or (thin and s == "thin"))
 
 
 def fill_cavities(mask: np.ndarray) -> np.ndarray:
@@ -196,15 +212,118 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+#: Voxels a chunk needs around it so that :func:`surface_ridge` of its core
+#: equals the whole volume's: the Gaussian's radius at ``sigma`` 1 (4), two
+#: central differences (2) and the interpolation one voxel along the normal (1).
+RIDGE_HALO = 7
+
+
+def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+    """The voxels of ``where`` on the ridge of ``prob`` across the sheet.
+
+    The normal at a voxel is the eigenvector of the eigenvalue of largest
+    magnitude of the Hessian of ``prob`` smoothed with ``sigma`` (across a
+    sheet the probability curves most: down on the ridge, up on its flanks);
+    a voxel is on the ridge when its smoothed
+    probability is at least the one a voxel further along the normal on
+    either side has (linear interpolation): non-maximum suppression along
+    the normal.  A voxel's answer depends on ``prob`` within
+    :data:`RIDGE_HALO` voxels only (at ``sigma`` 1), so chunks computed with
+    that halo agree with the whole volume.
+
+    Parameters
+    ----------
+    prob : ndarray, 3D
+        Probabilities.
+    where : ndarray of bool, same shape
+        The voxels to test (the others are False).
+    sigma : float
+        Smoothing before the Hessian, voxels (> 0).
+
+    Returns
+    -------
+    ndarray of bool, ``prob``'s shape, a subset of ``where``
+    """
+    prob = _check_3d("prob", prob)
+    where = _check_3d("where", where).astype(bool, copy=False)
+    if where.shape != prob.shape:
+        raise ValueError(f"where shape {where.shape} != prob shape {prob.shape}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    out = np.zeros(prob.shape, dtype=bool)
+    if not where.any():
+        return out
+    p = ndimage.gaussian_filter(prob.astype(np.float32), sigma)
+    idx = np.nonzero(where)
+    h = {}  # Hessian entries (i, j), i <= j, at the tested voxels
+    for i in range(3):
+        grad = np.gradient(p, axis=i)
+        for j in range(i, 3):
+            h[i, j] = np.gradient(grad, axis=j)[idx]
+        del grad
+    normal = _normal_eigenvector(h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2])
+    del h
+    coords = np.asarray(idx, dtype=np.float32)
+    here = p[idx]
+    keep = np.ones(here.shape, dtype=bool)
+    for side in (1.0, -1.0):
+        keep &= here >= ndimage.map_coordinates(p, coords + side * normal, order=1, mode="nearest")
+    out[tuple(i[keep] for i in idx)] = True
+    return out
+
+
+def _normal_eigenvector(a, b, c, d, e, f) -> np.ndarray:
+    """Unit eigenvectors, shape (3, n), of the eigenvalue of largest
+    magnitude of the symmetric matrices ``[[a, d, e], [d, b, f], [e, f, c]]``
+    (1-D arrays): across a sheet the curvature is strongest (negative on the
+    ridge, positive on its flanks), along it weak.
+
+    The eigenvalue comes in closed form (:func:`sym3_eigvals`); the vector is
+    the largest cross product of two rows of ``H - lambda I`` (orthogonal to
+    both, so in its null space).  Where that eigenvalue is repeated every
+    cross product vanishes and any vector of the eigenspace would do: the
+    result is then the first axis.  About ten times faster than
+    ``numpy.linalg.eigh`` on millions of voxels."""
+    top, _, bottom = sym3_eigvals(a, b, c, d, e, f)
+    lam = np.where(np.abs(bottom) >= np.abs(top), bottom, top)
+    del top, bottom
+    r0 = np.stack([a - lam, d, e])
+    r1 = np.stack([d, b - lam, f])
+    r2 = np.stack([e, f, c - lam])
+    del lam
+    best = np.cross(r0, r1, axis=0)
+    best_n = np.einsum("ij,ij->j", best, best)
+    for u, v in ((r0, r2), (r1, r2)):
+        cand = np.cross(u, v, axis=0)
+        n = np.einsum("ij,ij->j", cand, cand)
+        better = n > best_n
+        best[:, better] = cand[:, better]
+        best_n = np.where(better, n, best_n)
+    norm = np.sqrt(best_n)
+    flat = norm <= np.finfo(np.float32).tiny
+    best[:, flat] = 0.0
+    best[0, flat] = 1.0
+    norm[flat] = 1.0
+    best /= norm
+    return best
+
+
+def thin_mask(mask: np.ndarray, ridge: np.ndarray, *, width: int = 1) -> np.ndarray:
+    """``mask & ridge`` dilated ``width`` times (6-connected) inside ``mask``."""
+    mask = _check_3d("mask", mask).astype(bool, copy=False)
+    if isinstance(width, bool) or int(width) != width or width < 0:
+        raise ValueError(f"width must be an integer >= 0, got {width!r}")
+    out = mask & ridge
+    if width and out.any():
+        out = ndimage.binary_dilation(out, iterations=int(width), mask=mask)
+    return out
+
+
 def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, width: int = 1) -> np.ndarray:
     """Non-maximum suppression of ``prob`` along the sheet normal, inside ``mask``.
 
-    The normal at a voxel is the eigenvector of the most negative eigenvalue
-    of the Hessian of ``prob`` smoothed with ``sigma`` (across a ridge the
-    probability falls fastest); a voxel of ``mask`` is kept when its smoothed
-    probability is at least the one a voxel further along the normal on
-    either side has (linear interpolation).  The ridge, one or two voxels
-    thick, is then dilated ``width`` times inside ``mask``.
+    The ridge of :func:`surface_ridge` within ``mask``, one or two voxels
+    thick, dilated ``width`` times inside ``mask`` (:func:`thin_mask`).
 
     Parameters
     ----------
@@ -225,32 +344,9 @@ def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, widt
     mask = _check_3d("mask", mask).astype(bool, copy=False)
     if mask.shape != prob.shape:
         raise ValueError(f"mask shape {mask.shape} != prob shape {prob.shape}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
     if isinstance(width, bool) or int(width) != width or width < 0:
         raise ValueError(f"width must be an integer >= 0, got {width!r}")
-    if not mask.any():
-        return mask.copy()
-    p = ndimage.gaussian_filter(prob.astype(np.float32), sigma)
-    idx = np.nonzero(mask)
-    grads = np.gradient(p)
-    hess = np.empty((len(idx[0]), 3, 3), np.float32)
-    for i in range(3):
-        second = np.gradient(grads[i])
-        for j in range(i, 3):
-            hess[:, i, j] = hess[:, j, i] = second[j][idx]
-    del grads
-    normal = np.linalg.eigh(hess)[1][:, :, 0].T  # (3, n): eigenvector of the smallest eigenvalue
-    coords = np.asarray(idx, dtype=np.float32)
-    here = p[idx]
-    keep = np.ones(here.shape, dtype=bool)
-    for side in (1.0, -1.0):
-        keep &= here >= ndimage.map_coordinates(p, coords + side * normal, order=1, mode="nearest")
-    out = np.zeros(mask.shape, dtype=bool)
-    out[tuple(i[keep] for i in idx)] = True
-    if width:
-        out = ndimage.binary_dilation(out, iterations=int(width), mask=mask)
-    return out
+    return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma), width=width)
 
 
 def cut_bridges(mask: np.ndarray, *, depth: float = 1.5, min_part: int = 200) -> np.ndarray:
@@ -334,37 +430,55 @@ def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: 
     return mask.astype(np.uint8)
 
 
+#: Bit of a threshold class byte set on :func:`surface_ridge` voxels (see
+#: :func:`threshold_classes`); the low two bits hold 0 / 1 / 2.
+RIDGE_BIT = 4
+
+
 def postprocess_classes(
     classes: np.ndarray,
     *,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
+    thin: bool = False,
 ) -> np.ndarray:
     """:func:`postprocess` from threshold classes instead of probabilities.
 
     ``classes`` is 0 where ``prob <= low``, 1 where ``low < prob <= high``
-    and 2 where ``prob > high`` (:func:`threshold_classes`): what chunked
-    inference stores, 1 byte per voxel, and all the post-processing needs.
-    The result equals ``postprocess(prob, low=low, high=high, ...)``.
+    and 2 where ``prob > high``, plus :data:`RIDGE_BIT` on the ridge voxels
+    when ``thin`` (:func:`threshold_classes`): what chunked inference
+    stores, 1 byte per voxel, and all the post-processing needs.  The result
+    equals ``postprocess(prob, low=low, high=high, thin=thin, ...)``.
     """
     classes = _check_3d("classes", classes)
-    weak = classes >= 1
+    level = classes & 3
+    weak = level >= 1
     mask = np.zeros(classes.shape, dtype=bool)
     if weak.any():
         labels = cc3d.connected_components(weak, connectivity=26)
         keep = np.zeros(int(labels.max()) + 1, dtype=bool)
-        keep[np.unique(labels[classes == 2])] = True
+        keep[np.unique(labels[level == 2])] = True
         keep[0] = False
         mask = keep[labels]
+    if thin:
+        mask = thin_mask(mask, (classes & RIDGE_BIT) > 0)
     return _after_threshold(mask, DEFAULT_STEPS, closing_radius=closing_radius, min_size=min_size)
 
 
-def threshold_classes(prob: np.ndarray, *, low: float, high: float) -> np.ndarray:
-    """uint8 0 / 1 / 2: at most ``low``, above ``low``, above ``high``."""
+def threshold_classes(prob: np.ndarray, *, low: float, high: float, ridge: np.ndarray | None = None) -> np.ndarray:
+    """uint8 0 / 1 / 2: at most ``low``, above ``low``, above ``high``; plus
+    :data:`RIDGE_BIT` where ``ridge`` (bool, ``prob``'s shape) is set and the
+    voxel is above ``low`` (``ridge = surface_ridge(prob, prob > low)``: what
+    ``thin`` needs)."""
     if not (np.isfinite(low) and np.isfinite(high)) or low > high:
         raise ValueError(f"need finite low <= high, got low={low!r}, high={high!r}")
     out = (prob > low).astype(np.uint8)
     out += prob > high
+    if ridge is not None:
+        ridge = np.asarray(ridge, dtype=bool)
+        if ridge.shape != out.shape:
+            raise ValueError(f"ridge shape {ridge.shape} != prob shape {out.shape}")
+        out |= (ridge & (out > 0)).astype(np.uint8) * np.uint8(RIDGE_BIT)
     return out
 
 

@@ -9,8 +9,10 @@ competition score of its post-processed mask on the central crop of the
 volume (:func:`proxy_score`: an eighth of the voxels at 320^3, the whole
 volume up to 96^3).  The ``top_k`` best candidates by mean rank score are
 post-processed and scored on the whole of every validation volume (a second
-pass through the filter bank for their models only), and the best of them
-wins.  Post-processing and the metric cost far more than the filter bank at
+pass through the filter bank for their models only), each with and without
+thin-surface extraction (``thin``: non-maximum suppression along the sheet
+normal, :func:`~nx47_pipeline.model.postprocess.thin_surface`), and the best
+of them wins.  Post-processing and the metric cost far more than the filter bank at
 320^3, so this is what bounds the search (docs/benchmarks.md).  A ranking by
 voxel Dice alone (threshold, no post-processing) picked thresholds whose
 closing merged close sheets: 0.48 against 0.63 on held-out variant b.  Each
@@ -35,7 +37,7 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import postprocess
+from nx47_pipeline.model.postprocess import postprocess, postprocess_classes, surface_ridge, threshold_classes
 from nx47_pipeline.model.predict import linear_probabilities
 
 
@@ -100,6 +102,7 @@ def run_search(
     tol: float = 1e-6,
     intercept_shift: float = 0.0,
     top_k: int = 4,
+    thin_options: Sequence[bool] = (False, True),
     deadline: float | None = None,
     progress: Callable[..., None] | None = None,
     on_metric: Callable[[str, float, dict], None] | None = None,
@@ -125,6 +128,9 @@ def run_search(
         :func:`proxy_score` (the competition score on the central crop);
         the ``top_k`` best by mean proxy are then post-processed and scored
         in full, and the best of those wins.  0 scores every candidate.
+    thin_options : sequence of bool
+        The full scoring tries each top candidate with each of these
+        ``thin`` settings of the post-processing (``(False,)``: never thin).
     deadline : float, optional
         ``time.monotonic()`` value; the search stops early there and picks
         the best point seen (BUDGET is the caller's to publish via
@@ -133,13 +139,16 @@ def run_search(
     Returns
     -------
     dict
-        ``best`` (``l1``, ``l2``, ``low``, ``high``, ``score``,
+        ``best`` (``l1``, ``l2``, ``low``, ``high``, ``thin``, ``score``,
         ``model_path``), ``results`` (mean score per grid point),
         ``fit_iters`` and ``fit_seconds`` (summed over fits), ``fit_converged``
         (how many fits converged before ``max_iter``).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    thins = sorted({bool(t) for t in thin_options})
+    if not thins or any(not isinstance(t, (bool, np.bool_)) for t in thin_options):
+        raise ValueError(f"thin_options must be a non-empty sequence of True / False, got {thin_options!r}")
     points = grid_points(l1_grid, l2_grid)
     pairs = threshold_pairs(thresholds, gap)
     n_cands = len(points) * len(pairs)
@@ -235,13 +244,15 @@ def run_search(
     order = sorted(range(len(cands)), key=lambda i: -proxy_sum[i])
     chosen = sorted(order[:k_full])  # candidate indices scored in full
     chosen_models = sorted({cands[i][0] for i in chosen})
-    sums = np.zeros(len(chosen))
+    full = [(i, t) for i in chosen for t in thins]  # (candidate, thin) scored in full
+    sums = np.zeros(len(full))
     counts = 0
     base = len(points) + len(val) * len(cands)
     for v, rec in enumerate(r for r in val if r.id in ranked_ids):
         cache = dest / f"val_{rec.id}.json"
         data = json.loads(cache.read_text()) if cache.exists() else None
-        if data is None or data.get("candidates") != [list(cands[i]) for i in chosen]:
+        if data is None or data.get("candidates") != [list(cands[i]) for i in chosen] \
+                or data.get("thin") != thins:
             if deadline is not None and time.monotonic() > deadline and counts:
                 if on_deadline:
                     on_deadline(f"{len(ranked_ids) - v} of {len(ranked_ids)} validation volumes not scored")
@@ -256,41 +267,51 @@ def run_search(
                        substep=f"score: {what}", substep_done=d, substep_total=t)
 
             probs = linear_probabilities(image, [models[g] for g in chosen_models], on_progress=on_q)
+            # the ridge of each model's map once, for every pair of it (thin_surface tests the same voxels)
+            ridges = {}
+            if True in thins:
+                low_min = min(pairs[cands[i][1]][0] for i in chosen)
+                ridges = {g: surface_ridge(probs[j], probs[j] > low_min) for j, g in enumerate(chosen_models)}
             scores = []
-            for j, i in enumerate(chosen):
+            for j, (i, thin) in enumerate(full):
                 g, t_i = cands[i]
                 low, high = pairs[t_i]
-                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high,
-                                   closing_radius=closing_radius, min_size=min_size)
+                prob = probs[chosen_models.index(g)]
+                if thin:
+                    mask = postprocess_classes(threshold_classes(prob, low=low, high=high, ridge=ridges[g]),
+                                               closing_radius=closing_radius, min_size=min_size, thin=True)
+                else:
+                    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size)
                 scores.append(score_volume(mask, label).score)
-                report(base + v * k_full + j + 1, total, file=rec.id, file_done=v, file_total=len(ranked_ids),
-                       substep=f"candidate {j + 1}/{k_full}", substep_done=j + 1, substep_total=k_full)
-            del probs
-            data = {"candidates": [list(cands[i]) for i in chosen], "scores": scores}
+                report(base + v * k_full + (j + 1) * k_full / len(full), total, file=rec.id, file_done=v,
+                       file_total=len(ranked_ids), substep=f"candidate {j + 1}/{len(full)}", substep_done=j + 1,
+                       substep_total=len(full))
+            del probs, ridges
+            data = {"candidates": [list(cands[i]) for i in chosen], "thin": thins, "scores": scores}
             write_json(cache, data)
         sums += np.asarray(data["scores"], dtype=float)
         counts += 1
-        for j, i in enumerate(chosen):
+        for j, (i, thin) in enumerate(full):
             g, t_i = cands[i]
             metric("search_score", float(data["scores"][j]),
                    {"volume_id": rec.id, "l1": points[g][0], "l2": points[g][1],
-                    "low": pairs[t_i][0], "high": pairs[t_i][1]})
+                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin})
         report(base + (v + 1) * k_full, total, file=rec.id, file_done=v + 1, file_total=len(ranked_ids))
 
     results = []
     if counts:
         mean = sums / counts
-        for j, i in enumerate(chosen):
+        for j, (i, thin) in enumerate(full):
             g, t_i = cands[i]
             (l1, l2), (low, high) = points[g], pairs[t_i]
-            results.append({"l1": l1, "l2": l2, "low": low, "high": high, "score": float(mean[j]),
+            results.append({"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "score": float(mean[j]),
                             "proxy": float(proxy_sum[i] / max(n_ranked, 1))})
             metric("search_mean_score", float(mean[j]),
-                   {"l1": l1, "l2": l2, "low": low, "high": high, "n_volumes": counts})
-        # best score; ties go to the stronger regularisation (fewer features)
-        best_j = sorted(range(len(results)), key=lambda j: (-round(results[j]["score"], 9),
-                                                             -results[j]["l1"], -results[j]["l2"]))[0]
-        g_best = cands[chosen[best_j]][0]
+                   {"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "n_volumes": counts})
+        # best score; ties go to the stronger regularisation (fewer features), then to no thinning (cheaper)
+        best_j = sorted(range(len(results)), key=lambda j: (-round(results[j]["score"], 9), -results[j]["l1"],
+                                                             -results[j]["l2"], results[j]["thin"]))[0]
+        g_best = cands[full[best_j][0]][0]
         best = dict(results[best_j])
     else:
         if on_warning:
@@ -298,12 +319,14 @@ def run_search(
                        "search", "search_unscored")
         g_best = len(points) // 2
         low, high = pairs[len(pairs) // 2]
-        best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "score": None}
+        best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "thin": False,
+                "score": None}
     proxies = [{"l1": points[g][0], "l2": points[g][1], "low": pairs[t_i][0], "high": pairs[t_i][1],
                 "proxy": float(proxy_sum[i] / max(n_ranked, 1))} for i, (g, t_i) in enumerate(cands)]
     best["model_path"] = str(dest / f"model_{g_best}.npz")
     write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts,
                                        "ranked": proxies, "top_k": k_full})
-    report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}")
+    report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}"
+                                 f"{' thin' if best['thin'] else ''}")
     return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds,
             "fit_converged": fit_converged}

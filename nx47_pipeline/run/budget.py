@@ -39,6 +39,12 @@ SAFETY_FACTOR = 1.3
 
 #: Fallback rates (seconds per million voxels) used when no preflight ran.
 DEFAULT_SEGMENT_S_PER_MVOX = 4.0
+
+#: Model segmentation with thin-surface extraction against without (the
+#: preflight times it without): 320^3 on 2 cores, 6.0 s of features and
+#: post-processing plus 4.2 s of ridge on a map with 23 % of its voxels above
+#: the low threshold (docs/benchmarks.md).
+THIN_SEGMENT_FACTOR = 1.7
 FALLBACK_S_PER_MVOX = 0.3
 #: Seconds always kept back at the end of a run (packaging, GLOBAL_STATS).
 RESERVE_MARGIN_S = 2.0
@@ -427,11 +433,16 @@ def model_segment_need_s(
     mvox: float,
     rest_mvox: list[float] | tuple[float, ...],
     unet: UNetCost | None = None,
+    thin: bool = False,
 ) -> float:
     """Seconds needed to segment one volume of ``mvox`` million voxels with
     the model and still give the fallback to every volume after it
-    (``rest_mvox``); the segment stage falls back when less is left."""
+    (``rest_mvox``); the segment stage falls back when less is left.
+    ``thin``: the post-processing extracts the thin surface
+    (:data:`THIN_SEGMENT_FACTOR`)."""
     rate = timings.segment_s_per_mvox if timings else DEFAULT_SEGMENT_S_PER_MVOX
+    if thin:
+        rate *= THIN_SEGMENT_FACTOR
     return (
         SAFETY_FACTOR * (mvox * rate + _unet_infer_s(unet, mvox))
         + sum(fallback_needed_s(timings, mvox=m) for m in rest_mvox)

@@ -3,12 +3,15 @@
 1. **probability** — the volume is cut into ``chunk``-sided cores; each core
    is read with a halo of :func:`nx47_pipeline.model.features.halo_for`
    voxels (so its filter bank, hence its probabilities, equal the
-   whole-volume ones), turned into threshold classes (0 / 1 / 2:
+   whole-volume ones), turned into threshold classes (0 / 1 / 2, and the
+   ridge bit when the bundle's post-processing thins the surface, with
+   :data:`~nx47_pipeline.model.postprocess.RIDGE_HALO` more halo:
    :func:`nx47_pipeline.model.postprocess.threshold_classes`) and written to
    ``DIR/classes.zarr``; a marker ``DIR/chunks/<z>_<y>_<x>.done`` follows, so
    a rerun after ``kill -9`` skips finished chunks.  Chunks run in process,
    or as tasks on Dask distributed (``--scheduler``).
-2. **postprocess** — hysteresis, closing, cavity filling and dust removal on
+2. **postprocess** — hysteresis, thin surface (when the bundle's run chose
+   it), closing, cavity filling and dust removal on
    the whole volume: in process with numpy (the volume's classes must fit in
    memory), or with Dask arrays and a chunked labelling (block labels joined across
    chunk faces; memory per worker bounded by the chunk size), giving the same mask.
@@ -39,7 +42,9 @@ from scipy.sparse.csgraph import connected_components
 from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.model.bundle import Bundle, load_bundle
 from nx47_pipeline.model.features import halo_for
-from nx47_pipeline.model.postprocess import anisotropic_closing, postprocess_classes, threshold_classes
+from nx47_pipeline.model.postprocess import (
+    RIDGE_BIT, RIDGE_HALO, anisotropic_closing, postprocess_classes, surface_ridge, thin_mask, threshold_classes,
+)
 from nx47_pipeline.model.predict import linear_probabilities
 from nx47_pipeline.run.executor import chunk_grid, make_executor, worker_name
 from nx47_pipeline.run.resume import acquire_lock, release_lock
@@ -112,7 +117,10 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
     block = np.asarray(vol[tuple(outer)])
     prob = linear_probabilities(block, [bundle.model])[0]
     inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-    classes = threshold_classes(prob[inner], low=bundle.best["low"], high=bundle.best["high"])
+    low, high = bundle.best["low"], bundle.best["high"]
+    # the halo holds RIDGE_HALO voxels of exact probabilities around the core when thinning
+    ridge = surface_ridge(prob, prob > low)[inner] if bundle.best.get("thin") else None
+    classes = threshold_classes(prob[inner], low=low, high=high, ridge=ridge)
     out = zarr.open_array(job["classes"], mode="r+")
     out[tuple(core)] = classes
     write_text(Path(job["marker"]), json.dumps({"core": job["core"], "worker": worker_name()}))
@@ -202,7 +210,7 @@ def _label_dask(binary, structure: np.ndarray):
 
 
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
-                      min_size: int, chunk: int) -> None:
+                      min_size: int, chunk: int, thin: bool = False) -> None:
     import dask  # noqa: PLC0415 - optional, lazy
     import dask.array as da  # noqa: PLC0415
 
@@ -212,14 +220,19 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     s6[1, 1, :] = s6[1, :, 1] = s6[:, 1, 1] = True
     # only the boolean masks are persisted: the labellings are recomputed block by block where they are
     # read (a few cheap scipy labellings per block), so the workers never hold a whole volume of labels
-    lab, _ = _label_dask(c >= 1, s26)
+    level = c & 3
+    lab, _ = _label_dask(level >= 1, s26)
     # per block, then merged on the client: lab[c == 2].compute() gathers every class-2 voxel's label in one
     # task on one worker (768^3 under a 1 GB limit: KilledWorker)
     strong_ids = np.unique(np.concatenate(dask.compute(*[
         dask.delayed(lambda lb, cb: np.unique(lb[cb == 2]))(lb, cb)
-        for lb, cb in zip(lab.to_delayed().ravel(), c.to_delayed().ravel())])))
+        for lb, cb in zip(lab.to_delayed().ravel(), level.to_delayed().ravel())])))
     r = tuple(int(v) for v in closing_radius)
-    mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), da.isin(lab, strong_ids[strong_ids > 0]),
+    mask = da.isin(lab, strong_ids[strong_ids > 0])
+    if thin:  # the ridge inside the mask, dilated once (6-connected) inside it: one voxel of overlap
+        mask = da.map_overlap(lambda m, cb: thin_mask(m, (cb & RIDGE_BIT) > 0), mask, c, depth=1, boundary=0,
+                              dtype=bool)
+    mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), mask,
                           depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool).persist()
     del lab
     bg = ~mask
@@ -240,11 +253,11 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
 
 
 def _postprocess_numpy(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int], min_size: int,
-                       chunk: int) -> None:
+                       chunk: int, thin: bool = False) -> None:
     import zarr  # noqa: PLC0415
 
     classes = np.asarray(zarr.open_array(str(classes_path), mode="r")[...])
-    mask = postprocess_classes(classes, closing_radius=closing_radius, min_size=min_size)
+    mask = postprocess_classes(classes, closing_radius=closing_radius, min_size=min_size, thin=thin)
     out = zarr.create_array(str(mask_path), shape=mask.shape, chunks=(chunk,) * 3, dtype="uint8", overwrite=True)
     out[...] = mask
 
@@ -307,7 +320,8 @@ def infer(
         (out / CHUNKS).mkdir(exist_ok=True)
         cores = chunk_grid(vol.shape, chunk)
         n_chunks = len(cores)
-        halo = halo_for(b.feature_scales)
+        thin = bool(b.best.get("thin"))
+        halo = halo_for(b.feature_scales) + (RIDGE_HALO if thin else 0)
         jobs = []
         for core in cores:
             cid = "_".join(str(s.start) for s in core)
@@ -329,11 +343,12 @@ def infer(
                 tel.progress(step_done=done, step_total=n_chunks, file=res["id"], file_done=done,
                              file_total=n_chunks, worker=res["worker"])
         with tel.stage(StageName.POSTPROCESS, total=1):
-            tel.progress(step_done=0, step_total=1, message="hysteresis, closing, cavities, dust (whole volume)")
+            tel.progress(step_done=0, step_total=1, message=f"hysteresis, {'thin surface, ' if thin else ''}"
+                         "closing, cavities, dust (whole volume)")
             post = _postprocess_dask if scheduler else _postprocess_numpy
             mask_path = out / MASK
             post(classes_path, mask_path, closing_radius=b.closing_radius, min_size=b.min_component_voxels,
-                 chunk=chunk)
+                 chunk=chunk, thin=thin)
             tel.progress(step_done=1, step_total=1)
         status = Status.OK
     except Cancelled as exc:

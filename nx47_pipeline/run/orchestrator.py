@@ -424,7 +424,8 @@ def _validate(ctx: RunContext) -> None:
                 st.unet = None
                 st.val_scores = linear
             elif unet_pair is not None:
-                st.best = {**st.best, "low": unet_pair["low"], "high": unet_pair["high"]}
+                st.best = {**st.best, "low": unet_pair["low"], "high": unet_pair["high"],
+                           "thin": unet_pair["thin"]}
 
 
 def _validation_summary(st) -> dict[str, Any]:

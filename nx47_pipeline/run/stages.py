@@ -32,7 +32,9 @@ from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
 from nx47_pipeline.model.metric import VolumeScore, score_volume
-from nx47_pipeline.model.postprocess import postprocess, uint8_to_probability
+from nx47_pipeline.model.postprocess import (
+    postprocess, postprocess_classes, surface_ridge, threshold_classes, uint8_to_probability,
+)
 from nx47_pipeline.model.search import run_search, threshold_pairs
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
@@ -469,35 +471,51 @@ def validate(
 #: sharper than fit_prox's and its best pair was higher (docs/model.md).
 UNET_THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
+#: A post-processing choice: (low, high, thin).
+PostKey = tuple[float, float, bool]
+
+
+def _post_key(best: dict[str, Any]) -> PostKey:
+    return float(best["low"]), float(best["high"]), bool(best.get("thin", False))
+
+
+def _same_key(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    return np.allclose(a[:2], b[:2]) and bool(a[2]) == bool(b[2])
+
 
 def unet_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
     scores: dict[str, dict[str, float]], *, deadline: float | None,
-) -> tuple[dict[str, float] | None, dict[str, dict[str, float]]]:
-    """The U-Net's hysteresis pair, chosen by the mean competition score on
-    the validation maps ``dest/<id>_prob.tif`` that :func:`validate` wrote
-    with the U-Net (at most ``search_max_val_volumes`` of them, the pairs of
-    :data:`UNET_THRESHOLD_GRID`; ``scores`` holds those of ``best``'s pair).
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
+    """The U-Net's hysteresis pair and ``thin`` choice, chosen by the mean
+    competition score on the validation maps ``dest/<id>_prob.tif`` that
+    :func:`validate` wrote with the U-Net (at most ``search_max_val_volumes``
+    of them; the pairs of :data:`UNET_THRESHOLD_GRID`, each with and without
+    thin-surface extraction; ``scores`` holds those of ``best``'s choice).
 
-    Returns ``(pair, scores)``: ``pair`` is ``{"low", "high", "score"}``
-    when a pair other than ``best``'s scores higher (the volumes' masks and
-    ``<id>.json`` are rewritten with it and ``scores`` updated), else None
-    and ``scores`` unchanged.  Stops with what it has at ``deadline``.
-    ``dest/unet_thresholds.json`` records every pair's mean."""
+    Returns ``(choice, scores)``: ``choice`` is ``{"low", "high", "thin",
+    "score"}`` when another choice than ``best``'s scores higher (the
+    volumes' masks and ``<id>.json`` are rewritten with it and ``scores``
+    updated), else None and ``scores`` unchanged.  Stops with what it has at
+    ``deadline``.  ``dest/unet_thresholds.json`` records every choice's
+    mean."""
     cfg = ctx.config
-    current = (float(best["low"]), float(best["high"]))
+    current = _post_key(best)
     record = read_json(dest / "unet_thresholds.json")
-    if record and np.allclose(record.get("search_pair", ()), current) and len(record.get("chosen", ())) == 2:
+    if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
+            and _same_key((*record["search_pair"], record.get("search_thin", False)), current)):
         # a resumed run: the masks and scores already follow the recorded choice
-        chosen = tuple(float(v) for v in record["chosen"])
-        if np.allclose(chosen, current):
+        chosen = (float(record["chosen"][0]), float(record["chosen"][1]), bool(record.get("chosen_thin", False)))
+        if _same_key(chosen, current):
             return None, scores
-        mean = next((r["score"] for r in record.get("scores", []) if np.allclose((r["low"], r["high"]), chosen)),
-                    None)
-        return {"low": chosen[0], "high": chosen[1], "score": mean}, scores
+        mean = next((r["score"] for r in record.get("scores", [])
+                     if _same_key((r["low"], r["high"], r.get("thin", False)), chosen)), None)
+        return {"low": chosen[0], "high": chosen[1], "thin": chosen[2], "score": mean}, scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
-    pairs = [p for p in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap) if not np.allclose(p, current)]
-    results: dict[tuple[float, float], dict[str, VolumeScore]] = {p: {} for p in pairs}
+    keys = [(lo, hi, thin) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
+            for thin in (False, True)]
+    keys = [k for k in keys if not _same_key(k, current)]
+    results: dict[PostKey, dict[str, VolumeScore]] = {k: {} for k in keys}
     done: list[str] = []
     for i, rec in enumerate(recs):
         if deadline is not None and time.monotonic() >= deadline:
@@ -507,21 +525,25 @@ def unet_thresholds(
         if pair_maps is None:
             continue
         prob, label = pair_maps
-        for pair in pairs:
-            results[pair][rec.id] = score_volume(_threshold_mask(cfg, prob, pair), label)
+        ridge = surface_ridge(prob, prob > min(k[0] for k in keys)) if keys else None
+        for key in keys:
+            results[key][rec.id] = score_volume(_post_mask(cfg, prob, key, ridge), label)
         done.append(rec.id)
     if not done:
         return None, scores
     table = {current: float(np.mean([scores[i]["score"] for i in done]))}
-    table.update({pair: float(np.mean([s.score for s in by_id.values()])) for pair, by_id in results.items()})
-    for (low, high), mean in sorted(table.items(), key=lambda kv: kv[0][1]):
-        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, n_volumes=len(done))
-    chosen = max(table, key=lambda p: (table[p], p == current))
-    record = {"volumes": done, "chosen": list(chosen), "search_pair": list(current),
-              "scores": [{"low": lo, "high": hi, "score": v} for (lo, hi), v in sorted(table.items())]}
+    table.update({key: float(np.mean([s.score for s in by_id.values()])) for key, by_id in results.items()})
+    for (low, high, thin), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, thin=thin, n_volumes=len(done))
+    # ties: the search's choice, then no thinning
+    chosen = max(table, key=lambda k: (table[k], k == current, not k[2]))
+    record = {"volumes": done, "chosen": list(chosen[:2]), "chosen_thin": chosen[2],
+              "search_pair": list(current[:2]), "search_thin": current[2],
+              "scores": [{"low": lo, "high": hi, "thin": thin, "score": v}
+                         for (lo, hi, thin), v in sorted(table.items())]}
     new = dict(scores)
     if chosen != current:
-        # every validation volume the U-Net segmented gets the chosen pair's mask and score
+        # every validation volume the U-Net segmented gets the chosen masks and scores
         for rec in val:
             if rec.id not in new or not (dest / f"{rec.id}_prob.tif").exists():
                 continue
@@ -530,7 +552,7 @@ def unet_thresholds(
             pair_maps = _val_map(report, rec, dest)
             if pair_maps is None:
                 continue
-            mask = _threshold_mask(cfg, pair_maps[0], chosen)
+            mask = _post_mask(cfg, pair_maps[0], chosen, None)
             s = results[chosen].get(rec.id) or score_volume(mask, pair_maps[1])  # the sweep scored done volumes
             write_volume(dest / f"{rec.id}.tif", mask)
             new[rec.id] = validation_record(s)
@@ -538,7 +560,7 @@ def unet_thresholds(
     write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
     if chosen == current:
         return None, scores
-    return {"low": chosen[0], "high": chosen[1], "score": table[chosen]}, new
+    return {"low": chosen[0], "high": chosen[1], "thin": chosen[2], "score": table[chosen]}, new
 
 
 def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -553,9 +575,17 @@ def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarra
     return prob, label
 
 
-def _threshold_mask(cfg, prob: np.ndarray, pair: tuple[float, float]) -> np.ndarray:
-    return postprocess(prob, low=pair[0], high=pair[1], closing_radius=tuple(cfg.closing_radius),
-                       min_size=cfg.min_component_voxels)
+def _post_mask(cfg, prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) -> np.ndarray:
+    """The mask of ``prob`` post-processed with ``key``; ``ridge`` (the
+    :func:`surface_ridge` of ``prob`` on every voxel above ``key``'s low, or
+    None) saves recomputing it for each pair."""
+    low, high, thin = key
+    if thin and ridge is not None:
+        return postprocess_classes(threshold_classes(prob, low=low, high=high, ridge=ridge),
+                                   closing_radius=tuple(cfg.closing_radius), min_size=cfg.min_component_voxels,
+                                   thin=True)
+    return postprocess(prob, low=low, high=high, closing_radius=tuple(cfg.closing_radius),
+                       min_size=cfg.min_component_voxels, thin=thin)
 
 
 def segment(
@@ -578,6 +608,7 @@ def segment(
     timings = ctx.state.timings
     cost = ctx.state.unet_plan.cost if unet_part is not None else None
     seg = segmenter(ctx, model, best, unet_part) if model is not None else None
+    thin = bool(best.get("thin", False))
     workers = max(1, int(getattr(executor, "workers", 1) or 1))
     state = {"announced": False, "ahead_s": 0.0, "done": 0}
 
@@ -596,7 +627,7 @@ def segment(
                 m = mvox(rec.shape)
                 left = deadline - time.monotonic() - state["ahead_s"] / workers
                 need = budget.model_segment_need_s(
-                    timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost,
+                    timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost, thin=thin,
                 )
                 if left < need:
                     use_model = False
@@ -609,7 +640,8 @@ def segment(
                             budget_s=cfg.budget_s,
                         )
                 elif not executor.lazy:
-                    state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost)
+                    state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost,
+                                                                    thin=thin)
             yield SegmentJob(index=i, volume_id=rec.id, image_path=rec.image_path, dest=dest,
                              segmenter=seg if use_model else None, closing_radius=tuple(cfg.closing_radius),
                              min_size=cfg.min_component_voxels, trace=cfg.array_trace, shape=rec.shape)

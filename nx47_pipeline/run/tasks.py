@@ -153,11 +153,11 @@ class Segmenter:
 
 def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.ndarray:
     """Probability map (kept as uint8 at ``prob_path``) -> post-processed
-    uint8 0/1 mask with the search's thresholds."""
+    uint8 0/1 mask with the search's thresholds and ``thin`` choice."""
     prob = probability(image, seg.model, unet=seg.unet, on_progress=on_p)
     on_p(1, 1, "post-processing", 1.0)
-    mask = postprocess(prob, low=seg.best["low"], high=seg.best["high"],
-                       closing_radius=seg.closing_radius, min_size=seg.min_size)
+    mask = postprocess(prob, low=seg.best["low"], high=seg.best["high"], closing_radius=seg.closing_radius,
+                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)))
     write_volume(prob_path, probability_to_uint8(prob))
     return mask
 

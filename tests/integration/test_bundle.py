@@ -65,6 +65,10 @@ def test_a_training_run_leaves_a_self_describing_bundle(trained):
     assert set(manifest["files"]) >= {"model.npz"}
     assert manifest["search"]["low"] < manifest["search"]["high"]
     assert manifest["postprocess"]["min_component_voxels"] == small_config(Path("."), Path(".")).min_component_voxels
+    # the thin-surface choice of the run's search travels with the bundle
+    search = json.loads((out / "search" / "results.json").read_text())["best"]
+    assert manifest["postprocess"]["thin"] is search["thin"]
+    assert load_bundle(bundle).best["thin"] is search["thin"]
     assert manifest["train_ids"] and manifest["val_ids"]
     assert isinstance(manifest["validation"]["mean_score"], float)
     # the export holds exactly the manifest and its files, and loads
@@ -117,6 +121,14 @@ def test_a_tampered_bundle_is_refused_by_file_name(trained, tmp_path):
     (other / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="format_version 9"):
         load_bundle(other)
+    m["format_version"] = FORMAT_VERSION
+    m["postprocess"]["thin"] = "yes"
+    (other / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"model\.json: postprocess\.thin must be true or false"):
+        load_bundle(other)
+    del m["postprocess"]["thin"]  # a bundle from before the choice: no thinning
+    (other / MANIFEST).write_text(json.dumps(m))
+    assert load_bundle(other).best["thin"] is False
     with pytest.raises(BundleError, match="model.json"):
         load_bundle(tmp_path)
 

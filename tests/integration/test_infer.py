@@ -153,3 +153,66 @@ def test_infer_holds_the_folder_lock_while_it_runs_and_refuses_a_busy_folder(cas
     res = infer(bundle, store, out, chunk=24, console=False)  # the holder is gone: the folder is free
     assert res.status == "ok", res.error
     assert read_lock_pid(out) is None
+
+
+def test_postprocess_classes_with_the_ridge_bit_equals_thin_postprocess():
+    from scipy import ndimage
+
+    from nx47_pipeline.model.postprocess import postprocess, postprocess_classes, surface_ridge, threshold_classes
+
+    rng = np.random.default_rng(5)
+    prob = ndimage.gaussian_filter(rng.random((30, 34, 28)), 2.0)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())
+    a = postprocess(prob, low=0.45, high=0.6, closing_radius=(1, 2, 2), min_size=30, thin=True)
+    ridge = surface_ridge(prob, prob > 0.45)
+    b = postprocess_classes(threshold_classes(prob, low=0.45, high=0.6, ridge=ridge), closing_radius=(1, 2, 2),
+                            min_size=30, thin=True)
+    assert a.any() and np.array_equal(a, b)
+    assert not np.array_equal(a, postprocess(prob, low=0.45, high=0.6, closing_radius=(1, 2, 2), min_size=30))
+
+
+@pytest.fixture(scope="module")
+def thin_case(case, tmp_path_factory):
+    """The bundle with thin-surface extraction on, and its whole-volume mask."""
+    import shutil
+
+    from nx47_pipeline.model.bundle import load_bundle
+    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.predict import linear_probabilities
+
+    bundle, store, tif, _ = case
+    thin = tmp_path_factory.mktemp("thin") / "bundle"
+    shutil.copytree(bundle, thin)
+    manifest = json.loads((thin / "model.json").read_text())
+    manifest["postprocess"]["thin"] = True
+    (thin / "model.json").write_text(json.dumps(manifest))
+    b = load_bundle(thin, device="cpu")
+    assert b.best["thin"] is True and "thin surface" in b.summary()
+    prob = linear_probabilities(tifffile.imread(tif), [b.model])[0]
+    reference = postprocess(prob, low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius,
+                            min_size=b.min_component_voxels, thin=True)
+    plain = postprocess(prob, low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius,
+                        min_size=b.min_component_voxels)
+    assert reference.any() and not np.array_equal(reference, plain)  # thinning changes this mask
+    return thin, store, reference
+
+
+def test_chunked_infer_with_a_thinning_bundle_equals_the_whole_volume_mask(thin_case, tmp_path):
+    from nx47_pipeline.run.infer import infer
+
+    bundle, store, reference = thin_case
+    res = infer(bundle, store, tmp_path / "o", chunk=16, console=False)
+    assert res.status == "ok", res.error
+    assert np.array_equal(_mask(tmp_path / "o"), reference)
+
+
+@pytest.mark.timeout(300)
+def test_dask_infer_with_a_thinning_bundle_equals_the_whole_volume_mask(thin_case, tmp_path):
+    pytest.importorskip("distributed")
+    pytest.importorskip("dask_image")
+    from nx47_pipeline.run.infer import infer
+
+    bundle, store, reference = thin_case
+    res = infer(bundle, store, tmp_path / "o", chunk=16, scheduler="local", workers=2, console=False)
+    assert res.status == "ok", res.error
+    assert np.array_equal(_mask(tmp_path / "o"), reference)

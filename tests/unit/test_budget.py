@@ -121,3 +121,13 @@ def test_flip_tta_fits_when_its_extra_inference_takes_at_most_a_quarter_of_the_t
     # more volumes cost more; nothing to size it with: off
     assert tta_fits(cost, t, n_val=30, n_test=2, remaining_s=1e6)[1] > extra
     assert tta_fits(cost, None, n_val=3, n_test=2, remaining_s=1e6)[0] is False
+
+
+def test_a_thinning_post_processing_keeps_back_more_time_per_volume_than_the_preflight_measured():
+    from nx47_pipeline.run import budget
+
+    t = _timings()
+    plain = budget.model_segment_need_s(t, mvox=32.8, rest_mvox=[32.8, 32.8])
+    thin = budget.model_segment_need_s(t, mvox=32.8, rest_mvox=[32.8, 32.8], thin=True)
+    # only the volume's own model time grows; the fallbacks kept for the rest do not
+    assert thin - plain == pytest.approx(budget.SAFETY_FACTOR * 32.8 * 3.0 * (budget.THIN_SEGMENT_FACTOR - 1))

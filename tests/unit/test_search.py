@@ -48,16 +48,50 @@ def test_only_the_top_k_by_proxy_are_scored_in_full_and_the_best_is_among_them(s
     assert saved["top_k"] == 2 and len(saved["ranked"]) == 6  # 2 models x 3 thresholds ranked
     top2 = sorted(saved["ranked"], key=lambda r: -r["proxy"])[:2]
     assert {(r["l1"], r["high"]) for r in res["results"]} == {(r["l1"], r["high"]) for r in top2}
+    # each of the top candidates is scored with and without thin-surface extraction
+    assert sorted((r["l1"], r["high"], r["thin"]) for r in res["results"]) == sorted(
+        (r["l1"], r["high"], t) for r in top2 for t in (False, True))
     assert (res["best"]["l1"], res["best"]["high"]) in {(r["l1"], r["high"]) for r in top2}
     assert res["best"]["score"] == max(r["score"] for r in res["results"])
+    assert res["best"]["thin"] == next(r["thin"] for r in res["results"] if r["score"] == res["best"]["score"])
     n_val = len(sample[2])
-    assert sum(1 for n, _ in scored if n == "search_score") == 2 * n_val
+    assert sum(1 for n, _ in scored if n == "search_score") == 2 * 2 * n_val
     # every candidate scored in full (top_k=0) gives the same score to the same candidate
     full = _search(sample, tmp_path / "all", 0)
-    assert len(full["results"]) == 6
-    by_key = {(r["l1"], r["low"], r["high"]): r["score"] for r in full["results"]}
+    assert len(full["results"]) == 12
+    by_key = {(r["l1"], r["low"], r["high"], r["thin"]): r["score"] for r in full["results"]}
     for r in res["results"]:
-        assert r["score"] == pytest.approx(by_key[(r["l1"], r["low"], r["high"])])
+        assert r["score"] == pytest.approx(by_key[(r["l1"], r["low"], r["high"], r["thin"])])
+
+
+def test_a_thin_candidate_scores_what_postprocess_with_thin_gives(sample, tmp_path):
+    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.metric import score_volume
+    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.predict import linear_probabilities
+
+    res = _search(sample, tmp_path / "t", 0)
+    model = LogisticModel.load(tmp_path / "t" / "model_0.npz")
+    image, label = read_pair(sample[2][0].image_path, sample[2][0].label_path)
+    prob = linear_probabilities(image, [model])[0]
+    per_volume = [json.loads((tmp_path / "t" / f"val_{rec.id}.json").read_text()) for rec in sample[2]]
+    cands = per_volume[0]["candidates"]
+    for j, ((g, t_i), thin) in enumerate([(c, t) for c in cands for t in per_volume[0]["thin"]]):
+        if g != 0 or not thin:
+            continue
+        low, high = [(max(h - 0.15, 0.01), h) for h in (0.3, 0.5, 0.7)][t_i]
+        direct = score_volume(postprocess(prob, low=low, high=high, closing_radius=(1, 1, 1), min_size=10,
+                                          thin=True), label).score
+        assert per_volume[0]["scores"][j] == pytest.approx(direct)
+    assert any(r["thin"] for r in res["results"])
+
+
+def test_thin_options_false_only_never_thins(sample, tmp_path):
+    res = _search(sample, tmp_path / "n", 2, thin_options=(False,))
+    assert len(res["results"]) == 2 and not any(r["thin"] for r in res["results"])
+    assert res["best"]["thin"] is False
+    with pytest.raises(ValueError, match="thin_options"):
+        _search(sample, tmp_path / "bad", 2, thin_options=())
 
 
 def test_a_rerun_resumes_from_the_cached_rankings_and_scores(sample, tmp_path):

@@ -62,7 +62,10 @@ def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_fol
         assert json.loads((dest / f"{rec.id}.json").read_text())["score"] == pytest.approx(new[rec.id]["score"])
     record = json.loads((dest / "unet_thresholds.json").read_text())
     assert record["chosen"] == pytest.approx([pair["low"], pair["high"]])
-    assert len(record["scores"]) == len(stages.UNET_THRESHOLD_GRID)
+    # every pair with and without thin-surface extraction; on a one-voxel sheet thinning changes nothing,
+    # and a tie keeps the cheaper post-processing
+    assert len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID)
+    assert pair["thin"] is False and record["chosen_thin"] is False
     # a resumed run keeps the recorded choice without scoring again
     again, same = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["low"] == pytest.approx(pair["low"]) and same == new
@@ -88,3 +91,35 @@ def test_a_passed_deadline_keeps_the_search_pair(setup):
     ctx, dest, best, val, scores, _ = setup
     pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=0.0)
     assert pair is None and new == scores
+
+
+def test_thinning_is_chosen_when_no_pair_can_cut_a_thick_confident_band(tmp_path):
+    """Every threshold of the grid keeps a 7-voxel band around the sheet (the
+    map is above 0.9 across it); non-maximum suppression along the normal
+    keeps the ridge and one voxel each side, which scores higher."""
+    cfg = RunConfig(out_dir=str(tmp_path / "out"), console=False, min_component_voxels=10)
+    ctx = orchestrator.make_context(cfg)
+    dest = tmp_path / "out" / "val"
+    best = {"low": 0.55, "high": 0.7, "thin": False}
+    val, scores = [], {}
+    for i, z in enumerate((8, 14)):
+        rec, _, label = _volume(tmp_path, i, z)
+        prob = np.zeros(SHAPE, np.float32)
+        for dz in range(-3, 4):
+            prob[z + dz] = 0.96 - 0.01 * abs(dz)
+        val.append(rec)
+        write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+        mask = postprocess(prob, low=0.55, high=0.7, closing_radius=cfg.closing_radius, min_size=10)
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": score_volume(mask, label).score}
+    choice, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    assert choice is not None and choice["thin"] is True
+    for rec in val:
+        mask = read_volume(dest / f"{rec.id}.tif", kind="label")
+        assert mask.sum(axis=(1, 2)).astype(bool).sum() == 3  # the ridge and one voxel each side
+        assert new[rec.id]["score"] > scores[rec.id]["score"]
+    record = json.loads((dest / "unet_thresholds.json").read_text())
+    assert record["chosen_thin"] is True
+    # a resumed run returns the recorded choice, thin included
+    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    assert again["thin"] is True and again["high"] == pytest.approx(choice["high"])
