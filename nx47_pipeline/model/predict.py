@@ -156,6 +156,7 @@ def segment_volume(
     high: float = 0.5,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
+    thin: bool = False,
     slab: int = 32,
     unet: UNetPart | None = None,
     on_progress: ProgressFn | None = None,
@@ -169,7 +170,7 @@ def segment_volume(
         CT volume.
     model : LogisticModel
         From :func:`nx47_pipeline.model.linear.fit_prox`.
-    low, high, closing_radius, min_size
+    low, high, closing_radius, min_size, thin
         See :func:`nx47_pipeline.model.postprocess.postprocess`.
     slab : int
         z-slab thickness for the feature computation.
@@ -203,7 +204,7 @@ def segment_volume(
             on_progress(done, n_slabs + 1, what)
 
     prob = probability(volume, model, unet=unet, slab=slab, on_progress=on_p)
-    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size)
+    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size, thin=thin)
     if on_progress is not None:
         total = n_slabs + seen["windows"] + 1
         on_progress(total, total, "postprocess")
