@@ -72,13 +72,17 @@ def _heatmap(ax, grid: list[dict[str, Any]], empty: str) -> None:
     if not cells:
         _empty(ax, empty)
         return
-    rows = sorted({(c.get("l1"), c.get("l2")) for c in cells}, key=lambda r: (float(r[0] or 0), float(r[1] or 0)))
+    # one row per (l1, l2) and post-processing: with and without thin-surface extraction apart
+    rows = sorted({(c.get("l1"), c.get("l2"), bool(c.get("thin"))) for c in cells},
+                  key=lambda r: (float(r[0] or 0), float(r[1] or 0), r[2]))
     cols = sorted({c.get("high") for c in cells}, key=float)
     values = [[float("nan")] * len(cols) for _ in rows]
     for c in cells:
-        values[rows.index((c.get("l1"), c.get("l2")))][cols.index(c.get("high"))] = float(c["value"])
+        values[rows.index((c.get("l1"), c.get("l2"), bool(c.get("thin"))))][cols.index(c.get("high"))] = \
+            float(c["value"])
     im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
-    ax.set_yticks(range(len(rows)), [f"l1={r[0]:g} l2={r[1]:g}" for r in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"l1={r[0]:g} l2={r[1]:g}{' thin' if r[2] else ''}" for r in rows],
+                  fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols], fontsize=7)
     ax.set_xlabel("high threshold", fontsize=7)
     for i, row in enumerate(values):

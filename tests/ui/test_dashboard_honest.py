@@ -351,6 +351,20 @@ def test_charts_say_why_they_are_empty_and_show_single_points():
     assert "unet skipped: U-Net off" in fig.axes[1].texts[0].get_text()
 
 
+def test_the_search_heatmap_keeps_a_thinned_candidate_apart_from_the_same_pair_unthinned():
+    from nx47_widgets.views.mpl import chart_figure, snapshot
+
+    st = DashboardState()
+    for thin, value in ((False, 0.61), (True, 0.64)):
+        st.apply(ev(EventKind.METRIC, MetricPayload(name="search_mean_score", value=value, extra={
+            "l1": 1e-4, "l2": 1e-3, "low": 0.55, "high": 0.7, "thin": thin, "n_volumes": 3}), stage="search"))
+    fig = chart_figure(snapshot(st.charts))
+    heat = next(ax for ax in fig.axes if ax.get_title().startswith("search"))
+    labels = [t.get_text() for t in heat.get_yticklabels()]
+    assert labels == ["l1=0.0001 l2=0.001", "l1=0.0001 l2=0.001 thin"]
+    assert sorted(t.get_text() for t in heat.texts) == ["0.610", "0.640"]
+
+
 def test_global_stats_are_readable_tables_with_one_journal_head(tmp_path, ten_pairs):
     out = tmp_path / "out"
     per_volume = {f"v{i}": {"score": i / 100, "volume_id": f"v{i}"} for i in range(30)}
