@@ -115,6 +115,15 @@ def unet_note(run: Path) -> str:
     return "; ".join(said)
 
 
+def chosen_post(run: Path) -> str:
+    """The post-processing the run chose on validation (its bundle's thresholds and ``thin``)."""
+    m = read_json(run / "model" / "model.json")
+    if not m:
+        return "—"
+    search, post = m.get("search", {}), m.get("postprocess", {})
+    return f"{search['low']:.2f} / {search['high']:.2f}" + (", thin" if post.get("thin") else "")
+
+
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     """The fit_prox run's test probabilities through the post-processing with each step off."""
     best = read_json(run / "search" / "results.json")["best"]
@@ -161,7 +170,7 @@ def main() -> None:
         if not (out / "submission.zip").exists():
             nx47("run", "--out", str(out), *argv)
 
-    tables: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    tables: dict[str, list[tuple[str, dict[str, float], str]]] = {}
     unet_notes: dict[str, str] = {}
     ablations: dict[str, list] = {}
     for variant in ("a", "b"):
@@ -170,11 +179,11 @@ def main() -> None:
             nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
                  "--shape", str(args.shape), "--seed", str(args.seed), "--variant", variant)
         labels = data / "test_labels_hidden"
-        rows = [("otsu", otsu_scores(data))]
+        rows = [("otsu", otsu_scores(data), "—")]
         run = tmp / f"fit-{variant}"
         run_once(run, "--data", str(data), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
                  "--quiet")
-        rows.append(("fit_prox", score_zip(run / "submission.zip", labels)))
+        rows.append(("fit_prox", score_zip(run / "submission.zip", labels), chosen_post(run)))
         ablations[variant] = ablation(run, data)
         bad = tmp / f"data-{variant}-bad"
         n_bad = break_half(data, bad) if not bad.is_dir() else len(sorted((bad / "train_images").glob("*.tif"))[1::2])
@@ -182,12 +191,13 @@ def main() -> None:
         run_once(bad_run, "--data", str(bad), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
                  "--quiet")
         rows.append((f"fit_prox ({n_bad} of {args.n_train} training images truncated)",
-                     score_zip(bad_run / "submission.zip", labels)))
+                     score_zip(bad_run / "submission.zip", labels), chosen_post(bad_run)))
         if not args.no_unet_run:
             urun = tmp / f"unet-{variant}"
             run_once(urun, "--data", str(data), "--unet", "--budget-s", "600", "--max-train-volumes", "0",
                      "--max-val-volumes", "3", "--quiet")
-            rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels)))
+            rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels),
+                         chosen_post(urun)))
             unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
     lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants, seed {args.seed})", "",
@@ -199,11 +209,12 @@ def main() -> None:
              f"--n-test {args.n_test} --seed {args.seed}"
              f"{' --no-unet-run' if args.no_unet_run else ''}`.", ""]
     for variant, rows in tables.items():
-        lines += [f"**Variant {variant}**", "", "| method | Surface Dice | VOI score | TopoScore | score |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for name, m in rows:
+        lines += [f"**Variant {variant}**", "",
+                  "| method | Surface Dice | VOI score | TopoScore | score | low / high, thin (chosen on validation) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for name, m, post in rows:
             lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
-                         f"**{m['score']:.3f}** |")
+                         f"**{m['score']:.3f}** | {post} |")
         lines.append("")
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
