@@ -11,7 +11,8 @@ in a fresh child process (so its peak RSS is the segmentation's own), times:
 * reading the TIFF;
 * the full filter bank (``iter_feature_slabs``);
 * ``predict_volume`` (filter bank + linear model);
-* ``postprocess`` (hysteresis, closing, dust removal);
+* ``postprocess`` (hysteresis, closing, cavity filling, dust removal), and
+  with thin-surface extraction (``thin=True``), and its ridge alone;
 * ``segment_volume`` (everything after the read);
 * ``fallback_segment``;
 * the *floor*: reading the TIFF + the bare filter bank (the linear filters:
@@ -115,7 +116,7 @@ def _floor_linear(volume: np.ndarray, n_features: int, slab: int) -> float:
 
 def child(workdir: Path, repeats: int) -> dict:
     from nx47_pipeline.model.linear import LogisticModel
-    from nx47_pipeline.model.postprocess import fallback_segment, postprocess
+    from nx47_pipeline.model.postprocess import fallback_segment, postprocess, surface_ridge
     from nx47_pipeline.model.predict import segment_volume
     from nx47_pipeline.io.volumes import read_volume
 
@@ -133,6 +134,10 @@ def child(workdir: Path, repeats: int) -> dict:
     _, r["features"] = _best_of(repeats, full_bank)
     prob, r["predict"] = _best_of(repeats, model.predict_volume, volume, slab=slab)
     mask, r["postprocess"] = _best_of(repeats, postprocess, prob, **kw)
+    _, r["postprocess_thin"] = _best_of(repeats, postprocess, prob, thin=True, **kw)
+    weak = prob > kw["low"]
+    _, r["ridge"] = _best_of(repeats, surface_ridge, prob, weak)
+    r["weak_fraction"] = float(weak.mean())
     _, r["segment"] = _best_of(repeats, segment_volume, volume, model, slab=slab, **kw)
     fb, r["fallback"] = _best_of(repeats, fallback_segment, volume, closing_radius=(1, 2, 2), min_size=100)
     r["floor_bank"] = min(_floor_filter_bank(volume, scales, slab, True) for _ in range(repeats))
@@ -178,7 +183,10 @@ def render(r: dict, sample_s: float, quick: bool) -> str:
         ("read TIFF (LZW)", r["read"]),
         ("filter bank, all features (slab-wise)", r["features"]),
         ("predict_volume (bank + linear model)", r["predict"]),
-        ("postprocess (hysteresis + closing + dust)", r["postprocess"]),
+        ("postprocess (hysteresis + closing + cavity filling + dust)", r["postprocess"]),
+        ("postprocess with thin-surface extraction (thin=True)", r["postprocess_thin"]),
+        (f"of which the ridge (surface_ridge on the {100 * r['weak_fraction']:.0f} % of voxels above low)",
+         r["ridge"]),
         ("segment_volume (predict + postprocess)", r["segment"]),
         ("**segmentation of a volume (read + segment_volume)**", r["total"]),
         ("floor: bare filter bank (Gaussians of v, v² + 9 derivative filters per scale)", r["floor_bank"]),
@@ -208,7 +216,7 @@ def render(r: dict, sample_s: float, quick: bool) -> str:
         f"built on the model's own filter bank (nonlinear features included) "
         f"{r['ratio_features']:.2f}× ({'meets' if r['ratio_features'] <= TARGET else 'misses'}). "
         f"Peak RSS of the timing process (volume, probabilities, one slab of "
-        f"features, masks): **{r['peak_rss_mb']:.0f} MB**. Mask covers "
+        f"features, masks, the ridge's derivatives): **{r['peak_rss_mb']:.0f} MB**. Mask covers "
         f"{100 * r['mask_fraction']:.1f} % of the voxels (fallback {100 * r['fallback_fraction']:.1f} %).",
         "",
         "The floor is the Gaussian-derivative filter bank the features are "
