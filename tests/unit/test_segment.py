@@ -210,3 +210,26 @@ def test_cut_bridges_separates_two_slabs_joined_by_a_thin_neck_under_26_connecti
     one = np.zeros_like(mask)
     one[3:10, 2:28, 2:28] = True
     assert np.array_equal(cut_bridges(one), one)
+
+
+def test_fill_cavities_fills_enclosed_background_only_as_scipy_fill_holes_does():
+    from scipy import ndimage
+
+    from nx47_pipeline.model.postprocess import fill_cavities
+
+    # a hollow box: its inside is a cavity; a second box open on a face is not
+    mask = np.zeros((20, 24, 22), bool)
+    mask[2:10, 2:10, 2:10] = True
+    mask[4:8, 4:8, 4:8] = False
+    mask[12:20, 12:20, 12:20] = True
+    mask[14:20, 14:18, 14:18] = False  # reaches the z = 19 face
+    out = fill_cavities(mask)
+    assert out[4:8, 4:8, 4:8].all()
+    assert not out[14:20, 14:18, 14:18].any()
+    assert np.all(out >= mask)  # never removes a voxel
+    # random masks: the same result as scipy's 6-connected binary_fill_holes
+    rng = np.random.default_rng(3)
+    for density in (0.3, 0.55, 0.7):
+        m = rng.random((18, 21, 16)) < density
+        assert np.array_equal(fill_cavities(m), ndimage.binary_fill_holes(m))
+    assert not fill_cavities(np.zeros((5, 6, 7), bool)).any()
