@@ -279,6 +279,12 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
     return out
 
 
+def _check_width(width: int) -> int:
+    if isinstance(width, bool) or int(width) != width or width < 0:
+        raise ValueError(f"width must be an integer >= 0, got {width!r}")
+    return int(width)
+
+
 def _normal_eigenvector(a, b, c, d, e, f) -> np.ndarray:
     """Unit eigenvectors, shape (3, n), of the eigenvalue of largest
     magnitude of the symmetric matrices ``[[a, d, e], [d, b, f], [e, f, c]]``
@@ -318,8 +324,7 @@ def _normal_eigenvector(a, b, c, d, e, f) -> np.ndarray:
 def thin_mask(mask: np.ndarray, ridge: np.ndarray, *, width: int = 1) -> np.ndarray:
     """``mask & ridge`` dilated ``width`` times (6-connected) inside ``mask``."""
     mask = _check_3d("mask", mask).astype(bool, copy=False)
-    if isinstance(width, bool) or int(width) != width or width < 0:
-        raise ValueError(f"width must be an integer >= 0, got {width!r}")
+    width = _check_width(width)
     out = mask & ridge
     if width and out.any():
         out = ndimage.binary_dilation(out, iterations=int(width), mask=mask)
@@ -347,12 +352,10 @@ def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, widt
     -------
     ndarray of bool, ``mask``'s shape, a subset of ``mask``
     """
-    prob = _check_3d("prob", prob)
     mask = _check_3d("mask", mask).astype(bool, copy=False)
-    if mask.shape != prob.shape:
-        raise ValueError(f"mask shape {mask.shape} != prob shape {prob.shape}")
-    if isinstance(width, bool) or int(width) != width or width < 0:
-        raise ValueError(f"width must be an integer >= 0, got {width!r}")
+    if mask.shape != np.shape(prob):
+        raise ValueError(f"mask shape {mask.shape} != prob shape {np.shape(prob)}")
+    _check_width(width)
     return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma), width=width)
 
 
