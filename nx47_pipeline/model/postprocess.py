@@ -1,8 +1,10 @@
 """From probabilities to a binary surface mask, and the cheap budget fallback.
 
 ``postprocess``: hysteresis thresholds (weak voxels kept only when
-26-connected to a strong one) -> anisotropic closing (fills pinholes and
-thin gaps, never removes a voxel) -> removal of 26-connected components
+26-connected to a strong one) -> with ``thin``, thin-surface extraction
+(non-maximum suppression along the sheet normal; the run chooses it on
+validation) -> anisotropic closing (fills pinholes and thin gaps, never
+removes a voxel) -> cavity filling -> removal of 26-connected components
 smaller than ``min_size`` voxels.  The output is a uint8 0/1 mask of exactly
 the probability's shape, as the submission format requires.
 
