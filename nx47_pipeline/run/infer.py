@@ -100,7 +100,10 @@ def open_volume(path: str | os.PathLike):
 # one chunk (runs in process or on a Dask worker)
 # ---------------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _bundle(path: str) -> Bundle:
+def _bundle(path: str, version: str) -> Bundle:
+    """The bundle at ``path``, loaded once per worker process and ``version``
+    (its files' hashes and post-processing: a bundle rewritten in place is
+    loaded again)."""
     return load_bundle(path, device="cpu")
 
 
@@ -109,7 +112,7 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
     import zarr  # noqa: PLC0415
 
     t0 = time.monotonic()
-    bundle = _bundle(job["bundle"])
+    bundle = _bundle(job["bundle"], job["bundle_version"])
     vol = open_volume(job["input"])
     core = [slice(a, b) for a, b in job["core"]]
     h = job["halo"]
@@ -308,8 +311,12 @@ def infer(
     executor = None
     try:
         classes_path = out / CLASSES
+        thin = bool(b.best.get("thin"))
+        # what the stored classes depend on: a bundle rewritten in place with other thresholds or thinning
+        # (its manifest's files hashes and post-processing) starts afresh too
         meta = {"shape": list(vol.shape), "chunk": chunk, "bundle": str(Path(bundle).resolve()),
-                "input": str(Path(input_path).resolve())}
+                "input": str(Path(input_path).resolve()), "files": b.manifest.get("files"),
+                "post": {"low": b.best["low"], "high": b.best["high"], "thin": thin}}
         key_path = out / INFER_KEY
         if not key_path.exists() or json.loads(key_path.read_text()) != meta:
             for stale in (classes_path, out / CHUNKS, out / MASK):
@@ -320,7 +327,6 @@ def infer(
         (out / CHUNKS).mkdir(exist_ok=True)
         cores = chunk_grid(vol.shape, chunk)
         n_chunks = len(cores)
-        thin = bool(b.best.get("thin"))
         halo = halo_for(b.feature_scales) + (RIDGE_HALO if thin else 0)
         jobs = []
         for core in cores:
@@ -330,7 +336,8 @@ def infer(
                 n_resumed += 1
                 continue
             jobs.append({"id": cid, "core": [(s.start, s.stop) for s in core], "halo": halo,
-                         "bundle": str(Path(bundle).resolve()), "input": str(Path(input_path).resolve()),
+                         "bundle": str(Path(bundle).resolve()),
+                         "bundle_version": json.dumps([meta["files"], meta["post"]], sort_keys=True), "input": str(Path(input_path).resolve()),
                          "classes": str(classes_path), "marker": str(marker)})
         with tel.stage(StageName.PROBABILITY, total=n_chunks):
             tel.progress(step_done=n_resumed, step_total=n_chunks,

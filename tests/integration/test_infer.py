@@ -216,3 +216,22 @@ def test_dask_infer_with_a_thinning_bundle_equals_the_whole_volume_mask(thin_cas
     res = infer(bundle, store, tmp_path / "o", chunk=16, scheduler="local", workers=2, console=False)
     assert res.status == "ok", res.error
     assert np.array_equal(_mask(tmp_path / "o"), reference)
+
+
+def test_a_bundle_rewritten_in_place_with_thinning_is_not_resumed_from_the_plain_classes(case, thin_case, tmp_path):
+    import shutil
+
+    from nx47_pipeline.run.infer import infer
+
+    bundle, store, _, _ = case
+    _, _, thin_reference = thin_case
+    same = tmp_path / "bundle"
+    shutil.copytree(bundle, same)
+    first = infer(same, store, tmp_path / "o", chunk=24, console=False)
+    assert first.status == "ok" and not np.array_equal(_mask(tmp_path / "o"), thin_reference)
+    manifest = json.loads((same / "model.json").read_text())
+    manifest["postprocess"]["thin"] = True
+    (same / "model.json").write_text(json.dumps(manifest))
+    again = infer(same, store, tmp_path / "o", chunk=24, console=False)
+    assert again.status == "ok" and again.chunks_resumed == 0
+    assert np.array_equal(_mask(tmp_path / "o"), thin_reference)
