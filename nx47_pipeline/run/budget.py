@@ -41,9 +41,9 @@ SAFETY_FACTOR = 1.3
 DEFAULT_SEGMENT_S_PER_MVOX = 4.0
 
 #: Model segmentation with thin-surface extraction against without (the
-#: preflight times it without): 320^3 on 2 cores, 4.9 s for a volume and
-#: 4.7 s more with thinning, on a map with 24 % of its voxels above the low
-#: threshold (docs/benchmarks.md, "Compute stages per volume").
+#: preflight times it without): 320^3 on 2 cores, 4.3-4.8 s for a volume
+#: and 3.7-4.6 s more with thinning, on a map with 24 % of its voxels above
+#: the low threshold (docs/benchmarks.md, "Compute stages per volume").
 THIN_SEGMENT_FACTOR = 2.0
 FALLBACK_S_PER_MVOX = 0.3
 #: Seconds always kept back at the end of a run (packaging, GLOBAL_STATS).
