@@ -67,7 +67,7 @@ def _line(ax, points, title: str, empty: str, *, log: bool = False, label: str =
 
 
 def _heatmap(ax, grid: list[dict[str, Any]], empty: str) -> None:
-    ax.set_title("search: mean score per (l1, l2) and threshold", fontsize=9)
+    ax.set_title("search: mean score per (l1, l2, thin surface) and threshold", fontsize=9)
     cells = [c for c in grid if "high" in c]
     if not cells:
         _empty(ax, empty)
