@@ -169,6 +169,7 @@ def postprocess(
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
     thin: bool = False,
+    ridge: np.ndarray | None = None,
 ) -> np.ndarray:
     """Probabilities to a submission mask.
 
@@ -176,13 +177,16 @@ def postprocess(
     -> :func:`anisotropic_closing` -> :func:`fill_cavities` ->
     :func:`remove_small_components` (:data:`DEFAULT_STEPS`, plus ``"thin"``;
     the run chooses ``thin`` on validation, ablations in docs/model.md).
+    ``ridge``: ``surface_ridge(prob, where)`` for a ``where`` holding every
+    voxel above ``low``, computed once for several pairs (else thinning
+    computes it).
 
     Returns
     -------
     ndarray of uint8 in {0, 1}, exactly ``prob.shape``
     """
     return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size,
-                             steps=post_steps(thin))
+                             steps=post_steps(thin), ridge=ridge)
 
 
 #: Post-processing steps in their order (see :func:`postprocess_steps`);
@@ -409,11 +413,13 @@ def postprocess_steps(
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
     steps: Sequence[str] = DEFAULT_STEPS,
+    ridge: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`postprocess` with a chosen subset of :data:`STEPS` (ablations).
 
     Without ``"hysteresis"`` the mask is ``prob > high``.  ``"thin"`` needs
-    the probabilities, so it runs here, right after the thresholds.
+    the probabilities, so it runs here, right after the thresholds, with
+    ``ridge`` when given (see :func:`postprocess`).
 
     Returns
     -------
@@ -425,7 +431,12 @@ def postprocess_steps(
         raise ValueError(f"steps must be among {STEPS}, got {unknown}")
     mask = hysteresis(prob, low=low, high=high) if "hysteresis" in steps else prob > high
     if "thin" in steps:
-        mask = thin_surface(prob, mask)
+        if ridge is None:
+            mask = thin_surface(prob, mask)
+        else:
+            if np.shape(ridge) != prob.shape:
+                raise ValueError(f"ridge shape {np.shape(ridge)} != prob shape {prob.shape}")
+            mask = thin_mask(mask, np.asarray(ridge, dtype=bool))
     return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size)
 
 
@@ -464,15 +475,7 @@ def postprocess_classes(
     equals ``postprocess(prob, low=low, high=high, thin=thin, ...)``.
     """
     classes = _check_3d("classes", classes)
-    level = classes & 3
-    weak = level >= 1
-    mask = np.zeros(classes.shape, dtype=bool)
-    if weak.any():
-        labels = cc3d.connected_components(weak, connectivity=26)
-        keep = np.zeros(int(labels.max()) + 1, dtype=bool)
-        keep[np.unique(labels[level == 2])] = True
-        keep[0] = False
-        mask = keep[labels]
+    mask = hysteresis(classes & 3, low=0, high=1)  # levels 1 and 2 are weak, 2 strong
     if thin:
         mask = thin_mask(mask, (classes & RIDGE_BIT) > 0)
     return _after_threshold(mask, DEFAULT_STEPS, closing_radius=closing_radius, min_size=min_size)

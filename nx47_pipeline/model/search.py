@@ -37,7 +37,7 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import postprocess, postprocess_classes, surface_ridge, threshold_classes
+from nx47_pipeline.model.postprocess import postprocess, surface_ridge
 from nx47_pipeline.model.predict import linear_probabilities
 
 
@@ -276,12 +276,8 @@ def run_search(
             for j, (i, thin) in enumerate(full):
                 g, t_i = cands[i]
                 low, high = pairs[t_i]
-                prob = probs[chosen_models.index(g)]
-                if thin:
-                    mask = postprocess_classes(threshold_classes(prob, low=low, high=high, ridge=ridges[g]),
-                                               closing_radius=closing_radius, min_size=min_size, thin=True)
-                else:
-                    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size)
+                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=closing_radius,
+                                   min_size=min_size, thin=thin, ridge=ridges.get(g))
                 scores.append(score_volume(mask, label).score)
                 report(base + v * k_full + (j + 1) * k_full / len(full), total, file=rec.id, file_done=v,
                        file_total=len(ranked_ids), substep=f"candidate {j + 1}/{len(full)}", substep_done=j + 1,

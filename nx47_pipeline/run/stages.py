@@ -32,9 +32,7 @@ from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
 from nx47_pipeline.model.metric import VolumeScore, score_volume
-from nx47_pipeline.model.postprocess import (
-    postprocess, postprocess_classes, surface_ridge, threshold_classes, uint8_to_probability,
-)
+from nx47_pipeline.model.postprocess import postprocess, surface_ridge, uint8_to_probability
 from nx47_pipeline.model.search import run_search, threshold_pairs
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
@@ -580,12 +578,8 @@ def _post_mask(cfg, prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) ->
     :func:`surface_ridge` of ``prob`` on every voxel above ``key``'s low, or
     None) saves recomputing it for each pair."""
     low, high, thin = key
-    if thin and ridge is not None:
-        return postprocess_classes(threshold_classes(prob, low=low, high=high, ridge=ridge),
-                                   closing_radius=tuple(cfg.closing_radius), min_size=cfg.min_component_voxels,
-                                   thin=True)
     return postprocess(prob, low=low, high=high, closing_radius=tuple(cfg.closing_radius),
-                       min_size=cfg.min_component_voxels, thin=thin)
+                       min_size=cfg.min_component_voxels, thin=thin, ridge=ridge)
 
 
 def segment(
