@@ -159,9 +159,15 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--seed", type=int, default=202, help="dataset seed (the project tunes on seed 47)")
     ap.add_argument("--no-unet-run", action="store_true")
+    ap.add_argument("--variants", default="a,b",
+                    help="comma-separated generator variants to run (default a,b)")
     ap.add_argument("--work", type=Path, default=None,
                     help="keep datasets and runs here; a rerun reuses the finished ones (e.g. to redo the ablation)")
     args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - {"a", "b"})
+    if not variants or unknown:
+        ap.error(f"--variants must name a and/or b, got {args.variants!r}")
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tmp = args.work or Path(tempfile.mkdtemp(prefix="nx47-quality-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -173,7 +179,7 @@ def main() -> None:
     tables: dict[str, list[tuple[str, dict[str, float], str]]] = {}
     unet_notes: dict[str, str] = {}
     ablations: dict[str, list] = {}
-    for variant in ("a", "b"):
+    for variant in variants:
         data = tmp / f"data-{variant}"
         if not (data / "test_labels_hidden").is_dir():
             nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
@@ -200,14 +206,16 @@ def main() -> None:
                          chosen_post(urun)))
             unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
-    lines = [f"## Segmentation quality on held-out data ({args.shape}³, two generator variants, seed {args.seed})", "",
+    which = " and ".join(f"variant {v}" for v in variants)
+    lines = [f"## Segmentation quality on held-out data ({args.shape}³, {which}, seed {args.seed})", "",
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
              f"`nx47 demo-data --variant V --seed {args.seed}` (the project is tuned on variant a, seed 47); "
              "test labels are never seen by training. Mean over the test volumes of the local competition "
              "metric's parts. Command: `python benchmarks/bench_quality.py "
              f"--out {display_path(args.out)} --shape {args.shape} --n-train {args.n_train} "
              f"--n-test {args.n_test} --seed {args.seed}"
-             f"{' --no-unet-run' if args.no_unet_run else ''}`.", ""]
+             f"{' --no-unet-run' if args.no_unet_run else ''}"
+             f"{'' if variants == ['a', 'b'] else ' --variants ' + ','.join(variants)}`.", ""]
     for variant, rows in tables.items():
         lines += [f"**Variant {variant}**", "",
                   "| method | Surface Dice | VOI score | TopoScore | score | low / high, thin (chosen on validation) |",
@@ -219,9 +227,11 @@ def main() -> None:
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
     lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds from "
-              "its search):", "", "| post-processing | variant a score | variant b score |", "| --- | ---: | ---: |"]
-    for (name, ma), (_, mb) in zip(ablations["a"], ablations["b"]):
-        lines.append(f"| {name} | {ma['score']:.3f} | {mb['score']:.3f} |")
+              "its search):", "",
+              "| post-processing | " + " | ".join(f"variant {v} score" for v in variants) + " |",
+              "| --- |" + " ---: |" * len(variants)]
+    for i, (name, _) in enumerate(ablations[variants[0]]):
+        lines.append(f"| {name} | " + " | ".join(f"{ablations[v][i][1]['score']:.3f}" for v in variants) + " |")
     lines += ["", f"Machine: {machine()}. Date: {started}. Commit: {git_commit()}. {load_note()}", ""]
     write_section(args.out, lines)
     if args.work is None:
