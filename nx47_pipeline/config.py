@@ -64,7 +64,10 @@ class RunConfig:
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0
     min_component_voxels: int = 100
-    closing_radius: tuple[int, int, int] = (1, 2, 2)
+    closing_radius: tuple[int, int, int] = (1, 2, 2)  # the fallback's, and where no choice was made
+    # closing radii (z, y, x) the search and the U-Net's threshold sweep choose from on validation,
+    # as consecutive triples: (1, 2, 2, 1, 1, 1) tries (1, 2, 2) and (1, 1, 1)
+    closing_radius_grid: tuple[int, ...] = (1, 2, 2, 1, 1, 1)
     preview_slices: int = 3
     # --- U-Net -----------------------------------------------------------
     use_unet: bool | None = None  # None: on with CUDA, off on CPU-only
@@ -105,6 +108,10 @@ class RunConfig:
         for name in ("sample_slabs", "search_max_val_volumes", "search_top_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
+        grid = self.closing_radius_grid
+        if (not grid or len(grid) % 3 or any(isinstance(v, bool) or int(v) != v or v < 0 for v in grid)):
+            raise ValueError("closing_radius_grid must be (z, y, x) triples of integers >= 0, "
+                             f"e.g. (1, 2, 2, 1, 1, 1), got {grid!r}")
         if isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         for name in ("unet_patch", "unet_batch", "unet_width"):
@@ -115,6 +122,16 @@ class RunConfig:
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
         if self.unet_tta not in ("auto", "on", "off"):
             raise ValueError(f"unet_tta must be 'auto', 'on' or 'off', got {self.unet_tta!r}")
+
+    def closing_radii(self) -> list[tuple[int, int, int]]:
+        """The closing radii of :attr:`closing_radius_grid`, in order, without repeats."""
+        g = [int(v) for v in self.closing_radius_grid]
+        out: list[tuple[int, int, int]] = []
+        for i in range(0, len(g), 3):
+            r = (g[i], g[i + 1], g[i + 2])
+            if r not in out:
+                out.append(r)
+        return out
 
     # ------------------------------------------------------------------
     def replace(self, **changes: Any) -> "RunConfig":

@@ -1,10 +1,11 @@
 """Supervised hyper-parameter search scored with the competition metric.
 
 The grid is (L1 strength x L2 strength) for the ``fit_prox`` model times the
-hysteresis threshold pair ``(high - gap, high)`` of the segmentation.  Each
+hysteresis threshold pair ``(high - gap, high)`` times the closing radius of
+the segmentation.  Each
 (L1, L2) point is fitted once on the training sample (reduced iterations).
 Then, on every validation volume, the filter bank runs once, every fitted
-model is applied, and every (model, threshold) candidate is ranked by the
+model is applied, and every (model, threshold, closing radius) candidate is ranked by the
 competition score of its post-processed mask on the central crop of the
 volume (:func:`proxy_score`: an eighth of the voxels at 320^3, the whole
 volume up to 96^3).  The ``top_k`` best candidates by mean rank score are
@@ -76,6 +77,21 @@ def rank_crop(shape) -> tuple[slice, ...]:
     return tuple(out)
 
 
+def _radii(radii) -> list[list[int]]:
+    """``radii`` as a list of distinct [z, y, x] lists (one radius or several)."""
+    arr = np.asarray(radii)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.integer) \
+            or (arr < 0).any():
+        raise ValueError(f"closing_radii must be (z, y, x) triples of integers >= 0, got {radii!r}")
+    out: list[list[int]] = []
+    for r in arr.tolist():
+        if r not in out:
+            out.append(r)
+    return out
+
+
 def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float, closing_radius,
                 min_size: int) -> float:
     """Ranking score of one candidate: the competition score of its
@@ -97,6 +113,7 @@ def run_search(
     gap: float,
     scales: Sequence[float],
     closing_radius=(1, 2, 2),
+    closing_radii: Sequence[Sequence[int]] | None = None,
     min_size: int = 100,
     max_iter: int = 150,
     tol: float = 1e-6,
@@ -128,6 +145,12 @@ def run_search(
         :func:`proxy_score` (the competition score on the central crop);
         the ``top_k`` best by mean proxy are then post-processed and scored
         in full, and the best of those wins.  0 scores every candidate.
+    closing_radius : (int, int, int)
+        The closing radius when ``closing_radii`` is not given.
+    closing_radii : sequence of (int, int, int), optional
+        Closing radii to choose from: each is a dimension of the candidates
+        like the threshold pair (ranked, then scored in full); ties go to
+        the earlier one.
     thin_options : sequence of bool
         The full scoring tries each top candidate with each of these
         ``thin`` settings of the post-processing (``(False,)``: never thin).
@@ -139,8 +162,8 @@ def run_search(
     Returns
     -------
     dict
-        ``best`` (``l1``, ``l2``, ``low``, ``high``, ``thin``, ``score``,
-        ``model_path``), ``results`` (mean score per grid point),
+        ``best`` (``l1``, ``l2``, ``low``, ``high``, ``thin``,
+        ``closing_radius``, ``score``, ``model_path``), ``results`` (mean score per grid point),
         ``fit_iters`` and ``fit_seconds`` (summed over fits), ``fit_converged``
         (how many fits converged before ``max_iter``).
     """
@@ -149,9 +172,10 @@ def run_search(
     thins = sorted({bool(t) for t in thin_options})
     if not thins or any(not isinstance(t, (bool, np.bool_)) for t in thin_options):
         raise ValueError(f"thin_options must be a non-empty sequence of True / False, got {thin_options!r}")
+    radii = _radii(closing_radius if closing_radii is None else closing_radii)
     points = grid_points(l1_grid, l2_grid)
     pairs = threshold_pairs(thresholds, gap)
-    n_cands = len(points) * len(pairs)
+    n_cands = len(points) * len(pairs) * len(radii)
     total = len(points) + len(val) * (n_cands + (min(int(top_k), n_cands) if top_k else n_cands))
     report = progress or (lambda *a, **k: None)
     metric = on_metric or (lambda *a: None)
@@ -196,7 +220,7 @@ def run_search(
 
     # 2. rank every (model, threshold) candidate on the central crop of every
     #    validation volume, 3. score the top_k with the competition metric
-    cands = [(g, t_i) for g in range(len(points)) for t_i in range(len(pairs))]
+    cands = [(g, t_i, c_i) for g in range(len(points)) for t_i in range(len(pairs)) for c_i in range(len(radii))]
     k_full = len(cands) if not top_k else min(int(top_k), len(cands))
     n_units = len(val) * (len(cands) + k_full)
     total = len(points) + n_units
@@ -215,7 +239,7 @@ def run_search(
     for v, rec in enumerate(val):
         cache = dest / f"rank_{rec.id}.json"
         data = json.loads(cache.read_text()) if cache.exists() else None
-        if data is None or data.get("n_models") != len(points):
+        if data is None or data.get("n_models") != len(points) or data.get("radii") != radii:
             if deadline is not None and time.monotonic() > deadline and n_ranked:
                 if on_deadline:
                     on_deadline(f"{len(val) - v} of {len(val)} validation volumes not searched")
@@ -230,10 +254,10 @@ def run_search(
                        substep=f"rank: {what}", substep_done=d, substep_total=t)
 
             probs = linear_probabilities(image, models, on_progress=on_p)
-            data = {"n_models": len(points),
+            data = {"n_models": len(points), "radii": radii,
                     "proxy": [proxy_score(probs[g], label, low=pairs[t_i][0], high=pairs[t_i][1],
-                                          closing_radius=closing_radius, min_size=min_size)
-                              for g, t_i in cands]}
+                                          closing_radius=radii[c_i], min_size=min_size)
+                              for g, t_i, c_i in cands]}
             del probs
             write_json(cache, data)
         proxy_sum += np.asarray(data["proxy"], dtype=float)
@@ -252,7 +276,7 @@ def run_search(
         cache = dest / f"val_{rec.id}.json"
         data = json.loads(cache.read_text()) if cache.exists() else None
         if data is None or data.get("candidates") != [list(cands[i]) for i in chosen] \
-                or data.get("thin") != thins:
+                or data.get("thin") != thins or data.get("radii") != radii:
             if deadline is not None and time.monotonic() > deadline and counts:
                 if on_deadline:
                     on_deadline(f"{len(ranked_ids) - v} of {len(ranked_ids)} validation volumes not scored")
@@ -274,39 +298,44 @@ def run_search(
                 ridges = {g: surface_ridge(probs[j], probs[j] > low_min) for j, g in enumerate(chosen_models)}
             scores = []
             for j, (i, thin) in enumerate(full):
-                g, t_i = cands[i]
+                g, t_i, c_i = cands[i]
                 low, high = pairs[t_i]
-                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=closing_radius,
+                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
                                    min_size=min_size, thin=thin, ridge=ridges.get(g))
                 scores.append(score_volume(mask, label).score)
                 report(base + v * k_full + (j + 1) * k_full / len(full), total, file=rec.id, file_done=v,
                        file_total=len(ranked_ids), substep=f"candidate {j + 1}/{len(full)}", substep_done=j + 1,
                        substep_total=len(full))
             del probs, ridges
-            data = {"candidates": [list(cands[i]) for i in chosen], "thin": thins, "scores": scores}
+            data = {"candidates": [list(cands[i]) for i in chosen], "thin": thins, "radii": radii,
+                    "scores": scores}
             write_json(cache, data)
         sums += np.asarray(data["scores"], dtype=float)
         counts += 1
         for j, (i, thin) in enumerate(full):
-            g, t_i = cands[i]
+            g, t_i, c_i = cands[i]
             metric("search_score", float(data["scores"][j]),
                    {"volume_id": rec.id, "l1": points[g][0], "l2": points[g][1],
-                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin})
+                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin, "closing_radius": radii[c_i]})
         report(base + (v + 1) * k_full, total, file=rec.id, file_done=v + 1, file_total=len(ranked_ids))
 
     results = []
     if counts:
         mean = sums / counts
         for j, (i, thin) in enumerate(full):
-            g, t_i = cands[i]
+            g, t_i, c_i = cands[i]
             (l1, l2), (low, high) = points[g], pairs[t_i]
-            results.append({"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "score": float(mean[j]),
+            results.append({"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin,
+                            "closing_radius": radii[c_i], "score": float(mean[j]),
                             "proxy": float(proxy_sum[i] / max(n_ranked, 1))})
             metric("search_mean_score", float(mean[j]),
-                   {"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "n_volumes": counts})
-        # best score; ties go to the stronger regularisation (fewer features), then to no thinning (cheaper)
+                   {"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "closing_radius": radii[c_i],
+                    "n_volumes": counts})
+        # best score; ties go to the stronger regularisation (fewer features), then to no thinning
+        # (cheaper), then to the earlier closing radius
         best_j = sorted(range(len(results)), key=lambda j: (-round(results[j]["score"], 9), -results[j]["l1"],
-                                                             -results[j]["l2"], results[j]["thin"]))[0]
+                                                             -results[j]["l2"], results[j]["thin"],
+                                                             cands[full[j][0]][2]))[0]
         g_best = cands[full[best_j][0]][0]
         best = dict(results[best_j])
     else:
@@ -316,13 +345,14 @@ def run_search(
         g_best = len(points) // 2
         low, high = pairs[len(pairs) // 2]
         best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "thin": False,
-                "score": None}
+                "closing_radius": radii[0], "score": None}
     proxies = [{"l1": points[g][0], "l2": points[g][1], "low": pairs[t_i][0], "high": pairs[t_i][1],
-                "proxy": float(proxy_sum[i] / max(n_ranked, 1))} for i, (g, t_i) in enumerate(cands)]
+                "closing_radius": radii[c_i], "proxy": float(proxy_sum[i] / max(n_ranked, 1))}
+               for i, (g, t_i, c_i) in enumerate(cands)]
     best["model_path"] = str(dest / f"model_{g_best}.npz")
     write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts,
                                        "ranked": proxies, "top_k": k_full})
     report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}"
-                                 f"{' thin' if best['thin'] else ''}")
+                                 f"{' thin' if best['thin'] else ''} closing {tuple(best['closing_radius'])}")
     return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds,
             "fit_converged": fit_converged}

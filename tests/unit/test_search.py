@@ -76,7 +76,7 @@ def test_a_thin_candidate_scores_what_postprocess_with_thin_gives(sample, tmp_pa
     prob = linear_probabilities(image, [model])[0]
     per_volume = [json.loads((tmp_path / "t" / f"val_{rec.id}.json").read_text()) for rec in sample[2]]
     cands = per_volume[0]["candidates"]
-    for j, ((g, t_i), thin) in enumerate([(c, t) for c in cands for t in per_volume[0]["thin"]]):
+    for j, ((g, t_i, _), thin) in enumerate([(c, t) for c in cands for t in per_volume[0]["thin"]]):
         if g != 0 or not thin:
             continue
         low, high = [(max(h - 0.15, 0.01), h) for h in (0.3, 0.5, 0.7)][t_i]
@@ -84,6 +84,43 @@ def test_a_thin_candidate_scores_what_postprocess_with_thin_gives(sample, tmp_pa
                                           thin=True), label).score
         assert per_volume[0]["scores"][j] == pytest.approx(direct)
     assert any(r["thin"] for r in res["results"])
+
+
+def test_the_closing_radius_is_a_candidate_dimension_chosen_by_the_full_score(sample, tmp_path):
+    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.metric import score_volume
+    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.predict import linear_probabilities
+
+    radii = ((1, 2, 2), (0, 0, 0))
+    metrics = []
+    res = _search(sample, tmp_path / "r", 0, closing_radii=radii, thin_options=(False,),
+                  on_metric=lambda n, v, x: metrics.append((n, x)))
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    # 2 models x 3 pairs x 2 radii, ranked and (top_k=0) scored in full
+    assert len(saved["ranked"]) == 12 and len(res["results"]) == 12
+    assert {tuple(r["closing_radius"]) for r in res["results"]} == set(radii)
+    assert {tuple(x["closing_radius"]) for n, x in metrics if n == "search_mean_score"} == set(radii)
+    best = res["best"]
+    assert best["score"] == max(r["score"] for r in res["results"])
+    assert best["closing_radius"] in [r["closing_radius"] for r in res["results"] if r["score"] == best["score"]]
+    # each radius's score is the metric of that closing's mask
+    model = LogisticModel.load(tmp_path / "r" / "model_0.npz")
+    recs = sample[2]
+    probs = [linear_probabilities(read_pair(r.image_path, r.label_path)[0], [model])[0] for r in recs]
+    labels = [read_pair(r.image_path, r.label_path)[1] for r in recs]
+    for r in res["results"]:
+        if r["l1"] != 1e-4:
+            continue
+        direct = np.mean([score_volume(postprocess(p, low=r["low"], high=r["high"], closing_radius=r["closing_radius"],
+                                                   min_size=10), lab).score for p, lab in zip(probs, labels)])
+        assert r["score"] == pytest.approx(direct)
+    # without closing_radii the search keeps closing_radius, and says so in best
+    one = _search(sample, tmp_path / "one", 2, thin_options=(False,))
+    assert {tuple(r["closing_radius"]) for r in one["results"]} == {(1, 1, 1)}
+    assert one["best"]["closing_radius"] == [1, 1, 1]
+    with pytest.raises(ValueError, match="closing_radii"):
+        _search(sample, tmp_path / "bad", 2, closing_radii=((1, 2),))
 
 
 def test_thin_options_false_only_never_thins(sample, tmp_path):
