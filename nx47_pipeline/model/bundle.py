@@ -58,8 +58,11 @@ class Bundle:
     best : dict
         ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search and
         ``thin`` (the post-processing's thin-surface step, chosen on
-        validation; False in bundles written before it was chosen).
+        validation; False in bundles written before it was chosen) and
+        ``closing_radius`` (as below).
     closing_radius : tuple of int
+        The closing radius of the post-processing (chosen on validation by
+        runs that choose it; ``postprocess.closing_radius`` of the manifest).
     min_component_voxels : int
     unet : UNetPart or None
     """
@@ -94,6 +97,8 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
         + (f"; thresholds {low:.2f}/{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float))
            else "")
         + ("; thin surface" if (m.get("postprocess") or {}).get("thin") is True else "")
+        + (f"; closing {'x'.join(str(v) for v in cr)}"
+           if isinstance(cr := (m.get("postprocess") or {}).get("closing_radius"), list) else "")
         + f"; trained on {len(m.get('train_ids', []))} volumes"
         + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
         + f"; nx47 {m.get('code_version', '?')}"
@@ -262,7 +267,8 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         path=path,
         manifest=manifest,
         model=model,
-        best={**{k: search.get(k) for k in ("l1", "l2", "low", "high", "score")}, "thin": thin},
+        best={**{k: search.get(k) for k in ("l1", "l2", "low", "high", "score")}, "thin": thin,
+              "closing_radius": [int(r) for r in post["closing_radius"]]},
         closing_radius=tuple(int(r) for r in post["closing_radius"]),
         min_component_voxels=int(post["min_component_voxels"]),
         unet=unet,

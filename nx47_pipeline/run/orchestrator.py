@@ -425,7 +425,7 @@ def _validate(ctx: RunContext) -> None:
                 st.val_scores = linear
             elif unet_pair is not None:
                 st.best = {**st.best, "low": unet_pair["low"], "high": unet_pair["high"],
-                           "thin": unet_pair["thin"]}
+                           "thin": unet_pair["thin"], "closing_radius": unet_pair["closing_radius"]}
 
 
 def _validation_summary(st) -> dict[str, Any]:
@@ -438,7 +438,7 @@ def _write_bundle_manifest(ctx: RunContext) -> None:
     cfg, st = ctx.config, ctx.state
     try:
         write_manifest(
-            ctx.out / "model", best=st.best, closing_radius=cfg.closing_radius,
+            ctx.out / "model", best=st.best, closing_radius=stages.closing_of(cfg, st.best),
             min_component_voxels=cfg.min_component_voxels, unet_fuse=cfg.unet_fuse if st.unet else None,
             train_ids=[r.id for r in st.selection.train], val_ids=[r.id for r in st.selection.val],
             validation=_validation_summary(st),

@@ -279,7 +279,7 @@ def search(
         l1_grid=cfg.l1_grid, l2_grid=cfg.l2_grid,
         thresholds=cfg.threshold_grid, gap=cfg.hysteresis_gap,
         scales=cfg.feature_scales,
-        closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels,
+        closing_radius=cfg.closing_radius, closing_radii=cfg.closing_radii(), min_size=cfg.min_component_voxels,
         max_iter=max_iter, tol=cfg.fit_tol,
         intercept_shift=samples.prior_shift,
         top_k=cfg.search_top_k,
@@ -407,10 +407,17 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
 # ---------------------------------------------------------------------------
 # validate and segment
 # ---------------------------------------------------------------------------
+def closing_of(cfg, best: dict[str, Any]) -> tuple[int, int, int]:
+    """The closing radius of ``best`` (the search's or the U-Net's choice);
+    ``cfg.closing_radius`` where it names none (results from before the choice)."""
+    r = best.get("closing_radius")
+    return tuple(int(v) for v in (cfg.closing_radius if r is None else r))
+
+
 def segmenter(ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None) -> Segmenter:
     """The model and post-processing of this run, for validate and segment tasks."""
     cfg = ctx.config
-    return Segmenter(model=model, best=dict(best), unet=unet_part, closing_radius=tuple(cfg.closing_radius),
+    return Segmenter(model=model, best=dict(best), unet=unet_part, closing_radius=closing_of(cfg, best),
                      min_size=cfg.min_component_voxels)
 
 
@@ -469,49 +476,56 @@ def validate(
 #: sharper than fit_prox's and its best pair was higher (docs/model.md).
 UNET_THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-#: A post-processing choice: (low, high, thin).
-PostKey = tuple[float, float, bool]
+#: A post-processing choice: (low, high, thin, closing radius).
+PostKey = tuple[float, float, bool, tuple[int, int, int]]
 
 
-def _post_key(best: dict[str, Any]) -> PostKey:
-    return float(best["low"]), float(best["high"]), bool(best.get("thin", False))
+def _post_key(cfg, best: dict[str, Any]) -> PostKey:
+    return float(best["low"]), float(best["high"]), bool(best.get("thin", False)), closing_of(cfg, best)
 
 
 def _same_key(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return np.allclose(a[:2], b[:2]) and bool(a[2]) == bool(b[2])
+    return np.allclose(a[:2], b[:2]) and bool(a[2]) == bool(b[2]) and tuple(a[3]) == tuple(b[3])
 
 
 def unet_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
     scores: dict[str, dict[str, float]], *, deadline: float | None,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
-    """The U-Net's hysteresis pair and ``thin`` choice, chosen by the mean
-    competition score on the validation maps ``dest/<id>_prob.tif`` that
+    """The U-Net's hysteresis pair, ``thin`` and closing radius, chosen by the
+    mean competition score on the validation maps ``dest/<id>_prob.tif`` that
     :func:`validate` wrote with the U-Net (at most ``search_max_val_volumes``
     of them; the pairs of :data:`UNET_THRESHOLD_GRID`, each with and without
-    thin-surface extraction; ``scores`` holds those of ``best``'s choice).
+    thin-surface extraction and with each radius of the run's
+    ``closing_radii()``; ``scores`` holds those of ``best``'s choice).
 
     Returns ``(choice, scores)``: ``choice`` is ``{"low", "high", "thin",
-    "score"}`` when another choice than ``best``'s scores higher (the
+    "closing_radius", "score"}`` when another choice than ``best``'s scores higher (the
     volumes' masks and ``<id>.json`` are rewritten with it and ``scores``
     updated), else None and ``scores`` unchanged.  Stops with what it has at
     ``deadline``.  ``dest/unet_thresholds.json`` records every choice's
     mean."""
     cfg = ctx.config
-    current = _post_key(best)
+    current = _post_key(cfg, best)
     record = read_json(dest / "unet_thresholds.json")
+
+    def radius(value) -> tuple[int, int, int]:  # records from before the radius choice name none
+        return tuple(int(v) for v in (cfg.closing_radius if value is None else value))
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
-            and _same_key((*record["search_pair"], record.get("search_thin", False)), current)):
+            and _same_key((*record["search_pair"], record.get("search_thin", False),
+                           radius(record.get("search_closing_radius"))), current)):
         # a resumed run: the masks and scores already follow the recorded choice
-        chosen = (float(record["chosen"][0]), float(record["chosen"][1]), bool(record.get("chosen_thin", False)))
+        chosen = (float(record["chosen"][0]), float(record["chosen"][1]), bool(record.get("chosen_thin", False)),
+                  radius(record.get("chosen_closing_radius")))
         if _same_key(chosen, current):
             return None, scores
         mean = next((r["score"] for r in record.get("scores", [])
-                     if _same_key((r["low"], r["high"], r.get("thin", False)), chosen)), None)
-        return {"low": chosen[0], "high": chosen[1], "thin": chosen[2], "score": mean}, scores
+                     if _same_key((r["low"], r["high"], r.get("thin", False), radius(r.get("closing_radius"))),
+                                  chosen)), None)
+        return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
-    keys = [(lo, hi, thin) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
-            for thin in (False, True)]
+    keys = [(lo, hi, thin, r) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
+            for thin in (False, True) for r in cfg.closing_radii()]
     keys = [k for k in keys if not _same_key(k, current)]
     results: dict[PostKey, dict[str, VolumeScore]] = {k: {} for k in keys}
     done: list[str] = []
@@ -531,14 +545,18 @@ def unet_thresholds(
         return None, scores
     table = {current: float(np.mean([scores[i]["score"] for i in done]))}
     table.update({key: float(np.mean([s.score for s in by_id.values()])) for key, by_id in results.items()})
-    for (low, high, thin), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, thin=thin, n_volumes=len(done))
-    # ties: the search's choice, then no thinning
-    chosen = max(table, key=lambda k: (table[k], k == current, not k[2]))
+    for (low, high, thin, r), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][1])):
+        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, thin=thin, closing_radius=list(r),
+                      n_volumes=len(done))
+    # ties: the search's choice, then no thinning, then the earlier radius of closing_radii()
+    order = {r: i for i, r in enumerate(cfg.closing_radii())}
+    chosen = max(table, key=lambda k: (table[k], k == current, not k[2], -order.get(k[3], len(order))))
     record = {"volumes": done, "chosen": list(chosen[:2]), "chosen_thin": chosen[2],
+              "chosen_closing_radius": list(chosen[3]),
               "search_pair": list(current[:2]), "search_thin": current[2],
-              "scores": [{"low": lo, "high": hi, "thin": thin, "score": v}
-                         for (lo, hi, thin), v in sorted(table.items())]}
+              "search_closing_radius": list(current[3]),
+              "scores": [{"low": lo, "high": hi, "thin": thin, "closing_radius": list(r), "score": v}
+                         for (lo, hi, thin, r), v in sorted(table.items())]}
     new = dict(scores)
     if chosen != current:
         # every validation volume the U-Net segmented gets the chosen masks and scores
@@ -558,7 +576,11 @@ def unet_thresholds(
     write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
     if chosen == current:
         return None, scores
-    return {"low": chosen[0], "high": chosen[1], "thin": chosen[2], "score": table[chosen]}, new
+    return _choice(chosen, table[chosen]), new
+
+
+def _choice(key: PostKey, score: float | None) -> dict[str, Any]:
+    return {"low": key[0], "high": key[1], "thin": key[2], "closing_radius": list(key[3]), "score": score}
 
 
 def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -577,8 +599,8 @@ def _post_mask(cfg, prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) ->
     """The mask of ``prob`` post-processed with ``key``; ``ridge`` (the
     :func:`surface_ridge` of ``prob`` on every voxel above ``key``'s low, or
     None) saves recomputing it for each pair."""
-    low, high, thin = key
-    return postprocess(prob, low=low, high=high, closing_radius=tuple(cfg.closing_radius),
+    low, high, thin, radius = key
+    return postprocess(prob, low=low, high=high, closing_radius=tuple(radius),
                        min_size=cfg.min_component_voxels, thin=thin, ridge=ridge)
 
 

@@ -69,6 +69,10 @@ def test_a_training_run_leaves_a_self_describing_bundle(trained):
     search = json.loads((out / "search" / "results.json").read_text())["best"]
     assert manifest["postprocess"]["thin"] is search["thin"]
     assert load_bundle(bundle).best["thin"] is search["thin"]
+    # and so does its closing radius, one of the run's candidates
+    assert manifest["postprocess"]["closing_radius"] == search["closing_radius"]
+    assert search["closing_radius"] in [list(r) for r in small_config(Path("."), Path(".")).closing_radii()]
+    assert load_bundle(bundle).closing_radius == tuple(search["closing_radius"])
     assert manifest["train_ids"] and manifest["val_ids"]
     assert isinstance(manifest["validation"]["mean_score"], float)
     # the export holds exactly the manifest and its files, and loads

@@ -407,7 +407,7 @@ def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_p
     best = json.loads((out / "search" / "results.json").read_text())["best"]
     rec = discover(data_root).test[0]
     alone = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
-                           closing_radius=config.closing_radius, min_size=config.min_component_voxels,
+                           closing_radius=tuple(best["closing_radius"]), min_size=config.min_component_voxels,
                            thin=best["thin"])
     np.testing.assert_array_equal(tifffile.imread(out / "test" / f"{rec.id}.tif"), alone)
     manifest = json.loads((out / "model" / "model.json").read_text())

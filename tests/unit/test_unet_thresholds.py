@@ -64,8 +64,11 @@ def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_fol
     assert record["chosen"] == pytest.approx([pair["low"], pair["high"]])
     # every pair with and without thin-surface extraction; on a one-voxel sheet thinning changes nothing,
     # and a tie keeps the cheaper post-processing
-    assert len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID)
+    radii = ctx.config.closing_radii()
+    assert len(radii) == 2 and len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID) * len(radii)
     assert pair["thin"] is False and record["chosen_thin"] is False
+    # closing a plane changes nothing either: the tie keeps the first radius
+    assert pair["closing_radius"] == list(radii[0]) == record["chosen_closing_radius"]
     # a resumed run keeps the recorded choice without scoring again
     again, same = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["low"] == pytest.approx(pair["low"]) and same == new
@@ -123,3 +126,41 @@ def test_thinning_is_chosen_when_no_pair_can_cut_a_thick_confident_band(tmp_path
     # a resumed run returns the recorded choice, thin included
     again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["thin"] is True and again["high"] == pytest.approx(choice["high"])
+
+
+def test_the_smaller_closing_radius_is_chosen_where_the_larger_merges_close_sheets(tmp_path):
+    """Two sheets 4 voxels apart along y: closing with a y radius of 2 fills
+    the 3-voxel gap between them and makes one slab; a radius of 1 keeps them
+    apart.  The sweep picks (1, 1, 1) and the validation masks follow it."""
+    cfg = RunConfig(out_dir=str(tmp_path / "out"), console=False, min_component_voxels=10,
+                    closing_radius_grid=(1, 2, 2, 1, 1, 1))
+    ctx = orchestrator.make_context(cfg)
+    dest = tmp_path / "out" / "val"
+    best = {"low": 0.55, "high": 0.7, "thin": False, "closing_radius": [1, 2, 2]}
+    val, scores, labels = [], {}, {}
+    for i, y in enumerate((12, 20)):
+        label = np.zeros(SHAPE, np.uint8)
+        label[:, y] = 1
+        label[:, y + 4] = 1
+        prob = np.where(label == 1, 0.95, 0.02).astype(np.float32)
+        img_p, lab_p = tmp_path / "img" / f"v{i}.tif", tmp_path / "lab" / f"v{i}.tif"
+        write_volume(img_p, (label * 200 + 20).astype(np.uint8))
+        write_volume(lab_p, label)
+        rec = VolumeRecord(f"v{i}", img_p, lab_p, SHAPE, "s0", "train")
+        val.append(rec)
+        labels[rec.id] = label
+        write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+        mask = postprocess(prob, low=0.55, high=0.7, closing_radius=(1, 2, 2), min_size=10)
+        assert mask[:, y + 2].all()  # merged into one slab
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": score_volume(mask, label).score}
+    choice, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    assert choice is not None and choice["closing_radius"] == [1, 1, 1]
+    for rec in val:
+        assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), labels[rec.id])
+        assert new[rec.id]["score"] > scores[rec.id]["score"]
+    record = json.loads((dest / "unet_thresholds.json").read_text())
+    assert record["chosen_closing_radius"] == [1, 1, 1] and record["search_closing_radius"] == [1, 2, 2]
+    # a resumed run returns the recorded radius without scoring again
+    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    assert again["closing_radius"] == [1, 1, 1]
