@@ -67,22 +67,27 @@ def _line(ax, points, title: str, empty: str, *, log: bool = False, label: str =
 
 
 def _heatmap(ax, grid: list[dict[str, Any]], empty: str) -> None:
-    ax.set_title("search: mean score per (l1, l2, thin surface) and threshold", fontsize=9)
+    ax.set_title("search: mean score per (l1, l2, thin surface, closing) and threshold", fontsize=9)
     cells = [c for c in grid if "high" in c]
     if not cells:
         _empty(ax, empty)
         return
-    # one row per (l1, l2) and post-processing: with and without thin-surface extraction apart
-    rows = sorted({(c.get("l1"), c.get("l2"), bool(c.get("thin"))) for c in cells},
-                  key=lambda r: (float(r[0] or 0), float(r[1] or 0), r[2]))
+
+    def row_of(c: dict[str, Any]) -> tuple:
+        radius = c.get("closing_radius")
+        return (c.get("l1"), c.get("l2"), bool(c.get("thin")), tuple(radius) if radius is not None else ())
+
+    # one row per (l1, l2) and post-processing: thin-surface extraction and closing radius apart
+    rows = sorted({row_of(c) for c in cells}, key=lambda r: (float(r[0] or 0), float(r[1] or 0), r[2], r[3]))
+    several_radii = len({r[3] for r in rows}) > 1
     cols = sorted({c.get("high") for c in cells}, key=float)
     values = [[float("nan")] * len(cols) for _ in rows]
     for c in cells:
-        values[rows.index((c.get("l1"), c.get("l2"), bool(c.get("thin"))))][cols.index(c.get("high"))] = \
-            float(c["value"])
+        values[rows.index(row_of(c))][cols.index(c.get("high"))] = float(c["value"])
     im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
-    ax.set_yticks(range(len(rows)), [f"l1={r[0]:g} l2={r[1]:g}{' thin' if r[2] else ''}" for r in rows],
-                  fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"l1={r[0]:g} l2={r[1]:g}{' thin' if r[2] else ''}"
+                                     + (f" closing {'x'.join(str(v) for v in r[3])}" if several_radii and r[3] else "")
+                                     for r in rows], fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols], fontsize=7)
     ax.set_xlabel("high threshold", fontsize=7)
     for i, row in enumerate(values):

@@ -365,6 +365,21 @@ def test_the_search_heatmap_keeps_a_thinned_candidate_apart_from_the_same_pair_u
     assert sorted(t.get_text() for t in heat.texts) == ["0.610", "0.640"]
 
 
+def test_the_search_heatmap_keeps_each_closing_radius_on_its_own_row():
+    from nx47_widgets.views.mpl import chart_figure, snapshot
+
+    st = DashboardState()
+    for radius, value in (([1, 2, 2], 0.61), ([1, 1, 1], 0.66)):
+        st.apply(ev(EventKind.METRIC, MetricPayload(name="search_mean_score", value=value, extra={
+            "l1": 1e-4, "l2": 1e-3, "low": 0.55, "high": 0.7, "thin": True, "closing_radius": radius,
+            "n_volumes": 3}), stage="search"))
+    fig = chart_figure(snapshot(st.charts))
+    heat = next(ax for ax in fig.axes if ax.get_title().startswith("search"))
+    labels = [t.get_text() for t in heat.get_yticklabels()]
+    assert labels == ["l1=0.0001 l2=0.001 thin closing 1x1x1", "l1=0.0001 l2=0.001 thin closing 1x2x2"]
+    assert sorted(t.get_text() for t in heat.texts) == ["0.610", "0.660"]
+
+
 def test_global_stats_are_readable_tables_with_one_journal_head(tmp_path, ten_pairs):
     out = tmp_path / "out"
     per_volume = {f"v{i}": {"score": i / 100, "volume_id": f"v{i}"} for i in range(30)}
