@@ -121,13 +121,16 @@ def chosen_post(run: Path) -> str:
     if not m:
         return "—"
     search, post = m.get("search", {}), m.get("postprocess", {})
-    return f"{search['low']:.2f} / {search['high']:.2f}" + (", thin" if post.get("thin") else "")
+    return (f"{search['low']:.2f} / {search['high']:.2f}" + (", thin" if post.get("thin") else "")
+            + f", closing {'x'.join(str(v) for v in post['closing_radius'])}")
 
 
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
-    """The fit_prox run's test probabilities through the post-processing with each step off."""
+    """The fit_prox run's test probabilities through the post-processing with each step off
+    (the thresholds and closing radius its search chose)."""
     best = read_json(run / "search" / "results.json")["best"]
     cfg = read_json(run / "config.json")
+    radius = tuple(best.get("closing_radius") or cfg["closing_radius"])
     labels = data / "test_labels_hidden"
     recs = discover(data).test
     probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
@@ -136,7 +139,7 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     out = []
     for name, steps in ablation_steps():
         triples = [(vid, postprocess_steps(probs[vid], low=best["low"], high=best["high"],
-                                           closing_radius=tuple(cfg["closing_radius"]),
+                                           closing_radius=radius,
                                            min_size=cfg["min_component_voxels"], steps=steps), truth[vid])
                    for vid in probs]
         out.append((name, mean_parts(score_volumes(triples))))
@@ -218,7 +221,8 @@ def main() -> None:
              f"{'' if variants == ['a', 'b'] else ' --variants ' + ','.join(variants)}`.", ""]
     for variant, rows in tables.items():
         lines += [f"**Variant {variant}**", "",
-                  "| method | Surface Dice | VOI score | TopoScore | score | low / high, thin (chosen on validation) |",
+                  "| method | Surface Dice | VOI score | TopoScore | score "
+                  "| low / high, thin, closing (chosen on validation) |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for name, m, post in rows:
             lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
@@ -226,8 +230,8 @@ def main() -> None:
         lines.append("")
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
-    lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds from "
-              "its search):", "",
+    lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds and "
+              "closing radius from its search):", "",
               "| post-processing | " + " | ".join(f"variant {v} score" for v in variants) + " |",
               "| --- |" + " ---: |" * len(variants)]
     for i, (name, _) in enumerate(ablations[variants[0]]):
