@@ -66,6 +66,13 @@ class UNetParams:
         Early stop: epochs without a better validation Dice before training
         stops (0 = never).  With validation, the weights of the best epoch
         are the ones used.
+    val_smoothing : float
+        Weight of the newest epoch in the exponential moving average of the
+        validation Dice that early stopping and the choice of the best
+        epoch follow (in (0, 1]; 1 = the raw Dice).  The Dice of a few
+        validation patches jumps from epoch to epoch: on the raw Dice one
+        lucky epoch could stop training 10 epochs later and be kept, while
+        the smoothed Dice waits for a run of better epochs (docs/unet.md).
     prior : bool
         Give the network the ``fit_prox`` probability map as a second input
         channel next to the intensities (a cascade: the U-Net learns to
@@ -94,6 +101,7 @@ class UNetParams:
     dice_weight: float = 0.0
     lr_schedule: str = "poly"
     patience: int = 10
+    val_smoothing: float = 0.3
     prior: bool = True
 
     def __post_init__(self) -> None:
@@ -118,6 +126,8 @@ class UNetParams:
             raise ValueError(f"skel_weight must be >= 0, got {self.skel_weight!r}")
         if isinstance(self.patience, bool) or int(self.patience) != self.patience or self.patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {self.patience!r}")
+        if not 0 < self.val_smoothing <= 1:
+            raise ValueError(f"val_smoothing must be in (0, 1], got {self.val_smoothing!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.val_fraction < 1:

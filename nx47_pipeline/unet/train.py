@@ -5,9 +5,11 @@ Checkpoints hold only tensors and plain Python values, so
 ``skel_weight`` x skeleton recall; the learning rate follows
 ``params.lr_schedule`` over the planned steps or the time to the deadline,
 whichever ends first; with validation patches each
-epoch is scored by its validation Dice, the best epoch's weights are kept
-(``best_model`` in the checkpoint, what :func:`load_unet` returns) and
-training stops after ``params.patience`` epochs without a better one.  Randomness is derived
+epoch is scored by its validation Dice, smoothed over epochs (an exponential
+moving average, ``params.val_smoothing``); the weights of the epoch with
+the best smoothed Dice are kept (``best_model`` in the checkpoint, what
+:func:`load_unet` returns) and training stops after ``params.patience``
+epochs without a better one.  Randomness is derived
 from ``(seed, epoch)`` at the start of every epoch, so a resumed run draws the
 same batches as an uninterrupted one would.  Callbacks may raise (for
 instance ``Cancelled``): the exception propagates unchanged and the last
@@ -49,8 +51,10 @@ class TrainResult:
         ``"completed"``, ``"early_stop"`` or ``"deadline"``.
     history : list of dict
         One entry per completed epoch: ``epoch``, ``train_loss``,
-        ``val_loss`` and ``val_dice`` (None without validation), ``lr`` (at
-        the epoch's end), ``seconds``, ``batches``.
+        ``val_loss`` and ``val_dice`` (None without validation),
+        ``val_dice_smoothed`` (the moving average the best epoch and early
+        stopping follow), ``lr`` (at the epoch's end), ``seconds``,
+        ``batches``.
     best_epoch : int or None
         The epoch whose weights ``model`` holds when there was validation.
     checkpoint : Path or None
@@ -191,7 +195,8 @@ def train_unet(
     on_epoch : callable, optional
         ``on_epoch(epoch, epochs, train_loss, val_loss)`` after each epoch's
         checkpoint is written.  Training stops early (``"early_stop"``)
-        after ``params.patience`` epochs without a better validation Dice.
+        after ``params.patience`` epochs without a better smoothed
+        validation Dice.
     clock : callable
         Monotonic clock (injectable for tests).
 
@@ -232,7 +237,7 @@ def train_unet(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
     start_epoch = 0
-    best: dict[str, Any] = {"dice": -1.0, "epoch": None, "state": None, "since": 0}
+    best: dict[str, Any] = {"dice": -1.0, "epoch": None, "state": None, "since": 0, "smoothed": None}
     if resume and ckpt_path.exists():
         state = _read_checkpoint(torch, ckpt_path, dev)
         saved = UNetParams.from_dict(state["params"])
@@ -250,7 +255,8 @@ def train_unet(
         history = [dict(h) for h in state.get("history", [])]
         if state.get("best_model") is not None:
             best.update(dice=float(state.get("best_dice", -1.0)), epoch=state.get("best_epoch"),
-                        state=state["best_model"], since=int(state.get("best_since", 0)))
+                        state=state["best_model"], since=int(state.get("best_since", 0)),
+                        smoothed=state.get("val_dice_smoothed"))
     saved_path: Path | None = ckpt_path if ckpt_path.exists() and start_epoch > 0 else None
     has_val = val is not None and len(val) > 0
 
@@ -308,8 +314,10 @@ def train_unet(
         val_loss = val_dice = None
         if has_val and not (deadline is not None and clock() >= deadline):
             val_loss, val_dice = _evaluate(torch, model, val, params.batch, dev, use_amp)
-            if val_dice > best["dice"]:
-                best.update(dice=val_dice, epoch=epoch + 1, since=0,
+            a = float(params.val_smoothing)
+            best["smoothed"] = val_dice if best["smoothed"] is None else a * val_dice + (1 - a) * best["smoothed"]
+            if best["smoothed"] > best["dice"]:
+                best.update(dice=best["smoothed"], epoch=epoch + 1, since=0,
                             state={k: v.detach().clone() for k, v in model.state_dict().items()})
             else:
                 best["since"] += 1
@@ -319,6 +327,7 @@ def train_unet(
                 "train_loss": float(train_loss),
                 "val_loss": None if val_loss is None else float(val_loss),
                 "val_dice": None if val_dice is None else float(val_dice),
+                "val_dice_smoothed": None if val_dice is None else float(best["smoothed"]),
                 "lr": lr,
                 "seconds": float(clock() - t0),
                 "batches": int(n_batches),
@@ -338,6 +347,7 @@ def train_unet(
                 "best_dice": float(best["dice"]),
                 "best_epoch": best["epoch"],
                 "best_since": int(best["since"]),
+                "val_dice_smoothed": None if best["smoothed"] is None else float(best["smoothed"]),
             },
             ckpt_path,
         )

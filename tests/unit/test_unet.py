@@ -551,8 +551,32 @@ def test_the_best_epoch_is_kept_across_a_resume(patches, tmp_path):
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["best_epoch"] == first.best_epoch and state["best_model"] is not None
     again = U.train_unet(patches, val=patches, params=_params(epochs=3), device="cpu", checkpoint_dir=tmp_path)
-    dices = [h["val_dice"] for h in again.history]
-    assert again.best_epoch == 1 + int(np.argmax(dices))
+    smoothed = [h["val_dice_smoothed"] for h in again.history]
+    assert again.best_epoch == 1 + int(np.argmax(smoothed))
+    # the moving average goes on from the checkpoint's
+    a = again.history[0]["val_dice_smoothed"]
+    d3 = again.history[2]["val_dice"]
+    assert smoothed[2] == pytest.approx(0.3 * d3 + 0.7 * smoothed[1])
+    assert a == pytest.approx(again.history[0]["val_dice"])
+
+
+def test_one_lucky_validation_epoch_neither_stops_training_nor_is_kept(patches, tmp_path, monkeypatch):
+    """The validation Dice of a few patches jumps: one epoch far above its
+    neighbours, then a steady climb.  On the raw Dice the spike would be
+    kept and stop training ``patience`` epochs later; the smoothed Dice
+    trains on and keeps the end of the climb."""
+    script = iter([0.50, 0.90, 0.50, 0.60, 0.70, 0.80, 0.80, 0.85])
+    monkeypatch.setattr("nx47_pipeline.unet.train._evaluate", lambda *a, **k: (1.0, next(script)))
+    res = U.train_unet(patches, val=patches, params=_params(epochs=8, patience=3), device="cpu",
+                       checkpoint_dir=tmp_path / "smooth")
+    assert res.stopped_reason == "completed" and res.epochs_done == 8 and res.best_epoch == 8
+    assert [h["val_dice"] for h in res.history][1] == 0.90
+    script = iter([0.50, 0.90, 0.50, 0.60, 0.70, 0.80, 0.80, 0.85])
+    raw = U.train_unet(patches, val=patches, params=_params(epochs=8, patience=3, val_smoothing=1.0),
+                       device="cpu", checkpoint_dir=tmp_path / "raw")
+    assert raw.stopped_reason == "early_stop" and raw.best_epoch == 2 and raw.epochs_done == 5
+    with pytest.raises(ValueError, match="val_smoothing must be in"):
+        _params(val_smoothing=0.0)
 
 
 # ----------------------------------------------------------------------
