@@ -127,22 +127,39 @@ def chosen_post(run: Path) -> str:
 
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     """The fit_prox run's test probabilities through the post-processing with each step off
-    (the thresholds and closing radius its search chose)."""
+    (the thresholds and closing radius its search chose), then with each closing radius of
+    the run's grid; last, the test labels themselves as the probability map (1 on the
+    surface, 0 elsewhere) through the default steps with no closing and with each radius:
+    what the closing costs a perfect map."""
     best = read_json(run / "search" / "results.json")["best"]
     cfg = read_json(run / "config.json")
     radius = tuple(best.get("closing_radius") or cfg["closing_radius"])
+    grid = [int(v) for v in cfg.get("closing_radius_grid") or cfg["closing_radius"]]
+    radii = list(dict.fromkeys(tuple(grid[i:i + 3]) for i in range(0, len(grid), 3)))
     labels = data / "test_labels_hidden"
     recs = discover(data).test
     probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
              for r in recs}
     truth = {r.id: read_volume(labels / f"{r.id}.tif", kind="label") for r in recs}
-    out = []
-    for name, steps in ablation_steps():
-        triples = [(vid, postprocess_steps(probs[vid], low=best["low"], high=best["high"],
-                                           closing_radius=radius,
+
+    def score(maps, steps, r, low, high):
+        triples = [(vid, postprocess_steps(maps[vid], low=low, high=high, closing_radius=r,
                                            min_size=cfg["min_component_voxels"], steps=steps), truth[vid])
-                   for vid in probs]
-        out.append((name, mean_parts(score_volumes(triples))))
+                   for vid in maps]
+        return mean_parts(score_volumes(triples))
+
+    def name_of(r):
+        return "x".join(str(v) for v in r)
+
+    out = [(name, score(probs, steps, radius, best["low"], best["high"])) for name, steps in ablation_steps()]
+    default = ablation_steps()[0][1]
+    out += [(f"default steps, closing {name_of(r)}", score(probs, default, r, best["low"], best["high"]))
+            for r in radii]
+    perfect = {vid: (lab == 1).astype(np.float32) for vid, lab in truth.items()}
+    no_closing = tuple(s for s in default if s != "closing")
+    out.append(("test labels as the map, no closing", score(perfect, no_closing, radius, 0.35, 0.5)))
+    out += [(f"test labels as the map, closing {name_of(r)}", score(perfect, default, r, 0.35, 0.5))
+            for r in radii]
     return out
 
 
@@ -231,7 +248,8 @@ def main() -> None:
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
     lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds and "
-              "closing radius from its search):", "",
+              "closing radius from its search; then each closing radius of the grid; last, the test "
+              "labels themselves as the probability map, through the default steps):", "",
               "| post-processing | " + " | ".join(f"variant {v} score" for v in variants) + " |",
               "| --- |" + " ---: |" * len(variants)]
     for i, (name, _) in enumerate(ablations[variants[0]]):

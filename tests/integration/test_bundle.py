@@ -77,7 +77,9 @@ def test_a_training_run_leaves_a_self_describing_bundle(trained):
     assert isinstance(manifest["validation"]["mean_score"], float)
     # the export holds exactly the manifest and its files, and loads
     assert sorted(p.name for p in bundle.iterdir()) == sorted(["model.json", *manifest["files"]])
-    assert "linear model" in load_bundle(bundle).summary()
+    summary = load_bundle(bundle).summary()
+    assert "linear model" in summary
+    assert f"closing {'x'.join(str(v) for v in manifest['postprocess']['closing_radius'])}" in summary
 
 
 def test_run_with_model_gives_the_training_runs_masks_on_read_only_input(trained, tmp_path, monkeypatch):
