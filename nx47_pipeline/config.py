@@ -126,12 +126,7 @@ class RunConfig:
     def closing_radii(self) -> list[tuple[int, int, int]]:
         """The closing radii of :attr:`closing_radius_grid`, in order, without repeats."""
         g = [int(v) for v in self.closing_radius_grid]
-        out: list[tuple[int, int, int]] = []
-        for i in range(0, len(g), 3):
-            r = (g[i], g[i + 1], g[i + 2])
-            if r not in out:
-                out.append(r)
-        return out
+        return list(dict.fromkeys((g[i], g[i + 1], g[i + 2]) for i in range(0, len(g), 3)))
 
     # ------------------------------------------------------------------
     def replace(self, **changes: Any) -> "RunConfig":

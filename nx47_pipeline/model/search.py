@@ -85,11 +85,7 @@ def _radii(radii) -> list[list[int]]:
     if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.integer) \
             or (arr < 0).any():
         raise ValueError(f"closing_radii must be (z, y, x) triples of integers >= 0, got {radii!r}")
-    out: list[list[int]] = []
-    for r in arr.tolist():
-        if r not in out:
-            out.append(r)
-    return out
+    return [list(r) for r in dict.fromkeys(tuple(r) for r in arr.tolist())]
 
 
 def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float, closing_radius,

@@ -410,8 +410,12 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
 def closing_of(cfg, best: dict[str, Any]) -> tuple[int, int, int]:
     """The closing radius of ``best`` (the search's or the U-Net's choice);
     ``cfg.closing_radius`` where it names none (results from before the choice)."""
-    r = best.get("closing_radius")
-    return tuple(int(v) for v in (cfg.closing_radius if r is None else r))
+    return _radius(cfg, best.get("closing_radius"))
+
+
+def _radius(cfg, value) -> tuple[int, int, int]:
+    """``value`` as a radius tuple; ``cfg.closing_radius`` when None (records from before the choice)."""
+    return tuple(int(v) for v in (cfg.closing_radius if value is None else value))
 
 
 def segmenter(ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None) -> Segmenter:
@@ -508,19 +512,16 @@ def unet_thresholds(
     cfg = ctx.config
     current = _post_key(cfg, best)
     record = read_json(dest / "unet_thresholds.json")
-
-    def radius(value) -> tuple[int, int, int]:  # records from before the radius choice name none
-        return tuple(int(v) for v in (cfg.closing_radius if value is None else value))
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
             and _same_key((*record["search_pair"], record.get("search_thin", False),
-                           radius(record.get("search_closing_radius"))), current)):
+                           _radius(cfg, record.get("search_closing_radius"))), current)):
         # a resumed run: the masks and scores already follow the recorded choice
         chosen = (float(record["chosen"][0]), float(record["chosen"][1]), bool(record.get("chosen_thin", False)),
-                  radius(record.get("chosen_closing_radius")))
+                  _radius(cfg, record.get("chosen_closing_radius")))
         if _same_key(chosen, current):
             return None, scores
         mean = next((r["score"] for r in record.get("scores", [])
-                     if _same_key((r["low"], r["high"], r.get("thin", False), radius(r.get("closing_radius"))),
+                     if _same_key((r["low"], r["high"], r.get("thin", False), _radius(cfg, r.get("closing_radius"))),
                                   chosen)), None)
         return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
