@@ -59,3 +59,12 @@ def test_round_trip_through_dict():
     cfg = RunConfig(max_train_volumes=3, feature_scales=(1.0, 3.0))
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     assert env_name("budget_s") == "NX47_BUDGET_S"
+
+
+def test_the_closing_radius_grid_is_read_as_zyx_triples_and_a_bad_one_is_refused_by_name():
+    assert RunConfig().closing_radii() == [(1, 2, 2), (1, 1, 1)]
+    cfg = RunConfig.from_env({"NX47_CLOSING_RADIUS_GRID": "1,1,1,0,1,1,1,1,1"})
+    assert cfg.closing_radii() == [(1, 1, 1), (0, 1, 1)]  # in order, without repeats
+    for bad in ("1,2", "1,2,-1"):
+        with pytest.raises(ValueError, match="closing_radius_grid must be"):
+            RunConfig.from_env({"NX47_CLOSING_RADIUS_GRID": bad})
