@@ -45,7 +45,9 @@ from nx47_pipeline.io.jsonio import read_json  # noqa: E402
 from nx47_pipeline.io.volumes import read_volume  # noqa: E402
 from nx47_pipeline.model.metric import score_volumes  # noqa: E402
 from nx47_pipeline.model.postprocess import ablation_steps, otsu_baseline, postprocess_steps  # noqa: E402
-from nx47_pipeline.model.postprocess import uint8_to_probability  # noqa: E402
+from nx47_pipeline.model.postprocess import radius_text, uint8_to_probability  # noqa: E402
+from nx47_pipeline.config import RunConfig  # noqa: E402
+from nx47_pipeline.run.stages import closing_of  # noqa: E402
 
 PARTS = ("surface_dice", "voi", "topo", "score")
 
@@ -122,7 +124,7 @@ def chosen_post(run: Path) -> str:
         return "—"
     search, post = m.get("search", {}), m.get("postprocess", {})
     return (f"{search['low']:.2f} / {search['high']:.2f}" + (", thin" if post.get("thin") else "")
-            + f", closing {'x'.join(str(v) for v in post['closing_radius'])}")
+            + f", closing {radius_text(post['closing_radius'])}")
 
 
 def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
@@ -132,10 +134,8 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     surface, 0 elsewhere) through the default steps with no closing and with each radius:
     what the closing costs a perfect map."""
     best = read_json(run / "search" / "results.json")["best"]
-    cfg = read_json(run / "config.json")
-    radius = tuple(best.get("closing_radius") or cfg["closing_radius"])
-    grid = [int(v) for v in cfg.get("closing_radius_grid") or cfg["closing_radius"]]
-    radii = list(dict.fromkeys(tuple(grid[i:i + 3]) for i in range(0, len(grid), 3)))
+    cfg = RunConfig.from_dict(read_json(run / "config.json"))
+    radius, radii = closing_of(cfg, best), cfg.closing_radii()
     labels = data / "test_labels_hidden"
     recs = discover(data).test
     probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
@@ -144,21 +144,18 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
 
     def score(maps, steps, r, low, high):
         triples = [(vid, postprocess_steps(maps[vid], low=low, high=high, closing_radius=r,
-                                           min_size=cfg["min_component_voxels"], steps=steps), truth[vid])
+                                           min_size=cfg.min_component_voxels, steps=steps), truth[vid])
                    for vid in maps]
         return mean_parts(score_volumes(triples))
 
-    def name_of(r):
-        return "x".join(str(v) for v in r)
-
     out = [(name, score(probs, steps, radius, best["low"], best["high"])) for name, steps in ablation_steps()]
     default = ablation_steps()[0][1]
-    out += [(f"default steps, closing {name_of(r)}", score(probs, default, r, best["low"], best["high"]))
+    out += [(f"default steps, closing {radius_text(r)}", score(probs, default, r, best["low"], best["high"]))
             for r in radii]
     perfect = {vid: (lab == 1).astype(np.float32) for vid, lab in truth.items()}
     no_closing = tuple(s for s in default if s != "closing")
     out.append(("test labels as the map, no closing", score(perfect, no_closing, radius, 0.35, 0.5)))
-    out += [(f"test labels as the map, closing {name_of(r)}", score(perfect, default, r, 0.35, 0.5))
+    out += [(f"test labels as the map, closing {radius_text(r)}", score(perfect, default, r, 0.35, 0.5))
             for r in radii]
     return out
 

@@ -29,6 +29,7 @@ from nx47_pipeline import __version__
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel
+from nx47_pipeline.model.postprocess import radius_text
 from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
 
@@ -97,7 +98,7 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
         + (f"; thresholds {low:.2f}/{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float))
            else "")
         + ("; thin surface" if (m.get("postprocess") or {}).get("thin") is True else "")
-        + (f"; closing {'x'.join(str(v) for v in cr)}"
+        + (f"; closing {radius_text(cr)}"
            if isinstance(cr := (m.get("postprocess") or {}).get("closing_radius"), list) else "")
         + f"; trained on {len(m.get('train_ids', []))} volumes"
         + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")

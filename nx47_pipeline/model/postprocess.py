@@ -285,6 +285,11 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
     return out
 
 
+def radius_text(radius: Sequence[int]) -> str:
+    """A closing radius as people read it in tables and captions: ``(1, 2, 2)`` -> ``"1x2x2"``."""
+    return "x".join(str(int(v)) for v in radius)
+
+
 def _check_width(width: int) -> int:
     if isinstance(width, bool) or int(width) != width or width < 0:
         raise ValueError(f"width must be an integer >= 0, got {width!r}")

@@ -337,7 +337,8 @@ def infer(
                 continue
             jobs.append({"id": cid, "core": [(s.start, s.stop) for s in core], "halo": halo,
                          "bundle": str(Path(bundle).resolve()),
-                         "bundle_version": json.dumps([meta["files"], meta["post"]], sort_keys=True), "input": str(Path(input_path).resolve()),
+                         "bundle_version": json.dumps([meta["files"], meta["post"]], sort_keys=True),
+                         "input": str(Path(input_path).resolve()),
                          "classes": str(classes_path), "marker": str(marker)})
         with tel.stage(StageName.PROBABILITY, total=n_chunks):
             tel.progress(step_done=n_resumed, step_total=n_chunks,

@@ -20,6 +20,8 @@ from typing import Any, Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nx47_pipeline.model.postprocess import radius_text
+
 __all__ = ["ChartSnapshot", "snapshot", "chart_figure", "figure_png", "ChartRenderer"]
 
 
@@ -86,7 +88,7 @@ def _heatmap(ax, grid: list[dict[str, Any]], empty: str) -> None:
         values[rows.index(row_of(c))][cols.index(c.get("high"))] = float(c["value"])
     im = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0.0, vmax=1.0)
     ax.set_yticks(range(len(rows)), [f"l1={r[0]:g} l2={r[1]:g}{' thin' if r[2] else ''}"
-                                     + (f" closing {'x'.join(str(v) for v in r[3])}" if several_radii and r[3] else "")
+                                     + (f" closing {radius_text(r[3])}" if several_radii and r[3] else "")
                                      for r in rows], fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols], fontsize=7)
     ax.set_xlabel("high threshold", fontsize=7)
