@@ -77,12 +77,9 @@ def score_zip(zip_path: Path, labels: Path) -> dict[str, float]:
     return mean_parts(res)
 
 
-def otsu_scores(data: Path) -> dict[str, float]:
-    labels = data / "test_labels_hidden"
-    triples = []
-    for rec in discover(data).test:
-        img = read_volume(rec.image_path, kind="image")
-        triples.append((rec.id, otsu_baseline(img), read_volume(labels / f"{rec.id}.tif", kind="label")))
+def otsu_scores(data: Path, truth: dict[str, np.ndarray]) -> dict[str, float]:
+    triples = [(rec.id, otsu_baseline(read_volume(rec.image_path, kind="image")), truth[rec.id])
+               for rec in discover(data).test]
     return mean_parts(score_volumes(triples))
 
 
@@ -127,7 +124,12 @@ def chosen_post(run: Path) -> str:
             + f", closing {radius_text(post['closing_radius'])}")
 
 
-def ceiling(run: Path, data: Path) -> float | None:
+def test_labels(data: Path) -> dict[str, np.ndarray]:
+    """The hidden test labels of ``data``, by volume id."""
+    return {r.id: read_volume(data / "test_labels_hidden" / f"{r.id}.tif", kind="label") for r in discover(data).test}
+
+
+def ceiling(run: Path, truth: dict[str, np.ndarray]) -> float | None:
     """The score of the test labels themselves as the probability map (1 on the
     surface, 0 elsewhere) through the post-processing ``run`` chose (``thin``,
     closing radius, dust size): what a perfect model would score with it."""
@@ -135,18 +137,14 @@ def ceiling(run: Path, data: Path) -> float | None:
     if not m:
         return None
     post = m.get("postprocess", {})
-    labels = data / "test_labels_hidden"
-    triples = []
-    for rec in discover(data).test:
-        lab = read_volume(labels / f"{rec.id}.tif", kind="label")
-        mask = postprocess((lab == 1).astype(np.float32), low=0.35, high=0.5, thin=bool(post.get("thin")),
-                           closing_radius=tuple(post["closing_radius"]),
-                           min_size=int(post.get("min_component_voxels", 100)))
-        triples.append((rec.id, mask, lab))
+    triples = [(vid, postprocess((lab == 1).astype(np.float32), low=0.35, high=0.5, thin=bool(post.get("thin")),
+                                 closing_radius=tuple(post["closing_radius"]),
+                                 min_size=int(post.get("min_component_voxels", 100))), lab)
+               for vid, lab in truth.items()]
     return mean_parts(score_volumes(triples))["score"]
 
 
-def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
+def ablation(run: Path, truth: dict[str, np.ndarray]) -> list[tuple[str, dict[str, float]]]:
     """The fit_prox run's test probabilities through the post-processing with each step off
     (the thresholds and closing radius its search chose), then with each closing radius of
     the run's grid; last, the test labels themselves as the probability map (1 on the
@@ -155,11 +153,8 @@ def ablation(run: Path, data: Path) -> list[tuple[str, dict[str, float]]]:
     best = read_json(run / "search" / "results.json")["best"]
     cfg = RunConfig.from_dict(read_json(run / "config.json"))
     radius, radii = closing_of(cfg, best), cfg.closing_radii()
-    labels = data / "test_labels_hidden"
-    recs = discover(data).test
-    probs = {r.id: uint8_to_probability(read_volume(run / "test" / f"{r.id}_prob.tif", kind="image"))
-             for r in recs}
-    truth = {r.id: read_volume(labels / f"{r.id}.tif", kind="label") for r in recs}
+    probs = {vid: uint8_to_probability(read_volume(run / "test" / f"{vid}_prob.tif", kind="image"))
+             for vid in truth}
 
     def score(maps, steps, r, low, high):
         triples = [(vid, postprocess_steps(maps[vid], low=low, high=high, closing_radius=r,
@@ -221,25 +216,26 @@ def main() -> None:
             nx47("demo-data", "--out", str(data), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
                  "--shape", str(args.shape), "--seed", str(args.seed), "--variant", variant)
         labels = data / "test_labels_hidden"
-        rows = [("otsu", otsu_scores(data), "—", None)]
+        truth = test_labels(data)
+        rows = [("otsu", otsu_scores(data, truth), "—", None)]
         run = tmp / f"fit-{variant}"
         run_once(run, "--data", str(data), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
                  "--quiet")
-        rows.append(("fit_prox", score_zip(run / "submission.zip", labels), chosen_post(run), ceiling(run, data)))
-        ablations[variant] = ablation(run, data)
+        rows.append(("fit_prox", score_zip(run / "submission.zip", labels), chosen_post(run), ceiling(run, truth)))
+        ablations[variant] = ablation(run, truth)
         bad = tmp / f"data-{variant}-bad"
         n_bad = break_half(data, bad) if not bad.is_dir() else len(sorted((bad / "train_images").glob("*.tif"))[1::2])
         bad_run = tmp / f"fit-{variant}-bad"
         run_once(bad_run, "--data", str(bad), "--no-unet", "--max-train-volumes", "0", "--max-val-volumes", "3",
                  "--quiet")
         rows.append((f"fit_prox ({n_bad} of {args.n_train} training images truncated)",
-                     score_zip(bad_run / "submission.zip", labels), chosen_post(bad_run), ceiling(bad_run, data)))
+                     score_zip(bad_run / "submission.zip", labels), chosen_post(bad_run), ceiling(bad_run, truth)))
         if not args.no_unet_run:
             urun = tmp / f"unet-{variant}"
             run_once(urun, "--data", str(data), "--unet", "--budget-s", "600", "--max-train-volumes", "0",
                      "--max-val-volumes", "3", "--quiet")
             rows.append(("unet (CPU, --budget-s 600)", score_zip(urun / "submission.zip", labels),
-                         chosen_post(urun), ceiling(urun, data)))
+                         chosen_post(urun), ceiling(urun, truth)))
             unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
     which = " and ".join(f"variant {v}" for v in variants)
@@ -260,9 +256,10 @@ def main() -> None:
         for name, m, post, top in rows:
             lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
                          f"**{m['score']:.3f}** | {post} | {'—' if top is None else f'{top:.3f}'} |")
-        lines += ["", "Last column: the test labels themselves as the probability map through the "
-                  "post-processing that method chose (its thinning, closing radius and dust size): the score "
-                  "a perfect model would get with it.", ""]
+        lines.append("")
+    lines += ["Last column of these tables: the test labels themselves as the probability map through the "
+              "post-processing that method chose (its thinning, closing radius and dust size): the score "
+              "a perfect model would get with it.", ""]
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
     lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds and "
