@@ -102,31 +102,29 @@ def _find(parent, i):
 
 
 @njit(cache=True, nogil=True)
-def _dim0_matches(shape, flags, ev_c):
+def _dim0_matches(shape, flags, inner_edges, outer_edges):
     """Matches in dimension 0.
 
-    ``flags`` per voxel: bit 1 prediction, bit 2 label.  Edges of value 0
-    in the comparison (inside the union) join their voxels first; then the
-    value-1 edges in index order, and every merge of two sets that both hold
-    prediction and label voxels is a match.
+    ``flags`` per voxel: bit 1 prediction, bit 2 label.  The comparison's
+    value-0 edges (``inner_edges``, inside the union) join their voxels
+    first; then the value-1 edges (``outer_edges``) in index order, and
+    every merge of two sets that both hold prediction and label voxels is a
+    match.
     """
     nx, ny, nz = shape
     n = nx * ny * nz
-    sx = ny * nz
-    sy = nz
     parent = np.arange(n, dtype=np.int64)
     size = np.ones(n, dtype=np.int32)
     fl = flags.copy()
-    strides = (sx, sy, 1)
+    strides = (ny * nz, nz, 1)
     matched = 0
     for level in range(2):
-        for e in range(3 * n):
-            if ev_c[e] != level:
-                continue
+        edges = inner_edges if level == 0 else outer_edges
+        for q in range(edges.shape[0]):
+            e = edges[q]
             v = e // 3
-            w = v + strides[e % 3]
             a = _find(parent, v)
-            b = _find(parent, w)
+            b = _find(parent, v + strides[e % 3])
             if a == b:
                 continue
             if level == 1 and fl[a] == 3 and fl[b] == 3:
@@ -168,8 +166,8 @@ def _dual_ends(s, shape):
 
 
 @njit(cache=True, nogil=True)
-def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
-    """Squares in reverse order of ``sv_own`` merging unit cubes.
+def _dual_sweep(shape, order, sv_own, cv_own, cv_c, record, keys_p, keys_g):
+    """Squares in ``order`` (the reverse of ``sv_own``'s) merging unit cubes.
 
     A merge of two sets whose youngest members (the larger of (value,
     index) is the elder: the outside is eldest) both have value 1 at a
@@ -197,31 +195,30 @@ def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
     merging = np.zeros(nsq, dtype=np.bool_)
     pairs = 0
     matches = 0
-    for level in range(1, -1, -1):
-        for s in range(nsq - 1, -1, -1):
-            if sv_own[s] != level:
-                continue
-            a, b = _dual_ends(s, shape)
-            ra = _find(parent, a)
-            rb = _find(parent, b)
-            if ra == rb:
-                continue
-            merging[s] = True
-            young = min(elder_own[ra], elder_own[rb])
-            if young // n != level:
-                pairs += 1
-                if record:
-                    keys_p[min(elder_c[ra], elder_c[rb]) % n] = True
-                else:
-                    k = young % n
-                    if keys_p[k] and keys_g[k]:
-                        matches += 1
-            if size[ra] < size[rb]:
-                ra, rb = rb, ra
-            parent[rb] = ra
-            size[ra] += size[rb]
-            elder_own[ra] = max(elder_own[ra], elder_own[rb])
-            elder_c[ra] = max(elder_c[ra], elder_c[rb])
+    for q in range(order.shape[0]):
+        s = order[q]
+        level = sv_own[s]
+        a, b = _dual_ends(s, shape)
+        ra = _find(parent, a)
+        rb = _find(parent, b)
+        if ra == rb:
+            continue
+        merging[s] = True
+        young = min(elder_own[ra], elder_own[rb])
+        if young // n != level:
+            pairs += 1
+            if record:
+                keys_p[min(elder_c[ra], elder_c[rb]) % n] = True
+            else:
+                k = young % n
+                if keys_p[k] and keys_g[k]:
+                    matches += 1
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+        elder_own[ra] = max(elder_own[ra], elder_own[rb])
+        elder_c[ra] = max(elder_c[ra], elder_c[rb])
     return pairs, matches, merging
 
 
@@ -292,102 +289,96 @@ def _faces(s, sx, sy):
 
 
 @njit(cache=True, nogil=True)
-def _reduce_dim1(shape, ev_row, sv_col, skip, level0_only):
+def _reduce_dim1(shape, ev_row, columns, nsq):
     """Pivot of every square's column after reduction, -1 for none.
 
-    Rows (edges) are ordered by (``ev_row`` value, index), columns (squares)
-    by (``sv_col`` value, index); the pivot is the lowest row.  Squares in
-    ``skip`` reduce to zero (they create cavities) and are left out, which
-    does not change any pivot.  With ``level0_only`` only the squares of
-    value 0 are reduced.  Returns (pivot per square, column per edge).
+    Rows (edges) are ordered by (``ev_row`` value, index); ``columns`` lists
+    the squares to reduce in their filtration order.  The pivot is the
+    lowest row.  Returns (pivot per square, column per edge).
     """
     nx, ny, nz = shape
     sx = ny * nz
     sy = nz
     m = ev_row.shape[0]
-    nsq = sv_col.shape[0]
-    pivot = np.full(nsq, -1, dtype=np.int64)
-    col_of_row = np.full(m, -1, dtype=np.int64)
-    stored_at = np.full(nsq, -1, dtype=np.int64)
+    pivot = np.full(nsq, -1, dtype=np.int32)
+    col_of_row = np.full(m, -1, dtype=np.int32)
+    stored_at = np.full(nsq, -1, dtype=np.int32)
     stored_len = np.zeros(nsq, dtype=np.int32)
     pool = np.empty(1024, dtype=np.int64)
     pool_n = 0
     heap = np.empty(256, dtype=np.int64)
-    levels = 1 if level0_only else 2
-    for level in range(levels):
-        for s in range(nsq):
-            if sv_col[s] != level or skip[s]:
-                continue
-            f0, f1, f2, f3 = _faces(s, sx, sy)
-            k0 = ev_row[f0] * m + f0
-            k1 = ev_row[f1] * m + f1
-            k2 = ev_row[f2] * m + f2
-            k3 = ev_row[f3] * m + f3
-            top = max(max(k0, k1), max(k2, k3))
-            if col_of_row[top % m] < 0:
-                # the common case: the lowest face is still free (apparent pair)
-                col_of_row[top % m] = s
-                pivot[s] = top % m
-                continue
-            n = 0
-            heap, n = _heap_push(heap, n, k0)
-            heap, n = _heap_push(heap, n, k1)
-            heap, n = _heap_push(heap, n, k2)
-            heap, n = _heap_push(heap, n, k3)
-            added = False
-            piv = -1
-            while True:
-                piv, n = _pop_pivot(heap, n)
-                if piv < 0:
+    for c in range(columns.shape[0]):
+        s = columns[c]
+        f0, f1, f2, f3 = _faces(s, sx, sy)
+        k0 = ev_row[f0] * m + f0
+        k1 = ev_row[f1] * m + f1
+        k2 = ev_row[f2] * m + f2
+        k3 = ev_row[f3] * m + f3
+        top = max(max(k0, k1), max(k2, k3))
+        e = top - m if top >= m else top  # values are 0 or 1
+        if col_of_row[e] < 0:
+            # the common case: the lowest face is still free (apparent pair)
+            col_of_row[e] = s
+            pivot[s] = e
+            continue
+        n = 0
+        heap, n = _heap_push(heap, n, k0)
+        heap, n = _heap_push(heap, n, k1)
+        heap, n = _heap_push(heap, n, k2)
+        heap, n = _heap_push(heap, n, k3)
+        added = False
+        piv = -1
+        while True:
+            piv, n = _pop_pivot(heap, n)
+            if piv < 0:
+                break
+            heap, n = _heap_push(heap, n, piv)
+            e = piv - m if piv >= m else piv
+            j = col_of_row[e]
+            if j < 0:
+                col_of_row[e] = s
+                pivot[s] = e
+                break
+            added = True
+            if stored_at[j] >= 0:
+                start = stored_at[j]
+                for q in range(start, start + stored_len[j]):
+                    heap, n = _heap_push(heap, n, pool[q])
+            else:
+                g0, g1, g2, g3 = _faces(j, sx, sy)
+                heap, n = _heap_push(heap, n, ev_row[g0] * m + g0)
+                heap, n = _heap_push(heap, n, ev_row[g1] * m + g1)
+                heap, n = _heap_push(heap, n, ev_row[g2] * m + g2)
+                heap, n = _heap_push(heap, n, ev_row[g3] * m + g3)
+        if added and piv >= 0:
+            # keep the reduced column: later columns add it, not the boundary
+            if pool_n + n > pool.shape[0]:
+                bigger = np.empty(2 * (pool_n + n), dtype=np.int64)
+                bigger[:pool_n] = pool[:pool_n]
+                pool = bigger
+            stored_at[s] = pool_n
+            cnt = 0
+            while n > 0:
+                key, n = _pop_pivot(heap, n)
+                if key < 0:
                     break
-                heap, n = _heap_push(heap, n, piv)
-                e = piv % m
-                j = col_of_row[e]
-                if j < 0:
-                    col_of_row[e] = s
-                    pivot[s] = e
-                    break
-                added = True
-                if stored_at[j] >= 0:
-                    start = stored_at[j]
-                    for q in range(start, start + stored_len[j]):
-                        heap, n = _heap_push(heap, n, pool[q])
-                else:
-                    g0, g1, g2, g3 = _faces(j, sx, sy)
-                    heap, n = _heap_push(heap, n, ev_row[g0] * m + g0)
-                    heap, n = _heap_push(heap, n, ev_row[g1] * m + g1)
-                    heap, n = _heap_push(heap, n, ev_row[g2] * m + g2)
-                    heap, n = _heap_push(heap, n, ev_row[g3] * m + g3)
-            if added and piv >= 0:
-                # keep the reduced column: later columns add it, not the boundary
-                if pool_n + n > pool.shape[0]:
-                    bigger = np.empty(2 * (pool_n + n), dtype=np.int64)
-                    bigger[:pool_n] = pool[:pool_n]
-                    pool = bigger
-                stored_at[s] = pool_n
-                cnt = 0
-                while n > 0:
-                    key, n = _pop_pivot(heap, n)
-                    if key < 0:
-                        break
-                    pool[pool_n + cnt] = key
-                    cnt += 1
-                stored_len[s] = cnt
-                pool_n += cnt
+                pool[pool_n + cnt] = key
+                cnt += 1
+            stored_len[s] = cnt
+            pool_n += cnt
     return pivot, col_of_row
 
 
 @njit(cache=True, nogil=True)
-def _positive_edges(shape, ev_own):
-    """Edges of value 0 that close a cycle (index order) in the foreground."""
+def _positive_edges(shape, edges):
+    """Those of ``edges`` (the foreground's, in index order) that close a cycle."""
     nx, ny, nz = shape
     n = nx * ny * nz
     strides = (ny * nz, nz, 1)
     parent = np.arange(n, dtype=np.int64)
     positive = np.zeros(3 * n, dtype=np.bool_)
-    for e in range(3 * n):
-        if ev_own[e] != 0:
-            continue
+    for q in range(edges.shape[0]):
+        e = edges[q]
         v = e // 3
         a = _find(parent, v)
         b = _find(parent, v + strides[e % 3])
@@ -405,8 +396,9 @@ def _finite_births_dim1(shape, ev_own, sv_own, skip_own):
     so the finite pairs are born at the positive foreground edges that no
     foreground square kills.
     """
-    positive = _positive_edges(shape, ev_own)
-    _, col_of_row = _reduce_dim1(shape, ev_own, sv_own, skip_own, True)
+    positive = _positive_edges(shape, np.flatnonzero(ev_own == 0))
+    columns = np.flatnonzero((sv_own == 0) & ~skip_own)
+    _, col_of_row = _reduce_dim1(shape, ev_own, columns, sv_own.shape[0])
     return positive & (col_of_row < 0)
 
 
@@ -443,38 +435,47 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if p.shape != g.shape:
         raise ValueError(f"pred shape {p.shape} and gt shape {g.shape} differ")
     counts = np.zeros((3, 3), dtype=np.int64)
-    if p.size == 0:
-        return counts
     pm = p != 0
     gm = g != 0
-    if not pm.any() and not gm.any():
+    if p.size == 0 or not (pm.any() or gm.any()):
         return counts
     shape = tuple(int(s) for s in p.shape)
-    f_p = (~pm).astype(np.uint8)
-    f_g = (~gm).astype(np.uint8)
+    f_p = (~pm).view(np.uint8)
+    f_g = (~gm).view(np.uint8)
     f_c = np.minimum(f_p, f_g)
     ev_p, sv_p, cv_p = _cell_values(f_p)
     ev_g, sv_g, cv_g = _cell_values(f_g)
     ev_c, sv_c, cv_c = _cell_values(f_c)
 
     # dimension 0: components (6-connected) less the essential one
-    flags = (pm.astype(np.uint8) | (gm.astype(np.uint8) << 1)).reshape(-1)
-    n_p = _components(pm)
-    n_g = _components(gm)
-    counts[0] = (_dim0_matches(shape, flags, ev_c) if n_p > 1 and n_g > 1 else 0,
-                 max(n_p - 1, 0), max(n_g - 1, 0))
+    n_p, n_g = _components(pm), _components(gm)
+    m0 = 0
+    if n_p > 1 and n_g > 1:
+        flags = (pm.view(np.uint8) | (gm.view(np.uint8) << 1)).reshape(-1)
+        m0 = _dim0_matches(shape, flags, np.flatnonzero(ev_c == 0), np.flatnonzero(ev_c == 1))
+    counts[0] = (m0, max(n_p - 1, 0), max(n_g - 1, 0))
 
-    # dimension 2: dual union-find sweeps (also the clearing for dimension 1)
-    three_d = min(shape) > 1
-    keys_p = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
-    keys_g = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
-    if three_d:
-        pairs_p, _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True, keys_p, keys_g)
-        pairs_g, _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True, keys_g, keys_p)
-        _, m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False, keys_p, keys_g)
+    # dimension 2: cavities; the comparison's sweep also finds the squares
+    # whose dimension-1 columns reduce to zero (left out of the reductions)
+    skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
+    skip_p = skip_g = skip_c
+    if min(shape) > 1:
+        pairs_p, pairs_g = _cavities(pm), _cavities(gm)
+        keys_p = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
+        keys_g = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
+        m2 = 0
+        # an input's sweep keys its pairs for the matching and finds its own
+        # zero columns (2-cycles: cavities and the boundaries of solid unit
+        # cubes), which are slow to reduce and are left out
+        if pairs_p or (cv_p == 0).any():
+            _, _, skip_p = _dual_sweep(shape, _reverse_order(sv_p), sv_p, cv_p, cv_c, True,
+                                       keys_p, keys_g)
+        if pairs_g or (cv_g == 0).any():
+            _, _, skip_g = _dual_sweep(shape, _reverse_order(sv_g), sv_g, cv_g, cv_c, True,
+                                       keys_g, keys_p)
+        _, m2, skip_c = _dual_sweep(shape, _reverse_order(sv_c), sv_c, cv_c, cv_c, False,
+                                    keys_p, keys_g)
         counts[2] = (m2, pairs_p, pairs_g)
-    else:
-        skip_p = skip_g = skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
 
     # dimension 1: column reductions
     births_p = _finite_births_dim1(shape, ev_p, sv_p, skip_p)
@@ -483,20 +484,28 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     g1 = int(births_g.sum())
     m1 = 0
     if p1 and g1:
-        piv_c, _ = _reduce_dim1(shape, ev_c, sv_c, skip_c, False)
+        nsq = sv_c.shape[0]
+        columns = np.concatenate([np.flatnonzero((sv_c == 0) & ~skip_c),
+                                  np.flatnonzero((sv_c == 1) & ~skip_c)])
+        piv_c, _ = _reduce_dim1(shape, ev_c, columns, nsq)
         deaths = np.flatnonzero(
             (piv_c >= 0) & (sv_c == 1) & (ev_c[np.maximum(piv_c, 0)] == 0)
         )
         if deaths.size:
-            piv_ip, _ = _reduce_dim1(shape, ev_p, sv_c, skip_c, False)
-            piv_ig, _ = _reduce_dim1(shape, ev_g, sv_c, skip_c, False)
-            bp = piv_ip[deaths]
-            bg = piv_ig[deaths]
+            # the image reductions need the columns up to the last death only
+            columns = columns[: int(np.flatnonzero(columns == deaths.max())[0]) + 1]
+            bp = _reduce_dim1(shape, ev_p, columns, nsq)[0][deaths]
+            bg = _reduce_dim1(shape, ev_g, columns, nsq)[0][deaths]
             ok = (bp >= 0) & (bg >= 0)
             ok[ok] &= births_p[bp[ok]] & births_g[bg[ok]]
             m1 = int(ok.sum())
     counts[1] = (m1, p1, g1)
     return counts
+
+
+def _reverse_order(sv: np.ndarray) -> np.ndarray:
+    """Squares of value 1 then of value 0, each by decreasing index."""
+    return np.concatenate([np.flatnonzero(sv == 1)[::-1], np.flatnonzero(sv == 0)[::-1]])
 
 
 def _components(mask: np.ndarray) -> int:
@@ -505,3 +514,12 @@ def _components(mask: np.ndarray) -> int:
         return 0
     _, n = cc3d.connected_components(mask.view(np.uint8), connectivity=6, return_N=True)
     return int(n)
+
+
+def _cavities(mask: np.ndarray) -> int:
+    """Background components (26-connected) that do not reach the border."""
+    if not mask.any():
+        return 0
+    background = np.pad(~mask, 1, constant_values=True).view(np.uint8)
+    _, n = cc3d.connected_components(background, connectivity=26, return_N=True)
+    return int(n) - 1

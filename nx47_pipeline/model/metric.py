@@ -25,19 +25,16 @@ and a submission scores the mean over its volumes.
 * :func:`voi_parts` / :func:`voi_score`: 26-connected components
   (``cc3d``) of both masks, variation of information (scikit-image) over the
   union of the two foregrounds, score ``1 / (1 + 0.3 * VOI)``.
-* :func:`topo_score`: per octant of a 2x2x2 grid, the topological
-  features Betti-Matching-3D reports for a binary block (finite persistence
-  pairs of the V-construction: foreground 6-connected, background
-  26-connected; per dimension ``(b0 - 1, b1, b2)``, see
-  :func:`topo_feature_counts`), summed over octants, F1 per dimension with
-  the official empty-case rules, weights 0.34/0.33/0.33 renormalised over
-  the defined dimensions.  The official metric matches the persistence
-  pairs spatially with Betti-Matching-3D (a C++ library not on PyPI); the
-  default matcher here is the **Betti-number approximation**
-  ``matched = min(pred count, gt count)`` (:func:`betti_min_matcher`), an
-  upper bound of the exact matching.  Any callable
-  ``(pred_octant, gt_octant) -> (m0, m1, m2)`` can be plugged in through
-  ``matcher=`` / ``topo_matcher=``.
+* :func:`topo_score`: per octant of a 2x2x2 grid, the hosts' Betti
+  matching of prediction and label (finite persistence pairs of ``1 - mask``
+  in the V-construction: foreground 6-connected, background 26-connected),
+  computed exactly by :func:`~nx47_pipeline.model.betti_matching.betti_matching_counts`
+  (``TopoMethod.EXACT``, the default); matched / predicted / labelled counts
+  summed over octants, F1 per dimension with the official empty-case rules,
+  weights 0.34/0.33/0.33 renormalised over the defined dimensions.
+  ``TopoMethod.APPROX`` (matched = min of the Betti counts, an upper bound)
+  stays available by name only; every result says which was used
+  (``topo_method``).
 
 Everything is cropped to the bounding box of the union of foregrounds
 (plus a one-voxel margin) before distance transforms and labelling; these
@@ -57,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from enum import Enum
+
 import cc3d
 import edt
 import numpy as np
@@ -65,8 +64,11 @@ from skimage.measure import euler_number
 from skimage.metrics import variation_of_information
 from surface_distance import lookup_tables as _sd_tables
 
+from nx47_pipeline.model.betti_matching import betti_matching_counts
+
 __all__ = [
     "APPROX_TOPO_METHOD",
+    "TopoMethod",
     "COMBINE_WEIGHTS",
     "TOPO_WEIGHTS",
     "VolumeScore",
@@ -84,8 +86,32 @@ __all__ = [
     "voi_score",
 ]
 
-#: Name reported wherever the default (approximate) topology matcher is used.
-APPROX_TOPO_METHOD = "betti-number approximation (matched = min of counts)"
+class TopoMethod(str, Enum):
+    """How TopoScore matches features; the value is what results report
+    as ``topo_method``."""
+
+    #: The hosts' Betti matching, computed exactly (the default everywhere).
+    EXACT = "betti matching (exact)"
+    #: matched = min of the two Betti counts: an upper bound, by name only.
+    APPROX = "betti-number approximation (matched = min of counts)"
+
+    @classmethod
+    def parse(cls, value: "TopoMethod | str") -> "TopoMethod":
+        """A member from itself, its value or its name (``exact``/``approx``)."""
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip()
+        for member in cls:
+            if text == member.value or text.upper() == member.name:
+                return member
+        raise ValueError(
+            f"topo_method {value!r} is not one of "
+            f"{', '.join(m.name.lower() for m in cls)}"
+        )
+
+
+#: Name reported where the approximation is asked for (kept for callers).
+APPROX_TOPO_METHOD = TopoMethod.APPROX.value
 
 #: Weights of (Topo, SurfaceDice, VOI) in the combined score.
 COMBINE_WEIGHTS = (0.30, 0.35, 0.35)
@@ -448,14 +474,14 @@ def topo_score(
     pred: np.ndarray,
     gt: np.ndarray,
     *,
+    method: TopoMethod | str = TopoMethod.EXACT,
     matcher: Matcher | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """TopoScore over a 2x2x2 grid of octants, as the official metric.
 
     Each axis is cut in two (the first half gets the extra voxel of an odd
-    size).  In each octant the features of prediction and ground truth are
-    counted with :func:`topo_feature_counts` (what Betti-Matching-3D reports
-    for a binary block) and matched by ``matcher``; counts are summed over
+    size).  In each octant the prediction's and the label's features are
+    Betti-matched; matched / predicted / labelled counts are summed over
     octants per dimension, then F1 per dimension (:func:`topo_f1`) and the
     weighted mean over the defined dimensions.
 
@@ -463,12 +489,16 @@ def topo_score(
     ----------
     pred, gt : ndarray
         3D masks of the same shape, already ignore-masked.
+    method : TopoMethod or str, default ``TopoMethod.EXACT``
+        ``EXACT``: the hosts' Betti matching
+        (:func:`~nx47_pipeline.model.betti_matching.betti_matching_counts`).
+        ``APPROX``: matched = min of the Betti counts
+        (:func:`betti_min_matcher`), an upper bound of the exact value.
     matcher : callable, optional
-        ``matcher(pred_octant, gt_octant) -> (m0, m1, m2)`` matched feature
-        counts per homology dimension.  Default :func:`betti_min_matcher`
-        (the Betti-number approximation, matched = min of the counts).  An
-        exact Betti matcher plugs in here; each count must lie in
-        ``[0, min(p_k, g_k)]``.
+        A plug-in ``matcher(pred_octant, gt_octant) -> (m0, m1, m2)`` used
+        instead of ``method`` (counts from :func:`topo_feature_counts`; each
+        ``m_k`` must lie in ``[0, min(p_k, g_k)]``); reported by its
+        ``method`` attribute or name.
 
     Returns
     -------
@@ -476,29 +506,31 @@ def topo_score(
         Weighted F1 (weights 0.34/0.33/0.33 renormalised over the defined
         dimensions); 1.0 when no dimension is defined.
     details : dict
-        ``betti_pred``, ``betti_gt`` (feature counts per dimension summed
-        over octants), ``matched``, ``f1`` (per dimension, None if
-        undefined) and ``method``.
+        ``betti_pred``, ``betti_gt`` (finite feature counts per dimension
+        summed over octants), ``matched``, ``f1`` (per dimension, None if
+        undefined) and ``method`` (the ``topo_method`` string).
     """
     p = _as_mask(pred, "pred")
     g = _as_mask(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred shape {p.shape} and gt shape {g.shape} differ")
-    approx = matcher is None or matcher is betti_min_matcher
-    method = APPROX_TOPO_METHOD if approx else getattr(
-        matcher, "method", getattr(matcher, "__name__", repr(matcher))
-    )
-    sum_p = [0, 0, 0]
-    sum_g = [0, 0, 0]
-    sum_m = [0, 0, 0]
+    if matcher is not None:
+        name = getattr(matcher, "method", getattr(matcher, "__name__", repr(matcher)))
+    else:
+        method = TopoMethod.parse(method)
+        name = method.value
+    sums = np.zeros((3, 3), dtype=np.int64)  # rows: dimension; (m, p, g)
     for box in _octants(p.shape):
         po, go = p[box], g[box]
+        if matcher is None and method is TopoMethod.EXACT:
+            sums += betti_matching_counts(po, go)
+            continue
         bp = topo_feature_counts(po)
         bg = topo_feature_counts(go)
-        if approx:
+        if matcher is None:
             m = betti_min_matcher(po, go, counts_pred=bp, counts_gt=bg)
         else:
-            m = tuple(int(x) for x in matcher(po, go))  # type: ignore[misc]
+            m = tuple(int(x) for x in matcher(po, go))
             if len(m) != 3 or any(
                 not 0 <= m[k] <= min(bp[k], bg[k]) for k in range(3)
             ):
@@ -506,10 +538,8 @@ def topo_score(
                     f"matcher returned {m!r}; expected three counts with "
                     f"0 <= m_k <= min(p_k, g_k) for p={bp}, g={bg}"
                 )
-        for k in range(3):
-            sum_p[k] += bp[k]
-            sum_g[k] += bg[k]
-            sum_m[k] += m[k]
+        sums += np.array([m, bp, bg], dtype=np.int64).T
+    sum_m, sum_p, sum_g = (tuple(int(v) for v in sums[:, i]) for i in range(3))
     f1 = [topo_f1(sum_m[k], sum_p[k], sum_g[k]) for k in range(3)]
     defined = [k for k in range(3) if f1[k] is not None]
     if defined:
@@ -519,11 +549,11 @@ def topo_score(
     else:
         score = 1.0
     details = {
-        "betti_pred": tuple(sum_p),
-        "betti_gt": tuple(sum_g),
-        "matched": tuple(sum_m),
+        "betti_pred": sum_p,
+        "betti_gt": sum_g,
+        "matched": sum_m,
         "f1": tuple(f1),
-        "method": method,
+        "method": name,
     }
     return float(score), details
 
@@ -587,6 +617,7 @@ def score_volume(
     tolerance: float = 2.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ignore_label: int | None = 2,
+    topo_method: TopoMethod | str = TopoMethod.EXACT,
     topo_matcher: Matcher | None = None,
 ) -> VolumeScore:
     """Competition score of one predicted volume against its label volume.
@@ -604,8 +635,11 @@ def score_volume(
     ignore_label : int or None, default 2
         Label value where prediction and ground truth are both set to
         background before every computation (None: nothing ignored).
+    topo_method : TopoMethod or str, default ``TopoMethod.EXACT``
+        How :func:`topo_score` matches features (exact Betti matching, or
+        the approximation by name).
     topo_matcher : callable, optional
-        Matcher for :func:`topo_score` (default: Betti-number approximation).
+        A plug-in matcher for :func:`topo_score` (overrides ``topo_method``).
 
     Returns
     -------
@@ -633,7 +667,7 @@ def score_volume(
     split, merge = voi_parts(p, g, connectivity=26)
     voi = split + merge
     vs = voi_score(voi, alpha=0.3)
-    topo, det = topo_score(p, g, matcher=topo_matcher)
+    topo, det = topo_score(p, g, method=topo_method, matcher=topo_matcher)
     wt, ws, wv = COMBINE_WEIGHTS
     # Weights renormalised to sum 1, as the official metric does (this also
     # makes a perfect prediction score exactly 1.0).
@@ -702,7 +736,7 @@ def score_volumes(
     total = len(pairs) if hasattr(pairs, "__len__") else 0  # type: ignore[arg-type]
     per_volume: dict[str, dict] = {}
     errors: list[dict[str, str]] = []
-    method = APPROX_TOPO_METHOD
+    method = TopoMethod.parse(kwargs.get("topo_method", TopoMethod.EXACT)).value
     for i, (vid, pred, label) in enumerate(pairs, 1):
         try:
             vs = score_volume(pred, label, **kwargs)
@@ -821,7 +855,7 @@ def score_submission(
     per_volume: dict[str, dict] = {}
     missing: list[str] = []
     errors: list[dict[str, str]] = []
-    method = APPROX_TOPO_METHOD
+    method = TopoMethod.parse(kwargs.get("topo_method", TopoMethod.EXACT)).value
     total = len(label_files)
     try:
         for i, (vid, label_path) in enumerate(label_files.items(), 1):
@@ -875,7 +909,7 @@ def score_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nx47 score",
         description="Score predictions with the local competition metric "
-        "(TopoScore is the Betti-number approximation).",
+        "(TopoScore by exact Betti matching, as the leaderboard).",
     )
     parser.add_argument(
         "--pred", required=True, help="folder of <id>.tif or submission zip"
@@ -884,12 +918,18 @@ def score_main(argv: list[str] | None = None) -> int:
         "--labels", required=True, help="folder of <id>.tif label volumes"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--topo-method", choices=[m.name.lower() for m in TopoMethod], default="exact",
+        help="exact: the hosts' Betti matching (default); approx: matched = min "
+        "of the Betti counts, an upper bound",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
     try:
-        result = score_submission(args.pred, args.labels)
+        result = score_submission(args.pred, args.labels,
+                                  topo_method=TopoMethod.parse(args.topo_method))
     except (FileNotFoundError, ValueError) as exc:
         print(f"nx47 score: error: {exc}", file=sys.stderr)
         return 2

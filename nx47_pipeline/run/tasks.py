@@ -162,9 +162,13 @@ def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.n
     return mask
 
 
-def validation_record(s: VolumeScore) -> dict[str, float]:
-    """What ``val/<id>.json`` and the run's validation scores hold for one volume."""
-    return {"score": s.score, "surface_dice": s.surface_dice, "voi": s.voi_score, "topo": s.topo}
+def validation_record(s: VolumeScore) -> dict[str, Any]:
+    """What ``val/<id>.json`` and the run's validation scores hold for one volume:
+    the score, its parts, and TopoScore's counts per dimension (matched /
+    predicted / labelled, F1) with the ``topo_method`` that made them."""
+    d = s.to_dict()
+    return {k: d[k] for k in ("score", "surface_dice", "voi", "topo", "topo_matched",
+                              "betti_pred", "betti_gt", "topo_f1", "topo_method")}
 
 
 @dataclass(frozen=True)

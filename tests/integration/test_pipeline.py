@@ -23,6 +23,7 @@ import tifffile
 from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import generate_demo_dataset
+from nx47_pipeline.model import metric
 from nx47_pipeline.telemetry.journal import read_journal, verify_journal
 from nx47_pipeline.run.orchestrator import run_pipeline
 
@@ -64,8 +65,33 @@ def data_root(tmp_path_factory) -> Path:
 def full_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline-run")
     stream = io.StringIO()
-    result = run_pipeline(small_config(data_root, out), console_stream=stream)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Betti-number approximation ran on a default path")
+
+    # Every score the run computes (search ranking, post-processing choice,
+    # validation) must be the exact TopoScore: the approximation's pieces
+    # refuse to run for the whole of this run.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metric, "betti_min_matcher", refuse)
+        mp.setattr(metric, "topo_feature_counts", refuse)
+        result = run_pipeline(small_config(data_root, out), console_stream=stream)
     return result, out, read_journal(out / "journal.jsonl")
+
+
+def test_every_score_of_the_run_is_the_exact_toposcore(full_run):
+    result, out, _ = full_run
+    stats = json.loads((out / "stats.json").read_text())
+    per_volume = stats["validation"]["per_volume"]
+    assert per_volume
+    for vid, rec in per_volume.items():
+        assert rec["topo_method"] == metric.TopoMethod.EXACT.value, vid
+        on_disk = json.loads((out / "val" / f"{vid}.json").read_text())
+        assert on_disk["topo_method"] == metric.TopoMethod.EXACT.value
+        # the parts per dimension travel with the score
+        assert len(on_disk["topo_matched"]) == 3 and len(on_disk["betti_gt"]) == 3
+        assert all(m <= min(p, g) for m, p, g in
+                   zip(on_disk["topo_matched"], on_disk["betti_pred"], on_disk["betti_gt"]))
 
 
 def test_full_run_produces_a_valid_submission(full_run, data_root):

@@ -159,3 +159,28 @@ def test_widgets_never_match_event_names_by_substring():
                 if any(k in target for k in ("name", "stage", "kind", "status")):
                     bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
     assert not bad, "\n".join(bad)
+
+
+#: Names of the Betti-number approximation of TopoScore: only the metric
+#: module may name them (it offers the approximation under
+#: ``TopoMethod.APPROX`` when a caller asks for it by name).
+APPROXIMATION_NAMES = ("betti_min_matcher", "topo_feature_counts", "APPROX_TOPO_METHOD", "APPROX")
+
+
+def test_no_caller_reaches_the_toposcore_approximation():
+    metric = REPO / "nx47_pipeline" / "model" / "metric.py"
+    sources = [*MODULES.values(), *sorted((REPO / "benchmarks").glob("*.py"))]
+    bad = []
+    for path in sources:
+        if path == metric:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            name = (node.attr if isinstance(node, ast.Attribute)
+                    else node.id if isinstance(node, ast.Name)
+                    else None)
+            if name in APPROXIMATION_NAMES:
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} names {name}")
+            if isinstance(node, ast.keyword) and node.arg in ("topo_method", "topo_matcher", "matcher", "method") \
+                    and isinstance(node.value, ast.Constant) and node.value.value in ("approx",):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} asks for the approximation")
+    assert not bad, "\n".join(bad)

@@ -300,7 +300,7 @@ def test_topo_score_perfect_and_empty():
     gt = _sheets(shape=(32, 32, 32), seed=1)
     score, det = M.topo_score(gt, gt)
     assert score == 1.0
-    assert det["method"] == M.APPROX_TOPO_METHOD
+    assert det["method"] == M.TopoMethod.EXACT.value
     empty = np.zeros_like(gt)
     assert M.topo_score(empty, empty)[0] == 1.0
 
@@ -402,7 +402,7 @@ def test_perfect_prediction_scores_one():
     vs = M.score_volume(pred, lab)
     assert vs.score == pytest.approx(1.0)
     assert vs.surface_dice == 1.0 and vs.voi_score == 1.0 and vs.topo == 1.0
-    assert vs.topo_method == M.APPROX_TOPO_METHOD
+    assert vs.topo_method == M.TopoMethod.EXACT.value
 
 
 def test_ignored_voxels_do_not_change_the_score():
@@ -505,7 +505,7 @@ def test_score_submission_folder_with_missing_prediction(dataset):
     s102 = res["per_volume"]["102"]["score"]
     assert 0 < s102 < 1
     assert res["mean"] == pytest.approx((1.0 + s102 + 0.0) / 3)
-    assert res["topo_method"] == M.APPROX_TOPO_METHOD
+    assert res["topo_method"] == M.TopoMethod.EXACT.value
     assert seen[-1] == (3, 3, "103")
 
 
@@ -565,7 +565,12 @@ def test_score_main_json_and_table(dataset, capsys):
     assert set(out["per_volume"]["102"]) >= {"score", "surface_dice", "voi", "topo"}
     assert M.score_main(["--pred", str(preds), "--labels", str(labels)]) == 0
     table = capsys.readouterr().out
-    assert "mean" in table and "102" in table and "approximation" in table
+    assert "mean" in table and "102" in table and "betti matching (exact)" in table
+    assert "approximation" not in table
+    # the approximation only by name, and then it says so
+    assert M.score_main(["--pred", str(preds), "--labels", str(labels), "--json",
+                         "--topo-method", "approx"]) == 0
+    assert json.loads(capsys.readouterr().out)["topo_method"] == M.APPROX_TOPO_METHOD
 
 
 def test_score_main_bad_arguments(tmp_path, capsys):
