@@ -137,7 +137,7 @@ class Dashboard:
         self.cluster_panel = ClusterPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
-        self.preview_panel = PreviewPanel(self.syncer, st.preview, lock=self._lock)
+        self.preview_panel = PreviewPanel(self.syncer, st.preview, lock=self._lock, scores=st.scores)
         self.log_panel = LogPanel(self.syncer, st.log, [k.value for k in EventKind], lock=self._lock)
         self.charts_panel = ChartsPanel(self.syncer)
         self.results_panel = ResultsPanel(self.syncer, page=self.page)
@@ -296,7 +296,7 @@ class Dashboard:
 
     def _bind_state(self) -> None:
         st = self.session.state
-        self.preview_panel.bind(st.preview)
+        self.preview_panel.bind(st.preview, st.scores)
         self.log_panel.bind(st.log)
         self._rendered.clear()
         self._render_all()
@@ -384,7 +384,7 @@ class Dashboard:
                 self.progress_panel.render(state.progress)
             if "heartbeat" in changed or "results" in changed or tick:
                 self.heartbeat_panel.render(state.heartbeat, verdict=verdict)
-            if "preview" in changed:
+            if "preview" in changed or "scores" in changed:
                 self.preview_panel.render()
             if "log" in changed:
                 self.log_panel.render()

@@ -13,7 +13,8 @@ Modules: :mod:`~nx47_widgets.state.progress` (the four bars),
 :mod:`~nx47_widgets.state.log` (the event log), :mod:`~nx47_widgets.state.charts`
 (metric series), :mod:`~nx47_widgets.state.results` (status, submission,
 journal verification), :mod:`~nx47_widgets.state.cluster` (the run's Dask
-cluster, from ``cluster.json``) and :mod:`~nx47_widgets.state.dashboard` (all
+cluster, from ``cluster.json``), :mod:`~nx47_widgets.state.topo` (per-volume
+validation records: TopoScore by dimension) and :mod:`~nx47_widgets.state.dashboard` (all
 of them).
 """
 

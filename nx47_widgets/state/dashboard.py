@@ -17,6 +17,7 @@ from nx47_widgets.state.log import LogEntry, LogState
 from nx47_widgets.state.preview import PreviewState
 from nx47_widgets.state.progress import ProgressState
 from nx47_widgets.state.results import ResultsState
+from nx47_widgets.state.topo import ValidationScores
 
 __all__ = ["DashboardState"]
 
@@ -39,7 +40,7 @@ class DashboardState:
         run's journal holds older runs first: their end does not count).
     """
 
-    PARTS = ("progress", "heartbeat", "preview", "log", "charts", "results", "cluster")
+    PARTS = ("progress", "heartbeat", "preview", "log", "charts", "results", "cluster", "scores")
 
     def __init__(self, *, out_dir: str | Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -50,6 +51,7 @@ class DashboardState:
         self.charts = ChartState()
         self.results = ResultsState()
         self.cluster = ClusterState(out_dir, clock=clock)
+        self.scores = ValidationScores(out_dir)
         self.n_events = 0
         self.last_seq = -1
         self.run_id: str | None = None

@@ -40,6 +40,14 @@ body[data-voila] #rendered_cells { padding: 0 8px; }
 .nx47-card td, .nx47-card th { padding: 1px 8px 1px 0; text-align: left; vertical-align: top; }
 .nx47-legend span.sw { display: inline-block; width: 12px; height: 12px; margin: 0 4px -2px 8px;
   border: 1px solid #999; }
+.nx47-topo { font-size: 12px; line-height: 1.45; margin: 4px 0; max-width: 100%; white-space: normal; }
+.nx47-topo-wrap { overflow-x: auto; max-width: 100%; }
+.nx47-topo table { border-collapse: collapse; margin: 2px 0; }
+.nx47-topo th, .nx47-topo td { padding: 2px 6px; line-height: 1.3; text-align: right; white-space: nowrap;
+  border-bottom: 1px solid #e0e0e0; }
+.nx47-topo th { font-weight: 600; color: #333; border-bottom: 1px solid #999; }
+.nx47-topo .nx47-topo-dim { text-align: left; padding-left: 0; }
+.nx47-topo [title] { cursor: help; }
 .nx47-runs table { border-collapse: collapse; font-size: 12px; }
 .nx47-runs td, .nx47-runs th { padding: 2px 10px 2px 0; text-align: left; }
 @media (max-width: 900px) { .nx47-left, .nx47-right { max-width: none; flex-basis: 100%; } }

@@ -1,12 +1,15 @@
 """The slice previewer and QA viewer: volume (as seen, or worst score first),
 axis, slice, overlays or side by side, zoom and pan, per-slice error counts,
-keyboard shortcuts, and pass / fail / note marks saved to ``qa.json``."""
+the selected validation volume's TopoScore by dimension, keyboard shortcuts,
+and pass / fail / note marks saved to ``qa.json``."""
 
 from __future__ import annotations
 
 import threading
 
 import ipywidgets as W
+
+from nx47_pipeline.telemetry.events import Split
 
 from nx47_widgets.render import (
     FN_RGB,
@@ -20,7 +23,9 @@ from nx47_widgets.render import (
 )
 from nx47_widgets.state.preview import AXES, INFER_SPLIT, PreviewState
 from nx47_widgets.state.qa import QaMarks
+from nx47_widgets.state.topo import ValidationScores
 from nx47_widgets.views.base import Syncer, h, section
+from nx47_widgets.views.topo import TopoTable
 
 __all__ = ["PreviewPanel", "legend_html", "available_overlays"]
 
@@ -85,12 +90,17 @@ class PreviewPanel:
     lock : threading.RLock, optional
         Shared with the UI pump's flush, so that user changes and event
         batches never interleave.
+    scores : ValidationScores, optional
+        The run's per-volume validation records: the selected validation
+        volume's TopoScore table (none: read only ``<id>.json`` next to its mask).
     """
 
     def __init__(self, syncer: Syncer, state: PreviewState,
-                 lock: threading.RLock | None = None) -> None:
+                 lock: threading.RLock | None = None, scores: ValidationScores | None = None) -> None:
         self.syncer = syncer
         self.state = state
+        self.scores = scores if scores is not None else ValidationScores(state.out_dir)
+        self.topo = TopoTable(syncer)
         self.volume = W.Dropdown(options=[], description="Volume")
         self.axis = W.ToggleButtons(options=list(AXES), value="z", description="Axis",
                                     style={"button_width": "40px"})
@@ -172,7 +182,7 @@ class PreviewPanel:
                 self.keys["next_slice"], *self.toggles.values()),
             self.axis, self.index,
             row(*self.overlays.values()), self.overlay_note, self.layout_mode, self.opacity,
-            self.zoom, row(self.pan_x, self.pan_y), self.info, self.counts, self.legend,
+            self.zoom, row(self.pan_x, self.pan_y), self.info, self.topo.widget, self.counts, self.legend,
             row(self.mark_pass, self.mark_fail, self.note), self.mark_info,
             W.HTML(f"<div class='nx47-hint'>{KEY_HELP}</div>"),
         ])
@@ -180,11 +190,14 @@ class PreviewPanel:
                               W.HBox([controls, self.image], layout=W.Layout(flex_flow="row wrap"))])
         self.widget.add_class("nx47-preview")
 
-    def bind(self, state: PreviewState) -> None:
-        """Show ``state`` from now on (a new run has a new state)."""
+    def bind(self, state: PreviewState, scores: ValidationScores | None = None) -> None:
+        """Show ``state`` (and the run's validation records ``scores``) from
+        now on (a new run has a new state)."""
         with self._lock:
             self.state = state
+            self.scores = scores if scores is not None else ValidationScores(state.out_dir)
             self.qa = None
+            self.topo.render(None)
 
     def _order(self) -> list[str]:
         return self.state.ordered(bool(self.worst_first.value))
@@ -290,10 +303,18 @@ class PreviewPanel:
                     f"<span class='nx47-preview-vol'>{h(p.split)} {h(p.volume_id)}</span>"
                     f" {h('x'.join(str(s) for s in p.shape))}{score}"
                     f" · {st.axis}={st.index}{every}"))
+                self._show_topo(p)
                 self._show_mark(st.volume)
             finally:
                 self._updating = False
             self.request()
+
+    def _show_topo(self, p) -> None:
+        """The TopoScore table of a validation volume (hidden for the others)."""
+        if p.split != Split.VAL:
+            self.topo.render(None)
+            return
+        self.topo.render(self.scores.breakdown(p.volume_id, self.state.resolve(p.pred_path)))
 
     def _overlay_controls(self, p) -> None:
         """Offer only the overlays the volume has data for, and say why not."""

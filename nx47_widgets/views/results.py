@@ -16,8 +16,10 @@ from nx47_pipeline.telemetry.format import format_duration
 from nx47_widgets.state.preview import INFER_COMMAND
 from nx47_widgets.state.results import ResultsState
 from nx47_widgets.state.timeline import Timeline
+from nx47_widgets.state.topo import DIMENSIONS, topo_breakdown
 from nx47_widgets.views.base import Syncer, fmt, h, human_bytes, nested_html, section
 from nx47_widgets.views.page import PageBridge
+from nx47_widgets.views.topo import topo_cells
 
 __all__ = ["ResultsPanel", "timeline_html"]
 
@@ -178,6 +180,39 @@ def _size(path: str | None) -> int | None:
         return None
 
 
+def _per_volume_table(per_vol: dict[str, Any]) -> str:
+    """Validation score per volume, worst first; with its topo and, when the
+    run recorded them, TopoScore's matched / predicted / labelled features per
+    dimension (tooltips give F1; the QA viewer has the whole table)."""
+    def score(v: Any) -> Any:
+        return v.get("score") if isinstance(v, dict) else v
+
+    items = sorted(per_vol.items(),
+                   key=lambda kv: score(kv[1]) if isinstance(score(kv[1]), (int, float)) else 0)
+    parts = {k: topo_breakdown(k, v) for k, v in items}
+    has_topo = any(b.topo is not None for b in parts.values())
+    has_dims = any(b.recorded for b in parts.values())
+    head = "<th>volume</th><th>score</th>" + ("<th>topo</th>" if has_topo else "")
+    if has_dims:
+        head += "".join(f"<th title='matched / predicted / labelled features of dimension {d} ({name})'>"
+                        f"dim {d}</th>" for d, name in DIMENSIONS)
+    rows = []
+    for k, v in items:
+        b = parts[k]
+        cells = f"<td>{h(k)}</td><td>{h(fmt(score(v)))}</td>"
+        if has_topo:
+            cells += f"<td>{'-' if b.topo is None else f'{b.topo:.4g}'}</td>"
+        if has_dims:
+            cells += "".join(topo_cells(b)) if b.recorded else \
+                "<td colspan=3 class='nx47-hint' title='not recorded for this volume'>not recorded</td>"
+        rows.append(f"<tr>{cells}</tr>")
+    note = ("<caption class='nx47-hint' style='caption-side:bottom;text-align:left;line-height:1.35;"
+            "padding-top:2px'>dim 0 components, 1 tunnels, 2 cavities: matched/predicted/labelled "
+            "features (the slice viewer shows a volume's TopoScore table)</caption>" if has_dims else "")
+    return (f"<div class='nx47-per-volume'><b>validation per volume</b> (worst first)"
+            f"<table>{note}<tr>{head}</tr>{''.join(rows)}</table></div>")
+
+
 def _stats_sections(stats: dict[str, Any]) -> str:
     if not stats:
         return ""
@@ -187,12 +222,7 @@ def _stats_sections(stats: dict[str, Any]) -> str:
         out.append("<div><b>counts</b>" + nested_html(counts) + "</div>")
     per_vol = (stats.get("validation") or {}).get("per_volume") or {}
     if per_vol:
-        rows = "".join(
-            f"<tr><td>{h(k)}</td><td>{h(fmt(v.get('score') if isinstance(v, dict) else v))}</td></tr>"
-            for k, v in sorted(per_vol.items(),
-                               key=lambda kv: (kv[1].get("score") if isinstance(kv[1], dict) else kv[1]) or 0))
-        out.append(f"<div><b>validation per volume</b> (worst first)<table><tr><th>volume</th>"
-                   f"<th>score</th></tr>{rows}</table></div>")
+        out.append(_per_volume_table(per_vol))
     best = stats.get("best")
     if best:
         out.append("<div><b>model</b>" + nested_html(best) + "</div>")

@@ -217,6 +217,7 @@ def _qa_viewer(page, shots: Path, out: Path) -> None:
         time.sleep(0.2)
     marks = json.loads((out / "qa.json").read_text())["volumes"]
     assert [m["mark"] for m in marks.values()] == ["fail"]
+    _topo_of_real_run(page, shots, out)
     time.sleep(1.0)  # the side-by-side PNG
     page.locator(".nx47-preview").screenshot(path=str(shots / "docs" / "qa-viewer.png"))
     page.locator(".nx47-runs-page button", has_text="Refresh").click()
@@ -224,6 +225,112 @@ def _qa_viewer(page, shots: Path, out: Path) -> None:
           arg=".nx47-runs", shots=shots)
     page.locator(".nx47-runs-page").screenshot(path=str(shots / "docs" / "runs-page.png"))
 
+
+
+TOPO_JS = """() => {
+  const t = document.querySelector('.nx47-topo');
+  if (!t) return null;
+  const box = t.closest('.nx47-topo-box');
+  const rows = [...t.querySelectorAll('tr[data-dim]')].map(r => [...r.querySelectorAll('td')]
+      .map(c => c.textContent.trim()));
+  const wrap = t.querySelector('.nx47-topo-wrap');
+  const r = t.getBoundingClientRect();
+  return {volume: t.getAttribute('data-volume'), recorded: t.getAttribute('data-recorded'),
+          visible: !!box && getComputedStyle(box).display !== 'none' && r.height > 0,
+          text: t.textContent, rows: rows,
+          overflow: wrap ? wrap.scrollWidth > wrap.clientWidth + 1 : false,
+          hScroll: document.scrollingElement.scrollWidth > window.innerWidth + 1};
+}"""
+
+
+def _topo_of_real_run(page, shots: Path, out: Path) -> None:
+    """The selected validation volume's TopoScore table agrees with its record on disk."""
+    vid = page.evaluate(TEXT_JS, ".nx47-preview-vol").split()[-1]
+    topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == vid and v["visible"], 30,
+                 "the TopoScore table of the selected volume", shots=shots)
+    rec = json.loads((out / "val" / f"{vid}.json").read_text())
+    if all(k in rec for k in ("topo_matched", "betti_pred", "betti_gt", "topo_f1")):
+        assert topo["recorded"] == "1", topo
+        for k, cells in enumerate(topo["rows"]):
+            m, p, g = rec["topo_matched"][k], rec["betti_pred"][k], rec["betti_gt"][k]
+            assert cells[1:6] == [str(m), str(p), str(g), str(p - m), str(g - m)], (k, cells, rec)
+            assert cells[6] == ("—" if rec["topo_f1"][k] is None else f"{rec['topo_f1'][k]:.3f}")
+        assert f"topo {rec['topo']:.3f}" in topo["text"]
+    else:  # a record of an older run: says so
+        assert topo["recorded"] == "0" and "not recorded" in topo["text"], topo
+    assert not topo["overflow"] and not topo["hScroll"], topo
+
+
+@pytest.mark.timeout(240)
+def test_topo_table_in_chromium(tmp_path):
+    """A finished run folder with known per-volume TopoScore parts: the QA
+    viewer's table shows the selected volume's numbers, follows the Volume
+    list to another volume, and says "not recorded" for an older record;
+    no overflow at 1300 or 800 px.  Screenshots in test-artifacts/browser/topo/."""
+    from playwright.sync_api import sync_playwright
+
+    from topo_runs import make_topo_run, records
+
+    data, out, (a, b, c) = make_topo_run(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOILA_", "JPY_", "NX47_"))}
+    env.update(NX47_DATA_ROOT=str(data), NX47_OUT_DIR=str(out),
+               NX47_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(REPO))
+    shots = artifacts_dir("browser/topo")
+    server = VoilaServer(REPO / "dashboard.ipynb", env, shots / "voila.log")
+    try:
+        server.wait_ready(120)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1300, "height": 1400})
+            try:
+                page.goto(server.url, wait_until="domcontentloaded")
+                page.wait_for_selector(".nx47-dashboard", timeout=180_000)
+                select = page.locator(".nx47-preview select").first
+                label = {v: f"val/{v} · {r['score']:.3f}" for v, r in zip((a, b, c), records())}
+                _wait(page, TEXT_JS, lambda v: v and "attached" in v, 90, "the run opened",
+                      arg=".nx47-status-line", shots=shots)
+                select.select_option(label[a])
+                topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == a and v["visible"], 30,
+                             "volume A's TopoScore table", shots=shots)
+                assert topo["recorded"] == "1", topo
+                assert topo["rows"] == [
+                    ["0 components", "3", "5", "4", "2", "1", "0.667", "0.51", "0.169"],
+                    ["1 tunnels", "1", "2", "3", "1", "2", "0.400", "0.49", "0.296"],
+                    ["2 cavities", "0", "0", "0", "0", "0", "—", "—", "—"]], topo
+                assert "method: betti matching (exact)" in topo["text"]
+                assert "most topology is lost in dimension 1 (tunnels)" in topo["text"]
+                assert not topo["overflow"] and not topo["hScroll"], topo
+                # the undefined F1 explains itself on hover
+                tip = page.locator(".nx47-topo td.nx47-topo-undefined").get_attribute("title")
+                assert "in either the prediction or the label" in tip
+                time.sleep(1.0)  # the slice's PNG
+                page.locator(".nx47-preview").screenshot(path=str(shots / "qa-viewer-topo.png"))
+                page.locator(".nx47-topo").screenshot(path=str(shots / "topo-table.png"))
+
+                select.select_option(label[b])
+                topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == b, 30,
+                             "volume B's TopoScore table", shots=shots)
+                assert topo["rows"][2] == ["2 cavities", "1", "1", "2", "0", "1", "0.667", "0.33", "0.110"]
+                page.locator(".nx47-topo").screenshot(path=str(shots / "topo-table-b.png"))
+
+                select.select_option(label[c])
+                topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == c, 30,
+                             "volume C's text", shots=shots)
+                assert topo["recorded"] == "0" and "not recorded" in topo["text"] and not topo["rows"]
+                page.locator(".nx47-topo").screenshot(path=str(shots / "topo-not-recorded.png"))
+                page.locator(".nx47-results-card").screenshot(path=str(shots / "results-card-topo.png"))
+
+                page.set_viewport_size({"width": 800, "height": 1400})
+                select.select_option(label[a])
+                topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == a, 30, "A at 800 px", shots=shots)
+                assert not topo["overflow"] and not topo["hScroll"], topo
+                time.sleep(0.5)
+                page.locator(".nx47-preview").screenshot(path=str(shots / "qa-viewer-topo-800.png"))
+            finally:
+                page.screenshot(path=str(shots / "99-last.png"), full_page=True)
+                browser.close()
+    finally:
+        server.stop()
 
 
 PAGE_JS = """() => {
