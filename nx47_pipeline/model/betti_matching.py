@@ -113,7 +113,7 @@ def _dim0_matches(shape, flags, inner_edges, outer_edges):
     """
     nx, ny, nz = shape
     n = nx * ny * nz
-    parent = np.arange(n, dtype=np.int64)
+    parent = np.arange(n, dtype=np.int32)
     size = np.ones(n, dtype=np.int32)
     fl = flags.copy()
     strides = (ny * nz, nz, 1)
@@ -143,45 +143,24 @@ def _dim0_matches(shape, flags, inner_edges, outer_edges):
 
 
 @njit(cache=True, nogil=True)
-def _dual_ends(s, shape):
-    """The two unit cubes a square separates (the outside is ``m_xyz``)."""
-    nx, ny, nz = shape
-    mx, my, mz = nx - 1, ny - 1, nz - 1
-    outside = mx * my * mz
-    v = s // 3
-    t = s % 3
-    x = v // (ny * nz)
-    y = (v // nz) % ny
-    z = v % nz
-    if t == 0:
-        a = outside if x == 0 else (x - 1) * my * mz + y * mz + z
-        b = outside if x == mx else x * my * mz + y * mz + z
-    elif t == 1:
-        a = outside if y == 0 else x * my * mz + (y - 1) * mz + z
-        b = outside if y == my else x * my * mz + y * mz + z
-    else:
-        a = outside if z == 0 else x * my * mz + y * mz + z - 1
-        b = outside if z == mz else x * my * mz + y * mz + z
-    return a, b
+def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
+    """Squares in reverse order of ``sv_own`` merging the unit cubes they separate.
 
-
-@njit(cache=True, nogil=True)
-def _dual_sweep(shape, order, sv_own, cv_own, cv_c, record, keys_p, keys_g):
-    """Squares in ``order`` (the reverse of ``sv_own``'s) merging unit cubes.
-
-    A merge of two sets whose youngest members (the larger of (value,
-    index) is the elder: the outside is eldest) both have value 1 at a
-    square of value 0 is a finite pair.  With ``record`` (an input's sweep)
-    the pair is keyed by the younger of the two sets' elders in the
-    comparison's values and marked in ``keys_p``; otherwise (the
+    Value-1 squares by decreasing index, then value-0 ones; the outside of
+    the block is one more node.  A set's elder is its largest (value, index)
+    (the outside is eldest).  A merge of two sets whose elders both have
+    value 1, at a square of value 0, is a finite pair.  With ``record`` (an
+    input's sweep) the pair is keyed by the younger of the two sets' elders
+    in the comparison's values and marked in ``keys_p``; otherwise (the
     comparison's sweep) a pair whose key is marked in both ``keys_p`` and
     ``keys_g`` is a match.  Returns (pairs, matches, merging-square mask).
     """
     nx, ny, nz = shape
     mx, my, mz = nx - 1, ny - 1, nz - 1
-    ncube = mx * my * mz
+    myz = my * mz
+    ncube = mx * myz
     n = ncube + 1
-    parent = np.arange(n, dtype=np.int64)
+    parent = np.arange(n, dtype=np.int32)
     size = np.ones(n, dtype=np.int32)
     # key = value * n + index, value 2 for the outside: the elder is the max
     elder_own = np.empty(n, dtype=np.int64)
@@ -191,34 +170,50 @@ def _dual_sweep(shape, order, sv_own, cv_own, cv_c, record, keys_p, keys_g):
         elder_c[i] = cv_c[i] * n + i
     elder_own[ncube] = 2 * n + ncube
     elder_c[ncube] = 2 * n + ncube
-    nsq = sv_own.shape[0]
-    merging = np.zeros(nsq, dtype=np.bool_)
+    merging = np.zeros(sv_own.shape[0], dtype=np.bool_)
     pairs = 0
     matches = 0
-    for q in range(order.shape[0]):
-        s = order[q]
-        level = sv_own[s]
-        a, b = _dual_ends(s, shape)
-        ra = _find(parent, a)
-        rb = _find(parent, b)
-        if ra == rb:
-            continue
-        merging[s] = True
-        young = min(elder_own[ra], elder_own[rb])
-        if young // n != level:
-            pairs += 1
-            if record:
-                keys_p[min(elder_c[ra], elder_c[rb]) % n] = True
-            else:
-                k = young % n
-                if keys_p[k] and keys_g[k]:
-                    matches += 1
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
-        elder_own[ra] = max(elder_own[ra], elder_own[rb])
-        elder_c[ra] = max(elder_c[ra], elder_c[rb])
+    for level in range(1, -1, -1):
+        for x in range(nx - 1, -1, -1):
+            for y in range(ny - 1, -1, -1):
+                for z in range(nz - 1, -1, -1):
+                    v = (x * ny + y) * nz + z
+                    here = x * myz + y * mz + z
+                    for t in range(2, -1, -1):
+                        s = 3 * v + t
+                        if sv_own[s] != level:
+                            continue
+                        if t == 0:
+                            a = ncube if x == 0 else here - myz
+                            b = ncube if x == mx else here
+                        elif t == 1:
+                            a = ncube if y == 0 else here - mz
+                            b = ncube if y == my else here
+                        else:
+                            a = ncube if z == 0 else here - 1
+                            b = ncube if z == mz else here
+                        ra = _find(parent, a)
+                        rb = _find(parent, b)
+                        if ra == rb:
+                            continue
+                        merging[s] = True
+                        young = min(elder_own[ra], elder_own[rb])
+                        # the younger elder's value differs from the square's
+                        if (young < n) if level == 1 else (young >= n):
+                            pairs += 1
+                            if record:
+                                k = min(elder_c[ra], elder_c[rb])
+                                keys_p[k - n if k >= n else k] = True
+                            else:
+                                k = young - n if young >= n else young
+                                if keys_p[k] and keys_g[k]:
+                                    matches += 1
+                        if size[ra] < size[rb]:
+                            ra, rb = rb, ra
+                        parent[rb] = ra
+                        size[ra] += size[rb]
+                        elder_own[ra] = max(elder_own[ra], elder_own[rb])
+                        elder_c[ra] = max(elder_c[ra], elder_c[rb])
     return pairs, matches, merging
 
 
@@ -321,43 +316,49 @@ def _reduce_dim1(shape, ev_row, columns, nsq):
             col_of_row[e] = s
             pivot[s] = e
             continue
+        # the slow case: add earlier columns until the lowest row is free.
+        # The working column is ``piv`` (its lowest row) plus the heap; an
+        # added column's own copy of ``piv`` cancels it and is not pushed.
         n = 0
-        heap, n = _heap_push(heap, n, k0)
-        heap, n = _heap_push(heap, n, k1)
-        heap, n = _heap_push(heap, n, k2)
-        heap, n = _heap_push(heap, n, k3)
-        added = False
-        piv = -1
+        piv = top
+        if k0 != top:
+            heap, n = _heap_push(heap, n, k0)
+        if k1 != top:
+            heap, n = _heap_push(heap, n, k1)
+        if k2 != top:
+            heap, n = _heap_push(heap, n, k2)
+        if k3 != top:
+            heap, n = _heap_push(heap, n, k3)
         while True:
-            piv, n = _pop_pivot(heap, n)
-            if piv < 0:
-                break
-            heap, n = _heap_push(heap, n, piv)
-            e = piv - m if piv >= m else piv
             j = col_of_row[e]
             if j < 0:
                 col_of_row[e] = s
                 pivot[s] = e
                 break
-            added = True
             if stored_at[j] >= 0:
                 start = stored_at[j]
                 for q in range(start, start + stored_len[j]):
-                    heap, n = _heap_push(heap, n, pool[q])
+                    if pool[q] != piv:
+                        heap, n = _heap_push(heap, n, pool[q])
             else:
                 g0, g1, g2, g3 = _faces(j, sx, sy)
-                heap, n = _heap_push(heap, n, ev_row[g0] * m + g0)
-                heap, n = _heap_push(heap, n, ev_row[g1] * m + g1)
-                heap, n = _heap_push(heap, n, ev_row[g2] * m + g2)
-                heap, n = _heap_push(heap, n, ev_row[g3] * m + g3)
-        if added and piv >= 0:
+                for g in (g0, g1, g2, g3):
+                    key = ev_row[g] * m + g
+                    if key != piv:
+                        heap, n = _heap_push(heap, n, key)
+            piv, n = _pop_pivot(heap, n)
+            if piv < 0:
+                break  # the column reduced to zero
+            e = piv - m if piv >= m else piv
+        if piv >= 0:
             # keep the reduced column: later columns add it, not the boundary
-            if pool_n + n > pool.shape[0]:
-                bigger = np.empty(2 * (pool_n + n), dtype=np.int64)
+            if pool_n + n + 1 > pool.shape[0]:
+                bigger = np.empty(2 * (pool_n + n + 1), dtype=np.int64)
                 bigger[:pool_n] = pool[:pool_n]
                 pool = bigger
             stored_at[s] = pool_n
-            cnt = 0
+            pool[pool_n] = piv
+            cnt = 1
             while n > 0:
                 key, n = _pop_pivot(heap, n)
                 if key < 0:
@@ -375,7 +376,7 @@ def _positive_edges(shape, edges):
     nx, ny, nz = shape
     n = nx * ny * nz
     strides = (ny * nz, nz, 1)
-    parent = np.arange(n, dtype=np.int64)
+    parent = np.arange(n, dtype=np.int32)
     positive = np.zeros(3 * n, dtype=np.bool_)
     for q in range(edges.shape[0]):
         e = edges[q]
@@ -468,12 +469,12 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         # zero columns (2-cycles: cavities and the boundaries of solid unit
         # cubes), which are slow to reduce and are left out
         if pairs_p or (cv_p == 0).any():
-            _, _, skip_p = _dual_sweep(shape, _reverse_order(sv_p), sv_p, cv_p, cv_c, True,
+            _, _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True,
                                        keys_p, keys_g)
         if pairs_g or (cv_g == 0).any():
-            _, _, skip_g = _dual_sweep(shape, _reverse_order(sv_g), sv_g, cv_g, cv_c, True,
+            _, _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True,
                                        keys_g, keys_p)
-        _, m2, skip_c = _dual_sweep(shape, _reverse_order(sv_c), sv_c, cv_c, cv_c, False,
+        _, m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False,
                                     keys_p, keys_g)
         counts[2] = (m2, pairs_p, pairs_g)
 
@@ -491,21 +492,24 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         deaths = np.flatnonzero(
             (piv_c >= 0) & (sv_c == 1) & (ev_c[np.maximum(piv_c, 0)] == 0)
         )
-        if deaths.size:
-            # the image reductions need the columns up to the last death only
-            columns = columns[: int(np.flatnonzero(columns == deaths.max())[0]) + 1]
-            bp = _reduce_dim1(shape, ev_p, columns, nsq)[0][deaths]
-            bg = _reduce_dim1(shape, ev_g, columns, nsq)[0][deaths]
-            ok = (bp >= 0) & (bg >= 0)
-            ok[ok] &= births_p[bp[ok]] & births_g[bg[ok]]
-            m1 = int(ok.sum())
+        position = np.empty(nsq, dtype=np.int64)  # of each square among the columns
+        position[columns] = np.arange(columns.size)
+        # the image reductions run over the columns up to the last death
+        # that still matters: first for the input with fewer tunnels, then
+        # for the other only at the deaths the first one matched
+        first, second = ((ev_g, births_g), (ev_p, births_p)) if g1 <= p1 else \
+            ((ev_p, births_p), (ev_g, births_g))
+        for ev_in, births in (first, second):
+            if not deaths.size:
+                break
+            cut = int(position[deaths].max()) + 1
+            birth = _reduce_dim1(shape, ev_in, columns[:cut], nsq)[0][deaths]
+            keep = birth >= 0
+            keep[keep] = births[birth[keep]]
+            deaths = deaths[keep]
+        m1 = int(deaths.size)
     counts[1] = (m1, p1, g1)
     return counts
-
-
-def _reverse_order(sv: np.ndarray) -> np.ndarray:
-    """Squares of value 1 then of value 0, each by decreasing index."""
-    return np.concatenate([np.flatnonzero(sv == 1)[::-1], np.flatnonzero(sv == 0)[::-1]])
 
 
 def _components(mask: np.ndarray) -> int:
