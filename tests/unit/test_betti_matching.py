@@ -195,3 +195,12 @@ def test_the_approximation_is_only_used_when_named():
     assert det_a["method"] == M.APPROX_TOPO_METHOD and approx == 1.0
     with pytest.raises(ValueError, match="topo_method 'nearly'"):
         M.topo_score(pred, label, method="nearly")
+
+
+def test_octants_matched_in_threads_give_the_same_score(corpus):
+    case, p, g = max(corpus, key=lambda c: sum(m < min(pp, gg) for m, pp, gg in c[0]["sum"]))
+    one = M.topo_score(p, g, threads=1)
+    assert M.topo_score(p, g, threads=4) == one
+    assert one[1]["matched"] == tuple(s[0] for s in case["sum"])
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        M.topo_score(p, g, threads=0)
