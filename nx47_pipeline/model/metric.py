@@ -127,9 +127,11 @@ Matcher = Callable[[np.ndarray, np.ndarray], Sequence[int]]
 #: Threads for the ``edt`` distance transform.
 EDT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
-#: Octants Betti-matched at once (the compiled kernels release the GIL;
-#: each octant of a 320³ volume holds a few hundred MB while it runs).
-TOPO_THREADS = max(1, min(2, os.cpu_count() or 1))
+#: Octants Betti-matched at once: up to 2, never more than the cores this
+#: process may run on (the compiled kernels release the GIL; each octant of
+#: a 320³ volume holds a few hundred MB while it runs).
+TOPO_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                           else os.cpu_count() or 1))
 
 
 # --------------------------------------------------------------------------
@@ -475,23 +477,28 @@ def _octants(shape: Sequence[int]) -> list[tuple[slice, slice, slice]]:
     ]
 
 
-def _exact_sums(p: np.ndarray, g: np.ndarray, boxes, threads: int) -> np.ndarray:
+def _exact_sums(p: np.ndarray, g: np.ndarray, boxes, threads: int,
+                on_progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
     """(m, p, g) per dimension (rows) summed over ``boxes``, Betti-matched."""
     threads = int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     sums = np.zeros((3, 3), dtype=np.int64)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(boxes)))) as pool:
-        for counts in pool.map(lambda box: betti_matching_counts(p[box], g[box]), boxes):
+        for i, counts in enumerate(pool.map(lambda box: betti_matching_counts(p[box], g[box]),
+                                            boxes), 1):
             sums += counts
+            if on_progress is not None:
+                on_progress(i, len(boxes), f"TopoScore octant {i}/{len(boxes)}")
     return sums
 
 
-def _counted_sums(p: np.ndarray, g: np.ndarray, boxes, matcher: Matcher | None) -> np.ndarray:
+def _counted_sums(p: np.ndarray, g: np.ndarray, boxes, matcher: Matcher | None,
+                  on_progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
     """(m, p, g) per dimension summed over ``boxes``, counts from the Betti
     numbers and matches from ``matcher`` (None: the approximation)."""
     sums = np.zeros((3, 3), dtype=np.int64)
-    for box in boxes:
+    for i, box in enumerate(boxes, 1):
         po, go = p[box], g[box]
         bp = topo_feature_counts(po)
         bg = topo_feature_counts(go)
@@ -507,6 +514,8 @@ def _counted_sums(p: np.ndarray, g: np.ndarray, boxes, matcher: Matcher | None) 
                     f"0 <= m_k <= min(p_k, g_k) for p={bp}, g={bg}"
                 )
         sums += np.array([m, bp, bg], dtype=np.int64).T
+        if on_progress is not None:
+            on_progress(i, len(boxes), f"TopoScore octant {i}/{len(boxes)}")
     return sums
 
 
@@ -517,6 +526,7 @@ def topo_score(
     method: TopoMethod | str = TopoMethod.EXACT,
     matcher: Matcher | None = None,
     threads: int | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """TopoScore over a 2x2x2 grid of octants, as the official metric.
 
@@ -543,6 +553,9 @@ def topo_score(
     threads : int, optional
         Octants matched at once with the exact method (default
         :data:`TOPO_THREADS`); the result does not depend on it.
+    on_progress : callable, optional
+        ``on_progress(done, 8, what)`` after each octant (from the calling
+        thread), so a caller can report progress during a long score.
 
     Returns
     -------
@@ -565,9 +578,10 @@ def topo_score(
         name = method.value
     boxes = _octants(p.shape)
     if matcher is None and method is TopoMethod.EXACT:
-        sums = _exact_sums(p, g, boxes, TOPO_THREADS if threads is None else threads)
+        sums = _exact_sums(p, g, boxes, TOPO_THREADS if threads is None else threads,
+                           on_progress)
     else:
-        sums = _counted_sums(p, g, boxes, matcher)
+        sums = _counted_sums(p, g, boxes, matcher, on_progress)
     sum_m, sum_p, sum_g = (tuple(int(v) for v in sums[:, i]) for i in range(3))
     f1 = [topo_f1(sum_m[k], sum_p[k], sum_g[k]) for k in range(3)]
     defined = [k for k in range(3) if f1[k] is not None]
@@ -648,6 +662,7 @@ def score_volume(
     ignore_label: int | None = 2,
     topo_method: TopoMethod | str = TopoMethod.EXACT,
     topo_matcher: Matcher | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> VolumeScore:
     """Competition score of one predicted volume against its label volume.
 
@@ -669,6 +684,10 @@ def score_volume(
         the approximation by name).
     topo_matcher : callable, optional
         A plug-in matcher for :func:`topo_score` (overrides ``topo_method``).
+    on_progress : callable, optional
+        ``on_progress(done, 10, what)`` after SurfaceDice, VOI and each
+        TopoScore octant: a 320³ volume takes seconds to score, and a
+        caller reports that it is alive.
 
     Returns
     -------
@@ -692,11 +711,15 @@ def score_volume(
         keep = label != ignore_label
         p = p & keep
         g = g & keep
+    tick = on_progress or (lambda done, total, what: None)
     sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing)
+    tick(1, 10, "SurfaceDice")
     split, merge = voi_parts(p, g, connectivity=26)
     voi = split + merge
     vs = voi_score(voi, alpha=0.3)
-    topo, det = topo_score(p, g, method=topo_method, matcher=topo_matcher)
+    tick(2, 10, "VOI")
+    topo, det = topo_score(p, g, method=topo_method, matcher=topo_matcher,
+                           on_progress=lambda i, n, what: tick(2 + i, 2 + n, what))
     wt, ws, wv = COMBINE_WEIGHTS
     # Weights renormalised to sum 1, as the official metric does (this also
     # makes a perfect prediction score exactly 1.0).

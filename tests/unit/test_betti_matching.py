@@ -204,3 +204,13 @@ def test_octants_matched_in_threads_give_the_same_score(corpus):
     assert one[1]["matched"] == tuple(s[0] for s in case["sum"])
     with pytest.raises(ValueError, match="threads must be >= 1"):
         M.topo_score(p, g, threads=0)
+
+
+def test_scoring_reports_progress_through_the_octants():
+    label = _ring(2, 3, 3, r=2)
+    seen = []
+    vs = M.score_volume(_ring(6, 3, 3, r=2).astype(np.uint8), label.astype(np.uint8),
+                        on_progress=lambda done, total, what: seen.append((done, total, what)))
+    assert [d for d, _, _ in seen] == list(range(1, 11)) and {t for _, t, _ in seen} == {10}
+    assert seen[0][2] == "SurfaceDice" and seen[-1][2] == "TopoScore octant 8/8"
+    assert vs.topo_method == M.TopoMethod.EXACT.value
