@@ -63,11 +63,15 @@ class RunConfig:
     fit_max_iter: int = 500
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0
-    min_component_voxels: int = 100
+    min_component_voxels: int = 100  # the fallback's dust size, and where no choice was made
     closing_radius: tuple[int, int, int] = (1, 2, 2)  # the fallback's, and where no choice was made
     # closing radii (z, y, x) the search and the U-Net's threshold sweep choose from on validation,
-    # as consecutive triples: (1, 2, 2, 1, 1, 1) tries (1, 2, 2) and (1, 1, 1)
-    closing_radius_grid: tuple[int, ...] = (1, 2, 2, 1, 1, 1)
+    # as consecutive triples: (1, 2, 2, 1, 1, 1, 2, 1, 1) tries (1, 2, 2), (1, 1, 1) and (2, 1, 1)
+    closing_radius_grid: tuple[int, ...] = (1, 2, 2, 1, 1, 1, 2, 1, 1)
+    # dust sizes (min_size of the dust removal, voxels) and hole plug sizes (largest plugged fill,
+    # voxels; 0 plugs nothing) chosen on validation after the thresholds, thinning and closing radius
+    dust_size_grid: tuple[int, ...] = (100, 1000, 4000)
+    plug_size_grid: tuple[int, ...] = (0, 64, 512)
     preview_slices: int = 3
     # --- U-Net -----------------------------------------------------------
     use_unet: bool | None = None  # None: on with CUDA, off on CPU-only
@@ -112,6 +116,12 @@ class RunConfig:
         if (not grid or len(grid) % 3 or any(isinstance(v, bool) or int(v) != v or v < 0 for v in grid)):
             raise ValueError("closing_radius_grid must be (z, y, x) triples of integers >= 0, "
                              f"e.g. (1, 2, 2, 1, 1, 1), got {grid!r}")
+        for name in ("dust_size_grid", "plug_size_grid"):
+            sizes = getattr(self, name)
+            if not isinstance(sizes, (tuple, list)) or not sizes or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 0 for v in sizes):
+                raise ValueError(f"{name} must be a non-empty sequence of integers >= 0 (voxels), "
+                                 f"e.g. (0, 64, 512), got {sizes!r}")
         if isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         for name in ("unet_patch", "unet_batch", "unet_width"):
@@ -127,6 +137,14 @@ class RunConfig:
         """The closing radii of :attr:`closing_radius_grid`, in order, without repeats."""
         g = [int(v) for v in self.closing_radius_grid]
         return list(dict.fromkeys((g[i], g[i + 1], g[i + 2]) for i in range(0, len(g), 3)))
+
+    def dust_sizes(self) -> list[int]:
+        """The dust sizes of :attr:`dust_size_grid`, in order, without repeats."""
+        return list(dict.fromkeys(int(v) for v in self.dust_size_grid))
+
+    def plug_sizes(self) -> list[int]:
+        """The hole plug sizes of :attr:`plug_size_grid`, in order, without repeats."""
+        return list(dict.fromkeys(int(v) for v in self.plug_size_grid))
 
     # ------------------------------------------------------------------
     def replace(self, **changes: Any) -> "RunConfig":

@@ -59,13 +59,22 @@ class Bundle:
     best : dict
         ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search and
         ``thin`` (the post-processing's thin-surface step, chosen on
-        validation; False in bundles written before it was chosen) and
-        ``closing_radius`` (as below).
+        validation; False in bundles written before it was chosen),
+        ``closing_radius``, ``min_size`` and ``plug_size`` (as below).
     closing_radius : tuple of int
         The closing radius of the post-processing (chosen on validation by
         runs that choose it; ``postprocess.closing_radius`` of the manifest).
     min_component_voxels : int
+        The run's configured dust size (``postprocess.min_component_voxels``):
+        its fallback segmentation's.
     unet : UNetPart or None
+    min_size : int
+        The dust size of the post-processing (``postprocess.min_size``, chosen
+        on validation; ``min_component_voxels`` in bundles written before it
+        was chosen).
+    plug_size : int
+        The hole plug size (``postprocess.plug_size``, chosen on validation;
+        0, no plugging, in bundles written before it was chosen).
     """
 
     path: Path
@@ -75,6 +84,8 @@ class Bundle:
     closing_radius: tuple[int, int, int]
     min_component_voxels: int
     unet: UNetPart | None
+    min_size: int = 100
+    plug_size: int = 0
 
     @property
     def feature_scales(self) -> tuple[float, ...]:
@@ -100,6 +111,10 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
         + ("; thin surface" if (m.get("postprocess") or {}).get("thin") is True else "")
         + (f"; closing {radius_text(cr)}"
            if isinstance(cr := (m.get("postprocess") or {}).get("closing_radius"), list) else "")
+        + (f"; dust below {ms} voxels removed"
+           if isinstance(ms := (m.get("postprocess") or {}).get("min_size"), int) else "")
+        + ((f"; holes plugged up to {ps} voxels" if ps > 0 else "; no hole plugging")
+           if isinstance(ps := (m.get("postprocess") or {}).get("plug_size"), int) else "")
         + f"; trained on {len(m.get('train_ids', []))} volumes"
         + (f"; validation score {val:.3f}" if isinstance(val, (int, float)) else "")
         + f"; nx47 {m.get('code_version', '?')}"
@@ -151,11 +166,15 @@ def write_manifest(
     train_ids: Sequence[str],
     val_ids: Sequence[str],
     validation: Mapping[str, Any],
+    min_size: int | None = None,
+    plug_size: int = 0,
 ) -> Path:
     """Write ``model_dir/model.json`` describing the files already there.
 
     The U-Net entry is written when ``model_dir/unet/last.pt`` exists and
-    ``unet_fuse`` is given (the run used the U-Net).
+    ``unet_fuse`` is given (the run used the U-Net).  ``min_size`` and
+    ``plug_size`` are the dust and hole plug sizes chosen on validation
+    (``min_size`` default: ``min_component_voxels``).
     """
     model_dir = Path(model_dir)
     linear = LogisticModel.load(model_dir / LINEAR_FILE)
@@ -175,6 +194,8 @@ def write_manifest(
         "search": {k: best.get(k) for k in ("l1", "l2", "low", "high", "score")},
         "postprocess": {"closing_radius": [int(r) for r in closing_radius],
                         "min_component_voxels": int(min_component_voxels),
+                        "min_size": int(min_component_voxels if min_size is None else min_size),
+                        "plug_size": int(plug_size),
                         "thin": bool(best.get("thin", False))},
         "unet": unet,
         "train_ids": list(train_ids),
@@ -254,6 +275,11 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
     thin = post.get("thin", False)
     if not isinstance(thin, bool):
         raise BundleError(f"{path / MANIFEST}: postprocess.thin must be true or false, got {thin!r}")
+    # bundles written before the dust and plug sizes were chosen: the run's dust size, no plugging
+    sizes = {"min_size": post.get("min_size", post.get("min_component_voxels")), "plug_size": post.get("plug_size", 0)}
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BundleError(f"{path / MANIFEST}: postprocess.{key} must be an integer >= 0, got {value!r}")
     unet = None
     if manifest.get("unet"):
         ufile = path / manifest["unet"]["file"]
@@ -269,10 +295,12 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         manifest=manifest,
         model=model,
         best={**{k: search.get(k) for k in ("l1", "l2", "low", "high", "score")}, "thin": thin,
-              "closing_radius": [int(r) for r in post["closing_radius"]]},
+              "closing_radius": [int(r) for r in post["closing_radius"]], **sizes},
         closing_radius=tuple(int(r) for r in post["closing_radius"]),
         min_component_voxels=int(post["min_component_voxels"]),
         unet=unet,
+        min_size=sizes["min_size"],
+        plug_size=sizes["plug_size"],
     )
 
 

@@ -5,8 +5,12 @@
 (non-maximum suppression along the sheet normal; the run chooses it on
 validation) -> anisotropic closing (fills pinholes and thin gaps, never
 removes a voxel) -> cavity filling -> removal of 26-connected components
-smaller than ``min_size`` voxels.  The output is a uint8 0/1 mask of exactly
-the probability's shape, as the submission format requires.
+smaller than ``min_size`` voxels -> hole plugging (the fills of a closing
+one voxel wider than the chain's, kept where their 26-connected component
+has at most ``plug_size`` voxels).  The run chooses ``thin``, the closing
+radius, ``min_size`` and ``plug_size`` on validation.  The output is a uint8
+0/1 mask of exactly the probability's shape, as the submission format
+requires.
 
 ``fallback_segment`` is what the pipeline runs on the volumes left when the
 time budget runs short: smoothed intensity, Otsu threshold, a second
@@ -37,19 +41,23 @@ def _check_3d(name: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _check_radius(radius: Sequence[int]) -> tuple[int, int, int]:
+def _check_radius(radius: Sequence[int], name: str = "closing_radius") -> tuple[int, int, int]:
     try:
         r = tuple(int(v) for v in radius)
-    except TypeError:
-        raise ValueError(f"closing_radius must be 3 integers >= 0, got {radius!r}") from None
-    if len(r) != 3 or any(v < 0 for v in r) or any(int(v) != v for v in radius):
-        raise ValueError(f"closing_radius must be 3 integers >= 0, got {radius!r}")
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 integers >= 0, got {radius!r}") from None
+    if len(r) != 3 or any(v < 0 for v in r) or any(isinstance(v, bool) or int(v) != v for v in radius):
+        raise ValueError(f"{name} must be 3 integers >= 0, got {radius!r}")
     return r  # type: ignore[return-value]
 
 
-def _check_min_size(min_size: int) -> int:
-    if isinstance(min_size, bool) or int(min_size) != min_size or min_size < 0:
-        raise ValueError(f"min_size must be an integer >= 0, got {min_size!r}")
+def _check_min_size(min_size: int, name: str = "min_size") -> int:
+    try:
+        bad = isinstance(min_size, bool) or int(min_size) != min_size or min_size < 0
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
+        raise ValueError(f"{name} must be an integer >= 0, got {min_size!r}")
     return int(min_size)
 
 
@@ -161,6 +169,55 @@ def remove_small_components(mask: np.ndarray, *, min_size: int = 100) -> np.ndar
     return cc3d.dust(mask, threshold=min_size, connectivity=26, in_place=False).astype(bool, copy=False)
 
 
+def plug_holes(mask: np.ndarray, *, max_size: int, radius: Sequence[int] = (1, 1, 1)) -> np.ndarray:
+    """Plug the small holes a closing would fill, not the gaps between sheets.
+
+    The voxels a closing with ``radius`` would add (``closing(mask) &
+    ~mask``, :func:`anisotropic_closing`) are grouped in 26-connected
+    components and added back where a component has at most ``max_size``
+    voxels.  A hole in a sheet gives a small fill and is plugged (its tunnel,
+    a Betti-1 feature of the TopoScore, disappears); the fill between two
+    nearby sheets runs along them, is large, and is left out, so the sheets
+    stay apart.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (Z, Y, X)
+        Binary mask.
+    max_size : int
+        Largest fill component added back, voxels (>= 0; 0 plugs nothing).
+    radius : (int, int, int)
+        Half-sizes (z, y, x) of the closing's box (>= 0): holes up to about
+        ``2 * radius`` voxels across are candidates.
+
+    Returns
+    -------
+    ndarray of bool, same shape, a superset of ``mask``
+    """
+    mask = _check_3d("mask", mask).astype(bool, copy=False)
+    max_size = _check_min_size(max_size, "max_size")
+    r = _check_radius(radius, "radius")
+    if max_size == 0 or not any(r) or not mask.any():
+        return mask.copy()
+    fill = anisotropic_closing(mask, radius=r)
+    fill &= ~mask
+    if not fill.any():
+        return mask.copy()
+    labels, n = cc3d.connected_components(fill, connectivity=26, return_N=True)
+    keep = np.bincount(labels.reshape(-1), minlength=int(n) + 1) <= max_size
+    keep[0] = False
+    return mask | keep[labels]
+
+
+def plug_radius(closing_radius: Sequence[int]) -> tuple[int, int, int]:
+    """The radius :func:`postprocess` plugs holes with: one voxel more than
+    ``closing_radius`` along each axis.  A closing with a radius the chain's
+    closing already covers adds nothing (the mask is closed under it), so
+    the plugs reach the holes the chain's closing left: up to 2 voxels wider
+    (e.g. ``(1, 1, 1)`` -> ``(2, 2, 2)``)."""
+    return tuple(v + 1 for v in _check_radius(closing_radius))  # type: ignore[return-value]
+
+
 def postprocess(
     prob: np.ndarray,
     *,
@@ -170,35 +227,40 @@ def postprocess(
     min_size: int = 100,
     thin: bool = False,
     ridge: np.ndarray | None = None,
+    plug_size: int = 0,
 ) -> np.ndarray:
     """Probabilities to a submission mask.
 
     Hysteresis (``low``, ``high``) -> with ``thin``, :func:`thin_surface`
     -> :func:`anisotropic_closing` -> :func:`fill_cavities` ->
-    :func:`remove_small_components` (:data:`DEFAULT_STEPS`, plus ``"thin"``;
-    the run chooses ``thin`` on validation, ablations in docs/model.md).
-    ``ridge``: ``surface_ridge(prob, where)`` for a ``where`` holding every
-    voxel above ``low``, computed once for several pairs (else thinning
-    computes it).
+    :func:`remove_small_components` (``min_size``) -> :func:`plug_holes`
+    (``plug_size``, radius :func:`plug_radius` of ``closing_radius``; 0
+    plugs nothing), then cavity filling again when a plug added voxels
+    (:data:`DEFAULT_STEPS`, plus ``"thin"``; the run chooses ``thin``, the
+    closing radius, ``min_size`` and ``plug_size`` on validation, ablations
+    in docs/model.md).  ``ridge``: ``surface_ridge(prob, where)`` for a
+    ``where`` holding every voxel above ``low``, computed once for several
+    pairs (else thinning computes it).
 
     Returns
     -------
     ndarray of uint8 in {0, 1}, exactly ``prob.shape``
     """
     return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size,
-                             steps=post_steps(thin), ridge=ridge)
+                             plug_size=plug_size, steps=post_steps(thin), ridge=ridge)
 
 
 #: Post-processing steps in their order (see :func:`postprocess_steps`);
 #: ``thin`` (:func:`thin_surface`) is chosen per run on validation
 #: (``postprocess(thin=...)``); ``bridges`` (:func:`cut_bridges`) is an
 #: ablation step only: measured on held-out data it did not pay
-#: (docs/model.md).
-STEPS = ("hysteresis", "thin", "closing", "fill_holes", "bridges", "dust")
+#: (docs/model.md); ``plug`` (:func:`plug_holes`) does nothing at
+#: ``plug_size`` 0.
+STEPS = ("hysteresis", "thin", "closing", "fill_holes", "bridges", "dust", "plug")
 #: The steps :func:`postprocess` runs without ``thin`` (cavity filling:
 #: +0.02 / +0.01 score on held-out data of the two generator variants,
 #: docs/model.md).
-DEFAULT_STEPS = ("hysteresis", "closing", "fill_holes", "dust")
+DEFAULT_STEPS = ("hysteresis", "closing", "fill_holes", "dust", "plug")
 
 
 def post_steps(thin: bool) -> tuple[str, ...]:
@@ -419,6 +481,7 @@ def postprocess_steps(
     min_size: int = 100,
     steps: Sequence[str] = DEFAULT_STEPS,
     ridge: np.ndarray | None = None,
+    plug_size: int = 0,
 ) -> np.ndarray:
     """:func:`postprocess` with a chosen subset of :data:`STEPS` (ablations).
 
@@ -442,20 +505,39 @@ def postprocess_steps(
             if np.shape(ridge) != prob.shape:
                 raise ValueError(f"ridge shape {np.shape(ridge)} != prob shape {prob.shape}")
             mask = thin_mask(mask, np.asarray(ridge, dtype=bool))
-    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size)
+    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
 
 
 def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: Sequence[int],
-                     min_size: int) -> np.ndarray:
+                     min_size: int, plug_size: int = 0) -> np.ndarray:
     """The steps of :data:`STEPS` that follow the thresholds, as uint8."""
+    plug_size = _check_min_size(plug_size, "plug_size")
     if "closing" in steps:
         mask = anisotropic_closing(mask, radius=closing_radius)
     if "fill_holes" in steps:
         mask = fill_cavities(mask)
     if "bridges" in steps:
         mask = cut_bridges(mask)
+    return after_closing(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
+
+
+def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, closing_radius: Sequence[int],
+                  min_size: int, plug_size: int = 0) -> np.ndarray:
+    """The last steps of the chain on a mask already thresholded, closed and
+    cavity-filled: dust removal (``min_size``) and hole plugging
+    (``plug_size``, :func:`plug_radius` of ``closing_radius``), then cavity
+    filling again when a plug added voxels (a plug may close the mouth of a
+    cavity) and ``"fill_holes"`` is among ``steps``; as uint8.  What the
+    choice of ``min_size`` / ``plug_size`` on validation
+    (:func:`nx47_pipeline.model.search.choose_postprocess`) varies."""
+    plug_size = _check_min_size(plug_size, "plug_size")
     if "dust" in steps:
         mask = remove_small_components(mask, min_size=min_size)
+    if "plug" in steps and plug_size:
+        plugged = plug_holes(mask, max_size=plug_size, radius=plug_radius(closing_radius))
+        if "fill_holes" in steps and np.count_nonzero(plugged) > np.count_nonzero(mask):
+            plugged = fill_cavities(plugged)
+        mask = plugged
     return mask.astype(np.uint8)
 
 
@@ -470,6 +552,7 @@ def postprocess_classes(
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
     thin: bool = False,
+    plug_size: int = 0,
 ) -> np.ndarray:
     """:func:`postprocess` from threshold classes instead of probabilities.
 
@@ -483,7 +566,8 @@ def postprocess_classes(
     mask = hysteresis(classes & 3, low=0, high=1)  # levels 1 and 2 are weak, 2 strong
     if thin:
         mask = thin_mask(mask, (classes & RIDGE_BIT) > 0)
-    return _after_threshold(mask, DEFAULT_STEPS, closing_radius=closing_radius, min_size=min_size)
+    return _after_threshold(mask, DEFAULT_STEPS, closing_radius=closing_radius, min_size=min_size,
+                            plug_size=plug_size)
 
 
 def threshold_classes(prob: np.ndarray, *, low: float, high: float, ridge: np.ndarray | None = None) -> np.ndarray:

@@ -161,6 +161,7 @@ def segment_volume(
     unet: UNetPart | None = None,
     on_progress: ProgressFn | None = None,
     return_prob: bool = False,
+    plug_size: int = 0,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment one volume with a fitted model (and the U-Net when given).
 
@@ -170,7 +171,7 @@ def segment_volume(
         CT volume.
     model : LogisticModel
         From :func:`nx47_pipeline.model.linear.fit_prox`.
-    low, high, closing_radius, min_size, thin
+    low, high, closing_radius, min_size, thin, plug_size
         See :func:`nx47_pipeline.model.postprocess.postprocess`.
     slab : int
         z-slab thickness for the feature computation.
@@ -204,7 +205,8 @@ def segment_volume(
             on_progress(done, n_slabs + 1, what)
 
     prob = probability(volume, model, unet=unet, slab=slab, on_progress=on_p)
-    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size, thin=thin)
+    mask = postprocess(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size, thin=thin,
+                       plug_size=plug_size)
     if on_progress is not None:
         total = n_slabs + seen["windows"] + 1
         on_progress(total, total, "postprocess")

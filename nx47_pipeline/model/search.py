@@ -13,15 +13,18 @@ post-processed and scored on the whole of every validation volume (a second
 pass through the filter bank for their models only), each with and without
 thin-surface extraction (``thin``: non-maximum suppression along the sheet
 normal, :func:`~nx47_pipeline.model.postprocess.thin_surface`), and the best
-of them wins.  Post-processing and the metric cost far more than the filter bank at
+of them wins.  Last, the dust size and the hole plug size of the winner's
+post-processing are chosen on the same volumes (:func:`choose_postprocess`,
+which the U-Net's own threshold sweep shares).  Post-processing and the metric cost far more than the filter bank at
 320^3, so this is what bounds the search (docs/benchmarks.md).  A ranking by
 voxel Dice alone (threshold, no post-processing) picked thresholds whose
 closing merged close sheets: 0.48 against 0.63 on held-out variant b.  Each
-fit, ranking and full evaluation is one progress unit.
+fit, ranking, full evaluation and (dust / plug candidate, volume) scored is
+one progress unit (:func:`search_units`).
 
 Results are cached in ``dest`` (one model per fit, one ranking and one score
-JSON per validation volume, ``results.json`` at the end), so a rerun resumes
-mid-grid.
+JSON per validation volume, the dust / plug scores in ``postprocess.json``,
+``results.json`` at the end), so a rerun resumes mid-grid.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,7 +41,7 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import postprocess, surface_ridge
+from nx47_pipeline.model.postprocess import after_closing, post_steps, postprocess, postprocess_steps, surface_ridge
 from nx47_pipeline.model.predict import linear_probabilities
 
 
@@ -88,6 +91,255 @@ def _radii(radii) -> list[list[int]]:
     return [list(r) for r in dict.fromkeys(tuple(r) for r in arr.tolist())]
 
 
+def _sizes(name: str, sizes) -> list[int]:
+    """``sizes`` as a list of distinct integers >= 0, in order (a ValueError naming ``name`` otherwise)."""
+    try:
+        out = [int(v) for v in sizes]
+        bad = not out or any(isinstance(v, bool) or int(v) != v or v < 0 for v in sizes)
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= 0, got {sizes!r}")
+    return list(dict.fromkeys(out))
+
+
+def choose_units(n_volumes: int, n_dust: int, n_plug: int) -> int:
+    """Progress units of :func:`choose_postprocess`: one per (candidate,
+    volume) scored -- ``n_dust`` dust sizes, then ``n_plug - 1`` more plug
+    sizes -- and none when there is a single candidate."""
+    n = n_dust + n_plug - 1
+    return 0 if n <= 1 else n_volumes * n
+
+
+def search_units(*, n_points: int, n_val: int, n_thresholds: int, n_radii: int, top_k: int,
+                 n_dust: int = 1, n_plug: int = 1) -> int:
+    """The search's amount of work, its progress total: one unit per fit,
+    per (volume, candidate) ranked, per (volume, candidate) scored in full
+    (``top_k`` of them, 0 = all), and per (candidate, volume) of the dust and
+    plug size choice (:func:`choose_units`)."""
+    n_cands = n_points * n_thresholds * n_radii
+    k_full = n_cands if not top_k else min(int(top_k), n_cands)
+    return n_points + n_val * (n_cands + k_full) + choose_units(n_val, n_dust, n_plug)
+
+
+class _Packed:
+    """A mask (bits) and a label (two bit planes: 1 and 2) of one volume,
+    1/4 byte per voxel: what :func:`choose_postprocess` keeps of each
+    validation volume between candidates."""
+
+    def __init__(self, mask: np.ndarray, label: np.ndarray) -> None:
+        self.shape = mask.shape
+        self.mask = np.packbits(mask.astype(bool, copy=False), axis=None)
+        self.fg = np.packbits(label == 1, axis=None)
+        self.ignore = np.packbits(label == 2, axis=None)
+
+    def _unpack(self, bits: np.ndarray) -> np.ndarray:
+        n = int(np.prod(self.shape))
+        return np.unpackbits(bits, count=n).view(bool).reshape(self.shape)
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        label = self._unpack(self.fg).astype(np.uint8)
+        label[self._unpack(self.ignore)] = 2
+        return self._unpack(self.mask), label
+
+
+def choose_postprocess(
+    volumes: Sequence[str],
+    load: Callable[[int, Callable[[int, int, str], None]], tuple[np.ndarray, np.ndarray] | None],
+    *,
+    low: float,
+    high: float,
+    thin: bool,
+    closing_radius: Sequence[int],
+    dust_sizes: Sequence[int],
+    plug_sizes: Sequence[int],
+    min_size: int,
+    plug_size: int = 0,
+    known: Mapping[tuple[int, int], Mapping[str, float]] | None = None,
+    cache: str | Path | None = None,
+    deadline: float | None = None,
+    on_progress: Callable[[float, float, str], None] | None = None,
+    on_metric: Callable[[float, dict], None] | None = None,
+    on_deadline: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The dust size and hole plug size of the post-processing, chosen on
+    validation volumes by the competition score.
+
+    Called after the thresholds, ``thin`` and the closing radius are chosen
+    (by :func:`run_search` and by the U-Net's threshold sweep).  A greedy
+    coordinate pass over every volume in full: first each of ``dust_sizes``
+    (the ``min_size`` of the dust removal) with ``plug_sizes[0]``, then each
+    other of ``plug_sizes`` (:func:`~nx47_pipeline.model.postprocess.plug_holes`)
+    with the chosen dust size; each candidate is the mean
+    :func:`~nx47_pipeline.model.metric.score_volume` score of its masks on
+    every volume, and ties go to the earlier (cheaper) value.  The mask up
+    to the closing and cavity filling is computed once per volume and kept
+    packed (a bit per voxel); the candidates only redo dust removal and
+    plugging (:func:`~nx47_pipeline.model.postprocess.after_closing`).
+
+    Parameters
+    ----------
+    volumes : sequence of str
+        Ids of the validation volumes.
+    load : callable
+        ``load(i, on_progress)`` -> ``(prob, label)`` of ``volumes[i]``, or
+        None when it cannot be read (the volume is left out);
+        ``on_progress(done, total, what)`` reports its sub-steps.
+    low, high, thin, closing_radius
+        The post-processing chosen before.
+    dust_sizes, plug_sizes : sequence of int
+        Candidates, in order of preference on ties (>= 0 voxels).
+    min_size, plug_size : int
+        Kept when no candidate could be scored on every volume (the
+        deadline, or no readable volume).
+    known : mapping, optional
+        ``{(min_size, plug_size): {volume id: score}}`` already scored
+        (e.g. the search's own candidate): not scored again.
+    cache : path, optional
+        JSON file of the scores so far; a rerun with the same inputs
+        resumes from it.
+    deadline : float, optional
+        ``time.monotonic()`` value: checked before each volume of each
+        candidate; past it the pass stops with the best candidate scored on
+        every volume so far (``on_deadline`` says what was left).
+    on_progress : callable, optional
+        ``on_progress(done, total, what)`` after each (candidate, volume)
+        and for the sub-steps of loading a volume (total
+        :func:`choose_units`); it may raise to cancel.
+    on_metric : callable, optional
+        ``on_metric(mean, extra)`` per candidate scored on every volume,
+        ``extra``: ``low``, ``high``, ``thin``, ``closing_radius``,
+        ``min_size``, ``plug_size``, ``n_volumes``.
+
+    Returns
+    -------
+    dict
+        ``min_size``, ``plug_size``, ``score`` (mean of the chosen
+        candidate, None when none was scored), ``scores`` (every candidate
+        scored on every volume: ``min_size``, ``plug_size``, ``score``),
+        ``volumes`` (the ids scored), ``complete`` (False when the deadline
+        stopped the pass).
+    """
+    dust = _sizes("dust_sizes", dust_sizes)
+    plugs = _sizes("plug_sizes", plug_sizes)
+    try:
+        radius = _radii(closing_radius)
+    except ValueError:
+        radius = []
+    if len(radius) != 1 or np.ndim(closing_radius) != 1:
+        raise ValueError(f"closing_radius must be 3 integers >= 0, got {closing_radius!r}")
+    radius = radius[0]
+    steps = tuple(s for s in post_steps(thin) if s not in ("dust", "plug"))  # refuses a thin that is not a bool
+    thin = bool(thin)
+    ids = [str(v) for v in volumes]
+    report = on_progress or (lambda *a: None)
+    cands0 = [(d, plugs[0]) for d in dust]
+    total = choose_units(len(ids), len(dust), len(plugs))
+    fallback = {"min_size": int(min_size), "plug_size": int(plug_size), "score": None, "scores": [],
+                "volumes": [], "complete": True}
+    if total == 0:  # a single candidate: nothing to choose
+        return {**fallback, "min_size": dust[0], "plug_size": plugs[0]}
+    key = {"low": float(low), "high": float(high), "thin": thin, "closing_radius": radius, "volumes": ids}
+    scores: dict[tuple[int, int], dict[str, float]] = {}
+    cache = Path(cache) if cache is not None else None
+    if cache is not None and cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key:
+            for row in saved.get("scores", []):
+                scores[(int(row["min_size"]), int(row["plug_size"]))] = {str(k): float(v)
+                                                                         for k, v in row["per_volume"].items()}
+    for cand, per in (known or {}).items():
+        c = (int(cand[0]), int(cand[1]))
+        scores.setdefault(c, {}).update({str(k): float(v) for k, v in per.items() if str(k) in ids})
+    packed: dict[str, _Packed] = {}
+    unreadable: set[str] = set()
+    state = {"done": 0, "stopped": False}
+
+    def save() -> None:
+        if cache is not None:
+            write_json(cache, {"key": key, "scores": [
+                {"min_size": c[0], "plug_size": c[1], "per_volume": per} for c, per in scores.items()]})
+
+    def base(i: int) -> _Packed | None:
+        vid = ids[i]
+        if vid not in packed and vid not in unreadable:
+            at = state["done"]
+
+            def sub(d: int, t: int, what: str) -> None:
+                report(at + 0.9 * d / max(t, 1), total, f"{vid}: {what}")
+
+            pair = load(i, sub)
+            if pair is None:
+                unreadable.add(vid)
+                return None
+            prob, label = pair
+            report(at + 0.9, total, f"{vid}: post-processing up to the closing")
+            mask = postprocess_steps(prob, low=low, high=high, closing_radius=radius, min_size=0, steps=steps)
+            packed[vid] = _Packed(mask, label)
+            del prob, label, mask
+        return packed.get(vid)
+
+    def evaluate(cands: list[tuple[int, int]]) -> None:
+        for c in cands:
+            per = scores.setdefault(c, {})
+            for i, vid in enumerate(ids):
+                if vid in per or vid in unreadable:
+                    state["done"] += 1
+                    continue
+                if deadline is not None and time.monotonic() > deadline:
+                    state["stopped"] = True
+                    return
+                b = base(i)
+                if b is not None:
+                    mask, label = b.get()
+                    mask = after_closing(mask, closing_radius=radius, min_size=c[0], plug_size=c[1])
+                    per[vid] = float(score_volume(mask, label, on_progress=lambda d, t, what: report(
+                        state["done"] + 0.9 + 0.1 * d / t, total, f"dust {c[0]}, plug {c[1]}: {vid}: {what}")).score)
+                    del mask, label
+                    save()
+                state["done"] += 1
+                report(state["done"], total, f"dust {c[0]}, plug {c[1]}: {vid}")
+
+    def complete(c: tuple[int, int]) -> bool:
+        readable = [v for v in ids if v not in unreadable]
+        return bool(readable) and all(v in scores.get(c, {}) for v in readable)
+
+    def mean(c: tuple[int, int]) -> float:
+        return float(np.mean([scores[c][v] for v in ids if v not in unreadable]))
+
+    def pick(cands: list[tuple[int, int]]) -> tuple[int, int] | None:
+        done = [c for c in cands if complete(c)]
+        # ties go to the earlier (cheaper) candidate
+        return max(done, key=lambda c: (round(mean(c), 9), -cands.index(c))) if done else None
+
+    evaluate(cands0)
+    chosen = pick(cands0)
+    cands1: list[tuple[int, int]] = []
+    if chosen is not None and not state["stopped"]:
+        cands1 = [(chosen[0], p) for p in plugs]
+        evaluate(cands1[1:])
+        chosen = pick(cands1) or chosen
+    tried = list(dict.fromkeys(cands0 + cands1))
+    rows = [{"min_size": c[0], "plug_size": c[1], "score": mean(c)} for c in tried if complete(c)]
+    used = [v for v in ids if v not in unreadable]
+    if on_metric:
+        for row in rows:
+            on_metric(row["score"], {"low": float(low), "high": float(high), "thin": thin,
+                                     "closing_radius": list(radius), "min_size": row["min_size"],
+                                     "plug_size": row["plug_size"], "n_volumes": len(used)})
+    if state["stopped"] and on_deadline:
+        on_deadline(f"dust / plug size choice stopped after {len(rows)} of "
+                    f"{len(dust) + len(plugs) - 1} candidates")
+    report(total, total, "dust / plug sizes chosen")
+    if chosen is None:
+        return {**fallback, "complete": not state["stopped"], "volumes": used}
+    return {"min_size": chosen[0], "plug_size": chosen[1], "score": mean(chosen), "scores": rows,
+            "volumes": used, "complete": not state["stopped"]}
+
+
 def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float, closing_radius,
                 min_size: int) -> float:
     """Ranking score of one candidate: the competition score of its
@@ -111,6 +363,8 @@ def run_search(
     closing_radius=(1, 2, 2),
     closing_radii: Sequence[Sequence[int]] | None = None,
     min_size: int = 100,
+    dust_sizes: Sequence[int] | None = None,
+    plug_sizes: Sequence[int] | None = None,
     max_iter: int = 150,
     tol: float = 1e-6,
     intercept_shift: float = 0.0,
@@ -147,6 +401,14 @@ def run_search(
         Closing radii to choose from: each is a dimension of the candidates
         like the threshold pair (ranked, then scored in full); ties go to
         the earlier one.
+    min_size : int
+        Dust size of the candidates' post-processing (the grid is ranked
+        and scored with it, and no plugging).
+    dust_sizes, plug_sizes : sequence of int, optional
+        After the best (model, thresholds, radius, thin) is found, its dust
+        size and hole plug size are chosen from these on the validation
+        volumes scored in full (:func:`choose_postprocess`; ``search/postprocess.json``
+        caches the scores).  Default: ``(min_size,)`` and ``(0,)``, no choice.
     thin_options : sequence of bool
         The full scoring tries each top candidate with each of these
         ``thin`` settings of the post-processing (``(False,)``: never thin).
@@ -159,7 +421,8 @@ def run_search(
     -------
     dict
         ``best`` (``l1``, ``l2``, ``low``, ``high``, ``thin``,
-        ``closing_radius``, ``score``, ``model_path``), ``results`` (mean score per grid point),
+        ``closing_radius``, ``min_size``, ``plug_size``, ``score`` -- the
+        mean validation score of that whole choice --, ``model_path``), ``results`` (mean score per grid point),
         ``fit_iters`` and ``fit_seconds`` (summed over fits), ``fit_converged``
         (how many fits converged before ``max_iter``).
     """
@@ -169,10 +432,12 @@ def run_search(
     if not thins or any(not isinstance(t, (bool, np.bool_)) for t in thin_options):
         raise ValueError(f"thin_options must be a non-empty sequence of True / False, got {thin_options!r}")
     radii = _radii(closing_radius if closing_radii is None else closing_radii)
+    dust = _sizes("dust_sizes", (min_size,) if dust_sizes is None else dust_sizes)
+    plugs = _sizes("plug_sizes", (0,) if plug_sizes is None else plug_sizes)
     points = grid_points(l1_grid, l2_grid)
     pairs = threshold_pairs(thresholds, gap)
-    n_cands = len(points) * len(pairs) * len(radii)
-    total = len(points) + len(val) * (n_cands + (min(int(top_k), n_cands) if top_k else n_cands))
+    total = search_units(n_points=len(points), n_val=len(val), n_thresholds=len(pairs), n_radii=len(radii),
+                         top_k=top_k, n_dust=len(dust), n_plug=len(plugs))
     report = progress or (lambda *a, **k: None)
     metric = on_metric or (lambda *a: None)
 
@@ -219,7 +484,7 @@ def run_search(
     cands = [(g, t_i, c_i) for g in range(len(points)) for t_i in range(len(pairs)) for c_i in range(len(radii))]
     k_full = len(cands) if not top_k else min(int(top_k), len(cands))
     n_units = len(val) * (len(cands) + k_full)
-    total = len(points) + n_units
+    total = len(points) + n_units + choose_units(len(val), len(dust), len(plugs))
     proxy_sum = np.zeros(len(cands))
     n_ranked = 0
     ranked_ids: list[str] = []
@@ -267,6 +532,7 @@ def run_search(
     full = [(i, t) for i in chosen for t in thins]  # (candidate, thin) scored in full
     sums = np.zeros(len(full))
     counts = 0
+    per_volume: dict[str, list[float]] = {}  # the full scores of each volume that counts
     base = len(points) + len(val) * len(cands)
     for v, rec in enumerate(r for r in val if r.id in ranked_ids):
         cache = dest / f"val_{rec.id}.json"
@@ -298,7 +564,12 @@ def run_search(
                 low, high = pairs[t_i]
                 mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
                                    min_size=min_size, thin=thin, ridge=ridges.get(g))
-                scores.append(score_volume(mask, label).score)
+                def on_score(d, t, what, _j=j):
+                    report(base + v * k_full + (_j + d / t) * k_full / len(full), total, file=rec.id,
+                           file_done=v, file_total=len(ranked_ids), substep=f"candidate {_j + 1}/{len(full)}: {what}",
+                           substep_done=_j, substep_total=len(full))
+
+                scores.append(score_volume(mask, label, on_progress=on_score).score)
                 report(base + v * k_full + (j + 1) * k_full / len(full), total, file=rec.id, file_done=v,
                        file_total=len(ranked_ids), substep=f"candidate {j + 1}/{len(full)}", substep_done=j + 1,
                        substep_total=len(full))
@@ -308,11 +579,13 @@ def run_search(
             write_json(cache, data)
         sums += np.asarray(data["scores"], dtype=float)
         counts += 1
+        per_volume[rec.id] = [float(x) for x in data["scores"]]
         for j, (i, thin) in enumerate(full):
             g, t_i, c_i = cands[i]
             metric("search_score", float(data["scores"][j]),
                    {"volume_id": rec.id, "l1": points[g][0], "l2": points[g][1],
-                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin, "closing_radius": radii[c_i]})
+                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin, "closing_radius": radii[c_i],
+                    "min_size": int(min_size), "plug_size": 0})
         report(base + (v + 1) * k_full, total, file=rec.id, file_done=v + 1, file_total=len(ranked_ids))
 
     results = []
@@ -326,14 +599,36 @@ def run_search(
                             "proxy": float(proxy_sum[i] / max(n_ranked, 1))})
             metric("search_mean_score", float(mean[j]),
                    {"l1": l1, "l2": l2, "low": low, "high": high, "thin": thin, "closing_radius": radii[c_i],
-                    "n_volumes": counts})
+                    "min_size": int(min_size), "plug_size": 0, "n_volumes": counts})
         # best score; ties go to the stronger regularisation (fewer features), then to no thinning
         # (cheaper), then to the earlier closing radius
         best_j = sorted(range(len(results)), key=lambda j: (-round(results[j]["score"], 9), -results[j]["l1"],
                                                              -results[j]["l2"], results[j]["thin"],
                                                              cands[full[j][0]][2]))[0]
         g_best = cands[full[best_j][0]][0]
-        best = dict(results[best_j])
+        best = {**results[best_j], "min_size": int(min_size), "plug_size": 0}
+        # 4. the dust size, then the hole plug size, of that choice on the volumes scored in full
+        by_id = {rec.id: rec for rec in val}
+        ids = list(per_volume)
+
+        def load(i, on_p):
+            pair = read(by_id[ids[i]])
+            if pair is None:
+                return None
+            return linear_probabilities(pair[0], [models[g_best]], on_progress=on_p)[0], pair[1]
+
+        at = len(points) + n_units
+        post = choose_postprocess(
+            ids, load, low=best["low"], high=best["high"], thin=best["thin"],
+            closing_radius=best["closing_radius"], dust_sizes=dust, plug_sizes=plugs, min_size=min_size,
+            known={(int(min_size), 0): {v: per_volume[v][best_j] for v in ids}},
+            cache=dest / "postprocess.json", deadline=deadline,
+            on_progress=lambda d, t, what: report(at + d, total, substep=f"dust / plug: {what}"),
+            on_metric=lambda value, extra: metric("postprocess_score", value, extra),
+            on_deadline=on_deadline)
+        best["min_size"], best["plug_size"] = int(post["min_size"]), int(post["plug_size"])
+        if post["score"] is not None:
+            best["score"] = float(post["score"])
     else:
         if on_warning:
             on_warning("no validation volume could be scored; the search keeps the middle of the grid",
@@ -341,14 +636,18 @@ def run_search(
         g_best = len(points) // 2
         low, high = pairs[len(pairs) // 2]
         best = {"l1": points[g_best][0], "l2": points[g_best][1], "low": low, "high": high, "thin": False,
-                "closing_radius": radii[0], "score": None}
+                "closing_radius": radii[0], "min_size": int(min_size), "plug_size": 0, "score": None}
+        post = None
     proxies = [{"l1": points[g][0], "l2": points[g][1], "low": pairs[t_i][0], "high": pairs[t_i][1],
                 "closing_radius": radii[c_i], "proxy": float(proxy_sum[i] / max(n_ranked, 1))}
                for i, (g, t_i, c_i) in enumerate(cands)]
     best["model_path"] = str(dest / f"model_{g_best}.npz")
     write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts,
-                                       "ranked": proxies, "top_k": k_full})
+                                       "ranked": proxies, "top_k": k_full,
+                                       "postprocess": post and {k: post[k] for k in ("scores", "volumes",
+                                                                                      "complete")}})
     report(total, total, message=f"best l1={best['l1']:g} l2={best['l2']:g} high={best['high']:g}"
-                                 f"{' thin' if best['thin'] else ''} closing {tuple(best['closing_radius'])}")
+                                 f"{' thin' if best['thin'] else ''} closing {tuple(best['closing_radius'])}"
+                                 f" dust {best['min_size']} plug {best['plug_size']}")
     return {"best": best, "results": results, "fit_iters": fit_iters, "fit_seconds": fit_seconds,
             "fit_converged": fit_converged}

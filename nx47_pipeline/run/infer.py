@@ -11,7 +11,8 @@
    a rerun after ``kill -9`` skips finished chunks.  Chunks run in process,
    or as tasks on Dask distributed (``--scheduler``).
 2. **postprocess** — hysteresis, thin surface (when the bundle's run chose
-   it), closing, cavity filling and dust removal on
+   it), closing, cavity filling, dust removal and hole plugging (the
+   bundle's ``postprocess.min_size`` / ``plug_size``) on
    the whole volume: in process with numpy (the volume's classes must fit in
    memory), or with Dask arrays and a chunked labelling (block labels joined across
    chunk faces; memory per worker bounded by the chunk size), giving the same mask.
@@ -43,7 +44,8 @@ from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.model.bundle import Bundle, load_bundle
 from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import (
-    RIDGE_BIT, RIDGE_HALO, anisotropic_closing, postprocess_classes, surface_ridge, thin_mask, threshold_classes,
+    RIDGE_BIT, RIDGE_HALO, anisotropic_closing, plug_radius, postprocess_classes, surface_ridge, thin_mask,
+    threshold_classes,
 )
 from nx47_pipeline.model.predict import linear_probabilities
 from nx47_pipeline.run.executor import chunk_grid, make_executor, worker_name
@@ -212,8 +214,28 @@ def _label_dask(binary, structure: np.ndarray):
     return local.map_blocks(relabel, dtype=dtype), bound
 
 
+def _sizes_dask(lab, bound: int) -> np.ndarray:
+    """Voxel count of each label 0..``bound`` of a chunked label array, summed block by block
+    (``da.bincount(lab.ravel())`` would rechunk the whole volume for the ravel)."""
+    return lab.map_blocks(lambda b: np.bincount(b.ravel(), minlength=bound + 1)[None, None, None],
+                          new_axis=3, chunks=tuple((1,) * n for n in lab.numblocks) + ((bound + 1,),),
+                          dtype=np.int64).sum(axis=(0, 1, 2)).compute()
+
+
+def _fill_cavities_dask(mask, s6: np.ndarray):
+    """:func:`~nx47_pipeline.model.postprocess.fill_cavities` of a chunked mask: the background
+    components (6-connected, labelled across chunks) that touch no face are filled."""
+    import dask.array as da  # noqa: PLC0415 - optional, lazy
+
+    bg = ~mask
+    lab_bg, _ = _label_dask(bg, s6)
+    faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
+    border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
+    return (mask | (bg & ~da.isin(lab_bg, border_ids))).persist()
+
+
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
-                      min_size: int, chunk: int, thin: bool = False) -> None:
+                      min_size: int, chunk: int, thin: bool = False, plug_size: int = 0) -> None:
     import dask  # noqa: PLC0415 - optional, lazy
     import dask.array as da  # noqa: PLC0415
 
@@ -238,29 +260,38 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), mask,
                           depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool).persist()
     del lab
-    bg = ~mask
-    lab_bg, _ = _label_dask(bg, s6)
-    faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
-    border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
-    mask = (mask | (bg & ~da.isin(lab_bg, border_ids))).persist()
-    del lab_bg, bg
+    mask = _fill_cavities_dask(mask, s6)
     lab2, n2 = _label_dask(mask, s26)
     if min_size > 1 and n2:
-        # per block, then summed (da.bincount(lab2.ravel()) would rechunk the whole volume for the ravel)
-        sizes = lab2.map_blocks(lambda b: np.bincount(b.ravel(), minlength=n2 + 1)[None, None, None],
-                                new_axis=3, chunks=tuple((1,) * n for n in lab2.numblocks) + ((n2 + 1,),),
-                                dtype=np.int64).sum(axis=(0, 1, 2)).compute()
-        small = np.flatnonzero(sizes < min_size)
+        small = np.flatnonzero(_sizes_dask(lab2, n2) < min_size)
         mask = mask & ~da.isin(lab2, small[small > 0])
+        if plug_size > 0:
+            mask = mask.persist()
+    del lab2
+    if plug_size > 0:
+        # plug_holes: the fills of a closing of radius plug_radius(r), labelled across chunks (26-connected)
+        # like the dust removal; the fill components larger than plug_size stay out
+        pr = plug_radius(r)
+        fill = (da.map_overlap(lambda b: anisotropic_closing(b, radius=pr), mask,
+                               depth={i: 2 * v for i, v in enumerate(pr)}, boundary=0, dtype=bool) & ~mask).persist()
+        lab3, n3 = _label_dask(fill, s26)
+        if n3:
+            sizes = _sizes_dask(lab3, n3)
+            big = np.flatnonzero(sizes > plug_size)
+            plugs = (fill & ~da.isin(lab3, big)).persist()
+            if bool(plugs.any().compute()):
+                mask = _fill_cavities_dask(mask | plugs, s6)  # a plug may close a cavity's mouth
+        del lab3, fill
     mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
 
 
 def _postprocess_numpy(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int], min_size: int,
-                       chunk: int, thin: bool = False) -> None:
+                       chunk: int, thin: bool = False, plug_size: int = 0) -> None:
     import zarr  # noqa: PLC0415
 
     classes = np.asarray(zarr.open_array(str(classes_path), mode="r")[...])
-    mask = postprocess_classes(classes, closing_radius=closing_radius, min_size=min_size, thin=thin)
+    mask = postprocess_classes(classes, closing_radius=closing_radius, min_size=min_size, thin=thin,
+                               plug_size=plug_size)
     out = zarr.create_array(str(mask_path), shape=mask.shape, chunks=(chunk,) * 3, dtype="uint8", overwrite=True)
     out[...] = mask
 
@@ -352,11 +383,11 @@ def infer(
                              file_total=n_chunks, worker=res["worker"])
         with tel.stage(StageName.POSTPROCESS, total=1):
             tel.progress(step_done=0, step_total=1, message=f"hysteresis, {'thin surface, ' if thin else ''}"
-                         "closing, cavities, dust (whole volume)")
+                         f"closing, cavities, dust{', hole plugs' if b.plug_size else ''} (whole volume)")
             post = _postprocess_dask if scheduler else _postprocess_numpy
             mask_path = out / MASK
-            post(classes_path, mask_path, closing_radius=b.closing_radius, min_size=b.min_component_voxels,
-                 chunk=chunk, thin=thin)
+            post(classes_path, mask_path, closing_radius=b.closing_radius, min_size=b.min_size,
+                 chunk=chunk, thin=thin, plug_size=b.plug_size)
             tel.progress(step_done=1, step_total=1)
         status = Status.OK
     except Cancelled as exc:

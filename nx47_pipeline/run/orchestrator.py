@@ -349,11 +349,7 @@ def _train(ctx: RunContext) -> None:
             _skip(ctx, name, "no training samples")
     else:
         val = st.selection.val
-        n_points = len(cfg.l1_grid) * len(cfg.l2_grid)
-        n_search = len(stages.search_volumes(cfg, val))
-        n_cands = n_points * len(cfg.threshold_grid)
-        n_full = min(cfg.search_top_k, n_cands) if cfg.search_top_k else n_cands
-        with _stage(ctx, StageName.SEARCH, total=n_points + n_search * (n_cands + n_full)):
+        with _stage(ctx, StageName.SEARCH, total=budget.search_units(cfg, n_val=len(stages.search_volumes(cfg, val)))):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.out / "search",
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):
@@ -424,8 +420,8 @@ def _validate(ctx: RunContext) -> None:
                 st.unet = None
                 st.val_scores = linear
             elif unet_pair is not None:
-                st.best = {**st.best, "low": unet_pair["low"], "high": unet_pair["high"],
-                           "thin": unet_pair["thin"], "closing_radius": unet_pair["closing_radius"]}
+                st.best = {**st.best, **{k: unet_pair[k] for k in ("low", "high", "thin", "closing_radius",
+                                                                    "min_size", "plug_size")}}
 
 
 def _validation_summary(st) -> dict[str, Any]:
@@ -439,7 +435,8 @@ def _write_bundle_manifest(ctx: RunContext) -> None:
     try:
         write_manifest(
             ctx.out / "model", best=st.best, closing_radius=stages.closing_of(cfg, st.best),
-            min_component_voxels=cfg.min_component_voxels, unet_fuse=cfg.unet_fuse if st.unet else None,
+            min_component_voxels=cfg.min_component_voxels, min_size=stages.min_size_of(cfg, st.best),
+            plug_size=stages.plug_size_of(st.best), unet_fuse=cfg.unet_fuse if st.unet else None,
             train_ids=[r.id for r in st.selection.train], val_ids=[r.id for r in st.selection.val],
             validation=_validation_summary(st),
         )

@@ -33,7 +33,7 @@ from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
 from nx47_pipeline.model.metric import VolumeScore, score_volume
 from nx47_pipeline.model.postprocess import postprocess, surface_ridge, uint8_to_probability
-from nx47_pipeline.model.search import run_search, threshold_pairs
+from nx47_pipeline.model.search import choose_postprocess, run_search, threshold_pairs
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
 from nx47_pipeline.run.executor import InProcess
@@ -269,8 +269,9 @@ def search(
     ctx: RunContext, report: Reporter, samples: Samples, val: Sequence[VolumeRecord], dest: Path,
     *, max_iter: int, deadline: float | None,
 ) -> dict[str, Any]:
-    """The (L1, L2) x threshold grid search scored with the competition
-    metric on the first ``search_max_val_volumes`` of ``val``
+    """The (L1, L2) x threshold x closing radius grid search scored with the
+    competition metric on the first ``search_max_val_volumes`` of ``val``,
+    then the dust and hole plug sizes of its best
     (:func:`nx47_pipeline.model.search.run_search`)."""
     cfg = ctx.config
     return run_search(
@@ -280,6 +281,7 @@ def search(
         thresholds=cfg.threshold_grid, gap=cfg.hysteresis_gap,
         scales=cfg.feature_scales,
         closing_radius=cfg.closing_radius, closing_radii=cfg.closing_radii(), min_size=cfg.min_component_voxels,
+        dust_sizes=cfg.dust_sizes(), plug_sizes=cfg.plug_sizes(),
         max_iter=max_iter, tol=cfg.fit_tol,
         intercept_shift=samples.prior_shift,
         top_k=cfg.search_top_k,
@@ -418,11 +420,24 @@ def _radius(cfg, value) -> tuple[int, int, int]:
     return tuple(int(v) for v in (cfg.closing_radius if value is None else value))
 
 
+def min_size_of(cfg, best: dict[str, Any]) -> int:
+    """The dust size of ``best`` (chosen on validation); ``cfg.min_component_voxels``
+    where it names none (results and bundles from before the choice)."""
+    value = best.get("min_size")
+    return int(cfg.min_component_voxels if value is None else value)
+
+
+def plug_size_of(best: dict[str, Any]) -> int:
+    """The hole plug size of ``best`` (chosen on validation); 0 (no plugging)
+    where it names none (results and bundles from before the choice)."""
+    return int(best.get("plug_size") or 0)
+
+
 def segmenter(ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None) -> Segmenter:
     """The model and post-processing of this run, for validate and segment tasks."""
     cfg = ctx.config
     return Segmenter(model=model, best=dict(best), unet=unet_part, closing_radius=closing_of(cfg, best),
-                     min_size=cfg.min_component_voxels)
+                     min_size=min_size_of(cfg, best), plug_size=plug_size_of(best))
 
 
 def validate(
@@ -480,56 +495,78 @@ def validate(
 #: sharper than fit_prox's and its best pair was higher (docs/model.md).
 UNET_THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-#: A post-processing choice: (low, high, thin, closing radius).
-PostKey = tuple[float, float, bool, tuple[int, int, int]]
+#: A post-processing choice: (low, high, thin, closing radius, dust size, hole plug size).
+PostKey = tuple[float, float, bool, tuple[int, int, int], int, int]
 
 
 def _post_key(cfg, best: dict[str, Any]) -> PostKey:
-    return float(best["low"]), float(best["high"]), bool(best.get("thin", False)), closing_of(cfg, best)
+    return (float(best["low"]), float(best["high"]), bool(best.get("thin", False)), closing_of(cfg, best),
+            min_size_of(cfg, best), plug_size_of(best))
 
 
 def _same_key(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return np.allclose(a[:2], b[:2]) and bool(a[2]) == bool(b[2]) and tuple(a[3]) == tuple(b[3])
+    return (np.allclose(a[:2], b[:2]) and bool(a[2]) == bool(b[2]) and tuple(a[3]) == tuple(b[3])
+            and int(a[4]) == int(b[4]) and int(a[5]) == int(b[5]))
+
+
+def _recorded_key(cfg, record: dict[str, Any], prefix: str) -> PostKey:
+    """The choice ``<prefix>_...`` of a ``unet_thresholds.json`` (``prefix`` ``search`` or ``chosen``);
+    fields missing in records from before they were chosen take the run's defaults."""
+    pair = record["search_pair" if prefix == "search" else "chosen"]
+    size = record.get(f"{prefix}_min_size")
+    return (float(pair[0]), float(pair[1]), bool(record.get(f"{prefix}_thin", False)),
+            _radius(cfg, record.get(f"{prefix}_closing_radius")),
+            int(cfg.min_component_voxels if size is None else size), int(record.get(f"{prefix}_plug_size") or 0))
 
 
 def unet_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
     scores: dict[str, dict[str, float]], *, deadline: float | None,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
-    """The U-Net's hysteresis pair, ``thin`` and closing radius, chosen by the
-    mean competition score on the validation maps ``dest/<id>_prob.tif`` that
-    :func:`validate` wrote with the U-Net (at most ``search_max_val_volumes``
-    of them; the pairs of :data:`UNET_THRESHOLD_GRID`, each with and without
-    thin-surface extraction and with each radius of the run's
-    ``closing_radii()``; ``scores`` holds those of ``best``'s choice).
+    """The U-Net's hysteresis pair, ``thin``, closing radius, dust size and
+    hole plug size, chosen by the mean competition score on the validation
+    maps ``dest/<id>_prob.tif`` that :func:`validate` wrote with the U-Net
+    (at most ``search_max_val_volumes`` of them): first the pairs of
+    :data:`UNET_THRESHOLD_GRID`, each with and without thin-surface
+    extraction and with each radius of the run's ``closing_radii()`` (at
+    ``best``'s dust and plug sizes); then, for the best of those, the dust
+    size and the plug size from ``best``'s and ``dust_sizes()`` /
+    ``plug_sizes()`` (:func:`nx47_pipeline.model.search.choose_postprocess`,
+    as the search chose its own; ties keep ``best``'s).  ``scores`` holds
+    those of ``best``'s choice.
 
     Returns ``(choice, scores)``: ``choice`` is ``{"low", "high", "thin",
-    "closing_radius", "score"}`` when another choice than ``best``'s scores higher (the
-    volumes' masks and ``<id>.json`` are rewritten with it and ``scores``
-    updated), else None and ``scores`` unchanged.  Stops with what it has at
-    ``deadline``.  ``dest/unet_thresholds.json`` records every choice's
-    mean."""
+    "closing_radius", "min_size", "plug_size", "score"}`` when another
+    choice than ``best``'s scores higher (the volumes' masks and
+    ``<id>.json`` are rewritten with it and ``scores`` updated), else None
+    and ``scores`` unchanged.  Stops with what it has at ``deadline``.
+    ``dest/unet_thresholds.json`` records every choice's mean
+    (``chosen_min_size`` / ``chosen_plug_size`` and the dust / plug
+    candidates' means in ``postprocess_scores``)."""
     cfg = ctx.config
     current = _post_key(cfg, best)
     record = read_json(dest / "unet_thresholds.json")
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
-            and _same_key((*record["search_pair"], record.get("search_thin", False),
-                           _radius(cfg, record.get("search_closing_radius"))), current)):
+            and _same_key(_recorded_key(cfg, record, "search"), current)):
         # a resumed run: the masks and scores already follow the recorded choice
-        chosen = (float(record["chosen"][0]), float(record["chosen"][1]), bool(record.get("chosen_thin", False)),
-                  _radius(cfg, record.get("chosen_closing_radius")))
+        chosen = _recorded_key(cfg, record, "chosen")
         if _same_key(chosen, current):
             return None, scores
-        mean = next((r["score"] for r in record.get("scores", [])
-                     if _same_key((r["low"], r["high"], r.get("thin", False), _radius(cfg, r.get("closing_radius"))),
-                                  chosen)), None)
+        mean = record.get("chosen_score")
+        if mean is None:  # records from before the dust / plug choice
+            mean = next((r["score"] for r in record.get("scores", [])
+                         if _same_key((r["low"], r["high"], r.get("thin", False),
+                                       _radius(cfg, r.get("closing_radius")), chosen[4], chosen[5]), chosen)),
+                        None)
         return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
-    keys = [(lo, hi, thin, r) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
+    sizes = current[4:]
+    keys = [(lo, hi, thin, r, *sizes) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
             for thin in (False, True) for r in cfg.closing_radii()]
     keys = [k for k in keys if not _same_key(k, current)]
     results: dict[PostKey, dict[str, VolumeScore]] = {k: {} for k in keys}
     done: list[str] = []
+    n_val = max(len(val), 1)
     for i, rec in enumerate(recs):
         if deadline is not None and time.monotonic() >= deadline:
             report.deadline_hit("validate", f"U-Net thresholds scored on {i} of {len(recs)} volumes")
@@ -539,25 +576,62 @@ def unet_thresholds(
             continue
         prob, label = pair_maps
         ridge = surface_ridge(prob, prob > min(k[0] for k in keys)) if keys else None
-        for key in keys:
-            results[key][rec.id] = score_volume(_post_mask(cfg, prob, key, ridge), label)
+        for j, key in enumerate(keys):
+            def on_score(d, t, what, _j=j, _i=i, _id=rec.id):
+                # a large volume takes seconds to score: say so per part
+                report.progress(n_val, n_val, file=_id, file_done=_i, file_total=len(recs),
+                                substep=f"U-Net thresholds: {what}", substep_done=_j,
+                                substep_total=len(keys))
+
+            results[key][rec.id] = score_volume(_post_mask(prob, key, ridge), label, on_progress=on_score)
+            report.progress(n_val, n_val, file=rec.id, file_done=i, file_total=len(recs),
+                            substep="U-Net thresholds", substep_done=j + 1, substep_total=len(keys))
         done.append(rec.id)
     if not done:
         return None, scores
     table = {current: float(np.mean([scores[i]["score"] for i in done]))}
     table.update({key: float(np.mean([s.score for s in by_id.values()])) for key, by_id in results.items()})
-    for (low, high, thin, r), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][1])):
+    for (low, high, thin, r, size, plug), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][3],
+                                                                                        kv[0][1])):
         report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, thin=thin, closing_radius=list(r),
-                      n_volumes=len(done))
+                      min_size=size, plug_size=plug, n_volumes=len(done))
     # ties: the search's choice, then no thinning, then the earlier radius of closing_radii()
     order = {r: i for i, r in enumerate(cfg.closing_radii())}
     chosen = max(table, key=lambda k: (table[k], k == current, not k[2], -order.get(k[3], len(order))))
+    chosen_mean = table[chosen]
+    # the dust size and hole plug size of that choice, as the search chose its own
+    by_rec = {r.id: r for r in recs}
+
+    def load(i, on_p):
+        return _val_map(report, by_rec[done[i]], dest)
+
+    known = ({v: scores[v]["score"] for v in done} if chosen == current
+             else {v: results[chosen][v].score for v in done})
+    # the search's sizes first: ties keep them
+    post = choose_postprocess(
+        done, load, low=chosen[0], high=chosen[1], thin=chosen[2], closing_radius=chosen[3],
+        dust_sizes=[chosen[4], *cfg.dust_sizes()], plug_sizes=[chosen[5], *cfg.plug_sizes()],
+        min_size=chosen[4], plug_size=chosen[5],
+        known={(chosen[4], chosen[5]): known}, cache=dest / "unet_postprocess.json", deadline=deadline,
+        on_progress=lambda d, t, what: report.progress(n_val, n_val, substep=f"U-Net dust / plug: {what}",
+                                                       substep_done=int(d), substep_total=int(t)),
+        on_metric=lambda value, extra: report.metric(MetricName.POSTPROCESS_SCORE, value, model="unet", **extra),
+        on_deadline=lambda what: report.deadline_hit("validate", f"U-Net {what}"))
+    if post["score"] is not None:
+        chosen = (*chosen[:4], int(post["min_size"]), int(post["plug_size"]))
+        chosen_mean = float(post["score"])
+    if _same_key(chosen, current):
+        chosen = current
     record = {"volumes": done, "chosen": list(chosen[:2]), "chosen_thin": chosen[2],
-              "chosen_closing_radius": list(chosen[3]),
+              "chosen_closing_radius": list(chosen[3]), "chosen_min_size": chosen[4],
+              "chosen_plug_size": chosen[5], "chosen_score": chosen_mean,
               "search_pair": list(current[:2]), "search_thin": current[2],
-              "search_closing_radius": list(current[3]),
-              "scores": [{"low": lo, "high": hi, "thin": thin, "closing_radius": list(r), "score": v}
-                         for (lo, hi, thin, r), v in sorted(table.items())]}
+              "search_closing_radius": list(current[3]), "search_min_size": current[4],
+              "search_plug_size": current[5],
+              "scores": [{"low": lo, "high": hi, "thin": thin, "closing_radius": list(r), "min_size": size,
+                          "plug_size": plug, "score": v}
+                         for (lo, hi, thin, r, size, plug), v in sorted(table.items())],
+              "postprocess_scores": post["scores"]}
     new = dict(scores)
     if chosen != current:
         # every validation volume the U-Net segmented gets the chosen masks and scores
@@ -569,19 +643,21 @@ def unet_thresholds(
             pair_maps = _val_map(report, rec, dest)
             if pair_maps is None:
                 continue
-            mask = _post_mask(cfg, pair_maps[0], chosen, None)
-            s = results[chosen].get(rec.id) or score_volume(mask, pair_maps[1])  # the sweep scored done volumes
+            mask = _post_mask(pair_maps[0], chosen, None)
+            # the sweep scored the done volumes at the sweep's sizes
+            s = (results[chosen].get(rec.id) if chosen in results else None) or score_volume(mask, pair_maps[1])
             write_volume(dest / f"{rec.id}.tif", mask)
             new[rec.id] = validation_record(s)
             write_json(dest / f"{rec.id}.json", new[rec.id])
     write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
     if chosen == current:
         return None, scores
-    return _choice(chosen, table[chosen]), new
+    return _choice(chosen, chosen_mean), new
 
 
 def _choice(key: PostKey, score: float | None) -> dict[str, Any]:
-    return {"low": key[0], "high": key[1], "thin": key[2], "closing_radius": list(key[3]), "score": score}
+    return {"low": key[0], "high": key[1], "thin": key[2], "closing_radius": list(key[3]), "min_size": key[4],
+            "plug_size": key[5], "score": score}
 
 
 def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -596,13 +672,13 @@ def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarra
     return prob, label
 
 
-def _post_mask(cfg, prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) -> np.ndarray:
+def _post_mask(prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) -> np.ndarray:
     """The mask of ``prob`` post-processed with ``key``; ``ridge`` (the
     :func:`surface_ridge` of ``prob`` on every voxel above ``key``'s low, or
     None) saves recomputing it for each pair."""
-    low, high, thin, radius = key
-    return postprocess(prob, low=low, high=high, closing_radius=tuple(radius),
-                       min_size=cfg.min_component_voxels, thin=thin, ridge=ridge)
+    low, high, thin, radius, min_size, plug_size = key
+    return postprocess(prob, low=low, high=high, closing_radius=tuple(radius), min_size=min_size, thin=thin,
+                       ridge=ridge, plug_size=plug_size)
 
 
 def segment(
@@ -626,6 +702,7 @@ def segment(
     cost = ctx.state.unet_plan.cost if unet_part is not None else None
     seg = segmenter(ctx, model, best, unet_part) if model is not None else None
     thin = bool(best.get("thin", False))
+    plug = plug_size_of(best) > 0
     workers = max(1, int(getattr(executor, "workers", 1) or 1))
     state = {"announced": False, "ahead_s": 0.0, "done": 0}
 
@@ -645,6 +722,7 @@ def segment(
                 left = deadline - time.monotonic() - state["ahead_s"] / workers
                 need = budget.model_segment_need_s(
                     timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost, thin=thin,
+                    plug=plug,
                 )
                 if left < need:
                     use_model = False
@@ -658,7 +736,7 @@ def segment(
                         )
                 elif not executor.lazy:
                     state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost,
-                                                                    thin=thin)
+                                                                    thin=thin, plug=plug)
             yield SegmentJob(index=i, volume_id=rec.id, image_path=rec.image_path, dest=dest,
                              segmenter=seg if use_model else None, closing_radius=tuple(cfg.closing_radius),
                              min_size=cfg.min_component_voxels, trace=cfg.array_trace, shape=rec.shape)

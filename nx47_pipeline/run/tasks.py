@@ -149,15 +149,17 @@ class Segmenter:
     unet: UNetPart | None
     closing_radius: tuple[int, int, int]
     min_size: int
+    plug_size: int = 0
 
 
 def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.ndarray:
     """Probability map (kept as uint8 at ``prob_path``) -> post-processed
-    uint8 0/1 mask with the search's thresholds and ``thin`` choice."""
+    uint8 0/1 mask with the chosen thresholds, ``thin``, closing radius,
+    dust size and hole plug size."""
     prob = probability(image, seg.model, unet=seg.unet, on_progress=on_p)
     on_p(1, 1, "post-processing", 1.0)
     mask = postprocess(prob, low=seg.best["low"], high=seg.best["high"], closing_radius=seg.closing_radius,
-                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)))
+                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)), plug_size=seg.plug_size)
     write_volume(prob_path, probability_to_uint8(prob))
     return mask
 
@@ -194,8 +196,9 @@ def validate_task(job: ValidateJob, progress: TaskProgress = no_progress) -> Out
 
     mask = model_mask(job.segmenter, image, on_p, job.dest / f"{job.volume_id}_prob.tif")
     write_volume(job.dest / f"{job.volume_id}.tif", mask)
-    progress(job.index, 0, 1, "score", 0.9)
-    s = score_volume(mask, label)
+    progress(job.index, 0, 1, "score", 0.8)
+    s = score_volume(mask, label, on_progress=lambda done, total, what: progress(
+        job.index, done, total, f"score: {what}", 0.8 + 0.2 * done / total))
     out.data = validation_record(s)
     write_json(job.dest / f"{job.volume_id}.json", out.data)
     return out

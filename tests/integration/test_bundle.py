@@ -261,3 +261,83 @@ def test_kit_notebook_runs_headless_with_model_dir_on_read_only_input(trained, t
     reference, got = _masks(out), _masks(work)
     for name in reference:
         np.testing.assert_array_equal(got[name], reference[name])
+
+
+@pytest.fixture(scope="module")
+def sized(trained, tmp_path_factory):
+    """A training run on the same data whose grids hold one dust size (300)
+    and one plug size (512), neither the run's ``min_component_voxels``
+    (20) nor "no plugging": the search's choice, its masks, its bundle."""
+    data = trained[0]
+    root = tmp_path_factory.mktemp("sized")
+    out = root / "train"
+    result = run_pipeline(small_config(data, out, max_val_volumes=1, dust_size_grid=(300,), plug_size_grid=(512,)))
+    assert result.status == "ok", result.error
+    return data, out, export_bundle(out, root / "bundle")
+
+
+def _whole_volume_masks(out: Path, folder: str, min_size: int, plug_size: int) -> dict[str, np.ndarray]:
+    """The run's masks recomputed from its model with the given dust and plug sizes."""
+    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.predict import linear_probabilities
+
+    m = json.loads((out / "model" / MANIFEST).read_text())
+    model = LogisticModel.load(out / "model" / "model.npz")
+    stats = json.loads((out / "stats.json").read_text())
+    ids = ([p.stem for p in (out / folder).glob("*.json")] if folder == "val"
+           else [n[:-4] for n in _masks(out)])
+    images = {r["volume_id"]: r["image_path"] for r in
+              (json.loads(line)["payload"] for line in (out / "journal.jsonl").read_text().splitlines()
+               if json.loads(line)["kind"] == "PREVIEW") if r.get("volume_id") in ids}
+    out_masks = {}
+    for vid in ids:
+        prob = linear_probabilities(tifffile.imread(images[vid]), [model])[0]
+        out_masks[vid] = postprocess(prob, low=m["search"]["low"], high=m["search"]["high"],
+                                     thin=m["postprocess"]["thin"],
+                                     closing_radius=tuple(m["postprocess"]["closing_radius"]),
+                                     min_size=min_size, plug_size=plug_size)
+    assert out_masks and stats["best"]["min_size"] == m["postprocess"]["min_size"]
+    return out_masks
+
+
+def test_the_chosen_dust_and_plug_sizes_reach_the_masks_the_bundle_and_run_with_model(sized, tmp_path):
+    data, out, bundle = sized
+    search = json.loads((out / "search" / "results.json").read_text())["best"]
+    assert (search["min_size"], search["plug_size"]) == (300, 512)
+    manifest = json.loads((out / "model" / MANIFEST).read_text())
+    post = manifest["postprocess"]
+    assert (post["min_size"], post["plug_size"], post["min_component_voxels"]) == (300, 512, 20)
+    b = load_bundle(bundle)
+    assert (b.min_size, b.plug_size, b.best["min_size"], b.best["plug_size"]) == (300, 512, 300, 512)
+    assert b.min_component_voxels == 20  # the fallback's
+    assert "dust below 300 voxels removed; holes plugged up to 512 voxels" in b.summary()
+    # validation and test masks are the model's maps through the chosen sizes, not the configured ones
+    for folder in ("val", "test"):
+        expected = _whole_volume_masks(out, folder, 300, 512)
+        assert any(not np.array_equal(expected[v], _whole_volume_masks(out, folder, 20, 0)[v]) for v in expected)
+        for vid, mask in expected.items():
+            np.testing.assert_array_equal(tifffile.imread(out / folder / f"{vid}.tif"), mask)
+    # an inference-only run follows the bundle's sizes
+    result = run_pipeline(small_config(data, tmp_path / "working", model_dir=str(bundle), max_val_volumes=1))
+    assert result.status == "ok", result.error
+    assert (result.stats["best"]["min_size"], result.stats["best"]["plug_size"]) == (300, 512)
+    reference, got = _masks(out), _masks(tmp_path / "working")
+    assert reference and set(got) == set(reference)
+    for name in reference:
+        np.testing.assert_array_equal(got[name], reference[name])
+
+
+def test_a_bundle_without_dust_and_plug_sizes_keeps_the_runs_dust_size_and_plugs_nothing(sized, tmp_path):
+    _, _, bundle = sized
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    del manifest["postprocess"]["min_size"], manifest["postprocess"]["plug_size"]
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    b = load_bundle(old)
+    assert (b.min_size, b.plug_size, b.best["min_size"], b.best["plug_size"]) == (20, 0, 20, 0)
+    assert "dust below" not in b.summary() and "plug" not in b.summary()
+    manifest["postprocess"]["plug_size"] = -1
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="postprocess.plug_size must be an integer >= 0"):
+        load_bundle(old)

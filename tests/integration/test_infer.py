@@ -235,3 +235,72 @@ def test_a_bundle_rewritten_in_place_with_thinning_is_not_resumed_from_the_plain
     again = infer(same, store, tmp_path / "o", chunk=24, console=False)
     assert again.status == "ok" and again.chunks_resumed == 0
     assert np.array_equal(_mask(tmp_path / "o"), thin_reference)
+
+
+#: A dust size that removes a component of the case's test mask (its run keeps it).
+MIN_SIZE = 2000
+
+
+@pytest.fixture(scope="module")
+def plug_case(case, tmp_path_factory):
+    """The bundle with a chosen dust size of :data:`MIN_SIZE` and hole plugs
+    up to 512 voxels, and its whole-volume mask."""
+    import shutil
+
+    from nx47_pipeline.model.bundle import load_bundle
+    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.predict import linear_probabilities
+
+    bundle, store, tif, _ = case
+    plugged = tmp_path_factory.mktemp("plug") / "bundle"
+    shutil.copytree(bundle, plugged)
+    manifest = json.loads((plugged / "model.json").read_text())
+    manifest["postprocess"].update(min_size=MIN_SIZE, plug_size=512)
+    (plugged / "model.json").write_text(json.dumps(manifest))
+    b = load_bundle(plugged, device="cpu")
+    assert (b.min_size, b.plug_size) == (MIN_SIZE, 512) and "holes plugged up to 512 voxels" in b.summary()
+    prob = linear_probabilities(tifffile.imread(tif), [b.model])[0]
+    kw = dict(low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius, thin=b.best["thin"])
+    reference = postprocess(prob, **kw, min_size=MIN_SIZE, plug_size=512)
+    assert reference.any()
+    assert not np.array_equal(reference, postprocess(prob, **kw, min_size=MIN_SIZE))  # the plugs change this mask
+    assert not np.array_equal(reference, postprocess(prob, **kw, min_size=b.min_component_voxels, plug_size=512))
+    return plugged, store, reference
+
+
+def test_chunked_infer_follows_the_bundles_dust_and_plug_sizes(plug_case, tmp_path):
+    from nx47_pipeline.run.infer import infer
+
+    bundle, store, reference = plug_case
+    res = infer(bundle, store, tmp_path / "o", chunk=16, console=False)
+    assert res.status == "ok", res.error
+    assert np.array_equal(_mask(tmp_path / "o"), reference)
+
+
+@pytest.mark.timeout(300)
+def test_dask_infer_plugs_holes_across_chunks_as_the_whole_volume_does(plug_case, tmp_path):
+    pytest.importorskip("distributed")
+    pytest.importorskip("dask_image")
+    from nx47_pipeline.run.infer import infer
+
+    bundle, store, reference = plug_case
+    res = infer(bundle, store, tmp_path / "o", chunk=16, scheduler="local", workers=2, console=False)
+    assert res.status == "ok", res.error
+    assert np.array_equal(_mask(tmp_path / "o"), reference)
+    events = _events(tmp_path / "o")
+    assert any("hole plugs" in e["payload"].get("message", "") for e in events if e["kind"] == "PROGRESS_UPDATE")
+
+
+def test_postprocess_classes_with_plugs_equals_postprocess_on_probabilities():
+    from scipy import ndimage
+
+    from nx47_pipeline.model.postprocess import postprocess, postprocess_classes, threshold_classes
+
+    rng = np.random.default_rng(7)
+    prob = ndimage.gaussian_filter(rng.random((30, 34, 28)), 2.0)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())
+    a = postprocess(prob, low=0.45, high=0.6, closing_radius=(1, 1, 1), min_size=30, plug_size=40)
+    b = postprocess_classes(threshold_classes(prob, low=0.45, high=0.6), closing_radius=(1, 1, 1), min_size=30,
+                            plug_size=40)
+    assert a.any() and np.array_equal(a, b)
+    assert not np.array_equal(a, postprocess(prob, low=0.45, high=0.6, closing_radius=(1, 1, 1), min_size=30))

@@ -290,6 +290,39 @@ def test_search_metrics_come_from_the_search_stage_only(full_run):
     assert grid and {e.stage for e in grid} == {"search"}
 
 
+def test_the_search_chooses_dust_and_plug_sizes_on_validation_and_the_run_uses_them(full_run, data_root):
+    from nx47_pipeline.data.discovery import discover
+    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.predict import segment_volume
+
+    _, out, events = full_run
+    cfg = small_config(data_root, out)
+    saved = json.loads((out / "search" / "results.json").read_text())
+    best = saved["best"]
+    assert best["min_size"] in cfg.dust_sizes() and best["plug_size"] in cfg.plug_sizes()
+    # the greedy pass: every dust size at the first plug size, then the other plug sizes at the chosen dust
+    tried = [(r["min_size"], r["plug_size"]) for r in saved["postprocess"]["scores"]]
+    assert tried == [(d, 0) for d in cfg.dust_sizes()] + [(best["min_size"], q) for q in cfg.plug_sizes()[1:]]
+    means = dict(zip(tried, (r["score"] for r in saved["postprocess"]["scores"])))
+    assert best["score"] == pytest.approx(max(means.values()))
+    post = [e for e in events if e.kind.value == "METRIC" and e.payload.name == "postprocess_score"]
+    assert {e.stage for e in post} == {"search"} and len(post) == len(tried)
+    # the search's amount of work counted the candidates: its progress reached the total it announced
+    search = [e for e in events if e.kind.value == "PROGRESS_UPDATE" and e.stage == "search"]
+    assert search and search[-1].payload.step_done == pytest.approx(search[-1].payload.step_total)
+    assert any("dust / plug" in (e.payload.substep or "") for e in search)
+    # the bundle and the test masks follow the choice
+    manifest = json.loads((out / "model" / "model.json").read_text())
+    assert (manifest["postprocess"]["min_size"], manifest["postprocess"]["plug_size"]) == (best["min_size"],
+                                                                                            best["plug_size"])
+    model = LogisticModel.load(out / "model" / "model.npz")
+    for rec in discover(data_root).test:
+        mask = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
+                              closing_radius=tuple(best["closing_radius"]), thin=best["thin"],
+                              min_size=best["min_size"], plug_size=best["plug_size"])
+        np.testing.assert_array_equal(tifffile.imread(out / "test" / f"{rec.id}.tif"), mask)
+
+
 def test_auto_coverage_applies_the_largest_coverage_that_fits(data_root, tmp_path):
     out = tmp_path / "out"
     # a budget that leaves time for the preflight but not for all 6 pairs
@@ -433,8 +466,8 @@ def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_p
     best = json.loads((out / "search" / "results.json").read_text())["best"]
     rec = discover(data_root).test[0]
     alone = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
-                           closing_radius=tuple(best["closing_radius"]), min_size=config.min_component_voxels,
-                           thin=best["thin"])
+                           closing_radius=tuple(best["closing_radius"]), min_size=best["min_size"],
+                           thin=best["thin"], plug_size=best["plug_size"])
     np.testing.assert_array_equal(tifffile.imread(out / "test" / f"{rec.id}.tif"), alone)
     manifest = json.loads((out / "model" / "model.json").read_text())
     assert not manifest.get("unet")

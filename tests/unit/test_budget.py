@@ -131,3 +131,15 @@ def test_a_thinning_post_processing_keeps_back_more_time_per_volume_than_the_pre
     thin = budget.model_segment_need_s(t, mvox=32.8, rest_mvox=[32.8, 32.8], thin=True)
     # only the volume's own model time grows; the fallbacks kept for the rest do not
     assert thin - plain == pytest.approx(budget.SAFETY_FACTOR * 32.8 * 3.0 * (budget.THIN_SEGMENT_FACTOR - 1))
+    plugged = budget.model_segment_need_s(t, mvox=32.8, rest_mvox=[32.8, 32.8], plug=True)
+    assert plugged - plain == pytest.approx(budget.SAFETY_FACTOR * 32.8 * 3.0 * (budget.PLUG_SEGMENT_FACTOR - 1))
+
+
+def test_the_search_work_counts_every_candidate_of_the_grids_and_the_dust_and_plug_choice():
+    from nx47_pipeline.run.budget import search_units
+
+    cfg = RunConfig()  # 2 x 2 fits, 4 thresholds, 3 radii, top 4, dust (100, 1000, 4000), plug (0, 64, 512)
+    assert search_units(cfg, n_val=8) == 4 + 8 * (4 * 4 * 3 + 4) + 8 * (3 + 3 - 1)
+    no_choice = cfg.replace(dust_size_grid=(100,), plug_size_grid=(0,))
+    assert search_units(no_choice, n_val=8) == 4 + 8 * (4 * 4 * 3 + 4)
+    assert search_units(cfg.replace(plug_size_grid=(0, 64, 512, 4096)), n_val=8) == search_units(cfg, n_val=8) + 8

@@ -62,9 +62,24 @@ def test_round_trip_through_dict():
 
 
 def test_the_closing_radius_grid_is_read_as_zyx_triples_and_a_bad_one_is_refused_by_name():
-    assert RunConfig().closing_radii() == [(1, 2, 2), (1, 1, 1)]
+    assert RunConfig().closing_radii() == [(1, 2, 2), (1, 1, 1), (2, 1, 1)]  # (2, 1, 1): stretched along z
     cfg = RunConfig.from_env({"NX47_CLOSING_RADIUS_GRID": "1,1,1,0,1,1,1,1,1"})
     assert cfg.closing_radii() == [(1, 1, 1), (0, 1, 1)]  # in order, without repeats
     for bad in ("1,2", "1,2,-1"):
         with pytest.raises(ValueError, match="closing_radius_grid must be"):
             RunConfig.from_env({"NX47_CLOSING_RADIUS_GRID": bad})
+
+
+def test_the_dust_and_plug_size_grids_are_read_from_the_environment_and_a_bad_one_is_refused_by_name():
+    cfg = RunConfig()
+    assert cfg.dust_size_grid == (100, 1000, 4000) and cfg.plug_size_grid == (0, 64, 512)
+    cfg = RunConfig.from_env({"NX47_DUST_SIZE_GRID": "50,500,50", "NX47_PLUG_SIZE_GRID": "0;32"})
+    assert cfg.dust_sizes() == [50, 500] and cfg.plug_sizes() == [0, 32]  # in order, without repeats
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    for field, bad in (("dust_size_grid", "100,-1"), ("plug_size_grid", "")):
+        with pytest.raises(ValueError, match=f"{field} must be a non-empty sequence of integers >= 0"):
+            RunConfig.from_env({f"NX47_{field.upper()}": bad}, **({field: ()} if not bad else {}))
+    with pytest.raises(ValueError, match="NX47_PLUG_SIZE_GRID"):
+        RunConfig.from_env({"NX47_PLUG_SIZE_GRID": "0,x"})
+    with pytest.raises(ValueError, match=r"dust_size_grid must be .* got \(1\.5,\)"):
+        RunConfig(dust_size_grid=(1.5,))

@@ -233,3 +233,96 @@ def test_fill_cavities_fills_enclosed_background_only_as_scipy_fill_holes_does()
         m = rng.random((18, 21, 16)) < density
         assert np.array_equal(fill_cavities(m), ndimage.binary_fill_holes(m))
     assert not fill_cavities(np.zeros((5, 6, 7), bool)).any()
+
+
+# ---------------------------------------------------------------------------
+# hole plugging
+# ---------------------------------------------------------------------------
+def _sheet(shape=(16, 32, 32), z=8):
+    m = np.zeros(shape, bool)
+    m[z, 4:28, 4:28] = True
+    return m
+
+
+def test_plug_holes_plugs_a_pinhole_so_its_tunnel_disappears():
+    from nx47_pipeline.model.metric import betti_numbers
+    from nx47_pipeline.model.postprocess import plug_holes
+
+    m = _sheet()
+    m[8, 15, 15] = False  # a pinhole: one tunnel (Betti-1) through the sheet
+    assert betti_numbers(m) == (1, 1, 0)
+    out = plug_holes(m, max_size=8)
+    assert betti_numbers(out) == (1, 0, 0)
+    assert out[8, 15, 15] and np.count_nonzero(out & ~m) == 1  # the hole only
+    assert np.all(out >= m)  # never removes a voxel
+    # a 3x3 hole needs a closing of radius 2 across the sheet; radius 1 leaves it
+    m = _sheet()
+    m[8, 14:17, 14:17] = False
+    assert betti_numbers(plug_holes(m, max_size=64, radius=(1, 1, 1)))[1] == 1
+    assert betti_numbers(plug_holes(m, max_size=64, radius=(1, 2, 2)))[1] == 0
+    # the fill of a hole larger than max_size stays out
+    assert betti_numbers(plug_holes(m, max_size=8, radius=(1, 2, 2)))[1] == 1
+
+
+def test_plug_holes_does_not_join_two_parallel_sheets_two_voxels_apart():
+    from nx47_pipeline.model.metric import betti_numbers
+    from nx47_pipeline.model.postprocess import anisotropic_closing, plug_holes
+
+    m = _sheet(z=6) | _sheet(z=8)  # one background voxel between them
+    m[6, 15, 15] = False  # and a pinhole in one: its fill touches the fill between the sheets
+    assert betti_numbers(m)[0] == 2
+    assert anisotropic_closing(m, radius=(1, 1, 1))[7, 10:20, 10:20].all()  # a closing would merge them
+    out = plug_holes(m, max_size=512)
+    assert np.array_equal(out, m)  # the long fill between the sheets is one component of 24 x 24 voxels
+    assert betti_numbers(out)[0] == 2
+
+
+def test_plug_holes_with_max_size_0_is_the_identity_and_bad_values_are_refused_by_name():
+    from nx47_pipeline.model.postprocess import plug_holes
+
+    m = _sheet()
+    m[8, 15, 15] = False
+    out = plug_holes(m, max_size=0)
+    assert np.array_equal(out, m) and out is not m
+    assert np.array_equal(plug_holes(m, max_size=64, radius=(0, 0, 0)), m)
+    for bad in (-1, 1.5, True, "8", None):
+        with pytest.raises(ValueError, match=r"max_size must be an integer >= 0, got"):
+            plug_holes(m, max_size=bad)
+    for bad in ((1, 1), (1, -1, 1), (1, 1.5, 1), None):
+        with pytest.raises(ValueError, match=r"radius must be 3 integers >= 0, got"):
+            plug_holes(m, max_size=8, radius=bad)
+    with pytest.raises(ValueError, match="mask must be 3-D"):
+        plug_holes(m[0], max_size=8)
+
+
+def test_postprocess_plugs_the_holes_its_closing_leaves_and_plug_size_0_changes_nothing():
+    from nx47_pipeline.model.metric import betti_numbers
+    from nx47_pipeline.model.postprocess import plug_radius
+
+    prob = np.zeros((16, 32, 32), np.float32)
+    prob[8, 4:28, 4:28] = 0.9
+    prob[8, 14:17, 14:17] = 0.0  # 3x3 hole: wider than a closing of radius 1 fills
+    assert plug_radius((1, 1, 1)) == (2, 2, 2) and plug_radius((2, 1, 1)) == (3, 2, 2)
+    plain = postprocess(prob, low=0.35, high=0.5, closing_radius=(1, 1, 1), min_size=10)
+    assert np.array_equal(postprocess(prob, low=0.35, high=0.5, closing_radius=(1, 1, 1), min_size=10, plug_size=0),
+                          plain)
+    assert betti_numbers(plain)[1] == 1
+    plugged = postprocess(prob, low=0.35, high=0.5, closing_radius=(1, 1, 1), min_size=10, plug_size=64)
+    assert plugged.dtype == np.uint8 and betti_numbers(plugged)[1] == 0
+    assert np.count_nonzero(plugged) - np.count_nonzero(plain) == 9
+    with pytest.raises(ValueError, match="plug_size must be an integer >= 0"):
+        postprocess(prob, low=0.35, high=0.5, plug_size=-1)
+
+
+def test_a_plug_that_closes_the_mouth_of_a_cavity_leaves_it_filled():
+    from nx47_pipeline.model.metric import betti_numbers
+
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[4:16, 4:16, 4:16] = 0.9
+    prob[6:14, 6:14, 6:14] = 0.0  # a hollow box, walls 2 voxels thick...
+    prob[9:11, 9:11, 4:6] = 0.0  # ...whose hollow opens through a 2x2 mouth in one wall
+    plain = postprocess(prob, low=0.35, high=0.5, closing_radius=(0, 0, 0), min_size=10)
+    assert betti_numbers(plain) == (1, 0, 0)  # the hollow is open: no cavity, no tunnel
+    plugged = postprocess(prob, low=0.35, high=0.5, closing_radius=(0, 0, 0), min_size=10, plug_size=64)
+    # plugged, the hollow would be a cavity (a Betti-2 feature): it is filled
+    assert betti_numbers(plugged) == (1, 0, 0) and plugged[6:14, 6:14, 6:14].all()

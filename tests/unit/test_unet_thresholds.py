@@ -65,7 +65,7 @@ def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_fol
     # every pair with and without thin-surface extraction; on a one-voxel sheet thinning changes nothing,
     # and a tie keeps the cheaper post-processing
     radii = ctx.config.closing_radii()
-    assert len(radii) == 2 and len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID) * len(radii)
+    assert len(radii) == 3 and len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID) * len(radii)
     assert pair["thin"] is False and record["chosen_thin"] is False
     # closing a plane changes nothing either: the tie keeps the first radius
     assert pair["closing_radius"] == list(radii[0]) == record["chosen_closing_radius"]
@@ -164,3 +164,64 @@ def test_the_smaller_closing_radius_is_chosen_where_the_larger_merges_close_shee
     # a resumed run returns the recorded radius without scoring again
     again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["closing_radius"] == [1, 1, 1]
+
+
+def test_the_sweep_also_chooses_dust_and_plug_sizes_and_the_validation_masks_follow_them(tmp_path):
+    """A sure sheet with a 3x3 hole that closing (1, 1, 1) leaves open and a
+    196-voxel blob of debris: the sweep keeps the search's pair and radius
+    but chooses the dust size that removes the blob and the plug size that
+    fills the hole; the masks, scores and record follow."""
+    from nx47_pipeline.model.metric import betti_numbers
+
+    cfg = RunConfig(out_dir=str(tmp_path / "out"), console=False, min_component_voxels=10,
+                    closing_radius_grid=(1, 1, 1), dust_size_grid=(10, 300), plug_size_grid=(0, 64))
+    ctx = orchestrator.make_context(cfg)
+    dest = tmp_path / "out" / "val"
+    best = {"low": 0.75, "high": 0.9, "thin": False, "closing_radius": [1, 1, 1], "min_size": 10, "plug_size": 0}
+    val, scores, labels = [], {}, {}
+    for i in range(2):
+        label = np.zeros(SHAPE, np.uint8)
+        label[12, 2:38, 2:38] = 1
+        prob = np.where(label == 1, 0.95, 0.02).astype(np.float32)
+        prob[12, 18:21, 18:21] = 0.02
+        prob[1:5, 1:8, 30:37] = 0.95
+        img_p, lab_p = tmp_path / "img" / f"v{i}.tif", tmp_path / "lab" / f"v{i}.tif"
+        write_volume(img_p, (label * 200 + 20).astype(np.uint8))
+        write_volume(lab_p, label)
+        rec = VolumeRecord(f"v{i}", img_p, lab_p, SHAPE, "s0", "train")
+        val.append(rec)
+        labels[rec.id] = label
+        write_volume(dest / f"{rec.id}_prob.tif", probability_to_uint8(prob))
+        mask = postprocess(prob, low=0.75, high=0.9, closing_radius=(1, 1, 1), min_size=10)
+        assert betti_numbers(mask)[:2] == (2, 1)  # the blob apart, the hole open
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": score_volume(mask, label).score}
+    metrics = []
+    rep = ctx.reporter()
+    rep.metric = lambda name, value, **extra: metrics.append((str(name), value, extra))
+    choice, new = stages.unet_thresholds(ctx, rep, best, val, dest, scores, deadline=None)
+    assert choice is not None and (choice["min_size"], choice["plug_size"]) == (300, 64)
+    assert choice["closing_radius"] == [1, 1, 1] and choice["high"] == pytest.approx(0.9)
+    for rec in val:
+        mask = read_volume(dest / f"{rec.id}.tif", kind="label")
+        assert np.array_equal(mask, labels[rec.id])  # the sheet alone, its hole plugged
+        assert new[rec.id]["score"] > scores[rec.id]["score"]
+    record = json.loads((dest / "unet_thresholds.json").read_text())
+    assert (record["chosen_min_size"], record["chosen_plug_size"]) == (300, 64)
+    assert (record["search_min_size"], record["search_plug_size"]) == (10, 0)
+    assert {(r["min_size"], r["plug_size"]) for r in record["postprocess_scores"]} == {(10, 0), (300, 0), (300, 64)}
+    assert choice["score"] == pytest.approx(record["chosen_score"])
+    post = [x for n, _, x in metrics if n == "postprocess_score"]
+    assert {(x["min_size"], x["plug_size"]) for x in post} == {(10, 0), (300, 0), (300, 64)}
+    assert all(x["model"] == "unet" for x in post)
+    assert all("min_size" in x and "plug_size" in x for n, _, x in metrics if n == "unet_threshold_score")
+    # a resumed run returns the recorded sizes without scoring again
+    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    assert (again["min_size"], again["plug_size"]) == (300, 64) and again["score"] == pytest.approx(choice["score"])
+    # a record from before the dust / plug choice resumes with the run's dust size and no plugging
+    old = {k: v for k, v in record.items() if "min_size" not in k and "plug_size" not in k and k != "chosen_score"}
+    (dest / "unet_thresholds.json").write_text(json.dumps(old))
+    legacy, _ = stages.unet_thresholds(ctx, ctx.reporter(), {k: best[k] for k in ("low", "high", "thin",
+                                                                                  "closing_radius")},
+                                       val, dest, new, deadline=None)
+    assert legacy is None  # the recorded choice is the search's at the run's dust size 10, no plugging
