@@ -16,10 +16,17 @@ lighting and label offset) a dataset is written with
 Each submission is scored with ``nx47 score --json`` against the hidden
 labels: the table gives the mean Surface Dice, VOI score, TopoScore and
 score.  An ablation re-runs the post-processing of the fit_prox run's own
-probability maps (``test/<id>_prob.tif``) with each step removed.
+probability maps (``test/<id>_prob.tif``) with each step removed, then with
+each closing radius, dust size and hole plug size of the run's grids.
+
+``--cross`` adds the cross-generator rows: the fit_prox (and U-Net) model
+trained on one variant's data, exported with ``nx47 export-model``, segments
+the other variant's test volumes (``nx47 run --data OTHER --model BUNDLE``)
+and is scored there (``nx47 score``): "fit_prox trained on a, tested on b"
+and the reverse.
 
 Run: ``python benchmarks/bench_quality.py --out benchmarks/results/quality.md
-[--shape 128] [--no-unet-run]``.
+[--shape 128] [--no-unet-run] [--cross]``.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from nx47_pipeline.model.metric import score_volumes  # noqa: E402
 from nx47_pipeline.model.postprocess import ablation_steps, otsu_baseline, postprocess, postprocess_steps  # noqa: E402
 from nx47_pipeline.model.postprocess import radius_text, uint8_to_probability  # noqa: E402
 from nx47_pipeline.config import RunConfig  # noqa: E402
-from nx47_pipeline.run.stages import closing_of  # noqa: E402
+from nx47_pipeline.run.stages import closing_of, min_size_of, plug_size_of  # noqa: E402
 
 PARTS = ("surface_dice", "voi", "topo", "score")
 
@@ -115,13 +122,16 @@ def unet_note(run: Path) -> str:
 
 
 def chosen_post(run: Path) -> str:
-    """The post-processing the run chose on validation (its bundle's thresholds and ``thin``)."""
+    """The post-processing the run chose on validation (its bundle's thresholds, ``thin``, closing
+    radius, dust size and hole plug size)."""
     m = read_json(run / "model" / "model.json")
     if not m:
         return "—"
     search, post = m.get("search", {}), m.get("postprocess", {})
+    min_size = post.get("min_size", post.get("min_component_voxels"))
     return (f"{search['low']:.2f} / {search['high']:.2f}" + (", thin" if post.get("thin") else "")
-            + f", closing {radius_text(post['closing_radius'])}")
+            + f", closing {radius_text(post['closing_radius'])}, min_size {min_size}"
+            + f", plug_size {post.get('plug_size', 0)}")
 
 
 def test_labels(data: Path) -> dict[str, np.ndarray]:
@@ -139,39 +149,66 @@ def ceiling(run: Path, truth: dict[str, np.ndarray]) -> float | None:
     post = m.get("postprocess", {})
     triples = [(vid, postprocess((lab == 1).astype(np.float32), low=0.35, high=0.5, thin=bool(post.get("thin")),
                                  closing_radius=tuple(post["closing_radius"]),
-                                 min_size=int(post.get("min_component_voxels", 100))), lab)
+                                 min_size=int(post.get("min_size", post.get("min_component_voxels", 100))),
+                                 plug_size=int(post.get("plug_size", 0))), lab)
                for vid, lab in truth.items()]
     return mean_parts(score_volumes(triples))["score"]
 
 
 def ablation(run: Path, truth: dict[str, np.ndarray]) -> list[tuple[str, dict[str, float]]]:
     """The fit_prox run's test probabilities through the post-processing with each step off
-    (the thresholds and closing radius its search chose), then with each closing radius of
-    the run's grid; last, the test labels themselves as the probability map (1 on the
+    (the thresholds, closing radius, dust size and plug size its search chose), then with
+    each closing radius, each dust size and each plug size of the run's grids (the other
+    choices kept); last, the test labels themselves as the probability map (1 on the
     surface, 0 elsewhere) through the default steps with no closing and with each radius:
     what the closing costs a perfect map."""
     best = read_json(run / "search" / "results.json")["best"]
     cfg = RunConfig.from_dict(read_json(run / "config.json"))
     radius, radii = closing_of(cfg, best), cfg.closing_radii()
+    min_size, plug_size = min_size_of(cfg, best), plug_size_of(best)
     probs = {vid: uint8_to_probability(read_volume(run / "test" / f"{vid}_prob.tif", kind="image"))
              for vid in truth}
 
-    def score(maps, steps, r, low, high):
-        triples = [(vid, postprocess_steps(maps[vid], low=low, high=high, closing_radius=r,
-                                           min_size=cfg.min_component_voxels, steps=steps), truth[vid])
+    def score(maps, steps, r, low, high, dust=min_size, plug=plug_size):
+        triples = [(vid, postprocess_steps(maps[vid], low=low, high=high, closing_radius=r, min_size=dust,
+                                           plug_size=plug, steps=steps), truth[vid])
                    for vid in maps]
         return mean_parts(score_volumes(triples))
 
-    out = [(name, score(probs, steps, radius, best["low"], best["high"])) for name, steps in ablation_steps()]
+    lo, hi = best["low"], best["high"]
+    out = [(name, score(probs, steps, radius, lo, hi)) for name, steps in ablation_steps()]
     default = ablation_steps()[0][1]
-    out += [(f"default steps, closing {radius_text(r)}", score(probs, default, r, best["low"], best["high"]))
-            for r in radii]
+    out += [(f"default steps, closing {radius_text(r)}", score(probs, default, r, lo, hi)) for r in radii]
+    out += [(f"default steps, dust {d}", score(probs, default, radius, lo, hi, dust=d)) for d in cfg.dust_sizes()]
+    out += [(f"default steps, plug {q}", score(probs, default, radius, lo, hi, plug=q)) for q in cfg.plug_sizes()]
     perfect = {vid: (lab == 1).astype(np.float32) for vid, lab in truth.items()}
     no_closing = tuple(s for s in default if s != "closing")
     out.append(("test labels as the map, no closing", score(perfect, no_closing, radius, 0.35, 0.5)))
     out += [(f"test labels as the map, closing {radius_text(r)}", score(perfect, default, r, 0.35, 0.5))
             for r in radii]
     return out
+
+
+def ablation_caption(run: Path) -> str:
+    """What the ablation's default row holds: the fit_prox run's own choice."""
+    best = read_json(run / "search" / "results.json")["best"]
+    cfg = RunConfig.from_dict(read_json(run / "config.json"))
+    return (f"{best['low']:.2f} / {best['high']:.2f}, closing {radius_text(closing_of(cfg, best))}, "
+            f"min_size {min_size_of(cfg, best)}, plug_size {plug_size_of(best)}")
+
+
+def cross_run(tmp: Path, run: Path, other_data: Path, name: str) -> tuple[dict[str, float], str]:
+    """``run``'s model exported (``nx47 export-model``), run on ``other_data`` (``nx47 run --model``)
+    and scored on its hidden test labels (``nx47 score``); the mean parts and what the bundle chose."""
+    bundle = tmp / f"bundle-{name}"
+    if not (bundle / "model.json").exists():
+        shutil.rmtree(bundle, ignore_errors=True)
+        nx47("export-model", "--run", str(run), "--out", str(bundle))
+    out = tmp / f"cross-{name}"
+    if not (out / "submission.zip").exists():
+        nx47("run", "--data", str(other_data), "--model", str(bundle), "--out", str(out),
+             "--max-train-volumes", "0", "--max-val-volumes", "3", "--quiet")
+    return score_zip(out / "submission.zip", other_data / "test_labels_hidden"), chosen_post(run)
 
 
 def display_path(path: Path) -> str:
@@ -194,11 +231,15 @@ def main() -> None:
                     help="comma-separated generator variants to run (default a,b)")
     ap.add_argument("--work", type=Path, default=None,
                     help="keep datasets and runs here; a rerun reuses the finished ones (e.g. to redo the ablation)")
+    ap.add_argument("--cross", action="store_true",
+                    help="also test each variant's models on the other variant's test volumes (needs both variants)")
     args = ap.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - {"a", "b"})
     if not variants or unknown:
         ap.error(f"--variants must name a and/or b, got {args.variants!r}")
+    if args.cross and sorted(set(variants)) != ["a", "b"]:
+        ap.error("--cross needs both variants (--variants a,b)")
     started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tmp = args.work or Path(tempfile.mkdtemp(prefix="nx47-quality-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -238,6 +279,18 @@ def main() -> None:
                          chosen_post(urun), ceiling(urun, truth)))
             unet_notes[variant] = unet_note(urun)
         tables[variant] = rows
+    cross: list[tuple[str, dict[str, float], str, dict[str, float]]] = []
+    if args.cross:
+        models = [("fit_prox", "fit")] + ([] if args.no_unet_run else [("unet", "unet")])
+        for train_v, test_v in (("a", "b"), ("b", "a")):
+            own = {name: m for name, m, _, _ in tables[test_v]}
+            for label, prefix in models:
+                m, post = cross_run(tmp, tmp / f"{prefix}-{train_v}", tmp / f"data-{test_v}",
+                                    f"{prefix}-{train_v}-on-{test_v}")
+                same = own.get("fit_prox" if prefix == "fit" else "unet (CPU, --budget-s 600)")
+                if prefix == "unet" and not (read_json(tmp / f"unet-{train_v}" / "model" / "model.json") or {}).get("unet"):
+                    label = "unet run (U-Net dropped on validation: fit_prox alone)"
+                cross.append((f"{label} trained on {train_v}, tested on {test_v}", m, post, same))
     which = " and ".join(f"variant {v}" for v in variants)
     lines = [f"## Segmentation quality on held-out data ({args.shape}³, {which}, seed {args.seed})", "",
              f"Each variant: {args.n_train} training pairs and {args.n_test} test volumes written by "
@@ -247,24 +300,43 @@ def main() -> None:
              f"--out {display_path(args.out)} --shape {args.shape} --n-train {args.n_train} "
              f"--n-test {args.n_test} --seed {args.seed}"
              f"{' --no-unet-run' if args.no_unet_run else ''}"
-             f"{'' if variants == ['a', 'b'] else ' --variants ' + ','.join(variants)}`.", ""]
+             f"{'' if variants == ['a', 'b'] else ' --variants ' + ','.join(variants)}"
+             f"{' --cross' if args.cross else ''}`.", ""]
     for variant, rows in tables.items():
         lines += [f"**Variant {variant}**", "",
                   "| method | Surface Dice | VOI score | TopoScore | score "
-                  "| low / high, thin, closing (chosen on validation) | perfect map, same post-processing |",
+                  "| low / high, thin, closing, min_size, plug_size (chosen on validation) "
+                  "| perfect map, same post-processing |",
                   "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
         for name, m, post, top in rows:
             lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
                          f"**{m['score']:.3f}** | {post} | {'—' if top is None else f'{top:.3f}'} |")
         lines.append("")
     lines += ["Last column of these tables: the test labels themselves as the probability map through the "
-              "post-processing that method chose (its thinning, closing radius and dust size): the score "
-              "a perfect model would get with it.", ""]
+              "post-processing that method chose (its thinning, closing radius, dust size and hole plug size): "
+              "the score a perfect model would get with it.", ""]
+    if cross:
+        lines += ["**Cross-generator**: each model exported from its run (`nx47 export-model`), run on the "
+                  "other variant's data (`nx47 run --model BUNDLE`, its own post-processing) and scored on "
+                  "that variant's hidden test labels (`nx47 score`); last column: the model trained on the "
+                  "test variant itself (the tables above).", "",
+                  "| model | Surface Dice | VOI score | TopoScore | score "
+                  "| low / high, thin, closing, min_size, plug_size (chosen on its own validation) "
+                  "| trained on the test variant |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+        for name, m, post, same in cross:
+            own = "—" if same is None else f"{same['score']:.3f}"
+            lines.append(f"| {name} | {m['surface_dice']:.3f} | {m['voi']:.3f} | {m['topo']:.3f} | "
+                         f"**{m['score']:.3f}** | {post} | {own} |")
+        lines.append("")
     for variant, note in unet_notes.items():
         lines += [f"U-Net run, variant {variant}: {note}", ""]
-    lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds and "
-              "closing radius from its search; then each closing radius of the grid; last, the test "
-              "labels themselves as the probability map, through the default steps):", "",
+    lines += ["Post-processing ablation on the fit_prox run's own test probabilities (thresholds, "
+              "closing radius, min_size and plug_size from its search — "
+              + "; ".join(f"{v}: {ablation_caption(tmp / f'fit-{v}')}" for v in variants)
+              + " —; then each closing radius, each dust size (min_size) and each plug size (plug_size) of "
+              "the run's grids, the other choices kept; last, the test labels themselves as the probability "
+              "map, through the default steps):", "",
               "| post-processing | " + " | ".join(f"variant {v} score" for v in variants) + " |",
               "| --- |" + " ---: |" * len(variants)]
     for i, (name, _) in enumerate(ablations[variants[0]]):
