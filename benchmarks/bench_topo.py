@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import git_commit as _git_commit, load_note, ram_gib as _ram_gib  # noqa: E402
+from _common import git_commit as _git_commit, load_note, machine, write_section  # noqa: E402
 from bench_metric import make_pair  # noqa: E402
 
 from nx47_pipeline.data.demo import make_volume  # noqa: E402
@@ -175,16 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         *table,
         "",
         *notes,
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{_ram_gib():.1f} GiB RAM, Python {platform.python_version()}; "
-        f"{_dt.date.today().isoformat()}, commit {_git_commit()}. " + load_note(),
+        f"Machine: {machine()}; {_dt.date.today().isoformat()}, commit {_git_commit()}. "
+        + load_note(),
         "",
     ]
-    text = "\n".join(lines)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+        write_section(args.out, lines)
+    else:
+        print("\n".join(lines))
     return 0
 
 
