@@ -456,34 +456,30 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         m0 = _dim0_matches(shape, flags, np.flatnonzero(ev_c == 0), np.flatnonzero(ev_c == 1))
     counts[0] = (m0, max(n_p - 1, 0), max(n_g - 1, 0))
 
-    # dimension 2: cavities; the comparison's sweep also finds the squares
-    # whose dimension-1 columns reduce to zero (left out of the reductions)
-    skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
-    skip_p = skip_g = skip_c
-    if min(shape) > 1:
-        pairs_p, pairs_g = _cavities(pm), _cavities(gm)
-        keys_p = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
-        keys_g = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
-        m2 = 0
-        # an input's sweep keys its pairs for the matching and finds its own
-        # zero columns (2-cycles: cavities and the boundaries of solid unit
-        # cubes), which are slow to reduce and are left out
-        if pairs_p or (cv_p == 0).any():
-            _, _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True,
-                                       keys_p, keys_g)
-        if pairs_g or (cv_g == 0).any():
-            _, _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True,
-                                       keys_g, keys_p)
-        _, m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False,
-                                    keys_p, keys_g)
-        counts[2] = (m2, pairs_p, pairs_g)
+    # dimension 2: cavities.  The dual sweeps also find the squares whose
+    # dimension-1 columns reduce to zero (2-cycles: cavities and the
+    # boundaries of solid unit cubes): slow to reduce, they are left out
+    three_d = min(shape) > 1
+    skip_p = skip_g = np.zeros(sv_c.shape[0], dtype=np.bool_)
+    keys_p = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
+    keys_g = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
+    pairs_p = _cavities(pm) if three_d else 0
+    pairs_g = _cavities(gm) if three_d else 0
+    if three_d and (pairs_p or (cv_p == 0).any()):
+        _, _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True, keys_p, keys_g)
+    if three_d and (pairs_g or (cv_g == 0).any()):
+        _, _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True, keys_g, keys_p)
 
     # dimension 1: column reductions
     births_p = _finite_births_dim1(shape, ev_p, sv_p, skip_p)
     births_g = _finite_births_dim1(shape, ev_g, sv_g, skip_g)
     p1 = int(births_p.sum())
     g1 = int(births_g.sum())
-    m1 = 0
+    m1 = m2 = 0
+    skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
+    if three_d and ((pairs_p and pairs_g) or (p1 and g1)):
+        _, m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False, keys_p, keys_g)
+    counts[2] = (m2 if pairs_p and pairs_g else 0, pairs_p, pairs_g)
     if p1 and g1:
         nsq = sv_c.shape[0]
         columns = np.concatenate([np.flatnonzero((sv_c == 0) & ~skip_c),
