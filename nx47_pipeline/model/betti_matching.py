@@ -153,7 +153,8 @@ def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
     input's sweep) the pair is keyed by the younger of the two sets' elders
     in the comparison's values and marked in ``keys_p``; otherwise (the
     comparison's sweep) a pair whose key is marked in both ``keys_p`` and
-    ``keys_g`` is a match.  Returns (pairs, matches, merging-square mask).
+    ``keys_g`` is a match.  Returns (matches, merging-square mask); the
+    pairs' count is :func:`_cavities`'.
     """
     nx, ny, nz = shape
     mx, my, mz = nx - 1, ny - 1, nz - 1
@@ -171,7 +172,6 @@ def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
     elder_own[ncube] = 2 * n + ncube
     elder_c[ncube] = 2 * n + ncube
     merging = np.zeros(sv_own.shape[0], dtype=np.bool_)
-    pairs = 0
     matches = 0
     for level in range(1, -1, -1):
         for x in range(nx - 1, -1, -1):
@@ -200,7 +200,6 @@ def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
                         young = min(elder_own[ra], elder_own[rb])
                         # the younger elder's value differs from the square's
                         if (young < n) if level == 1 else (young >= n):
-                            pairs += 1
                             if record:
                                 k = min(elder_c[ra], elder_c[rb])
                                 keys_p[k - n if k >= n else k] = True
@@ -214,7 +213,7 @@ def _dual_sweep(shape, sv_own, cv_own, cv_c, record, keys_p, keys_g):
                         size[ra] += size[rb]
                         elder_own[ra] = max(elder_own[ra], elder_own[rb])
                         elder_c[ra] = max(elder_c[ra], elder_c[rb])
-    return pairs, matches, merging
+    return matches, merging
 
 
 # --------------------------------------------------------------------------
@@ -466,9 +465,9 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     pairs_p = _cavities(pm) if three_d else 0
     pairs_g = _cavities(gm) if three_d else 0
     if three_d and (pairs_p or (cv_p == 0).any()):
-        _, _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True, keys_p, keys_g)
+        _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True, keys_p, keys_g)
     if three_d and (pairs_g or (cv_g == 0).any()):
-        _, _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True, keys_g, keys_p)
+        _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True, keys_g, keys_p)
 
     # dimension 1: column reductions
     births_p = _finite_births_dim1(shape, ev_p, sv_p, skip_p)
@@ -478,7 +477,7 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     m1 = m2 = 0
     skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
     if three_d and ((pairs_p and pairs_g) or (p1 and g1)):
-        _, m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False, keys_p, keys_g)
+        m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False, keys_p, keys_g)
     counts[2] = (m2 if pairs_p and pairs_g else 0, pairs_p, pairs_g)
     if p1 and g1:
         nsq = sv_c.shape[0]
