@@ -30,7 +30,7 @@ from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import SettingsForm, run_problems
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
-from nx47_widgets.state.runs import pick_run, scan_runs
+from nx47_widgets.state.runs import RunSummary, scan_runs, summarize_run
 from nx47_widgets.views import (
     ChartsPanel,
     CoveragePanel,
@@ -118,6 +118,10 @@ class Dashboard:
         self.coverage_note = ""
         self._lock = threading.RLock()
         self._rendered: dict[str, int] = {}
+        self._offered: Path | None = None  # a running run elsewhere, offered for attach
+        self._confirm_for: Path | None = None  # the ended run Run asked about
+        self._refused = False  # the status line shows a RunRefused
+        self._await_end = False  # the run's process is gone, its end not applied yet
 
         # -- controls ---------------------------------------------------
         self.settings = SettingsForm(config)
@@ -154,13 +158,18 @@ class Dashboard:
         self.settings.observe(self._on_folder_control, fields=("out_dir",))
         self.settings.observe(self._on_data_control, fields=("data_root",))
         self._on_model_control({})
-        self.controls.on_click(scan=self.scan, run=self.run, stop=self.stop, attach=self.attach)
+        self.controls.on_click(scan=self.scan, run=self.press_run, stop=self.stop,
+                               attach=self.attach)
+        c.offer_button.on_click(lambda _b: c.guard(self.attach_offered))
+        c.confirm_button.on_click(lambda _b: c.guard(self.confirm_run))
+        c.cancel_button.on_click(lambda _b: self._cancel_confirmation())
 
         self.pump = UIPump(None, self.flush, interval=pump_interval)
         self.scan()
         self._render_all()
         self._check_folder()
         self.page.bind_keys()
+        self.page.watch_server()
         self.runs_panel.refresh()
         if auto_attach:
             self._auto_attach()
@@ -220,6 +229,8 @@ class Dashboard:
         self.scan()
 
     def _on_folder_control(self, change: dict) -> None:
+        if self._confirm_for is not None:
+            self._cancel_confirmation()
         self._check_folder()
         self.refresh_timings()
 
@@ -249,6 +260,9 @@ class Dashboard:
         """Show :meth:`problems` under the Run button; returns them."""
         found = self.problems() if not self.running else []
         self.controls.show_problems(found)
+        if not found and self._refused:  # the refusal's reason is gone: so is the refusal
+            self._refused = False
+            self.controls.set_status("ready: nothing keeps Run from starting")
         return found
 
     def _check_folder(self) -> None:
@@ -280,7 +294,13 @@ class Dashboard:
                 raise RuntimeError("a run is already in progress; press Stop first")
             problems = self.show_problems()
             if problems:
+                self._refused = True
                 raise RunRefused("not started: " + "; ".join(problems))
+            self._refused = False
+            self._await_end = False
+            self.controls.ask_confirmation(None)
+            self._confirm_for = None
+            self.controls.offer(None)
             config = self.current_config()
             runner = self.session.start(config, detached=bool(self.detached.value))
             self._bind_state()
@@ -293,6 +313,57 @@ class Dashboard:
             self.runs_panel.current = str(self.session.folder)
             self.runs_panel.refresh()
             return runner
+
+    def ended_run_in(self, folder: str | os.PathLike) -> RunSummary | None:
+        """The ended run ``folder`` holds (None: none, or a live one)."""
+        path = Path(folder).expanduser()
+        if not has_run(path) or holder(path) is not None:
+            return None
+        return summarize_run(path)
+
+    def press_run(self) -> ThreadedRunner | DetachedRunner | None:
+        """What the Run button does: :meth:`run`, but a folder that holds an
+        ended run is changed only after the page's explicit confirmation.
+
+        Returns
+        -------
+        ThreadedRunner, DetachedRunner or None
+            None when the page asks for the confirmation first.
+        """
+        with self._lock:
+            folder = self.out_dir.value.strip()
+            ended = self.ended_run_in(folder) if folder and not self.running else None
+            if ended is None:
+                return self.run()
+            self._confirm_for = Path(folder).expanduser().resolve()
+            when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(ended.started_ts))
+                    if ended.started_ts else "")
+            self.controls.ask_confirmation(
+                f"<b>{h(folder)}</b> holds a run that ended "
+                f"(<b style='color:{ended.verdict.colour}'>{h(ended.verdict.label)}</b>"
+                f"{', started ' + h(when) if when else ''}). A new run here changes that "
+                "folder: it resumes from the run's files, or moves them to "
+                "<code>stale-&lt;time&gt;/</code> when the settings differ. Run here anyway, "
+                "or choose another output folder?")
+            self.controls.set_status("not started: the output folder holds an ended run; "
+                                     "confirm below or choose another folder")
+            return None
+
+    def confirm_run(self) -> ThreadedRunner | DetachedRunner | None:
+        """The confirmed Run over an ended run (see :meth:`press_run`)."""
+        with self._lock:
+            folder = Path(self.out_dir.value.strip()).expanduser().resolve()
+            asked = self._confirm_for
+            self._cancel_confirmation(status=False)
+            if asked != folder:  # the folder changed since the question: ask again
+                return self.press_run()
+            return self.run()
+
+    def _cancel_confirmation(self, status: bool = True) -> None:
+        self._confirm_for = None
+        self.controls.ask_confirmation(None)
+        if status:
+            self.controls.set_status("not started")
 
     def _bind_state(self) -> None:
         st = self.session.state
@@ -333,6 +404,9 @@ class Dashboard:
         with self._lock:
             folder = Path(out_dir if out_dir is not None else self.out_dir.value).expanduser()
             runner = self.session.attach(folder)
+            self._await_end = False
+            self.controls.offer(None)
+            self._offered = None
             self.out_dir.value = str(self.session.folder)
             self._bind_state()
             self.pump.set_source(self.session.drain)
@@ -341,6 +415,8 @@ class Dashboard:
             self.controls.set_busy(None)
             self.controls.show_problems([])
             h_ = runner.holder
+            if live and h_ is not None:  # the toggle says how the run runs
+                self.detached.value = not h_.threaded
             self.controls.set_status(
                 f"attached to {h(self.session.folder)} "
                 f"({'running: ' + describe(h_) if live else 'not running'})")
@@ -350,16 +426,34 @@ class Dashboard:
             return runner
 
     def _auto_attach(self) -> None:
-        """Open the run of the output folder; without one, the running or the
-        newest run under the output root (not when the address named the folder)."""
+        """Open the run of the output folder (live or ended).
+
+        The configured output folder stays the page's Output: without a run
+        there, a run going on in another folder under the output root is
+        only offered (*Attach to the running run*), never opened by itself.
+        """
         folder = Path(self.out_dir.value).expanduser()
-        if not has_run(folder) and not self._named_folder:
-            pick = pick_run(self.runs_panel.runs)
-            folder = pick.folder if pick is not None else folder
         if has_run(folder):
-            if holder(folder) is not None:
-                self.detached.value = True
             self.controls.guard(lambda: self.attach(folder))
+        elif not self._named_folder:
+            self.offer_running()
+
+    def offer_running(self) -> Path | None:
+        """Offer the run going on under the output root, if any; its folder."""
+        mine = Path(self.out_dir.value).expanduser().resolve()
+        live = next((r for r in self.runs_panel.runs
+                     if r.running and Path(r.folder).resolve() != mine), None)
+        self._offered = Path(live.folder) if live is not None else None
+        self.controls.offer(None if live is None else (
+            f"<span class='nx47-hint'>a run is going on in <b>{h(live.folder)}</b> "
+            f"({h(live.holder)}); this page's output folder stays {h(mine)}</span>"))
+        return self._offered
+
+    def attach_offered(self) -> DetachedRunner | None:
+        """Attach to the run :meth:`offer_running` offered."""
+        if self._offered is None:
+            return None
+        return self.attach(self._offered)
 
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
@@ -408,11 +502,24 @@ class Dashboard:
             if done and self.controls.shows_running:
                 self.runs_panel.refresh()
                 self.controls.set_running(False)
-                self.controls.set_status(
-                    f"run ended: <b style='color:{verdict.colour}'>{h(verdict.label)}</b> — "
-                    f"{h(verdict.words)}")
+                self._await_end = not state.ended
+                if state.ended:
+                    self._show_end(state.results.verdict)
+                else:  # the process is gone; its last lines (or lost/killed) come next
+                    self.controls.set_status("the run's process ended; reading its last "
+                                             "events…")
+            elif self._await_end and state.ended:
+                self._await_end = False
+                self.runs_panel.refresh()
+                self.heartbeat_panel.render(state.heartbeat, verdict=state.results.verdict)
+                self._show_end(state.results.verdict)
             if tick and not self.session.running:
                 self._check_folder()
+
+    def _show_end(self, verdict: Any) -> None:
+        self.controls.set_status(
+            f"run ended: <b class='nx47-ended' data-outcome='{h(verdict.outcome.value)}' "
+            f"style='color:{verdict.colour}'>{h(verdict.label)}</b> — {h(verdict.words)}")
 
     def _render_all(self) -> None:
         st = self.session.state
@@ -458,7 +565,8 @@ def _layout(d: Dashboard) -> W.VBox:
         W.HBox([s.auto_coverage, c.detached], layout=W.Layout(flex_flow="row wrap")),
         W.HBox([c.run_button, c.stop_button, c.attach_button],
                layout=W.Layout(flex_flow="row wrap")),
-        c.problems, c.status,
+        c.confirm_box, c.problems, c.status,
+        W.HBox([c.offer_text, c.offer_button], layout=W.Layout(flex_flow="row wrap")),
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
                    d.coverage_panel.widget, d.heartbeat_panel.widget,

@@ -241,6 +241,13 @@ def describe(h: Holder | None) -> str:
 def output_problem(out_dir: str | os.PathLike) -> str | None:
     """Why a run cannot write into ``out_dir``, or None.
 
+    Checked without changing anything a run left: the folder (or, when it
+    does not exist yet, the nearest folder above it) must be a folder on a
+    writable file system, with write permission (a folder without any write
+    bit counts as read-only, also for root), and a folder that does not exist
+    yet must be creatable there (``/proc/x``, ``/sys/x`` are not): a probe
+    folder is made and removed at once next to where it would go.
+
     Parameters
     ----------
     out_dir : str or path-like
@@ -248,14 +255,53 @@ def output_problem(out_dir: str | os.PathLike) -> str | None:
     Returns
     -------
     str or None
-        The folder is a file, or lies under one, or is not writable.
+        One sentence naming the folder and the problem.
     """
     path = Path(out_dir).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
         return f"output folder {path} cannot be created: {probe} is a file, not a folder"
+    try:
+        st = os.statvfs(probe)
+        read_only_fs = bool(st.f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only_fs = False
+    if read_only_fs:
+        return f"output folder {path} cannot be written: {probe} is on a read-only file system"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"output folder {path} is not writable ({probe}: permission denied)"
+    try:
+        mode = probe.stat().st_mode
+    except OSError as exc:
+        return f"output folder {path} cannot be checked: {exc}"
+    if not mode & 0o222:
+        return (f"output folder {path} is not writable: {probe} is read-only "
+                f"(mode {mode & 0o777:03o})")
+    if probe != path:
+        key = str(path)
+        hit = _PROBED.get(key)
+        if hit is not None and time.monotonic() - hit[0] < _PROBE_TTL_S:
+            return hit[1]
+        problem = None
+        try:
+            made = tempfile.mkdtemp(prefix=".nx47-probe-", dir=probe)
+        except OSError as exc:
+            problem = (f"output folder {path} cannot be created in {probe}: "
+                       f"{exc.strerror or exc}")
+        else:
+            try:
+                os.rmdir(made)
+            except OSError:
+                pass
+        _PROBED[key] = (time.monotonic(), problem)
+        return problem
     return None
+
+
+#: Seconds a creation probe's answer is reused (the page checks every second).
+_PROBE_TTL_S = 5.0
+_PROBED: dict[str, tuple[float, str | None]] = {}

@@ -234,13 +234,15 @@ class SettingsForm:
         Returns
         -------
         dict
-            ``max_train``, ``max_val``, ``budget_s`` (at least 0.1 minute) and
+            ``max_train``, ``max_val``, ``budget_s`` (None when the budget
+            is refused), ``budget_problem`` (why, or None) and
             ``auto_coverage``: keyword arguments of
             :meth:`~nx47_widgets.state.coverage.CoverageModel.update`.
         """
-        budget = min(max(self.budget_min.value or 0.0, _MIN_BUDGET_MIN), _MAX_BUDGET_MIN)
+        problem = self.budget_problem()
+        budget_s = None if problem else float(self.budget_min.value) * 60.0
         return dict(max_train=int(self.max_train.value), max_val=int(self.max_val.value),
-                    budget_s=budget * 60.0,
+                    budget_s=budget_s, budget_problem=problem,
                     auto_coverage=bool(self.auto_coverage.value))
 
     # -- RunConfig -> controls ---------------------------------------------

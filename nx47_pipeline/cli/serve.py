@@ -15,7 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from nx47_pipeline.cli.run import ensure_data_root
 
@@ -58,11 +61,33 @@ def voila_command(notebook: Path, *, port: int, ip: str = "127.0.0.1") -> list[s
     ]
 
 
-def run_forwarding_signals(cmd: list[str], *, env: dict[str, str], cwd: str) -> int:
+#: A kernel id no kernel has: asking the server about it starts nothing.
+_PROBE_PATH = "/api/kernels/00000000-0000-0000-0000-000000000000"
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """True when the server at ``url`` answers an HTTP request (any status).
+
+    It asks about a kernel that does not exist, which starts no kernel
+    (a GET of the page itself would).
+    """
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + _PROBE_PATH, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 404 (or 403): the server answered
+    except (OSError, ValueError):
+        return False
+
+
+def run_forwarding_signals(cmd: list[str], *, env: dict[str, str], cwd: str,
+                           ready: Callable[[], bool] | None = None,
+                           on_ready: Callable[[], None] | None = None) -> int:
     """Run ``cmd`` and pass SIGTERM / SIGINT / SIGHUP on to it; its exit status.
 
     A second signal, or Voila still running :data:`STOP_WAIT_S` s after the
-    first, kills it.
+    first, kills it.  ``on_ready()`` is called once, when ``ready()`` first
+    says the server answers (polled about every 0.25 s until then).
     """
     proc = subprocess.Popen(cmd, env=env, cwd=cwd)
     received: list[int] = []
@@ -74,12 +99,16 @@ def run_forwarding_signals(cmd: list[str], *, env: dict[str, str], cwd: str) -> 
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     stop_by = None
+    waiting = ready is not None and on_ready is not None
     try:
         while True:
             try:
-                return proc.wait(timeout=0.5)
+                return proc.wait(timeout=0.25 if waiting else 0.5)
             except subprocess.TimeoutExpired:
                 pass
+            if waiting and not received and ready():
+                waiting = False
+                on_ready()
             if received and stop_by is None:
                 stop_by = time.monotonic() + STOP_WAIT_S
             if stop_by is not None and time.monotonic() > stop_by:
@@ -92,13 +121,28 @@ def run_forwarding_signals(cmd: list[str], *, env: dict[str, str], cwd: str) -> 
 def main(args: argparse.Namespace) -> int:
     notebook = REPO_ROOT / "dashboard.ipynb"
     env = dict(os.environ)
+    # Voila runs in the repository: relative folders are the caller's, made absolute here
     if args.data:
-        env["NX47_DATA_ROOT"] = args.data
+        env["NX47_DATA_ROOT"] = _absolute(args.data)
     if args.out:
-        env["NX47_OUT_DIR"] = args.out
+        env["NX47_OUT_DIR"] = _absolute(args.out)
     if not env.get("NX47_DATA_ROOT"):
         # the Kaggle mounts, else the demo dataset (generated here when absent)
         env["NX47_DATA_ROOT"] = ensure_data_root("auto")
     cmd = voila_command(notebook, port=args.port, ip=args.ip)
-    print(f"NX47 dashboard: http://{args.ip}:{args.port}/  (data root: {env.get('NX47_DATA_ROOT', 'auto')})", flush=True)
-    return run_forwarding_signals(cmd, env=env, cwd=str(REPO_ROOT))
+    url = f"http://{args.ip}:{args.port}/"
+    print(f"NX47 dashboard: starting on {url} …", flush=True)
+
+    def announce() -> None:
+        print(f"NX47 dashboard: {url}  (data root: {env.get('NX47_DATA_ROOT', 'auto')}; "
+              f"output folder: {env.get('NX47_OUT_DIR', 'runs/latest')})", flush=True)
+
+    return run_forwarding_signals(cmd, env=env, cwd=str(REPO_ROOT),
+                                  ready=lambda: answers(url), on_ready=announce)
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute against the current folder (``auto``/``demo`` kept)."""
+    if path.strip().lower() in ("auto", "demo"):
+        return path
+    return str(Path(path).expanduser().absolute())

@@ -76,6 +76,8 @@ class PreflightTimings:
     search_iters_converged: float | None = None  # mean per grid fit
     fit_iters_converged: float | None = None  # the final fit, warm-started from the search
     measured_at: float = field(default_factory=time.time)
+    # the data root the preflight measured (resolved); None in older files
+    data_root: str | None = None
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, asdict(self), sort_keys=True)

@@ -137,8 +137,17 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     fit_info = read_json(dest / "model" / "fit.json") or {}
     unet_s_per_batch = None
     if cfg.use_unet is not False and torch_available() and deadline - time.monotonic() > 120:
-        phase(3)(0, 1, message="timing one U-Net training batch")
-        unet_s_per_batch = time_train_step(stages.unet_params(ctx), device=cfg.unet_device)
+        unet_phase = phase(3)
+        unet_phase(0, 1, message="timing one U-Net training batch")
+
+        def unet_check() -> None:  # Stop and the deadline within one layer of a batch
+            ctx.cancel.raise_if_cancelled()
+            if time.monotonic() > deadline:
+                raise OutOfTime("its deadline passed during unet")
+
+        unet_s_per_batch = time_train_step(
+            stages.unet_params(ctx), device=cfg.unet_device, check=unet_check,
+            on_step=lambda k, n: unet_phase(k, n, message=f"U-Net timing batch {k} of {n}"))
     phase(3)(1, 1)
 
     t = time.monotonic()
@@ -174,6 +183,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         search_iters_converged=(grid["fit_iters"] / max(len(cfg.l1_grid) * len(cfg.l2_grid), 1)
                                 if grid.get("fit_converged") == len(cfg.l1_grid) * len(cfg.l2_grid) else None),
         fit_iters_converged=(float(fit_info["n_iter"]) if fit_info.get("converged") else None),
+        data_root=_data_root(ctx),
     )
 
 
@@ -215,7 +225,15 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> Pref
         package_s_per_volume=t_pack / len(sl.test),
         mvox_train=float(np.mean([stages.mvox(r.shape) for r in val])) if val else mvox_test,
         mvox_test=mvox_test, rows_per_volume=0.0, grid_fits=0,
+        data_root=_data_root(ctx),
     )
+
+
+def _data_root(ctx: RunContext) -> str | None:
+    """The resolved data root of the run (what the timings were measured on)."""
+    inv = ctx.state.inventory
+    root = getattr(inv, "root", None)
+    return str(Path(root).resolve()) if root is not None else None
 
 
 def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) -> None:

@@ -400,11 +400,26 @@ def load_unet(checkpoint: str | Path, *, device: str = "cpu"):
     return model.to(dev).eval(), params
 
 
-def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 2) -> float:
+def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 2,
+                    check: Callable[[], None] | None = None,
+                    on_step: Callable[[int, int], None] | None = None) -> float:
     """Measure the seconds of one training batch (forward + backward + step).
 
     Runs one warm-up batch and ``repeats`` timed ones on random data; meant
     for a preflight so :func:`estimate_cost` gets a measured figure.
+
+    Parameters
+    ----------
+    params : UNetParams
+    device : str
+    repeats : int
+        Timed batches after the warm-up.
+    check : callable, optional
+        Called before each batch and between the layers of each forward and
+        backward pass; it stops the timing by raising (a cancel, a
+        deadline), so a batch of several seconds is left within one layer.
+    on_step : callable, optional
+        ``on_step(done, total)`` after each batch (warm-up included).
     """
     torch = require_torch()
     if repeats < 1:
@@ -412,6 +427,8 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     dev = resolve_device(device)
     use_amp = bool(params.amp) and dev.startswith("cuda")
     model = build_unet(params).to(dev).train()
+    if check is not None:
+        _add_check_hooks(model, check)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     rng = np.random.default_rng(params.seed)
@@ -421,15 +438,40 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     priors = rng.integers(0, 256, shape, dtype=np.uint8) if params.prior else None
     x, t, m, sk = _to_batch(torch, images, labels, dev, skeletons_of(labels) if params.skel_weight > 0 else None,
                             priors)
+    total = repeats + 1
 
-    def step():
+    def step(k: int):
+        if check is not None:
+            check()
         _train_step(torch, model, opt, scaler, x, t, m, use_amp, sk, params.skel_weight, params.dice_weight)
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
+        if on_step is not None:
+            on_step(k + 1, total)
 
-    step()
+    step(0)
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        step()
+    for k in range(repeats):
+        step(k + 1)
     return (time.perf_counter() - t0) / repeats
+
+
+def _add_check_hooks(model: Any, check: Callable[[], None]) -> None:
+    """Call ``check`` before each leaf layer's forward and when each leaf
+    layer's output gradient is computed (the backward pass)."""
+    def pre(_mod, _inp):
+        check()
+
+    def node_check(_grad_outputs):
+        check()
+
+    def post(_mod, _inp, out):
+        node = getattr(out, "grad_fn", None)
+        if node is not None:  # a graph node's hook: safe when the output is changed in place
+            node.register_prehook(node_check)
+
+    for mod in model.modules():
+        if next(mod.children(), None) is None:  # a leaf layer
+            mod.register_forward_pre_hook(pre)
+            mod.register_forward_hook(post)
 

@@ -36,6 +36,25 @@ class RunControls:
         for b, cls in ((self.run_button, "nx47-run"), (self.stop_button, "nx47-stop"),
                        (self.attach_button, "nx47-attach")):
             b.add_class(cls)
+        # a running run in another folder, offered (never taken) for attach
+        self.offer_button = W.Button(description="Attach to the running run",
+                                     button_style="warning", layout=W.Layout(width="auto",
+                                                                             display="none"))
+        self.offer_button.add_class("nx47-offer")
+        self.offer_text = W.HTML("")
+        self.offer_text.add_class("nx47-offer-text")
+        # Run on a folder that holds an ended run asks first
+        self.confirm_text = W.HTML("")
+        self.confirm_text.add_class("nx47-confirm-text")
+        self.confirm_button = W.Button(description="Run here anyway", button_style="danger",
+                                       layout=W.Layout(width="auto"))
+        self.confirm_button.add_class("nx47-confirm-run")
+        self.cancel_button = W.Button(description="Cancel", layout=W.Layout(width="auto"))
+        self.cancel_button.add_class("nx47-confirm-cancel")
+        self.confirm_box = W.VBox([self.confirm_text,
+                                   W.HBox([self.confirm_button, self.cancel_button])],
+                                  layout=W.Layout(display="none"))
+        self.confirm_box.add_class("nx47-confirm")
         self.status = W.HTML("")
         self.status.add_class("nx47-status-line")
         self.problems = W.HTML("")
@@ -64,6 +83,21 @@ class RunControls:
             fn()
         except Exception as exc:
             self.set_status(f"<span style='color:#c62828'>{type(exc).__name__}: {exc}</span>")
+
+    def offer(self, text_html: str | None) -> None:
+        """Offer to attach to a run elsewhere (``text_html``: which one; None: no offer)."""
+        self.syncer.set(self.offer_text, value=text_html or "")
+        self.syncer.set(self.offer_button.layout, display="" if text_html else "none")
+
+    def ask_confirmation(self, text_html: str | None) -> None:
+        """Show the question Run asks before it changes an ended run (None: hide it)."""
+        self.syncer.set(self.confirm_text, value=text_html or "")
+        self.syncer.set(self.confirm_box.layout, display="" if text_html else "none")
+
+    @property
+    def asking(self) -> bool:
+        """True while the confirmation question is shown."""
+        return self.confirm_box.layout.display != "none"
 
     def set_status(self, html_text: str) -> None:
         """Show ``html_text`` (HTML) in the status line."""

@@ -49,9 +49,16 @@ class CoveragePanel:
                          f"({s['n_train']} train + {s['n_val']} val)"),
             ("coverage", f"<span class='nx47-coverage-pct'>{s['coverage_pct']:.1f}%</span>"),
             ("test volumes", str(s["n_test"])),
-            ("budget", format_duration(s["budget_s"])),
         ]
-        if "projected_s" in s:
+        if s.get("budget_problem"):
+            rows.append(("budget", f"<span class='nx47-cov-budget' style='color:#c62828'>refused: "
+                                   f"{h(s['budget_problem'])}</span>"))
+        else:
+            rows.append(("budget", f"<span class='nx47-cov-budget'>{format_duration(s['budget_s'])}</span>"))
+        if s.get("budget_problem"):
+            rows.append(("projection", "<span class='nx47-projection'>none: the budget is "
+                                       "refused</span>"))
+        elif "projected_s" in s:
             ok = s["fits"]
             colour = "#2e7d32" if ok else "#c62828"
             verdict = "fits" if ok else "does not fit"
@@ -64,7 +71,9 @@ class CoveragePanel:
             else:
                 rows.append(("largest that fits", "none: the run relies on the fallback"))
         else:
-            rows.append(("projection", "run a preflight (or a run) to project the duration"))
+            why = s.get("timings_note") or ("not measured yet: run a preflight (or a run) of "
+                                            "this data to project the duration")
+            rows.append(("projection", f"<span class='nx47-projection'>{h(why)}</span>"))
         body = "<table class='nx47-cov'>" + "".join(
             f"<tr><td style='padding-right:12px;color:#555'>{h(k)}</td><td>{v}</td></tr>"
             for k, v in rows) + "</table>"
@@ -72,6 +81,20 @@ class CoveragePanel:
             body += ("<div style='color:#1565c0'>auto coverage is on: after its preflight "
                      "the run replaces these caps by the largest coverage that fits the "
                      "budget</div>")
+        for w in s.get("selection_warnings", []):
+            body += f"<div class='nx47-hint nx47-selection-warning'>{h(w)}</div>"
         if note:
             body += f"<div style='color:#555'>{h(note)}</div>"
+        body += issues_html(getattr(model, "issues", []))
         self.syncer.set(self.html, value=body)
+
+
+def issues_html(issues: list[str]) -> str:
+    """Discovery issues as an expandable list ("" when there are none)."""
+    if not issues:
+        return ""
+    n = len(issues)
+    items = "".join(f"<li>{h(i)}</li>" for i in issues)
+    return (f"<details class='nx47-issues'><summary>{n} discovery issue{'s' if n != 1 else ''} "
+            f"found (show)</summary><ul style='margin:2px 0 2px 16px;padding:0'>{items}</ul>"
+            "</details>")

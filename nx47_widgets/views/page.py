@@ -50,6 +50,15 @@ body[data-voila] #rendered_cells { padding: 0 8px; }
 .nx47-topo [title] { cursor: help; }
 .nx47-runs table { border-collapse: collapse; font-size: 12px; }
 .nx47-runs td, .nx47-runs th { padding: 2px 10px 2px 0; text-align: left; }
+.nx47-dashboard button:disabled, .nx47-dashboard .jupyter-button:disabled {
+  opacity: 0.45 !important; filter: grayscale(100%); cursor: not-allowed; box-shadow: none; }
+.nx47-confirm { border: 1px solid #c62828; background: #fff5f5; padding: 4px 6px; margin: 4px 0;
+  font-size: 13px; }
+.nx47-gone-banner { position: sticky; top: 0; z-index: 1000; background: #b71c1c; color: #fff;
+  padding: 8px 12px; font: 600 14px/1.4 sans-serif; }
+.nx47-last-known { display: inline-block; background: #616161; color: #fff; padding: 0 6px;
+  font-size: 12px; margin: 2px 0; }
+body.nx47-gone .nx47-hb, body.nx47-gone .nx47-status-line { opacity: 0.55; filter: grayscale(100%); }
 @media (max-width: 900px) { .nx47-left, .nx47-right { max-width: none; flex-basis: 100%; } }
 </style>
 """
@@ -129,6 +138,47 @@ class PageBridge:
         self.run("(function(){const a=document.createElement('a');"
                  f"a.href='data:{mime};base64,{b64}';a.download={json.dumps(name)};"
                  "document.body.appendChild(a);a.click();a.remove();})();")
+
+    def watch_server(self, interval_s: float = 1.5) -> None:
+        """Say on the page when its server or its kernel is gone.
+
+        The page asks the server about its own kernel every ``interval_s``
+        seconds (``GET <base>/api/kernels/<id>``, the id and base URL from
+        Voila's ``jupyter-config-data``; nothing leaves the server). No
+        answer twice in a row: **server gone**; the server no longer knows
+        the kernel (404) or reports it dead: **kernel gone**.  Then a banner
+        heads the page, what it shows is marked as the last known state,
+        and Run, Stop and Attach are disabled with the reason as tooltip.
+        """
+        self.run("(function(){if(window.__nx47Watch)return;window.__nx47Watch=1;"
+                 "var el=document.getElementById('jupyter-config-data');var cfg={};"
+                 "try{cfg=JSON.parse(el.textContent);}catch(e){}"
+                 "var kid=cfg.kernelId;if(!kid)return;var base=cfg.baseUrl||'/';"
+                 "if(base.slice(-1)!=='/')base+='/';var url=base+'api/kernels/'+kid;"
+                 "var misses=0,gone=null;"
+                 "function show(what,why){if(gone)return;gone=what;"
+                 "var t=new Date().toLocaleTimeString();"
+                 "var reason=what+' gone: the page cannot act ('+why+')';"
+                 "var b=document.createElement('div');b.className='nx47-gone-banner';"
+                 "b.setAttribute('data-gone',what);"
+                 "b.textContent=what+' gone (noticed at '+t+'; '+why+'). What this page shows is "
+                 "the last known state, not live. Run, Stop and Attach are disabled: start nx47 "
+                 "serve again and reload the page.';"
+                 "document.body.prepend(b);document.body.classList.add('nx47-gone');"
+                 "document.querySelectorAll('.nx47-dashboard button').forEach(function(x){"
+                 "x.disabled=true;x.title=reason;});"
+                 "document.querySelectorAll('.nx47-heartbeat, .nx47-status-line').forEach("
+                 "function(x){var m=document.createElement('div');m.className='nx47-last-known';"
+                 "m.textContent='last known, as of '+t+' ('+what+' gone)';"
+                 "x.parentNode.insertBefore(m,x);});}"
+                 "function poll(){fetch(url,{cache:'no-store',credentials:'same-origin'})"
+                 ".then(function(r){if(r.status===404){misses++;if(misses>=2)"
+                 "show('kernel','the server no longer knows this page\'s kernel');return;}"
+                 "if(!r.ok)return;misses=0;return r.json().then(function(m){"
+                 "if(m&&m.execution_state==='dead')show('kernel','its process died');});})"
+                 ".catch(function(){misses++;if(misses>=2)show('server','it does not answer');});}"
+                 f"setInterval(function(){{if(!gone)poll();}},{int(interval_s * 1000)});}})();",
+                 keep=True)
 
     def bind_keys(self, keys: Mapping[str, str] = KEYS) -> None:
         """Keys click buttons (``keys``: key -> button class); not while typing."""

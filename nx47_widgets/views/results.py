@@ -126,7 +126,7 @@ class ResultsPanel:
         if score is not None:
             parts.append(f"<div style='font-size:15px'>validation score "
                          f"<b class='nx47-score'>{score:.4f}</b> "
-                         f"<span class='nx47-hint'>(mean over {len(per_vol)} volumes)</span></div>")
+                         f"<span class='nx47-hint'>(mean over {len(per_vol)} volume{'s' if len(per_vol) != 1 else ''})</span></div>")
         elif state.ended and state.command != INFER_COMMAND:
             parts.append("<div class='nx47-hint'>no validation score (no volume was validated)</div>")
         fb = stats.get("fallback_ids") or []

@@ -1,6 +1,6 @@
 """The QA viewer (order, navigation, side by side, zoom, per-slice error counts,
 marks in ``qa.json``) and the runs page (every run under a folder with its
-outcome, one address each; the running or newest run opens by itself)."""
+outcome, one address each; a running run elsewhere is offered, not opened)."""
 
 from __future__ import annotations
 
@@ -175,9 +175,15 @@ def test_runs_page_lists_every_run_with_its_outcome_and_address(tmp_path, volume
         assert html.count("class='nx47-run-link'") == 5
         assert "data-outcome='lost'" in html and "data-outcome='killed'" in html
 
-        # a page on an empty folder under that root opens the running run by itself
+        # a page on an empty folder under that root keeps that folder: the running
+        # run is offered for attach, never taken
         d = Dashboard(RunConfig(data_root=str(root), out_dir=str(runs / "new")), start_pump=False)
         try:
+            assert d.session.folder is None and not d.running
+            assert d.out_dir.value == str(runs / "new") and not (runs / "new").exists()
+            assert "e-live" in d.controls.offer_text.value
+            assert d.controls.offer_button.layout.display != "none"
+            d.controls.offer_button.click()
             assert d.session.folder == live.resolve() and d.running
             assert "e-live" in d.runs_panel.table.value and "shown" in d.runs_panel.table.value
             d.runs_panel.choice.value = str(runs / "a-ok")

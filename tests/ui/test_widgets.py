@@ -104,7 +104,7 @@ def test_coverage_panel_projects_against_budget_after_preflight(tmp_path, data_r
         features_s_per_mvox=10.0, search_s_per_mvox=10.0, fit_s_per_iter_row=1e-6,
         validate_s_per_mvox=10.0, segment_s_per_mvox=10.0, fallback_s_per_mvox=1.0,
         package_s_per_volume=0.1, mvox_train=1.0, mvox_test=1.0, rows_per_volume=1000.0,
-        grid_fits=4)
+        grid_fits=4, data_root=str(Path(data_root).resolve()))
     timings.save(tmp_path / "out" / "preflight" / "timings.json")
     d = make_dash(tmp_path, data_root)
     try:
