@@ -368,6 +368,7 @@ class Dashboard:
     def _bind_state(self) -> None:
         st = self.session.state
         self.preview_panel.bind(st.preview, st.scores)
+        self.preview_panel.render()  # a new run's empty viewer: nothing of the last run shown
         self.log_panel.bind(st.log)
         self._rendered.clear()
         self._render_all()

@@ -288,7 +288,12 @@ class PreviewPanel:
                 self.syncer.set_options(self.volume, [(labels[k], k) for k in self._order()])
                 self.syncer.set(self.follow, value=st.follow)
                 p = st.current
-                if p is None:
+                if p is None:  # a new run: nothing of the previous run stays on screen
+                    self.syncer.set(self.image.layout, display="none")
+                    self.syncer.set(self.info, value="<span class='nx47-preview-waiting'>waiting "
+                                                     "for this run's first slice</span>")
+                    self.syncer.set(self.counts, value="")
+                    self.topo.render(None)
                     return
                 size = st.axis_size(p, st.axis)
                 self.syncer.set(self.volume, value=st.volume)
@@ -352,6 +357,8 @@ class PreviewPanel:
         self.renderer.close()
 
     def _on_png(self, req: SliceRequest, png: bytes) -> None:
+        if self.state.current is None:  # rendered for the run shown before
+            return
         self.syncer.set(self.image, value=png)
         self.syncer.set(self.image.layout, display="")
 
