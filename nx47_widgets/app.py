@@ -429,14 +429,14 @@ class Dashboard:
     def _auto_attach(self) -> None:
         """Open the run of the output folder (live or ended).
 
-        The configured output folder stays the page's Output: without a run
-        there, a run going on in another folder under the output root is
-        only offered (*Attach to the running run*), never opened by itself.
+        The configured output folder stays the page's Output: a run going on
+        in another folder under the output root is only offered (*Attach to
+        the running run*), never opened by itself.
         """
         folder = Path(self.out_dir.value).expanduser()
         if has_run(folder):
             self.controls.guard(lambda: self.attach(folder))
-        elif not self._named_folder:
+        if not self._named_folder and not self.running:
             self.offer_running()
 
     def offer_running(self) -> Path | None:

@@ -394,7 +394,7 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
     res = train_unet(
         patches, val=None, params=params, device=cfg.unet_device, checkpoint_dir=dest,
         resume=True, deadline=ctx.deadlines.training if deadline is None else deadline, on_batch=on_batch,
-        on_epoch=on_epoch,
+        on_epoch=on_epoch, check=ctx.cancel.raise_if_cancelled,
     )
     if res.stopped_reason == "deadline":
         report.deadline_hit("unet", f"training stopped after {res.epochs_done} epochs")

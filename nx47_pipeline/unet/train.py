@@ -163,6 +163,7 @@ def train_unet(
     on_batch: Callable[[int, int, int, int, float], None] | None = None,
     on_epoch: Callable[[int, int, float, float | None], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    check: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train the U-Net on patches, with per-epoch checkpoints and a deadline.
 
@@ -197,6 +198,10 @@ def train_unet(
         checkpoint is written.  Training stops early (``"early_stop"``)
         after ``params.patience`` epochs without a better smoothed
         validation Dice.
+    check : callable, optional
+        Called between the layers of each forward and backward pass; it
+        stops training by raising (a cancel), so a long batch is left within
+        one layer.  The hooks are removed from the returned model.
     clock : callable
         Monotonic clock (injectable for tests).
 
@@ -233,6 +238,7 @@ def train_unet(
     ckpt_path = ckpt_dir / CHECKPOINT_NAME
 
     model = build_unet(params).to(dev)
+    hooks = _add_check_hooks(model, check) if check is not None else []
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[dict] = []
@@ -261,6 +267,8 @@ def train_unet(
     has_val = val is not None and len(val) > 0
 
     def result(reason: str, epochs_done: int) -> TrainResult:
+        for handle in hooks:
+            handle.remove()
         if has_val and best["state"] is not None:
             model.load_state_dict(best["state"])
         return TrainResult(model, epochs_done, reason, history, saved_path,
@@ -456,9 +464,10 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
     return (time.perf_counter() - t0) / repeats
 
 
-def _add_check_hooks(model: Any, check: Callable[[], None]) -> None:
+def _add_check_hooks(model: Any, check: Callable[[], None]) -> list[Any]:
     """Call ``check`` before each leaf layer's forward and when each leaf
-    layer's output gradient is computed (the backward pass)."""
+    layer's output gradient is computed (the backward pass); the forward
+    hooks' handles (the graph-node hooks go with their graph)."""
     def pre(_mod, _inp):
         check()
 
@@ -470,8 +479,10 @@ def _add_check_hooks(model: Any, check: Callable[[], None]) -> None:
         if node is not None:  # a graph node's hook: safe when the output is changed in place
             node.register_prehook(node_check)
 
+    handles = []
     for mod in model.modules():
         if next(mod.children(), None) is None:  # a leaf layer
-            mod.register_forward_pre_hook(pre)
-            mod.register_forward_hook(post)
+            handles.append(mod.register_forward_pre_hook(pre))
+            handles.append(mod.register_forward_hook(post))
+    return handles
 

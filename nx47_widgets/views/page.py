@@ -173,7 +173,7 @@ class PageBridge:
                  "x.parentNode.insertBefore(m,x);});}"
                  "function poll(){fetch(url,{cache:'no-store',credentials:'same-origin'})"
                  ".then(function(r){if(r.status===404){misses++;if(misses>=2)"
-                 "show('kernel','the server no longer knows this page\'s kernel');return;}"
+                 "show('kernel','the server has no such kernel any more');return;}"
                  "if(!r.ok)return;misses=0;return r.json().then(function(m){"
                  "if(m&&m.execution_state==='dead')show('kernel','its process died');});})"
                  ".catch(function(){misses++;if(misses>=2)show('server','it does not answer');});}"

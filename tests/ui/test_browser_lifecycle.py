@@ -207,11 +207,13 @@ def test_threaded_run_survives_reload_and_stop_after_reattach_cancels_cleanly(se
             assert js(page, ATTR_JS, [".nx47-hb", "data-state"]) == "CANCELLED"
             assert w >= 0
 
-            # the folder is reusable: Run starts a new run there
+            # the folder is reusable: Run asks first (it holds an ended run), then
+            # starts a new run there
             run = js(page, BUTTON_JS, "button.nx47-run")
             assert run == {"text": "Run", "disabled": False}, run
             n_starts = sum(e["kind"] == "RUN_START" for e in events)
             page.locator("button.nx47-run").click()
+            page.locator("button.nx47-confirm-run").click()
             wait_for(lambda: sum(e["kind"] == "RUN_START" for e in _journal(out)),
                      lambda n: n == n_starts + 1, 60, "a second run in the same folder", page, shots)
             page.locator("button.nx47-stop").click()

@@ -665,3 +665,53 @@ def test_the_learning_rate_has_decayed_when_the_deadline_stops_training(patches,
     rates = [h["lr"] for h in res.history]
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert rates[-1] < 0.35 * 1e-3  # by steps alone (24 of 50 epochs) it would be 0.55e-3
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(n: int):
+    calls = {"n": 0}
+
+    def check():
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise _Stop(f"stopped at check {calls['n']}")
+    return check, calls
+
+
+def test_timing_a_batch_stops_between_layers_not_after_the_batch():
+    params = _params(batch=2)
+    check, calls = _stop_after(10 ** 9)
+    steps = []
+    U.time_train_step(params, device="cpu", repeats=1, check=check,
+                      on_step=lambda k, n: steps.append((k, n, calls["n"])))
+    assert [s[:2] for s in steps] == [(1, 2), (2, 2)]
+    per_batch = steps[1][2] - steps[0][2]
+    assert per_batch > 10  # forward and backward layers each check, not once per batch
+    # a stop asked in the middle of the first batch ends it there
+    check, calls = _stop_after(per_batch // 2)
+    steps.clear()
+    with pytest.raises(_Stop):
+        U.time_train_step(params, device="cpu", repeats=1, check=check,
+                          on_step=lambda k, n: steps.append(k))
+    assert steps == []
+
+
+def test_training_stops_within_a_batch_and_the_returned_model_has_no_hooks(patches, tmp_path):
+    check, calls = _stop_after(5)
+    with pytest.raises(_Stop):
+        U.train_unet(patches, val=None, params=_params(epochs=1), device="cpu",
+                     checkpoint_dir=tmp_path / "a", check=check)
+    assert not (tmp_path / "a" / "last.pt").exists()  # no epoch was completed
+    check, calls = _stop_after(10 ** 9)
+    result = U.train_unet(patches, val=None, params=_params(epochs=1), device="cpu",
+                          checkpoint_dir=tmp_path / "b", check=check)
+    n = calls["n"]
+    assert n > 0
+    x = torch.from_numpy(patches.images[:1]).float().div(127.5).sub(1).unsqueeze(1)
+    result.model.eval()
+    with torch.no_grad():
+        result.model(x)
+    assert calls["n"] == n  # the hooks were removed from the returned model
