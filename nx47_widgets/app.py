@@ -26,11 +26,12 @@ from nx47_pipeline.telemetry.events import Event, EventKind
 
 from nx47_widgets.lifecycle import describe, holder
 from nx47_widgets.notebook import page_query, served_by_voila
-from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump, has_run
+from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump
+from nx47_widgets.guard import RunGuard
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import SettingsForm, run_problems
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
-from nx47_widgets.state.runs import RunSummary, scan_runs, summarize_run
+from nx47_widgets.state.runs import scan_runs
 from nx47_widgets.views import (
     ChartsPanel,
     CoveragePanel,
@@ -60,7 +61,7 @@ class RunRefused(ValueError):
     """Run was pressed with settings that cannot run (the page lists why)."""
 
 
-class Dashboard:
+class Dashboard(RunGuard):
     """Widgets + states + run session + pump of one dashboard page.
 
     Parameters
@@ -314,57 +315,6 @@ class Dashboard:
             self.runs_panel.refresh()
             return runner
 
-    def ended_run_in(self, folder: str | os.PathLike) -> RunSummary | None:
-        """The ended run ``folder`` holds (None: none, or a live one)."""
-        path = Path(folder).expanduser()
-        if not has_run(path) or holder(path) is not None:
-            return None
-        return summarize_run(path)
-
-    def press_run(self) -> ThreadedRunner | DetachedRunner | None:
-        """What the Run button does: :meth:`run`, but a folder that holds an
-        ended run is changed only after the page's explicit confirmation.
-
-        Returns
-        -------
-        ThreadedRunner, DetachedRunner or None
-            None when the page asks for the confirmation first.
-        """
-        with self._lock:
-            folder = self.out_dir.value.strip()
-            ended = self.ended_run_in(folder) if folder and not self.running else None
-            if ended is None:
-                return self.run()
-            self._confirm_for = Path(folder).expanduser().resolve()
-            when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(ended.started_ts))
-                    if ended.started_ts else "")
-            self.controls.ask_confirmation(
-                f"<b>{h(folder)}</b> holds a run that ended "
-                f"(<b style='color:{ended.verdict.colour}'>{h(ended.verdict.label)}</b>"
-                f"{', started ' + h(when) if when else ''}). A new run here changes that "
-                "folder: it resumes from the run's files, or moves them to "
-                "<code>stale-&lt;time&gt;/</code> when the settings differ. Run here anyway, "
-                "or choose another output folder?")
-            self.controls.set_status("not started: the output folder holds an ended run; "
-                                     "confirm below or choose another folder")
-            return None
-
-    def confirm_run(self) -> ThreadedRunner | DetachedRunner | None:
-        """The confirmed Run over an ended run (see :meth:`press_run`)."""
-        with self._lock:
-            folder = Path(self.out_dir.value.strip()).expanduser().resolve()
-            asked = self._confirm_for
-            self._cancel_confirmation(status=False)
-            if asked != folder:  # the folder changed since the question: ask again
-                return self.press_run()
-            return self.run()
-
-    def _cancel_confirmation(self, status: bool = True) -> None:
-        self._confirm_for = None
-        self.controls.ask_confirmation(None)
-        if status:
-            self.controls.set_status("not started")
-
     def _bind_state(self) -> None:
         st = self.session.state
         self.preview_panel.bind(st.preview, st.scores)
@@ -426,36 +376,6 @@ class Dashboard:
             self.runs_panel.render()
             return runner
 
-    def _auto_attach(self) -> None:
-        """Open the run of the output folder (live or ended).
-
-        The configured output folder stays the page's Output: a run going on
-        in another folder under the output root is only offered (*Attach to
-        the running run*), never opened by itself.
-        """
-        folder = Path(self.out_dir.value).expanduser()
-        if has_run(folder):
-            self.controls.guard(lambda: self.attach(folder))
-        if not self._named_folder and not self.running:
-            self.offer_running()
-
-    def offer_running(self) -> Path | None:
-        """Offer the run going on under the output root, if any; its folder."""
-        mine = Path(self.out_dir.value).expanduser().resolve()
-        live = next((r for r in self.runs_panel.runs
-                     if r.running and Path(r.folder).resolve() != mine), None)
-        self._offered = Path(live.folder) if live is not None else None
-        self.controls.offer(None if live is None else (
-            f"<span class='nx47-hint'>a run is going on in <b>{h(live.folder)}</b> "
-            f"({h(live.holder)}); this page's output folder stays {h(mine)}</span>"))
-        return self._offered
-
-    def attach_offered(self) -> DetachedRunner | None:
-        """Attach to the run :meth:`offer_running` offered."""
-        if self._offered is None:
-            return None
-        return self.attach(self._offered)
-
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
         """Apply a batch of events and render what changed (called by the pump).
@@ -499,28 +419,9 @@ class Dashboard:
             if "results" in changed or self._rendered.get("timeline") != tl.version:
                 self._rendered["timeline"] = tl.version
                 self.results_panel.render(state.results, tl)
-            done = state.ended or not self.session.running
-            if done and self.controls.shows_running:
-                self.runs_panel.refresh()
-                self.controls.set_running(False)
-                self._await_end = not state.ended
-                if state.ended:
-                    self._show_end(state.results.verdict)
-                else:  # the process is gone; its last lines (or lost/killed) come next
-                    self.controls.set_status("the run's process ended; reading its last "
-                                             "events…")
-            elif self._await_end and state.ended:
-                self._await_end = False
-                self.runs_panel.refresh()
-                self.heartbeat_panel.render(state.heartbeat, verdict=state.results.verdict)
-                self._show_end(state.results.verdict)
+            self.follow_end(state, running=self.session.running)
             if tick and not self.session.running:
                 self._check_folder()
-
-    def _show_end(self, verdict: Any) -> None:
-        self.controls.set_status(
-            f"run ended: <b class='nx47-ended' data-outcome='{h(verdict.outcome.value)}' "
-            f"style='color:{verdict.colour}'>{h(verdict.label)}</b> — {h(verdict.words)}")
 
     def _render_all(self) -> None:
         st = self.session.state

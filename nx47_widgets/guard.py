@@ -1,0 +1,150 @@
+"""What the page's run buttons promise: a run is never taken or changed by surprise.
+
+:class:`RunGuard` is a part of :class:`~nx47_widgets.app.Dashboard` (a mixin:
+it uses the dashboard's ``controls``, ``out_dir``, ``runs_panel``,
+``running``, ``run``, ``attach`` and ``_lock``):
+
+* the configured output folder stays the page's Output: a run going on in
+  another folder under the output root is only *offered* for attach;
+* Run on a folder that holds an ended run starts nothing until the page's
+  explicit confirmation (*Run here anyway*), since a new run there resumes
+  from that run's files or moves them to ``stale-<time>/``;
+* the status line says how a run ended only once its end was applied (never
+  "running" for a run whose process is gone).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from nx47_widgets.lifecycle import holder
+from nx47_widgets.runner import DetachedRunner, ThreadedRunner, has_run
+from nx47_widgets.state.runs import RunSummary, summarize_run
+from nx47_widgets.views.base import h
+
+__all__ = ["RunGuard"]
+
+
+class RunGuard:
+    """Offer, confirm, and say how the run ended (see the module docstring)."""
+
+    controls: Any
+    out_dir: Any
+    runs_panel: Any
+    _lock: Any
+    _named_folder: bool
+    _offered: Path | None
+    _confirm_for: Path | None
+    _await_end: bool
+    heartbeat_panel: Any
+
+    def ended_run_in(self, folder: str | os.PathLike) -> RunSummary | None:
+        """The ended run ``folder`` holds (None: none, or a live one)."""
+        path = Path(folder).expanduser()
+        if not has_run(path) or holder(path) is not None:
+            return None
+        return summarize_run(path)
+
+    def press_run(self) -> ThreadedRunner | DetachedRunner | None:
+        """What the Run button does: :meth:`run`, but a folder that holds an
+        ended run is changed only after the page's explicit confirmation.
+
+        Returns
+        -------
+        ThreadedRunner, DetachedRunner or None
+            None when the page asks for the confirmation first.
+        """
+        with self._lock:
+            folder = self.out_dir.value.strip()
+            ended = self.ended_run_in(folder) if folder and not self.running else None
+            if ended is None:
+                return self.run()
+            self._confirm_for = Path(folder).expanduser().resolve()
+            when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(ended.started_ts))
+                    if ended.started_ts else "")
+            self.controls.ask_confirmation(
+                f"<b>{h(folder)}</b> holds a run that ended "
+                f"(<b style='color:{ended.verdict.colour}'>{h(ended.verdict.label)}</b>"
+                f"{', started ' + h(when) if when else ''}). A new run here changes that "
+                "folder: it resumes from the run's files, or moves them to "
+                "<code>stale-&lt;time&gt;/</code> when the settings differ. Run here anyway, "
+                "or choose another output folder?")
+            self.controls.set_status("not started: the output folder holds an ended run; "
+                                     "confirm below or choose another folder")
+            return None
+
+    def confirm_run(self) -> ThreadedRunner | DetachedRunner | None:
+        """The confirmed Run over an ended run (see :meth:`press_run`)."""
+        with self._lock:
+            folder = Path(self.out_dir.value.strip()).expanduser().resolve()
+            asked = self._confirm_for
+            self._cancel_confirmation(status=False)
+            if asked != folder:  # the folder changed since the question: ask again
+                return self.press_run()
+            return self.run()
+
+    def _cancel_confirmation(self, status: bool = True) -> None:
+        self._confirm_for = None
+        self.controls.ask_confirmation(None)
+        if status:
+            self.controls.set_status("not started")
+
+    def _auto_attach(self) -> None:
+        """Open the run of the output folder (live or ended).
+
+        The configured output folder stays the page's Output: a run going on
+        in another folder under the output root is only offered (*Attach to
+        the running run*), never opened by itself.
+        """
+        folder = Path(self.out_dir.value).expanduser()
+        if has_run(folder):
+            self.controls.guard(lambda: self.attach(folder))
+        if not self._named_folder and not self.running:
+            self.offer_running()
+
+    def offer_running(self) -> Path | None:
+        """Offer the run going on under the output root, if any; its folder."""
+        mine = Path(self.out_dir.value).expanduser().resolve()
+        live = next((r for r in self.runs_panel.runs
+                     if r.running and Path(r.folder).resolve() != mine), None)
+        self._offered = Path(live.folder) if live is not None else None
+        self.controls.offer(None if live is None else (
+            f"<span class='nx47-hint'>a run is going on in <b>{h(live.folder)}</b> "
+            f"({h(live.holder)}); this page's output folder stays {h(mine)}</span>"))
+        return self._offered
+
+    def attach_offered(self) -> DetachedRunner | None:
+        """Attach to the run :meth:`offer_running` offered."""
+        if self._offered is None:
+            return None
+        return self.attach(self._offered)
+
+    def follow_end(self, state: Any, *, running: bool) -> None:
+        """Turn the buttons and the status line to the run's end (UI pump).
+
+        A run whose process is gone before its end was applied reads
+        "reading its last events…" until the end (cancelled, killed, lost)
+        is known, then that end: never "running" with Stop disabled.
+        """
+        done = state.ended or not running
+        if done and self.controls.shows_running:
+            self.runs_panel.refresh()
+            self.controls.set_running(False)
+            self._await_end = not state.ended
+            if state.ended:
+                self._show_end(state.results.verdict)
+            else:  # the process is gone; its last lines (or lost/killed) come next
+                self.controls.set_status("the run's process ended; reading its last events…")
+        elif self._await_end and state.ended:
+            self._await_end = False
+            self.runs_panel.refresh()
+            self.heartbeat_panel.render(state.heartbeat, verdict=state.results.verdict)
+            self._show_end(state.results.verdict)
+
+    def _show_end(self, verdict: Any) -> None:
+        self.controls.set_status(
+            f"run ended: <b class='nx47-ended' data-outcome='{h(verdict.outcome.value)}' "
+            f"style='color:{verdict.colour}'>{h(verdict.label)}</b> — {h(verdict.words)}")
