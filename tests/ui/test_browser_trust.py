@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -451,7 +452,8 @@ def test_stop_from_a_second_tab_in_the_preflight_unet_timing_ends_within_2s(worl
     owner.locator(".nx47-unet select").select_option("on")
     assert not owner.locator(".nx47-detached input").is_checked()
     owner.locator("button.nx47-run").click()
-    wait_for(lambda: text(owner, ".nx47-progress"), lambda v: "unet" in v.lower() and "timing" in v.lower(),
+    in_unet_timing = re.compile(r"Stage\s*preflight.*Sub-step\s*unet")
+    wait_for(lambda: text(owner, ".nx47-progress"), lambda v: bool(in_unet_timing.search(v)),
              400, "the preflight's U-Net timing", owner, shots)
     kernel = read_lock_pid(folder)
 
@@ -461,7 +463,7 @@ def test_stop_from_a_second_tab_in_the_preflight_unet_timing_ends_within_2s(worl
     # the run is threaded: the second tab says so
     assert not second.locator(".nx47-detached input").is_checked()
     assert "threaded run" in text(second, ".nx47-status-line")
-    assert "unet" in text(second, ".nx47-progress").lower()
+    assert in_unet_timing.search(text(second, ".nx47-progress"))
     second.evaluate(STOP_CLOCK_JS)
     second.locator("button.nx47-stop").click()
     clock = wait_for(lambda: second.evaluate("() => window.__nx47Stop"),
