@@ -14,6 +14,7 @@ fallback segmentation of every test volume and the packaging.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,43 @@ def _phase_progress(ctx: RunContext, deadline: float, i: int, n: int, label: str
     return p
 
 
+def leave_on_stop(fn: Callable[[Callable[[int, int], None]], Any], check: Callable[[], None],
+                  on_step: Callable[[int, int], None], *, poll_s: float = 0.1) -> Any:
+    """``fn(on_step)`` on a helper thread, left at once when ``check()`` raises.
+
+    One layer of a U-Net batch can take seconds on a busy CPU, longer than
+    Stop may wait; so the work runs on a daemon thread and this thread
+    calls ``check()`` every ``poll_s`` seconds: a Cancelled (or
+    :class:`OutOfTime`) propagates at once, and the helper, which checks the
+    same token between its layers, ends by itself at its next layer.  Steps
+    the helper reports are passed to ``on_step`` from this thread (the
+    telemetry is published here only).
+    """
+    box: dict[str, Any] = {}
+    steps: list[tuple[int, int]] = []
+
+    def target() -> None:
+        try:
+            box["value"] = fn(lambda k, n: steps.append((k, n)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    helper = threading.Thread(target=target, name="nx47-preflight-unet", daemon=True)
+    helper.start()
+    seen = 0
+    while True:
+        helper.join(poll_s)
+        while seen < len(steps):
+            on_step(*steps[seen])
+            seen += 1
+        if not helper.is_alive():
+            break
+        check()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
     """The whole chain on ``sl`` with reduced iterations; raises
     :class:`OutOfTime` past :func:`preflight_deadline`."""
@@ -140,14 +178,16 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         unet_phase = phase(3)
         unet_phase(0, 1, message="timing one U-Net training batch")
 
-        def unet_check() -> None:  # Stop and the deadline within one layer of a batch
+        def unet_check() -> None:  # Stop and the deadline
             ctx.cancel.raise_if_cancelled()
             if time.monotonic() > deadline:
                 raise OutOfTime("its deadline passed during unet")
 
-        unet_s_per_batch = time_train_step(
-            stages.unet_params(ctx), device=cfg.unet_device, check=unet_check,
-            on_step=lambda k, n: unet_phase(k, n, message=f"U-Net timing batch {k} of {n}"))
+        unet_s_per_batch = leave_on_stop(
+            lambda on_step: time_train_step(stages.unet_params(ctx), device=cfg.unet_device,
+                                            check=unet_check, on_step=on_step),
+            unet_check,
+            lambda k, n: unet_phase(k, n, message=f"U-Net timing batch {k} of {n}"))
     phase(3)(1, 1)
 
     t = time.monotonic()

@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ import pytest
 
 import nx47_pipeline.unet as U
 from nx47_pipeline.run.budget import UNetCost
+from nx47_pipeline.run.preflight import leave_on_stop
+from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 
 ROOT = Path(__file__).resolve().parents[2]
 torch = pytest.importorskip("torch")
@@ -715,3 +719,28 @@ def test_training_stops_within_a_batch_and_the_returned_model_has_no_hooks(patch
     with torch.no_grad():
         result.model(x)
     assert calls["n"] == n  # the hooks were removed from the returned model
+
+
+def test_leave_on_stop_returns_at_once_when_stopped_while_the_helper_is_in_a_long_step():
+    token = CancelToken()
+    left = threading.Event()
+
+    def slow(on_step):  # one "layer" of 5 s, then it checks like a layer hook
+        on_step(1, 2)
+        left.wait(5.0)
+        token.raise_if_cancelled()
+        return 1.0
+
+    steps = []
+    threading.Timer(0.3, token.cancel, args=("user pressed Stop",)).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        leave_on_stop(slow, token.raise_if_cancelled, lambda k, n: steps.append((k, n)))
+    took = time.monotonic() - t0
+    left.set()
+    assert took < 2.0, f"left after {took:.2f} s, the helper's step takes 5 s"
+    assert steps == [(1, 2)]  # the helper's progress, published by the caller
+    # without a stop: the helper's value, and its error as raised
+    assert leave_on_stop(lambda on_step: 2.5, lambda: None, lambda k, n: None) == 2.5
+    with pytest.raises(ZeroDivisionError):
+        leave_on_stop(lambda on_step: 1 / 0, lambda: None, lambda k, n: None)
