@@ -60,7 +60,7 @@ class RunGuard:
         with self._lock:
             folder = self.out_dir.value.strip()
             ended = self.ended_run_in(folder) if folder and not self.running else None
-            if ended is None:
+            if ended is None or self.problems():  # nothing to ask, or refused anyway
                 return self.run()
             self._confirm_for = Path(folder).expanduser().resolve()
             when = (time.strftime("%Y-%m-%d %H:%M", time.localtime(ended.started_ts))

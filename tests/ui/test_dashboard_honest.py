@@ -459,3 +459,57 @@ def test_eta_follows_the_projection_and_its_reprojections():
     rows = {r["stage"]: r for r in st.timeline.rows()}
     assert rows["features"]["actual_s"] == 20.0 and rows["features"]["projected_s"] == 10.0
     assert rows["search"]["running"]
+
+
+# ---------------------------------------------------------------------------
+# Run over an ended run asks first; a fixed problem clears the refusal
+# ---------------------------------------------------------------------------
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_run_over_an_ended_run_asks_first_and_changes_nothing_until_confirmed(tmp_path, ten_pairs):
+    out = tmp_path / "out"
+    out.mkdir()
+    bus = EventBus()
+    bus.attach(JournalSink(out / "journal.jsonl"))
+    bus.publish(EventKind.RUN_START, RunStartPayload(run_id="old", out_dir=str(out), pid=1))
+    bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="ok", duration_s=5.0))
+    bus.close()
+    before = _files(out)
+    ran = []
+    cfg = RunConfig(data_root=str(ten_pairs), out_dir=str(out), max_train_volumes=4,
+                    max_val_volumes=2)
+    d = Dashboard(cfg, start_pump=False, job=lambda config, cancel, sink: ran.append(config))
+    try:
+        d.run_button.click()
+        assert d.controls.asking and not ran and not d.running
+        assert str(out) in d.controls.confirm_text.value and "stale-" in d.controls.confirm_text.value
+        assert "not started" in d.status.value
+        d.controls.cancel_button.click()
+        assert not d.controls.asking and _files(out) == before
+        d.run_button.click()
+        d.out_dir.value = str(tmp_path / "elsewhere")  # another folder withdraws the question
+        assert not d.controls.asking
+        d.out_dir.value = str(out)
+        d.run_button.click()
+        assert _files(out) == before
+        d.controls.confirm_button.click()  # the explicit action
+        assert d.runner is not None and d.runner.join(10)
+        assert ran and ran[0].out_dir == str(out)
+    finally:
+        d.close()
+
+
+def test_a_fixed_problem_clears_the_refusal(tmp_path, ten_pairs):
+    d = dash(tmp_path, ten_pairs)
+    try:
+        d.budget_min.value = 0.0
+        assert "refused" in d.coverage_panel.html.value and "6.0s" not in d.coverage_panel.html.value
+        d.run_button.click()
+        assert "RunRefused" in d.status.value and "Budget" in d.status.value
+        d.budget_min.value = 30.0
+        assert "RunRefused" not in d.status.value
+        assert d.coverage_panel.last["budget_s"] == 1800.0
+    finally:
+        d.close()
