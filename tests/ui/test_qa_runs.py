@@ -111,7 +111,13 @@ def test_qa_viewer_orders_navigates_zooms_counts_and_saves_marks(tmp_path, volum
             center=(0.0, 0.0))))))
         assert crop.shape[0] == full.shape[0] // 2 and (crop == full[:crop.shape[0], :crop.shape[1]]).all()
 
-        # per-slice false positives / negatives, ignore region left out
+        # per-slice false positives / negatives, ignore region left out, on a slice
+        # where the prediction both adds and misses surface
+        both = [i for i in range(lab_a.shape[0])
+                if ((pred_a[i] != 0) & (lab_a[i] == 0)).any() and ((pred_a[i] == 0) & (lab_a[i] == 1)).any()]
+        assert both, "the demo volume has no slice with both error kinds"
+        v.index.value = both[len(both) // 2]
+        z = v.make_request()
         counts = slice_counts(z)
         sl_lab, sl_pred = lab_a[z.index], pred_a[z.index] != 0
         valid = sl_lab != 2
