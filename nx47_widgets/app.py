@@ -43,9 +43,11 @@ from nx47_widgets.views import (
     Syncer,
 )
 from nx47_widgets.views.base import h
+from nx47_widgets.state.header import header_info
 from nx47_widgets.views.cluster import ClusterPanel
+from nx47_widgets.views.header import HeaderPanel
 from nx47_widgets.views.page import PAGE_CSS, PageBridge
-from nx47_widgets.views.runs import RunsPanel
+from nx47_widgets.views.runs import SORT_SCRIPT, RunsPanel
 
 __all__ = ["Dashboard", "build_dashboard", "RunRefused"]
 
@@ -134,6 +136,7 @@ class Dashboard:
         self.page = PageBridge(enabled=browser)
         st = self.session.state
         self.progress_panel = ProgressPanel(self.syncer)
+        self.header_panel = HeaderPanel(self.syncer, self.progress_panel.widget)
         self.cluster_panel = ClusterPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
@@ -161,6 +164,8 @@ class Dashboard:
         self._render_all()
         self._check_folder()
         self.page.bind_keys()
+        self.page.watch_sizes(self._on_sizes)
+        self.page.run(SORT_SCRIPT, keep=True)  # the runs table sorts by the column clicked
         self.runs_panel.refresh()
         if auto_attach:
             self._auto_attach()
@@ -384,6 +389,8 @@ class Dashboard:
                 self.progress_panel.render(state.progress)
             if "heartbeat" in changed or "results" in changed or tick:
                 self.heartbeat_panel.render(state.heartbeat, verdict=verdict)
+            if changed or tick:
+                self.render_header()
             if "preview" in changed or "scores" in changed:
                 self.preview_panel.render()
             if "log" in changed:
@@ -414,8 +421,22 @@ class Dashboard:
             if tick and not self.session.running:
                 self._check_folder()
 
+    def _on_sizes(self, sizes: dict) -> None:
+        """The page reported the picture's and the charts' width (CSS px) and its pixel ratio."""
+        dpr = float(sizes.get("dpr") or 1.0)
+        if float(sizes.get("qa") or 0) > 0:
+            self.preview_panel.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
+        if float(sizes.get("charts") or 0) > 0:
+            with self._lock:
+                self.charts_panel.set_size(float(sizes["charts"]), dpr, self.session.state.charts)
+
+    def render_header(self) -> None:
+        """The run header (state, elapsed, ETA, score, fallbacks)."""
+        self.header_panel.render(header_info(self.session.state, folder=self.session.folder))
+
     def _render_all(self) -> None:
         st = self.session.state
+        self.render_header()
         self.progress_panel.render(st.progress)
         self.heartbeat_panel.render(st.heartbeat, verdict=st.results.verdict)
         self.log_panel.render()
@@ -461,8 +482,7 @@ def _layout(d: Dashboard) -> W.VBox:
         c.problems, c.status,
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
-                   d.coverage_panel.widget, d.heartbeat_panel.widget,
-                   d.progress_panel.widget, d.cluster_panel.widget,
+                   d.coverage_panel.widget, d.heartbeat_panel.widget, d.cluster_panel.widget,
                    W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
     left.add_class("nx47-left")
     right = W.VBox([d.preview_panel.widget, d.results_panel.widget,
@@ -471,7 +491,7 @@ def _layout(d: Dashboard) -> W.VBox:
     cols = W.Box([left, right])
     cols.add_class("nx47-cols")
     page = W.VBox([W.HTML(PAGE_CSS + "<h2 style='margin:4px 0'>NX47 — surface "
-                          "segmentation run</h2>"), cols, d.page.widget])
+                          "segmentation run</h2>"), d.header_panel.widget, cols, d.page.widget])
     page.add_class("nx47-dashboard")
     return page
 
