@@ -164,7 +164,7 @@ class Dashboard:
         self._render_all()
         self._check_folder()
         self.page.bind_keys()
-        self.page.watch_sizes(self._on_sizes)
+        self.page.watch_sizes(lambda sizes: _route_sizes(self, sizes))
         self.page.run(SORT_SCRIPT, keep=True)  # the runs table sorts by the column clicked
         self.runs_panel.refresh()
         if auto_attach:
@@ -421,15 +421,6 @@ class Dashboard:
             if tick and not self.session.running:
                 self._check_folder()
 
-    def _on_sizes(self, sizes: dict) -> None:
-        """The page reported the picture's and the charts' width (CSS px) and its pixel ratio."""
-        dpr = float(sizes.get("dpr") or 1.0)
-        if float(sizes.get("qa") or 0) > 0:
-            self.preview_panel.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
-        if float(sizes.get("charts") or 0) > 0:
-            with self._lock:
-                self.charts_panel.set_size(float(sizes["charts"]), dpr, self.session.state.charts)
-
     def render_header(self) -> None:
         """The run header (state, elapsed, ETA, score, fallbacks)."""
         self.header_panel.render(header_info(self.session.state, folder=self.session.folder))
@@ -466,6 +457,17 @@ class Dashboard:
 
     def _ipython_display_(self) -> None:  # pragma: no cover - display hook
         display(self.widget)
+
+
+def _route_sizes(d: Dashboard, sizes: dict) -> None:
+    """The page reported the picture's and the charts' width (CSS px), its pixel ratio
+    and the window's height: the QA canvas and the charts get as many pixels as they show."""
+    dpr = float(sizes.get("dpr") or 1.0)
+    if float(sizes.get("qa") or 0) > 0:
+        d.preview_panel.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
+    if float(sizes.get("charts") or 0) > 0:
+        with d._lock:
+            d.charts_panel.set_size(float(sizes["charts"]), dpr, d.session.state.charts)
 
 
 def _layout(d: Dashboard) -> W.VBox:

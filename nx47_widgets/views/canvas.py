@@ -15,6 +15,9 @@ A canvas is drawn on only once its page said it is ready (ipycanvas's
 ``client_ready``): under Voila the notebook runs before the page connects,
 and a drawing command sent then reaches ipycanvas 0.14's front end before the
 canvas exists and leaves it blank for good.
+
+Without ipycanvas and ipyevents (the ``dashboard`` extra; a Kaggle image
+lacks them) each panel shows its PNG as an image, whole, without the mouse.
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ import threading
 from typing import Callable
 
 import ipywidgets as W
-from ipycanvas import Canvas, hold_canvas
-from ipyevents import Event
+
+try:  # the dashboard extra; an environment without them (a bare Kaggle image) shows the PNGs
+    from ipycanvas import Canvas, hold_canvas
+    from ipyevents import Event
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    Canvas = hold_canvas = Event = None
 
 from nx47_widgets.state.camera import Camera
 from nx47_widgets.views.base import h
 
-__all__ = ["SliceCanvas", "MIN_PANEL_PX", "DEFAULT_WIDTH_PX", "panel_columns"]
+__all__ = ["SliceCanvas", "MIN_PANEL_PX", "DEFAULT_WIDTH_PX", "panel_columns", "HAS_CANVAS"]
+
+#: ipycanvas and ipyevents are installed: the picture zooms and pans.
+HAS_CANVAS = Canvas is not None
 
 #: Narrowest side-by-side panel (CSS pixels).
 MIN_PANEL_PX = 300
@@ -61,9 +71,16 @@ class _Panel:
         self.source = W.Image(format="png")
         self.title = W.HTML("")
         self.title.add_class("nx47-qa-title")
+        self.ready = False  # the page's canvas exists (client_ready): drawing may start
+        if not HAS_CANVAS:  # the PNG itself, whole
+            self.canvas = None
+            self.source.layout = W.Layout(width="100%", height="auto")
+            self.source.add_class("nx47-qa-image")
+            self.widget = W.VBox([self.title, self.source], layout=W.Layout(min_width="0"))
+            self.widget.add_class("nx47-qa-panel")
+            return
         self.canvas = Canvas(width=512, height=512, layout=W.Layout(width="100%", height="auto"))
         self.canvas.add_class("nx47-qa-canvas")
-        self.ready = False  # the page's canvas exists (client_ready): drawing may start
         self.canvas.on_client_ready(lambda: owner.client_ready(self))
         # clicks, wheel and double-click at once; moves throttled (a drag sends ~30 per second)
         self.events = Event(source=self.canvas, watched_events=["wheel", "mousedown", "mouseup",
@@ -160,6 +177,9 @@ class SliceCanvas:
         self.widget.layout.grid_template_columns = " ".join(["minmax(0, 1fr)"] * cols)
         w, hgt = self.panel_css_size()
         cw, ch = max(1, round(w * self.dpr)), max(1, round(hgt * self.dpr))
+        if not HAS_CANVAS:
+            self.camera.set_view(cw, ch)
+            return
         for p in self.panels[:self.n_shown]:
             if (p.canvas.width, p.canvas.height) != (cw, ch):
                 p.canvas.width, p.canvas.height = cw, ch

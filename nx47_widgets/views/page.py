@@ -68,7 +68,7 @@ canvas.nx47-qa-canvas { image-rendering: pixelated;
 canvas.nx47-qa-canvas:active { cursor: grabbing; }
 .nx47-qa-panels { min-width: 0; }
 .nx47-qa-title { font-size: 13px; line-height: 1.3; }
-.nx47-charts-image img, img.nx47-charts-image { image-rendering: auto; }
+img.nx47-qa-image { image-rendering: pixelated; }
 .nx47-header { margin: 0 0 6px 0; }
 .nx47-hd { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 22px; font-size: 15px;
   padding: 6px 10px; background: #f5f7fa; border: 1px solid #dde3ea; border-radius: 6px; }
@@ -171,10 +171,12 @@ class PageBridge:
                  "document.addEventListener('keydown',function(e){"
                  "const t=e.target&&e.target.tagName;"
                  "if(t==='INPUT'||t==='TEXTAREA'||t==='SELECT'||e.ctrlKey||e.metaKey||e.altKey)return;"
+                 # a slider with the focus moves with the arrow keys itself
+                 "if(e.target&&e.target.closest&&e.target.closest('.noUi-handle,[role=slider],[contenteditable]'))return;"
                  "const c=k[e.key];if(!c)return;"
                  "const b=document.querySelector('button.'+c);"
-                 # capture phase: a focused canvas (it takes the focus on click) must not eat the keys
-                 "if(b){b.click();e.preventDefault();e.stopPropagation();}},true);})();", keep=True)
+                 # capture phase: the QA canvas takes the focus on a click and stops key events
+                 "if(b){b.click();e.preventDefault();}},true);})();", keep=True)
 
     #: Boxes whose width the page reports: name -> CSS selector.
     SIZED = {"qa": ".nx47-qa-panels", "charts": ".nx47-charts-box"}
