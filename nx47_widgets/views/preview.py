@@ -58,6 +58,8 @@ def available_overlays(p) -> dict[str, str]:
     else:
         no_label = "no label: test volumes have none"
         no_pred = no_prob = "no prediction: training volumes are not segmented"
+        if p.pred_path:  # segmented, but its probability map was not kept
+            no_prob = "no probability: the run kept no probability map of this volume"
     return {
         "label": "" if p.label_path else no_label,
         "pred": "" if p.pred_path else no_pred,

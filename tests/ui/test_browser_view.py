@@ -229,7 +229,6 @@ def test_the_header_shows_state_elapsed_eta_score_and_fallbacks_in_the_first_vie
                   "return d.state === 'running' && d.eta ? {...d} : null; })()", "the running run's header")
     assert float(h["elapsed"]) >= LIVE_AGE_S and float(h["eta"]) > 0, h
     assert h["score"] == "" and h["fallback"] == "", h  # not known yet: said as "-"
-    live.page.locator(".nx47-header").screenshot(path=str(site["shots"] / "docs" / "run-header.png"))
 
 
 # -- item 9: the runs table --------------------------------------------------------
@@ -271,7 +270,6 @@ def test_the_runs_table_fits_its_column_and_sorts(site, page_at):
         assert float(live["tookV"]) >= LIVE_AGE_S and live["took"] not in ("-", "0.0s"), live
         assert r["choice"] and r["choiceIndex"] >= 0, r  # the Open run choice is never blank
         if width == 1600:
-            p.page.locator(".nx47-runs-page").screenshot(path=str(site["shots"] / "docs" / "runs-page.png"))
             # sortable: score ascending, then descending (the running run has none: last)
             p.page.click(".nx47-runs th[data-col='score']")
             order = p.wait("(() => { const th = document.querySelector(\".nx47-runs th[data-col='score']\"); "
@@ -418,8 +416,10 @@ def test_side_by_side_panels_are_at_least_300_px_with_titles(site, page_at):
 
 
 # -- the pictures of docs/dashboard.md --------------------------------------------------
+@pytest.mark.slow
 def test_docs_screenshots(site, page_at):
-    """The page at 1600 × 1000 and 800 × 1000 (side by side), as docs/dashboard.md shows it."""
+    """The page at 1600 × 1000 and 800 × 1000 (side by side), the QA panels, the runs
+    table and a running run's header, as docs/dashboard.md shows them."""
     for width in (1600, 800):
         p = page_at(site["done"], width)
         p.wait("document.querySelectorAll('canvas.nx47-qa-canvas').length > 0 && "
@@ -428,8 +428,14 @@ def test_docs_screenshots(site, page_at):
         p.wait("(() => { const c = (" + CANVAS_JS + ")(); return c.panels.length === 4 && "
                "c.panels.every(q => Math.abs(q.cw - q.w) < 1.5) ? c : null; })()", "four panels")
         p.wait("(" + CHARTS_JS + ")() !== null", "the charts")
-        p.page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
+        p.page.evaluate("() => { document.activeElement && document.activeElement.blur(); "
+                        "document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; }); "
+                        "window.scrollTo(0, 0); }")
         time.sleep(1.0)
         p.page.screenshot(path=str(site["shots"] / "docs" / f"dashboard-{width}.png"))
         if width == 1600:
-            p.page.locator(".nx47-preview").screenshot(path=str(site["shots"] / "docs" / "qa-viewer.png"))
+            p.page.locator(".nx47-qa-panels").screenshot(path=str(site["shots"] / "docs" / "qa-viewer.png"))
+            p.page.locator(".nx47-runs-page").screenshot(path=str(site["shots"] / "docs" / "runs-page.png"))
+    live = page_at(site["live"], 1600)
+    live.wait("document.querySelector('.nx47-hd').dataset.state === 'running'", "the running run's header")
+    live.page.locator(".nx47-header").screenshot(path=str(site["shots"] / "docs" / "run-header.png"))
