@@ -1,4 +1,6 @@
-"""Slice previewer at competition size: decode + render latency of a 320³ slice.
+"""Slice previewer at competition size: decode + render latency of a 320³ slice,
+and of the QA canvas's panels (:func:`nx47_widgets.render.render_panels`: the
+whole slice at one pixel per voxel, overlay or four side-by-side panels).
 
 Writes a CT-like uint8 volume, its label (0/1/2), a predicted mask and a
 probability volume as LZW TIFFs, then times :func:`nx47_widgets.render.render_slice`
@@ -27,7 +29,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from nx47_pipeline.io.volumes import write_volume  # noqa: E402
-from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_slice  # noqa: E402
+from nx47_widgets.render import AsyncRenderer, SliceRequest, VolumeCache, render_panels, render_slice  # noqa: E402
 from _common import git_commit, machine, write_section, load_note  # noqa: E402
 
 
@@ -81,6 +83,17 @@ def main(argv=None) -> int:
                 samples.append(time.perf_counter() - t0)
             per_axis[axis] = samples
 
+        # the QA canvas: the whole slice's PNGs (overlay: one; side by side: four)
+        panels = {}
+        for layout in ("overlay", "side"):
+            samples = []
+            for k in range(5):
+                t0 = time.perf_counter()
+                out = render_panels(SliceRequest(**{**req("z", (k * 41) % n).__dict__, "layout": layout}),
+                                    cache=cache)
+                samples.append(time.perf_counter() - t0)
+            panels[layout] = (samples, sum(len(b) for _, b in out), len(out))
+
         done = threading.Event()
         lat: list[float] = []
         r = AsyncRenderer(lambda _r, _p: done.set(), cache=cache)
@@ -105,7 +118,9 @@ def main(argv=None) -> int:
         f"Four {n}³ uint8 LZW TIFFs (image, label, prediction, probability; {size_mb:.0f} MiB "
         "on disk), every overlay on (label, prediction, probability heat, error map), "
         f"PNG upscaled to at least 256 px. Rendering runs on the previewer's own thread; the "
-        "kernel only waits for the PNG-cache lookup.",
+        "kernel only waits for the PNG-cache lookup. The QA canvas's panels are the whole "
+        "slice at one pixel per voxel (the browser zooms and pans them): zooming and panning "
+        "send drawing commands only, no pixels.",
         "",
         "| figure | value |",
         "| --- | --- |",
@@ -116,6 +131,10 @@ def main(argv=None) -> int:
         f"| AsyncRenderer, new slice, request to PNG | {uncached_async * 1000:.0f} ms |",
         f"| AsyncRenderer, PNG cache hit (median of 20) | {1e6 * statistics.median(lat):.0f} µs |",
         f"| PNG size | {len(png) / 1024:.0f} KiB |",
+        f"| QA canvas, new z slice, overlay: 1 PNG of the whole slice (median of 5) | "
+        f"{ms(panels['overlay'][0])}, {panels['overlay'][1] / 1024:.0f} KiB |",
+        f"| QA canvas, new z slice, side by side: {panels['side'][2]} PNGs (median of 5) | "
+        f"{ms(panels['side'][0])}, {panels['side'][1] / 1024:.0f} KiB |",
         f"| process RSS (4 volumes cached) | {rss:.0f} MiB |",
         "",
     ]

@@ -44,9 +44,11 @@ from nx47_widgets.views import (
     Syncer,
 )
 from nx47_widgets.views.base import h
+from nx47_widgets.state.header import header_info
 from nx47_widgets.views.cluster import ClusterPanel
+from nx47_widgets.views.header import HeaderPanel
 from nx47_widgets.views.page import PAGE_CSS, PageBridge
-from nx47_widgets.views.runs import RunsPanel
+from nx47_widgets.views.runs import SORT_SCRIPT, RunsPanel
 
 __all__ = ["Dashboard", "build_dashboard", "RunRefused"]
 
@@ -139,6 +141,7 @@ class Dashboard(RunGuard):
         self.page = PageBridge(enabled=browser)
         st = self.session.state
         self.progress_panel = ProgressPanel(self.syncer)
+        self.header_panel = HeaderPanel(self.syncer, self.progress_panel.widget)
         self.cluster_panel = ClusterPanel(self.syncer)
         self.heartbeat_panel = HeartbeatPanel(self.syncer)
         self.coverage_panel = CoveragePanel(self.syncer)
@@ -171,6 +174,8 @@ class Dashboard(RunGuard):
         self._check_folder()
         self.page.bind_keys()
         self.page.watch_server()
+        self.page.watch_sizes(lambda sizes: _route_sizes(self, sizes))
+        self.page.run(SORT_SCRIPT, keep=True)  # the runs table sorts by the column clicked
         self.runs_panel.refresh()
         if auto_attach:
             self._auto_attach()
@@ -399,6 +404,8 @@ class Dashboard(RunGuard):
                 self.progress_panel.render(state.progress)
             if "heartbeat" in changed or "results" in changed or tick:
                 self.heartbeat_panel.render(state.heartbeat, verdict=verdict)
+            if changed or tick:
+                self.render_header()
             if "preview" in changed or "scores" in changed:
                 self.preview_panel.render()
             if "log" in changed:
@@ -423,8 +430,13 @@ class Dashboard(RunGuard):
             if tick and not self.session.running:
                 self._check_folder()
 
+    def render_header(self) -> None:
+        """The run header (state, elapsed, ETA, score, fallbacks)."""
+        self.header_panel.render(header_info(self.session.state, folder=self.session.folder))
+
     def _render_all(self) -> None:
         st = self.session.state
+        self.render_header()
         self.progress_panel.render(st.progress)
         self.heartbeat_panel.render(st.heartbeat, verdict=st.results.verdict)
         self.log_panel.render()
@@ -456,6 +468,17 @@ class Dashboard(RunGuard):
         display(self.widget)
 
 
+def _route_sizes(d: Dashboard, sizes: dict) -> None:
+    """The page reported the picture's and the charts' width (CSS px), its pixel ratio
+    and the window's height: the QA canvas and the charts get as many pixels as they show."""
+    dpr = float(sizes.get("dpr") or 1.0)
+    if float(sizes.get("qa") or 0) > 0:
+        d.preview_panel.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
+    if float(sizes.get("charts") or 0) > 0:
+        with d._lock:
+            d.charts_panel.set_size(float(sizes["charts"]), dpr, d.session.state.charts)
+
+
 def _layout(d: Dashboard) -> W.VBox:
     """The page: controls and status on the left, live panels on the right."""
     s, c = d.settings, d.controls
@@ -471,8 +494,7 @@ def _layout(d: Dashboard) -> W.VBox:
         W.HBox([c.offer_text, c.offer_button], layout=W.Layout(flex_flow="row wrap")),
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
-                   d.coverage_panel.widget, d.heartbeat_panel.widget,
-                   d.progress_panel.widget, d.cluster_panel.widget,
+                   d.coverage_panel.widget, d.heartbeat_panel.widget, d.cluster_panel.widget,
                    W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
     left.add_class("nx47-left")
     right = W.VBox([d.preview_panel.widget, d.results_panel.widget,
@@ -481,7 +503,7 @@ def _layout(d: Dashboard) -> W.VBox:
     cols = W.Box([left, right])
     cols.add_class("nx47-cols")
     page = W.VBox([W.HTML(PAGE_CSS + "<h2 style='margin:4px 0'>NX47 — surface "
-                          "segmentation run</h2>"), cols, d.page.widget])
+                          "segmentation run</h2>"), d.header_panel.widget, cols, d.page.widget])
     page.add_class("nx47-dashboard")
     return page
 

@@ -29,7 +29,7 @@ from PIL import Image
 from nx47_pipeline.io.volumes import read_header, read_volume
 from nx47_pipeline.run.infer import open_volume
 
-__all__ = ["SliceRequest", "render_slice", "read_slices", "slice_counts", "AsyncRenderer",
+__all__ = ["SliceRequest", "render_slice", "render_panels", "PANEL_TITLES", "read_slices", "slice_counts", "AsyncRenderer",
            "VolumeCache", "display_step", "is_chunked", "OVERLAYS", "LAYOUTS", "MAX_SIDE",
            "WHOLE_MAX_VOXELS"]
 
@@ -363,6 +363,75 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
     return buf.getvalue()
 
 
+#: Titles of the side-by-side panels (:func:`render_panels`).
+PANEL_TITLES = {"image": "image", "label": "label", "pred": "prediction", "error": "error map"}
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").save(buf, format="PNG",
+                                                                       compress_level=1)
+    return buf.getvalue()
+
+
+def render_panels(req: SliceRequest, *, cache: VolumeCache | None = None) -> list[tuple[str, bytes]]:
+    """The whole slice of ``req`` as PNGs at one pixel per voxel, one per panel.
+
+    The QA canvas zooms and pans in the browser (its camera), so only the
+    slice travels: ``req.zoom``, ``req.center`` and ``req.min_size`` are not
+    used.  The ``overlay`` layout gives one panel (the overlays on the image),
+    ``side`` one panel per layer the volume has: image, label, prediction,
+    error map (titles in :data:`PANEL_TITLES`).
+
+    Parameters
+    ----------
+    req : SliceRequest
+    cache : VolumeCache, optional
+
+    Returns
+    -------
+    list of (str, bytes)
+        ``(title, png)`` per panel, left to right.
+
+    Raises
+    ------
+    ValueError, IndexError, nx47_pipeline.io.volumes.VolumeError
+        As :func:`render_slice`.
+    """
+    if req.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {req.layout!r}")
+    if req.axis not in _AXES:
+        raise ValueError(f"axis must be one of {tuple(_AXES)}, got {req.axis!r}")
+    bad = [o for o in req.overlays if o not in OVERLAYS]
+    if bad:
+        raise ValueError(f"overlays must be among {OVERLAYS}, got {bad!r}")
+    if not 0.0 <= req.opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {req.opacity!r}")
+    cache = cache or _DEFAULT_CACHE
+    side = req.layout == "side"
+    want = set(OVERLAYS) if side else set(req.overlays)
+    img, label, pred, prob = read_slices(req, cache, bool({"label", "error"} & want),
+                                         bool({"pred", "error"} & want), "prob" in want)
+    lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
+    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    a = float(req.opacity)
+    if not side:
+        have = {"label": label is not None, "pred": pred is not None, "prob": prob is not None,
+                "error": label is not None and pred is not None}
+        names = [{"prob": "probability"}.get(o, PANEL_TITLES.get(o, o)) for o in OVERLAYS
+                 if o in req.overlays and have[o]]
+        title = " + ".join(["image", *names])
+        return [(title, _png(_compose(grey, label, pred, prob, req.overlays, a)))]
+    panels = [(PANEL_TITLES["image"], _png(_compose(grey, None, None, None, (), a)))]
+    if label is not None:
+        panels.append((PANEL_TITLES["label"], _png(_compose(grey, label, None, None, ("label",), max(a, 0.5)))))
+    if pred is not None:
+        panels.append((PANEL_TITLES["pred"], _png(_compose(grey, None, pred, None, ("pred",), max(a, 0.5)))))
+    if label is not None and pred is not None:
+        panels.append((PANEL_TITLES["error"], _png(_compose(grey, label, pred, None, ("error",), max(a, 0.5)))))
+    return panels
+
+
 def slice_counts(req: SliceRequest, *, cache: VolumeCache | None = None) -> dict[str, int]:
     """False positives, false negatives and true positives of the whole slice.
 
@@ -394,7 +463,8 @@ class AsyncRenderer:
     """Render slices on one background thread, newest request wins.
 
     :meth:`request` returns at once; when the PNG is ready ``on_done(req,
-    png)`` is called on the worker thread (``on_error(req, exc)`` on failure).
+    png)`` is called (``render``: what a request becomes, by default
+    :func:`render_slice`'s PNG; :func:`render_panels` gives the panels) on the worker thread (``on_error(req, exc)`` on failure).
     A request superseded before it started is skipped.  Results are kept in
     an LRU cache of ``max_pngs`` entries so flipping back is instant.
     """
@@ -402,8 +472,10 @@ class AsyncRenderer:
     def __init__(self, on_done: Callable[[SliceRequest, bytes], None],
                  on_error: Callable[[SliceRequest, BaseException], None] | None = None,
                  *, max_pngs: int = 64, cache: VolumeCache | None = None,
-                 on_counts: Callable[[SliceRequest, dict], None] | None = None) -> None:
+                 on_counts: Callable[[SliceRequest, dict], None] | None = None,
+                 render: Callable[..., object] = render_slice) -> None:
         self.on_done = on_done
+        self.render = render
         self.on_counts = on_counts
         self.on_error = on_error
         self.cache = cache or VolumeCache()
@@ -439,7 +511,7 @@ class AsyncRenderer:
             if req != self._latest:
                 return
         try:
-            png = render_slice(req, cache=self.cache)
+            png = self.render(req, cache=self.cache)
             counts = slice_counts(req, cache=self.cache) if self.on_counts is not None else {}
         except Exception as exc:  # reported to the view, never raised in the kernel
             if self.on_error is not None:

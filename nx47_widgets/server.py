@@ -21,13 +21,20 @@ time without leaving a kernel behind and without losing a run:
   (SIGTERM) shuts every kernel down; a kernel's threaded run then ends
   CANCELLED.
 
+The page (:data:`TEMPLATE`, ``nx47_widgets/voila/templates/nx47``) is
+Voila's ``lab`` template without its Font Awesome links to a CDN, so that no
+request leaves 127.0.0.1, and with the browser console kept for real
+problems (see the template for the JupyterLab version notices it drops).
+
 This module runs in the server process only; kernels never import it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
@@ -36,7 +43,13 @@ from voila.app import Voila
 
 from nx47_widgets.lifecycle import threaded_runs_of
 
-__all__ = ["set_xsrf_cookie", "DashboardKernelManager", "voila_config", "main"]
+__all__ = ["set_xsrf_cookie", "DashboardKernelManager", "voila_config", "main", "TEMPLATE",
+           "TEMPLATE_ROOT"]
+
+#: The page template (``nx47_widgets/voila/templates/nx47``).
+TEMPLATE = "nx47"
+#: A Jupyter data folder holding ``voila/templates/nx47`` (put on ``JUPYTER_PATH``).
+TEMPLATE_ROOT = Path(__file__).resolve().parent
 
 
 def set_xsrf_cookie(req: Any, notebook: Any, cwd: str) -> Any:
@@ -149,11 +162,15 @@ def voila_config() -> Config:
     c = Config()
     c.VoilaConfiguration.prelaunch_hook = set_xsrf_cookie
     c.VoilaConfiguration.multi_kernel_manager_class = DashboardKernelManager
+    c.VoilaConfiguration.template = TEMPLATE
     return c
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run Voila with :func:`voila_config` (``argv``: Voila's command line)."""
+    paths = os.environ.get("JUPYTER_PATH", "")
+    if str(TEMPLATE_ROOT) not in paths.split(os.pathsep):  # where Voila finds the nx47 template
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(TEMPLATE_ROOT), paths) if p)
     Voila.launch_instance(argv=sys.argv[1:] if argv is None else argv, config=voila_config())
     return 0
 

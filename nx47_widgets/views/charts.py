@@ -10,7 +10,7 @@ import ipywidgets as W
 
 from nx47_widgets.state.charts import ChartState
 from nx47_widgets.views.base import Syncer, section
-from nx47_widgets.views.mpl import ChartRenderer, snapshot
+from nx47_widgets.views.mpl import DEFAULT_WIDTH_PX, ChartRenderer, snapshot
 from nx47_widgets.views.svg import grid_table
 
 __all__ = ["ChartsPanel"]
@@ -40,20 +40,33 @@ class ChartsPanel:
         self.loss = W.HTML("")
         self.scores = W.HTML("")
         self.grid = W.HTML("")
-        self.image = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        # shown at the width it was drawn for (CSS pixels): one PNG pixel per device pixel
+        self.image = W.Image(format="png", layout=W.Layout(width=f"{DEFAULT_WIDTH_PX}px", height="auto", max_width="100%",
+                                                           display="none"))
         self.image.add_class("nx47-charts-image")
-        self.renderer = ChartRenderer(self._on_png, min_interval_s=min_interval_s)
+        self.width_px, self.dpr = float(DEFAULT_WIDTH_PX), 1.0
+        self.renderer = ChartRenderer(self._on_png, min_interval_s=min_interval_s, with_size=True)
+        # the box whose width the page reports (the charts are drawn that wide)
+        box = W.Box([self.image], layout=W.Layout(width="100%"))
+        box.add_class("nx47-charts-box")
         self.widget = W.VBox([
             section("Charts"),
             W.VBox([self.objective, self.loss, self.scores]),
-            self.image,
+            box,
             self.grid,
         ])
         self.widget.add_class("nx47-charts")
 
-    def _on_png(self, png: bytes, version: int) -> None:
+    def _on_png(self, png: bytes, version: int, size: tuple[float, float] = (DEFAULT_WIDTH_PX, 1.0)) -> None:
         self.syncer.set(self.image, value=png)
-        self.syncer.set(self.image.layout, display="")
+        self.syncer.set(self.image.layout, display="", width=f"{round(size[0])}px")
+
+    def set_size(self, width_px: float, dpr: float, state: ChartState) -> None:
+        """The page shows the charts ``width_px`` CSS pixels wide at ``dpr``: draw them so."""
+        width_px = round(float(width_px))
+        if (width_px, float(dpr)) != (self.width_px, self.dpr) and width_px > 0:
+            self.width_px, self.dpr = width_px, float(dpr)
+            self.renderer.submit(snapshot(state), (self.width_px, self.dpr))
 
     def render(self, state: ChartState) -> None:
         """Update the captions and the table now; queue the figure."""
@@ -66,7 +79,7 @@ class ChartsPanel:
             f"{scores[0][0]} {scores[0][1]:.3f}</span>" if scores else
             f"<span style='font-size:12px'><b>validation</b>: {state.empty_text('validate')}</span>"))
         self.syncer.set(self.grid, value=grid_table(state.grid, empty=state.empty_text("search")))
-        self.renderer.submit(snapshot(state))
+        self.renderer.submit(snapshot(state), (self.width_px, self.dpr))
 
     def close(self) -> None:
         self.renderer.close()

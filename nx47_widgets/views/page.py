@@ -8,15 +8,18 @@ markdown; Voila's ``<body>`` has ``data-voila``, so Jupyter is not affected).
 :class:`PageBridge` runs short scripts in the page through an invisible
 Output widget: under Voila it keeps the run folder in the address bar
 (``?out=<folder>``, so a reload re-opens that run), names the tab, saves a
-file and binds the viewer's keyboard shortcuts.  In Jupyter or Kaggle it
-does nothing (no address of its own to keep).
+file, binds the viewer's keyboard shortcuts, and reports the size of the
+QA picture's box and of the charts (CSS pixels) and the device pixel ratio
+(:meth:`PageBridge.watch_sizes`), so that the canvas and the chart PNGs have
+as many pixels as they show.  In Jupyter or Kaggle it does nothing (no
+address of its own to keep; pictures keep their default size).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Mapping
+from typing import Callable, Mapping
 
 import ipywidgets as W
 
@@ -48,8 +51,6 @@ body[data-voila] #rendered_cells { padding: 0 8px; }
 .nx47-topo th { font-weight: 600; color: #333; border-bottom: 1px solid #999; }
 .nx47-topo .nx47-topo-dim { text-align: left; padding-left: 0; }
 .nx47-topo [title] { cursor: help; }
-.nx47-runs table { border-collapse: collapse; font-size: 12px; }
-.nx47-runs td, .nx47-runs th { padding: 2px 10px 2px 0; text-align: left; }
 .nx47-dashboard button:disabled, .nx47-dashboard .jupyter-button:disabled {
   opacity: 0.45 !important; filter: grayscale(100%); cursor: not-allowed; box-shadow: none; }
 .nx47-confirm { border: 1px solid #c62828; background: #fff5f5; padding: 4px 6px; margin: 4px 0;
@@ -59,6 +60,33 @@ body[data-voila] #rendered_cells { padding: 0 8px; }
 .nx47-last-known { display: inline-block; background: #616161; color: #fff; padding: 0 6px;
   font-size: 12px; margin: 2px 0; }
 body.nx47-gone .nx47-hb, body.nx47-gone .nx47-status-line { opacity: 0.55; filter: grayscale(100%); }
+.nx47-runs { max-width: 100%; overflow-x: auto; }
+.nx47-runs table { border-collapse: collapse; font-size: 12px; width: 100%; }
+.nx47-runs td, .nx47-runs th { padding: 2px 5px 2px 0; text-align: left; vertical-align: top; }
+.nx47-runs span.nx47-nowrap { white-space: nowrap; }
+.nx47-runs th { white-space: nowrap; cursor: pointer; user-select: none; color: #333;
+  border-bottom: 1px solid #999; }
+.nx47-runs th[data-sorted='asc']::after { content: ' ▲'; font-size: 9px; }
+.nx47-runs th[data-sorted='desc']::after { content: ' ▼'; font-size: 9px; }
+.nx47-runs td.nx47-nowrap { white-space: nowrap; }
+.nx47-runs td.nx47-folder { overflow-wrap: anywhere; word-break: break-all; min-width: 8em; }
+.nx47-runs a.nx47-run-link { color: #1565c0; text-decoration: underline; }
+.nx47-runs a.nx47-run-link:visited { color: #6a1b9a; }
+canvas.nx47-qa-canvas { image-rendering: pixelated;
+  cursor: grab; width: 100%; height: auto; display: block; touch-action: none; }
+canvas.nx47-qa-canvas:active { cursor: grabbing; }
+.nx47-qa-panels { min-width: 0; }
+.nx47-qa-title { font-size: 13px; line-height: 1.3; }
+img.nx47-qa-image { image-rendering: pixelated; }
+.nx47-header { margin: 0 0 6px 0; }
+.nx47-hd { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 22px; font-size: 15px;
+  padding: 6px 10px; background: #f5f7fa; border: 1px solid #dde3ea; border-radius: 6px; }
+.nx47-hd-state { font-weight: 700; font-size: 17px; display: inline-flex; align-items: center; gap: 6px; }
+.nx47-hd-dot { width: 12px; height: 12px; border-radius: 6px; display: inline-block; }
+.nx47-hd-light { font-weight: 400; font-size: 13px; }
+.nx47-hd-k { color: #666; font-size: 11px; text-transform: uppercase; letter-spacing: .04em; }
+.nx47-hd-folder { margin-left: auto; color: #555; font-size: 12px; overflow-wrap: anywhere; }
+.nx47-progress .nx47-bar-row { width: 100%; }
 @media (max-width: 900px) { .nx47-left, .nx47-right { max-width: none; flex-basis: 100%; } }
 </style>
 """
@@ -82,15 +110,21 @@ class PageBridge:
     Attributes
     ----------
     widget : ipywidgets.Output
-        Invisible; must be displayed with the page.
+        Invisible (the script output and the sizes box); must be displayed with the page.
     scripts : list of str
         The scripts sent so far (tests read them).
     """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.widget = W.Output(layout=W.Layout(height="0px", overflow="hidden"))
-        self.widget.add_class("nx47-bridge")
+        self.output = W.Output(layout=W.Layout(height="0px", overflow="hidden"))
+        self.output.add_class("nx47-bridge")
+        # the page writes the sizes here (JSON); hidden
+        self.sizes = W.Text(value="", layout=W.Layout(display="none"))
+        self.sizes.add_class("nx47-sizes")
+        self._on_sizes: Callable[[dict], None] | None = None
+        self.sizes.observe(self._sizes_changed, names="value")
+        self.widget = W.Box([self.output, self.sizes], layout=W.Layout(height="0px", overflow="hidden"))
         self.scripts: list[str] = []
         self._url_out: str | None = None
         self._keep: list[str] = []  # scripts every page view needs (key bindings)
@@ -115,7 +149,7 @@ class PageBridge:
             latest = []
         else:
             latest = [guarded]
-        self.widget.outputs = tuple(
+        self.output.outputs = tuple(
             {"output_type": "display_data", "data": {"application/javascript": code}, "metadata": {}}
             for code in [*self._keep, *latest])
 
@@ -187,6 +221,38 @@ class PageBridge:
                  "document.addEventListener('keydown',function(e){"
                  "const t=e.target&&e.target.tagName;"
                  "if(t==='INPUT'||t==='TEXTAREA'||t==='SELECT'||e.ctrlKey||e.metaKey||e.altKey)return;"
+                 # a slider with the focus moves with the arrow keys itself
+                 "if(e.target&&e.target.closest&&e.target.closest('.noUi-handle,[role=slider],[contenteditable]'))return;"
                  "const c=k[e.key];if(!c)return;"
                  "const b=document.querySelector('button.'+c);"
-                 "if(b){b.click();e.preventDefault();}});})();", keep=True)
+                 # capture phase: the QA canvas takes the focus on a click and stops key events
+                 "if(b){b.click();e.preventDefault();}},true);})();", keep=True)
+
+    #: Boxes whose width the page reports: name -> CSS selector.
+    SIZED = {"qa": ".nx47-qa-panels", "charts": ".nx47-charts-box"}
+
+    def watch_sizes(self, on_sizes: Callable[[dict], None]) -> None:
+        """Call ``on_sizes({"qa": px, "charts": px, "dpr": ratio, "vh": px})`` when the
+        width of a box in :data:`SIZED`, the device pixel ratio or the window's
+        height changes (a box not shown reads 0); checked every 0.5 s and on resize."""
+        self._on_sizes = on_sizes
+        self.run("(function(){if(window.__nx47Sizes)return;window.__nx47Sizes=1;"
+                 f"const sel={json.dumps(self.SIZED)};let last='';"
+                 "function send(){const inp=document.querySelector('.nx47-sizes input');if(!inp)return;"
+                 "const v={dpr:window.devicePixelRatio||1,vh:window.innerHeight};"
+                 "for(const k in sel){const e=document.querySelector(sel[k]);"
+                 "v[k]=e?Math.round(e.getBoundingClientRect().width):0;}"
+                 "const s=JSON.stringify(v);if(s===last)return;last=s;inp.value=s;"
+                 "inp.dispatchEvent(new Event('input',{bubbles:true}));"
+                 "inp.dispatchEvent(new Event('change',{bubbles:true}));}"
+                 "window.addEventListener('resize',send);setInterval(send,500);send();})();", keep=True)
+
+    def _sizes_changed(self, change: dict) -> None:
+        if self._on_sizes is None:
+            return
+        try:
+            sizes = json.loads(change["new"] or "{}")
+        except ValueError:
+            return
+        if isinstance(sizes, dict):
+            self._on_sizes(sizes)

@@ -1,5 +1,6 @@
 """The slice previewer and QA viewer: volume (as seen, or worst score first),
-axis, slice, overlays or side by side, zoom and pan, per-slice error counts,
+axis, slice, overlays or side by side on a canvas zoomed and panned with the
+mouse (:mod:`~nx47_widgets.views.canvas`), per-slice error counts,
 the selected validation volume's TopoScore by dimension, keyboard shortcuts,
 and pass / fail / note marks saved to ``qa.json``."""
 
@@ -20,11 +21,13 @@ from nx47_widgets.render import (
     AsyncRenderer,
     SliceRequest,
     display_step,
+    render_panels,
 )
 from nx47_widgets.state.preview import AXES, INFER_SPLIT, PreviewState
 from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.state.topo import ValidationScores
 from nx47_widgets.views.base import Syncer, h, section
+from nx47_widgets.views.canvas import SliceCanvas
 from nx47_widgets.views.topo import TopoTable
 
 __all__ = ["PreviewPanel", "legend_html", "available_overlays"]
@@ -55,6 +58,8 @@ def available_overlays(p) -> dict[str, str]:
     else:
         no_label = "no label: test volumes have none"
         no_pred = no_prob = "no prediction: training volumes are not segmented"
+        if p.pred_path:  # segmented, but its probability map was not kept
+            no_prob = "no probability: the run kept no probability map of this volume"
     return {
         "label": "" if p.label_path else no_label,
         "pred": "" if p.pred_path else no_pred,
@@ -122,12 +127,14 @@ class PreviewPanel:
                                            value="overlay", description="View",
                                            style={"button_width": "90px"})
         self.layout_mode.add_class("nx47-view-mode")
-        self.zoom = W.FloatSlider(value=1.0, min=1.0, max=8.0, step=0.5, description="Zoom",
-                                  continuous_update=False)
-        self.pan_x = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="Pan x",
-                                   continuous_update=False)
-        self.pan_y = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="Pan y",
-                                   continuous_update=False)
+        # the camera's zoom (1 = the slice fits); the wheel, a drag and a
+        # double-click on the picture change the same camera
+        self.zoom = W.FloatLogSlider(value=1.0, base=2, min=0, max=6, step=0.25, description="Zoom",
+                                     continuous_update=False, readout_format=".2f")
+        self.zoom.add_class("nx47-zoom")
+        self.reset_view = _button("reset view", "nx47-reset-view", "fit the slice (double-click)")
+        self.view_info = W.HTML("")
+        self.view_info.add_class("nx47-view-info")
         self.keys = {
             "prev_slice": _button("‹ slice", "nx47-key-prev-slice", "previous slice (←)"),
             "next_slice": _button("slice ›", "nx47-key-next-slice", "next slice (→)"),
@@ -148,22 +155,25 @@ class PreviewPanel:
         self.mark_info = W.HTML("")
         self.mark_info.add_class("nx47-qa-info")
         self.qa: QaMarks | None = None
-        # hidden until the first PNG (an empty image shows a broken-image icon)
-        self.image = W.Image(format="png", layout=W.Layout(max_width="512px", display="none"))
-        self.image.add_class("nx47-preview-image")
+        # hidden until the first picture
+        self.canvas = SliceCanvas(on_change=self._on_camera)
+        self.canvas.widget.add_class("nx47-preview-image")
         self.legend = W.HTML(legend_html())
         self.overlay_note = W.HTML("")
         self.overlay_note.add_class("nx47-overlay-note")
         self.info = W.HTML("<i>no volume previewed yet</i>")
         self.info.add_class("nx47-preview-info")
-        self.renderer = AsyncRenderer(self._on_png, self._on_error, on_counts=self._on_counts)
+        self.renderer = AsyncRenderer(self._on_png, self._on_error, on_counts=self._on_counts,
+                                      render=render_panels)
         self._updating = False
+        self._zoom_echo = False
         self._lock = lock if lock is not None else threading.RLock()
         for w in (self.volume, self.axis, self.index):
             w.observe(self._on_user, names="value")
-        for w in (*self.overlays.values(), self.opacity, self.layout_mode, self.zoom,
-                  self.pan_x, self.pan_y):
+        for w in (*self.overlays.values(), self.opacity, self.layout_mode):
             w.observe(self._on_style, names="value")
+        self.zoom.observe(self._on_zoom, names="value")
+        self.reset_view.on_click(lambda _b: self.canvas.reset())
         self.follow.observe(self._on_follow, names="value")
         self.worst_first.observe(lambda _c: self.render(), names="value")
         self.keys["prev_slice"].on_click(lambda _b: self._act(lambda: self.state.step_slice(-1)))
@@ -182,12 +192,14 @@ class PreviewPanel:
                 self.keys["next_slice"], *self.toggles.values()),
             self.axis, self.index,
             row(*self.overlays.values()), self.overlay_note, self.layout_mode, self.opacity,
-            self.zoom, row(self.pan_x, self.pan_y), self.info, self.topo.widget, self.counts, self.legend,
+            row(self.zoom, self.reset_view), self.view_info, self.info, self.topo.widget,
+            self.counts, self.legend,
             row(self.mark_pass, self.mark_fail, self.note), self.mark_info,
             W.HTML(f"<div class='nx47-hint'>{KEY_HELP}</div>"),
         ])
-        self.widget = W.VBox([section("Slice viewer (QA)"),
-                              W.HBox([controls, self.image], layout=W.Layout(flex_flow="row wrap"))])
+        # the picture takes the column's width, the controls go under it
+        self.widget = W.VBox([section("Slice viewer (QA)"), self.canvas.widget, controls],
+                             layout=W.Layout(width="100%"))
         self.widget.add_class("nx47-preview")
 
     def bind(self, state: PreviewState, scores: ValidationScores | None = None) -> None:
@@ -289,7 +301,7 @@ class PreviewPanel:
                 self.syncer.set(self.follow, value=st.follow)
                 p = st.current
                 if p is None:  # a new run: nothing of the previous run stays on screen
-                    self.syncer.set(self.image.layout, display="none")
+                    self.syncer.set(self.canvas.widget.layout, display="none")
                     self.syncer.set(self.info, value="<span class='nx47-preview-waiting'>waiting "
                                                      "for this run's first slice</span>")
                     self.syncer.set(self.counts, value="")
@@ -342,8 +354,8 @@ class PreviewPanel:
             label=str(res(p.label_path)) if p.label_path else None,
             pred=str(res(p.pred_path)) if p.pred_path else None,
             prob=str(res(p.prob_path)) if p.prob_path else None,
-            overlays=overlays, opacity=float(self.opacity.value), zoom=float(self.zoom.value),
-            center=(float(self.pan_y.value), float(self.pan_x.value)), layout=self.layout_mode.value,
+            overlays=overlays, opacity=float(self.opacity.value), min_size=1,
+            layout=self.layout_mode.value,
         )
 
     def request(self) -> None:
@@ -356,11 +368,40 @@ class PreviewPanel:
         """Stop the renderer's thread."""
         self.renderer.close()
 
-    def _on_png(self, req: SliceRequest, png: bytes) -> None:
+    def _on_png(self, req: SliceRequest, panels: list[tuple[str, bytes]]) -> None:
         if self.state.current is None:  # rendered for the run shown before
             return
-        self.syncer.set(self.image, value=png)
-        self.syncer.set(self.image.layout, display="")
+        if panels:  # a PNG's IHDR: width and height, big-endian, at bytes 16..24
+            png = panels[0][1]
+            self.canvas.show(panels, (int.from_bytes(png[16:20], "big"),
+                                      int.from_bytes(png[20:24], "big")))
+
+    @property
+    def image(self):
+        """The first panel's PNG source (``.value``: the slice's PNG bytes)."""
+        return self.canvas.panels[0].source
+
+    def set_width(self, width_px: float, dpr: float = 1.0, window_h: float = 0.0) -> None:
+        """The page reports the picture's width (CSS pixels), its pixel ratio
+        and the window's height."""
+        self.canvas.set_width(width_px, dpr, window_h)
+
+    def _on_zoom(self, change: dict) -> None:
+        if not self._zoom_echo:
+            self.canvas.set_zoom(float(change["new"]))
+
+    def _on_camera(self) -> None:
+        cam = self.canvas.camera
+        d = cam.describe()
+        attrs = " ".join(f"data-{k}='{v}'" for k, v in d.items())
+        self.syncer.set(self.view_info, value=(
+            f"<span class='nx47-camera' {attrs}>zoom {cam.zoom:.2f}× · wheel zooms around the "
+            f"cursor, drag pans, double-click fits</span>"))
+        self._zoom_echo = True  # the slider follows the camera without zooming it again
+        try:
+            self.syncer.set(self.zoom, value=min(max(cam.zoom, 1.0), 64.0))
+        finally:
+            self._zoom_echo = False
 
     def _on_counts(self, req: SliceRequest, counts: dict) -> None:
         if not counts:

@@ -1,11 +1,11 @@
-"""The progress panel: four labelled bars."""
+"""The progress panel: four labelled bars, full-width under the run header."""
 
 from __future__ import annotations
 
 import ipywidgets as W
 
 from nx47_widgets.state.progress import STYLE_INFO, ProgressState
-from nx47_widgets.views.base import Syncer, h, section
+from nx47_widgets.views.base import Syncer, h
 
 __all__ = ["ProgressPanel"]
 
@@ -28,13 +28,15 @@ class ProgressPanel:
         for name in ProgressState.NAMES:
             bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style=STYLE_INFO,
                                   description=self.LABELS[name],
-                                  layout=W.Layout(width="420px"))
+                                  layout=W.Layout(width="auto", flex="1 1 55%", min_width="200px"))
             bar.add_class(f"nx47-bar-{name}")
-            text = W.HTML("", layout=W.Layout(width="auto"))
+            text = W.HTML("", layout=W.Layout(width="auto", flex="1 1 45%", min_width="0"))
             text.add_class(f"nx47-bartext-{name}")
             self.bars[name], self.texts[name] = bar, text
-            rows.append(W.HBox([bar, text]))
-        self.widget = W.VBox([section("Progress"), *rows])
+            row = W.HBox([bar, text], layout=W.Layout(width="100%"))
+            row.add_class("nx47-bar-row")
+            rows.append(row)
+        self.widget = W.VBox(rows, layout=W.Layout(width="100%"))
         self.widget.add_class("nx47-progress")
 
     def render(self, state: ProgressState) -> None:

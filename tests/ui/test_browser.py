@@ -46,8 +46,10 @@ HB_STATE_JS = """() => {
   return hb ? hb.getAttribute('data-state') : null;
 }"""
 PREVIEW_JS = """() => {
-  const img = document.querySelector('img.nx47-preview-image, .nx47-preview-image img');
-  return img ? img.naturalWidth : 0;
+  const c = document.querySelector('canvas.nx47-qa-canvas');
+  if (!c || !c.getClientRects().length || !document.querySelector('.nx47-camera')) return 0;
+  const px = c.getContext('2d').getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data;
+  return px[3] === 255 ? c.getBoundingClientRect().width : 0;  // the slice is drawn
 }"""
 TEXT_JS = """(sel) => { const e = document.querySelector(sel); return e ? e.textContent : null; }"""
 RESULT_JS = """() => {
@@ -158,8 +160,8 @@ def _drive(page, url: str, shots: Path, out: Path) -> None:
     val_handle.press("ArrowLeft")
     _wait(page, TEXT_JS, lambda v: v == "6", 30, "coverage panel during the run",
           arg=".nx47-selected", shots=shots)
-    width = _wait(page, PREVIEW_JS, lambda v: v > 0, 120, "preview image", shots=shots)
-    assert width >= 256
+    width = _wait(page, PREVIEW_JS, lambda v: v > 0, 120, "the slice drawn on the QA canvas", shots=shots)
+    assert width >= 300
     page.screenshot(path=str(shots / "04-preview.png"), full_page=True)
     w2 = page.evaluate(GLOBAL_WIDTH_JS)
     assert pid_alive(read_lock_pid(out)), "the detached run should still be running"
@@ -218,7 +220,7 @@ def _qa_viewer(page, shots: Path, out: Path) -> None:
     marks = json.loads((out / "qa.json").read_text())["volumes"]
     assert [m["mark"] for m in marks.values()] == ["fail"]
     _topo_of_real_run(page, shots, out)
-    time.sleep(1.0)  # the side-by-side PNG
+    time.sleep(1.0)  # the side-by-side panels
     page.locator(".nx47-preview").screenshot(path=str(shots / "docs" / "qa-viewer.png"))
     page.locator(".nx47-runs-page button", has_text="Refresh").click()
     _wait(page, TEXT_JS, lambda v: v and "1 fail" in v, 30, "the mark on the runs page",

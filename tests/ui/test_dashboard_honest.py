@@ -336,7 +336,7 @@ def test_overlays_are_offered_only_where_the_volume_has_data(tmp_path, ten_pairs
         legend = d.preview_panel.legend.value
         for words in ("label: surface", "prediction", "false positive", "false negative", "probability"):
             assert words in legend
-        assert d.preview_panel.image.layout.display == "none"  # no broken image before a preview
+        assert d.preview_panel.canvas.widget.layout.display == "none"  # no empty picture before a preview
     finally:
         d.close()
 

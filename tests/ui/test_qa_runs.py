@@ -30,7 +30,7 @@ from nx47_pipeline.telemetry.events import (
 )
 from nx47_pipeline.telemetry.journal import JournalSink
 from nx47_widgets.app import Dashboard, build_dashboard
-from nx47_widgets.render import SliceRequest, render_slice, slice_counts
+from nx47_widgets.render import SliceRequest, render_panels, render_slice, slice_counts
 from nx47_widgets.state.outcome import Outcome
 from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.state.runs import pick_run, scan_runs
@@ -93,19 +93,33 @@ def test_qa_viewer_orders_navigates_zooms_counts_and_saves_marks(tmp_path, volum
         v.toggles["error"].click()  # the "e" key
         assert v.overlays["error"].value is True
 
-        # side by side: image | label | prediction | error
+        # side by side: image | label | prediction | error, one titled panel each, the
+        # whole slice at one pixel per voxel (the canvas zooms in the browser)
         v.layout_mode.value = "side"
         req = v.make_request()
-        side = Image.open(io.BytesIO(render_slice(req)))
-        v.layout_mode.value = "overlay"
-        one = Image.open(io.BytesIO(render_slice(v.make_request())))
-        assert side.size[0] > 3.5 * one.size[0] and side.size[1] == one.size[1]
-        # zoom 2 around a corner shows a quarter of the slice, scaled up
-        v.zoom.value, v.pan_x.value, v.pan_y.value = 2.0, 0.0, 0.0
+        side = render_panels(req)
+        assert [t for t, _ in side] == ["image", "label", "prediction", "error map"]
+        sizes = {Image.open(io.BytesIO(png)).size for _, png in side}
         z = v.make_request()
-        assert z.zoom == 2.0 and z.center == (0.0, 0.0)
         full = np.asarray(Image.open(io.BytesIO(render_slice(SliceRequest(
             image=z.image, axis=z.axis, index=z.index, overlays=(), min_size=1)))))
+        assert sizes == {(full.shape[1], full.shape[0])}
+        deadline = time.monotonic() + 10
+        while v.canvas.n_shown != 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert v.canvas.n_shown == 4 and "error map" in v.canvas.panels[3].title.value
+        v.layout_mode.value = "overlay"
+        one = render_panels(v.make_request())
+        assert len(one) == 1 and one[0][0] == "image + label + prediction + error map"
+        # zoom 2 (the slider) around the middle of the view: the image doubles, centred
+        while v.canvas.n_shown != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cam = v.canvas.camera
+        w0 = cam.image_rect()[2]
+        v.zoom.value = 2.0
+        assert cam.zoom == 2.0 and abs(cam.image_rect()[2] - 2 * w0) < 1e-6
+        assert "data-zoom='2.0'" in v.view_info.value
+        # render_slice still crops a window (zoom 2 around a corner: a quarter)
         crop = np.asarray(Image.open(io.BytesIO(render_slice(SliceRequest(
             image=z.image, axis=z.axis, index=z.index, overlays=(), min_size=1, zoom=2.0,
             center=(0.0, 0.0))))))

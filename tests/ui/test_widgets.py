@@ -406,7 +406,9 @@ def test_previewer_follows_live_until_user_takes_control(tmp_path, data_root):
         while not pv.image.value and time.monotonic() < deadline:
             time.sleep(0.02)
         png = pv.image.value
-        assert Image.open(io.BytesIO(png)).size[0] >= 256
+        # the whole 16 x 16 slice, one pixel per voxel: the canvas scales it in the browser
+        assert Image.open(io.BytesIO(png)).size == (16, 16)
+        assert pv.canvas.n_shown == 1 and pv.canvas.widget.layout.display == ""
         p2 = PreviewPayload(**{**p.to_dict(), "volume_id": "v2"})
         d.flush([ev(EventKind.PREVIEW, p2, stage="validate")], False)
         assert pv.volume.value == "val/v2"  # follows the new volume
