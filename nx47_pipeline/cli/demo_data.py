@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
-from nx47_pipeline.data.demo import generate_demo_dataset, parse_shape
+from nx47_pipeline.data.demo import generate_demo_dataset, parse_counts, parse_shape
 
 NAME = "demo-data"
 
@@ -21,15 +23,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--variant", choices=("a", "b"), default="a",
                    help="generator variant: a (the demo data) or b (held out: other spacing, thickness, "
                         "noise, lighting and label offset)")
+    d.add_argument("--shapes", default=None, metavar="EDGE:COUNT,...",
+                   help="training pairs' shapes by count, summing to --n-train (the real data: "
+                        "320:738,256:47,384:1); test volumes take the most common; replaces --shape")
+    d.add_argument("--scrolls", default=None, metavar="ID:COUNT,...",
+                   help="training pairs' scrolls by count, summing to --n-train (the real data: 34117:382,"
+                        "35360:176,26010:130,26002:88,44430:17,53997:13)")
+    d.add_argument("--distinct", type=int, default=0, metavar="N",
+                   help="generate about N distinct volumes; every other id is a hard link of one of its own "
+                        "split, shape and scroll (timing and memory at scale; default 0: all distinct)")
+    d.add_argument("--ghost-rows", type=int, default=2, help="train.csv rows without files (real: 20)")
+    d.add_argument("--deprecated", type=int, default=2, help="deprecated_train_* pairs (real: 20)")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         shape = parse_shape(args.shape) if args.shape else None
+        shapes = parse_counts(args.shapes, what="--shapes") if args.shapes else None
+        scrolls = parse_counts(args.scrolls, what="--scrolls") if args.scrolls else None
+        if shapes:
+            for edge, _ in shapes:
+                parse_shape(edge)
+        root = generate_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, shape=shape,
+                                     seed=args.seed, variant=args.variant, shapes=shapes, scrolls=scrolls,
+                                     distinct=args.distinct, n_ghost=args.ghost_rows,
+                                     n_deprecated=args.deprecated)
     except ValueError as exc:
-        print(f"nx47 demo-data: --shape: {exc}", file=sys.stderr)
+        print(f"nx47 demo-data: {exc}", file=sys.stderr)
         return 2
-    root = generate_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, shape=shape, seed=args.seed,
-                                 variant=args.variant)
     print(f"demo dataset written to {root}")
+    if args.distinct:
+        files = [p for folder in ("train_images", "test_images") for p in (Path(root) / folder).glob("*.tif")]
+        n_distinct = len({os.stat(p).st_ino for p in files})
+        print(f"{len(files)} image files, {n_distinct} distinct volumes, {len(files) - n_distinct} hard links "
+              "(or copies) of them")
     return 0

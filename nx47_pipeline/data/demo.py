@@ -30,6 +30,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -95,6 +96,54 @@ def parse_shape(text: str) -> int | tuple[int, int, int]:
     if min(values) < _MIN_EDGE:
         raise ValueError(f"shape {text!r}: every edge must be >= {_MIN_EDGE}")
     return values[0] if len(values) == 1 else (values[0], values[1], values[2])
+
+
+def parse_counts(text: str, *, what: str) -> list[tuple[str, int]]:
+    """Parse ``"KEY:COUNT,KEY:COUNT"`` (``--shapes 320:738,256:47``, ``--scrolls 34117:382,...``).
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated ``key:count`` items, counts integers >= 1.
+    what : str
+        The option's name, for errors.
+
+    Returns
+    -------
+    list of (str, int)
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` and the item that is not ``key:count`` with a count >= 1,
+        or a key given twice.
+    """
+    out: list[tuple[str, int]] = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        key, sep, count = item.rpartition(":")
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if not sep or not key.strip() or n < 1:
+            raise ValueError(f"{what}: {item!r} is not KEY:COUNT with a count >= 1 (e.g. '320:738')")
+        if any(k == key.strip() for k, _ in out):
+            raise ValueError(f"{what}: {key.strip()!r} is given twice")
+        out.append((key.strip(), n))
+    if not out:
+        raise ValueError(f"{what}: {text!r} names nothing (e.g. '320:738,256:47')")
+    return out
+
+
+def _spread(counts: Sequence[tuple[object, int]], n: int, rng: np.random.Generator, what: str) -> list:
+    """``n`` keys holding ``counts`` (which must sum to ``n``), in a seeded random order."""
+    total = sum(c for _, c in counts)
+    if total != n:
+        raise ValueError(f"{what}: the counts sum to {total}, but there are {n} training pairs (--n-train)")
+    keys = [k for k, c in counts for _ in range(c)]
+    return [keys[i] for i in rng.permutation(n)]
 
 
 def _as_shape(shape: ShapeArg, index: int, split: str) -> tuple[int, int, int]:
@@ -385,6 +434,15 @@ def _unique_ids(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link of ``src`` (replacing ``dst``), a copy where the file system refuses links."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _write_text(path: Path, text: str) -> None:
     write_text(path, text, newline="")
 
@@ -406,6 +464,11 @@ def generate_demo_dataset(
     seed: int = 47,
     variant: str = "a",
     on_progress: Callable[[int, int, str], None] | None = None,
+    shapes: Sequence[tuple[ShapeArg | str, int]] | None = None,
+    scrolls: Sequence[tuple[str, int]] | None = None,
+    distinct: int = 0,
+    n_ghost: int = 2,
+    n_deprecated: int = 2,
 ) -> Path:
     """Write a demo dataset with the competition's layout.
 
@@ -430,6 +493,28 @@ def generate_demo_dataset(
         ``"b"`` a held-out variant for checking generalisation.
     on_progress : callable, optional
         ``on_progress(done, total, what)`` after each volume written.
+    shapes : sequence of (shape, count), optional
+        The training pairs' shapes by count (the counts sum to ``n_train``),
+        in a seeded random order, e.g. ``[(320, 738), (256, 47), (384, 1)]``
+        (the real dataset); test volumes take the most common one.  Replaces
+        ``shape``.
+    scrolls : sequence of (scroll id, count), optional
+        The training pairs' scrolls by count (summing to ``n_train``), e.g.
+        the real ``[("34117", 382), ("35360", 176), ...]``; test volumes and
+        csv rows without files draw theirs in the same proportions.  Default:
+        3 to 6 of :data:`SCROLL_IDS` as before.
+    distinct : int
+        0: every volume generated.  N > 0: at most about N distinct volumes
+        (at least one per split, shape and scroll, shared out by their counts),
+        every other id a hard link (a copy where links fail) of one of its own
+        split, shape and scroll: timing and memory at scale for a fraction of
+        the generation time — the dataset's statistics are then those of the
+        distinct volumes.
+    n_ghost : int
+        ``train.csv`` rows without files (the real csv has 20).
+    n_deprecated : int
+        Pairs in ``deprecated_train_images/`` / ``deprecated_train_labels/``
+        (the real dataset has 20).
 
     Returns
     -------
@@ -439,7 +524,9 @@ def generate_demo_dataset(
     Raises
     ------
     ValueError
-        ``n_train`` < 1, ``n_test`` < 0 or a bad ``shape``.
+        ``n_train`` < 1, ``n_test`` < 0, a bad ``shape``, ``shapes`` or
+        ``scrolls`` (counts not summing to ``n_train``), or negative
+        ``distinct`` / ``n_ghost`` / ``n_deprecated``.
     """
     if int(n_train) < 1:
         raise ValueError(f"n_train must be >= 1, got {n_train!r}")
@@ -449,28 +536,68 @@ def generate_demo_dataset(
         _as_shape(shape, 0, "train")  # validate early
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    for name, value in (("distinct", distinct), ("n_ghost", n_ghost), ("n_deprecated", n_deprecated)):
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    train_shapes: list[tuple[int, int, int]] | None = None
+    if shapes is not None:
+        parsed = [(_as_shape(parse_shape(str(k)) if isinstance(k, str) else k, 0, "train"), int(c))
+                  for k, c in shapes]
+        train_shapes = _spread(parsed, int(n_train), _seed_of("shapes", seed), "shapes")
+        test_shape = max(parsed, key=lambda kc: kc[1])[0]
+    if scrolls is not None:
+        scrolls = [(str(k), int(c)) for k, c in scrolls]
+        if not scrolls or any(c < 1 for _, c in scrolls):
+            raise ValueError(f"scrolls must be (scroll id, count >= 1) pairs, got {scrolls!r}")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     rng = _seed_of("dataset", seed)
-    n_ghost = 2
-    n_dep = 2
+    n_ghost = int(n_ghost)
+    n_dep = int(n_deprecated)
     ids = _unique_ids(rng, n_train + n_test + n_ghost + n_dep)
     train_ids = ids[:n_train]
     test_ids = ids[n_train : n_train + n_test]
     ghost_ids = ids[n_train + n_test : n_train + n_test + n_ghost]
     dep_ids = ids[n_train + n_test + n_ghost :]
 
-    n_scrolls = int(min(len(SCROLL_IDS), max(3, n_train // 4)))
-    scrolls = list(SCROLL_IDS[:n_scrolls])
-    weights = np.linspace(2.0, 1.0, n_scrolls)
-    weights /= weights.sum()
-    train_scroll = [
-        scrolls[i] if i < n_scrolls else scrolls[int(rng.choice(n_scrolls, p=weights))]
-        for i in range(n_train)
-    ]
-    test_scroll = [scrolls[int(rng.integers(0, n_scrolls))] for _ in range(n_test)]
-    ghost_scroll = [scrolls[int(rng.integers(0, n_scrolls))] for _ in range(n_ghost)]
-    styles = {s: _scroll_style(seed, s, variant) for s in scrolls}
+    if scrolls is None:
+        n_scrolls = int(min(len(SCROLL_IDS), max(3, n_train // 4)))
+        scroll_ids = list(SCROLL_IDS[:n_scrolls])
+        weights = np.linspace(2.0, 1.0, n_scrolls)
+        weights /= weights.sum()
+        train_scroll = [
+            scroll_ids[i] if i < n_scrolls else scroll_ids[int(rng.choice(n_scrolls, p=weights))]
+            for i in range(n_train)
+        ]
+        test_scroll = [scroll_ids[int(rng.integers(0, n_scrolls))] for _ in range(n_test)]
+        ghost_scroll = [scroll_ids[int(rng.integers(0, n_scrolls))] for _ in range(n_ghost)]
+    else:
+        scroll_ids = [k for k, _ in scrolls]
+        train_scroll = _spread(scrolls, int(n_train), _seed_of("scrolls", seed), "scrolls")
+        weights = np.array([c for _, c in scrolls], float)
+        weights /= weights.sum()
+        srng = _seed_of("scroll-draws", seed)
+        test_scroll = [scroll_ids[int(srng.choice(len(scroll_ids), p=weights))] for _ in range(n_test)]
+        ghost_scroll = [scroll_ids[int(srng.choice(len(scroll_ids), p=weights))] for _ in range(n_ghost)]
+    styles = {s: _scroll_style(seed, s, variant) for s in scroll_ids}
+
+    def shape_of(i: int, split: str) -> tuple[int, int, int]:
+        if train_shapes is None:
+            return _as_shape(shape, i, split)
+        return train_shapes[i] if split == "train" else test_shape
+
+    # with ``distinct``: the pool of each (split, shape, scroll) group, its size shared out by the group sizes
+    groups: dict[tuple, list[int]] = {}
+    for split, id_scrolls in (("train", train_scroll), ("test", test_scroll)):
+        for i, sc in enumerate(id_scrolls):
+            groups.setdefault((split, shape_of(i, split), sc), []).append(i)
+    n_all = n_train + n_test
+    pool_size = {g: (len(m) if not distinct else max(1, min(len(m), round(int(distinct) * len(m) / n_all))))
+                 for g, m in groups.items()}
+    source: dict[tuple[str, int], int] = {}  # (split, index) -> index of the volume it repeats
+    for group, members in groups.items():
+        for j, i in enumerate(members):
+            source[(group[0], i)] = members[j % pool_size[group]]
 
     total = n_train + n_test + n_dep
     done = 0
@@ -486,8 +613,14 @@ def generate_demo_dataset(
         ("test", test_ids, test_scroll, "test_labels_hidden"),
     ):
         for i, (vid, sc) in enumerate(zip(ids, id_scrolls)):
+            first = source[(split, i)]
+            if first != i:  # a repeat of an earlier volume of its group
+                for folder in (f"{split}_images", label_dir):
+                    _link_or_copy(root / folder / f"{ids[first]}.tif", root / folder / f"{vid}.tif")
+                tick(f"{split} {vid} (= {ids[first]})")
+                continue
             img, lab = make_volume(
-                _as_shape(shape, i, split), seed=int(_seed_of("vol", seed, split, i).integers(2**31)),
+                shape_of(i, split), seed=int(_seed_of("vol", seed, split, i).integers(2**31)),
                 style=styles[sc],
             )
             write_volume(root / f"{split}_images" / f"{vid}.tif", img)
@@ -497,7 +630,7 @@ def generate_demo_dataset(
     for i, vid in enumerate(dep_ids):
         img, lab = make_volume(
             (32, 32, 32), seed=int(_seed_of("vol", seed, "deprecated", i).integers(2**31)),
-            style=styles[scrolls[0]],
+            style=styles[scroll_ids[0]],
         )
         lab = (lab == 1).astype(np.uint8)  # older release: labels only {0, 1}
         write_volume(root / "deprecated_train_images" / f"{vid}.tif", img)

@@ -15,7 +15,10 @@
    bundle's ``postprocess.min_size`` / ``plug_size``) on
    the whole volume: in process with numpy (the volume's classes must fit in
    memory), or with Dask arrays and a chunked labelling (block labels joined across
-   chunk faces; memory per worker bounded by the chunk size), giving the same mask.
+   chunk faces by label pairs found on the workers; every intermediate mask
+   spilled to a zarr store beside the result instead of held in memory), giving
+   the same mask: memory per worker is a few chunks, the client's the
+   components that cross chunk faces (benchmarks/results/post_scale.md).
    ``DIR/mask.zarr`` (uint8 0/1, the input's shape) is the result.
 
 Events go to ``DIR/journal.jsonl`` (RUN_START, STEP, PROGRESS_UPDATE per
@@ -151,78 +154,119 @@ def _face_pairs(a: np.ndarray, b: np.ndarray, structure: np.ndarray) -> np.ndarr
     return np.unique(np.concatenate(out), axis=0)
 
 
+def _block_labels(b: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    return ndimage.label(b, structure=structure)[0].astype(np.int32)
+
+
+def _block_face_pairs(a: np.ndarray, b: np.ndarray, axis: int, off_a: int, off_b: int,
+                      structure: np.ndarray) -> np.ndarray:
+    """Global label pairs joined across the face between block ``a`` and the next block ``b`` along
+    ``axis`` (each block's local labels shifted by its offset): a few pairs, whatever the block size."""
+    pa = np.moveaxis(a, axis, 0)[-1].astype(np.int64)
+    pb = np.moveaxis(b, axis, 0)[0].astype(np.int64)
+    pa = np.where(pa > 0, pa + off_a, 0)
+    pb = np.where(pb > 0, pb + off_b, 0)
+    return _face_pairs(pa, pb, np.moveaxis(structure, axis, 0))
+
+
+def _relabel_block(local: np.ndarray, offset: int, src: np.ndarray, dst: np.ndarray, dtype) -> np.ndarray:
+    """A block's local labels as global ones: shifted by the block's offset, then its labels that
+    join other blocks' (``src``, this block's only) replaced by their component's root (``dst``)."""
+    b = np.where(local > 0, local.astype(dtype) + dtype(offset), dtype(0))
+    if len(src):
+        i = np.searchsorted(src, b).clip(0, len(src) - 1)
+        b = np.where(src[i] == b, dst[i], b)
+    return b
+
+
 def _label_dask(binary, structure: np.ndarray):
     """Connected components of a chunked boolean dask array: ``(labels, bound)``.
 
     Labels are > 0 on the foreground, unique across the volume but not
-    consecutive; ``bound`` is an upper bound of them.  The block labels
-    (``scipy.ndimage.label``) are not persisted: a block is labelled once for
-    the label counts (the block offsets), once for the face slabs (the
-    equivalences across block faces, only the labels touching a face,
-    resolved on the client) and again wherever the result is computed, a few
-    cheap labellings per block rather than int32 labels of the whole volume
-    held on the workers (twice, while a labelling is persisted: 768^3 under
-    a 1 GB limit per worker had the workers restarted for memory).  dask-image's ``ndmeasure.label`` is not used: with the
-    current dask it relabels a block again for every later use (face slabs,
-    the running label offsets), so its cost grew quadratically with the
-    number of chunks (27 chunks of 64^3: 3 432 block labellings for one
-    labelling of the volume).
+    consecutive; ``bound`` is an upper bound of them.  Each block is labelled
+    with ``scipy.ndimage.label``: once for the label counts (the block
+    offsets), once for the pairs of labels joined across each face between
+    two neighbouring blocks — found on the workers, so only those pairs (a few
+    per component crossing a face) reach the client, never a face's planes —
+    and again wherever the result is computed.  The client joins the pairs
+    (a sparse graph of the components crossing faces) and gives each block
+    only its own part of the relabel table.  No labels of the whole volume
+    are held anywhere: 768^3 under a 1 GB limit per worker had the workers
+    restarted for memory when they were.  dask-image's ``ndmeasure.label`` is
+    not used: with the current dask it relabels a block again for every later
+    use, so its cost grew quadratically with the number of chunks.
     """
     import dask  # noqa: PLC0415
+    import dask.array as da  # noqa: PLC0415
 
     structure = np.asarray(structure, dtype=bool)
-    local = binary.map_blocks(lambda b: ndimage.label(b, structure=structure)[0].astype(np.int32),
-                              dtype=np.int32)
+    local = binary.map_blocks(_block_labels, structure, dtype=np.int32)
     nb = local.numblocks
     counts = local.map_blocks(lambda b: np.full((1,) * b.ndim, b.max(initial=0), np.int64),
                               chunks=tuple((1,) * n for n in nb), dtype=np.int64).compute()
     offsets = (np.cumsum(counts.ravel()) - counts.ravel()).reshape(nb)
     bound = int(counts.sum())
     dtype = np.int32 if bound < np.iinfo(np.int32).max else np.int64
-
-    def shift(b, block_id=None):
-        return np.where(b > 0, b.astype(dtype) + dtype(offsets[block_id]), dtype(0))
-
-    shifted = local.map_blocks(shift, dtype=dtype)
-    slabs, axes = [], []
-    for ax in range(binary.ndim):
-        for edge in np.cumsum(binary.chunks[ax])[:-1]:
-            sl = [slice(None)] * binary.ndim
-            sl[ax] = slice(int(edge) - 1, int(edge) + 1)
-            slabs.append(shifted[tuple(sl)])
-            axes.append(ax)
-    pairs = [np.empty((0, 2), dtype)]
-    for ax, slab in zip(axes, dask.compute(*slabs)):
-        slab = np.moveaxis(np.asarray(slab), ax, 0)
-        pairs.append(_face_pairs(slab[0], slab[1], np.moveaxis(structure, ax, 0)))
+    blocks = local.to_delayed()
+    face_tasks = []
+    for idx in np.ndindex(*nb):
+        for ax in range(binary.ndim):
+            if idx[ax] + 1 < nb[ax]:
+                nxt = tuple(v + (1 if a == ax else 0) for a, v in enumerate(idx))
+                face_tasks.append(dask.delayed(_block_face_pairs, pure=True)(
+                    blocks[idx], blocks[nxt], ax, int(offsets[idx]), int(offsets[nxt]), structure))
+    pairs = [np.empty((0, 2), np.int64), *dask.compute(*face_tasks)]
     pairs = np.concatenate(pairs)
-    if not len(pairs):
-        return shifted, bound
-    ids, inv = np.unique(pairs, return_inverse=True)
-    inv = inv.reshape(pairs.shape)
-    graph = sparse.coo_matrix((np.ones(len(inv), dtype=bool), (inv[:, 0], inv[:, 1])), shape=(len(ids),) * 2)
-    _, comp = connected_components(graph, directed=False)
-    root = np.full(comp.max() + 1, np.iinfo(dtype).max, dtype=dtype)
-    np.minimum.at(root, comp, ids)
-    src, dst = ids.astype(dtype), root[comp]
-
-    def relabel(b, block_id=None):
-        b = shift(b, block_id)
-        i = np.searchsorted(src, b).clip(0, len(src) - 1)
-        return np.where(src[i] == b, dst[i], b)
-
-    return local.map_blocks(relabel, dtype=dtype), bound
-
-
-def _sizes_dask(lab, bound: int) -> np.ndarray:
-    """Voxel count of each label 0..``bound`` of a chunked label array, summed block by block
-    (``da.bincount(lab.ravel())`` would rechunk the whole volume for the ravel)."""
-    return lab.map_blocks(lambda b: np.bincount(b.ravel(), minlength=bound + 1)[None, None, None],
-                          new_axis=3, chunks=tuple((1,) * n for n in lab.numblocks) + ((bound + 1,),),
-                          dtype=np.int64).sum(axis=(0, 1, 2)).compute()
+    src = np.empty(0, dtype)
+    dst = np.empty(0, dtype)
+    if len(pairs):
+        ids, inv = np.unique(pairs, return_inverse=True)
+        inv = inv.reshape(pairs.shape)
+        graph = sparse.coo_matrix((np.ones(len(inv), dtype=bool), (inv[:, 0], inv[:, 1])),
+                                  shape=(len(ids),) * 2)
+        _, comp = connected_components(graph, directed=False)
+        root = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(root, comp, ids)
+        src, dst = ids.astype(dtype), root[comp].astype(dtype)
+    blocks = local.to_delayed()
+    rows = np.empty(nb, dtype=object)
+    for idx in np.ndindex(*nb):
+        lo, hi = int(offsets[idx]), int(offsets[idx] + counts[idx])
+        a, b = np.searchsorted(src, [lo + 1, hi + 1])  # this block's labels are lo + 1 .. hi
+        shape = tuple(local.chunks[ax][i] for ax, i in enumerate(idx))
+        rows[idx] = da.from_delayed(dask.delayed(_relabel_block, pure=True)(
+            blocks[idx], lo, src[a:b].copy(), dst[a:b].copy(), dtype), shape=shape, dtype=dtype)
+    return da.block(rows.tolist()), bound
 
 
-def _fill_cavities_dask(mask, s6: np.ndarray):
+def _sizes_dask(lab) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of a chunked label array and their voxel counts ``(ids, sizes)``, counted block
+    by block as sparse (label, count) lists: nothing the length of every label is made per block."""
+    import dask  # noqa: PLC0415
+
+    def count(b):
+        ids, n = np.unique(b[b > 0], return_counts=True)
+        return ids.astype(np.int64), n.astype(np.int64)
+
+    parts = dask.compute(*[dask.delayed(count, pure=True)(blk) for blk in lab.to_delayed().ravel()])
+    ids = np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts])
+    n = np.concatenate([np.empty(0, np.int64)] + [p[1] for p in parts])
+    uniq, inv = np.unique(ids, return_inverse=True)
+    return uniq, np.bincount(inv.ravel(), weights=n, minlength=len(uniq)).astype(np.int64)
+
+
+def _spill(mask, scratch: Path, name: str):
+    """``mask`` written to ``scratch/name`` (a zarr store on disk) and read back lazily: what a
+    later step reads twice comes from disk, block by block, instead of a whole-volume boolean mask
+    persisted in the workers' memory."""
+    import dask.array as da  # noqa: PLC0415
+
+    path = scratch / name
+    mask.astype(np.uint8).to_zarr(str(path), overwrite=True)
+    return da.from_zarr(str(path)) > 0
+
+
+def _fill_cavities_dask(mask, s6: np.ndarray, scratch: Path, name: str):
     """:func:`~nx47_pipeline.model.postprocess.fill_cavities` of a chunked mask: the background
     components (6-connected, labelled across chunks) that touch no face are filled."""
     import dask.array as da  # noqa: PLC0415 - optional, lazy
@@ -231,7 +275,7 @@ def _fill_cavities_dask(mask, s6: np.ndarray):
     lab_bg, _ = _label_dask(bg, s6)
     faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
     border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
-    return (mask | (bg & ~da.isin(lab_bg, border_ids))).persist()
+    return _spill(mask | (bg & ~da.isin(lab_bg, border_ids)), scratch, name)
 
 
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
@@ -243,46 +287,55 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     s26 = np.ones((3, 3, 3), dtype=bool)
     s6 = np.zeros((3, 3, 3), dtype=bool)
     s6[1, 1, :] = s6[1, :, 1] = s6[:, 1, 1] = True
-    # only the boolean masks are persisted: the labellings are recomputed block by block where they are
-    # read (a few cheap scipy labellings per block), so the workers never hold a whole volume of labels
-    level = c & 3
-    lab, _ = _label_dask(level >= 1, s26)
-    # per block, then merged on the client: lab[c == 2].compute() gathers every class-2 voxel's label in one
-    # task on one worker (768^3 under a 1 GB limit: KilledWorker)
-    strong_ids = np.unique(np.concatenate(dask.compute(*[
-        dask.delayed(lambda lb, cb: np.unique(lb[cb == 2]))(lb, cb)
-        for lb, cb in zip(lab.to_delayed().ravel(), level.to_delayed().ravel())])))
-    r = tuple(int(v) for v in closing_radius)
-    mask = da.isin(lab, strong_ids[strong_ids > 0])
-    if thin:  # the ridge inside the mask, dilated once (6-connected) inside it: one voxel of overlap
-        mask = da.map_overlap(lambda m, cb: thin_mask(m, (cb & RIDGE_BIT) > 0), mask, c, depth=1, boundary=0,
-                              dtype=bool)
-    mask = da.map_overlap(lambda b: anisotropic_closing(b, radius=r), mask,
-                          depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool).persist()
-    del lab
-    mask = _fill_cavities_dask(mask, s6)
-    lab2, n2 = _label_dask(mask, s26)
-    if min_size > 1 and n2:
-        small = np.flatnonzero(_sizes_dask(lab2, n2) < min_size)
-        mask = mask & ~da.isin(lab2, small[small > 0])
+    # every intermediate mask goes to disk (scratch zarr stores beside the result) and the labellings
+    # are recomputed block by block where they are read: memory per worker is a few blocks, the
+    # client's the components crossing chunk faces, whatever the volume's size
+    scratch = Path(str(mask_path) + ".tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        level = c & 3
+        lab, _ = _label_dask(level >= 1, s26)
+        # per block, then merged on the client: lab[c == 2].compute() gathers every class-2 voxel's label
+        # in one task on one worker (768^3 under a 1 GB limit: KilledWorker)
+        strong_ids = np.unique(np.concatenate([np.empty(0, np.int64)] + list(dask.compute(*[
+            dask.delayed(lambda lb, cb: np.unique(lb[cb == 2]).astype(np.int64))(lb, cb)
+            for lb, cb in zip(lab.to_delayed().ravel(), level.to_delayed().ravel())]))))
+        r = tuple(int(v) for v in closing_radius)
+        mask = da.isin(lab, strong_ids[strong_ids > 0])
+        if thin:  # the ridge inside the mask, dilated once (6-connected) inside it: one voxel of overlap
+            mask = da.map_overlap(lambda m, cb: thin_mask(m, (cb & RIDGE_BIT) > 0), mask, c, depth=1,
+                                  boundary=0, dtype=bool)
+        mask = _spill(da.map_overlap(lambda b: anisotropic_closing(b, radius=r), mask,
+                                     depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool),
+                      scratch, "closed.zarr")
+        del lab
+        mask = _fill_cavities_dask(mask, s6, scratch, "filled.zarr")
+        lab2, n2 = _label_dask(mask, s26)
+        if min_size > 1 and n2:
+            ids, sizes = _sizes_dask(lab2)
+            small = ids[sizes < min_size]
+            if len(small):
+                mask = _spill(mask & ~da.isin(lab2, small), scratch, "dust.zarr")
+        del lab2
         if plug_size > 0:
-            mask = mask.persist()
-    del lab2
-    if plug_size > 0:
-        # plug_holes: the fills of a closing of radius plug_radius(r), labelled across chunks (26-connected)
-        # like the dust removal; the fill components larger than plug_size stay out
-        pr = plug_radius(r)
-        fill = (da.map_overlap(lambda b: anisotropic_closing(b, radius=pr), mask,
-                               depth={i: 2 * v for i, v in enumerate(pr)}, boundary=0, dtype=bool) & ~mask).persist()
-        lab3, n3 = _label_dask(fill, s26)
-        if n3:
-            sizes = _sizes_dask(lab3, n3)
-            big = np.flatnonzero(sizes > plug_size)
-            plugs = (fill & ~da.isin(lab3, big)).persist()
-            if bool(plugs.any().compute()):
-                mask = _fill_cavities_dask(mask | plugs, s6)  # a plug may close a cavity's mouth
-        del lab3, fill
-    mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
+            # plug_holes: the fills of a closing of radius plug_radius(r), labelled across chunks
+            # (26-connected) like the dust removal; the fill components larger than plug_size stay out
+            pr = plug_radius(r)
+            fill = _spill(da.map_overlap(lambda b: anisotropic_closing(b, radius=pr), mask,
+                                         depth={i: 2 * v for i, v in enumerate(pr)}, boundary=0,
+                                         dtype=bool) & ~mask, scratch, "fill.zarr")
+            lab3, n3 = _label_dask(fill, s26)
+            if n3:
+                ids, sizes = _sizes_dask(lab3)
+                big = ids[sizes > plug_size]
+                plugs = _spill(fill & ~da.isin(lab3, big), scratch, "plugs.zarr")
+                if bool(plugs.any().compute()):
+                    mask = _fill_cavities_dask(mask | plugs, s6, scratch, "plugged.zarr")  # a plug may close a mouth
+            del lab3, fill
+        mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _postprocess_numpy(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int], min_size: int,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from nx47_pipeline.data.demo import (
     ensure_demo_dataset,
     generate_demo_dataset,
     make_volume,
+    parse_counts,
     parse_shape,
 )
 from nx47_pipeline.data.discovery import discover
@@ -178,3 +181,39 @@ def test_labelled_surfaces_have_almost_no_tunnels_or_cavities(variant):
         counts = betti_matching_counts(surface, surface)
         betti = counts[:, 1]  # finite features of the label itself
         assert betti[1] <= 10 and betti[2] == 0, (variant, i, betti.tolist())
+
+
+def test_real_shape_and_scroll_mix_with_few_distinct_volumes(tmp_path):
+    """The options a full-scale rehearsal needs: shapes and scrolls by count (as in the
+    real dataset), ghost csv rows, deprecated pairs, and hard links standing in for
+    most volumes — each id linked to a volume of its own split, shape and scroll."""
+    root = generate_demo_dataset(
+        tmp_path / "d", n_train=20, n_test=4, seed=3, shapes=[("24", 15), ((16, 24, 24), 5)],
+        scrolls=[("34117", 12), ("35360", 6), ("44430", 2)], distinct=6, n_ghost=3, n_deprecated=4)
+    rows = list(csv.DictReader(open(root / "train.csv")))
+    assert len(rows) == 23  # 20 pairs + 3 rows without files
+    by_id = {r["id"]: r["scroll_id"] for r in rows}
+    found = discover(root)
+    assert len(found.pairs) == 20 and len(found.test) == 4
+    counts = collections.Counter(by_id[rec.id] for rec in found.pairs)
+    assert counts == {"34117": 12, "35360": 6, "44430": 2}
+    shapes = collections.Counter(read_volume(rec.image_path).shape for rec in found.pairs)
+    assert shapes == {(24, 24, 24): 15, (16, 24, 24): 5}
+    assert len(list((root / "deprecated_train_images").glob("*.tif"))) == 4
+    inode = {}
+    for rec in found.pairs:
+        st = os.stat(rec.image_path)
+        key = (read_volume(rec.image_path).shape, by_id[rec.id])
+        inode.setdefault(st.st_ino, set()).add(key)
+        assert os.stat(rec.label_path).st_nlink == st.st_nlink  # label linked with its image
+    assert len(inode) < 20  # far fewer distinct volumes than ids ...
+    assert all(len(keys) == 1 for keys in inode.values())  # ... each shared within one shape and scroll
+
+
+def test_shape_and_scroll_counts_must_add_up(tmp_path):
+    with pytest.raises(ValueError, match="shapes: the counts sum to 5, but there are 4"):
+        generate_demo_dataset(tmp_path, n_train=4, shapes=[("24", 5)])
+    with pytest.raises(ValueError, match="scrolls: the counts sum to 3"):
+        generate_demo_dataset(tmp_path, n_train=4, scrolls=[("1", 3)])
+    with pytest.raises(ValueError, match="--shapes: '320:x' is not KEY:COUNT"):
+        parse_counts("320:x", what="--shapes")
