@@ -29,7 +29,7 @@ from nx47_widgets.notebook import page_query, served_by_voila
 from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump
 from nx47_widgets.guard import RunGuard
 from nx47_widgets.session import RunSession
-from nx47_widgets.settings import SettingsForm, run_problems
+from nx47_widgets.settings import SettingsForm
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
 from nx47_widgets.state.runs import scan_runs
 from nx47_widgets.views import (
@@ -255,30 +255,6 @@ class Dashboard(RunGuard):
             When a control holds a value its field refuses.
         """
         return self.settings.read()
-
-    # -- before Run ----------------------------------------------------------
-    def problems(self) -> list[str]:
-        """What keeps Run from starting now (empty: it can start)."""
-        return run_problems(self.settings, self.coverage, self.coverage_note,
-                            running=self.running)
-
-    def show_problems(self) -> list[str]:
-        """Show :meth:`problems` under the Run button; returns them."""
-        found = self.problems() if not self.running else []
-        self.controls.show_problems(found)
-        if not found and self._refused:  # the refusal's reason is gone: so is the refusal
-            self._refused = False
-            self.controls.set_status("ready: nothing keeps Run from starting")
-        return found
-
-    def _check_folder(self) -> None:
-        if self.running:
-            self.controls.set_busy(None)
-            return
-        folder = self.out_dir.value.strip()
-        h_ = holder(folder) if folder else None
-        self.controls.set_busy(describe(h_) if h_ is not None else None)
-        self.show_problems()
 
     # -- running -------------------------------------------------------------
     def run(self) -> ThreadedRunner | DetachedRunner:

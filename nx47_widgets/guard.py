@@ -1,8 +1,12 @@
 """What the page's run buttons promise: a run is never taken or changed by surprise.
 
 :class:`RunGuard` is a part of :class:`~nx47_widgets.app.Dashboard` (a mixin:
-it uses the dashboard's ``controls``, ``out_dir``, ``runs_panel``,
-``running``, ``run``, ``attach`` and ``_lock``):
+it uses the dashboard's ``controls``, ``out_dir``, ``settings``,
+``coverage``, ``runs_panel``, ``running``, ``run``, ``attach`` and ``_lock``):
+
+* Run is refused, with the problems listed under it, while anything keeps
+  it from starting (:meth:`RunGuard.problems`), and the refusal goes once
+  its reason is gone;
 
 * the configured output folder stays the page's Output: a run going on in
   another folder under the output root is only *offered* for attach;
@@ -20,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nx47_widgets.lifecycle import holder
+from nx47_widgets.lifecycle import describe, holder
 from nx47_widgets.runner import DetachedRunner, ThreadedRunner, has_run
+from nx47_widgets.settings import run_problems
 from nx47_widgets.state.runs import RunSummary, summarize_run
 from nx47_widgets.views.base import h
 
@@ -33,6 +38,10 @@ class RunGuard:
 
     controls: Any
     out_dir: Any
+    settings: Any
+    coverage: Any
+    coverage_note: Any
+    _refused: bool
     runs_panel: Any
     _lock: Any
     _named_folder: bool
@@ -148,3 +157,27 @@ class RunGuard:
         self.controls.set_status(
             f"run ended: <b class='nx47-ended' data-outcome='{h(verdict.outcome.value)}' "
             f"style='color:{verdict.colour}'>{h(verdict.label)}</b> — {h(verdict.words)}")
+
+    # -- before Run: what keeps Run from starting --------------------------------
+    def problems(self) -> list[str]:
+        """What keeps Run from starting now (empty: it can start)."""
+        return run_problems(self.settings, self.coverage, self.coverage_note,
+                            running=self.running)
+
+    def show_problems(self) -> list[str]:
+        """Show :meth:`problems` under the Run button; returns them."""
+        found = self.problems() if not self.running else []
+        self.controls.show_problems(found)
+        if not found and self._refused:  # the refusal's reason is gone: so is the refusal
+            self._refused = False
+            self.controls.set_status("ready: nothing keeps Run from starting")
+        return found
+
+    def _check_folder(self) -> None:
+        if self.running:
+            self.controls.set_busy(None)
+            return
+        folder = self.out_dir.value.strip()
+        h_ = holder(folder) if folder else None
+        self.controls.set_busy(describe(h_) if h_ is not None else None)
+        self.show_problems()
