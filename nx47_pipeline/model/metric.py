@@ -51,6 +51,7 @@ import os
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -126,6 +127,10 @@ Matcher = Callable[[np.ndarray, np.ndarray], Sequence[int]]
 
 #: Threads for the ``edt`` distance transform.
 EDT_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+#: Seconds between two looks at the phases of the octants being matched
+#: while :func:`topo_score` waits for one (see its ``on_progress``).
+WAIT_REPORT_S = 0.5
 
 #: Octants Betti-matched at once: up to 2, never more than the cores this
 #: process may run on (the compiled kernels release the GIL; each octant of
@@ -484,12 +489,42 @@ def _exact_sums(p: np.ndarray, g: np.ndarray, boxes, threads: int,
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     sums = np.zeros((3, 3), dtype=np.int64)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(boxes)))) as pool:
-        for i, counts in enumerate(pool.map(lambda box: betti_matching_counts(p[box], g[box]),
-                                            boxes), 1):
-            sums += counts
+    n = len(boxes)
+    # the phase each running octant is in, with its counter when it has one
+    # (written by the pool's threads);
+    # the caller reports it while it waits, so one slow octant is not a silence
+    phases: dict[int, tuple[str, tuple]] = {}
+
+    def count(k: int) -> np.ndarray:
+        return betti_matching_counts(p[boxes[k]], g[boxes[k]],
+                                     on_phase=lambda name, *counter: phases.__setitem__(k, (name, counter)))
+
+    def phase_text(k: int) -> str | None:
+        got = phases.get(k)
+        if got is None:
+            return None
+        name, counter = got
+        if counter:  # (done array, total): the columns of a reduction
+            done, total = counter
+            return f"{name} {100 * int(done[0]) // max(int(total), 1)} %"
+        return name
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, n))) as pool:
+        futures = [pool.submit(count, k) for k in range(n)]
+        for i, fut in enumerate(futures, 1):
+            seen = None
+            while on_progress is not None:
+                try:
+                    fut.result(timeout=WAIT_REPORT_S)
+                    break
+                except FutureTimeout:
+                    now = phase_text(i - 1)
+                    if now is not None and now != seen:
+                        seen = now
+                        on_progress(i - 1, n, f"TopoScore octant {i}/{n}: {now}")
+            sums += fut.result()
             if on_progress is not None:
-                on_progress(i, len(boxes), f"TopoScore octant {i}/{len(boxes)}")
+                on_progress(i, n, f"TopoScore octant {i}/{n}")
     return sums
 
 
@@ -554,7 +589,8 @@ def topo_score(
         Octants matched at once with the exact method (default
         :data:`TOPO_THREADS`); the result does not depend on it.
     on_progress : callable, optional
-        ``on_progress(done, 8, what)`` after each octant (from the calling
+        ``on_progress(done, 8, what)`` after each octant, and as the octant
+        it waits for enters a new phase (``what`` names it) (from the calling
         thread), so a caller can report progress during a long score.
 
     Returns

@@ -228,6 +228,7 @@ def postprocess(
     thin: bool = False,
     ridge: np.ndarray | None = None,
     plug_size: int = 0,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Probabilities to a submission mask.
 
@@ -240,14 +241,15 @@ def postprocess(
     closing radius, ``min_size`` and ``plug_size`` on validation, ablations
     in docs/model.md).  ``ridge``: ``surface_ridge(prob, where)`` for a
     ``where`` holding every voxel above ``low``, computed once for several
-    pairs (else thinning computes it).
+    pairs (else thinning computes it).  ``on_progress(done, total, step)``
+    is called before each step (a few seconds each on a 320^3 volume).
 
     Returns
     -------
     ndarray of uint8 in {0, 1}, exactly ``prob.shape``
     """
     return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size,
-                             plug_size=plug_size, steps=post_steps(thin), ridge=ridge)
+                             plug_size=plug_size, steps=post_steps(thin), ridge=ridge, on_progress=on_progress)
 
 
 #: Post-processing steps in their order (see :func:`postprocess_steps`);
@@ -482,6 +484,7 @@ def postprocess_steps(
     steps: Sequence[str] = DEFAULT_STEPS,
     ridge: np.ndarray | None = None,
     plug_size: int = 0,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """:func:`postprocess` with a chosen subset of :data:`STEPS` (ablations).
 
@@ -497,32 +500,55 @@ def postprocess_steps(
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"steps must be among {STEPS}, got {unknown}")
+    tick = _ticker(on_progress, steps)
+    tick("hysteresis")
     mask = hysteresis(prob, low=low, high=high) if "hysteresis" in steps else prob > high
     if "thin" in steps:
+        tick("thin")
         if ridge is None:
             mask = thin_surface(prob, mask)
         else:
             if np.shape(ridge) != prob.shape:
                 raise ValueError(f"ridge shape {np.shape(ridge)} != prob shape {prob.shape}")
             mask = thin_mask(mask, np.asarray(ridge, dtype=bool))
-    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
+    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size,
+                            tick=tick)
+
+
+def _ticker(on_progress: ProgressFn | None, steps: Sequence[str]) -> Callable[[str], None]:
+    """``tick(step)``: ``on_progress(done, total, step)`` before each of ``steps`` that runs."""
+    if on_progress is None:
+        return lambda step: None
+    names = [s for s in STEPS if s in steps]
+    count = [0]
+
+    def tick(step: str) -> None:
+        on_progress(min(count[0], len(names)), len(names), step)
+        count[0] += 1
+    return tick
 
 
 def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: Sequence[int],
-                     min_size: int, plug_size: int = 0) -> np.ndarray:
+                     min_size: int, plug_size: int = 0,
+                     tick: Callable[[str], None] = lambda step: None) -> np.ndarray:
     """The steps of :data:`STEPS` that follow the thresholds, as uint8."""
     plug_size = _check_min_size(plug_size, "plug_size")
     if "closing" in steps:
+        tick("closing")
         mask = anisotropic_closing(mask, radius=closing_radius)
     if "fill_holes" in steps:
+        tick("fill_holes")
         mask = fill_cavities(mask)
     if "bridges" in steps:
+        tick("bridges")
         mask = cut_bridges(mask)
-    return after_closing(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
+    return after_closing(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size,
+                         tick=tick)
 
 
 def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, closing_radius: Sequence[int],
-                  min_size: int, plug_size: int = 0) -> np.ndarray:
+                  min_size: int, plug_size: int = 0,
+                  tick: Callable[[str], None] = lambda step: None) -> np.ndarray:
     """The last steps of the chain on a mask already thresholded, closed and
     cavity-filled: dust removal (``min_size``) and hole plugging
     (``plug_size``, :func:`plug_radius` of ``closing_radius``), then cavity
@@ -532,8 +558,10 @@ def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, clo
     (:func:`nx47_pipeline.model.search.choose_postprocess`) varies."""
     plug_size = _check_min_size(plug_size, "plug_size")
     if "dust" in steps:
+        tick("dust")
         mask = remove_small_components(mask, min_size=min_size)
     if "plug" in steps and plug_size:
+        tick("plug")
         plugged = plug_holes(mask, max_size=plug_size, radius=plug_radius(closing_radius))
         if "fill_holes" in steps and np.count_nonzero(plugged) > np.count_nonzero(mask):
             plugged = fill_cavities(plugged)
@@ -641,6 +669,7 @@ def fallback_segment(
     fg_quantile: float = 0.4,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Cheap model-free segmentation used when the time budget runs short.
 
@@ -651,7 +680,8 @@ def fallback_segment(
     the labelled surface), then :func:`anisotropic_closing` and
     :func:`remove_small_components`.  ``fg_quantile=0`` keeps the whole
     Otsu foreground.  Works on any volume (a constant one gives an empty
-    mask).
+    mask).  ``on_progress(done, total, step)`` is called before each of its
+    four steps.
 
     Returns
     -------
@@ -662,8 +692,10 @@ def fallback_segment(
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     if not 0 <= fg_quantile < 1:
         raise ValueError(f"fg_quantile must be in [0, 1), got {fg_quantile!r}")
+    report = on_progress or (lambda done, total, step: None)
     if volume.size == 0 or volume.min() == volume.max():
         return np.zeros(volume.shape, dtype=np.uint8)
+    report(0, 4, "smoothing")
     if sigma > 0:
         work = volume.astype(np.float32) if volume.dtype != np.uint8 else volume
         smooth = ndimage.gaussian_filter(work, sigma, truncate=3.0)
@@ -671,13 +703,16 @@ def fallback_segment(
         smooth = volume
     if smooth.min() == smooth.max():
         return np.zeros(volume.shape, dtype=np.uint8)
+    report(1, 4, "thresholds")
     threshold = _otsu_threshold(smooth)
     if fg_quantile > 0:
         threshold = max(threshold, _quantile_above(smooth, threshold, fg_quantile))
     mask = smooth > threshold
     if not mask.any():  # a quantile on a two-level volume can leave nothing
         mask = smooth > _otsu_threshold(smooth)
+    report(2, 4, "closing")
     mask = anisotropic_closing(mask, radius=closing_radius)
+    report(3, 4, "dust")
     mask = remove_small_components(mask, min_size=min_size)
     return mask.astype(np.uint8)
 

@@ -145,6 +145,9 @@ class Telemetry:
         The :class:`ConsoleSink` (on by default, stdout, 5 s throttle).
     heartbeat_interval_s, stall_after_s
         The :class:`HeartbeatMonitor` settings.
+    progress_max_gap_s : float
+        The longest the work goes without a PROGRESS_UPDATE; the heartbeat
+        says ACTIVE only while the last progress is younger than this.
     extra_sinks : sequence of Sink
         Attached after the journal and console (e.g. a dashboard QueueSink).
     enabled : bool
@@ -180,6 +183,7 @@ class Telemetry:
         console_interval_s: float = 5.0,
         heartbeat_interval_s: float = 15.0,
         stall_after_s: float | None = None,
+        progress_max_gap_s: float = 5.0,
         extra_sinks: Sequence[Sink] = (),
         enabled: bool = True,
         budget_s: float | None = None,
@@ -203,6 +207,7 @@ class Telemetry:
         self._journal_fsync = bool(journal_fsync)
         self._heartbeat_interval_s = float(heartbeat_interval_s)
         self._stall_after_s = stall_after_s
+        self.progress_max_gap_s = float(progress_max_gap_s)
         self._trace_on = bool(self.config_dict.get("array_trace", True))
         self.plan = PlanTracker(stages, clock=mono)
         self.bus = EventBus(clock=clock)
@@ -272,6 +277,7 @@ class Telemetry:
             self._publish_heartbeat,
             interval_s=self._heartbeat_interval_s,
             stall_after_s=self._stall_after_s,
+            active_within_s=self.progress_max_gap_s,
             clock=self._mono,
             budget_left=self.budget_left_s,
             stage=lambda: self.current_stage,

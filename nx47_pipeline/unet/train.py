@@ -400,11 +400,14 @@ def load_unet(checkpoint: str | Path, *, device: str = "cpu"):
     return model.to(dev).eval(), params
 
 
-def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 2) -> float:
+def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 2,
+                    on_progress: Callable[[int, int, str], None] | None = None) -> float:
     """Measure the seconds of one training batch (forward + backward + step).
 
     Runs one warm-up batch and ``repeats`` timed ones on random data; meant
     for a preflight so :func:`estimate_cost` gets a measured figure.
+    ``on_progress(done, total, what)`` before each batch (a few seconds each
+    on a CPU).
     """
     torch = require_torch()
     if repeats < 1:
@@ -427,9 +430,12 @@ def time_train_step(params: UNetParams, *, device: str = "auto", repeats: int = 
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
 
+    tick = on_progress or (lambda done, total, what: None)
+    tick(0, repeats + 1, "warm-up batch")
     step()
     t0 = time.perf_counter()
-    for _ in range(repeats):
+    for i in range(repeats):
+        tick(i + 1, repeats + 1, f"timed batch {i + 1}/{repeats}")
         step()
     return (time.perf_counter() - t0) / repeats
 
