@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,10 +42,11 @@ def _cell(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def run(data: Path, out: Path, *, nice: int) -> tuple[float, tuple[float, float, float], tuple[float, float, float]]:
+def run(data: Path, out: Path, *, nice: int, sets: list[str]) -> tuple[float, tuple[float, float, float],
+                                                                       tuple[float, float, float]]:
     """``nx47 run --no-unet`` on ``data`` into ``out``: (seconds, load before, load after)."""
     cmd = ["nice", "-n", str(nice), sys.executable, "-m", "nx47_pipeline.cli", "run", "--data", str(data),
-           "--out", str(out), "--no-unet", "--quiet"]
+           "--out", str(out), "--no-unet", "--quiet"] + [a for s in sets for a in ("--set", s)]
     load0 = os.getloadavg()
     t = time.monotonic()
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -76,6 +78,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=None, help="reuse this dataset")
     ap.add_argument("--journal", type=Path, default=None, help="only analyse this journal")
     ap.add_argument("--nice", type=int, default=5)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                    help="passed to nx47 run (e.g. a smaller search grid on a busy machine)")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the run's journal.jsonl here")
     args = ap.parse_args()
     limit = RunConfig().progress_max_gap_s
     shape = args.shape or (128 if args.quick else 320)
@@ -91,17 +96,21 @@ def main() -> int:
             data = Path(tmp) / "data"
             generate_demo_dataset(data, n_train=4, n_test=1, shape=(shape,) * 3, seed=7)
         out = Path(tmp) / "run"
-        secs, load0, load1 = run(data, out, nice=args.nice)
+        secs, load0, load1 = run(data, out, nice=args.nice, sets=args.sets)
         lines, worst = table(out / "journal.jsonl", limit)
+        if args.keep is not None:
+            shutil.copyfile(out / "journal.jsonl", args.keep)
     head += [
-        f"`nx47 run --no-unet` (default settings, under `nice -n {args.nice}`) on "
+        f"`nx47 run --no-unet` ("
+        + (f"default settings except `{' '.join('--set ' + x for x in args.sets)}`" if args.sets else "default settings")
+        + f", under `nice -n {args.nice}`) on "
         + ("a generated dataset of 4 training pairs (3 train + 1 validation after the split) and 1 test "
            f"volume at {shape}³" if args.data is None else f"`{args.data}`")
         + f"; the run took {secs:.0f} s. For each stage, from its STEP begin to its STEP end, the longest "
         "time without a PROGRESS_UPDATE of that stage (HEARTBEAT events do not count), what the last report "
         "before it and the first after it said, and how many silences exceeded the run's "
         f"`progress_max_gap_s` ({limit:g} s). Command: `python benchmarks/bench_progress_gaps.py"
-        + (" --quick" if args.quick else "") + "`.", ""]
+        + (" --quick" if args.quick else "") + "".join(f" --set {x}" for x in args.sets) + "`.", ""]
     write_section(args.out, head + lines + [
         "",
         f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; commit {git_commit()}. "

@@ -399,6 +399,9 @@ def _block_features(
     guarantees enough halo for exactness (or that the halo ends at the true
     volume border).  The pointwise work runs in chunks of about
     :data:`CHUNK_VOXELS` voxels (whole z-rows) so its temporaries stay in cache.
+    ``on_progress(done, total, group)`` after each feature group (``done``
+    counts groups; within the gradient + Hessian group it is fractional,
+    after each chunk of rows).
     """
     total = 1 + 3 * len(scales)
     done = 0
@@ -429,6 +432,8 @@ def _block_features(
             p_hi = min(ext.shape[0], c0 + w + DERIV_REACH)
             q0 = c0 + u - p_lo
             _hessian_chunk(ext[p_lo:p_hi], q0, q0 + (w - u), s, out[k + 1 : k + 6, u:w])
+            if on_progress is not None and w < nc:  # the longest group: its rows too
+                on_progress(done + w / nc, total, f"gradient+hessian {label}")
         done += 1
         if on_progress is not None:
             on_progress(done, total, f"gradient+hessian {label}")

@@ -231,8 +231,12 @@ def surface_dice(
     *,
     tolerance: float = 2.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    on_step: Callable[[str], None] | None = None,
 ) -> float:
     """Surface Dice at a tolerance, with ``surface-distance`` semantics.
+
+    ``on_step(name)`` as each of its steps begins (surfaces, the two
+    distance transforms).
 
     Parameters
     ----------
@@ -273,6 +277,8 @@ def surface_dice(
         return 0.0
     box = _bbox(p | g)
     assert box is not None
+    step = on_step or (lambda name: None)
+    step("surfaces")
     code_p = _neighbour_codes(_crop_pad(p, box))
     code_g = _neighbour_codes(_crop_pad(g, box))
     border_p = (code_p != 0) & (code_p != 255)
@@ -282,7 +288,9 @@ def surface_dice(
     area_g = table[code_g[border_g]]
     tol_sq = float(tolerance) ** 2
     # Squared distance of every corner to the nearest surfel of the other mask.
+    step("distances to the prediction")
     dist_to_p = edt.edtsq(~border_p, anisotropy=sp, parallel=EDT_THREADS)
+    step("distances to the label")
     dist_to_g = edt.edtsq(~border_g, anisotropy=sp, parallel=EDT_THREADS)
     overlap_g = float(area_g[dist_to_p[border_g] <= tol_sq].sum())
     overlap_p = float(area_p[dist_to_g[border_p] <= tol_sq].sum())
@@ -723,7 +731,9 @@ def score_volume(
     on_progress : callable, optional
         ``on_progress(done, 10, what)`` after SurfaceDice, VOI and each
         TopoScore octant: a 320³ volume takes seconds to score, and a
-        caller reports that it is alive.
+        caller reports that it is alive.  Within SurfaceDice (``done`` 0)
+        and an octant, ``what`` also changes as their steps begin (see
+        :func:`surface_dice` and :func:`topo_score`).
 
     Returns
     -------
@@ -748,7 +758,8 @@ def score_volume(
         p = p & keep
         g = g & keep
     tick = on_progress or (lambda done, total, what: None)
-    sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing)
+    sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing,
+                      on_step=lambda name: tick(0, 10, f"SurfaceDice: {name}"))
     tick(1, 10, "SurfaceDice")
     split, merge = voi_parts(p, g, connectivity=26)
     voi = split + merge

@@ -295,7 +295,8 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
 RIDGE_HALO = 7
 
 
-def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0,
+                  on_step: Callable[[str], None] | None = None) -> np.ndarray:
     """The voxels of ``where`` on the ridge of ``prob`` across the sheet.
 
     The normal at a voxel is the eigenvector of the eigenvalue of largest
@@ -316,6 +317,9 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
         The voxels to test (the others are False).
     sigma : float
         Smoothing before the Hessian, voxels (> 0).
+    on_step : callable, optional
+        ``on_step(name)`` as each step begins (smoothing, each row of the
+        Hessian, the normals, the suppression): seconds each at 320^3.
 
     Returns
     -------
@@ -330,16 +334,21 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
     out = np.zeros(prob.shape, dtype=bool)
     if not where.any():
         return out
+    step = on_step or (lambda name: None)
+    step("smoothing")
     p = ndimage.gaussian_filter(prob.astype(np.float32), sigma)
     idx = np.nonzero(where)
     h = {}  # Hessian entries (i, j), i <= j, at the tested voxels
     for i in range(3):
+        step(f"Hessian row {i + 1}/3")
         grad = np.gradient(p, axis=i)
         for j in range(i, 3):
             h[i, j] = np.gradient(grad, axis=j)[idx]
         del grad
+    step("normals")
     normal = _normal_eigenvector(h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2])
     del h
+    step("suppression along the normals")
     coords = np.asarray(idx, dtype=np.float32)
     here = p[idx]
     keep = np.ones(here.shape, dtype=bool)
@@ -407,11 +416,13 @@ def thin_mask(mask: np.ndarray, ridge: np.ndarray, *, width: int = 1) -> np.ndar
     return out
 
 
-def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, width: int = 1) -> np.ndarray:
+def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, width: int = 1,
+                 on_step: Callable[[str], None] | None = None) -> np.ndarray:
     """Non-maximum suppression of ``prob`` along the sheet normal, inside ``mask``.
 
     The ridge of :func:`surface_ridge` within ``mask``, one or two voxels
-    thick, dilated ``width`` times inside ``mask`` (:func:`thin_mask`).
+    thick, dilated ``width`` times inside ``mask`` (:func:`thin_mask`);
+    ``on_step`` as in :func:`surface_ridge`.
 
     Parameters
     ----------
@@ -432,7 +443,7 @@ def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, widt
     if mask.shape != np.shape(prob):
         raise ValueError(f"mask shape {mask.shape} != prob shape {np.shape(prob)}")
     _check_width(width)
-    return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma), width=width)
+    return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma, on_step=on_step), width=width)
 
 
 def cut_bridges(mask: np.ndarray, *, depth: float = 1.5, min_part: int = 200) -> np.ndarray:
@@ -506,7 +517,7 @@ def postprocess_steps(
     if "thin" in steps:
         tick("thin")
         if ridge is None:
-            mask = thin_surface(prob, mask)
+            mask = thin_surface(prob, mask, on_step=lambda name: tick("thin", name))
         else:
             if np.shape(ridge) != prob.shape:
                 raise ValueError(f"ridge shape {np.shape(ridge)} != prob shape {prob.shape}")
@@ -515,14 +526,18 @@ def postprocess_steps(
                             tick=tick)
 
 
-def _ticker(on_progress: ProgressFn | None, steps: Sequence[str]) -> Callable[[str], None]:
+def _ticker(on_progress: ProgressFn | None, steps: Sequence[str]) -> Callable[..., None]:
     """``tick(step)``: ``on_progress(done, total, step)`` before each of ``steps`` that runs."""
     if on_progress is None:
-        return lambda step: None
+        return lambda step, sub="": None
     names = [s for s in STEPS if s in steps]
     count = [0]
 
-    def tick(step: str) -> None:
+    def tick(step: str, sub: str = "") -> None:
+        """Step ``step`` begins; with ``sub``, a part of the step begun last."""
+        if sub:
+            on_progress(max(count[0] - 1, 0), len(names), f"{step}: {sub}")
+            return
         on_progress(min(count[0], len(names)), len(names), step)
         count[0] += 1
     return tick
@@ -530,7 +545,7 @@ def _ticker(on_progress: ProgressFn | None, steps: Sequence[str]) -> Callable[[s
 
 def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: Sequence[int],
                      min_size: int, plug_size: int = 0,
-                     tick: Callable[[str], None] = lambda step: None) -> np.ndarray:
+                     tick: Callable[..., None] = lambda step, sub="": None) -> np.ndarray:
     """The steps of :data:`STEPS` that follow the thresholds, as uint8."""
     plug_size = _check_min_size(plug_size, "plug_size")
     if "closing" in steps:
@@ -548,7 +563,7 @@ def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: 
 
 def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, closing_radius: Sequence[int],
                   min_size: int, plug_size: int = 0,
-                  tick: Callable[[str], None] = lambda step: None) -> np.ndarray:
+                  tick: Callable[..., None] = lambda step, sub="": None) -> np.ndarray:
     """The last steps of the chain on a mask already thresholded, closed and
     cavity-filled: dust removal (``min_size``) and hole plugging
     (``plug_size``, :func:`plug_radius` of ``closing_radius``), then cavity

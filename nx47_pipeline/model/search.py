@@ -585,7 +585,10 @@ def run_search(
             ridges = {}
             if True in thins:
                 low_min = min(pairs[cands[i][1]][0] for i in chosen)
-                ridges = {g: surface_ridge(probs[j], probs[j] > low_min) for j, g in enumerate(chosen_models)}
+                for j, g in enumerate(chosen_models):
+                    ridges[g] = surface_ridge(probs[j], probs[j] > low_min, on_step=lambda name, _j=j: report(
+                        base + v * k_full, total, file=rec.id, file_done=v, file_total=len(ranked_ids),
+                        substep=f"thin-surface ridge {_j + 1}/{len(chosen_models)}: {name}"))
             scores = []
             for j, (i, thin) in enumerate(full):
                 g, t_i, c_i = cands[i]

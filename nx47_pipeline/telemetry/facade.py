@@ -143,31 +143,25 @@ class Telemetry:
         :meth:`trace` off.
     console, console_stream, console_interval_s
         The :class:`ConsoleSink` (on by default, stdout, 5 s throttle).
-    heartbeat_interval_s, stall_after_s
-        The :class:`HeartbeatMonitor` settings.
-    progress_max_gap_s : float
-        The longest the work goes without a PROGRESS_UPDATE; the heartbeat
-        says ACTIVE only while the last progress is younger than this.
+    heartbeat_interval_s, stall_after_s, progress_max_gap_s
+        The :class:`HeartbeatMonitor` settings (ACTIVE while the last
+        progress is younger than ``progress_max_gap_s``).
     extra_sinks : sequence of Sink
         Attached after the journal and console (e.g. a dashboard QueueSink).
     enabled : bool
-        False: telemetry off (no journal, console, queue or heartbeat work);
-        :meth:`progress` only checks cancellation.
+        False: no journal, console, queue or heartbeat (:meth:`progress` only checks cancellation).
     budget_s : float, optional
-        Wall-clock budget of the run, for ``budget_left_s`` and heartbeats.
-    cancel : CancelToken, optional
-        Shared token (a new one by default).
-    clock, mono
-        Wall and monotonic clocks (injectable for tests).
+        Wall-clock budget of the run (``budget_left_s``, heartbeats).
+    cancel, clock, mono
+        Shared token (a new one by default); wall and monotonic clocks.
     progress_interval_s : float
-        Minimum seconds between two PROGRESS_UPDATE events of a stage; a
-        report in between only updates the plan, the heartbeat and checks
-        cancellation.  The first report of a stage, a report that completes
-        the stage's counter, and a change of file or sub-step name are
-        always published.  0 publishes every report.
+        Minimum seconds between two PROGRESS_UPDATE events of a stage (0:
+        every report); a report in between only updates the plan and the
+        heartbeat and checks cancellation.  The first report of a stage, one
+        that completes its counter or changes file or sub-step is published.
     snapshot_interval_s : float
-        Minimum seconds between two ``plan.json`` rewrites on progress
-        (stage begin / end always rewrite it).
+        Minimum seconds between two ``plan.json`` rewrites on progress (not
+        at stage begin / end).
     journal_fsync : bool
         ``fsync`` every journal line.
     """

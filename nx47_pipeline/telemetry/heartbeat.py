@@ -108,7 +108,7 @@ class HeartbeatMonitor:
         (default ``2 * interval_s``).
     active_within_s : float, optional
         Seconds since the last progress within which the worker is ACTIVE
-        (default: ``stall_after_s``, at most 5 s).
+        (default 5; never more than ``stall_after_s``).
     clock : callable
         Monotonic clock (injectable for tests).
     wait : callable, optional
@@ -151,8 +151,7 @@ class HeartbeatMonitor:
         self._publish = publish
         self.interval_s = float(interval_s)
         self.stall_after_s = float(2 * interval_s if stall_after_s is None else stall_after_s)
-        self.active_within_s = float(min(self.stall_after_s, 5.0) if active_within_s is None
-                                     else active_within_s)
+        self.active_within_s = min(self.stall_after_s, 5.0 if active_within_s is None else float(active_within_s))
         self._clock = clock
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
