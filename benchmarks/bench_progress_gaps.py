@@ -23,9 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import psutil
 from _common import REPO, git_commit, load_note, machine, write_section
 
 sys.path.insert(0, str(REPO))
@@ -33,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from nx47_pipeline.config import RunConfig  # noqa: E402
 from nx47_pipeline.data.demo import generate_demo_dataset  # noqa: E402
 from nx47_pipeline.telemetry.events import EventKind  # noqa: E402
-from nx47_pipeline.telemetry.gaps import progress_gaps  # noqa: E402
+from nx47_pipeline.telemetry.gaps import progress_gaps, silences  # noqa: E402
 from nx47_pipeline.telemetry.journal import read_journal, verify_journal  # noqa: E402
 
 
@@ -42,31 +45,91 @@ def _cell(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+class CpuSampler:
+    """Samples a process's CPU seconds (user + system, all threads) against
+    the wall clock every ``every_s`` on a daemon thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.1) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._every = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                c = self._proc.cpu_times()
+            except psutil.Error:
+                return
+            self.samples.append((time.time(), c.user + c.system))
+            self._stop.wait(self._every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def cpu_between(self, t0: float, t1: float) -> float | None:
+        """CPU seconds the process used from wall time ``t0`` to ``t1`` (interpolated)."""
+        if len(self.samples) < 2:
+            return None
+        ts = np.array([a for a, _ in self.samples])
+        cs = np.array([b for _, b in self.samples])
+        if t1 < ts[0] or t0 > ts[-1]:
+            return None
+        return float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs))
+
+
 def run(data: Path, out: Path, *, nice: int, sets: list[str]) -> tuple[float, tuple[float, float, float],
-                                                                       tuple[float, float, float]]:
-    """``nx47 run --no-unet`` on ``data`` into ``out``: (seconds, load before, load after)."""
+                                                                       tuple[float, float, float], CpuSampler]:
+    """``nx47 run --no-unet`` on ``data`` into ``out``: (seconds, load before, load after, CPU samples)."""
     cmd = ["nice", "-n", str(nice), sys.executable, "-m", "nx47_pipeline.cli", "run", "--data", str(data),
            "--out", str(out), "--no-unet", "--quiet"] + [a for s in sets for a in ("--set", s)]
     load0 = os.getloadavg()
     t = time.monotonic()
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return time.monotonic() - t, load0, os.getloadavg()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    sampler = CpuSampler(proc.pid)  # ``nice`` execs the interpreter: same pid
+    rc = proc.wait()
+    sampler.stop()
+    if rc != 0:
+        raise SystemExit(f"nx47 run exited with {rc}")
+    return time.monotonic() - t, load0, os.getloadavg(), sampler
 
 
-def table(journal: Path, limit_s: float) -> tuple[list[str], float]:
+def table(journal: Path, limit_s: float, sampler: CpuSampler | None = None) -> tuple[list[str], float]:
     events = read_journal(journal)
     gaps = progress_gaps(events, limit_s=limit_s)
-    lines = ["| stage | ran (s) | PROGRESS_UPDATE events | longest gap (s) | after | before | gaps > "
-             f"{limit_s:g} s |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    cpu_col = sampler is not None
+    head = ["stage", "ran (s)", "PROGRESS_UPDATE events", "longest gap (s)", "after", "before",
+            f"gaps > {limit_s:g} s"]
+    if cpu_col:
+        head += ["CPU s in that gap", "most CPU s in one gap"]
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- | ---: | ---: | ---: | --- | --- | ---: |" + (" ---: | ---: |" if cpu_col else "")]
+    every = silences(events) if cpu_col else []
     for g in gaps:
-        lines.append(f"| {g.stage} | {g.stage_s:.1f} | {g.updates} | **{g.gap_s:.2f}** | {_cell(g.after) or '(begin)'} "
-                     f"| {_cell(g.before) or '(end)'} | {g.over} |")
+        row = (f"| {g.stage} | {g.stage_s:.1f} | {g.updates} | **{g.gap_s:.2f}** | {_cell(g.after) or '(begin)'} "
+               f"| {_cell(g.before) or '(end)'} | {g.over} |")
+        if cpu_col:
+            c = sampler.cpu_between(g.longest.start_ts, g.longest.end_ts)
+            mine = [sampler.cpu_between(x.start_ts, x.end_ts) for x in every
+                    if x.stage == g.stage and x.run == g.longest.run]
+            most = max((m for m in mine if m is not None), default=None)
+            row += f" {'-' if c is None else f'{c:.2f}'} | {'-' if most is None else f'{most:.2f}'} |"
+        lines.append(row)
     worst = max((g.gap_s for g in gaps), default=0.0)
     n_beats = sum(1 for e in events if e.kind is EventKind.HEARTBEAT)
     lines.append("")
     lines.append(f"Longest gap of the run: **{worst:.2f} s** ({sum(g.over for g in gaps)} gaps over "
                  f"{limit_s:g} s); {len(events)} events, {n_beats} heartbeats; `nx47 verify-journal`: "
                  f"{'ok' if verify_journal(journal).ok else 'FAILED'}.")
+    if cpu_col:
+        most_all = max((c for x in every if (c := sampler.cpu_between(x.start_ts, x.end_ts)) is not None),
+                       default=0.0)
+        lines.append(f"The most CPU the run's process used within one silence: **{most_all:.2f} CPU-seconds** "
+                     "(all its threads, sampled every 0.1 s): on an otherwise idle machine a silence lasts at "
+                     "most about that long where the work runs on one core, less where it runs on two.")
     return lines, worst
 
 
@@ -96,8 +159,8 @@ def main() -> int:
             data = Path(tmp) / "data"
             generate_demo_dataset(data, n_train=4, n_test=1, shape=(shape,) * 3, seed=7)
         out = Path(tmp) / "run"
-        secs, load0, load1 = run(data, out, nice=args.nice, sets=args.sets)
-        lines, worst = table(out / "journal.jsonl", limit)
+        secs, load0, load1, sampler = run(data, out, nice=args.nice, sets=args.sets)
+        lines, worst = table(out / "journal.jsonl", limit, sampler)
         if args.keep is not None:
             shutil.copyfile(out / "journal.jsonl", args.keep)
     head += [

@@ -475,6 +475,8 @@ def run_search(
             report(_g + i / max(n, 1), total, substep=f"fit l1={l1:g} l2={l2:g}",
                    substep_done=i, substep_total=n)
 
+        report(g, total, substep=f"fit l1={l1:g} l2={l2:g}: standardising {len(y)} samples",
+               substep_done=0, substep_total=max_iter)
         res = fit_prox(X, y, l1=l1, l2=l2, max_iter=max_iter, tol=tol, deadline=deadline,
                        on_iter=on_iter, feature_names=feature_names(scales), scales=tuple(scales),
                        intercept_shift=intercept_shift)

@@ -361,6 +361,7 @@ def _train(ctx: RunContext) -> None:
         paths = stages.features(ctx, ctx.reporter(), train, ctx.out / "features", deadline=ctx.deadlines.training,
                                 executor=ctx.executor)
         if paths:
+            ctx.progress(len(train), max(len(train), 1), message=f"loading the samples of {len(paths)} volumes")
             samples = stages.load_samples(paths)
             had_samples = True
         else:
