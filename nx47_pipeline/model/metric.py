@@ -306,9 +306,12 @@ def surface_dice(
 
 
 def voi_parts(
-    pred: np.ndarray, gt: np.ndarray, *, connectivity: int = 26
+    pred: np.ndarray, gt: np.ndarray, *, connectivity: int = 26,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[float, float]:
     """Split and merge parts of the variation of information.
+
+    ``on_step(name)`` as each step begins (the components, the information).
 
     Parameters
     ----------
@@ -340,8 +343,11 @@ def voi_parts(
     pc = _crop_pad(p, box)
     gc = _crop_pad(g, box)
     uc = _crop_pad(union, box).astype(bool)
+    step = on_step or (lambda name: None)
+    step("components")
     lp = cc3d.connected_components(pc, connectivity=connectivity)
     lg = cc3d.connected_components(gc, connectivity=connectivity)
+    step("variation of information")
     split, merge = variation_of_information(lg[uc], lp[uc])
     return max(float(split), 0.0), max(float(merge), 0.0)
 
@@ -761,7 +767,7 @@ def score_volume(
     sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing,
                       on_step=lambda name: tick(0, 10, f"SurfaceDice: {name}"))
     tick(1, 10, "SurfaceDice")
-    split, merge = voi_parts(p, g, connectivity=26)
+    split, merge = voi_parts(p, g, connectivity=26, on_step=lambda name: tick(1, 10, f"VOI: {name}"))
     voi = split + merge
     vs = voi_score(voi, alpha=0.3)
     tick(2, 10, "VOI")
