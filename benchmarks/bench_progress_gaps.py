@@ -45,12 +45,34 @@ def _cell(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class CpuSampler:
+class CpuSamples:
+    """(wall time, CPU seconds) samples of a process."""
+
+    def __init__(self, samples: list[tuple[float, float]] | None = None) -> None:
+        self.samples = list(samples or [])
+
+    @classmethod
+    def read(cls, path: Path) -> "CpuSamples":
+        """Samples written one ``<time> <cpu seconds>`` pair per line."""
+        return cls([(float(a), float(b)) for a, b in (ln.split() for ln in path.read_text().splitlines() if ln)])
+
+    def cpu_between(self, t0: float, t1: float) -> float | None:
+        """CPU seconds the process used from wall time ``t0`` to ``t1`` (interpolated)."""
+        if len(self.samples) < 2:
+            return None
+        ts = np.array([a for a, _ in self.samples])
+        cs = np.array([b for _, b in self.samples])
+        if t1 < ts[0] or t0 < ts[0] or t0 > ts[-1]:
+            return None
+        return float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs))
+
+
+class CpuSampler(CpuSamples):
     """Samples a process's CPU seconds (user + system, all threads) against
     the wall clock every ``every_s`` on a daemon thread."""
 
     def __init__(self, pid: int, every_s: float = 0.1) -> None:
-        self.samples: list[tuple[float, float]] = []
+        super().__init__()
         self._proc = psutil.Process(pid)
         self._stop = threading.Event()
         self._every = every_s
@@ -70,16 +92,6 @@ class CpuSampler:
         self._stop.set()
         self._thread.join(5)
 
-    def cpu_between(self, t0: float, t1: float) -> float | None:
-        """CPU seconds the process used from wall time ``t0`` to ``t1`` (interpolated)."""
-        if len(self.samples) < 2:
-            return None
-        ts = np.array([a for a, _ in self.samples])
-        cs = np.array([b for _, b in self.samples])
-        if t1 < ts[0] or t0 > ts[-1]:
-            return None
-        return float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs))
-
 
 def run(data: Path, out: Path, *, nice: int, sets: list[str]) -> tuple[float, tuple[float, float, float],
                                                                        tuple[float, float, float], CpuSampler]:
@@ -97,7 +109,7 @@ def run(data: Path, out: Path, *, nice: int, sets: list[str]) -> tuple[float, tu
     return time.monotonic() - t, load0, os.getloadavg(), sampler
 
 
-def table(journal: Path, limit_s: float, sampler: CpuSampler | None = None) -> tuple[list[str], float]:
+def table(journal: Path, limit_s: float, sampler: CpuSamples | None = None) -> tuple[list[str], float]:
     events = read_journal(journal)
     gaps = progress_gaps(events, limit_s=limit_s)
     cpu_col = sampler is not None
@@ -144,12 +156,15 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="passed to nx47 run (e.g. a smaller search grid on a busy machine)")
     ap.add_argument("--keep", type=Path, default=None, help="copy the run's journal.jsonl here")
+    ap.add_argument("--cpu-samples", type=Path, default=None,
+                    help="with --journal: the run process's CPU samples, '<time> <cpu seconds>' per line")
     args = ap.parse_args()
     limit = RunConfig().progress_max_gap_s
     shape = args.shape or (128 if args.quick else 320)
     head = ["## Progress gaps of a run (longest silence per stage)", ""]
     if args.journal is not None:
-        lines, worst = table(args.journal, limit)
+        lines, worst = table(args.journal, limit,
+                             None if args.cpu_samples is None else CpuSamples.read(args.cpu_samples))
         write_section(args.out, head + [f"Journal `{args.journal}`.", ""] + lines + [
             "", f"Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; commit {git_commit()}."])
         return 0
