@@ -119,7 +119,7 @@ def table(journal: Path, limit_s: float, sampler: CpuSamples | None = None) -> t
         head += ["CPU s in that gap", "most CPU s in one gap"]
     lines = ["| " + " | ".join(head) + " |",
              "| --- | ---: | ---: | ---: | --- | --- | ---: |" + (" ---: | ---: |" if cpu_col else "")]
-    every = silences(events) if cpu_col else []
+    every = silences(events, open_stages=True) if cpu_col else []
     for g in gaps:
         row = (f"| {g.stage} | {g.stage_s:.1f} | {g.updates} | **{g.gap_s:.2f}** | {_cell(g.after) or '(begin)'} "
                f"| {_cell(g.before) or '(end)'} | {g.over} |")
@@ -130,10 +130,43 @@ def table(journal: Path, limit_s: float, sampler: CpuSamples | None = None) -> t
             most = max((m for m in mine if m is not None), default=None)
             row += f" {'-' if c is None else f'{c:.2f}'} | {'-' if most is None else f'{most:.2f}'} |"
         lines.append(row)
-    worst = max((g.gap_s for g in gaps), default=0.0)
+    pre = [x for x in every or silences(events, open_stages=True) if x.stage == "preflight"]
+    ended = {g.stage for g in gaps}
+    for name in dict.fromkeys(x.stage for x in silences(events, open_stages=True) if x.stage not in ended):
+        xs = [x for x in silences(events, open_stages=True) if x.stage == name]
+        w = max(xs, key=lambda x: x.seconds)
+        row = (f"| {name} (still running at the journal's end) | {xs[-1].end_ts - xs[0].start_ts:.1f} | "
+               f"{len(xs)} | **{w.seconds:.2f}** | {_cell(w.after) or '(begin)'} | {_cell(w.before)} | "
+               f"{sum(1 for x in xs if x.seconds > limit_s)} |")
+        if cpu_col:
+            c = sampler.cpu_between(w.start_ts, w.end_ts)
+            most = max((m for x in xs if (m := sampler.cpu_between(x.start_ts, x.end_ts)) is not None), default=None)
+            row += f" {'-' if c is None else f'{c:.2f}'} | {'-' if most is None else f'{most:.2f}'} |"
+        lines.append(row)
+    if pre:
+        lines += ["", "The preflight runs every stage's work on its slice (one volume each at this size); its "
+                  "silences by the phase of the report that ended them:", "",
+                  "| preflight phase | silences | longest (s) | after | before | over "
+                  f"{limit_s:g} s |" + (" CPU s in the longest | most CPU s in one |" if cpu_col else ""),
+                  "| --- | ---: | ---: | --- | --- | ---: |" + (" ---: | ---: |" if cpu_col else "")]
+        by: dict[str, list] = {}
+        for x in pre:
+            by.setdefault((x.before or x.after or "end").split(":")[0].split(" |")[0].strip(), []).append(x)
+        for name, xs in by.items():
+            w = max(xs, key=lambda x: x.seconds)
+            row = (f"| {_cell(name, 30)} | {len(xs)} | **{w.seconds:.2f}** | {_cell(w.after) or '(begin)'} | "
+                   f"{_cell(w.before) or '(end)'} | {sum(1 for x in xs if x.seconds > limit_s)} |")
+            if cpu_col:
+                c = sampler.cpu_between(w.start_ts, w.end_ts)
+                most = max((m for x in xs if (m := sampler.cpu_between(x.start_ts, x.end_ts)) is not None),
+                           default=None)
+                row += f" {'-' if c is None else f'{c:.2f}'} | {'-' if most is None else f'{most:.2f}'} |"
+            lines.append(row)
+    alls = silences(events, open_stages=True)
+    worst = max((x.seconds for x in alls), default=0.0)
     n_beats = sum(1 for e in events if e.kind is EventKind.HEARTBEAT)
     lines.append("")
-    lines.append(f"Longest gap of the run: **{worst:.2f} s** ({sum(g.over for g in gaps)} gaps over "
+    lines.append(f"Longest gap of the run: **{worst:.2f} s** ({sum(1 for x in alls if x.seconds > limit_s)} gaps over "
                  f"{limit_s:g} s); {len(events)} events, {n_beats} heartbeats; `nx47 verify-journal`: "
                  f"{'ok' if verify_journal(journal).ok else 'FAILED'}.")
     if cpu_col:

@@ -131,7 +131,7 @@ def _walk(events: Iterable[Event]) -> Iterator[tuple[str, object]]:
             st["last"], st["last_t"], st["last_ev"] = ev.ts, ev.t, ev
 
 
-def silences(events: Iterable[Event]) -> list[Silence]:
+def silences(events: Iterable[Event], *, open_stages: bool = False) -> list[Silence]:
     """Every silence of every stage run that ended, in order.
 
     Parameters
@@ -139,6 +139,9 @@ def silences(events: Iterable[Event]) -> list[Silence]:
     events : iterable of Event
         A run's events in order.  A RUN_START (a resumed run) closes the
         stages left open before it.
+    open_stages : bool
+        Also the silences so far of the stages still open at the last event
+        (a run read while it runs, or stopped).
 
     Returns
     -------
@@ -151,6 +154,9 @@ def silences(events: Iterable[Event]) -> list[Silence]:
             pending.setdefault(item.run, []).append(item)  # type: ignore[union-attr]
         elif what == "end":
             out += pending.pop(item[0], [])  # type: ignore[index]
+    if open_stages:
+        for run in sorted(pending):
+            out += pending[run]
     return out
 
 
