@@ -60,8 +60,11 @@ class CpuSamples:
         """CPU seconds the process used from wall time ``t0`` to ``t1`` (interpolated)."""
         if len(self.samples) < 2:
             return None
-        ts = np.array([a for a, _ in self.samples])
-        cs = np.array([b for _, b in self.samples])
+        if getattr(self, "_n", 0) != len(self.samples):  # arrays built once per sample count
+            self._ts = np.array([a for a, _ in self.samples])
+            self._cs = np.array([b for _, b in self.samples])
+            self._n = len(self.samples)
+        ts, cs = self._ts, self._cs
         if t1 < ts[0] or t0 < ts[0] or t0 > ts[-1]:
             return None
         return float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs))
