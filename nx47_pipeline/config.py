@@ -46,6 +46,9 @@ class RunConfig:
     console: bool = True
     console_interval_s: float = 5.0
     progress_interval_s: float = 0.25  # journal/queue progress throttle (0 = every report)
+    # the longest a computing stage goes without a PROGRESS_UPDATE: the work reports at least this
+    # often, and the heartbeat says ACTIVE only while the last progress is younger than this
+    progress_max_gap_s: float = 5.0
     queue_maxsize: int = 2000
     array_trace: bool = True
     # --- features / model ------------------------------------------------
@@ -105,6 +108,8 @@ class RunConfig:
             )
         if not 0 < self.preflight_frac <= 1:
             raise ValueError(f"preflight_frac must be in (0, 1], got {self.preflight_frac!r}")
+        if not self.progress_max_gap_s > 0:
+            raise ValueError(f"progress_max_gap_s must be > 0, got {self.progress_max_gap_s!r}")
         if self.heartbeat_interval_s <= 0:
             raise ValueError(
                 f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s!r}"

@@ -45,6 +45,8 @@ process compiles or loads them).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cc3d
 import numpy as np
 from numba import njit
@@ -283,12 +285,14 @@ def _faces(s, sx, sy):
 
 
 @njit(cache=True, nogil=True)
-def _reduce_dim1(shape, ev_row, columns, nsq):
+def _reduce_dim1(shape, ev_row, columns, nsq, done):
     """Pivot of every square's column after reduction, -1 for none.
 
     Rows (edges) are ordered by (``ev_row`` value, index); ``columns`` lists
     the squares to reduce in their filtration order.  The pivot is the
-    lowest row.  Returns (pivot per square, column per edge).
+    lowest row.  ``done[0]`` holds the columns reduced so far (read by
+    another thread to report progress).  Returns (pivot per square, column
+    per edge).
     """
     nx, ny, nz = shape
     sx = ny * nz
@@ -302,6 +306,7 @@ def _reduce_dim1(shape, ev_row, columns, nsq):
     pool_n = 0
     heap = np.empty(256, dtype=np.int64)
     for c in range(columns.shape[0]):
+        done[0] = c
         s = columns[c]
         f0, f1, f2, f3 = _faces(s, sx, sy)
         k0 = ev_row[f0] * m + f0
@@ -366,6 +371,7 @@ def _reduce_dim1(shape, ev_row, columns, nsq):
                 cnt += 1
             stored_len[s] = cnt
             pool_n += cnt
+    done[0] = columns.shape[0]
     return pivot, col_of_row
 
 
@@ -389,16 +395,19 @@ def _positive_edges(shape, edges):
     return positive
 
 
-def _finite_births_dim1(shape, ev_own, sv_own, skip_own):
+def _finite_births_dim1(shape, ev_own, sv_own, skip_own, phase=lambda name, *counter: None, name=""):
     """Birth edges of the finite dimension-1 pairs of one input.
 
     Every class of the foreground dies at value 1 (the block is acyclic),
     so the finite pairs are born at the positive foreground edges that no
-    foreground square kills.
+    foreground square kills.  ``phase(name, done, total)`` announces the
+    reduction with its column counter.
     """
     positive = _positive_edges(shape, np.flatnonzero(ev_own == 0))
     columns = np.flatnonzero((sv_own == 0) & ~skip_own)
-    _, col_of_row = _reduce_dim1(shape, ev_own, columns, sv_own.shape[0])
+    done = np.zeros(1, dtype=np.int64)
+    phase(name, done, columns.size)
+    _, col_of_row = _reduce_dim1(shape, ev_own, columns, sv_own.shape[0], done)
     return positive & (col_of_row < 0)
 
 
@@ -407,7 +416,8 @@ def _finite_births_dim1(shape, ev_own, sv_own, skip_own):
 # --------------------------------------------------------------------------
 
 
-def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def betti_matching_counts(pred: np.ndarray, gt: np.ndarray, *,
+                          on_phase: Callable[..., None] | None = None) -> np.ndarray:
     """Matched, predicted and labelled feature counts of one binary block.
 
     Parameters
@@ -415,6 +425,12 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     pred, gt : ndarray
         3D masks of the same shape (foreground ``!= 0``), already
         ignore-masked.  The block is taken whole (the caller cuts octants).
+    on_phase : callable, optional
+        ``on_phase(name)`` as each phase begins (components, cavities, the
+        dual sweeps, the tunnel reductions), from the calling thread; the
+        tunnel reductions call ``on_phase(name, done, total)`` where
+        ``done[0]`` counts the columns reduced so far of ``total`` (another
+        thread may read it while the reduction runs).
 
     Returns
     -------
@@ -439,6 +455,8 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     gm = g != 0
     if p.size == 0 or not (pm.any() or gm.any()):
         return counts
+    phase = on_phase or (lambda name, *counter: None)
+    phase("cell values")
     shape = tuple(int(s) for s in p.shape)
     f_p = (~pm).view(np.uint8)
     f_g = (~gm).view(np.uint8)
@@ -448,6 +466,7 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     ev_c, sv_c, cv_c = _cell_values(f_c)
 
     # dimension 0: components (6-connected) less the essential one
+    phase("components")
     n_p, n_g = _components(pm), _components(gm)
     m0 = 0
     if n_p > 1 and n_g > 1:
@@ -462,28 +481,33 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     skip_p = skip_g = np.zeros(sv_c.shape[0], dtype=np.bool_)
     keys_p = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
     keys_g = np.zeros(cv_c.shape[0] + 1, dtype=np.bool_)
+    phase("cavities")
     pairs_p = _cavities(pm) if three_d else 0
     pairs_g = _cavities(gm) if three_d else 0
+    phase("dual sweeps")
     if three_d and (pairs_p or (cv_p == 0).any()):
         _, skip_p = _dual_sweep(shape, sv_p, cv_p, cv_c, True, keys_p, keys_g)
     if three_d and (pairs_g or (cv_g == 0).any()):
         _, skip_g = _dual_sweep(shape, sv_g, cv_g, cv_c, True, keys_g, keys_p)
 
     # dimension 1: column reductions
-    births_p = _finite_births_dim1(shape, ev_p, sv_p, skip_p)
-    births_g = _finite_births_dim1(shape, ev_g, sv_g, skip_g)
+    births_p = _finite_births_dim1(shape, ev_p, sv_p, skip_p, phase, "tunnel births: prediction")
+    births_g = _finite_births_dim1(shape, ev_g, sv_g, skip_g, phase, "tunnel births: label")
     p1 = int(births_p.sum())
     g1 = int(births_g.sum())
     m1 = m2 = 0
     skip_c = np.zeros(sv_c.shape[0], dtype=np.bool_)
     if three_d and ((pairs_p and pairs_g) or (p1 and g1)):
+        phase("cavity matching")
         m2, skip_c = _dual_sweep(shape, sv_c, cv_c, cv_c, False, keys_p, keys_g)
     counts[2] = (m2 if pairs_p and pairs_g else 0, pairs_p, pairs_g)
     if p1 and g1:
         nsq = sv_c.shape[0]
         columns = np.concatenate([np.flatnonzero((sv_c == 0) & ~skip_c),
                                   np.flatnonzero((sv_c == 1) & ~skip_c)])
-        piv_c, _ = _reduce_dim1(shape, ev_c, columns, nsq)
+        done = np.zeros(1, dtype=np.int64)
+        phase("tunnel matching: comparison", done, columns.size)
+        piv_c, _ = _reduce_dim1(shape, ev_c, columns, nsq, done)
         deaths = np.flatnonzero(
             (piv_c >= 0) & (sv_c == 1) & (ev_c[np.maximum(piv_c, 0)] == 0)
         )
@@ -494,11 +518,13 @@ def betti_matching_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         # for the other only at the deaths the first one matched
         first, second = ((ev_g, births_g), (ev_p, births_p)) if g1 <= p1 else \
             ((ev_p, births_p), (ev_g, births_g))
-        for ev_in, births in (first, second):
+        for which, (ev_in, births) in enumerate((first, second), 1):
             if not deaths.size:
                 break
             cut = int(position[deaths].max()) + 1
-            birth = _reduce_dim1(shape, ev_in, columns[:cut], nsq)[0][deaths]
+            done = np.zeros(1, dtype=np.int64)
+            phase(f"tunnel matching: image {which}/2", done, cut)
+            birth = _reduce_dim1(shape, ev_in, columns[:cut], nsq, done)[0][deaths]
             keep = birth >= 0
             keep[keep] = births[birth[keep]]
             deaths = deaths[keep]

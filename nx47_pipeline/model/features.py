@@ -44,6 +44,10 @@ from scipy import ndimage
 
 ProgressFn = Callable[[int, int, str], None]
 
+#: Seconds between two looks at the feature groups of the slab the caller
+#: waits for (see :func:`iter_feature_slabs`).
+WAIT_REPORT_S = 0.5
+
 #: Gaussian truncation: the kernel radius is
 #: ``int(TRUNCATE * sigma + 0.5)``.
 TRUNCATE = 3.0
@@ -395,6 +399,9 @@ def _block_features(
     guarantees enough halo for exactness (or that the halo ends at the true
     volume border).  The pointwise work runs in chunks of about
     :data:`CHUNK_VOXELS` voxels (whole z-rows) so its temporaries stay in cache.
+    ``on_progress(done, total, group)`` after each feature group (``done``
+    counts groups; within the gradient + Hessian group it is fractional,
+    after each chunk of rows).
     """
     total = 1 + 3 * len(scales)
     done = 0
@@ -425,6 +432,8 @@ def _block_features(
             p_hi = min(ext.shape[0], c0 + w + DERIV_REACH)
             q0 = c0 + u - p_lo
             _hessian_chunk(ext[p_lo:p_hi], q0, q0 + (w - u), s, out[k + 1 : k + 6, u:w])
+            if on_progress is not None and w < nc:  # the longest group: its rows too
+                on_progress(done + w / nc, total, f"gradient+hessian {label}")
         done += 1
         if on_progress is not None:
             on_progress(done, total, f"gradient+hessian {label}")
@@ -497,7 +506,10 @@ def iter_feature_slabs(
     slab : int
         Slab thickness along z (the last slab may be thinner).
     on_progress : callable, optional
-        ``on_progress(done_slabs, n_slabs, "features z0:z1")`` after each slab.
+        ``on_progress(done_slabs, n_slabs, "features z0:z1")`` after each slab,
+        and ``on_progress(k + groups_done / groups, n_slabs, "features z0:z1:
+        <group>")`` (a fraction) as the feature groups of slab ``k + 1`` finish
+        (looked at every :data:`WAIT_REPORT_S` while the caller waits for it).
     workers : int, optional
         Threads computing slabs ahead of the caller (default
         :func:`default_workers`); results are identical for any value.
@@ -548,35 +560,66 @@ def _slab_gen(
     if only is not None:
         starts = [starts[k] for k in only]
 
-    def compute(z0: int) -> tuple[int, int, np.ndarray]:
+    # feature groups finished in each slab being computed (written by the
+    # computing thread, read by the caller's): the caller reports them while
+    # it waits, so a slow slab on a busy machine is never a silence
+    groups: dict[int, tuple[int, int, str]] = {}
+
+    def compute(z0: int, tick: ProgressFn | None = None) -> tuple[int, int, np.ndarray]:
         z1 = min(nz, z0 + slab)
         h0 = max(0, z0 - halo)
         h1 = min(nz, z1 + halo)
+
+        def on_group(done: int, total: int, what: str) -> None:
+            groups[z0] = (done, total, what)
+            if tick is not None:
+                tick(done, total, what)
+
         block = _as_unit_float(volume[h0:h1])
         out = np.empty((nf, z1 - z0) + volume.shape[1:], dtype=np.float32)
-        _block_features(block, z0 - h0, z1 - h0, sc, out)
+        _block_features(block, z0 - h0, z1 - h0, sc, out, on_group)
+        groups.pop(z0, None)
         return z0, z1, out
 
     def report(i: int, z0: int, z1: int) -> None:
         if on_progress is not None:
             on_progress(i, len(starts), f"features z{z0}:{z1}")
 
+    def partial(i: int, z0: int, done: int, total: int, what: str) -> None:
+        """Slab ``i`` (from 1) of ``starts`` has ``done`` of ``total`` feature groups."""
+        if on_progress is not None:
+            z1 = min(nz, z0 + slab)
+            on_progress(i - 1 + done / max(total, 1), len(starts), f"features z{z0}:{z1}: {what}")
+
     if workers == 1 or len(starts) == 1:
         for i, z0 in enumerate(starts, start=1):
-            z0, z1, out = compute(z0)
+            z0, z1, out = compute(z0, lambda d, t, what, _i=i, _z0=z0: partial(_i, _z0, d, t, what))
             report(i, z0, z1)
             yield z0, z1, out
         return
     # scipy.ndimage and numpy release the GIL: ``workers`` threads compute the
     # next slabs while the caller consumes this one.  Results come back in z
-    # order and progress is reported (and may raise) on the caller's thread;
-    # closing the generator cancels the slabs not started and waits for the
-    # running ones (at most ``workers`` slabs).
+    # order and progress is reported (and may raise) on the caller's thread,
+    # also while it waits for a slab (its finished feature groups, every
+    # WAIT_REPORT_S); closing the generator cancels the slabs not started and
+    # waits for the running ones (at most ``workers`` slabs).
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="nx47-features") as pool:
         queued = collections.deque(pool.submit(compute, z0) for z0 in starts[:workers])
         rest = iter(starts[workers:])
         try:
             for i in range(1, len(starts) + 1):
+                fut = queued[0]
+                z_wait = starts[i - 1]
+                seen = None
+                while True:
+                    try:
+                        fut.result(timeout=WAIT_REPORT_S)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        now = groups.get(z_wait)
+                        if now is not None and now != seen:
+                            seen = now
+                            partial(i, z_wait, *now)
                 z0, z1, out = queued.popleft().result()
                 nxt = next(rest, None)
                 if nxt is not None:
@@ -721,6 +764,8 @@ def volume_sample(
     sc = _check_scales(scales)
     only = sample_slabs(volume.shape[0], slab=slab, max_slabs=max_slabs, seed=seed)
     z_ranges = None if only is None else [(k * slab, min(volume.shape[0], (k + 1) * slab)) for k in only]
+    if on_progress is not None:
+        on_progress(0, 1, "choosing the sample voxels")
     idx, y = _choose_indices(label, n_per_class, seed, z_ranges=z_ranges)
     nf = len(feature_names(sc))
     X = np.empty((idx.size, nf), dtype=np.float32)

@@ -51,6 +51,7 @@ import os
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -126,6 +127,10 @@ Matcher = Callable[[np.ndarray, np.ndarray], Sequence[int]]
 
 #: Threads for the ``edt`` distance transform.
 EDT_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+#: Seconds between two looks at the phases of the octants being matched
+#: while :func:`topo_score` waits for one (see its ``on_progress``).
+WAIT_REPORT_S = 0.5
 
 #: Octants Betti-matched at once: up to 2, never more than the cores this
 #: process may run on (the compiled kernels release the GIL; each octant of
@@ -226,8 +231,12 @@ def surface_dice(
     *,
     tolerance: float = 2.0,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    on_step: Callable[[str], None] | None = None,
 ) -> float:
     """Surface Dice at a tolerance, with ``surface-distance`` semantics.
+
+    ``on_step(name)`` as each of its steps begins (surfaces, the two
+    distance transforms).
 
     Parameters
     ----------
@@ -268,6 +277,8 @@ def surface_dice(
         return 0.0
     box = _bbox(p | g)
     assert box is not None
+    step = on_step or (lambda name: None)
+    step("surfaces")
     code_p = _neighbour_codes(_crop_pad(p, box))
     code_g = _neighbour_codes(_crop_pad(g, box))
     border_p = (code_p != 0) & (code_p != 255)
@@ -277,7 +288,9 @@ def surface_dice(
     area_g = table[code_g[border_g]]
     tol_sq = float(tolerance) ** 2
     # Squared distance of every corner to the nearest surfel of the other mask.
+    step("distances to the prediction")
     dist_to_p = edt.edtsq(~border_p, anisotropy=sp, parallel=EDT_THREADS)
+    step("distances to the label")
     dist_to_g = edt.edtsq(~border_g, anisotropy=sp, parallel=EDT_THREADS)
     overlap_g = float(area_g[dist_to_p[border_g] <= tol_sq].sum())
     overlap_p = float(area_p[dist_to_g[border_p] <= tol_sq].sum())
@@ -293,9 +306,12 @@ def surface_dice(
 
 
 def voi_parts(
-    pred: np.ndarray, gt: np.ndarray, *, connectivity: int = 26
+    pred: np.ndarray, gt: np.ndarray, *, connectivity: int = 26,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[float, float]:
     """Split and merge parts of the variation of information.
+
+    ``on_step(name)`` as each step begins (the components, the information).
 
     Parameters
     ----------
@@ -327,8 +343,11 @@ def voi_parts(
     pc = _crop_pad(p, box)
     gc = _crop_pad(g, box)
     uc = _crop_pad(union, box).astype(bool)
+    step = on_step or (lambda name: None)
+    step("components")
     lp = cc3d.connected_components(pc, connectivity=connectivity)
     lg = cc3d.connected_components(gc, connectivity=connectivity)
+    step("variation of information")
     split, merge = variation_of_information(lg[uc], lp[uc])
     return max(float(split), 0.0), max(float(merge), 0.0)
 
@@ -484,12 +503,42 @@ def _exact_sums(p: np.ndarray, g: np.ndarray, boxes, threads: int,
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     sums = np.zeros((3, 3), dtype=np.int64)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(boxes)))) as pool:
-        for i, counts in enumerate(pool.map(lambda box: betti_matching_counts(p[box], g[box]),
-                                            boxes), 1):
-            sums += counts
+    n = len(boxes)
+    # the phase each running octant is in, with its counter when it has one
+    # (written by the pool's threads);
+    # the caller reports it while it waits, so one slow octant is not a silence
+    phases: dict[int, tuple[str, tuple]] = {}
+
+    def count(k: int) -> np.ndarray:
+        return betti_matching_counts(p[boxes[k]], g[boxes[k]],
+                                     on_phase=lambda name, *counter: phases.__setitem__(k, (name, counter)))
+
+    def phase_text(k: int) -> str | None:
+        got = phases.get(k)
+        if got is None:
+            return None
+        name, counter = got
+        if counter:  # (done array, total): the columns of a reduction
+            done, total = counter
+            return f"{name} {100 * int(done[0]) // max(int(total), 1)} %"
+        return name
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, n))) as pool:
+        futures = [pool.submit(count, k) for k in range(n)]
+        for i, fut in enumerate(futures, 1):
+            seen = None
+            while on_progress is not None:
+                try:
+                    fut.result(timeout=WAIT_REPORT_S)
+                    break
+                except FutureTimeout:
+                    now = phase_text(i - 1)
+                    if now is not None and now != seen:
+                        seen = now
+                        on_progress(i - 1, n, f"TopoScore octant {i}/{n}: {now}")
+            sums += fut.result()
             if on_progress is not None:
-                on_progress(i, len(boxes), f"TopoScore octant {i}/{len(boxes)}")
+                on_progress(i, n, f"TopoScore octant {i}/{n}")
     return sums
 
 
@@ -554,7 +603,8 @@ def topo_score(
         Octants matched at once with the exact method (default
         :data:`TOPO_THREADS`); the result does not depend on it.
     on_progress : callable, optional
-        ``on_progress(done, 8, what)`` after each octant (from the calling
+        ``on_progress(done, 8, what)`` after each octant, and as the octant
+        it waits for enters a new phase (``what`` names it) (from the calling
         thread), so a caller can report progress during a long score.
 
     Returns
@@ -687,7 +737,9 @@ def score_volume(
     on_progress : callable, optional
         ``on_progress(done, 10, what)`` after SurfaceDice, VOI and each
         TopoScore octant: a 320³ volume takes seconds to score, and a
-        caller reports that it is alive.
+        caller reports that it is alive.  Within SurfaceDice (``done`` 0)
+        and an octant, ``what`` also changes as their steps begin (see
+        :func:`surface_dice` and :func:`topo_score`).
 
     Returns
     -------
@@ -712,9 +764,10 @@ def score_volume(
         p = p & keep
         g = g & keep
     tick = on_progress or (lambda done, total, what: None)
-    sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing)
+    sd = surface_dice(p, g, tolerance=tolerance, spacing=spacing,
+                      on_step=lambda name: tick(0, 10, f"SurfaceDice: {name}"))
     tick(1, 10, "SurfaceDice")
-    split, merge = voi_parts(p, g, connectivity=26)
+    split, merge = voi_parts(p, g, connectivity=26, on_step=lambda name: tick(1, 10, f"VOI: {name}"))
     voi = split + merge
     vs = voi_score(voi, alpha=0.3)
     tick(2, 10, "VOI")

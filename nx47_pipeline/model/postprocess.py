@@ -228,6 +228,7 @@ def postprocess(
     thin: bool = False,
     ridge: np.ndarray | None = None,
     plug_size: int = 0,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Probabilities to a submission mask.
 
@@ -240,14 +241,15 @@ def postprocess(
     closing radius, ``min_size`` and ``plug_size`` on validation, ablations
     in docs/model.md).  ``ridge``: ``surface_ridge(prob, where)`` for a
     ``where`` holding every voxel above ``low``, computed once for several
-    pairs (else thinning computes it).
+    pairs (else thinning computes it).  ``on_progress(done, total, step)``
+    is called before each step (a few seconds each on a 320^3 volume).
 
     Returns
     -------
     ndarray of uint8 in {0, 1}, exactly ``prob.shape``
     """
     return postprocess_steps(prob, low=low, high=high, closing_radius=closing_radius, min_size=min_size,
-                             plug_size=plug_size, steps=post_steps(thin), ridge=ridge)
+                             plug_size=plug_size, steps=post_steps(thin), ridge=ridge, on_progress=on_progress)
 
 
 #: Post-processing steps in their order (see :func:`postprocess_steps`);
@@ -293,7 +295,8 @@ def fill_cavities(mask: np.ndarray) -> np.ndarray:
 RIDGE_HALO = 7
 
 
-def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0,
+                  on_step: Callable[[str], None] | None = None) -> np.ndarray:
     """The voxels of ``where`` on the ridge of ``prob`` across the sheet.
 
     The normal at a voxel is the eigenvector of the eigenvalue of largest
@@ -314,6 +317,9 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
         The voxels to test (the others are False).
     sigma : float
         Smoothing before the Hessian, voxels (> 0).
+    on_step : callable, optional
+        ``on_step(name)`` as each step begins (smoothing, each row of the
+        Hessian, the normals, the suppression): seconds each at 320^3.
 
     Returns
     -------
@@ -328,16 +334,21 @@ def surface_ridge(prob: np.ndarray, where: np.ndarray, *, sigma: float = 1.0) ->
     out = np.zeros(prob.shape, dtype=bool)
     if not where.any():
         return out
+    step = on_step or (lambda name: None)
+    step("smoothing")
     p = ndimage.gaussian_filter(prob.astype(np.float32), sigma)
     idx = np.nonzero(where)
     h = {}  # Hessian entries (i, j), i <= j, at the tested voxels
     for i in range(3):
+        step(f"Hessian row {i + 1}/3")
         grad = np.gradient(p, axis=i)
         for j in range(i, 3):
             h[i, j] = np.gradient(grad, axis=j)[idx]
         del grad
+    step("normals")
     normal = _normal_eigenvector(h[0, 0], h[1, 1], h[2, 2], h[0, 1], h[0, 2], h[1, 2])
     del h
+    step("suppression along the normals")
     coords = np.asarray(idx, dtype=np.float32)
     here = p[idx]
     keep = np.ones(here.shape, dtype=bool)
@@ -405,11 +416,13 @@ def thin_mask(mask: np.ndarray, ridge: np.ndarray, *, width: int = 1) -> np.ndar
     return out
 
 
-def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, width: int = 1) -> np.ndarray:
+def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, width: int = 1,
+                 on_step: Callable[[str], None] | None = None) -> np.ndarray:
     """Non-maximum suppression of ``prob`` along the sheet normal, inside ``mask``.
 
     The ridge of :func:`surface_ridge` within ``mask``, one or two voxels
-    thick, dilated ``width`` times inside ``mask`` (:func:`thin_mask`).
+    thick, dilated ``width`` times inside ``mask`` (:func:`thin_mask`);
+    ``on_step`` as in :func:`surface_ridge`.
 
     Parameters
     ----------
@@ -430,7 +443,7 @@ def thin_surface(prob: np.ndarray, mask: np.ndarray, *, sigma: float = 1.0, widt
     if mask.shape != np.shape(prob):
         raise ValueError(f"mask shape {mask.shape} != prob shape {np.shape(prob)}")
     _check_width(width)
-    return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma), width=width)
+    return thin_mask(mask, surface_ridge(prob, mask, sigma=sigma, on_step=on_step), width=width)
 
 
 def cut_bridges(mask: np.ndarray, *, depth: float = 1.5, min_part: int = 200) -> np.ndarray:
@@ -482,6 +495,7 @@ def postprocess_steps(
     steps: Sequence[str] = DEFAULT_STEPS,
     ridge: np.ndarray | None = None,
     plug_size: int = 0,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """:func:`postprocess` with a chosen subset of :data:`STEPS` (ablations).
 
@@ -497,32 +511,59 @@ def postprocess_steps(
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise ValueError(f"steps must be among {STEPS}, got {unknown}")
+    tick = _ticker(on_progress, steps)
+    tick("hysteresis")
     mask = hysteresis(prob, low=low, high=high) if "hysteresis" in steps else prob > high
     if "thin" in steps:
+        tick("thin")
         if ridge is None:
-            mask = thin_surface(prob, mask)
+            mask = thin_surface(prob, mask, on_step=lambda name: tick("thin", name))
         else:
             if np.shape(ridge) != prob.shape:
                 raise ValueError(f"ridge shape {np.shape(ridge)} != prob shape {prob.shape}")
             mask = thin_mask(mask, np.asarray(ridge, dtype=bool))
-    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
+    return _after_threshold(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size,
+                            tick=tick)
+
+
+def _ticker(on_progress: ProgressFn | None, steps: Sequence[str]) -> Callable[..., None]:
+    """``tick(step)``: ``on_progress(done, total, step)`` before each of ``steps`` that runs."""
+    if on_progress is None:
+        return lambda step, sub="": None
+    names = [s for s in STEPS if s in steps]
+    count = [0]
+
+    def tick(step: str, sub: str = "") -> None:
+        """Step ``step`` begins; with ``sub``, a part of the step begun last."""
+        if sub:
+            on_progress(max(count[0] - 1, 0), len(names), f"{step}: {sub}")
+            return
+        on_progress(min(count[0], len(names)), len(names), step)
+        count[0] += 1
+    return tick
 
 
 def _after_threshold(mask: np.ndarray, steps: Sequence[str], *, closing_radius: Sequence[int],
-                     min_size: int, plug_size: int = 0) -> np.ndarray:
+                     min_size: int, plug_size: int = 0,
+                     tick: Callable[..., None] = lambda step, sub="": None) -> np.ndarray:
     """The steps of :data:`STEPS` that follow the thresholds, as uint8."""
     plug_size = _check_min_size(plug_size, "plug_size")
     if "closing" in steps:
+        tick("closing")
         mask = anisotropic_closing(mask, radius=closing_radius)
     if "fill_holes" in steps:
+        tick("fill_holes")
         mask = fill_cavities(mask)
     if "bridges" in steps:
+        tick("bridges")
         mask = cut_bridges(mask)
-    return after_closing(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size)
+    return after_closing(mask, steps, closing_radius=closing_radius, min_size=min_size, plug_size=plug_size,
+                         tick=tick)
 
 
 def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, closing_radius: Sequence[int],
-                  min_size: int, plug_size: int = 0) -> np.ndarray:
+                  min_size: int, plug_size: int = 0,
+                  tick: Callable[..., None] = lambda step, sub="": None) -> np.ndarray:
     """The last steps of the chain on a mask already thresholded, closed and
     cavity-filled: dust removal (``min_size``) and hole plugging
     (``plug_size``, :func:`plug_radius` of ``closing_radius``), then cavity
@@ -532,8 +573,10 @@ def after_closing(mask: np.ndarray, steps: Sequence[str] = DEFAULT_STEPS, *, clo
     (:func:`nx47_pipeline.model.search.choose_postprocess`) varies."""
     plug_size = _check_min_size(plug_size, "plug_size")
     if "dust" in steps:
+        tick("dust")
         mask = remove_small_components(mask, min_size=min_size)
     if "plug" in steps and plug_size:
+        tick("plug")
         plugged = plug_holes(mask, max_size=plug_size, radius=plug_radius(closing_radius))
         if "fill_holes" in steps and np.count_nonzero(plugged) > np.count_nonzero(mask):
             plugged = fill_cavities(plugged)
@@ -641,6 +684,7 @@ def fallback_segment(
     fg_quantile: float = 0.4,
     closing_radius: Sequence[int] = (1, 2, 2),
     min_size: int = 100,
+    on_progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Cheap model-free segmentation used when the time budget runs short.
 
@@ -651,7 +695,8 @@ def fallback_segment(
     the labelled surface), then :func:`anisotropic_closing` and
     :func:`remove_small_components`.  ``fg_quantile=0`` keeps the whole
     Otsu foreground.  Works on any volume (a constant one gives an empty
-    mask).
+    mask).  ``on_progress(done, total, step)`` is called before each of its
+    four steps.
 
     Returns
     -------
@@ -662,8 +707,10 @@ def fallback_segment(
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
     if not 0 <= fg_quantile < 1:
         raise ValueError(f"fg_quantile must be in [0, 1), got {fg_quantile!r}")
+    report = on_progress or (lambda done, total, step: None)
     if volume.size == 0 or volume.min() == volume.max():
         return np.zeros(volume.shape, dtype=np.uint8)
+    report(0, 4, "smoothing")
     if sigma > 0:
         work = volume.astype(np.float32) if volume.dtype != np.uint8 else volume
         smooth = ndimage.gaussian_filter(work, sigma, truncate=3.0)
@@ -671,13 +718,16 @@ def fallback_segment(
         smooth = volume
     if smooth.min() == smooth.max():
         return np.zeros(volume.shape, dtype=np.uint8)
+    report(1, 4, "thresholds")
     threshold = _otsu_threshold(smooth)
     if fg_quantile > 0:
         threshold = max(threshold, _quantile_above(smooth, threshold, fg_quantile))
     mask = smooth > threshold
     if not mask.any():  # a quantile on a two-level volume can leave nothing
         mask = smooth > _otsu_threshold(smooth)
+    report(2, 4, "closing")
     mask = anisotropic_closing(mask, radius=closing_radius)
+    report(3, 4, "dust")
     mask = remove_small_components(mask, min_size=min_size)
     return mask.astype(np.uint8)
 

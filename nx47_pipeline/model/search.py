@@ -277,7 +277,9 @@ def choose_postprocess(
                 return None
             prob, label = pair
             report(at + 0.9, total, f"{vid}: post-processing up to the closing")
-            mask = postprocess_steps(prob, low=low, high=high, closing_radius=radius, min_size=0, steps=steps)
+            mask = postprocess_steps(prob, low=low, high=high, closing_radius=radius, min_size=0, steps=steps,
+                                     on_progress=lambda d, t, what: report(
+                                         at + 0.9, total, f"{vid}: post-processing up to the closing: {what}"))
             packed[vid] = _Packed(mask, label)
             del prob, label, mask
         return packed.get(vid)
@@ -295,7 +297,9 @@ def choose_postprocess(
                 b = base(i)
                 if b is not None:
                     mask, label = b.get()
-                    mask = after_closing(mask, closing_radius=radius, min_size=c[0], plug_size=c[1])
+                    mask = after_closing(mask, closing_radius=radius, min_size=c[0], plug_size=c[1],
+                                         tick=lambda what, _c=c, _v=vid: report(
+                                             state["done"] + 0.9, total, f"dust {_c[0]}, plug {_c[1]}: {_v}: {what}"))
                     per[vid] = float(score_volume(mask, label, on_progress=lambda d, t, what: report(
                         state["done"] + 0.9 + 0.1 * d / t, total, f"dust {c[0]}, plug {c[1]}: {vid}: {what}")).score)
                     del mask, label
@@ -341,12 +345,17 @@ def choose_postprocess(
 
 
 def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float, closing_radius,
-                min_size: int) -> float:
+                min_size: int, on_progress: Callable[[float, float, str], None] | None = None) -> float:
     """Ranking score of one candidate: the competition score of its
-    post-processed mask on the central crop (:func:`rank_crop`)."""
+    post-processed mask on the central crop (:func:`rank_crop`).
+    ``on_progress(done, 1, what)`` before each post-processing step and after
+    each part of the score."""
+    tick = on_progress or (lambda done, total, what: None)
     crop = rank_crop(prob.shape)
-    mask = postprocess(prob[crop], low=low, high=high, closing_radius=closing_radius, min_size=min_size)
-    return float(score_volume(mask, label[crop]).score)
+    mask = postprocess(prob[crop], low=low, high=high, closing_radius=closing_radius, min_size=min_size,
+                       on_progress=lambda d, t, what: tick(0.3 * d / max(t, 1), 1, f"post-processing: {what}"))
+    return float(score_volume(mask, label[crop], on_progress=lambda d, t, what: tick(
+        0.3 + 0.7 * d / max(t, 1), 1, f"score: {what}")).score)
 
 
 def run_search(
@@ -466,6 +475,8 @@ def run_search(
             report(_g + i / max(n, 1), total, substep=f"fit l1={l1:g} l2={l2:g}",
                    substep_done=i, substep_total=n)
 
+        report(g, total, substep=f"fit l1={l1:g} l2={l2:g}: standardising {len(y)} samples",
+               substep_done=0, substep_total=max_iter)
         res = fit_prox(X, y, l1=l1, l2=l2, max_iter=max_iter, tol=tol, deadline=deadline,
                        on_iter=on_iter, feature_names=feature_names(scales), scales=tuple(scales),
                        intercept_shift=intercept_shift)
@@ -515,10 +526,19 @@ def run_search(
                        substep=f"rank: {what}", substep_done=d, substep_total=t)
 
             probs = linear_probabilities(image, models, on_progress=on_p)
-            data = {"n_models": len(points), "radii": radii,
-                    "proxy": [proxy_score(probs[g], label, low=pairs[t_i][0], high=pairs[t_i][1],
-                                          closing_radius=radii[c_i], min_size=min_size)
-                              for g, t_i, c_i in cands]}
+            proxy = []
+            for j, (g, t_i, c_i) in enumerate(cands):
+                def on_c(d, t, what, _v=v, _j=j):
+                    report(len(points) + _v * len(cands) + _j + d / max(t, 1e-9), total, file=rec.id,
+                           file_done=_v, file_total=len(val), substep=f"rank: candidate {_j + 1}/{len(cands)}: {what}",
+                           substep_done=_j, substep_total=len(cands))
+
+                proxy.append(proxy_score(probs[g], label, low=pairs[t_i][0], high=pairs[t_i][1],
+                                         closing_radius=radii[c_i], min_size=min_size, on_progress=on_c))
+                report(len(points) + v * len(cands) + j + 1, total, file=rec.id, file_done=v,
+                       file_total=len(val), substep=f"rank: candidate {j + 1}/{len(cands)}",
+                       substep_done=j + 1, substep_total=len(cands))
+            data = {"n_models": len(points), "radii": radii, "proxy": proxy}
             del probs
             write_json(cache, data)
         proxy_sum += np.asarray(data["proxy"], dtype=float)
@@ -537,8 +557,18 @@ def run_search(
     for v, rec in enumerate(r for r in val if r.id in ranked_ids):
         cache = dest / f"val_{rec.id}.json"
         data = json.loads(cache.read_text()) if cache.exists() else None
+        fresh = False  # scored now: each candidate's METRIC went out as soon as it was scored
+
+        def publish(j: int, score: float, _id=rec.id) -> None:
+            i, thin = full[j]
+            g, t_i, c_i = cands[i]
+            metric("search_score", float(score),
+                   {"volume_id": _id, "l1": points[g][0], "l2": points[g][1],
+                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin, "closing_radius": radii[c_i],
+                    "min_size": int(min_size), "plug_size": 0})
         if data is None or data.get("candidates") != [list(cands[i]) for i in chosen] \
                 or data.get("thin") != thins or data.get("radii") != radii:
+            fresh = True
             if deadline is not None and time.monotonic() > deadline and counts:
                 if on_deadline:
                     on_deadline(f"{len(ranked_ids) - v} of {len(ranked_ids)} validation volumes not scored")
@@ -557,19 +587,27 @@ def run_search(
             ridges = {}
             if True in thins:
                 low_min = min(pairs[cands[i][1]][0] for i in chosen)
-                ridges = {g: surface_ridge(probs[j], probs[j] > low_min) for j, g in enumerate(chosen_models)}
+                for j, g in enumerate(chosen_models):
+                    ridges[g] = surface_ridge(probs[j], probs[j] > low_min, on_step=lambda name, _j=j: report(
+                        base + v * k_full, total, file=rec.id, file_done=v, file_total=len(ranked_ids),
+                        substep=f"thin-surface ridge {_j + 1}/{len(chosen_models)}: {name}"))
             scores = []
             for j, (i, thin) in enumerate(full):
                 g, t_i, c_i = cands[i]
                 low, high = pairs[t_i]
-                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
-                                   min_size=min_size, thin=thin, ridge=ridges.get(g))
+
                 def on_score(d, t, what, _j=j):
                     report(base + v * k_full + (_j + d / t) * k_full / len(full), total, file=rec.id,
                            file_done=v, file_total=len(ranked_ids), substep=f"candidate {_j + 1}/{len(full)}: {what}",
                            substep_done=_j, substep_total=len(full))
 
-                scores.append(score_volume(mask, label, on_progress=on_score).score)
+                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
+                                   min_size=min_size, thin=thin, ridge=ridges.get(g),
+                                   on_progress=lambda d, t, what, _s=on_score: _s(0.2 * d / max(t, 1), 1,
+                                                                                   f"post-processing: {what}"))
+                scores.append(score_volume(mask, label, on_progress=lambda d, t, what, _s=on_score: _s(
+                    0.2 + 0.8 * d / t, 1, what)).score)
+                publish(j, scores[-1])
                 report(base + v * k_full + (j + 1) * k_full / len(full), total, file=rec.id, file_done=v,
                        file_total=len(ranked_ids), substep=f"candidate {j + 1}/{len(full)}", substep_done=j + 1,
                        substep_total=len(full))
@@ -580,12 +618,9 @@ def run_search(
         sums += np.asarray(data["scores"], dtype=float)
         counts += 1
         per_volume[rec.id] = [float(x) for x in data["scores"]]
-        for j, (i, thin) in enumerate(full):
-            g, t_i, c_i = cands[i]
-            metric("search_score", float(data["scores"][j]),
-                   {"volume_id": rec.id, "l1": points[g][0], "l2": points[g][1],
-                    "low": pairs[t_i][0], "high": pairs[t_i][1], "thin": thin, "closing_radius": radii[c_i],
-                    "min_size": int(min_size), "plug_size": 0})
+        if not fresh:  # from the cache: published now
+            for j in range(len(full)):
+                publish(j, data["scores"][j])
         report(base + (v + 1) * k_full, total, file=rec.id, file_done=v + 1, file_total=len(ranked_ids))
 
     results = []

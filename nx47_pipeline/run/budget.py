@@ -54,6 +54,14 @@ FALLBACK_S_PER_MVOX = 0.3
 #: Seconds always kept back at the end of a run (packaging, GLOBAL_STATS).
 RESERVE_MARGIN_S = 2.0
 
+#: Rough seconds per million voxels of each per-volume stage on a 2-core
+#: machine (320^3 volumes, docs/benchmarks.md): only to weigh the overall
+#: progress bar before the preflight has measured the run's own rates
+#: (:func:`prior_stage_seconds`).  ``search`` is per validation volume
+#: searched, ``fit_prox`` per training volume.
+PRIOR_S_PER_MVOX = {"features": 0.15, "search": 4.0, "fit_prox": 0.3, "validate": 0.8,
+                    "segment": 0.2, "package": 0.03}
+
 
 @dataclass(frozen=True, kw_only=True)
 class PreflightTimings:
@@ -294,6 +302,35 @@ def project_run(
         n_val=n_val,
         n_test=n_test,
     )
+
+
+def prior_stage_seconds(*, n_train: int, n_val: int, n_test: int, mvox_train: float, mvox_test: float,
+                        preflight_counts: tuple[int, int, int], config: RunConfig) -> dict[str, float]:
+    """Rough seconds per stage before any preflight (:data:`PRIOR_S_PER_MVOX`).
+
+    Only their ratios matter: they weigh the overall progress bar until the
+    preflight's projection replaces them.  The preflight runs the whole
+    chain on its slice (``preflight_counts`` = train, validation, test
+    volumes), so it weighs what those volumes cost in the real stages; on a
+    small coverage that is a large share of the run.
+    """
+    r = PRIOR_S_PER_MVOX
+    n_search = search_val_count(n_val, config)
+
+    def chain(tr: int, va: int, te: int, search_va: int) -> dict[str, float]:
+        return {
+            "features": tr * mvox_train * r["features"],
+            "search": search_va * mvox_train * r["search"],
+            "fit_prox": tr * mvox_train * r["fit_prox"],
+            "validate": va * mvox_train * r["validate"],
+            "segment": te * mvox_test * r["segment"],
+            "package": te * mvox_test * r["package"] + 1.0,
+        }
+
+    out = chain(n_train, n_val, n_test, n_search)
+    pf_tr, pf_va, pf_te = preflight_counts
+    out["preflight"] = sum(chain(pf_tr, pf_va, pf_te, pf_va).values()) + pf_te * mvox_test * FALLBACK_S_PER_MVOX
+    return out
 
 
 def validation_reserve_s(timings: PreflightTimings | None, *, n_val: int, config: RunConfig,

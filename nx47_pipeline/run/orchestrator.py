@@ -49,8 +49,10 @@ from nx47_pipeline.telemetry.events import (
 from nx47_pipeline.telemetry.facade import Telemetry
 from nx47_pipeline.unet.backend import resolve_device, torch_available
 
-#: Stages of the plan with their initial weights (expected relative cost);
-#: the weights are re-planned from the preflight's projection.
+#: Stages of the plan with their initial weights (expected relative cost,
+#: used until a projection exists); after the preflight every stage weighs
+#: seconds: those that ran what they took, the others their projection
+#: (:meth:`~nx47_pipeline.telemetry.plan.PlanTracker.replan`).
 STAGES: tuple[tuple[str, float], ...] = (
     (StageName.DISCOVERY, 1.0),
     (StageName.PREFLIGHT, 6.0),
@@ -170,11 +172,31 @@ def _emit_preflight(ctx: RunContext, ok: bool, reason: str, dur: float, counts: 
     )
 
 
+def _prior_plan(ctx: RunContext, preflight_counts: tuple[int, int, int]) -> None:
+    """Weigh the plan by rough seconds per stage (:func:`budget.prior_stage_seconds`)
+    until the preflight's projection replaces them: the overall bar then
+    moves with the preflight's real share of the run, not with a stage count."""
+    st = ctx.state
+    sel, inv = st.selection, st.inventory
+    if sel is None or inv is None:
+        return
+    mvox_train = float(np.mean([stages.mvox(r.shape) for r in sel.train])) if sel.train else 0.0
+    mvox_test = float(np.mean([stages.mvox(r.shape) for r in inv.test])) if inv.test else 0.0
+    prior = budget.prior_stage_seconds(n_train=len(sel.train), n_val=len(sel.val), n_test=len(inv.test),
+                                       mvox_train=mvox_train, mvox_test=mvox_test,
+                                       preflight_counts=preflight_counts, config=ctx.config)
+    if ctx.config.model_dir:  # inference only: nothing trains
+        for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX):
+            prior[str(name)] = 0.0
+    ctx.tel.plan.replan({k: max(v, 0.01) for k, v in prior.items()})
+
+
 def _preflight(ctx: RunContext) -> Status:
     """Run the preflight: ``OK``, ``FAILED`` (PREFLIGHT_FAIL) or ``BUDGET``
     (no time for it: BUDGET ``preflight``)."""
     sl = preflight.preflight_slice(ctx)
     counts = (len(sl.train), len(sl.val), len(sl.test))
+    _prior_plan(ctx, counts)
     with _stage(ctx, StageName.PREFLIGHT, total=len(preflight.PHASES)):
         cached = budget.load_preflight_timings(ctx.out)
         if cached is not None:
@@ -321,8 +343,7 @@ def _plan(ctx: RunContext) -> None:
                                   n_test=n_test, config=cfg, unet=cost)
     cost = _plan_tta(ctx, cost, n_test=n_test)
     ctx.deadlines.reserve_s = budget.segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test, unet=cost)
-    for name, secs in proj.per_stage.items():
-        ctx.tel.plan.set_weight(name, max(secs, 0.01))
+    ctx.tel.plan.replan({name: max(secs, 0.01) for name, secs in proj.per_stage.items()})
     st.projection = dict(proj.per_stage)
 
 
@@ -340,6 +361,7 @@ def _train(ctx: RunContext) -> None:
         paths = stages.features(ctx, ctx.reporter(), train, ctx.out / "features", deadline=ctx.deadlines.training,
                                 executor=ctx.executor)
         if paths:
+            ctx.progress(len(train), max(len(train), 1), message=f"loading the samples of {len(paths)} volumes")
             samples = stages.load_samples(paths)
             had_samples = True
         else:
@@ -499,8 +521,7 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in st.inventory.test])) if n_test else 0.0
     ctx.deadlines.reserve_s = budget.segment_reserve_s(st.timings, n_test=n_test, mvox_test=mvox_test,
                                                        unet=st.unet_plan.cost if st.unet is not None else None)
-    for name, secs in proj.per_stage.items():
-        ctx.tel.plan.set_weight(name, max(secs, 0.01))
+    ctx.tel.plan.replan({name: max(secs, 0.01) for name, secs in proj.per_stage.items()})
     st.projection = dict(proj.per_stage)
     if st.selection.val:
         _validate(ctx)
@@ -662,6 +683,7 @@ def make_context(
         progress_interval_s=config.progress_interval_s,
         heartbeat_interval_s=config.heartbeat_interval_s,
         stall_after_s=config.stall_after_s,
+        progress_max_gap_s=config.progress_max_gap_s,
         extra_sinks=extra_sinks,
         enabled=config.telemetry,
         budget_s=config.budget_s,

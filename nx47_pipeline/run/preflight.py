@@ -199,13 +199,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     t_seg = time.monotonic() - t
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
 
-    vol = read_volume(sl.test[0].image_path, kind="image")
-    t = time.monotonic()
-    fallback_segment(vol, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
-    t_fb = time.monotonic() - t
-    t = time.monotonic()
-    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip")
-    t_pack = time.monotonic() - t
+    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, phase(5))
     ctx.progress(phases, phases, message="preflight chain complete")
     return PreflightTimings(
         features_s_per_mvox=t_feat / max(mvox_train * len(paths), 1e-6),
@@ -213,7 +207,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         fit_s_per_iter_row=fit_s / max(grid["fit_iters"] * len(samples.y), 1),
         validate_s_per_mvox=t_val / max(mvox_val, 1e-6),
         segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
-        fallback_s_per_mvox=t_fb / max(stages.mvox(vol.shape), 1e-6),
+        fallback_s_per_mvox=t_fb / max(stages.mvox(vol_shape), 1e-6),
         package_s_per_volume=t_pack / len(sl.test),
         mvox_train=mvox_train,
         mvox_test=mvox_test,
@@ -225,6 +219,25 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         fit_iters_converged=(float(fit_info["n_iter"]) if fit_info.get("converged") else None),
         data_root=_data_root(ctx),
     )
+
+
+def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path,
+                          progress: Callable[..., None]) -> tuple[float, float, tuple[int, ...]]:
+    """Time the fallback segmentation of the first test volume and the
+    packaging of the slice's masks: ``(fallback_s, package_s, shape)``.
+    ``progress(done, total, substep=...)`` is the phase they end; its
+    sub-steps name theirs (the phase's counter stays where it is)."""
+    progress(1, 1, substep="fallback: reading the test volume")
+    vol = read_volume(sl.test[0].image_path, kind="image")
+    t = time.monotonic()
+    fallback_segment(vol, closing_radius=ctx.config.closing_radius, min_size=ctx.config.min_component_voxels,
+                     on_progress=lambda d, t_, what: progress(1, 1, substep=f"fallback: {what}"))
+    t_fb = time.monotonic() - t
+    t = time.monotonic()
+    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip",
+                     on_progress=lambda d, t_, what: progress(1, 1, substep=f"packaging: {what}"))
+    t_pack = time.monotonic() - t
+    return t_fb, t_pack, tuple(vol.shape)
 
 
 def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
@@ -249,19 +262,14 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> Pref
     stages.segment(ctx, step(1, "segment"), st.model, st.best, st.unet, sl.test, dest / "test", deadline=None)
     t_seg = time.monotonic() - t
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
-    vol = read_volume(sl.test[0].image_path, kind="image")
-    t = time.monotonic()
-    fallback_segment(vol, closing_radius=ctx.config.closing_radius, min_size=ctx.config.min_component_voxels)
-    t_fb = time.monotonic() - t
-    t = time.monotonic()
-    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip")
-    t_pack = time.monotonic() - t
+    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, _phase_progress(ctx, deadline, 1, n,
+                                                                                     "segment"))
     ctx.progress(n, n, message="inference preflight complete")
     return PreflightTimings(
         features_s_per_mvox=0.0, search_s_per_mvox=0.0, fit_s_per_iter_row=0.0,
         validate_s_per_mvox=t_val / max(mvox_val, 1e-6) if val else t_seg / max(mvox_test, 1e-6),
         segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
-        fallback_s_per_mvox=t_fb / max(stages.mvox(vol.shape), 1e-6),
+        fallback_s_per_mvox=t_fb / max(stages.mvox(vol_shape), 1e-6),
         package_s_per_volume=t_pack / len(sl.test),
         mvox_train=float(np.mean([stages.mvox(r.shape) for r in val])) if val else mvox_test,
         mvox_test=mvox_test, rows_per_volume=0.0, grid_fits=0,

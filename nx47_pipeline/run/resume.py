@@ -33,7 +33,7 @@ NON_RESULT_FIELDS = frozenset(
     {
         "out_dir", "data_root", "budget_s", "safety_margin_frac", "telemetry",
         "heartbeat_interval_s", "stall_after_s", "console", "console_interval_s",
-        "progress_interval_s", "queue_maxsize", "array_trace", "preview_slices",
+        "progress_interval_s", "progress_max_gap_s", "queue_maxsize", "array_trace", "preview_slices",
         "fit_time_cap_s", "max_train_volumes", "max_val_volumes", "use_unet", "unet_device",
     }
 )

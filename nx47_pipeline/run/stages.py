@@ -324,6 +324,8 @@ def fit(
             last_emit[0] = now
             report.metric(MetricName.FIT_PROX_OBJECTIVE, float(objective), step=int(i))
 
+    report.progress(0, max_iter, substep=f"standardising {len(samples.y)} samples", substep_done=0,
+                    substep_total=max_iter)
     res = fit_prox(
         samples.X, samples.y, l1=best["l1"], l2=best["l2"], max_iter=max_iter, tol=cfg.fit_tol,
         time_cap_s=cfg.fit_time_cap_s, deadline=deadline, on_iter=on_iter,

@@ -156,10 +156,15 @@ def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.n
     """Probability map (kept as uint8 at ``prob_path``) -> post-processed
     uint8 0/1 mask with the chosen thresholds, ``thin``, closing radius,
     dust size and hole plug size."""
-    prob = probability(image, seg.model, unet=seg.unet, on_progress=on_p)
-    on_p(1, 1, "post-processing", 1.0)
+    prob = probability(image, seg.model, unet=seg.unet, on_progress=lambda d, t, what, f: on_p(d, t, what, 0.8 * f))
+
+    def on_post(done: int, total: int, step: str) -> None:
+        on_p(done, total, f"post-processing: {step}", 0.8 + 0.2 * done / max(total, 1))
+
     mask = postprocess(prob, low=seg.best["low"], high=seg.best["high"], closing_radius=seg.closing_radius,
-                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)), plug_size=seg.plug_size)
+                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)), plug_size=seg.plug_size,
+                       on_progress=on_post)
+    on_p(1, 1, "writing the probability map", 1.0)
     write_volume(prob_path, probability_to_uint8(prob))
     return mask
 
@@ -248,7 +253,9 @@ def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outco
         mask = model_mask(job.segmenter, image, on_p, job.dest / f"{job.volume_id}_prob.tif")
     else:
         progress(job.index, 0, 1, "fallback segmentation", 0.0)
-        mask = fallback_segment(image, closing_radius=job.closing_radius, min_size=job.min_size)
+        mask = fallback_segment(image, closing_radius=job.closing_radius, min_size=job.min_size,
+                                on_progress=lambda d, t, what: progress(job.index, d, t, f"fallback: {what}",
+                                                                        0.9 * d / max(t, 1)))
         out.data["fallback"] = True
     if mask.shape != image.shape or mask.dtype != np.uint8:
         raise RuntimeError(f"{job.image_path}: mask shape/dtype {mask.shape}/{mask.dtype} != source "

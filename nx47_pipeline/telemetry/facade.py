@@ -143,28 +143,25 @@ class Telemetry:
         :meth:`trace` off.
     console, console_stream, console_interval_s
         The :class:`ConsoleSink` (on by default, stdout, 5 s throttle).
-    heartbeat_interval_s, stall_after_s
-        The :class:`HeartbeatMonitor` settings.
+    heartbeat_interval_s, stall_after_s, progress_max_gap_s
+        The :class:`HeartbeatMonitor` settings (ACTIVE while the last
+        progress is younger than ``progress_max_gap_s``).
     extra_sinks : sequence of Sink
         Attached after the journal and console (e.g. a dashboard QueueSink).
     enabled : bool
-        False: telemetry off (no journal, console, queue or heartbeat work);
-        :meth:`progress` only checks cancellation.
+        False: no journal, console, queue or heartbeat (:meth:`progress` only checks cancellation).
     budget_s : float, optional
-        Wall-clock budget of the run, for ``budget_left_s`` and heartbeats.
-    cancel : CancelToken, optional
-        Shared token (a new one by default).
-    clock, mono
-        Wall and monotonic clocks (injectable for tests).
+        Wall-clock budget of the run (``budget_left_s``, heartbeats).
+    cancel, clock, mono
+        Shared token (a new one by default); wall and monotonic clocks.
     progress_interval_s : float
-        Minimum seconds between two PROGRESS_UPDATE events of a stage; a
-        report in between only updates the plan, the heartbeat and checks
-        cancellation.  The first report of a stage, a report that completes
-        the stage's counter, and a change of file or sub-step name are
-        always published.  0 publishes every report.
+        Minimum seconds between two PROGRESS_UPDATE events of a stage (0:
+        every report); a report in between only updates the plan and the
+        heartbeat and checks cancellation.  The first report of a stage, one
+        that completes its counter or changes file or sub-step is published.
     snapshot_interval_s : float
-        Minimum seconds between two ``plan.json`` rewrites on progress
-        (stage begin / end always rewrite it).
+        Minimum seconds between two ``plan.json`` rewrites on progress (not
+        at stage begin / end).
     journal_fsync : bool
         ``fsync`` every journal line.
     """
@@ -180,6 +177,7 @@ class Telemetry:
         console_interval_s: float = 5.0,
         heartbeat_interval_s: float = 15.0,
         stall_after_s: float | None = None,
+        progress_max_gap_s: float = 5.0,
         extra_sinks: Sequence[Sink] = (),
         enabled: bool = True,
         budget_s: float | None = None,
@@ -203,6 +201,7 @@ class Telemetry:
         self._journal_fsync = bool(journal_fsync)
         self._heartbeat_interval_s = float(heartbeat_interval_s)
         self._stall_after_s = stall_after_s
+        self.progress_max_gap_s = float(progress_max_gap_s)
         self._trace_on = bool(self.config_dict.get("array_trace", True))
         self.plan = PlanTracker(stages, clock=mono)
         self.bus = EventBus(clock=clock)
@@ -272,6 +271,7 @@ class Telemetry:
             self._publish_heartbeat,
             interval_s=self._heartbeat_interval_s,
             stall_after_s=self._stall_after_s,
+            active_within_s=self.progress_max_gap_s,
             clock=self._mono,
             budget_left=self.budget_left_s,
             stage=lambda: self.current_stage,

@@ -6,13 +6,17 @@ a numpy or torch call that holds no Python lock for long) and publishes a
 HEARTBEAT that classifies the worker thread:
 
 ACTIVE
-    progress was reported less than ``stall_after_s`` ago;
+    progress was reported less than ``active_within_s`` ago (the run's
+    ``progress_max_gap_s``, 5 s by default: the work reports at least that
+    often, so an older report means the worker is inside one long step);
 COMPUTING
-    no progress for ``stall_after_s`` or more, but CPU time advanced during
+    no progress for ``active_within_s`` or more, but CPU time advanced during
     the last interval: the worker thread's own CPU clock
     (``time.pthread_getcpuclockid``) advanced by 5 % of the interval, or, for
     BLAS / OpenMP / torch pool threads that the worker's clock does not see,
-    the rest of the process used a quarter of a core;
+    the rest of the process used a quarter of a core; also while no CPU
+    advances but the silence is still shorter than ``stall_after_s`` (a read
+    from a slow disk, a Dask worker's task);
 STALLED
     no progress for ``stall_after_s`` or more and no CPU advancing;
 FINISHED / FAILED / CANCELLED
@@ -100,8 +104,11 @@ class HeartbeatMonitor:
     interval_s : float
         Seconds between beats (default 15).
     stall_after_s : float, optional
-        Seconds without progress after which the worker is COMPUTING or
-        STALLED (default ``2 * interval_s``).
+        Seconds without progress (and CPU) after which the worker is STALLED
+        (default ``2 * interval_s``).
+    active_within_s : float, optional
+        Seconds since the last progress within which the worker is ACTIVE
+        (default 5; never more than ``stall_after_s``).
     clock : callable
         Monotonic clock (injectable for tests).
     wait : callable, optional
@@ -126,6 +133,7 @@ class HeartbeatMonitor:
         *,
         interval_s: float = 15.0,
         stall_after_s: float | None = None,
+        active_within_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Callable[[float], bool] | None = None,
         worker_thread: threading.Thread | None = None,
@@ -138,9 +146,12 @@ class HeartbeatMonitor:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
         if stall_after_s is not None and not stall_after_s > 0:
             raise ValueError(f"stall_after_s must be > 0 or None, got {stall_after_s!r}")
+        if active_within_s is not None and not active_within_s > 0:
+            raise ValueError(f"active_within_s must be > 0 or None, got {active_within_s!r}")
         self._publish = publish
         self.interval_s = float(interval_s)
         self.stall_after_s = float(2 * interval_s if stall_after_s is None else stall_after_s)
+        self.active_within_s = min(self.stall_after_s, 5.0 if active_within_s is None else float(active_within_s))
         self._clock = clock
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
@@ -266,9 +277,10 @@ class HeartbeatMonitor:
     def _classify(self, now: float, advancing: bool) -> WorkerState:
         if self._final is not None:
             return self._final
-        if now - self._last_progress < self.stall_after_s:
+        since = now - self._last_progress
+        if since < self.active_within_s:
             return WorkerState.ACTIVE
-        if advancing:
+        if advancing or since < self.stall_after_s:
             return WorkerState.COMPUTING
         return WorkerState.STALLED
 
@@ -286,8 +298,12 @@ class HeartbeatMonitor:
             since = max(0.0, now - self._last_progress)
             if state is WorkerState.ACTIVE:
                 msg = f"progress {since:.1f}s ago"
-            elif state is WorkerState.COMPUTING:
+            elif state is WorkerState.COMPUTING and advancing:
                 msg = f"no progress for {since:.1f}s, CPU busy ({cpu_pct:.0f}% of a core)"
+            elif state is WorkerState.COMPUTING:
+                idle = now - self._last_cpu_advance
+                msg = (f"no progress for {since:.1f}s, CPU idle for {idle:.1f}s "
+                       f"(stalled after {self.stall_after_s:.0f}s)")
             elif state is WorkerState.STALLED:
                 idle = now - self._last_cpu_advance
                 msg = f"no progress for {since:.1f}s and no CPU for {idle:.1f}s"

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.telemetry.events import Status
@@ -203,6 +203,35 @@ class PlanTracker:
         w = _check_weight(name, weight)
         with self._lock:
             self._get(name).weight = w
+            self._bump()
+
+    def replan(self, projected_s: Mapping[str, float]) -> None:
+        """Re-weight every stage by time, once a projection exists.
+
+        A stage that ran (or runs) weighs the seconds it took so far (at
+        least its projection while it runs), a skipped stage nothing, a
+        pending stage its projected seconds (nothing when it is not
+        projected: it will not run).  The global figure then follows the
+        run's projected time, not its count of stages; it never goes back.
+
+        Parameters
+        ----------
+        projected_s : mapping of str to float
+            Projected seconds of the stages still to run.
+        """
+        with self._lock:
+            now = self._clock()
+            for st in self._stages:
+                proj = projected_s.get(st.name)
+                proj = None if proj is None else _check_weight(st.name, proj)
+                if st.status == Status.SKIPPED:
+                    w = 0.0
+                elif st.t_start is not None:
+                    ran = (st.t_end if st.t_end is not None else now) - st.t_start
+                    w = ran if st.status in DONE_STATUSES else max(ran, proj or 0.0)
+                else:
+                    w = proj or 0.0
+                st.weight = max(0.0, float(w))
             self._bump()
 
     # ------------------------------------------------------------------

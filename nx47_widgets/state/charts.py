@@ -28,7 +28,8 @@ class ChartState:
     * ``other``: series of METRIC names this dashboard does not know, by name
       (kept, not charted);
     * ``stage_end``: how each stage ended (status, message), so an empty chart
-      can say "skipped" instead of "no data yet".
+      can say "skipped" instead of "no data yet"; ``running`` the stages that
+      began and have not ended (an empty chart says the stage is running).
 
     Parameters
     ----------
@@ -46,6 +47,7 @@ class ChartState:
         self.val_scores: dict[str, float] = {}
         self.other: dict[str, list[tuple[float, float]]] = {}
         self.stage_end: dict[str, tuple[Status, str]] = {}
+        self.running: set[str] = set()
         self.version = 0
 
     @staticmethod
@@ -69,6 +71,12 @@ class ChartState:
         p = event.payload
         if event.kind is EventKind.STEP and p.phase == StepPhase.END:
             self.stage_end[str(event.stage)] = (p.status, p.message)
+            self.running.discard(str(event.stage))
+            self.version += 1
+            return True
+        if event.kind is EventKind.STEP and p.phase == StepPhase.BEGIN:
+            self.stage_end.pop(str(event.stage), None)
+            self.running.add(str(event.stage))
             self.version += 1
             return True
         if event.kind is EventKind.PREVIEW:
@@ -119,6 +127,8 @@ class ChartState:
     def empty_text(self, stage: str) -> str:
         """What an empty chart of ``stage`` says: why it has no data."""
         end = self.stage_end.get(stage)
+        if end is None and stage in self.running:
+            return f"no data yet: {stage} is running (its points arrive as they are computed)"
         if end is None:
             return "no data yet: the stage has not run"
         status, message = end

@@ -36,6 +36,10 @@ _WORDS = {
     LOST: "lost: the run's process ended without a final event",
 }
 
+#: Seconds since the last progress within which the light says ACTIVE, until
+#: the run's CONFIG gives its ``progress_max_gap_s``.
+DEFAULT_ACTIVE_WITHIN_S = 5.0
+
 #: Colour of the light in each state.
 COLOURS = {
     WAITING: "#9e9e9e",
@@ -83,7 +87,10 @@ class HeartbeatState:
     The light turns STALLED by itself when no heartbeat has arrived for
     ``stall_factor`` heartbeat intervals (at least ``min_stall_s`` seconds),
     even if the last beat said ACTIVE: a dead or frozen worker cannot say so.
-    Once the run ended, the ages stop counting at its end.
+    Between beats the words follow the age of the last progress: ACTIVE
+    while it is younger than the run's ``progress_max_gap_s`` (CONFIG;
+    5 s by default), else COMPUTING (a beat's STALLED stays until progress
+    arrives).  Once the run ended, the ages stop counting at its end.
 
     Parameters
     ----------
@@ -113,6 +120,7 @@ class HeartbeatState:
         self.last_progress_ts: float | None = None
         self.beat_state: str | None = None
         self.interval_s: float = 15.0
+        self.active_within_s: float = DEFAULT_ACTIVE_WITHIN_S
         self.cpu_pct: float | None = None
         self.rss_mb: float | None = None
         self.message = ""
@@ -141,6 +149,9 @@ class HeartbeatState:
             interval = (p.config or {}).get("heartbeat_interval_s")
             if isinstance(interval, (int, float)) and interval > 0:
                 self.interval_s = float(interval)
+            gap = (p.config or {}).get("progress_max_gap_s")
+            if isinstance(gap, (int, float)) and gap > 0:
+                self.active_within_s = float(gap)
         elif kind is EventKind.HEARTBEAT:
             self.running = self.final is None
             self.last_beat_ts = event.ts
@@ -216,10 +227,14 @@ class HeartbeatState:
             silent = None if reference is None else now - reference
             if silent is not None and silent > self.stall_after_s:
                 state = _STALLED
-            elif self.beat_state in (_ACTIVE, _COMPUTING, _STALLED):
+            elif since_prog is not None and since_prog < self.active_within_s:
+                state = _ACTIVE  # progress is fresh, whatever the last beat said
+            elif self.beat_state in (_COMPUTING, _STALLED):
                 state = self.beat_state
+            elif since_prog is not None or self.beat_state == _ACTIVE:
+                state = _COMPUTING  # the last progress is older than the gap: inside a long step
             else:
-                state = _ACTIVE  # running, no beat yet, within the grace period
+                state = _ACTIVE  # running, no progress or beat yet, within the grace period
         return HeartbeatView(
             state=state,
             colour=COLOURS.get(state, "#9e9e9e"),

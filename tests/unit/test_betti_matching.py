@@ -211,6 +211,11 @@ def test_scoring_reports_progress_through_the_octants():
     seen = []
     vs = M.score_volume(_ring(6, 3, 3, r=2).astype(np.uint8), label.astype(np.uint8),
                         on_progress=lambda done, total, what: seen.append((done, total, what)))
-    assert [d for d, _, _ in seen] == list(range(1, 11)) and {t for _, t, _ in seen} == {10}
-    assert seen[0][2] == "SurfaceDice" and seen[-1][2] == "TopoScore octant 8/8"
+    # one report after each part; between them, reports as the parts' steps begin
+    ends = [(d, what) for d, _, what in seen if ":" not in what]
+    assert [d for d, _ in ends] == list(range(1, 11)) and {t for _, t, _ in seen} == {10}
+    assert ends[0][1] == "SurfaceDice" and ends[-1][1] == "TopoScore octant 8/8"
+    assert [what for d, _, what in seen][:4] == ["SurfaceDice: surfaces", "SurfaceDice: distances to the prediction",
+                                                 "SurfaceDice: distances to the label", "SurfaceDice"]
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)  # never backwards
     assert vs.topo_method == M.TopoMethod.EXACT.value

@@ -36,7 +36,7 @@ def test_fake_clock_classification_sequence():
     mon, pub = fake_monitor(f, budget_left=lambda: 3600.0 - f.t, stage=lambda: "features")
     f.t = 10.0
     mon.notify_progress()
-    f.t = 15.0
+    f.t = 14.0
     assert mon.beat().state == "ACTIVE"
     # 20 s (= stall_after) without progress, worker thread CPU busy
     f.t = 30.0
@@ -59,6 +59,34 @@ def test_fake_clock_classification_sequence():
     assert mon.beat().state == "ACTIVE"
     mon.set_final(WorkerState.FINISHED)
     assert mon.beat().state == "FINISHED"
+
+
+def test_active_only_while_the_last_progress_is_younger_than_the_gap():
+    """ACTIVE means progress within ``active_within_s`` (the run's progress_max_gap_s):
+    a beat never says ACTIVE beside "no progress for 16 s"."""
+    f = Fake()
+    mon, _ = fake_monitor(f, stall_after_s=60.0, active_within_s=5.0)
+    f.t = 4.9
+    assert mon.beat().state == "ACTIVE"
+    f.t = 16.0
+    f.worker_cpu += 10.0
+    p = mon.beat()
+    assert p.state == "COMPUTING" and p.since_progress_s == 16.0 and "CPU busy" in p.message
+    f.t = 26.0  # no CPU either, but shorter than stall_after_s: still computing, and it says idle
+    p = mon.beat()
+    assert p.state == "COMPUTING" and "CPU idle" in p.message
+    f.t = 61.0
+    assert mon.beat().state == "STALLED"
+    mon.notify_progress()
+    f.t = 62.0
+    assert mon.beat().state == "ACTIVE"
+
+
+def test_active_window_defaults_and_validation():
+    assert HeartbeatMonitor(lambda p, s: None, interval_s=15.0).active_within_s == 5.0
+    assert HeartbeatMonitor(lambda p, s: None, interval_s=0.25).active_within_s == 0.5
+    with pytest.raises(ValueError, match="active_within_s"):
+        HeartbeatMonitor(lambda p, s: None, active_within_s=0)
 
 
 def test_cpu_pct_is_process_cpu_over_the_window():
