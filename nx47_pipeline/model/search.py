@@ -41,8 +41,9 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import after_closing, post_steps, postprocess, postprocess_steps, surface_ridge
+from nx47_pipeline.model.postprocess import after_closing, post_steps, postprocess_steps, surface_ridge
 from nx47_pipeline.model.predict import linear_probabilities
+from nx47_pipeline.model.predictor import PostChoice
 
 
 def grid_points(
@@ -345,7 +346,7 @@ def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float,
     """Ranking score of one candidate: the competition score of its
     post-processed mask on the central crop (:func:`rank_crop`)."""
     crop = rank_crop(prob.shape)
-    mask = postprocess(prob[crop], low=low, high=high, closing_radius=closing_radius, min_size=min_size)
+    mask = PostChoice(low=low, high=high, closing_radius=tuple(closing_radius), min_size=min_size).apply(prob[crop])
     return float(score_volume(mask, label[crop]).score)
 
 
@@ -562,8 +563,8 @@ def run_search(
             for j, (i, thin) in enumerate(full):
                 g, t_i, c_i = cands[i]
                 low, high = pairs[t_i]
-                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
-                                   min_size=min_size, thin=thin, ridge=ridges.get(g))
+                mask = PostChoice(low=low, high=high, thin=thin, closing_radius=tuple(radii[c_i]),
+                                  min_size=min_size).apply(probs[chosen_models.index(g)], ridge=ridges.get(g))
                 def on_score(d, t, what, _j=j):
                     report(base + v * k_full + (_j + d / t) * k_full / len(full), total, file=rec.id,
                            file_done=v, file_total=len(ranked_ids), substep=f"candidate {_j + 1}/{len(full)}: {what}",
