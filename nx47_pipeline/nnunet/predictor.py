@@ -136,6 +136,16 @@ class NnUNetPredictor:
         return int(np.prod([len(s) for s in compute_steps_for_sliding_window(size, patch, self.tile_step)]))
 
     @property
+    def n_folds(self) -> int:
+        """Folds averaged (each runs every window)."""
+        return len(self.model.fold_weights)
+
+    def with_settings(self, *, tile_step: float | None = None, use_mirroring: bool | None = None) -> "NnUNetPredictor":
+        """The same model with another tile step and/or mirroring (a budget's choice)."""
+        return NnUNetPredictor(self.model, tile_step=self.tile_step if tile_step is None else tile_step,
+                               use_mirroring=self.use_mirroring if use_mirroring is None else use_mirroring)
+
+    @property
     def n_mirrors(self) -> int:
         """Forward passes per window (mirror combinations + 1)."""
         axes = self.model.mirror_axes if self.use_mirroring else None

@@ -454,6 +454,10 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     except (BundleError, ImportError) as exc:
         ctx.err(f"model bundle refused: {exc}", subject=str(cfg.model_dir), code="bundle_invalid")
         return None
+    if bundle.model is None:
+        ctx.err(f"model bundle refused: {bundle.path}: kind {bundle.kind}; nx47 run --model runs linear "
+                "bundles only for now", subject=str(cfg.model_dir), code="bundle_invalid")
+        return None
     # the bundle's post-processing makes the masks those of the run that trained it
     ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
                              min_component_voxels=bundle.min_component_voxels,

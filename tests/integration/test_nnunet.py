@@ -280,3 +280,66 @@ def test_a_changed_nnunet_weight_file_is_refused_naming_it(tmp_path):
         "files": {"nnunet/m0/fold_0.pt": "0" * 64}}))
     with pytest.raises(BundleError, match=str(b / "nnunet" / "m0" / "fold_0.pt")):
         load_bundle(b)
+
+
+# ---------------------------------------------------------------------------
+# the budget's drop order (injected seconds per window)
+# ---------------------------------------------------------------------------
+class _Member:
+    """A stand-in nnU-Net member: windows from the tile step, 8 mirrors when mirroring."""
+
+    kind = PredictorKind.NNUNET
+
+    def __init__(self, name, *, tile_step=0.5, use_mirroring=True, n_folds=1):
+        self.name, self.tile_step, self.use_mirroring, self.n_folds = name, tile_step, use_mirroring, n_folds
+
+    def n_windows(self, shape):
+        per_axis = {0.5: 3, 0.75: 2, 1.0: 1}[self.tile_step]
+        return per_axis ** 3
+
+    @property
+    def n_mirrors(self):
+        return 8 if self.use_mirroring else 1
+
+    def with_settings(self, *, tile_step=None, use_mirroring=None):
+        return _Member(self.name, tile_step=self.tile_step if tile_step is None else tile_step,
+                       use_mirroring=self.use_mirroring if use_mirroring is None else use_mirroring,
+                       n_folds=self.n_folds)
+
+
+def _ensemble():
+    return EnsemblePredictor(((_Member("a"), 0.42), (_Member("b"), 0.18), (_Member("c"), 0.28)))
+
+
+@pytest.mark.parametrize("budget_s,expected", [
+    (3 * 27 * 8 * 1.0, ()),  # everything fits
+    (3 * 27 * 1.0, ("nnunet_mirroring",)),
+    (2 * 27 * 1.0, ("nnunet_mirroring", "nnunet_members")),
+    (27 * 1.0, ("nnunet_mirroring", "nnunet_members", "nnunet_members")),
+    (8 * 1.0, ("nnunet_mirroring", "nnunet_members", "nnunet_members", "nnunet_tile_step")),
+    (1.0, ("nnunet_mirroring", "nnunet_members", "nnunet_members", "nnunet_tile_step", "nnunet_tile_step")),
+])
+def test_budget_drops_mirroring_then_lowest_weight_members_then_widens_the_tile_step(budget_s, expected):
+    from nx47_pipeline.nnunet.budget import fit_to_budget
+
+    events = []
+    fit = fit_to_budget(_ensemble(), [(64, 64, 64)], seconds_per_window=1.0, budget_s=budget_s,
+                        on_decision=lambda d, msg, **f: events.append((str(d), msg, f)))
+    assert fit.decisions == expected == tuple(e[0] for e in events)
+    assert fit.fits and fit.projected_s <= budget_s
+    kept = [m.name for m, _ in (fit.predictor.members if isinstance(fit.predictor, EnsemblePredictor)
+                                 else [(fit.predictor, 1.0)])]
+    # the lowest weight (b, 0.18) goes first, then c (0.28): the highest weight stays
+    assert kept == {3: ["a", "b", "c"], 2: ["a", "c"], 1: ["a"]}[3 - expected.count("nnunet_members")]
+    if "nnunet_members" in expected:
+        assert "weight 0.18" in events[1][1]
+    for _, _, fields in events:
+        assert fields["budget_s"] == budget_s and fields["seconds_per_window"] == 1.0
+
+
+def test_budget_that_nothing_fits_says_so():
+    from nx47_pipeline.nnunet.budget import fit_to_budget
+
+    fit = fit_to_budget(_ensemble(), [(64, 64, 64)] * 2, seconds_per_window=10.0, budget_s=5.0)
+    assert not fit.fits and fit.projected_s == 20.0
+    assert fit.decisions[-1] == "nnunet_tile_step"
