@@ -14,7 +14,8 @@ does not fit the time left, :func:`fit_to_budget` drops, in this order:
 Each step taken is one decision (``on_decision(decision, message,
 **fields)``: a BUDGET event in a run), named
 :attr:`~nx47_pipeline.telemetry.events.BudgetDecision.NNUNET_MIRRORING`,
-``NNUNET_MEMBERS`` or ``NNUNET_TILE_STEP``.  The result says whether the
+``NNUNET_MEMBERS`` or ``NNUNET_TILE_STEP``, with ``left_s`` (the time
+given), ``projected_s`` (after the step), ``fits`` and ``seconds_per_window``.  The result says whether the
 last configuration fits; a run segments what does not fit with its fallback.
 """
 
@@ -98,7 +99,7 @@ def fit_to_budget(
     def decide(decision: BudgetDecision, message: str, p: Any) -> None:
         decisions.append(str(decision))
         if on_decision is not None:
-            on_decision(decision, message, budget_s=float(budget_s), projected_s=round(cost(p), 3),
+            on_decision(decision, message, left_s=round(float(budget_s), 3), projected_s=round(cost(p), 3),
                         fits=cost(p) <= budget_s, seconds_per_window=float(seconds_per_window))
 
     current = predictor

@@ -185,7 +185,8 @@ def trained(tmp_path_factory) -> dict:
                              for k, v in ck["network_weights"].items()}
     torch.save(ck, other / "fold_0" / "checkpoint_final.pth")
     image = tifffile.imread(next((data / "test_images").glob("*.tif")))
-    return {"results": results, "other": other, "volume": np.ascontiguousarray(image[:32, :40, 4:44])}
+    return {"results": results, "other": other, "volume": np.ascontiguousarray(image[:32, :40, 4:44]),
+            "data": data}
 
 
 def _reference(results: Path, volume: np.ndarray, *, tile_step: float, mirroring: bool) -> np.ndarray:
@@ -269,6 +270,31 @@ def test_nnunet_prediction_stops_on_cancel_and_deadline(trained, tmp_path):
         pred.predict(vol, deadline=time.monotonic() - 1)
 
 
+@pytest.mark.slow
+def test_run_with_an_nnunet_bundle_drops_mirroring_when_the_windows_do_not_fit(trained, tmp_path):
+    """``nx47 run --model`` with an nnU-Net bundle: validate and segment through its predictor; at an injected
+    10 s per window pass, one validation and one test volume of 48^3 (8 windows of 32^3 each) with 8 mirrors
+    (1280 s) do not fit the 900 s budget, without mirroring (160 s) they do: one BUDGET decision,
+    mirroring dropped."""
+    from nx47_pipeline.config import RunConfig
+    from nx47_pipeline.run.orchestrator import run_pipeline
+
+    assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b")]) == 0
+    out = tmp_path / "run"
+    cfg = RunConfig(data_root=str(trained["data"]), out_dir=str(out), model_dir=str(tmp_path / "b"),
+                    max_train_volumes=0, max_val_volumes=1, budget_s=900.0, console=False,
+                    heartbeat_interval_s=0.2, progress_interval_s=0.0, nnunet_seconds_per_window=10.0)
+    result = run_pipeline(cfg)
+    assert result.status == "ok", result.error
+    assert (out / "submission.zip").is_file()
+    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    nn = [e["payload"] for e in events if e["kind"] == "BUDGET" and e["payload"]["decision"].startswith("nnunet")]
+    assert [p["decision"] for p in nn] == ["nnunet_mirroring"]
+    assert nn[0]["extra"]["seconds_per_window"] == 10.0 and nn[0]["fits"] is True
+    assert nn[0]["projected_s"] == 160.0
+    assert result.stats["stage_status"]["segment"] == "ok"
+
+
 def test_a_changed_nnunet_weight_file_is_refused_naming_it(tmp_path):
     """A bundle whose listed file changed is refused before anything loads (no training needed)."""
     b = tmp_path / "b"
@@ -334,7 +360,7 @@ def test_budget_drops_mirroring_then_lowest_weight_members_then_widens_the_tile_
     if "nnunet_members" in expected:
         assert "weight 0.18" in events[1][1]
     for _, _, fields in events:
-        assert fields["budget_s"] == budget_s and fields["seconds_per_window"] == 1.0
+        assert fields["left_s"] == budget_s and fields["seconds_per_window"] == 1.0
 
 
 def test_budget_that_nothing_fits_says_so():
