@@ -209,6 +209,7 @@ def _reference(results: Path, volume: np.ndarray, *, tile_step: float, mirroring
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
 @pytest.mark.parametrize("tile_step,mirroring", [(0.5, True), (0.75, False)])
 def test_nnunet_bundle_equals_nnunets_own_predictor(trained, tmp_path, tile_step, mirroring):
     argv = ["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b"),
@@ -234,6 +235,7 @@ def test_nnunet_bundle_equals_nnunets_own_predictor(trained, tmp_path, tile_step
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
 def test_an_ensemble_of_two_imports_is_their_weighted_mean(trained, tmp_path):
     for name, res in (("a", trained["results"]), ("b", trained["other"])):
         assert cli_main(["import-nnunet", "--results", str(res), "--out", str(tmp_path / name),
@@ -250,6 +252,7 @@ def test_an_ensemble_of_two_imports_is_their_weighted_mean(trained, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
 def test_nnunet_prediction_stops_on_cancel_and_deadline(trained, tmp_path):
     assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b")]) == 0
     pred = load_bundle(tmp_path / "b").predictor
@@ -271,6 +274,7 @@ def test_nnunet_prediction_stops_on_cancel_and_deadline(trained, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
 def test_run_with_an_nnunet_bundle_drops_mirroring_when_the_windows_do_not_fit(trained, tmp_path):
     """``nx47 run --model`` with an nnU-Net bundle: validate and segment through its predictor; at an injected
     10 s per window pass, one validation and one test volume of 48^3 (8 windows of 32^3 each) with 8 mirrors
