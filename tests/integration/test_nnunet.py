@@ -35,6 +35,8 @@ pytest.importorskip("nnunetv2")
 torch = pytest.importorskip("torch")
 
 NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: nnU-Net's variables set before the tests (none, normally): NX47 never sets them in its own process
+ORIGINAL_ENV = {k for k in NNUNET_ENV if k in os.environ}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,6 @@ def test_export_writes_nnunet_raw_data_with_nx47s_split(demo, tmp_path):
     test_ids = [r.id for r in discover(demo).test]
     assert sorted(p.name for p in (ds / "imagesTs").glob("*_0000.tif")) == sorted(f"{i}_0000.tif" for i in test_ids)
     assert not any(k in os.environ for k in NNUNET_ENV if k not in ORIGINAL_ENV)
-
-
-ORIGINAL_ENV = {k for k in NNUNET_ENV if k in os.environ}
 
 
 def test_export_refuses_a_folder_without_pairs(tmp_path, capsys):
