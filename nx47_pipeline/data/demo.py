@@ -48,6 +48,15 @@ DEFAULT_EDGE = 80
 
 _MIN_EDGE = 16
 _BORDER = 3
+#: Steepest slope of a sheet against the stack's plane, shared winding and
+#: per-sheet wobble apart: sheets are height fields over that plane, and a
+#: near-vertical height field makes curtains of "sheet" along the axis and
+#: labelled layers full of holes.
+_MAX_SHARED_SLOPE = 0.6
+_MAX_WOBBLE_SLOPE = 0.3
+#: Least spacing of two neighbouring sheets along their normal (voxels): the
+#: 3-voxel labelled layers of neighbours stay at least 2 voxels apart.
+_LABEL_SPACING = 5.0
 
 ShapeArg = int | tuple[int, int, int] | None
 
@@ -131,6 +140,13 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: float) 
     f -= f.mean()
     std = float(f.std())
     return f / std if std > 0 else f
+
+
+def _cap_slope(height: np.ndarray, cap: float) -> np.ndarray:
+    """``height`` (a 2-D height field) scaled down so its steepest slope is at most ``cap``."""
+    gp, gq = np.gradient(height)
+    steepest = float(np.sqrt(gp * gp + gq * gq).max()) if height.size else 0.0
+    return height * np.float32(cap / steepest) if steepest > cap else height
 
 
 #: Generator variants: ``"a"`` (the demo data the project is tuned on) and
@@ -221,7 +237,7 @@ def make_volume(
     wind = _smooth_field(rng, (P, Q), 2.0) * (st["warp"] * N)
     tilt = (rng.uniform(-0.25, 0.25) * pp + rng.uniform(-0.25, 0.25) * qq) * (0.5 * N)
     bend = rng.uniform(-0.15, 0.15) * (pp**2 + qq**2) * N
-    shared = (wind + tilt + bend).astype(np.float32)
+    shared = _cap_slope((wind + tilt + bend).astype(np.float32), _MAX_SHARED_SLOPE)
 
     thick_mean, gap_mean = st["thickness"], st["gap"]
     lo = -float(shared.max()) - 2 * (thick_mean + gap_mean)
@@ -234,14 +250,22 @@ def make_volume(
         thicks.append(t)
         c += t + float(rng.uniform(0.45, 1.55)) * gap_mean
 
-    # per-sheet surfaces y_k(p, q), kept in order (sheets touch, never cross)
+    # per-sheet surfaces y_k(p, q), kept in order (sheets touch, never cross).
+    # The spacing is kept along the sheet's normal, not along the axis: where
+    # the stack is steep a vertical spacing would bring the sheets (and their
+    # labelled layers) closer than their thickness, and the labelled layers
+    # of neighbours would merge in patches — hundreds of spurious tunnels per
+    # volume, where real labels have essentially none.
     surfaces = []
     prev = None
     for k, (ck, tk) in enumerate(zip(centres, thicks)):
-        wobble = _smooth_field(rng, (P, Q), 3.0) * float(rng.uniform(1.5, 3.5))
+        wobble = _cap_slope(_smooth_field(rng, (P, Q), 3.0) * float(rng.uniform(1.5, 3.5)),
+                            _MAX_WOBBLE_SLOPE)
         yk = (ck + shared + wobble).astype(np.float32)
         if prev is not None:
-            np.maximum(yk, prev[0] + 0.5 * (prev[1] + tk), out=yk)
+            gp, gq = np.gradient(prev[0])
+            spacing = max(0.5 * (prev[1] + tk), _LABEL_SPACING)
+            np.maximum(yk, prev[0] + spacing * np.sqrt(1.0 + gp * gp + gq * gq), out=yk)
         surfaces.append((yk, tk))
         prev = (yk, tk)
 

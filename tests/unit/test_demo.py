@@ -160,3 +160,21 @@ def test_bad_arguments(tmp_path):
         generate_demo_dataset(tmp_path, n_test=-1)
     with pytest.raises(ValueError, match="shape"):
         generate_demo_dataset(tmp_path, shape=(8, 64, 64))
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_labelled_surfaces_have_almost_no_tunnels_or_cavities(variant):
+    """Real labels have essentially no cavities and few tunnels: the demo's
+    TopoScore is only meaningful if its labels look the same (the labelled
+    layers of neighbouring sheets must not merge in patches)."""
+    from nx47_pipeline.data.demo import SCROLL_IDS, _scroll_style
+    from nx47_pipeline.model.betti_matching import betti_matching_counts
+
+    for i in range(3):
+        style = _scroll_style(5, SCROLL_IDS[i], variant)
+        _, lab = make_volume((64, 64, 64), seed=100 + i, style=style, label_2_fraction=0.5)
+        surface = lab == 1
+        assert 0.03 < surface.mean() < 0.2
+        counts = betti_matching_counts(surface, surface)
+        betti = counts[:, 1]  # finite features of the label itself
+        assert betti[1] <= 10 and betti[2] == 0, (variant, i, betti.tolist())
