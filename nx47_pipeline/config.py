@@ -91,6 +91,9 @@ class RunConfig:
     unet_tta: str = "auto"
     # --- inference only ----------------------------------------------------
     model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
+    # an nnU-Net bundle's seconds per window pass (one window, one mirror, one fold) for its budget;
+    # 0 = measured by the preflight
+    nnunet_seconds_per_window: float = 0.0
     # --- Dask distributed --------------------------------------------------
     scheduler: str = ""  # "" in process (Dask not imported); "local" a LocalCluster; else a scheduler address
     workers: int = 2  # worker processes of a local cluster; with an address, the workers waited for

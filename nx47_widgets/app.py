@@ -24,7 +24,7 @@ from IPython.display import display
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event, EventKind
 
-from nx47_widgets.lifecycle import describe, holder
+from nx47_widgets.lifecycle import describe
 from nx47_widgets.notebook import page_query, served_by_voila
 from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump
 from nx47_widgets.guard import RunGuard

@@ -16,7 +16,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch: the CPU build, pinned (an unpinned torch pulls a multi-GB CUDA build).
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dashboard,test,dask]"
+  # the torch pin again in the same command: no extra (nnunetv2) may replace the CPU build
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dashboard,test,dask,nnunet]" "torch==2.13.0"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

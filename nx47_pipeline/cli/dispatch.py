@@ -11,6 +11,8 @@ serve           serve dashboard.ipynb with Voila on 127.0.0.1
 export-model    copy a run's model bundle out (for `run --model` / Kaggle)
 kaggle-kit      build the offline Kaggle kit (wheels + notebook + README)
 infer           segment a volume of any size with a bundle, chunk by chunk (zarr in, zarr out)
+nnunet-export   write the data as nnU-Net v2 raw data (NX47's split as fold 0)
+import-nnunet   turn nnU-Net v2 result folders into a model bundle (kind nnunet)
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nx47_pipeline.cli import demo_data, export_model, infer, kaggle_kit, plan, run, score, serve, verify_journal
+from nx47_pipeline.cli import (
+    demo_data, export_model, import_nnunet, infer, kaggle_kit, nnunet_export, plan, run, score, serve, verify_journal,
+)
 
 #: Commands in help order; ``score`` parses its own arguments.
-COMMANDS = (run, demo_data, verify_journal, score, plan, serve, export_model, kaggle_kit, infer)
+COMMANDS = (run, demo_data, verify_journal, score, plan, serve, export_model, kaggle_kit, infer, nnunet_export,
+            import_nnunet)
 
 
 def build_parser() -> argparse.ArgumentParser:

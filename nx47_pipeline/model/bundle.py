@@ -31,6 +31,8 @@ from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.postprocess import radius_text
 from nx47_pipeline.model.predict import UNetPart
+from nx47_pipeline.model.predictor import LinearPredictor, PostChoice, Predictor, PredictorKind
+from nx47_pipeline.nnunet.predictor import load_nnunet_predictor
 from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
 
 MANIFEST = "model.json"
@@ -79,26 +81,63 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
-    model: LogisticModel
+    model: LogisticModel | None  # None in an nnU-Net bundle
     best: dict[str, Any]
     closing_radius: tuple[int, int, int]
     min_component_voxels: int
     unet: UNetPart | None
     min_size: int = 100
     plug_size: int = 0
+    #: the model as a :class:`~nx47_pipeline.model.predictor.Predictor`
+    #: (default: the linear model, fused with ``unet`` when present)
+    predictor: Predictor | None = None
+
+    def __post_init__(self) -> None:
+        if self.predictor is None and self.model is not None:
+            object.__setattr__(self, "predictor", LinearPredictor(self.model, self.unet))
+
+    @property
+    def post(self) -> PostChoice:
+        """The bundle's post-processing (probabilities -> mask)."""
+        return PostChoice(low=float(self.best["low"]), high=float(self.best["high"]),
+                          thin=bool(self.best.get("thin", False)), closing_radius=self.closing_radius,
+                          min_size=self.min_size, plug_size=self.plug_size)
+
+    @property
+    def kind(self) -> PredictorKind:
+        """``model.json``'s ``kind`` (``linear`` in bundles written before kinds)."""
+        return bundle_kind(self.manifest)
 
     @property
     def feature_scales(self) -> tuple[float, ...]:
-        return tuple(self.model.scales)
+        """The linear model's filter-bank scales (none for an nnU-Net bundle)."""
+        return tuple(self.model.scales) if self.model is not None else ()
 
     def summary(self) -> str:
         """One line for people: what the bundle holds and how it scored."""
         return manifest_summary(self.path, self.manifest)
 
 
+def bundle_kind(manifest: Mapping[str, Any]) -> PredictorKind:
+    """The kind a manifest names: ``nnunet`` for imported nnU-Net models, else
+    ``linear`` / ``linear+unet`` (bundles written by runs name none)."""
+    if manifest.get("kind") == PredictorKind.NNUNET.value:
+        return PredictorKind.NNUNET
+    return PredictorKind.LINEAR_UNET if manifest.get("unet") else PredictorKind.LINEAR
+
+
 def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
     """One line for people from a bundle's manifest (nothing is loaded)."""
     m = manifest
+    if bundle_kind(m) == PredictorKind.NNUNET:
+        nn = m.get("nnunet") or {}
+        members = nn.get("members") or []
+        search = m.get("search") or {}
+        return (f"{path}: nnU-Net, {len(members)} member(s) ("
+                + ", ".join(f"{e.get('configuration')} x{len(e.get('folds', []))} folds w={e.get('weight')}"
+                            for e in members)
+                + f"); tile step {nn.get('tile_step')}, mirroring {'on' if nn.get('use_mirroring') else 'off'}"
+                + f"; thresholds {search.get('low')}/{search.get('high')}; nx47 {m.get('code_version', '?')}")
     lin = m.get("linear") or {}
     search = m.get("search") or {}
     val = (m.get("validation") or {}).get("mean_score")
@@ -127,7 +166,8 @@ def describe_bundle(path: str | Path) -> str:
     naming the file otherwise)."""
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    _load_linear(Path(path), manifest)
+    if bundle_kind(manifest) != PredictorKind.NNUNET:
+        _load_linear(Path(path), manifest)
     return manifest_summary(Path(path), manifest)
 
 
@@ -225,7 +265,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"{mpath}: unknown format_version {version!r} (this nx47 reads {FORMAT_VERSION})")
-    for key in ("linear", "search", "postprocess", "files"):
+    required = ("nnunet" if bundle_kind(manifest) == PredictorKind.NNUNET else "linear", "search", "postprocess",
+                "files")
+    for key in required:
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"{mpath}: field {key!r} is missing or not an object")
     return manifest
@@ -266,7 +308,8 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
     path = Path(path).expanduser()
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    model = _load_linear(path, manifest)
+    nnunet = bundle_kind(manifest) == PredictorKind.NNUNET
+    model = None if nnunet else _load_linear(path, manifest)
     search = manifest["search"]
     for key in ("low", "high"):
         if not isinstance(search.get(key), (int, float)):
@@ -280,8 +323,14 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise BundleError(f"{path / MANIFEST}: postprocess.{key} must be an integer >= 0, got {value!r}")
-    unet = None
-    if manifest.get("unet"):
+    unet = predictor = None
+    if nnunet:
+        try:
+            predictor = load_nnunet_predictor(path, manifest)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(str(exc) if isinstance(exc, ValueError)
+                              else f"{path / MANIFEST}: nnunet entry incomplete ({exc!r})") from None
+    elif manifest.get("unet"):
         ufile = path / manifest["unet"]["file"]
         try:
             net, params = load_unet(ufile, device=device)
@@ -301,6 +350,7 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
         unet=unet,
         min_size=sizes["min_size"],
         plug_size=sizes["plug_size"],
+        predictor=predictor,
     )
 
 

@@ -41,8 +41,9 @@ from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.metric import score_volume
-from nx47_pipeline.model.postprocess import after_closing, post_steps, postprocess, postprocess_steps, surface_ridge
+from nx47_pipeline.model.postprocess import after_closing, post_steps, postprocess_steps, surface_ridge
 from nx47_pipeline.model.predict import linear_probabilities
+from nx47_pipeline.model.predictor import PostChoice
 
 
 def grid_points(
@@ -352,8 +353,8 @@ def proxy_score(prob: np.ndarray, label: np.ndarray, *, low: float, high: float,
     each part of the score."""
     tick = on_progress or (lambda done, total, what: None)
     crop = rank_crop(prob.shape)
-    mask = postprocess(prob[crop], low=low, high=high, closing_radius=closing_radius, min_size=min_size,
-                       on_progress=lambda d, t, what: tick(0.3 * d / max(t, 1), 1, f"post-processing: {what}"))
+    mask = PostChoice(low=low, high=high, closing_radius=tuple(closing_radius), min_size=min_size).apply(
+        prob[crop], on_progress=lambda d, t, what: tick(0.3 * d / max(t, 1), 1, f"post-processing: {what}"))
     return float(score_volume(mask, label[crop], on_progress=lambda d, t, what: tick(
         0.3 + 0.7 * d / max(t, 1), 1, f"score: {what}")).score)
 
@@ -601,10 +602,11 @@ def run_search(
                            file_done=v, file_total=len(ranked_ids), substep=f"candidate {_j + 1}/{len(full)}: {what}",
                            substep_done=_j, substep_total=len(full))
 
-                mask = postprocess(probs[chosen_models.index(g)], low=low, high=high, closing_radius=radii[c_i],
-                                   min_size=min_size, thin=thin, ridge=ridges.get(g),
-                                   on_progress=lambda d, t, what, _s=on_score: _s(0.2 * d / max(t, 1), 1,
-                                                                                   f"post-processing: {what}"))
+                mask = PostChoice(low=low, high=high, thin=thin, closing_radius=tuple(radii[c_i]),
+                                  min_size=min_size).apply(
+                    probs[chosen_models.index(g)], ridge=ridges.get(g),
+                    on_progress=lambda d, t, what, _s=on_score: _s(0.2 * d / max(t, 1), 1,
+                                                                    f"post-processing: {what}"))
                 scores.append(score_volume(mask, label, on_progress=lambda d, t, what, _s=on_score: _s(
                     0.2 + 0.8 * d / t, 1, what)).score)
                 publish(j, scores[-1])

@@ -50,7 +50,6 @@ from nx47_pipeline.model.postprocess import (
     RIDGE_BIT, RIDGE_HALO, anisotropic_closing, plug_radius, postprocess_classes, surface_ridge, thin_mask,
     threshold_classes,
 )
-from nx47_pipeline.model.predict import linear_probabilities
 from nx47_pipeline.run.executor import chunk_grid, make_executor, worker_name
 from nx47_pipeline.run.resume import acquire_lock, release_lock
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
@@ -123,11 +122,12 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
     h = job["halo"]
     outer = [slice(max(0, c.start - h), min(n, c.stop + h)) for c, n in zip(core, vol.shape)]
     block = np.asarray(vol[tuple(outer)])
-    prob = linear_probabilities(block, [bundle.model])[0]
+    prob = bundle.predictor.predict(block)
     inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
-    low, high = bundle.best["low"], bundle.best["high"]
+    post = bundle.post
+    low, high = post.low, post.high
     # the halo holds RIDGE_HALO voxels of exact probabilities around the core when thinning
-    ridge = surface_ridge(prob, prob > low)[inner] if bundle.best.get("thin") else None
+    ridge = surface_ridge(prob, prob > low)[inner] if post.thin else None
     classes = threshold_classes(prob[inner], low=low, high=high, ridge=ridge)
     out = zarr.open_array(job["classes"], mode="r+")
     out[tuple(core)] = classes
@@ -372,6 +372,8 @@ def infer(
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     b = load_bundle(bundle, device="cpu")
+    if b.model is None:
+        raise ValueError(f"{bundle}: an nnU-Net bundle; nx47 infer segments with linear bundles only for now")
     if b.unet is not None:
         raise ValueError(f"{bundle}: holds a U-Net; nx47 infer segments with linear bundles only "
                          "(the U-Net's sliding windows are not chunk-exact)")

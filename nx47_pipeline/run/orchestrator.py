@@ -31,6 +31,8 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import select_coverage
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.model.bundle import Bundle, BundleError, load_bundle, write_manifest
+from nx47_pipeline.model.predictor import PredictorKind
+from nx47_pipeline.nnunet import budget as nnunet_budget
 from nx47_pipeline.run import budget, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
 from nx47_pipeline.run.context import RunContext, UNetPlan
@@ -476,6 +478,12 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     except (BundleError, ImportError) as exc:
         ctx.err(f"model bundle refused: {exc}", subject=str(cfg.model_dir), code="bundle_invalid")
         return None
+    if bundle.model is None:  # an nnU-Net bundle: its predictor and post-processing
+        ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
+                                 min_component_voxels=bundle.min_component_voxels)
+        st.model, st.best, st.unet = bundle.predictor, dict(bundle.best), None
+        st.bundle_summary = bundle.summary()
+        return bundle
     # the bundle's post-processing makes the masks those of the run that trained it
     ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
                              min_component_voxels=bundle.min_component_voxels,
@@ -486,6 +494,29 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
                                 UNetCost(params=bundle.unet.params, device=cfg.unet_device))
     st.bundle_summary = bundle.summary()
     return bundle
+
+
+def _fit_nnunet(ctx: RunContext, test) -> None:
+    """An nnU-Net bundle's prediction sized to the time left after the
+    preflight (:func:`nx47_pipeline.nnunet.budget.fit_to_budget`: mirroring,
+    then the lowest-weight members, then a wider tile step, each a BUDGET
+    event), at ``nnunet_seconds_per_window`` or the preflight's segmentation
+    time per window pass; the fallback of every test volume stays reserved."""
+    st, cfg = ctx.state, ctx.config
+    shapes = [tuple(r.shape) for r in [*st.selection.val, *test] if r.shape]
+    if not shapes:
+        return
+    spw = float(cfg.nnunet_seconds_per_window)
+    if spw <= 0:
+        timed = [tuple(r.shape) for r in preflight.preflight_slice(ctx).test if r.shape][:1] or shapes[:1]
+        spw = (st.timings.segment_s_per_mvox * stages.mvox(timed[0])
+               / max(nnunet_budget.passes(st.model, timed), 1)) if st.timings else 0.0
+    left = ctx.deadlines.left() - budget.preflight_reserve_s(st.timings, test_mvox=[stages.mvox(r.shape)
+                                                                                       for r in test])
+    fit = nnunet_budget.fit_to_budget(st.model, shapes, seconds_per_window=spw, budget_s=max(left, 0.0),
+                                      on_decision=lambda d, msg, **f: ctx.tel.budget(d, msg, budget_s=cfg.budget_s,
+                                                                                      **f))
+    st.model = fit.predictor
 
 
 def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | None:
@@ -514,6 +545,8 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
         return Status.FAILED if bundle is None else (Status.OK if sub is not None or not test else Status.FAILED), sub
     for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET):
         _skip(ctx, name, why)
+    if bundle.kind == PredictorKind.NNUNET:
+        _fit_nnunet(ctx, test)
     st = ctx.state
     n_test = len(st.inventory.test)
     proj = budget.project_run(st.timings, n_train=0, n_val=len(st.selection.val), n_test=n_test, config=ctx.config,

@@ -32,7 +32,8 @@ from nx47_pipeline.model.features import feature_names, halo_for
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
 from nx47_pipeline.model.predict import UNetPart, linear_probabilities
 from nx47_pipeline.model.metric import VolumeScore, score_volume
-from nx47_pipeline.model.postprocess import postprocess, surface_ridge, uint8_to_probability
+from nx47_pipeline.model.postprocess import surface_ridge, uint8_to_probability
+from nx47_pipeline.model.predictor import LinearPredictor, PostChoice, Predictor
 from nx47_pipeline.model.search import choose_postprocess, run_search, threshold_pairs
 from nx47_pipeline.run import budget
 from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
@@ -435,11 +436,18 @@ def plug_size_of(best: dict[str, Any]) -> int:
     return int(best.get("plug_size") or 0)
 
 
-def segmenter(ctx: RunContext, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None) -> Segmenter:
-    """The model and post-processing of this run, for validate and segment tasks."""
-    cfg = ctx.config
-    return Segmenter(model=model, best=dict(best), unet=unet_part, closing_radius=closing_of(cfg, best),
-                     min_size=min_size_of(cfg, best), plug_size=plug_size_of(best))
+def post_choice(cfg, best: dict[str, Any]) -> PostChoice:
+    """The post-processing of ``best`` (the run's defaults where it names none)."""
+    return PostChoice.from_best(best, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
+
+
+def segmenter(ctx: RunContext, model: LogisticModel | Predictor, best: dict[str, Any],
+              unet_part: UNetPart | None) -> Segmenter:
+    """The model and post-processing of this run, for validate and segment tasks:
+    ``model`` is a linear model (fused with ``unet_part`` when given) or any
+    :class:`~nx47_pipeline.model.predictor.Predictor` (a bundle's)."""
+    predictor = model if isinstance(model, Predictor) else LinearPredictor(model, unet_part)
+    return Segmenter(predictor=predictor, post=post_choice(ctx.config, best))
 
 
 def validate(
@@ -679,8 +687,8 @@ def _post_mask(prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) -> np.n
     :func:`surface_ridge` of ``prob`` on every voxel above ``key``'s low, or
     None) saves recomputing it for each pair."""
     low, high, thin, radius, min_size, plug_size = key
-    return postprocess(prob, low=low, high=high, closing_radius=tuple(radius), min_size=min_size, thin=thin,
-                       ridge=ridge, plug_size=plug_size)
+    return PostChoice(low=low, high=high, thin=thin, closing_radius=tuple(radius), min_size=min_size,
+                      plug_size=plug_size).apply(prob, ridge=ridge)
 
 
 def segment(

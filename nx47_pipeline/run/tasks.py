@@ -26,10 +26,9 @@ from nx47_pipeline.io.atomic import atomic_path
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.io.volumes import VolumeError, read_header, read_pair, read_volume, write_volume
 from nx47_pipeline.model.features import volume_sample
-from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.metric import VolumeScore, score_volume
-from nx47_pipeline.model.postprocess import fallback_segment, postprocess, probability_to_uint8
-from nx47_pipeline.model.predict import UNetPart, probability
+from nx47_pipeline.model.postprocess import fallback_segment, probability_to_uint8
+from nx47_pipeline.model.predictor import PostChoice, Predictor
 from nx47_pipeline.telemetry.events import ArrayTracePayload
 from nx47_pipeline.telemetry.trace import array_trace
 
@@ -142,28 +141,24 @@ def features_task(job: FeatureJob, progress: TaskProgress = no_progress) -> Outc
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Segmenter:
-    """The model and post-processing a validate or segment task applies."""
+    """The model (a :class:`~nx47_pipeline.model.predictor.Predictor`) and the
+    post-processing (:class:`~nx47_pipeline.model.predictor.PostChoice`) a
+    validate or segment task applies."""
 
-    model: LogisticModel
-    best: dict[str, Any]
-    unet: UNetPart | None
-    closing_radius: tuple[int, int, int]
-    min_size: int
-    plug_size: int = 0
+    predictor: Predictor
+    post: PostChoice
 
 
 def model_mask(seg: Segmenter, image: np.ndarray, on_p, prob_path: Path) -> np.ndarray:
     """Probability map (kept as uint8 at ``prob_path``) -> post-processed
     uint8 0/1 mask with the chosen thresholds, ``thin``, closing radius,
     dust size and hole plug size."""
-    prob = probability(image, seg.model, unet=seg.unet, on_progress=lambda d, t, what, f: on_p(d, t, what, 0.8 * f))
+    prob = seg.predictor.predict(image, on_progress=lambda d, t, what, f: on_p(d, t, what, 0.8 * f))
 
     def on_post(done: int, total: int, step: str) -> None:
         on_p(done, total, f"post-processing: {step}", 0.8 + 0.2 * done / max(total, 1))
 
-    mask = postprocess(prob, low=seg.best["low"], high=seg.best["high"], closing_radius=seg.closing_radius,
-                       min_size=seg.min_size, thin=bool(seg.best.get("thin", False)), plug_size=seg.plug_size,
-                       on_progress=on_post)
+    mask = seg.post.apply(prob, on_progress=on_post)
     on_p(1, 1, "writing the probability map", 1.0)
     write_volume(prob_path, probability_to_uint8(prob))
     return mask

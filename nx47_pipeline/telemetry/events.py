@@ -134,6 +134,10 @@ class BudgetDecision(_Name):
     PREFLIGHT = "preflight"
     REPROJECTION = "reprojection"  # after each stage: the remainder re-projected with the error so far
     TTA = "tta"  # whether the U-Net's flip TTA fits the budget (RunConfig.unet_tta)
+    # nnU-Net predictions that do not fit, in this order (nx47_pipeline.nnunet.budget.fit_to_budget)
+    NNUNET_MIRRORING = "nnunet_mirroring"  # mirror test-time augmentation dropped
+    NNUNET_MEMBERS = "nnunet_members"  # the lowest-weight ensemble member dropped
+    NNUNET_TILE_STEP = "nnunet_tile_step"  # the tile step widened
 
 
 class Split(_Name):

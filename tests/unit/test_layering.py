@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("nx47_pipeline", "nx47_widgets")
 #: The only modules a function may import lazily: heavy, optional, or both
 #: (torch; the Dask stack: dask, distributed, dask-image, zarr).
-LAZY_OK = ("torch", "dask", "distributed", "dask_image", "zarr")
+LAZY_OK = ("torch", "dask", "distributed", "dask_image", "zarr", "nnunetv2", "acvl_utils")
 
 
 def _modules() -> dict[str, Path]:
