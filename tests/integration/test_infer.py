@@ -189,10 +189,11 @@ def thin_case(case, tmp_path_factory):
     b = load_bundle(thin, device="cpu")
     assert b.best["thin"] is True and "thin surface" in b.summary()
     prob = linear_probabilities(tifffile.imread(tif), [b.model])[0]
+    # the bundle's own post-processing: its chosen dust size and hole plug size (not the fallback's)
     reference = postprocess(prob, low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius,
-                            min_size=b.min_component_voxels, thin=True)
+                            min_size=b.min_size, thin=True, plug_size=b.plug_size)
     plain = postprocess(prob, low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius,
-                        min_size=b.min_component_voxels)
+                        min_size=b.min_size, plug_size=b.plug_size)
     assert reference.any() and not np.array_equal(reference, plain)  # thinning changes this mask
     return thin, store, reference
 
