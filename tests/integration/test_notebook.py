@@ -107,6 +107,7 @@ def test_headless_notebook_prints_a_progress_line_at_least_every_few_seconds_of_
     begun: dict[str, float] = {}
     last: dict[str, float] = {}
     worst: dict[str, tuple[float, float]] = {}  # stage: (longest silence, stage seconds)
+    lines: dict[str, int] = {}  # stage: PROGRESS lines printed
     for line in text.splitlines():
         m = _LINE.match(line)
         if m is None:
@@ -124,8 +125,9 @@ def test_headless_notebook_prints_a_progress_line_at_least_every_few_seconds_of_
         else:
             worst[stage] = (max(worst.get(stage, (0.0, 0.0))[0], gap), 0.0)
             last[stage] = t
+            lines[stage] = lines.get(stage, 0) + 1
     assert {"preflight", "features", "search", "validate", "segment"} <= set(worst)
-    # the longest stage printed several lines: a silent one would fail below
-    assert max(s for _, s in worst.values()) > 2 * limit, worst
+    # the stages printed their own progress lines, several of them in the longest
+    assert max(lines.values()) >= 3, (lines, worst)
     late = {stage: round(g, 1) for stage, (g, _) in worst.items() if g > limit}
     assert not late, f"stages printing no progress line for more than {limit} s: {late}"
