@@ -168,7 +168,15 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="nx47-post-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     pieces = tiles()
-    rows = [run_size(n, args, work, pieces) for n in args.sizes]
+    rows: list[dict] = []
+    for n in args.sizes:  # the results file is rewritten after each size: a stopped run keeps its rows
+        rows.append(run_size(n, args, work, pieces))
+        write_section(args.out, report(rows, args, started, load))
+
+
+def report(rows: list[dict], args, started: str, load: str) -> list[str]:
+    """The results section for ``rows`` (one per size done so far)."""
+    done = ", ".join(f"{r['size']}³" for r in rows)
     lines = [
         "## `nx47 infer` post-processing at scale: client and worker memory",
         "",
@@ -179,22 +187,23 @@ def main() -> None:
         "weak speckles): sheets cross chunk faces and end at tile borders. Client RSS sampled every 0.2 s, "
         "worker RSS every 0.5 s (short peaks can be missed). Command: `python benchmarks/bench_post_scale.py "
         f"--sizes {' '.join(map(str, args.sizes))} --chunk {args.chunk} --workers {args.workers} "
-        f"--memory-limit {args.memory_limit}`.",
+        f"--memory-limit {args.memory_limit}`"
+        + ("" if len(rows) == len(args.sizes) else
+           f" — stopped after {done}: the other sizes are not measured") + ".",
         "",
         "| volume | chunks | post-processing (s) | client RSS before → peak (MB) | worker peaks (MB) "
         "| worker processes seen | mask = in-process numpy |",
         "| --- | ---: | ---: | --- | --- | ---: | --- |",
     ]
     for r in rows:
-        eq = "n/a (too large)" if r["equal"] is None and not r["error"] else ("yes" if r["equal"] else "NO")
+        eq = "n/a (too large)" if r["equal"] is None else ("yes" if r["equal"] else "NO")
         if r["error"]:
             eq = f"failed: {r['error']}"
         lines.append(f"| {r['size']}³ | {r['chunks']} | {r['post_s']:.0f} | {r['client_before_mb']:.0f} → "
                      f"{r['client_peak_mb']:.0f} | {', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | "
                      f"{r['worker_addresses']} | {eq} |")
     lines += ["", f"Machine: {machine()}. Started {started}. Commit: {git_commit()}. {load}"]
-    write_section(args.out, lines)
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
