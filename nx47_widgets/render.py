@@ -283,6 +283,31 @@ def _compose(grey: np.ndarray, label, pred, prob, overlays: tuple[str, ...], a: 
     return rgb
 
 
+def _check_request(req: "SliceRequest") -> None:
+    """Refuse a request whose axis, overlays, opacity or layout is not one the viewer knows."""
+    if req.axis not in _AXES:
+        raise ValueError(f"axis must be one of {tuple(_AXES)}, got {req.axis!r}")
+    bad = [o for o in req.overlays if o not in OVERLAYS]
+    if bad:
+        raise ValueError(f"overlays must be among {OVERLAYS}, got {bad!r}")
+    if not 0.0 <= req.opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {req.opacity!r}")
+    if req.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {req.layout!r}")
+
+
+def _slices(req: "SliceRequest", cache: "VolumeCache | None"):
+    """``(side, grey, label, pred, prob)``: whether the layout is side by side, the image slice
+    scaled to 0..255 between its 1st and 99th percentiles, and the slices the request needs."""
+    side = req.layout == "side"
+    want = set(OVERLAYS) if side else set(req.overlays)
+    img, label, pred, prob = read_slices(req, cache or _DEFAULT_CACHE, bool({"label", "error"} & want),
+                                         bool({"pred", "error"} & want), "prob" in want)
+    lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
+    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return side, grey, label, pred, prob
+
+
 def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> bytes:
     """Render one slice as PNG bytes.
 
@@ -316,24 +341,10 @@ def render_slice(req: SliceRequest, *, cache: VolumeCache | None = None) -> byte
     nx47_pipeline.io.volumes.VolumeError
         If a volume cannot be read.
     """
-    if req.axis not in _AXES:
-        raise ValueError(f"axis must be one of {tuple(_AXES)}, got {req.axis!r}")
-    bad = [o for o in req.overlays if o not in OVERLAYS]
-    if bad:
-        raise ValueError(f"overlays must be among {OVERLAYS}, got {bad!r}")
-    if not 0.0 <= req.opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {req.opacity!r}")
-    if req.layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {req.layout!r}")
+    _check_request(req)
     if not req.zoom >= 1.0:
         raise ValueError(f"zoom must be >= 1, got {req.zoom!r}")
-    cache = cache or _DEFAULT_CACHE
-    side = req.layout == "side"
-    want = set(OVERLAYS) if side else set(req.overlays)
-    img, label, pred, prob = read_slices(req, cache, bool({"label", "error"} & want),
-                                         bool({"pred", "error"} & want), "prob" in want)
-    lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
-    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    side, grey, label, pred, prob = _slices(req, cache)
     rows, cols = _window(grey.shape, req.zoom, req.center)
     crop = [None if x is None else x[rows, cols] for x in (grey, label, pred, prob)]
     grey, label, pred, prob = crop
@@ -398,22 +409,8 @@ def render_panels(req: SliceRequest, *, cache: VolumeCache | None = None) -> lis
     ValueError, IndexError, nx47_pipeline.io.volumes.VolumeError
         As :func:`render_slice`.
     """
-    if req.layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {req.layout!r}")
-    if req.axis not in _AXES:
-        raise ValueError(f"axis must be one of {tuple(_AXES)}, got {req.axis!r}")
-    bad = [o for o in req.overlays if o not in OVERLAYS]
-    if bad:
-        raise ValueError(f"overlays must be among {OVERLAYS}, got {bad!r}")
-    if not 0.0 <= req.opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {req.opacity!r}")
-    cache = cache or _DEFAULT_CACHE
-    side = req.layout == "side"
-    want = set(OVERLAYS) if side else set(req.overlays)
-    img, label, pred, prob = read_slices(req, cache, bool({"label", "error"} & want),
-                                         bool({"pred", "error"} & want), "prob" in want)
-    lo, hi = np.percentile(img, (1, 99)) if img.size else (0.0, 1.0)
-    grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    _check_request(req)
+    side, grey, label, pred, prob = _slices(req, cache)
     a = float(req.opacity)
     if not side:
         have = {"label": label is not None, "pred": pred is not None, "prob": prob is not None,

@@ -108,6 +108,20 @@ class VoilaServer:
         self._log.close()
 
 
+def wait_for(fn, pred, timeout_s, what, page=None, shots=None):
+    """Poll ``fn()`` until ``pred(value)``; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = fn()
+        if pred(value):
+            return value
+        time.sleep(0.2)
+    if page is not None and shots is not None:
+        page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
+
+
 def artifacts_dir(name: str) -> Path:
     d = ARTIFACTS / name
     if d.exists():

@@ -39,6 +39,7 @@ from browser_util import (
     chromium_available,
     free_port,
     kernel_pids,
+    wait_for,
 )
 
 pytestmark = [
@@ -55,20 +56,6 @@ GLOBAL_JS = """() => { const b = document.querySelector('.nx47-bar-global .progr
 VALUE_JS = """(sel) => { const e = document.querySelector(sel); return e ? e.value : null; }"""
 BUTTON_JS = """(sel) => { const b = document.querySelector(sel);
   return b ? {text: b.textContent.trim(), disabled: b.disabled} : null; }"""
-
-
-def wait_for(fn, pred, timeout_s, what, page=None, shots=None):
-    """Poll ``fn()`` until ``pred(value)``; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = fn()
-        if pred(value):
-            return value
-        time.sleep(0.25)
-    if page is not None and shots is not None:
-        page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
 
 
 def js(page, script, arg=None):

@@ -49,7 +49,8 @@ from nx47_pipeline.telemetry.bus import EventBus
 from nx47_pipeline.telemetry.events import EventKind, RunStartPayload
 from nx47_pipeline.telemetry.journal import JournalSink
 
-from browser_util import CHROMIUM, CHROMIUM_ARGS, REPO, artifacts_dir, chromium_available, free_port
+from browser_util import (CHROMIUM, CHROMIUM_ARGS, REPO, artifacts_dir, chromium_available, free_port,
+                          wait_for)
 
 pytestmark = [
     pytest.mark.browser,
@@ -63,20 +64,6 @@ VISIBLE_JS = """(sel) => { const e = document.querySelector(sel);
   return !!(e && e.offsetParent !== null && getComputedStyle(e).display !== 'none'); }"""
 ATTR_JS = """([sel, attr]) => { const e = document.querySelector(sel);
   return e ? e.getAttribute(attr) : null; }"""
-
-
-def wait_for(fn, pred, timeout_s, what, page=None, shots=None):
-    """Poll ``fn()`` until ``pred(value)``; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = fn()
-        if pred(value):
-            return value
-        time.sleep(0.2)
-    if page is not None and shots is not None:
-        page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
 
 
 def tree_hash(folder: Path) -> dict[str, str]:
