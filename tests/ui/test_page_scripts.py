@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from nx47_widgets.views.page import PageBridge
+from nx47_widgets.views.runs import SORT_SCRIPT
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
@@ -18,9 +19,12 @@ def test_page_scripts_are_valid_javascript(tmp_path):
     bridge.watch_server()
     bridge.keep_run_in_url("/tmp/run's folder")
     bridge.set_title("NX47 — run")
-    for i, out in enumerate(bridge.widget.outputs):
+    bridge.watch_sizes(lambda sizes: None)
+    bridge.run(SORT_SCRIPT, keep=True)
+    assert len(bridge.scripts) >= 6
+    for i, script in enumerate(bridge.scripts):
         path = tmp_path / f"script{i}.js"
-        path.write_text(out["data"]["application/javascript"])
+        path.write_text(script)
         done = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
 
