@@ -41,9 +41,6 @@ def main(args: argparse.Namespace) -> int:
         shape = parse_shape(args.shape) if args.shape else None
         shapes = parse_counts(args.shapes, what="--shapes") if args.shapes else None
         scrolls = parse_counts(args.scrolls, what="--scrolls") if args.scrolls else None
-        if shapes:
-            for edge, _ in shapes:
-                parse_shape(edge)
         root = generate_demo_dataset(args.out, n_train=args.n_train, n_test=args.n_test, shape=shape,
                                      seed=args.seed, variant=args.variant, shapes=shapes, scrolls=scrolls,
                                      distinct=args.distinct, n_ghost=args.ghost_rows,

@@ -311,12 +311,12 @@ def make_volume(
         wobble = _cap_slope(_smooth_field(rng, (P, Q), 3.0) * float(rng.uniform(1.5, 3.5)),
                             _MAX_WOBBLE_SLOPE)
         yk = (ck + shared + wobble).astype(np.float32)
-        if prev is not None:
-            gp, gq = np.gradient(prev[0])
+        if prev is not None:  # prev's stretch: its normal's length per unit of the axis
             spacing = max(0.5 * (prev[1] + tk), _LABEL_SPACING)
-            np.maximum(yk, prev[0] + spacing * np.sqrt(1.0 + gp * gp + gq * gq), out=yk)
-        surfaces.append((yk, tk))
-        prev = (yk, tk)
+            np.maximum(yk, prev[0] + spacing * prev[2], out=yk)
+        gp, gq = np.gradient(yk)
+        prev = (yk, tk, np.sqrt(1.0 + gp * gp + gq * gq))
+        surfaces.append(prev)
 
     # Sheets never cross, so every voxel lies between two consecutive
     # surfaces: only those two shape its intensity and label.  Index the
@@ -328,10 +328,9 @@ def make_volume(
     ys[0], ys[-1] = -1e6, 1e6
     inv[0], inv[-1] = 1.0, 1.0
     tks[0], tks[-1] = thick_mean, thick_mean
-    for k, (yk, tk) in enumerate(surfaces, start=1):
-        gp, gq = np.gradient(yk)
+    for k, (yk, tk, stretch) in enumerate(surfaces, start=1):
         ys[k] = yk
-        inv[k] = 1.0 / np.sqrt(1.0 + gp * gp + gq * gq)
+        inv[k] = 1.0 / stretch
         tks[k] = tk
     yy = np.arange(N, dtype=np.float32)[None, :, None]
     above = np.zeros(canon, np.int32)  # index of the first surface above the voxel
