@@ -27,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="training pairs' shapes by count, summing to --n-train (the real data: "
                         "320:738,256:47,384:1); test volumes take the most common; replaces --shape")
     d.add_argument("--scrolls", default=None, metavar="ID:COUNT,...",
-                   help="training pairs' scrolls by count, summing to --n-train (the real data: 34117:382,"
-                        "35360:176,26010:130,26002:88,44430:17,53997:13)")
+                   help="scrolls by count, summing to --n-train (the pairs') or to --n-train + --ghost-rows "
+                        "(train.csv's rows; the real data: 34117:382,35360:176,26010:130,26002:88,44430:17,"
+                        "53997:13 = 786 pairs + 20 rows)")
     d.add_argument("--distinct", type=int, default=0, metavar="N",
                    help="generate about N distinct volumes; every other id is a hard link of one of its own "
                         "split, shape and scroll (timing and memory at scale; default 0: all distinct)")

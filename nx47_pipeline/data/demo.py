@@ -137,11 +137,12 @@ def parse_counts(text: str, *, what: str) -> list[tuple[str, int]]:
     return out
 
 
-def _spread(counts: Sequence[tuple[object, int]], n: int, rng: np.random.Generator, what: str) -> list:
+def _spread(counts: Sequence[tuple[object, int]], n: int, rng: np.random.Generator, what: str,
+            also: str = "") -> list:
     """``n`` keys holding ``counts`` (which must sum to ``n``), in a seeded random order."""
     total = sum(c for _, c in counts)
     if total != n:
-        raise ValueError(f"{what}: the counts sum to {total}, but there are {n} training pairs (--n-train)")
+        raise ValueError(f"{what}: the counts sum to {total}, but there are {n} training pairs (--n-train){also}")
     keys = [k for k, c in counts for _ in range(c)]
     return [keys[i] for i in rng.permutation(n)]
 
@@ -498,10 +499,13 @@ def generate_demo_dataset(
         (the real dataset); test volumes take the most common one.  Replaces
         ``shape``.
     scrolls : sequence of (scroll id, count), optional
-        The training pairs' scrolls by count (summing to ``n_train``), e.g.
-        the real ``[("34117", 382), ("35360", 176), ...]``; test volumes and
-        csv rows without files draw theirs in the same proportions.  Default:
-        3 to 6 of :data:`SCROLL_IDS` as before.
+        Scrolls by count, e.g. the real ``[("34117", 382), ("35360", 176),
+        ...]``.  Counts summing to ``n_train`` are the training pairs'; counts
+        summing to ``n_train + n_ghost`` are ``train.csv``'s rows (the real
+        counts: 806 rows = 786 pairs + 20 without files), shared out between
+        pairs and rows without files.  Test volumes (and, in the first case,
+        rows without files) draw theirs in the same proportions.  Default: 3
+        to 6 of :data:`SCROLL_IDS` as before.
     distinct : int
         0: every volume generated.  N > 0: at most about N distinct volumes
         (at least one per split, shape and scroll, shared out by their counts),
@@ -572,12 +576,18 @@ def generate_demo_dataset(
         ghost_scroll = [scroll_ids[int(rng.integers(0, n_scrolls))] for _ in range(n_ghost)]
     else:
         scroll_ids = [k for k, _ in scrolls]
-        train_scroll = _spread(scrolls, int(n_train), _seed_of("scrolls", seed), "scrolls")
         weights = np.array([c for _, c in scrolls], float)
         weights /= weights.sum()
         srng = _seed_of("scroll-draws", seed)
+        if sum(c for _, c in scrolls) == n_train + n_ghost and n_ghost:
+            # the counts of train.csv's rows (the real ones: 806 = 786 pairs + 20 rows without files)
+            rows = _spread(scrolls, n_train + n_ghost, _seed_of("scrolls", seed), "scrolls")
+            train_scroll, ghost_scroll = rows[:n_train], rows[n_train:]
+        else:
+            train_scroll = _spread(scrolls, int(n_train), _seed_of("scrolls", seed), "scrolls",
+                                   also=f" (nor {n_train + n_ghost} train.csv rows with --ghost-rows)")
+            ghost_scroll = [scroll_ids[int(srng.choice(len(scroll_ids), p=weights))] for _ in range(n_ghost)]
         test_scroll = [scroll_ids[int(srng.choice(len(scroll_ids), p=weights))] for _ in range(n_test)]
-        ghost_scroll = [scroll_ids[int(srng.choice(len(scroll_ids), p=weights))] for _ in range(n_ghost)]
     styles = {s: _scroll_style(seed, s, variant) for s in scroll_ids}
 
     def shape_of(i: int, split: str) -> tuple[int, int, int]:

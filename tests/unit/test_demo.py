@@ -210,6 +210,19 @@ def test_real_shape_and_scroll_mix_with_few_distinct_volumes(tmp_path):
     assert all(len(keys) == 1 for keys in inode.values())  # ... each shared within one shape and scroll
 
 
+def test_scroll_counts_of_the_csv_rows_as_the_real_counts_are(tmp_path):
+    """The real per-scroll counts (806) are train.csv's rows: 786 pairs and 20 rows
+    without files. Counts that sum to pairs + ghost rows share both out."""
+    root = generate_demo_dataset(tmp_path / "d", n_train=5, n_test=0, shape=16,
+                                 scrolls=[("34117", 5), ("53997", 2)], n_ghost=2, n_deprecated=0)
+    rows = list(csv.DictReader(open(root / "train.csv")))
+    assert collections.Counter(r["scroll_id"] for r in rows) == {"34117": 5, "53997": 2}
+    assert len(discover(root).pairs) == 5
+    with pytest.raises(ValueError, match=r"sum to 8, but there are 5 training pairs .*nor 7 train.csv rows"):
+        generate_demo_dataset(tmp_path / "e", n_train=5, n_test=0, shape=16,
+                              scrolls=[("34117", 6), ("53997", 2)], n_ghost=2, n_deprecated=0)
+
+
 def test_shape_and_scroll_counts_must_add_up(tmp_path):
     with pytest.raises(ValueError, match="shapes: the counts sum to 5, but there are 4"):
         generate_demo_dataset(tmp_path, n_train=4, shapes=[("24", 5)])
