@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import KILLED, STOP_REQUEST
 from nx47_pipeline.run.resume import LOCK_NAME, pid_alive, read_lock_pid
 
 __all__ = [
@@ -55,9 +56,9 @@ __all__ = [
 ]
 
 #: The file another page writes to stop a threaded run cooperatively.
-STOP_REQUEST_NAME = "stop_request.json"
+STOP_REQUEST_NAME = STOP_REQUEST
 #: Written by a dashboard that had to kill the process holding a run folder.
-KILLED_NAME = "killed.json"
+KILLED_NAME = KILLED
 
 #: Holder kinds.
 THREADED = "threaded"

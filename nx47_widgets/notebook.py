@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qs
 
 from nx47_pipeline.config import RunConfig
+from nx47_pipeline.io.run_folder import SUBMISSION, RunFolder
 from nx47_pipeline.run.orchestrator import run_pipeline
 
 __all__ = ["run_headless", "should_autorun", "is_headless", "config_from_parameters",
@@ -201,5 +202,5 @@ def run_headless(config: RunConfig, *, stream=None) -> Any:
           file=stream, flush=True)
     if result.submission is None:
         raise RuntimeError(f"the run in {config.out_dir} ended with status {result.status!r} "
-                           f"and no submission.zip (see {config.out_dir}/journal.jsonl)")
+                           f"and no {SUBMISSION} (see {RunFolder(config.out_dir).journal})")
     return result

@@ -5,7 +5,7 @@ A run's volumes (TIFF, up to :data:`WHOLE_MAX_VOXELS`) are decoded once with
 :func:`nx47_pipeline.io.volumes.read_volume` and kept in a small LRU cache (a
 320³ uint8 volume is 33 MB).  Volumes of any size — a zarr array, an OME-Zarr
 group (level 0) or a larger TIFF, as ``nx47 infer`` reads and writes them —
-are opened lazily with :func:`nx47_pipeline.run.infer.open_volume` and only
+are opened lazily with :func:`nx47_pipeline.io.volumes.open_volume` and only
 the requested slice is read (every n-th voxel when the slice is longer than
 :data:`MAX_SIDE`).  Rendered PNGs are cached by their full request.
 :class:`AsyncRenderer` runs the rendering on a single worker thread so the
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from nx47_pipeline.io.volumes import read_header, read_volume
-from nx47_pipeline.run.infer import open_volume
+from nx47_pipeline.io.volumes import open_volume
 
 __all__ = ["SliceRequest", "render_slice", "render_panels", "PANEL_TITLES", "read_slices", "slice_counts", "AsyncRenderer",
            "VolumeCache", "display_step", "is_chunked", "OVERLAYS", "LAYOUTS", "MAX_SIDE",

@@ -23,6 +23,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from nx47_pipeline.io.atomic import write_text
+from nx47_pipeline.io.run_folder import SUBMISSION
 
 NAME = "kaggle-kit"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ Built for Python {py} on `{plat}` by `nx47 kaggle-kit` ({n_wheels} wheels, {size
    the bundle as inputs; turn internet off.
 3. Commit (Save & Run All, headless): set `MODEL_DIR = "/kaggle/input/<bundle>"` in the parameters
    cell to segment with the bundle, or leave it `None` to train within `BUDGET_S`. The run writes
-   `/kaggle/working/submission.zip`.
+   `/kaggle/working/{SUBMISSION}`.
 4. Interactive: run the cells; the dashboard shows progress, heartbeat and previews live.
 
 If the kit is not attached the first cell stops with a message saying so; if the bundle is missing

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from nx47_pipeline.config import RunConfig
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.run.budget import UNetCost, largest_fit, load_preflight_timings, project_run
 from nx47_pipeline.unet.params import params_from_config
 
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     timings = load_preflight_timings(args.out)
     if timings is None:
-        print(f"nx47 plan: {Path(args.out) / 'preflight' / 'timings.json'}: no preflight timings; "
+        print(f"nx47 plan: {RunFolder(args.out).timings}: no preflight timings; "
               "run `nx47 run` once (the preflight runs first)", file=sys.stderr)
         return 2
     config = RunConfig.from_env(budget_s=args.budget_s)

@@ -12,6 +12,7 @@ from pathlib import Path
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.model.bundle import describe_bundle
 from nx47_pipeline.run.executor import DaskUnavailable, require_dask
 from nx47_pipeline.run.orchestrator import run_pipeline
@@ -110,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     # the output folder (a run inside a notebook kernel leaves the kernel's
     # environment alone)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
-                          str(Path(config.out_dir).expanduser().resolve() / "model" / "unet" / "torch-cache"))
+                          str(RunFolder(Path(config.out_dir).expanduser().resolve()).unet / "torch-cache"))
     token = CancelToken()
 
     def on_signal(signum, frame):  # SIGINT / SIGTERM: cooperative stop

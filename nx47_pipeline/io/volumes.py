@@ -465,3 +465,27 @@ def write_volume(
             software=False,
         )
     return p
+
+
+def open_volume(path: str | os.PathLike):
+    """A read-only array (``shape``, ``dtype``, slicing) for a zarr array, an
+    OME-Zarr group (level 0) or a TIFF file."""
+    import zarr  # noqa: PLC0415 - optional (the Dask stack)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input volume does not exist")
+    if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    else:
+        node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+        key = ms[0]["datasets"][0]["path"] if ms else "0"
+        if key not in node:
+            raise ValueError(f"{path}: a zarr group without multiscales level 0 (no array {key!r})")
+        node = node[key]
+    if len(node.shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, got shape {tuple(node.shape)}")
+    return node

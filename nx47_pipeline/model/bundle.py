@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from nx47_pipeline import __version__
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.run_folder import FIT, MANIFEST, MODEL_WEIGHTS, RunFolder
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.postprocess import radius_text
@@ -35,11 +36,10 @@ from nx47_pipeline.model.predictor import LinearPredictor, PostChoice, Predictor
 from nx47_pipeline.nnunet.predictor import load_nnunet_predictor
 from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
 
-MANIFEST = "model.json"
 FORMAT = "nx47-model-bundle"
 FORMAT_VERSION = 1
-LINEAR_FILE = "model.npz"
-FIT_FILE = "fit.json"
+LINEAR_FILE = MODEL_WEIGHTS
+FIT_FILE = FIT
 UNET_FILE = f"unet/{CHECKPOINT_NAME}"
 
 
@@ -255,7 +255,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(mpath.read_text())
     except FileNotFoundError:
-        raise BundleError(f"{mpath}: missing; a model bundle holds model.json (export one with "
+        raise BundleError(f"{mpath}: missing; a model bundle holds {MANIFEST} (export one with "
                           "`nx47 export-model --run DIR --out BUNDLE`)") from None
     except (OSError, ValueError) as exc:
         raise BundleError(f"{mpath}: unreadable or not JSON ({exc})") from None
@@ -360,7 +360,7 @@ def export_bundle(run_dir: str | Path, out: str | Path) -> Path:
     Only the manifest and the files it lists are copied; the copy is
     verified.  ``out`` must not exist or be an empty folder.
     """
-    src = Path(run_dir) / "model"
+    src = RunFolder(run_dir).model
     if not (src / MANIFEST).exists() and (Path(run_dir) / MANIFEST).exists():
         src = Path(run_dir)  # already a bundle folder
     manifest = read_manifest(src)

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.run_folder import POSTPROCESS, SEARCH_RESULTS
 from nx47_pipeline.io.volumes import VolumeError, read_pair
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
@@ -659,7 +660,7 @@ def run_search(
             ids, load, low=best["low"], high=best["high"], thin=best["thin"],
             closing_radius=best["closing_radius"], dust_sizes=dust, plug_sizes=plugs, min_size=min_size,
             known={(int(min_size), 0): {v: per_volume[v][best_j] for v in ids}},
-            cache=dest / "postprocess.json", deadline=deadline,
+            cache=dest / POSTPROCESS, deadline=deadline,
             on_progress=lambda d, t, what: report(at + d, total, substep=f"dust / plug: {what}"),
             on_metric=lambda value, extra: metric("postprocess_score", value, extra),
             on_deadline=on_deadline)
@@ -679,7 +680,7 @@ def run_search(
                 "closing_radius": radii[c_i], "proxy": float(proxy_sum[i] / max(n_ranked, 1))}
                for i, (g, t_i, c_i) in enumerate(cands)]
     best["model_path"] = str(dest / f"model_{g_best}.npz")
-    write_json(dest / "results.json", {"best": best, "results": results, "n_val_scored": counts,
+    write_json(dest / SEARCH_RESULTS, {"best": best, "results": results, "n_val_scored": counts,
                                        "ranked": proxies, "top_k": k_full,
                                        "postprocess": post and {k: post[k] for k in ("scores", "volumes",
                                                                                       "complete")}})

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nx47_pipeline.io.run_folder import MANIFEST
 from nx47_pipeline.model.postprocess import _check_3d
 from nx47_pipeline.model.predict import FracProgressFn
 from nx47_pipeline.model.predictor import EnsemblePredictor, PredictorKind, check_stop
@@ -224,7 +225,7 @@ def load_nnunet_predictor(path: Path, manifest: Mapping[str, Any]):
 
     nn = manifest.get("nnunet")
     if not isinstance(nn, dict) or not isinstance(nn.get("members"), list) or not nn["members"]:
-        raise ValueError(f"{path / 'model.json'}: field 'nnunet' must hold a non-empty 'members' list")
+        raise ValueError(f"{path / MANIFEST}: field 'nnunet' must hold a non-empty 'members' list")
     preds = []
     for m in nn["members"]:
         weights = []

@@ -29,6 +29,7 @@ from typing import Any
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import plan_counts
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.model.search import search_units as _search_units
 from nx47_pipeline.unet.backend import cuda_available
 from nx47_pipeline.unet.params import UNetParams
@@ -99,7 +100,7 @@ class PreflightTimings:
 
 def load_preflight_timings(out_dir: str | Path) -> PreflightTimings | None:
     """The timings of the preflight run in ``out_dir``, or None if absent or unreadable."""
-    path = Path(out_dir) / "preflight" / "timings.json"
+    path = RunFolder(out_dir).timings
     try:
         return PreflightTimings.load(path)
     except (OSError, ValueError, TypeError):

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io.atomic import write_text
+from ..io.run_folder import CLUSTER
 
-CLUSTER_FILE = "cluster.json"
+CLUSTER_FILE = CLUSTER
 
 
 def cluster_snapshot(info: dict[str, Any], *, scheduler: str, dashboard_link: str, tasks_in_flight: int,

@@ -24,6 +24,7 @@ import numpy as np
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import Selection
 from nx47_pipeline.data.discovery import Inventory
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.run.budget import Deadlines, PreflightTimings, UNetCost
@@ -88,6 +89,11 @@ class RunContext:
     state: RunState = field(default_factory=RunState)
     n_warnings: int = 0
     n_errors: int = 0
+
+    @property
+    def folder(self) -> RunFolder:
+        """The output folder's artifacts by name (:class:`~nx47_pipeline.io.run_folder.RunFolder`)."""
+        return RunFolder(self.out)
 
     def warn(self, message: str, *, subject: str = "", code: str = "") -> None:
         self.n_warnings += 1

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import tifffile
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from nx47_pipeline.io.atomic import write_text
+from nx47_pipeline.io.run_folder import CHUNKS, CLASSES, INFER_KEY, MASK
+from nx47_pipeline.io.volumes import open_volume
 from nx47_pipeline.model.bundle import Bundle, load_bundle
 from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import (
@@ -56,10 +57,6 @@ from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 from nx47_pipeline.telemetry.events import StageName, Status
 from nx47_pipeline.telemetry.facade import Telemetry
 
-CLASSES = "classes.zarr"
-MASK = "mask.zarr"
-CHUNKS = "chunks"
-INFER_KEY = "infer_key.json"
 STAGES = ((StageName.PROBABILITY, 4.0), (StageName.POSTPROCESS, 1.0))
 
 
@@ -71,33 +68,6 @@ class InferResult:
     chunks_resumed: int
     seconds: float
     error: str = ""
-
-
-# ---------------------------------------------------------------------------
-# input
-# ---------------------------------------------------------------------------
-def open_volume(path: str | os.PathLike):
-    """A read-only array (``shape``, ``dtype``, slicing) for a zarr array, an
-    OME-Zarr group (level 0) or a TIFF file."""
-    import zarr  # noqa: PLC0415 - optional (the Dask stack)
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: input volume does not exist")
-    if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
-        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    else:
-        node = zarr.open(str(path), mode="r")
-    if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-        key = ms[0]["datasets"][0]["path"] if ms else "0"
-        if key not in node:
-            raise ValueError(f"{path}: a zarr group without multiscales level 0 (no array {key!r})")
-        node = node[key]
-    if len(node.shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, got shape {tuple(node.shape)}")
-    return node
 
 
 # ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import select_coverage
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import MANIFEST, MODEL_WEIGHTS
 from nx47_pipeline.model.bundle import Bundle, BundleError, load_bundle, write_manifest
 from nx47_pipeline.model.predictor import PredictorKind
 from nx47_pipeline.nnunet import budget as nnunet_budget
@@ -212,10 +213,10 @@ def _preflight(ctx: RunContext) -> Status:
             if ctx.state.model is not None:  # inference only (--model): time that part
                 if not sl.test:
                     raise RunFailed("preflight needs at least one test image; none found")
-                timings = preflight.run_inference_chain(ctx, sl, ctx.out / "preflight")
+                timings = preflight.run_inference_chain(ctx, sl, ctx.folder.preflight)
             else:
                 preflight.check_slice(sl, len(ctx.state.selection.train), len(ctx.state.selection.val))
-                timings = preflight.run_chain(ctx, sl, ctx.out / "preflight")
+                timings = preflight.run_chain(ctx, sl, ctx.folder.preflight)
         except Cancelled:
             raise
         except preflight.OutOfTime as exc:
@@ -232,7 +233,7 @@ def _preflight(ctx: RunContext) -> Status:
             _emit_preflight(ctx, False, reason, time.monotonic() - t0, counts, {})
             ctx.err(f"preflight failed, the run stops before training: {reason}", code="preflight_failed")
             return Status.FAILED
-        timings.save(ctx.out / "preflight" / "timings.json")
+        timings.save(ctx.folder.timings)
         ctx.state.timings = timings
         _emit_preflight(ctx, True, "", time.monotonic() - t0, counts, dataclasses.asdict(timings))
         return Status.OK
@@ -319,7 +320,7 @@ def _plan(ctx: RunContext) -> None:
     # nothing fits: the smallest coverage gives training its best chance.
     # The decision is recorded, so a rerun in this folder resumes with it.
     target = (max_tr, max_va) if max_tr > 0 else (1, 1)
-    decision_path = ctx.out / "auto_coverage.json"
+    decision_path = ctx.folder.auto_coverage
     if cfg.auto_coverage:
         recorded = read_json(decision_path)
         if recorded and "target" in recorded:
@@ -360,7 +361,7 @@ def _train(ctx: RunContext) -> None:
     samples = None
     had_samples = False
     with _stage(ctx, StageName.FEATURES, total=max(len(train), 1)):
-        paths = stages.features(ctx, ctx.reporter(), train, ctx.out / "features", deadline=ctx.deadlines.training,
+        paths = stages.features(ctx, ctx.reporter(), train, ctx.folder.features, deadline=ctx.deadlines.training,
                                 executor=ctx.executor)
         if paths:
             ctx.progress(len(train), max(len(train), 1), message=f"loading the samples of {len(paths)} volumes")
@@ -374,15 +375,15 @@ def _train(ctx: RunContext) -> None:
     else:
         val = st.selection.val
         with _stage(ctx, StageName.SEARCH, total=budget.search_units(cfg, n_val=len(stages.search_volumes(cfg, val)))):
-            st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.out / "search",
+            st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.folder.search,
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):
-            model = stages.fit(ctx, ctx.reporter(), samples, st.best, ctx.out / "model",
+            model = stages.fit(ctx, ctx.reporter(), samples, st.best, ctx.folder.model,
                                max_iter=cfg.fit_max_iter, deadline=ctx.deadlines.training)
             if not np.any(model.coef):
                 ctx.warn("the fitted model has no non-zero weight (stopped by the budget before "
                          "learning, or regularised away); test volumes get the fallback segmentation",
-                         subject=str(ctx.out / "model" / "model.npz"), code="model_empty")
+                         subject=str(ctx.folder.model / MODEL_WEIGHTS), code="model_empty")
                 model = None
             st.model = model
         del samples
@@ -398,7 +399,7 @@ def _train(ctx: RunContext) -> None:
         keep = budget.validation_reserve_s(st.timings, n_val=len(st.selection.val), config=cfg,
                                            unet=st.unet_plan.cost)
         with _stage(ctx, StageName.UNET, total=stages.unet_params(ctx).epochs + 1):
-            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.out / "model" / "unet", model=st.model,
+            st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.folder.unet, model=st.model,
                                   deadline=ctx.deadlines.training - keep,
                                   tta=bool(st.unet_plan.cost and st.unet_plan.cost.params.tta_flip))
 
@@ -423,14 +424,14 @@ def _validate(ctx: RunContext) -> None:
                 fields["substep"] = f"fit_prox alone: {fields.get('substep') or 'volume'}"
                 ctx.progress(0, total, **fields)
             linear = stages.validate(ctx, ctx.reporter(publish=False, progress=alone), st.model, st.best, None,
-                                     val, ctx.out / "val" / "linear", deadline=ctx.deadlines.training,
+                                     val, ctx.folder.val / "linear", deadline=ctx.deadlines.training,
                                      executor=ctx.executor)
-        st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.out / "val",
+        st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.folder.val,
                                         deadline=ctx.deadlines.training, executor=ctx.executor)
         unet_pair = None
         if st.unet is not None and st.val_scores:
             # the U-Net's own hysteresis pair, chosen on validation like fit_prox's
-            unet_pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.out / "val",
+            unet_pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
                                                               st.val_scores, deadline=ctx.deadlines.training)
         both = sorted(set(linear) & set(st.val_scores))
         if st.unet is not None and both:
@@ -439,7 +440,7 @@ def _validate(ctx: RunContext) -> None:
             if without > with_unet:
                 ctx.warn(f"the U-Net's validation score {with_unet:.3f} is below fit_prox alone ({without:.3f}) "
                          f"on {len(both)} validation volumes: test volumes are segmented by fit_prox alone "
-                         "and the bundle holds no U-Net", subject=str(ctx.out / "val" / "linear"),
+                         "and the bundle holds no U-Net", subject=str(ctx.folder.val / "linear"),
                          code="unet_not_better")
                 st.unet = None
                 st.val_scores = linear
@@ -458,14 +459,14 @@ def _write_bundle_manifest(ctx: RunContext) -> None:
     cfg, st = ctx.config, ctx.state
     try:
         write_manifest(
-            ctx.out / "model", best=st.best, closing_radius=stages.closing_of(cfg, st.best),
+            ctx.folder.model, best=st.best, closing_radius=stages.closing_of(cfg, st.best),
             min_component_voxels=cfg.min_component_voxels, min_size=stages.min_size_of(cfg, st.best),
             plug_size=stages.plug_size_of(st.best), unet_fuse=cfg.unet_fuse if st.unet else None,
             train_ids=[r.id for r in st.selection.train], val_ids=[r.id for r in st.selection.val],
             validation=_validation_summary(st),
         )
     except (OSError, ValueError) as exc:
-        ctx.err(f"{ctx.out / 'model' / 'model.json'}: could not write the model bundle manifest: {exc}",
+        ctx.err(f"{ctx.folder.model / MANIFEST}: could not write the model bundle manifest: {exc}",
                 code="bundle_write_failed")
 
 
@@ -523,13 +524,13 @@ def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | Non
     st = ctx.state
     with _stage(ctx, StageName.SEGMENT, total=max(len(test), 1)):
         st.fallback_ids = stages.segment(ctx, ctx.reporter(), st.model if model_ok else None, st.best,
-                                         st.unet if model_ok else None, test, ctx.out / "test",
+                                         st.unet if model_ok else None, test, ctx.folder.test,
                                          deadline=ctx.deadlines.hard, executor=ctx.executor)
     if not test:
         _skip(ctx, StageName.PACKAGE, "no test images")
         return None
     with _stage(ctx, StageName.PACKAGE, total=len(test)):
-        return stages.package(ctx, ctx.reporter(), test, ctx.out / "test", ctx.out / "submission.zip")
+        return stages.package(ctx, ctx.reporter(), test, ctx.folder.test, ctx.folder.submission)
 
 
 def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
@@ -633,9 +634,9 @@ def _execute(ctx: RunContext) -> RunResult:
     submission: Path | None = None
     stats: dict[str, Any] = {}
     try:
-        ctx.state.resumed = (ctx.out / "journal.jsonl").exists()
+        ctx.state.resumed = ctx.folder.journal.exists()
         ctx.tel.start(run_id=time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
-        write_json(ctx.out / "config.json", ctx.config.to_dict())
+        write_json(ctx.folder.config, ctx.config.to_dict())
         _start_executor(ctx)
         try:
             status, submission = _chain(ctx)
@@ -652,9 +653,9 @@ def _execute(ctx: RunContext) -> RunResult:
             ctx.err(f"run failed: {ctx.state.error_text}", code="run_failed")
         stats = run_stats(ctx, status, submission)
         try:
-            write_json(ctx.out / "stats.json", stats)
+            write_json(ctx.folder.stats, stats)
         except OSError as exc:
-            ctx.err(f"{ctx.out / 'stats.json'}: could not write: {exc}", code="io")
+            ctx.err(f"{ctx.folder.stats}: could not write: {exc}", code="io")
         ctx.tel.finish(status, submission=str(submission) if submission else None, stats=stats)
     finally:
         _close_executor(ctx)

@@ -24,6 +24,7 @@ import numpy as np
 
 from nx47_pipeline.data.discovery import VolumeRecord
 from nx47_pipeline.io.jsonio import read_json
+from nx47_pipeline.io.run_folder import FIT, RunFolder
 from nx47_pipeline.io.submission import write_submission
 from nx47_pipeline.io.volumes import read_volume
 from nx47_pipeline.model.postprocess import fallback_segment
@@ -172,7 +173,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     mvox_val = float(np.sum([stages.mvox(r.shape) for r in sl.val]))
 
     model = stages.fit(ctx, quiet(2), samples, grid["best"], dest / "model", max_iter=small_iter, deadline=None)
-    fit_info = read_json(dest / "model" / "fit.json") or {}
+    fit_info = read_json(RunFolder(dest).model / FIT) or {}
     unet_s_per_batch = None
     if cfg.use_unet is not False and torch_available() and deadline - time.monotonic() > 120:
         unet_phase = phase(3)
@@ -234,7 +235,7 @@ def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path,
                      on_progress=lambda d, t_, what: progress(1, 1, substep=f"fallback: {what}"))
     t_fb = time.monotonic() - t
     t = time.monotonic()
-    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], dest / "submission.zip",
+    write_submission([(r.id, dest / "test" / f"{r.id}.tif") for r in sl.test], RunFolder(dest).submission,
                      on_progress=lambda d, t_, what: progress(1, 1, substep=f"packaging: {what}"))
     t_pack = time.monotonic() - t
     return t_fb, t_pack, tuple(vol.shape)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import LOCK, RESUMABLE, RUN_KEY
 
-LOCK_NAME = "run.lock"
-RUN_KEY_NAME = "run_key.json"
+LOCK_NAME = LOCK
+RUN_KEY_NAME = RUN_KEY
 
 #: What a run writes that depends on its settings (moved aside when they change).
-ARTIFACTS = ("preflight", "features", "search", "model", "val", "test", "submission.zip",
-             "auto_coverage.json")
+ARTIFACTS = RESUMABLE
 
 #: Config fields that do not change what a run computes (left out of the
 #: run key: a rerun with another budget or console setting resumes).

@@ -26,6 +26,7 @@ import numpy as np
 from nx47_pipeline.data.coverage import Selection, select_coverage
 from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, resolve_data_root
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import FIT, MODEL_WEIGHTS, UNET_POSTPROCESS, UNET_THRESHOLDS
 from nx47_pipeline.io.submission import PackagingError, write_submission
 from nx47_pipeline.io.volumes import VolumeError, read_pair, read_volume, write_volume
 from nx47_pipeline.model.features import feature_names, halo_for
@@ -308,7 +309,7 @@ def fit(
     """``fit_prox`` at the search's best (L1, L2), warm-started from the
     search's model; ``dest/model.npz`` and ``dest/fit.json``."""
     cfg = ctx.config
-    path = dest / "model.npz"
+    path = dest / MODEL_WEIGHTS
     if path.exists():
         report.progress(max_iter, max_iter, message="model cached")
         return LogisticModel.load(path)
@@ -338,7 +339,7 @@ def fit(
     report.trace("model/coef", np.asarray(res.model.coef, dtype=np.float32))
     dest.mkdir(parents=True, exist_ok=True)
     res.model.save(path)
-    write_json(dest / "fit.json", {
+    write_json(dest / FIT, {
         "n_iter": res.n_iter, "converged": res.converged, "stopped_reason": res.stopped_reason,
         "objective": res.objective[-1] if res.objective else None, "seconds": res.seconds,
         "l1": best["l1"], "l2": best["l2"],
@@ -555,7 +556,7 @@ def unet_thresholds(
     candidates' means in ``postprocess_scores``)."""
     cfg = ctx.config
     current = _post_key(cfg, best)
-    record = read_json(dest / "unet_thresholds.json")
+    record = read_json(dest / UNET_THRESHOLDS)
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
             and _same_key(_recorded_key(cfg, record, "search"), current)):
         # a resumed run: the masks and scores already follow the recorded choice
@@ -622,7 +623,7 @@ def unet_thresholds(
         done, load, low=chosen[0], high=chosen[1], thin=chosen[2], closing_radius=chosen[3],
         dust_sizes=[chosen[4], *cfg.dust_sizes()], plug_sizes=[chosen[5], *cfg.plug_sizes()],
         min_size=chosen[4], plug_size=chosen[5],
-        known={(chosen[4], chosen[5]): known}, cache=dest / "unet_postprocess.json", deadline=deadline,
+        known={(chosen[4], chosen[5]): known}, cache=dest / UNET_POSTPROCESS, deadline=deadline,
         on_progress=lambda d, t, what: report.progress(n_val, n_val, substep=f"U-Net dust / plug: {what}",
                                                        substep_done=int(d), substep_total=int(t)),
         on_metric=lambda value, extra: report.metric(MetricName.POSTPROCESS_SCORE, value, model="unet", **extra),
@@ -659,7 +660,7 @@ def unet_thresholds(
             write_volume(dest / f"{rec.id}.tif", mask)
             new[rec.id] = validation_record(s)
             write_json(dest / f"{rec.id}.json", new[rec.id])
-    write_json(dest / "unet_thresholds.json", record)  # last: a resumed run trusts the masks it names
+    write_json(dest / UNET_THRESHOLDS, record)  # last: a resumed run trusts the masks it names
     if chosen == current:
         return None, scores
     return _choice(chosen, chosen_mean), new

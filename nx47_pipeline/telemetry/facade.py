@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.run_folder import JOURNAL, PLAN
 from nx47_pipeline.telemetry.bus import EventBus, Sink
 from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
 from nx47_pipeline.telemetry.console import ConsoleSink
@@ -55,8 +56,8 @@ from nx47_pipeline.telemetry.trace import array_trace
 
 __all__ = ["Telemetry", "JOURNAL_NAME", "PLAN_NAME"]
 
-JOURNAL_NAME = "journal.jsonl"
-PLAN_NAME = "plan.json"
+JOURNAL_NAME = JOURNAL
+PLAN_NAME = PLAN
 
 _BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_fit", "deadline_s"}
 

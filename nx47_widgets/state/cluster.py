@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from nx47_pipeline.io.run_folder import CLUSTER
 from nx47_pipeline.telemetry.events import Event, EventKind
 
 __all__ = ["CLUSTER_NAME", "STALE_AFTER_S", "ClusterSnapshot", "ClusterState", "WorkerInfo",
            "parse_cluster", "read_cluster", "UP", "CLOSED", "STALE", "ENDED", "MALFORMED"]
 
 #: The file a run with a Dask scheduler writes in its output folder.
-CLUSTER_NAME = "cluster.json"
+CLUSTER_NAME = CLUSTER
 #: Seconds without an update after which a running run's cluster reads stale
 #: (the writer rewrites the file about every 2 s).
 STALE_AFTER_S = 10.0

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from nx47_pipeline.data.coverage import coverage_audit, plan_counts, select_coverage
 from nx47_pipeline.data.discovery import discover, resolve_data_root
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.run.budget import largest_fit, load_preflight_timings, project_run
 from nx47_pipeline.telemetry.events import EventKind
 
@@ -292,7 +293,7 @@ def _same_folder(a: str, b: str) -> bool:
 
 def _journal_data_root(folder: Path) -> str | None:
     """The resolved data root of the last CONFIG in ``folder``'s journal, or None."""
-    path = folder / "journal.jsonl"
+    path = RunFolder(folder).journal
     found = None
     tag = f'"{EventKind.CONFIG.value}"'
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nx47_pipeline.io.jsonio import read_json
-from nx47_pipeline.run.infer import INFER_KEY
+from nx47_pipeline.io.run_folder import INFER_KEY
 from nx47_pipeline.telemetry.events import Event, EventKind, PreviewPayload, Status
 
 __all__ = ["AXES", "INFER_COMMAND", "INFER_SPLIT", "InferVolume", "PreviewState"]

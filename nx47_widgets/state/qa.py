@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import QA
 
 __all__ = ["QA_NAME", "MARKS", "QaMarks"]
 
 #: The file of the marks, in the run folder.
-QA_NAME = "qa.json"
+QA_NAME = QA
 #: The marks a volume can get.
 MARKS = ("pass", "fail")
 

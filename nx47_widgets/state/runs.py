@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nx47_pipeline.io.jsonio import read_json
-from nx47_pipeline.run.infer import INFER_KEY
+from nx47_pipeline.io.run_folder import INFER_KEY, RunFolder
 from nx47_pipeline.telemetry.events import EventKind, Status
 from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 
@@ -101,7 +101,7 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
         elif e.get("kind") == EventKind.EXEC_COMPLETE.value:
             end = e
     live = holder(folder)
-    stats = read_json(folder / "stats.json") or {}
+    stats = read_json(RunFolder(folder).stats) or {}
     started = float(start["ts"]) if start else None
     status = None
     if end is not None:

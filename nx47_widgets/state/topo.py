@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nx47_pipeline.io.jsonio import read_json
+from nx47_pipeline.io.run_folder import STATS
 from nx47_pipeline.model.metric import TOPO_WEIGHTS
 from nx47_pipeline.telemetry.events import Event, EventKind
 
@@ -315,7 +316,7 @@ class ValidationScores:
                 return data, shown
         rec = self.per_volume.get(str(volume_id))
         if isinstance(rec, dict):
-            return rec, "the run's statistics (stats.json)"
+            return rec, f"the run's statistics ({STATS})"
         return None, ""
 
     def breakdown(self, volume_id: str, pred_path: str | os.PathLike | None = None) -> TopoBreakdown:

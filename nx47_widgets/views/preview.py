@@ -10,6 +10,7 @@ import threading
 
 import ipywidgets as W
 
+from nx47_pipeline.io.run_folder import MASK
 from nx47_pipeline.telemetry.events import Split
 
 from nx47_widgets.render import (
@@ -53,7 +54,7 @@ def available_overlays(p) -> dict[str, str]:
     it applies, else why not."""
     if p.split == INFER_SPLIT:
         no_label = "no label: an inferred volume has none"
-        no_pred = "no mask yet: nx47 infer writes mask.zarr when it ends"
+        no_pred = f"no mask yet: nx47 infer writes {MASK} when it ends"
         no_prob = "no probability: nx47 infer keeps threshold classes, not probabilities"
     else:
         no_label = "no label: test volumes have none"

@@ -28,9 +28,9 @@ class ProgressPanel:
         for name in ProgressState.NAMES:
             bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style=STYLE_INFO,
                                   description=self.LABELS[name],
-                                  layout=W.Layout(width="auto", flex="1 1 55%", min_width="200px"))
+                                  layout=W.Layout(width="auto", flex="1 1 68%", min_width="200px"))
             bar.add_class(f"nx47-bar-{name}")
-            text = W.HTML("", layout=W.Layout(width="auto", flex="1 1 45%", min_width="0"))
+            text = W.HTML("", layout=W.Layout(width="auto", flex="1 1 32%", min_width="240px"))
             text.add_class(f"nx47-bartext-{name}")
             self.bars[name], self.texts[name] = bar, text
             row = W.HBox([bar, text], layout=W.Layout(width="100%"))

@@ -11,6 +11,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from nx47_pipeline.io.run_folder import SUBMISSION
 from nx47_pipeline.telemetry.format import format_duration
 
 from nx47_widgets.state.preview import INFER_COMMAND
@@ -71,7 +72,7 @@ class ResultsPanel:
         self.html = W.HTML("<i>no result yet</i>")
         self.html.add_class("nx47-results")
         self.html.add_class("nx47-card")
-        self.download = W.Button(description="Download submission.zip", disabled=True,
+        self.download = W.Button(description=f"Download {SUBMISSION}", disabled=True,
                                  layout=W.Layout(width="auto", display="none"))
         self.download.add_class("nx47-download")
         self.link = W.HTML("")
@@ -154,8 +155,8 @@ class ResultsPanel:
     def _show_download(self, path: str | None, size: int | None = None) -> None:
         self._path = path
         self.syncer.set(self.download, disabled=path is None,
-                        description=f"Download submission.zip ({human_bytes(size)})"
-                        if path else "Download submission.zip")
+                        description=f"Download {SUBMISSION} ({human_bytes(size)})"
+                        if path else f"Download {SUBMISSION}")
         self.syncer.set(self.download.layout, display="" if path else "none")
 
     @staticmethod

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import ipywidgets as W
 
+from nx47_pipeline.io.run_folder import QA
 from nx47_pipeline.telemetry.format import format_duration
 
 from nx47_widgets.state.runs import INFER, RunSummary
@@ -59,7 +60,7 @@ COLUMNS = (("folder", "run folder", "the run's folder (its address under Voila)"
            ("score", "score", "mean validation score"),
            ("coverage", "coverage", "training + validation volumes, % of the pairs found"),
            ("fallback", "fallback", "test volumes segmented by the fallback"),
-           ("qa", "QA", "QA marks in qa.json"))
+           ("qa", "QA", f"QA marks in {QA}"))
 
 
 def runs_table(runs: list[RunSummary], *, links: bool, current: str | None = None,

@@ -184,3 +184,40 @@ def test_no_caller_reaches_the_toposcore_approximation():
                     and isinstance(node.value, ast.Constant) and node.value.value in ("approx",):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno} asks for the approximation")
     assert not bad, "\n".join(bad)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def test_run_folder_file_names_are_spelled_only_in_io_run_folder():
+    """Every artifact name of an output folder (stats.json, cluster.json, ...) is
+    spelled once, in ``nx47_pipeline/io/run_folder.py``; code elsewhere asks a
+    ``RunFolder`` (docstrings and argparse's help / description texts may name
+    the files for readers)."""
+    import re
+
+    from nx47_pipeline.io import run_folder
+
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in run_folder.ARTIFACT_NAMES) + r")(?![\w.])")
+    home = REPO / "nx47_pipeline" / "io" / "run_folder.py"
+    bad = []
+    for name, path in MODULES.items():
+        if path == home:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):  # help="..." / description="...": text for readers, like docstrings
+            if isinstance(node, ast.keyword) and node.arg in ("help", "description"):
+                docs |= {id(n) for n in ast.walk(node.value)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                for m in pattern.finditer(node.value):
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {m.group(1)!r}")
+    assert not bad, "run-folder file names spelled outside io/run_folder.py:\n" + "\n".join(bad)
