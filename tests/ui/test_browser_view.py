@@ -221,7 +221,7 @@ def test_the_header_shows_state_elapsed_eta_score_and_fallbacks_in_the_first_vie
         assert words in h["text"], (words, h["text"])
     # the four progress bars under it, full width, all inside the first viewport
     assert len(h["bars"]) == 4 and all(top >= h["bottom"] - 1 and bottom <= 1000 for top, bottom, _ in h["bars"])
-    assert all(w >= 0.95 * h["width"] for _, _, w in h["bars"]) and h["globalWidth"] > 0.5 * h["width"], h
+    assert all(w >= 0.95 * h["width"] for _, _, w in h["bars"]) and h["globalWidth"] > 0.62 * h["width"], h
     p.page.screenshot(path=str(site["shots"] / "header-finished.png"))
 
     live = page_at(site["live"], 1600)
