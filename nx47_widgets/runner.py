@@ -13,9 +13,9 @@
   process, and the new kernel attaches again.  Its :meth:`~DetachedRunner.stop`
   sends SIGTERM to a run process and a stop request to a kernel's threaded
   run; :meth:`~DetachedRunner.enforce_stop` kills a holder that did not end
-  in time and records it (``killed.json``).  :func:`has_run` and
-  :func:`is_live` tell a folder with a live run (its run lock names a live
-  process, :mod:`nx47_pipeline.run.resume`) from one with a finished run.
+  in time and records it (``killed.json``).  :func:`has_run` tells a folder
+  that holds a run (live or finished; whether it is live is its run lock's,
+  :mod:`nx47_pipeline.run.resume`).
 * :class:`UIPump` is the single consumer: it drains a source at most every
   ``interval`` seconds and hands the batch to one ``flush`` call, so widget
   syncs stay bounded (about ``1 / interval`` per second) whatever the event
@@ -71,7 +71,6 @@ __all__ = [
     "config_env",
     "default_job",
     "has_run",
-    "is_live",
 ]
 
 #: ``job(config, cancel, sink)``: runs a pipeline, delivering events to ``sink``
@@ -266,20 +265,6 @@ def has_run(out_dir: str | os.PathLike) -> bool:
     bool
     """
     return (Path(out_dir) / JOURNAL_NAME).exists()
-
-
-def is_live(out_dir: str | os.PathLike) -> bool:
-    """True if ``out_dir`` holds a journal and the process named in its run lock lives.
-
-    Parameters
-    ----------
-    out_dir : str or path-like
-
-    Returns
-    -------
-    bool
-    """
-    return has_run(out_dir) and pid_alive(read_lock_pid(out_dir))
 
 
 class DetachedRunner:

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from nx47_pipeline.io.volumes import VolumeError, read_header
 
@@ -521,7 +521,3 @@ def discover(
         )
     return inv
 
-
-def records_by_id(records: Iterable[VolumeRecord]) -> dict[str, VolumeRecord]:
-    """Map id -> record."""
-    return {r.id: r for r in records}

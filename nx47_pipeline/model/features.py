@@ -669,38 +669,6 @@ def _choose_indices(
     return np.concatenate(idx_parts), np.concatenate(y_parts)
 
 
-def sample_voxels(
-    features: np.ndarray, label: np.ndarray, *, n_per_class: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced voxel sample from a feature stack.
-
-    Parameters
-    ----------
-    features : ndarray, shape (n_features, Z, Y, X)
-        From :func:`compute_features`.
-    label : ndarray, shape (Z, Y, X)
-        0 background, 1 surface, 2 ignore (never sampled).
-    n_per_class : int
-        Up to this many voxels of each class (all of a smaller class).
-    seed : int
-        Random seed; the same inputs give the same sample.
-
-    Returns
-    -------
-    X : ndarray, float32, shape (n, n_features)
-    y : ndarray, uint8, shape (n,)
-        Class 0 rows first, then class 1.
-    """
-    features = np.asarray(features)
-    if features.ndim != 4:
-        raise ValueError(f"features must be 4-D (n_features, Z, Y, X), got shape {features.shape}")
-    label = _check_label(label, features.shape[1:])
-    idx, y = _choose_indices(label, n_per_class, seed)
-    flat = features.reshape(features.shape[0], -1)
-    X = np.ascontiguousarray(flat[:, idx].T, dtype=np.float32)
-    return X, y
-
-
 def sample_slabs(nz: int, *, slab: int, max_slabs: int | None, seed: int) -> list[int] | None:
     """Indices of ``max_slabs`` z-slabs spread evenly along ``nz`` rows (a
     seeded offset); None when every slab is used."""
@@ -729,8 +697,9 @@ def volume_sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced sample of one volume, features computed slab-wise.
 
-    Gives the same result as ``sample_voxels(compute_features(volume), label,
-    ...)`` (up to float rounding) while holding only one slab of features.
+    Gives the same rows as sampling the whole feature stack of
+    :func:`compute_features` at the same voxels (up to float rounding) while
+    holding only one slab of features.
     With ``max_slabs``, the sample is drawn from that many z-slabs chosen
     evenly along z (seeded offset) and only those slabs' features are
     computed: the cost falls with the fraction of slabs, not with the sample.

@@ -98,10 +98,6 @@ class LogisticModel:
         out += np.float32(b)
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of "surface" for rows of ``X``, float32 in [0, 1]."""
-        return expit(self.decision_function(X)).astype(np.float32, copy=False)
-
     def predict_volume(
         self,
         volume: np.ndarray,

@@ -296,9 +296,5 @@ def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) 
         raise stages.RunFailed("preflight needs at least one test image; none found")
 
 
-def slice_counts(sl: PreflightSlice) -> tuple[int, int, int]:
-    return len(sl.train), len(sl.val), len(sl.test)
-
-
 __all__: Sequence[str] = ["PHASES", "OutOfTime", "PreflightSlice", "preflight_slice", "preflight_deadline",
                           "run_chain", "check_slice"]

@@ -21,7 +21,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from nx47_pipeline.telemetry.events import COALESCIBLE, MUST_DELIVER, Event, EventKind, MessagePayload, Payload
 
-__all__ = ["Sink", "EventBus", "QueueSink", "CallbackSink", "sink_name"]
+__all__ = ["Sink", "EventBus", "QueueSink", "sink_name"]
 
 
 @runtime_checkable
@@ -39,20 +39,6 @@ def sink_name(sink: object) -> str:
     if isinstance(name, str) and name:
         return name
     return type(sink).__name__
-
-
-class CallbackSink:
-    """Adapt a plain function ``fn(event)`` to the :class:`Sink` protocol."""
-
-    def __init__(self, fn: Callable[[Event], None], *, name: str = "") -> None:
-        self._fn = fn
-        self.name = name or getattr(fn, "__name__", "callback")
-
-    def handle(self, event: Event) -> None:
-        self._fn(event)
-
-    def close(self) -> None:
-        pass
 
 
 class EventBus:

@@ -173,7 +173,6 @@ class HeartbeatMonitor:
         self._last_worker_cpu: float | None = None
         self._last_own_cpu: float | None = None
         self._last_cpu_advance = now
-        self._last_state: WorkerState | None = None
         self.beats = 0
 
     @staticmethod
@@ -244,10 +243,6 @@ class HeartbeatMonitor:
                 f"state must be one of {[s.value for s in _FINAL]}, got {state.value!r}"
             )
         self._final = state
-
-    @property
-    def last_state(self) -> WorkerState | None:
-        return self._last_state
 
     # ------------------------------------------------------------------
     def _measure(self) -> tuple[float, float, float, float | None, bool]:
@@ -321,7 +316,6 @@ class HeartbeatMonitor:
                 interval_s=self.interval_s,
                 message=msg,
             )
-            self._last_state = state
             self.beats += 1
             try:
                 stage = self._stage() or ""

@@ -255,11 +255,6 @@ class PlanTracker:
             st = self._get(name)
             return st.done, st.total
 
-    def stage_fraction(self, name: str) -> float:
-        """Fraction of stage ``name`` done, in [0, 1]."""
-        with self._lock:
-            return self._get(name).fraction()
-
     def _raw(self) -> float:
         total_w = sum(s.weight for s in self._stages)
         if total_w <= 0:

@@ -21,12 +21,12 @@ import tifffile
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.demo import generate_demo_dataset
 from nx47_pipeline.run.orchestrator import run_pipeline
-from nx47_pipeline.telemetry.bus import CallbackSink
 from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.telemetry.events import EventKind
 from nx47_pipeline.telemetry.journal import read_journal, verify_journal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sinks import CallbackSink  # noqa: E402
 from test_pipeline import small_config as pipeline_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)

@@ -244,7 +244,7 @@ def test_sigkill_during_stage_then_rerun_gives_the_same_masks(clean_root, refere
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", CANCEL_STAGES)
 def test_stop_during_each_stage_cancels_within_two_seconds(clean_root, tmp_path, stage):
-    from nx47_pipeline.telemetry.bus import CallbackSink
+    from sinks import CallbackSink
     from nx47_pipeline.telemetry.cancel import CancelToken
     from nx47_pipeline.config import RunConfig
     from nx47_pipeline.telemetry.events import EventKind

@@ -157,7 +157,8 @@ def test_results_card_lists_compact_counts_per_volume(dash):
 def test_the_table_follows_the_run_as_its_records_arrive(run, tmp_path):
     """A live run: a volume previewed before its record exists says "not
     recorded"; the run's GLOBAL_STATS then fills the table in (no reselect)."""
-    from nx47_pipeline.telemetry.bus import CallbackSink, EventBus
+    from nx47_pipeline.telemetry.bus import EventBus
+    from sinks import CallbackSink
     from nx47_pipeline.telemetry.events import EventKind, GlobalStatsPayload, PreviewPayload, RunStartPayload
 
     data, done, (a, b, c) = run

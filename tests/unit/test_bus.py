@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from nx47_pipeline.telemetry.bus import CallbackSink, EventBus, QueueSink
+from nx47_pipeline.telemetry.bus import EventBus, QueueSink
+from sinks import CallbackSink
 from nx47_pipeline.telemetry.events import (
     MUST_DELIVER,
     ArrayTracePayload,

@@ -137,26 +137,34 @@ def _label_encoding_features(label):
     return np.stack([label.astype(np.float32), np.arange(label.size, dtype=np.float32).reshape(label.shape)])
 
 
+def _sample_stack(features, label, *, n_per_class, seed):
+    """The reference: the same class-balanced voxels as ``volume_sample``, taken
+    from a whole feature stack held in memory."""
+    label = F._check_label(label, features.shape[1:])
+    idx, y = F._choose_indices(label, n_per_class, seed)
+    return np.ascontiguousarray(features.reshape(features.shape[0], -1)[:, idx].T, dtype=np.float32), y
+
+
 def test_sample_skips_ignore_and_balances_classes():
     rng = np.random.default_rng(1)
     label = rng.choice([0, 1, 2], size=(20, 20, 20), p=[0.5, 0.05, 0.45]).astype(np.uint8)
     feats = _label_encoding_features(label)
     n1 = int((label == 1).sum())
-    X, y = F.sample_voxels(feats, label, n_per_class=1000, seed=7)
+    X, y = _sample_stack(feats, label, n_per_class=1000, seed=7)
     assert X.dtype == np.float32 and y.dtype == np.uint8
     assert set(np.unique(y)) == {0, 1}
     np.testing.assert_array_equal(X[:, 0], y)  # no label-2 voxel, labels right
     assert (y == 0).sum() == 1000 and (y == 1).sum() == n1  # smaller class: all of it
     assert len(np.unique(X[:, 1])) == len(y)  # no voxel twice
-    X2, y2 = F.sample_voxels(feats, label, n_per_class=1000, seed=7)
+    X2, y2 = _sample_stack(feats, label, n_per_class=1000, seed=7)
     np.testing.assert_array_equal(X, X2)
-    X3, _ = F.sample_voxels(feats, label, n_per_class=1000, seed=8)
+    X3, _ = _sample_stack(feats, label, n_per_class=1000, seed=8)
     assert not np.array_equal(X, X3)
 
 
 def test_volume_sample_equals_whole_stack_sample(pair):
     image, label = pair
-    Xw, yw = F.sample_voxels(F.compute_features(image), label, n_per_class=300, seed=4)
+    Xw, yw = _sample_stack(F.compute_features(image), label, n_per_class=300, seed=4)
     Xs, ys = F.volume_sample(image, label, n_per_class=300, seed=4, slab=7)
     np.testing.assert_array_equal(ys, yw)
     np.testing.assert_allclose(Xs, Xw, rtol=1e-5, atol=1e-5)
@@ -175,7 +183,7 @@ def test_errors_name_the_problem(pair):
     bad = label.copy()
     bad[0, 0, 0] = 7
     with pytest.raises(ValueError, match="0, 1 or 2"):
-        F.sample_voxels(F.compute_features(image, scales=(1.0,)), bad, n_per_class=10, seed=0)
+        _sample_stack(F.compute_features(image, scales=(1.0,)), bad, n_per_class=10, seed=0)
     with pytest.raises(ValueError, match="n_per_class"):
         F.volume_sample(image, label, n_per_class=0, seed=0)
 

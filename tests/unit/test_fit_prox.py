@@ -103,7 +103,7 @@ def test_time_cap_and_deadline_are_honoured():
     # a deadline already past: no iteration, still a usable model
     res = fit_prox(X, y, max_iter=1000, deadline=0.0)
     assert res.stopped_reason == "deadline" and res.n_iter == 0
-    p = res.model.predict_proba(X)
+    p = expit(res.model.decision_function(X))
     assert p.shape == (len(y),) and np.allclose(p, y.mean(), atol=1e-6)
 
 
@@ -150,7 +150,7 @@ def test_save_load_roundtrip_without_pickle(tmp_path: Path):
         assert "coef" in z.files
     back = LogisticModel.load(path)
     assert back.feature_names == model.feature_names and back.scales == (1.0, 3.0)
-    np.testing.assert_array_equal(back.predict_proba(X), model.predict_proba(X))
+    np.testing.assert_array_equal(back.decision_function(X), model.decision_function(X))
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not an NX47 model"):
         LogisticModel.load(tmp_path / "other.npz")
@@ -169,7 +169,7 @@ def test_predict_volume_matches_row_predictions():
     model = LogisticModel(coef=rng.normal(size=len(names)), intercept=0.2, mean=rng.normal(size=len(names)),
                           scale=rng.random(len(names)) + 0.5, feature_names=names, scales=(1.0, 2.0))
     feats = compute_features(vol, scales=(1.0, 2.0))
-    ref = model.predict_proba(feats.reshape(len(names), -1).T).reshape(vol.shape)
+    ref = expit(model.decision_function(feats.reshape(len(names), -1).T)).reshape(vol.shape)
     calls = []
     got = model.predict_volume(vol, slab=6, on_progress=lambda d, t, w: calls.append((d, t)))
     assert got.dtype == np.float32 and got.shape == vol.shape

@@ -84,7 +84,7 @@ def test_the_unet_shrinks_the_coverage_that_fits():
                                                      (1200, "on", True), (9 * 3600, "off", False)])
 def test_flip_tta_is_a_budget_decision_that_sizes_the_segment_reserve(tmp_path, monkeypatch, budget_s, tta, planned):
     from nx47_pipeline.telemetry.events import BudgetDecision, EventKind
-    from nx47_pipeline.telemetry.bus import CallbackSink
+    from sinks import CallbackSink
 
     ctx = _context(tmp_path, monkeypatch, budget_s=budget_s, use_unet=True, unet_tta=tta)
     ctx.state.selection = select_coverage(ctx.state.inventory.pairs, max_train_volumes=4, max_val_volumes=2,
