@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                "-p", "BUDGET_S", str(args.budget_s), "-p", "USE_UNET", "False"]
     else:
         cmd = [sys.executable, "-m", "nx47_pipeline.cli", "run", "--data", str(data), "--out", str(out),
-               *FULL_ARGS]
+               *FULL_ARGS, *args.extra]
     console = Path(str(out) + ".console.log")
     samples = Path(str(out) + ".samples.tsv")
     print(" ".join(cmd), flush=True)
@@ -369,6 +369,8 @@ def main() -> int:
     r.add_argument("--max-train", type=int, default=160)
     r.add_argument("--max-val", type=int, default=40)
     r.add_argument("--budget-s", type=float, default=32400)
+    r.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="more nx47 run arguments, after the full-coverage ones (e.g. --extra --threads 1)")
     q = sub.add_parser("report")
     q.add_argument("--out", required=True, help="the run's folder")
     q.add_argument("--data", default=None, help="the dataset (for its distinct volumes and links)")

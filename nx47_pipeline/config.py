@@ -95,6 +95,9 @@ class RunConfig:
     # 0 = measured by the preflight
     nnunet_seconds_per_window: float = 0.0
     # --- Dask distributed --------------------------------------------------
+    # per-volume tasks (features, validate, segment) at once in process, on threads: 0 = auto (2 when the
+    # process may use 2 cores, else 1); with a scheduler, unused
+    threads: int = 0
     scheduler: str = ""  # "" in process (Dask not imported); "local" a LocalCluster; else a scheduler address
     workers: int = 2  # worker processes of a local cluster; with an address, the workers waited for
 
@@ -130,6 +133,8 @@ class RunConfig:
                     isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 0 for v in sizes):
                 raise ValueError(f"{name} must be a non-empty sequence of integers >= 0 (voxels), "
                                  f"e.g. (0, 64, 512), got {sizes!r}")
+        if isinstance(self.threads, bool) or int(self.threads) != self.threads or self.threads < 0:
+            raise ValueError(f"threads must be an integer >= 0 (0 = auto), got {self.threads!r}")
         if isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         for name in ("unet_patch", "unet_batch", "unet_width"):

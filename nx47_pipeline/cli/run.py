@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                    help="run per-volume work as Dask tasks: 'local' (a LocalCluster of worker processes) or a "
                         "scheduler address such as tcp://host:8786 (default: in this process, Dask not imported)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="without --scheduler: per-volume tasks (features, validate, segment) at once on threads "
+                        "of this process (default 0 = auto: 2 when 2 cores are available, else 1)")
     p.add_argument("--workers", type=int, default=None,
                    help="with --scheduler local: worker processes; with an address: workers to wait for (default 2)")
     p.add_argument("--seed", type=int, default=None)
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "model_dir": args.model_dir,
         "scheduler": args.scheduler,
         "workers": args.workers,
+        "threads": args.threads,
     }
     if args.quiet:
         overrides["console"] = False

@@ -348,8 +348,11 @@ def validation_reserve_s(timings: PreflightTimings | None, *, n_val: int, config
 
 
 def parallel_workers(config: RunConfig) -> int:
-    """Volumes processed at once by the per-volume stages: ``config.workers``
-    on a Dask scheduler, else 1."""
+    """What the projection divides the per-volume stages' volumes by:
+    ``config.workers`` on a Dask scheduler (the preflight timed one volume in
+    process), else 1 -- in process, tasks at once on threads included, the
+    preflight timed the stages on the run's own executor, so its rates
+    already are their throughput."""
     return max(1, int(config.workers)) if config.scheduler else 1
 
 

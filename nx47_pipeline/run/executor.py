@@ -1,7 +1,10 @@
 """Where per-chunk and per-volume work runs: in process, or on Dask distributed.
 
 Without a scheduler everything runs in this process and Dask is never
-imported.  ``scheduler="local"`` starts a :class:`distributed.LocalCluster`
+imported: one task at a time (:class:`InProcess`), or up to ``threads``
+tasks at once on threads (:class:`ThreadPool`; the compute of a task --
+scipy.ndimage filters, numpy, the compiled Betti kernels -- releases the
+GIL, so tasks overlap on idle cores).  ``scheduler="local"`` starts a :class:`distributed.LocalCluster`
 of worker *processes*; any other value is the address of a running
 scheduler (dask-jobqueue, Kubernetes, Coiled ...).  Dask is imported lazily
 by :func:`require_dask`, with an actionable error when it is missing.
@@ -9,10 +12,14 @@ by :func:`require_dask`, with an actionable error when it is missing.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from nx47_pipeline.telemetry.cancel import Cancelled
 
 from .cluster import ClusterMonitor
 
@@ -95,6 +102,9 @@ class InProcess:
     """Runs tasks one after the other in this process."""
 
     workers = 1
+    #: tasks share this process's cores: the preflight times them on this
+    #: executor, so its rates are the stage's throughput
+    shares_cores = True
     dashboard_link = ""
     #: items are taken one at a time, each when the previous task is done
     lazy = True
@@ -122,6 +132,105 @@ class InProcess:
         pass
 
 
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def local_threads(threads: int) -> int:
+    """Tasks at once in process for the ``threads`` setting: as set, or with
+    0 (auto) 2 when the process may run on at least 2 cores, else 1."""
+    threads = int(threads)
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = auto), got {threads!r}")
+    return threads if threads else min(2, available_cores())
+
+
+class ThreadPool:
+    """Runs up to ``threads`` tasks at once on threads of this process.
+
+    The same contract as :class:`DaskExecutor`: all items are taken at once
+    (``lazy`` False), results come as tasks complete, and a task's progress
+    reaches ``on_progress`` in the driver's thread (through a queue drained
+    every ``tick_s``), never from the task's own thread.  When the driver
+    leaves the iterator (``check`` raised, an error, ``break``) the tasks not
+    started are cancelled and the running ones stop at their next progress
+    report (:class:`~nx47_pipeline.telemetry.cancel.Cancelled`); the driver
+    does not wait for them.
+
+    Parameters
+    ----------
+    threads : int
+        Tasks at once (>= 1).
+    """
+
+    dashboard_link = ""
+    lazy = False
+    #: tasks share this process's cores (and its GIL): how much they overlap
+    #: is measured, by the preflight timing them on this executor
+    shares_cores = True
+
+    def __init__(self, threads: int = 2) -> None:
+        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.workers = int(threads)
+
+    def monitor(self, out_dir, *, interval_s: float = 2.0) -> None:
+        """Nothing to report: no ``cluster.json`` in process."""
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], *, on_progress: DriverProgress | None = None,
+            on_lost: Callable[[str], None] | None = None, check: Callable[[], None] | None = None,
+            tick_s: float = 0.25) -> Iterator[tuple[int, Any]]:
+        """``(index, result)`` as tasks complete (any order); ``fn(item,
+        progress)`` with ``on_progress``, else ``fn(item)``."""
+        items = list(items)
+        if not items:
+            return
+        messages: queue.SimpleQueue = queue.SimpleQueue()
+        stopping = threading.Event()
+
+        def progress(index: int, done: int, total: int, what: str, frac: float) -> None:
+            if stopping.is_set():
+                raise Cancelled("the stage's tasks were stopped")
+            messages.put((index, done, total, what, frac))
+
+        def call(item: Any) -> Any:
+            if stopping.is_set():
+                raise Cancelled("the stage's tasks were stopped")
+            return fn(item, progress) if on_progress is not None else fn(item)
+
+        def drain() -> None:
+            while True:
+                try:
+                    msg = messages.get_nowait()
+                except queue.Empty:
+                    return
+                if on_progress is not None:
+                    on_progress(*msg, "")
+
+        pool = ThreadPoolExecutor(max_workers=min(self.workers, len(items)), thread_name_prefix="nx47-task")
+        futures = {pool.submit(call, item): i for i, item in enumerate(items)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=tick_s, return_when=FIRST_COMPLETED)
+                drain()
+                if check is not None:
+                    check()
+                for fut in sorted(done, key=futures.__getitem__):
+                    yield futures[fut], fut.result()
+            drain()
+        finally:
+            stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        pass
+
+
 class DaskExecutor:
     """Runs tasks on a Dask distributed cluster.
 
@@ -139,6 +248,11 @@ class DaskExecutor:
     retries : int
         Times a task is retried when its worker is lost.
     """
+
+    #: workers are processes of their own (often machines): the preflight
+    #: times one volume in process and the projection shares the volumes out
+    #: (:func:`nx47_pipeline.run.budget.parallel_workers`)
+    shares_cores = False
 
     def __init__(self, scheduler: str, *, workers: int = 2, memory_limit: str | None = None,
                  retries: int = 2, connect_timeout_s: float = 30.0, wait_workers_s: float = 60.0) -> None:
@@ -285,10 +399,12 @@ class DaskExecutor:
             self._cluster.close()
 
 
-def make_executor(scheduler: str | None, *, workers: int = 2, memory_limit: str | None = None):
-    """:class:`InProcess` without a scheduler, else a :class:`DaskExecutor`."""
+def make_executor(scheduler: str | None, *, workers: int = 2, memory_limit: str | None = None,
+                  threads: int = 1):
+    """Without a scheduler :class:`InProcess` (``threads`` 1) or a
+    :class:`ThreadPool` of ``threads``; else a :class:`DaskExecutor`."""
     if not scheduler:
-        return InProcess()
+        return InProcess() if int(threads) <= 1 else ThreadPool(int(threads))
     return DaskExecutor(scheduler, workers=workers, memory_limit=memory_limit)
 
 

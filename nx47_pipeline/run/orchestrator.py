@@ -37,7 +37,7 @@ from nx47_pipeline.nnunet import budget as nnunet_budget
 from nx47_pipeline.run import budget, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
 from nx47_pipeline.run.context import RunContext, UNetPlan
-from nx47_pipeline.run.executor import InProcess, make_executor
+from nx47_pipeline.run.executor import InProcess, local_threads, make_executor
 from nx47_pipeline.run.resume import acquire_lock, check_run_key, release_lock, run_key
 from nx47_pipeline.run.stages import RunFailed
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
@@ -665,13 +665,15 @@ def _execute(ctx: RunContext) -> RunResult:
 
 
 def _start_executor(ctx: RunContext) -> None:
-    """``ctx.executor``: in process without ``config.scheduler``; else a
+    """``ctx.executor``: in process without ``config.scheduler`` (one task at a
+    time, or ``config.threads`` on threads); else a
     Dask client (``cluster.json`` kept current for the dashboard).  A
     scheduler that cannot be used is an ERROR naming it, and the run goes on
     in process."""
     cfg = ctx.config
     ctx.executor = InProcess()
     if not cfg.scheduler:
+        ctx.executor = make_executor(None, threads=local_threads(cfg.threads))
         return
     try:
         executor = make_executor(cfg.scheduler, workers=cfg.workers)

@@ -31,6 +31,7 @@ from nx47_pipeline.model.postprocess import fallback_segment
 from nx47_pipeline.run import budget, stages
 from nx47_pipeline.run.budget import PreflightTimings
 from nx47_pipeline.run.context import RunContext
+from nx47_pipeline.run.executor import InProcess
 from nx47_pipeline.unet.backend import torch_available
 from nx47_pipeline.unet.train import time_train_step
 
@@ -61,13 +62,17 @@ PREFLIGHT_MAX_VAL = 2
 
 def preflight_slice(ctx: RunContext) -> PreflightSlice:
     """``ceil(preflight_frac * n)`` training pairs, as many validation pairs
-    (at most :data:`PREFLIGHT_MAX_VAL`), one test volume."""
+    (at most :data:`PREFLIGHT_MAX_VAL`), one test volume per task run at once
+    on threads (so the segment rate is their throughput; one on Dask)."""
     sel, inv = ctx.state.selection, ctx.state.inventory
     frac = ctx.config.preflight_frac
     n_tr = budget.ceil_frac(len(sel.train), frac)
     n_va = min(budget.ceil_frac(len(sel.val), frac), PREFLIGHT_MAX_VAL)
+    # as many test volumes as tasks run at once on threads (at most preflight_frac of them, at least 1)
+    at_once = int(getattr(ctx.executor, "workers", 1) or 1) if getattr(ctx.executor, "shares_cores", False) else 1
+    at_once = max(1, min(at_once, budget.ceil_frac(len(inv.test), frac)))
     return PreflightSlice(train=list(sel.train[:n_tr]), candidates=list(sel.train),
-                          val=list(sel.val[:n_va]), test=list(inv.test[:1]))
+                          val=list(sel.val[:n_va]), test=list(inv.test[:at_once]))
 
 
 def preflight_deadline(ctx: RunContext) -> float:
@@ -145,21 +150,24 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     # features: an unusable candidate (bad label, unreadable file: reported by
     # name) is replaced by the next selected pair, so one bad file cannot fail
     # the whole preflight
+    # on the run's executor when its tasks share this process's cores (tasks
+    # at once on threads): the rates measured are then the stages' throughput;
+    # on Dask, in process (the projection shares the volumes out to the workers)
+    executor = ctx.executor if getattr(ctx.executor, "shares_cores", False) else InProcess()
     t = time.monotonic()
     want = len(sl.train)
     used: list[VolumeRecord] = []
     paths: list[Path] = []
     feat = phase(0)
-    for rec in sl.candidates[: want + 5]:
-        if len(paths) == want:
-            break
-        k = len(paths)
-        rep = ctx.reporter(publish=False,
-                           progress=lambda d, t_, _k=k, **kw: feat(_k + d / max(t_, 1e-9), want, **kw))
-        got = stages.features(ctx, rep, [rec], dest / "features")
-        if got:
-            paths += got
-            used.append(rec)
+    spare = list(sl.candidates[: want + 5])
+    while len(paths) < want and spare:
+        batch, spare = spare[: want - len(paths)], spare[want - len(paths):]
+        rep = ctx.reporter(publish=False, progress=lambda d, t_, **kw: feat(d, t_, **kw))
+        got = stages.features(ctx, rep, batch, dest / "features", n_records=want, offset=len(paths),
+                              executor=executor)
+        by_id = {r.id: r for r in batch}
+        used += [by_id[p.stem] for p in got]
+        paths += got
     if not paths:
         raise stages.RunFailed("no selected training pair is usable (each was reported above)")
     samples = stages.load_samples(paths)
@@ -192,11 +200,13 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     phase(3)(1, 1)
 
     t = time.monotonic()
-    stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None)
+    stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None,
+                    executor=executor)
     t_val = time.monotonic() - t
 
     t = time.monotonic()
-    stages.segment(ctx, quiet(5), model, grid["best"], None, sl.test, dest / "test", deadline=None)
+    stages.segment(ctx, quiet(5), model, grid["best"], None, sl.test, dest / "test", deadline=None,
+                   executor=executor)
     t_seg = time.monotonic() - t
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
 

@@ -702,8 +702,9 @@ def segment(
     (:func:`nx47_pipeline.run.budget.model_segment_need_s`), else the
     fallback.  One :func:`~nx47_pipeline.run.tasks.segment_task` per volume on
     ``executor`` (default in process: each volume is decided when its turn
-    comes; on Dask all are decided at submission, counting the model time of
-    the volumes ahead shared by the workers).  Returns the ids that got the
+    comes; on threads or Dask all are decided at submission, counting the
+    model time of the volumes ahead: shared by the Dask workers, at the
+    preflight's rate on threads).  Returns the ids that got the
     fallback, in the order of ``test``."""
     cfg = ctx.config
     executor = executor if executor is not None else InProcess()
@@ -714,7 +715,6 @@ def segment(
     seg = segmenter(ctx, model, best, unet_part) if model is not None else None
     thin = bool(best.get("thin", False))
     plug = plug_size_of(best) > 0
-    workers = max(1, int(getattr(executor, "workers", 1) or 1))
     state = {"announced": False, "ahead_s": 0.0, "done": 0}
 
     for rec in test:
@@ -730,7 +730,9 @@ def segment(
             use_model = seg is not None
             if use_model and deadline is not None:
                 m = mvox(rec.shape)
-                left = deadline - time.monotonic() - state["ahead_s"] / workers
+                # volumes ahead: shared out to Dask workers; on threads the preflight's
+                # rate already is the throughput of the tasks at once
+                left = deadline - time.monotonic() - state["ahead_s"] / budget.parallel_workers(cfg)
                 need = budget.model_segment_need_s(
                     timings, mvox=m, rest_mvox=[mvox(r.shape) for r in test[i + 1:]], unet=cost, thin=thin,
                     plug=plug,
