@@ -289,7 +289,7 @@ class Dashboard(RunGuard):
             self.pump.set_source(self.session.drain)
             self.controls.set_running(True)
             self.controls.set_busy(None)
-            mode = self.session.mode + (f" pid {runner.pid}" if isinstance(runner, DetachedRunner) else "")
+            mode = self.session.mode + (f" pid {runner.pid}" if runner.pid else "")
             self.controls.set_status(f"running in a {mode} → {h(self.session.folder)}")
             self.page.keep_run_in_url(str(self.session.folder))
             self.runs_panel.current = str(self.session.folder)

@@ -34,7 +34,7 @@ import time
 import traceback
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import nx47_pipeline
 from nx47_pipeline.config import RunConfig, env_name
@@ -64,6 +64,7 @@ from nx47_widgets.lifecycle import (
 )
 
 __all__ = [
+    "Runner",
     "ThreadedRunner",
     "DetachedRunner",
     "UIPump",
@@ -76,6 +77,38 @@ __all__ = [
 #: ``job(config, cancel, sink)``: runs a pipeline, delivering events to ``sink``
 #: (an object with ``handle(event)``); returns anything (kept as ``result``).
 Job = Callable[[RunConfig, CancelToken, Any], Any]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the page's :class:`~nx47_widgets.session.RunSession` drives, however the run lives.
+
+    ``running`` while it has not ended; ``drain()`` its new events;
+    ``stop(reason)`` asks it to stop and says what was done, in words;
+    ``join(timeout)`` waits for the end; ``enforce_stop(now)`` kills a
+    process that ignored Stop past its grace (True when it did now);
+    ``killed`` says why this page killed the run (None: it did not);
+    ``in_this_kernel`` is True for a run on a thread of the page's own kernel
+    (it ends with the kernel; another run cannot be attached meanwhile);
+    ``pid`` is the run's own process (None for a thread of this kernel).
+    """
+
+    in_this_kernel: bool
+    killed: str | None
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def drain(self) -> list[Event]: ...
+
+    def stop(self, reason: str = ...) -> str: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+    def enforce_stop(self, now: float | None = None) -> bool: ...
 
 
 def default_job(config: RunConfig, cancel: CancelToken, sink: Any) -> Any:
@@ -188,11 +221,22 @@ class ThreadedRunner:
         """Events queued since the last call."""
         return self.sink.drain(max_items)
 
-    def stop(self, reason: str = "user pressed Stop") -> None:
-        """Ask the job to stop (cooperative: it checks the token)."""
+    #: a thread of this kernel (:class:`Runner`): no process of its own
+    in_this_kernel = True
+    pid: int | None = None
+    #: a threaded run is never killed: it stops at its next check
+    killed: str | None = None
+
+    def stop(self, reason: str = "user pressed Stop") -> str:
+        """Ask the job to stop (cooperative: it checks the token); what was done, in words."""
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
         self.cancel.cancel(reason)
+        return "stopping: the run was asked to cancel"
+
+    def enforce_stop(self, now: float | None = None) -> bool:
+        """Nothing to enforce: the job stops at its next check of the token."""
+        return False
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the job to end; True if it ended."""
@@ -413,7 +457,10 @@ class DetachedRunner:
             return Holder(self.process.pid, "process") if self.process.poll() is None else None
         return holder(self.out_dir)
 
-    def stop(self, reason: str = "user pressed Stop") -> None:
+    #: a process of its own, or a run in another kernel (:class:`Runner`)
+    in_this_kernel = False
+
+    def stop(self, reason: str = "user pressed Stop") -> str:
         """Stop the run cooperatively: SIGTERM to a run process (the CLI turns
         it into a cancel), a stop request to a kernel's threaded run.
 
@@ -421,20 +468,26 @@ class DetachedRunner:
         ----------
         reason : str
             Said by the run's CANCELLED event (threaded runs).
+
+        Returns
+        -------
+        str
+            What was done, in words.
         """
         h = self.holder
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
         if h is None:
-            return
+            return "no live process holds the folder"
         self.stopped_holder = h
         if h.threaded:
             request_stop(self.out_dir, reason)
-            return
+            return f"stopping: the threaded run in kernel pid {h.pid} was asked to cancel"
         try:
             os.kill(h.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        return "stopping: SIGTERM sent to the run process"
 
     def enforce_stop(self, now: float | None = None) -> bool:
         """Kill the holder asked to stop if it still lives ``stop_grace_s`` later.

@@ -26,7 +26,7 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event
 
 from nx47_widgets.lifecycle import Holder, describe, holder, read_killed, remove_stale_lock
-from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner
+from nx47_widgets.runner import DetachedRunner, Job, Runner, ThreadedRunner
 from nx47_widgets.state import DashboardState
 from nx47_widgets.state.heartbeat import KILLED, LOST
 
@@ -59,7 +59,10 @@ class RunSession:
 
     Attributes
     ----------
-    runner : ThreadedRunner, DetachedRunner or None
+    runner : Runner or None
+        A :class:`~nx47_widgets.runner.ThreadedRunner` or a
+        :class:`~nx47_widgets.runner.DetachedRunner`, driven through the
+        :class:`~nx47_widgets.runner.Runner` protocol only.
     state : DashboardState
     mode : str or None
         ``"worker thread"``, ``"detached process"`` or ``"attached"``.
@@ -75,7 +78,7 @@ class RunSession:
         self.job = job
         self.clock = clock
         self.state = DashboardState(out_dir=out_dir, clock=clock)
-        self.runner: ThreadedRunner | DetachedRunner | None = None
+        self.runner: Runner | None = None
         self.mode: str | None = None
         self.folder: Path | None = None
         self._gone_at: float | None = None
@@ -89,7 +92,7 @@ class RunSession:
         self.state = DashboardState(out_dir=str(folder), clock=self.clock)
         self.folder, self._gone_at = folder, None
 
-    def start(self, config: RunConfig, *, detached: bool) -> ThreadedRunner | DetachedRunner:
+    def start(self, config: RunConfig, *, detached: bool) -> Runner:
         """Start a run in ``config.out_dir``.
 
         Raises
@@ -123,7 +126,7 @@ class RunSession:
         FileNotFoundError
             When the folder holds no journal.
         """
-        if self.running and isinstance(self.runner, ThreadedRunner):
+        if self.running and self.runner.in_this_kernel:
             raise RuntimeError("a threaded run is in progress; stop it before attaching")
         path = Path(folder).expanduser().resolve()
         runner = DetachedRunner.attach(path)
@@ -136,13 +139,7 @@ class RunSession:
         r = self.runner
         if r is None or not r.running:
             return "no run to stop"
-        r.stop(reason)
-        if isinstance(r, ThreadedRunner):
-            return "stopping: the run was asked to cancel"
-        h = r.stopped_holder
-        if h is not None and h.threaded:
-            return f"stopping: the threaded run in kernel pid {h.pid} was asked to cancel"
-        return "stopping: SIGTERM sent to the run process"
+        return r.stop(reason)
 
     def drain(self) -> list[Event]:
         """New events of the run (the UI pump's source)."""
@@ -167,7 +164,7 @@ class RunSession:
         if r is None or st.ended:
             return False
         now = time.monotonic() if now is None else now
-        if isinstance(r, DetachedRunner) and r.enforce_stop(now):
+        if r.enforce_stop(now):
             self._gone_at = None
         if r.running:
             self._gone_at = None
@@ -177,7 +174,7 @@ class RunSession:
             return False
         if now - self._gone_at < self.end_grace_s:
             return False
-        killed = getattr(r, "killed", None) or self._killed_record()
+        killed = r.killed or self._killed_record()
         if killed:
             st.end_without_event(KILLED, killed)
         else:

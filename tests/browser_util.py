@@ -11,12 +11,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 
 from nx47_pipeline.cli.serve import voila_command as serve_voila_command
+
+from waits import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -68,17 +69,19 @@ class VoilaServer:
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"voila exited with {self.proc.returncode}: {self.log()}")
             try:  # the port accepts connections (any GET of "/" would start a kernel)
                 with socket.create_connection(("127.0.0.1", self.port), timeout=2):
-                    return
+                    return True
             except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"voila did not answer on {self.url} within {timeout} s: {self.log()}")
+                return False
+
+        try:
+            wait_until(answers, timeout, f"voila to answer on {self.url}", interval_s=0.5)
+        except AssertionError:
+            raise TimeoutError(f"voila did not answer on {self.url} within {timeout} s: {self.log()}") from None
 
     def kernels(self) -> list[int]:
         """Pids of the live kernels of this server."""
@@ -110,13 +113,17 @@ class VoilaServer:
 
 def wait_for(fn, pred, timeout_s, what, page=None, shots=None):
     """Poll ``fn()`` until ``pred(value)``; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = fn()
-        if pred(value):
-            return value
-        time.sleep(0.2)
+    box = {"value": None}
+
+    def holds() -> bool:
+        box["value"] = fn()
+        return bool(pred(box["value"]))
+
+    try:
+        wait_until(holds, timeout_s, what, interval_s=0.2)
+        return box["value"]
+    except AssertionError:
+        value = box["value"]
     if page is not None and shots is not None:
         page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")

@@ -25,13 +25,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import tifffile
+
+from waits import wait_until
 
 #: Folder name of the data root inside the ``root`` passed to build_bad_corpus.
 ROOT_NAME = "données brutes ü/Vesuvius run ñ 47"
@@ -464,12 +465,11 @@ def read_masks(folder: Path) -> dict[str, np.ndarray]:
 
 
 def wait_for(pred, timeout: float, interval: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
+    """True as soon as ``pred()`` holds, False if it still does not after ``timeout``."""
+    try:
+        return bool(wait_until(pred, timeout, interval_s=interval))
+    except AssertionError:
+        return bool(pred())
 
 
 if __name__ == "__main__":  # pragma: no cover - manual inspection

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from nx47_pipeline.telemetry.journal import verify_journal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pipeline import small_config  # noqa: E402
+from waits import wait_until  # noqa: E402
 
 zarr = pytest.importorskip("zarr")
 REPO = Path(__file__).resolve().parents[2]
@@ -106,9 +106,7 @@ def test_infer_resumes_by_chunk_after_kill_9(case, tmp_path):
            "--out", str(out), "--chunk", "8", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=str(REPO), env=dict(os.environ), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "chunks").glob("*.done"))) < 20:
-        time.sleep(0.05)
+    wait_until(lambda: len(list((out / "chunks").glob("*.done"))) >= 20, 120, "20 finished chunks")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     # a marker being written at the kill is a hidden temporary file (".<name>.done.<random>.tmp.done")
@@ -141,7 +139,7 @@ def test_infer_holds_the_folder_lock_while_it_runs_and_refuses_a_busy_folder(cas
     bundle, store, _, _ = case
     out = tmp_path / "o"
     out.mkdir()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         (out / "run.lock").write_text(str(other.pid))
         with pytest.raises(FolderBusy):

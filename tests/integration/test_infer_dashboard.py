@@ -146,7 +146,7 @@ def test_a_live_infer_folder_reads_running_and_shows_its_input_before_the_mask(c
                                                            step_done=5, step_total=27, global_=0.15,
                                                            eta_s=40.0))
     bus.close()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     (out / "run.lock").write_text(str(holder.pid))
     try:
         [s] = scan_runs(out)

@@ -372,3 +372,53 @@ def test_budget_that_nothing_fits_says_so():
     fit = fit_to_budget(_ensemble(), [(64, 64, 64)] * 2, seconds_per_window=10.0, budget_s=5.0)
     assert not fit.fits and fit.projected_s == 20.0
     assert fit.decisions[-1] == "nnunet_tile_step"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
+def test_chunked_nnunet_probabilities_equal_the_whole_volume_within_the_stated_tolerance(trained, tmp_path):
+    """``nx47 infer`` reads each chunk with the predictor's halo: half a patch for an nnU-Net. Each core's
+    probabilities then equal the whole volume's within CHUNK_TOLERANCE (docs/scale.md), where the same
+    cores predicted without a halo are far off; and ``nx47 infer`` itself gives the whole volume's mask
+    on all but a few voxels at the thresholds."""
+    from nx47_pipeline.data.demo import make_volume
+    from nx47_pipeline.run.executor import chunk_grid
+
+    assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b"),
+                     "--no-mirroring"]) == 0
+    b = load_bundle(tmp_path / "b")
+    patch = b.predictor.model.patch_size
+    assert b.predictor.halo == max(patch) // 2 == 16
+    vol = make_volume((80, 80, 80), seed=11)[0]
+    whole = b.predictor.predict(vol)
+
+    def chunked(halo: int) -> np.ndarray:
+        out = np.zeros(vol.shape, np.float32)
+        for core in chunk_grid(vol.shape, 40):
+            outer = tuple(slice(max(0, c.start - halo), min(n, c.stop + halo)) for c, n in zip(core, vol.shape))
+            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, outer))
+            out[core] = b.predictor.predict(np.ascontiguousarray(vol[outer]))[inner]
+        return out
+
+    with_halo = np.abs(chunked(b.predictor.halo) - whole)
+    without = np.abs(chunked(0) - whole)
+    print(f"chunked vs whole, halo {b.predictor.halo}: max {with_halo.max():.4f} mean {with_halo.mean():.5f}; "
+          f"no halo: max {without.max():.4f} mean {without.mean():.5f}")
+    assert with_halo.max() <= CHUNK_TOLERANCE
+    assert without.max() > 2 * with_halo.max()  # the halo is what makes the chunks agree
+
+    # nx47 infer end to end, chunk 40: the whole volume's mask on all but a few threshold voxels
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    assert cli_main(["infer", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "v.tif"),
+                     "--out", str(tmp_path / "o"), "--chunk", "40", "--quiet"]) == 0
+    import zarr
+
+    mask = np.asarray(zarr.open_array(str(tmp_path / "o" / "mask.zarr"), mode="r"))
+    ref = b.post.apply(whole)
+    assert mask.shape == ref.shape
+    assert np.mean(mask != ref) <= 1e-3, np.mean(mask != ref)
+
+
+#: Largest |chunked - whole| probability of an nnU-Net read with a halo of half its patch (measured on
+#: the tiny session model, 80^3 in chunks of 40^3; docs/scale.md)
+CHUNK_TOLERANCE = 0.05

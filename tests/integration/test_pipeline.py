@@ -26,6 +26,7 @@ from nx47_pipeline.data.demo import generate_demo_dataset
 from nx47_pipeline.model import metric
 from nx47_pipeline.telemetry.journal import read_journal, verify_journal
 from nx47_pipeline.run.orchestrator import run_pipeline
+from waits import wait_until  # noqa: E402
 
 STAGES_PER_VOLUME = ("features", "validate", "segment")
 
@@ -235,11 +236,8 @@ def test_cancel_is_honoured_within_two_seconds(data_root, tmp_path):
     th = threading.Thread(target=lambda: holder.setdefault("r", run_pipeline(small_config(data_root, out), cancel=token)))
     th.start()
     journal = out / "journal.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if journal.exists() and '"stage":"features"' in journal.read_text():
-            break
-        time.sleep(0.05)
+    wait_until(lambda: journal.exists() and '"stage":"features"' in journal.read_text(), 120,
+               "the features stage in the journal")
     t_cancel = time.monotonic()
     token.cancel("test")
     th.join(30)

@@ -23,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 from fault_corpus import build_bad_corpus, synthetic_pair, write_tif  # noqa: E402
+from waits import wait_until  # noqa: E402
 
 PACKAGES = ("nx47_pipeline", "nx47_widgets")
 
@@ -209,7 +210,6 @@ def test_voila_really_listens_on_loopback_only(tmp_path):
     pytest.importorskip("voila")
     psutil = pytest.importorskip("psutil")
     import json
-    import time
 
     from nx47_pipeline.cli import serve
 
@@ -223,19 +223,16 @@ def test_voila_really_listens_on_loopback_only(tmp_path):
     cmd = serve.voila_command(nb, port=port)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        addrs: set[str] = set()
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not addrs:
-            try:
-                procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-                for p in procs:
-                    for c in p.net_connections(kind="inet"):
-                        if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
-                            addrs.add(c.laddr.ip)
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.3)
-        assert addrs, "voila never listened on its port"
+        def listening() -> set[str]:
+            addrs: set[str] = set()
+            procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+            for p in procs:
+                for c in p.net_connections(kind="inet"):
+                    if c.status == psutil.CONN_LISTEN and c.laddr.port == port:
+                        addrs.add(c.laddr.ip)
+            return addrs
+
+        addrs = wait_until(listening, 60, "voila to listen on its port", interval_s=0.3)
         assert addrs <= {"127.0.0.1"}, addrs
     finally:
         proc.terminate()

@@ -8,11 +8,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 from browser_util import free_port
+from waits import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,25 +26,24 @@ def test_serve_prints_its_address_and_serves_the_dashboard(tmp_path):
     proc = subprocess.Popen([str(REPO / "scripts" / "serve"), "--port", str(port)], cwd=tmp_path,
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        url = None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and url is None:
+        def printed() -> str | None:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             m = re.search(r"NX47 dashboard: (http://\S+)", (tmp_path / "serve.log").read_text())
-            url = m.group(1) if m else None
-            time.sleep(0.2)
+            return m.group(1) if m else None
+
+        url = wait_until(printed, 240, "the dashboard's address", interval_s=0.2)
         assert url == f"http://127.0.0.1:{port}/", (tmp_path / "serve.log").read_text()
         # the demo dataset was generated because none existed
         assert (demo / "train.csv").is_file() and any((demo / "test_images").glob("*.tif"))
-        body = None
-        while time.monotonic() < deadline and body is None:
+        def page() -> str | None:
             try:
                 with urllib.request.urlopen(url, timeout=60) as resp:
                     assert resp.status == 200
-                    body = resp.read().decode("utf-8", "replace")
+                    return resp.read().decode("utf-8", "replace")
             except OSError:
-                time.sleep(0.5)
-        assert body is not None, (tmp_path / "serve.log").read_text()
+                return None
+
+        body = wait_until(page, 240, f"the page at {url}", interval_s=0.5)
         assert "NX47" in body and "live run dashboard" in body
         assert "application/vnd.jupyter.widget-view+json" in body  # the widgets rendered
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from browser_util import (
     artifacts_dir,
     chromium_available,
 )
+from waits import wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -58,14 +58,22 @@ RESULT_JS = """() => {
 }"""
 
 
+def _frames(page) -> None:
+    """Until the browser has drawn two more frames (images and canvases just set are on screen)."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def _wait(page, js, pred, timeout_s, what, arg=None, shots=None):
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = page.evaluate(js, arg) if arg is not None else page.evaluate(js)
-        if pred(value):
-            return value
-        time.sleep(0.25)
+    box = {"value": None}
+
+    def holds() -> bool:
+        box["value"] = page.evaluate(js, arg) if arg is not None else page.evaluate(js)
+        return bool(pred(box["value"]))
+
+    try:
+        return wait_until(holds, timeout_s, what, interval_s=0.25) and box["value"]
+    except AssertionError:
+        value = box["value"]
     if shots is not None:
         page.screenshot(path=str(shots / f"timeout-{what.replace(' ', '_')}.png"), full_page=True)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
@@ -214,13 +222,11 @@ def _qa_viewer(page, shots: Path, out: Path) -> None:
     _wait(page, TEXT_JS, lambda v: v and "false positives" in v, 30, "per-slice error counts",
           arg=".nx47-slice-counts", shots=shots)
     page.locator("button.nx47-qa-fail").click()
-    deadline = time.monotonic() + 30
-    while not (out / "qa.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until((out / "qa.json").exists, 30, "qa.json", interval_s=0.2)
     marks = json.loads((out / "qa.json").read_text())["volumes"]
     assert [m["mark"] for m in marks.values()] == ["fail"]
     _topo_of_real_run(page, shots, out)
-    time.sleep(1.0)  # the side-by-side panels
+    _frames(page)  # the side-by-side panels
     page.locator(".nx47-preview").screenshot(path=str(shots / "docs" / "qa-viewer.png"))
     page.locator(".nx47-runs-page button", has_text="Refresh").click()
     _wait(page, TEXT_JS, lambda v: v and "1 fail" in v, 30, "the mark on the runs page",
@@ -305,7 +311,7 @@ def test_topo_table_in_chromium(tmp_path):
                 # the undefined F1 explains itself on hover
                 tip = page.locator(".nx47-topo td.nx47-topo-undefined").get_attribute("title")
                 assert "in either the prediction or the label" in tip
-                time.sleep(1.0)  # the slice's PNG
+                _frames(page)  # the slice's PNG
                 page.locator(".nx47-preview").screenshot(path=str(shots / "qa-viewer-topo.png"))
                 page.locator(".nx47-topo").screenshot(path=str(shots / "topo-table.png"))
 
@@ -326,7 +332,7 @@ def test_topo_table_in_chromium(tmp_path):
                 select.select_option(label[a])
                 topo = _wait(page, TOPO_JS, lambda v: v and v["volume"] == a, 30, "A at 800 px", shots=shots)
                 assert not topo["overflow"] and not topo["hScroll"], topo
-                time.sleep(0.5)
+                _frames(page)
                 page.locator(".nx47-preview").screenshot(path=str(shots / "qa-viewer-topo-800.png"))
             finally:
                 page.screenshot(path=str(shots / "99-last.png"), full_page=True)
@@ -383,7 +389,7 @@ def test_page_loads_clean_and_uses_the_width(tmp_path):
                 page = browser.new_page(viewport={"width": width, "height": 1000})
                 page.goto(server.url, wait_until="domcontentloaded")
                 page.wait_for_selector(".nx47-selected", timeout=180_000)
-                time.sleep(1.0)  # let the last widget views settle
+                _frames(page)  # the last widget views are drawn
                 info = page.evaluate(PAGE_JS)
                 page.screenshot(path=str(shots / f"page-{width}.png"), full_page=True)
                 assert info["title"].startswith("NX47"), info

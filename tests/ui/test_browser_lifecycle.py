@@ -41,6 +41,7 @@ from browser_util import (
     kernel_pids,
     wait_for,
 )
+from waits import wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -302,15 +303,15 @@ def test_sigterm_to_nx47_serve_ends_voila_and_its_kernels(served, tmp_path):
                              cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def listens() -> bool:
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "nx47 serve did not listen"
-                time.sleep(0.3)
+                return False
+
+        wait_until(listens, 120, "nx47 serve to listen", interval_s=0.3)
         with sync_playwright() as pw:
             browser = _browser(pw)
             page = browser.new_page()

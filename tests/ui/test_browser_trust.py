@@ -51,6 +51,7 @@ from nx47_pipeline.telemetry.journal import JournalSink
 
 from browser_util import (CHROMIUM, CHROMIUM_ARGS, REPO, artifacts_dir, chromium_available, free_port,
                           wait_for)
+from waits import wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -132,11 +133,11 @@ def world(tmp_path_factory):
     shots = artifacts_dir("browser-trust")
     serve = Serve(work, env, shots / "serve.log")
     # the address is printed once the server answers, not before
-    deadline = time.monotonic() + 150
-    while "NX47 dashboard: http" not in serve.log():
+    def printed() -> bool:
         assert serve.proc.poll() is None, serve.log()
-        assert time.monotonic() < deadline, f"no address printed: {serve.log()}"
-        time.sleep(0.05)
+        return "NX47 dashboard: http" in serve.log()
+
+    wait_until(printed, 150, "the address to be printed")
     answered = answers(serve.url, timeout=2.0)
     assert answered, "the address was printed before the server answered"
     assert "starting on" in serve.log().split("NX47 dashboard: http")[0]
@@ -182,7 +183,7 @@ def type_into(page, sel, value):
 def fake_live_run(folder: Path) -> subprocess.Popen:
     """A folder held by a live process, with a journal that started a run."""
     folder.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     bus = EventBus()
     bus.attach(JournalSink(folder / "journal.jsonl"))
     bus.publish(EventKind.RUN_START, RunStartPayload(run_id="live", out_dir=str(folder),

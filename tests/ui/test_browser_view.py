@@ -42,6 +42,7 @@ from nx47_pipeline.telemetry.events import (
 from nx47_pipeline.telemetry.journal import JournalSink
 
 from browser_util import CHROMIUM, CHROMIUM_ARGS, REPO, VoilaServer, artifacts_dir, chromium_available
+from waits import wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -113,7 +114,7 @@ def site(tmp_path_factory):
     runs = base / "runs"
     done, live = runs / "2026-12-finished-run-with-a-long-name", runs / "live-run"
     ids = _finished_run(done, data)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])  # lives until killed
     _live_run(live, holder.pid)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOILA_", "JPY_", "NX47_"))}
     env.update(NX47_DATA_ROOT=str(data), NX47_OUT_DIR=str(done), NX47_STATE_DIR=str(base / "state"),
@@ -155,14 +156,11 @@ class Page:
         self.page.wait_for_selector(".nx47-hd[data-state]", timeout=180_000)
 
     def wait(self, js: str, what: str, timeout_s: float = 60.0, arg=None):
-        deadline = time.monotonic() + timeout_s
-        value = None
-        while time.monotonic() < deadline:
-            value = self.page.evaluate(js, arg)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last value {value!r}")
+        return wait_until(lambda: self.page.evaluate(js, arg), timeout_s, what, interval_s=0.1)
+
+    def frames(self) -> None:
+        """Until the browser has drawn two more frames (a canvas redrawn after a change)."""
+        self.page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
     def close(self) -> None:
         self.context.close()
@@ -187,7 +185,8 @@ def test_the_page_asks_only_127_0_0_1_and_logs_no_version_warning(site, page_at)
     p = page_at(site["done"], 1600)
     p.wait("() => document.querySelectorAll('canvas.nx47-qa-canvas').length > 0 && "
            "!!document.querySelector('img.nx47-charts-image, .nx47-charts-image img')", "the page")
-    time.sleep(2.0)  # late requests (fonts, lazy chunks) and console lines
+    # every font the page uses has loaded or failed: a font from a CDN would have been asked for by now
+    assert p.page.evaluate("() => document.fonts.ready.then(() => document.fonts.status)") == "loaded"
     hosts = {urlparse(u).hostname for u in p.requests if urlparse(u).scheme in ("http", "https", "ws", "wss")}
     assert hosts <= {"127.0.0.1", "localhost"}, sorted(hosts)
     assert len(p.requests) > 10  # the page's own files were requested (the listener works)
@@ -370,23 +369,24 @@ def test_the_qa_canvas_fills_its_column_zooms_at_the_cursor_pans_and_resets(site
     moved_px = max(abs(a - b) for a, b in zip(after, before)) * float(cam["scale"]) * panel["w"] / panel["cw"]
     assert moved_px <= 2.0, (before, after)
     assert p.page.evaluate("() => document.scrollingElement.scrollTop") == scroll0  # the page did not scroll
-    time.sleep(0.5)  # the canvas is drawn a moment after the camera moved
-    assert p.page.evaluate(PIXELS_JS, [x, y, 0])[0] in colours  # the same voxel is under the cursor
+    # the canvas is redrawn a moment after the camera moved: the same voxel comes under the cursor
+    wait_until(lambda: p.page.evaluate(PIXELS_JS, [x, y, 0])[0] in colours, 10, "the voxel under the cursor")
 
     # drag by (+60, +40): the image follows the pointer
     start = _image_point(panel, cam, x, y)
     p.page.mouse.down()
     p.page.mouse.move(x + 60, y + 40, steps=6)
     p.page.mouse.up()
-    deadline, moved_px = time.monotonic() + 20, None
-    while time.monotonic() < deadline:  # the last move and the button's release arrive last
-        cam = p.page.evaluate("() => ({...document.querySelector('.nx47-camera').dataset})")
-        end = _image_point(panel, cam, x + 60, y + 40)
-        moved_px = max(abs(a - b) for a, b in zip(end, start)) * float(cam["scale"]) * panel["w"] / panel["cw"]
-        if moved_px <= 2.0:
-            break
-        time.sleep(0.1)
-    assert moved_px <= 2.0, (start, end, cam)
+    seen = {}
+
+    def followed() -> bool:  # the last move and the button's release arrive last
+        cam = seen["cam"] = p.page.evaluate("() => ({...document.querySelector('.nx47-camera').dataset})")
+        end = seen["end"] = _image_point(panel, cam, x + 60, y + 40)
+        moved = max(abs(a - b) for a, b in zip(end, start)) * float(cam["scale"]) * panel["w"] / panel["cw"]
+        return moved <= 2.0
+
+    wait_until(followed, 20, "the image to follow the drag", interval_s=0.1)
+    cam = seen["cam"]
     assert float(cam["zoom"]) == pytest.approx(1.25 ** 3, rel=1e-3)  # a drag does not zoom
 
     # double-click: back to the fit
@@ -395,7 +395,7 @@ def test_the_qa_canvas_fills_its_column_zooms_at_the_cursor_pans_and_resets(site
     p.page.mouse.move(x, y)
     p.page.mouse.wheel(0, -200)
     p.wait("parseFloat(document.querySelector('.nx47-camera').dataset.zoom) > 1.5", "zoom for the picture")
-    time.sleep(0.5)
+    p.frames()
     p.page.locator(".nx47-qa-panels").screenshot(path=str(site["shots"] / "qa-zoomed.png"))
 
 
@@ -431,7 +431,7 @@ def test_docs_screenshots(site, page_at):
         p.page.evaluate("() => { document.activeElement && document.activeElement.blur(); "
                         "document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; }); "
                         "window.scrollTo(0, 0); }")
-        time.sleep(1.0)
+        p.frames()
         p.page.screenshot(path=str(site["shots"] / "docs" / f"dashboard-{width}.png"))
         if width == 1600:
             p.page.locator(".nx47-qa-panels").screenshot(path=str(site["shots"] / "docs" / "qa-viewer.png"))

@@ -80,10 +80,13 @@ def run_selection(data_root: Path, max_train: int, max_val: int, seed: int = 47)
 
 
 def sleeper(ignore_term: bool = False) -> subprocess.Popen:
-    code = ("import signal, time\n"
+    """A process that lives until killed; it says "ready" once its SIGTERM handling is in place."""
+    code = ("import signal, sys\n"
             + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "")
-            + "time.sleep(120)\n")
-    return subprocess.Popen([sys.executable, "-c", code])
+            + "print('ready', flush=True)\nsignal.pause()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 def journal_with_live_holder(out: Path, proc: subprocess.Popen) -> None:
@@ -221,8 +224,7 @@ def test_a_run_whose_process_died_reads_lost_and_its_lock_is_removed(tmp_path):
 def test_stop_on_a_holder_that_ignores_it_ends_killed_and_recorded(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    proc = sleeper(ignore_term=True)
-    time.sleep(0.3)  # the SIGTERM handler is in place
+    proc = sleeper(ignore_term=True)  # its SIGTERM handler is in place when it returns
     journal_with_live_holder(out, proc)
     session = RunSession(str(out))
     try:
@@ -230,8 +232,7 @@ def test_stop_on_a_holder_that_ignores_it_ends_killed_and_recorded(tmp_path):
         runner.stop_grace_s = 0.5
         session.state.apply_many(session.drain())
         assert "SIGTERM" in session.stop()
-        time.sleep(0.6)
-        now = time.monotonic()
+        now = time.monotonic() + 0.6  # the 0.5 s grace has passed (the session takes the time it is given)
         session.check_end(now)  # kills the holder
         assert not pid_alive(proc.pid) or proc.wait(5) is not None
         assert session.check_end(now + 5.0)

@@ -35,6 +35,7 @@ from nx47_widgets.state.outcome import Outcome
 from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.state.runs import pick_run, scan_runs
 from nx47_widgets.views.runs import runs_table
+from waits import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -104,16 +105,13 @@ def test_qa_viewer_orders_navigates_zooms_counts_and_saves_marks(tmp_path, volum
         full = np.asarray(Image.open(io.BytesIO(render_slice(SliceRequest(
             image=z.image, axis=z.axis, index=z.index, overlays=(), min_size=1)))))
         assert sizes == {(full.shape[1], full.shape[0])}
-        deadline = time.monotonic() + 10
-        while v.canvas.n_shown != 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: v.canvas.n_shown == 4, 10, "four panels", interval_s=0.02)
         assert v.canvas.n_shown == 4 and "error map" in v.canvas.panels[3].title.value
         v.layout_mode.value = "overlay"
         one = render_panels(v.make_request())
         assert len(one) == 1 and one[0][0] == "image + label + prediction + error map"
         # zoom 2 (the slider) around the middle of the view: the image doubles, centred
-        while v.canvas.n_shown != 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: v.canvas.n_shown == 1, 10, "one panel", interval_s=0.02)
         cam = v.canvas.camera
         w0 = cam.image_rect()[2]
         v.zoom.value = 2.0
@@ -178,7 +176,7 @@ def test_runs_page_lists_every_run_with_its_outcome_and_address(tmp_path, volume
     write_json(killed / "killed.json", {"pid": 1, "ts": time.time() + 1, "reason": "ignored Stop"})
     live = runs / "e-live"
     publish(live, (EventKind.RUN_START, RunStartPayload(run_id="r", out_dir=str(live), pid=1)))
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     (live / "run.lock").write_text(str(proc.pid))
     try:
         found = {s.folder.name: s for s in scan_runs(runs)}

@@ -24,6 +24,7 @@ from nx47_pipeline.telemetry.journal import JournalSink
 from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 from nx47_widgets.notebook import config_from_parameters, is_headless, should_autorun
 from nx47_widgets.runner import DetachedRunner, ThreadedRunner, UIPump, config_env
+from waits import wait_until  # noqa: E402
 
 
 def test_threaded_runner_reports_a_crashing_job_as_events():
@@ -121,8 +122,8 @@ def test_ui_pump_flushes_at_a_bounded_rate_and_survives_view_errors():
         ev = bus.publish(EventKind.WARNING, MessagePayload(message="m"))
         with lock:
             produced.append(ev)
-        time.sleep(0.001)
-    time.sleep(0.3)
+        time.sleep(0.001)  # the producer's pace: a second of events, the span the rate bound is about
+    wait_until(lambda: pump.events == bus.next_seq, 10, "the pump to pass every event")
     pump.stop()
     elapsed = time.monotonic() - t0
     assert pump.alive is False
@@ -170,14 +171,17 @@ def small_data(tmp_path_factory):
 
 
 def _wait_for(drain, pred, timeout):
-    deadline = time.monotonic() + timeout
     seen = []
-    while time.monotonic() < deadline:
-        seen += drain()
-        if any(pred(e) for e in seen):
-            return seen
-        time.sleep(0.05)
-    raise AssertionError(f"no matching event within {timeout} s; kinds {[e.kind.value for e in seen]}")
+
+    def matched() -> bool:
+        seen.extend(drain())
+        return any(pred(e) for e in seen)
+
+    try:
+        wait_until(matched, timeout, "a matching event")
+    except AssertionError:
+        raise AssertionError(f"no matching event within {timeout} s; kinds {[e.kind.value for e in seen]}") from None
+    return seen
 
 
 @pytest.mark.timeout(120)
@@ -188,7 +192,12 @@ def test_stop_cancels_the_real_pipeline_within_two_seconds(tmp_path, small_data)
     r = ThreadedRunner(cfg).start()
     seen = _wait_for(r.drain, lambda e: e.kind is EventKind.STEP and e.stage == "preflight"
                      and e.payload.phase == "begin", 90)
-    time.sleep(1.0)  # in the middle of the preflight's computations
+    # in the middle of the preflight's computations: its first phase reports its work
+    def working(e) -> bool:
+        return (e.kind is EventKind.PROGRESS_UPDATE and e.stage == "preflight"
+                and "features" in (e.payload.substep or ""))
+    if not any(working(e) for e in seen):
+        _wait_for(r.drain, working, 90)
     assert r.running
     r.stop("test pressed Stop")
     assert r.join(2.0), "the pipeline did not stop within 2 s"
@@ -230,8 +239,7 @@ def _looping_job(started):
         (Path(config.out_dir) / "run.lock").write_text(str(os.getpid()))
         try:
             started.set()
-            while not cancel.cancelled:
-                time.sleep(0.02)
+            cancel.wait()  # until Stop
             return cancel.reason
         finally:
             (Path(config.out_dir) / "run.lock").unlink()

@@ -41,6 +41,7 @@ from nx47_widgets.app import Dashboard
 from nx47_widgets.render import SliceRequest, render_slice
 
 from nx47_widgets.state import DashboardState, HeartbeatState, ProgressState
+from waits import wait_until  # noqa: E402
 
 _seq = itertools.count()
 
@@ -281,7 +282,7 @@ def test_stop_button_cancels_within_two_seconds(tmp_path, data_root):
         while not cancel.cancelled:
             bus.publish(EventKind.PROGRESS_UPDATE, progress(i, 10**6, glob=i / 10**6))
             started.set()
-            time.sleep(0.05)
+            cancel.wait(0.05)  # a step of work, cut short by Stop
             i += 1
         bus.publish(EventKind.CANCELLED, MessagePayload(message=cancel.reason))
         bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="cancelled"))
@@ -402,10 +403,7 @@ def test_previewer_follows_live_until_user_takes_control(tmp_path, data_root):
                  ev(EventKind.PREVIEW, p, stage="validate")], False)
         pv = d.preview_panel
         assert pv.volume.value == "val/v1" and pv.index.value == 5  # middle suggestion
-        deadline = time.monotonic() + 10
-        while not pv.image.value and time.monotonic() < deadline:
-            time.sleep(0.02)
-        png = pv.image.value
+        png = wait_until(lambda: pv.image.value, 10, "the slice's PNG", interval_s=0.02)
         # the whole 16 x 16 slice, one pixel per voxel: the canvas scales it in the browser
         assert Image.open(io.BytesIO(png)).size == (16, 16)
         assert pv.canvas.n_shown == 1 and pv.canvas.widget.layout.display == ""
@@ -423,8 +421,7 @@ def test_previewer_follows_live_until_user_takes_control(tmp_path, data_root):
         # the same request twice is served from the PNG cache
         renders = pv.renderer.renders
         req = pv.make_request()
-        while pv.renderer.cached(req) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: pv.renderer.cached(req) is not None, 10, "the PNG in the cache", interval_s=0.02)
         pv.request()
         assert pv.renderer.renders == renders or pv.renderer.cached(req) is not None
     finally:

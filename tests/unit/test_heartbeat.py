@@ -1,7 +1,6 @@
 """Heartbeat classification, with a fake clock and on real threads."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -201,8 +200,7 @@ def test_sleeping_thread_is_stalled_within_two_intervals():
 
 def test_loop_reporting_progress_is_active():
     def reporting(stop, mon):
-        while not stop.is_set():
-            time.sleep(0.02)
+        while not stop.wait(0.02):  # a step of work, then its report
             mon.notify_progress()
 
     states = run_with_monitor(reporting, 4)

@@ -221,3 +221,16 @@ def test_run_folder_file_names_are_spelled_only_in_io_run_folder():
                 for m in pattern.finditer(node.value):
                     bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {m.group(1)!r}")
     assert not bad, "run-folder file names spelled outside io/run_folder.py:\n" + "\n".join(bad)
+
+
+def test_tests_wait_on_conditions_not_on_the_clock():
+    """At most five sleeps in the whole suite, each saying why no condition can
+    serve (``tests/waits.py``'s polling step, and work paced on purpose)."""
+    needle = "time." + "sleep("  # spelled apart so this test does not count itself
+    found = [(path.relative_to(REPO), i, line) for path in sorted((REPO / "tests").rglob("*.py"))
+             for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line]
+    assert len(found) <= 5, found
+    lines = {(str(p), i): line for p, i, line in found}
+    for (p, i), line in lines.items():
+        before = Path(REPO / p).read_text().splitlines()[i - 2]
+        assert "#" in line.split(needle, 1)[1] or before.strip().startswith("#"), f"{p}:{i}: no comment: {line}"

@@ -13,6 +13,7 @@ from nx47_pipeline.data.discovery import discover
 from nx47_pipeline.io.volumes import read_pair
 from nx47_pipeline.model.features import volume_sample
 from nx47_pipeline.model.search import RANK_CROP_MIN, rank_crop, run_search
+from waits import wait_until  # noqa: E402
 
 
 def test_rank_crop_is_the_centre_eighth_of_a_large_volume_and_all_of_a_small_one():
@@ -304,11 +305,13 @@ def test_choose_postprocess_keeps_the_best_so_far_at_the_deadline_and_the_defaul
     def slow_load(i, p):
         return maps[i]
 
-    def progress(d, t, what):
-        if what.startswith("dust 10, plug 0: b"):
-            time.sleep(0.3)
+    deadline = time.monotonic() + 0.25
 
-    res = choose_postprocess(["a", "b"], slow_load, deadline=time.monotonic() + 0.25, on_progress=progress,
+    def progress(d, t, what):
+        if what.startswith("dust 10, plug 0: b"):  # this step lasts until the deadline has passed
+            wait_until(lambda: time.monotonic() > deadline, 5, "the deadline", interval_s=0.01)
+
+    res = choose_postprocess(["a", "b"], slow_load, deadline=deadline, on_progress=progress,
                              on_deadline=said.append, **kw)
     assert (res["min_size"], res["plug_size"]) == (10, 0) and not res["complete"]
     assert [(r["min_size"], r["plug_size"]) for r in res["scores"]] == [(10, 0)]
