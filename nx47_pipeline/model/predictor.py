@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import _check_3d, postprocess
 from nx47_pipeline.model.predict import FracProgressFn, UNetPart, probability
 
@@ -78,9 +79,15 @@ class Predictor(Protocol):
 
     ``predict(volume, *, on_progress=None, cancel=None, deadline=None)``
     returns float32 probabilities in [0, 1] of ``volume``'s shape.
+    ``halo`` is the context, in voxels on every side, a block needs for its
+    core's probabilities to be those of the whole volume (``nx47 infer``
+    reads chunks with it).
     """
 
     kind: PredictorKind
+
+    @property
+    def halo(self) -> int: ...
 
     def predict(self, volume: np.ndarray, *, on_progress: FracProgressFn | None = None, cancel: Any = None,
                 deadline: float | None = None) -> np.ndarray: ...
@@ -98,6 +105,14 @@ class LinearPredictor:
     @property
     def kind(self) -> PredictorKind:
         return PredictorKind.LINEAR if self.unet is None else PredictorKind.LINEAR_UNET
+
+    @property
+    def halo(self) -> int:
+        """The filter bank's reach (exact); with a U-Net, also half its window."""
+        reach = halo_for(self.model.scales)
+        if self.unet is not None:
+            reach = max(reach, -(-int(self.unet.params.patch) // 2))
+        return reach
 
     def predict(self, volume: np.ndarray, *, on_progress: FracProgressFn | None = None, cancel: Any = None,
                 deadline: float | None = None) -> np.ndarray:
@@ -130,6 +145,10 @@ class EnsemblePredictor:
     @property
     def weights(self) -> tuple[float, ...]:
         return tuple(float(w) for _, w in self.members)
+
+    @property
+    def halo(self) -> int:
+        return max(int(m.halo) for m, _ in self.members)
 
     def predict(self, volume: np.ndarray, *, on_progress: FracProgressFn | None = None, cancel: Any = None,
                 deadline: float | None = None) -> np.ndarray:

@@ -93,7 +93,9 @@ class NnUNetModel:
 
 
 class NnUNetPredictor:
-    """An nnU-Net model's surface probabilities, window by window.
+    """An nnU-Net model's surface probabilities, window by window (``halo``:
+    half its patch, so a chunk's core sees the windows the whole volume's
+    would, up to their placement and Gaussian weights).
 
     Parameters
     ----------
@@ -135,6 +137,10 @@ class NnUNetPredictor:
         patch = self.model.parts()["configuration_manager"].patch_size
         size = [max(int(s), int(p)) for s, p in zip(shape, patch)]
         return int(np.prod([len(s) for s in compute_steps_for_sliding_window(size, patch, self.tile_step)]))
+
+    @property
+    def halo(self) -> int:
+        return -(-max(self.model.patch_size) // 2)
 
     @property
     def n_folds(self) -> int:

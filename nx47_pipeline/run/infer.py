@@ -1,9 +1,11 @@
 """``nx47 infer``: segment a volume of any size with a model bundle, chunk by chunk.
 
 1. **probability** — the volume is cut into ``chunk``-sided cores; each core
-   is read with a halo of :func:`nx47_pipeline.model.features.halo_for`
-   voxels (so its filter bank, hence its probabilities, equal the
-   whole-volume ones), turned into threshold classes (0 / 1 / 2, and the
+   is read with the bundle's predictor's ``halo`` (the linear model: the
+   filter bank's reach, :func:`nx47_pipeline.model.features.halo_for`, so its
+   probabilities equal the whole-volume ones; an nnU-Net: half its patch, so
+   they equal them within the tolerance docs/scale.md states), turned into
+   threshold classes (0 / 1 / 2, and the
    ridge bit when the bundle's post-processing thins the surface, with
    :data:`~nx47_pipeline.model.postprocess.RIDGE_HALO` more halo:
    :func:`nx47_pipeline.model.postprocess.threshold_classes`) and written to
@@ -46,7 +48,6 @@ from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.io.run_folder import CHUNKS, CLASSES, INFER_KEY, MASK
 from nx47_pipeline.io.volumes import open_volume
 from nx47_pipeline.model.bundle import Bundle, load_bundle
-from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import (
     RIDGE_BIT, RIDGE_HALO, anisotropic_closing, plug_radius, postprocess_classes, surface_ridge, thin_mask,
     threshold_classes,
@@ -383,7 +384,9 @@ def infer(
         (out / CHUNKS).mkdir(exist_ok=True)
         cores = chunk_grid(vol.shape, chunk)
         n_chunks = len(cores)
-        halo = halo_for(b.feature_scales) + (RIDGE_HALO if thin else 0)
+        # the model's context (the filter bank's reach, half an nnU-Net patch ...), and exact
+        # probabilities around the core for the thinning
+        halo = int(b.predictor.halo) + (RIDGE_HALO if thin else 0)
         jobs = []
         for core in cores:
             cid = "_".join(str(s.start) for s in core)
