@@ -19,6 +19,7 @@ import tifffile
 from skimage.metrics import variation_of_information
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
 
+from nx47_pipeline.cli.score import score_main
 from nx47_pipeline.model import metric as M
 from nx47_pipeline.model.betti_matching import betti_matching_counts
 
@@ -136,7 +137,7 @@ def test_nx47_score_equals_the_oracle_based_leaderboard_score_on_demo_volumes(co
         tifffile.imwrite(preds / f"{vid}.tif", p.astype(np.uint8), compression="lzw")
         tifffile.imwrite(labels / f"{vid}.tif", g.astype(np.uint8), compression="lzw")
         expected[vid] = _hosts_score(p, g, _hosts_topo(case["sum"]))
-    assert M.score_main(["--pred", str(preds), "--labels", str(labels), "--json"]) == 0
+    assert score_main(["--pred", str(preds), "--labels", str(labels), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["topo_method"] == M.TopoMethod.EXACT.value
     for vid, want in expected.items():

@@ -13,6 +13,7 @@ import tifffile
 from scipy import ndimage
 from skimage.metrics import variation_of_information
 
+from nx47_pipeline.cli.score import score_main, score_submission
 from nx47_pipeline.model import metric as M
 
 
@@ -496,7 +497,7 @@ def dataset(tmp_path):
 def test_score_submission_folder_with_missing_prediction(dataset):
     labels, preds = dataset
     seen = []
-    res = M.score_submission(
+    res = score_submission(
         preds, labels, on_progress=lambda d, t, w: seen.append((d, t, w))
     )
     assert res["missing"] == ["103"]
@@ -516,7 +517,7 @@ def test_score_submission_zip_and_unreadable_file(dataset, tmp_path):
         zf.write(preds / "101.tif", "101.tif")
         zf.writestr("102.tif", b"not a tiff")
         zf.write(preds / "101.tif", "nested/103.tif")  # not at the root
-    res = M.score_submission(zpath, labels)
+    res = score_submission(zpath, labels)
     assert res["per_volume"]["101"]["score"] == pytest.approx(1.0)
     assert [e["id"] for e in res["errors"]] == ["102"]
     assert res["per_volume"]["102"]["score"] == 0.0
@@ -526,7 +527,7 @@ def test_score_submission_zip_and_unreadable_file(dataset, tmp_path):
 def test_score_submission_wrong_shape_is_an_error_not_a_crash(dataset):
     labels, preds = dataset
     tifffile.imwrite(preds / "103.tif", np.zeros((16, 32, 32), np.uint8))
-    res = M.score_submission(preds, labels)
+    res = score_submission(preds, labels)
     assert res["errors"][0]["id"] == "103"
     assert "(16, 32, 32)" in res["errors"][0]["error"]
 
@@ -534,7 +535,7 @@ def test_score_submission_wrong_shape_is_an_error_not_a_crash(dataset):
 def test_score_submission_unreadable_label_names_the_label_file(dataset):
     labels, preds = dataset
     (labels / "102.tif").write_bytes(b"garbage")
-    res = M.score_submission(preds, labels)
+    res = score_submission(preds, labels)
     assert res["per_volume"]["101"]["score"] == pytest.approx(1.0)
     (err,) = res["errors"]
     assert err["id"] == "102" and str(labels / "102.tif") in err["error"]
@@ -543,9 +544,9 @@ def test_score_submission_unreadable_label_names_the_label_file(dataset):
 def test_score_submission_missing_paths(tmp_path, dataset):
     labels, preds = dataset
     with pytest.raises(FileNotFoundError, match="nope"):
-        M.score_submission(tmp_path / "nope", labels)
+        score_submission(tmp_path / "nope", labels)
     with pytest.raises(FileNotFoundError, match="nolabels"):
-        M.score_submission(preds, tmp_path / "nolabels")
+        score_submission(preds, tmp_path / "nolabels")
 
 
 def test_score_volumes_averages_pairs():
@@ -559,21 +560,21 @@ def test_score_volumes_averages_pairs():
 
 def test_score_main_json_and_table(dataset, capsys):
     labels, preds = dataset
-    assert M.score_main(["--pred", str(preds), "--labels", str(labels), "--json"]) == 0
+    assert score_main(["--pred", str(preds), "--labels", str(labels), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"mean", "per_volume", "topo_method", "missing", "errors"}
     assert set(out["per_volume"]["102"]) >= {"score", "surface_dice", "voi", "topo"}
-    assert M.score_main(["--pred", str(preds), "--labels", str(labels)]) == 0
+    assert score_main(["--pred", str(preds), "--labels", str(labels)]) == 0
     table = capsys.readouterr().out
     assert "mean" in table and "102" in table and "betti matching (exact)" in table
     assert "approximation" not in table
     # the approximation only by name, and then it says so
-    assert M.score_main(["--pred", str(preds), "--labels", str(labels), "--json",
+    assert score_main(["--pred", str(preds), "--labels", str(labels), "--json",
                          "--topo-method", "approx"]) == 0
     assert json.loads(capsys.readouterr().out)["topo_method"] == M.APPROX_TOPO_METHOD
 
 
 def test_score_main_bad_arguments(tmp_path, capsys):
-    assert M.score_main(["--pred", str(tmp_path / "x"), "--labels", str(tmp_path)]) == 2
+    assert score_main(["--pred", str(tmp_path / "x"), "--labels", str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
-    assert M.score_main(["--labels", str(tmp_path)]) == 2
+    assert score_main(["--labels", str(tmp_path)]) == 2
