@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from nx47_pipeline.io.volumes import VolumeError, read_header
+from nx47_pipeline.telemetry.events import Severity
 
 #: Kaggle mount points, in probe order.
 KAGGLE_ROOTS: tuple[str, ...] = (
@@ -146,13 +147,14 @@ class DiscoveryIssue:
     message : str
         A sentence for a person.
     level : str
-        ``"warning"`` (the rest goes on) or ``"error"`` (the item is left out).
+        :class:`~nx47_pipeline.telemetry.events.Severity`: ``WARNING`` (the
+        rest goes on) or ``ERROR`` (the item is left out).
     """
 
     code: str
     subject: str
     message: str
-    level: str = "warning"
+    level: Severity = Severity.WARNING
 
 
 @dataclass
@@ -189,13 +191,13 @@ class Inventory:
 
     @property
     def warnings(self) -> list[DiscoveryIssue]:
-        """Issues of level ``"warning"``."""
-        return [i for i in self.issues if i.level == "warning"]
+        """Issues of level ``WARNING``."""
+        return [i for i in self.issues if i.level == Severity.WARNING]
 
     @property
     def errors(self) -> list[DiscoveryIssue]:
-        """Issues of level ``"error"``."""
-        return [i for i in self.issues if i.level == "error"]
+        """Issues of level ``ERROR``."""
+        return [i for i in self.issues if i.level == Severity.ERROR]
 
     def issues_with(self, code: str) -> list[DiscoveryIssue]:
         """Issues carrying ``code``."""
@@ -250,12 +252,12 @@ def read_id_csv(path: Path, issues: list[DiscoveryIssue]) -> dict[str, str | Non
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         issues.append(
-            DiscoveryIssue("csv_unreadable", str(path), f"{name} cannot be read: {exc}", "error")
+            DiscoveryIssue("csv_unreadable", str(path), f"{name} cannot be read: {exc}", Severity.ERROR)
         )
         return None
     out: dict[str, str | None] = {}
     if not rows:
-        issues.append(DiscoveryIssue("csv_header", str(path), f"{name} is empty", "warning"))
+        issues.append(DiscoveryIssue("csv_header", str(path), f"{name} is empty", Severity.WARNING))
         return out
     header = [h.strip().lower() for h in rows[0]]
     start = 1
@@ -327,7 +329,7 @@ def _list_tiffs(folder: Path, issues: list[DiscoveryIssue]) -> dict[str, Path]:
         entries = sorted(folder.iterdir())
     except OSError as exc:
         issues.append(
-            DiscoveryIssue("missing_dir", str(folder), f"{folder} cannot be listed: {exc}", "error")
+            DiscoveryIssue("missing_dir", str(folder), f"{folder} cannot be listed: {exc}", Severity.ERROR)
         )
         return {}
     for entry in entries:
@@ -406,7 +408,7 @@ def discover(
         if not path.is_dir():
             if required:
                 issues.append(
-                    DiscoveryIssue("missing_dir", str(path), f"{path} does not exist", "warning")
+                    DiscoveryIssue("missing_dir", str(path), f"{path} does not exist", Severity.WARNING)
                 )
             return {}
         return _list_tiffs(path, issues)
@@ -481,7 +483,7 @@ def discover(
             if err is not None:
                 bad = True
                 issues.append(
-                    DiscoveryIssue(err.code, err.path, f"{err}; pair {vid} left out", "error")
+                    DiscoveryIssue(err.code, err.path, f"{err}; pair {vid} left out", Severity.ERROR)
                 )
         if not bad and ishape != lshape:
             bad = True
@@ -490,7 +492,7 @@ def discover(
                     "shape_mismatch", str(labels[vid]),
                     f"{labels[vid]}: label shape {lshape} does not match image shape "
                     f"{ishape}; pair {vid} left out",
-                    "error",
+                    Severity.ERROR,
                 )
             )
         if bad:
@@ -506,7 +508,7 @@ def discover(
         tick(str(tests[vid]))
         if err is not None:
             issues.append(
-                DiscoveryIssue(err.code, err.path, f"{err}; test volume {vid} left out", "error")
+                DiscoveryIssue(err.code, err.path, f"{err}; test volume {vid} left out", Severity.ERROR)
             )
             continue
         inv.test.append(
@@ -517,7 +519,7 @@ def discover(
         )
     if not inv.pairs and images:
         issues.append(
-            DiscoveryIssue("no_pairs", str(root), f"no usable training pair under {root}", "error")
+            DiscoveryIssue("no_pairs", str(root), f"no usable training pair under {root}", Severity.ERROR)
         )
     return inv
 

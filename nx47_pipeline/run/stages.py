@@ -55,6 +55,7 @@ from nx47_pipeline.telemetry.events import (
     CoverageAuditPayload,
     MetricName,
     PreviewPayload,
+    Severity,
     Split,
 )
 from nx47_pipeline.unet.params import UNetParams, params_from_config
@@ -122,7 +123,7 @@ def discovery(ctx: RunContext, report: Reporter) -> tuple[Inventory, Selection]:
 
     inv = discover(root, on_progress=on_progress)
     for issue in inv.issues:
-        if issue.level == "error":
+        if issue.level == Severity.ERROR:
             report.err(issue.message, subject=issue.subject, code=issue.code)
         else:
             report.warn(issue.message, subject=issue.subject, code=issue.code)
@@ -157,7 +158,7 @@ def coverage_audit(inv: Inventory, sel: Selection) -> CoverageAuditPayload:
 def _report_outcome(report: Reporter, out: Outcome) -> None:
     """The warnings, errors and array traces a task returned, on the bus."""
     for note in out.notes:
-        (report.err if note.level == "err" else report.warn)(note.message, subject=note.subject, code=note.code)
+        (report.err if note.level == Severity.ERROR else report.warn)(note.message, subject=note.subject, code=note.code)
     for payload in out.traces:
         report.emit_trace(payload)
 

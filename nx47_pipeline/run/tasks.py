@@ -29,7 +29,7 @@ from nx47_pipeline.model.features import volume_sample
 from nx47_pipeline.model.metric import VolumeScore, score_volume
 from nx47_pipeline.model.postprocess import fallback_segment, probability_to_uint8
 from nx47_pipeline.model.predictor import PostChoice, Predictor
-from nx47_pipeline.telemetry.events import ArrayTracePayload
+from nx47_pipeline.telemetry.events import ArrayTracePayload, Severity
 from nx47_pipeline.telemetry.trace import array_trace
 
 #: ``progress(index, done, total, what, frac)``
@@ -42,9 +42,9 @@ def no_progress(index: int, done: int, total: int, what: str, frac: float) -> No
 
 @dataclass(frozen=True)
 class Note:
-    """A WARNING or ERROR a task wants reported (``level`` is ``"warn"`` or ``"err"``)."""
+    """A WARNING or ERROR a task wants reported (``level``: :class:`~nx47_pipeline.telemetry.events.Severity`)."""
 
-    level: str
+    level: Severity
     message: str
     subject: str = ""
     code: str = ""
@@ -68,7 +68,7 @@ def _trace(out: Outcome, name: str, array: np.ndarray) -> None:
     try:
         out.traces.append(array_trace(name, array))
     except Exception as exc:  # noqa: BLE001 - a trace never fails the volume
-        out.notes.append(Note("warn", f"array trace of {name} failed: {type(exc).__name__}: {exc}",
+        out.notes.append(Note(Severity.WARNING, f"array trace of {name} failed: {type(exc).__name__}: {exc}",
                               subject=name, code="trace_failed"))
 
 
@@ -78,7 +78,7 @@ def _read_pair(job, out: Outcome):
         image, label = read_pair(job.image_path, job.label_path)
     except VolumeError as exc:
         out.ok = False
-        out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
+        out.notes.append(Note(Severity.ERROR, str(exc), subject=job.volume_id, code=exc.code))
         return None
     out.shape = tuple(int(s) for s in image.shape)
     return image, label
@@ -117,7 +117,7 @@ def features_task(job: FeatureJob, progress: TaskProgress = no_progress) -> Outc
     if not has_fg or not has_bg:
         out.ok = False
         out.notes.append(Note(
-            "warn",
+            Severity.WARNING,
             f"{job.label_path}: label has no {'surface (1)' if not has_fg else 'background (0)'} "
             "voxels outside the ignore label; volume skipped for training",
             subject=job.volume_id, code="label_unusable"))
@@ -227,7 +227,7 @@ def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outco
         image = read_volume(job.image_path, kind="image")
     except VolumeError as exc:
         out.ok = False
-        out.notes.append(Note("err", str(exc), subject=job.volume_id, code=exc.code))
+        out.notes.append(Note(Severity.ERROR, str(exc), subject=job.volume_id, code=exc.code))
         shape = job.shape
         if shape is None:
             try:
@@ -237,7 +237,7 @@ def segment_task(job: SegmentJob, progress: TaskProgress = no_progress) -> Outco
         write_volume(mask_path, np.zeros(shape, dtype=np.uint8))
         out.shape = tuple(int(s) for s in shape)
         out.data["empty"] = True
-        out.notes.append(Note("warn", f"{job.image_path}: unreadable test image, submitted an empty mask of "
+        out.notes.append(Note(Severity.WARNING, f"{job.image_path}: unreadable test image, submitted an empty mask of "
                                       f"shape {tuple(shape)}", subject=job.volume_id, code="empty_mask"))
         return out
     out.shape = tuple(int(s) for s in image.shape)

@@ -76,6 +76,15 @@ class _Name(str, enum.Enum):
         return str.__format__(str.__str__(self), spec)
 
 
+class Severity(_Name):
+    """How bad a reported problem is: a WARNING (the run goes on as it is) or an
+    ERROR (the item is left out, the run goes on with the rest).  Discovery
+    issues, task notes and the events they become share these words."""
+
+    WARNING = "warning"
+    ERROR = "error"
+
+
 class StageName(_Name):
     """The pipeline's stages, in run order (the envelope's ``stage`` field)."""
 
