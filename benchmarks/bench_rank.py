@@ -51,7 +51,7 @@ def held_out(run: Path, data: Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def measure(run: Path) -> dict:
+def measure(run: Path, max_volumes: int = 0) -> dict:
     cfg = json.loads(RunFolder(run).config.read_text())
     data = Path(cfg["data_root"])
     if not data.is_absolute():
@@ -64,7 +64,8 @@ def measure(run: Path) -> dict:
     cands = [(g, t, c) for g in range(len(points)) for t in range(len(pairs)) for c in range(len(radii))]
     min_size = int(cfg["min_component_voxels"])
     proxy, full, t_proxy, t_full, ids = [], [], 0.0, 0.0, []
-    for vid, img, lab in held_out(run, data):
+    volumes = held_out(run, data)
+    for vid, img, lab in volumes[:max_volumes] if max_volumes else volumes:
         image, label = read_volume(img, kind="image"), read_volume(lab, kind="label")
         probs = linear_probabilities(image, models)
         row_p, row_f = [], []
@@ -98,10 +99,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", action="append", type=Path, required=True)
     ap.add_argument("--label", action="append", default=None, help="a name per --run (e.g. 'variant a')")
+    ap.add_argument("--max-volumes", type=int, default=0, help="at most this many held-out volumes per run")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rank.md")
     args = ap.parse_args()
     labels = args.label or [r.name for r in args.run]
-    rows = [(lab, measure(r.resolve())) for lab, r in zip(labels, args.run)]
+    rows = [(lab, measure(r.resolve(), args.max_volumes)) for lab, r in zip(labels, args.run)]
     L = ["## The search's ranking against the exact score", "",
          "Every candidate of a finished run's search (its 4 fitted models × 4 threshold pairs × 3 closing radii = "
          "48, dust at the run's minimum, no thinning, no plugs) scored two ways on held-out volumes (the run's "
