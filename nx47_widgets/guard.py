@@ -29,6 +29,7 @@ from nx47_widgets.runner import DetachedRunner, ThreadedRunner, has_run
 from nx47_widgets.settings import run_problems
 from nx47_widgets.state.runs import RunSummary, summarize_run
 from nx47_widgets.views.base import h
+from nx47_widgets.views.colours import outcome_colour
 
 __all__ = ["RunGuard"]
 
@@ -76,7 +77,7 @@ class RunGuard:
                     if ended.started_ts else "")
             self.controls.ask_confirmation(
                 f"<b>{h(folder)}</b> holds a run that ended "
-                f"(<b style='color:{ended.verdict.colour}'>{h(ended.verdict.label)}</b>"
+                f"(<b style='color:{outcome_colour(ended.verdict.outcome)}'>{h(ended.verdict.label)}</b>"
                 f"{', started ' + h(when) if when else ''}). A new run here changes that "
                 "folder: it resumes from the run's files, or moves them to "
                 "<code>stale-&lt;time&gt;/</code> when the settings differ. Run here anyway, "
@@ -156,7 +157,7 @@ class RunGuard:
     def _show_end(self, verdict: Any) -> None:
         self.controls.set_status(
             f"run ended: <b class='nx47-ended' data-outcome='{h(verdict.outcome.value)}' "
-            f"style='color:{verdict.colour}'>{h(verdict.label)}</b> — {h(verdict.words)}")
+            f"style='color:{outcome_colour(verdict.outcome)}'>{h(verdict.label)}</b> — {h(verdict.words)}")
 
     # -- before Run: what keeps Run from starting --------------------------------
     def problems(self) -> list[str]:

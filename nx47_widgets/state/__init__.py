@@ -21,7 +21,7 @@ of them).
 from nx47_widgets.state.charts import ChartState
 from nx47_widgets.state.coverage import CoverageModel, scan_coverage
 from nx47_widgets.state.dashboard import DashboardState
-from nx47_widgets.state.heartbeat import COLOURS, WAITING, HeartbeatState, HeartbeatView
+from nx47_widgets.state.heartbeat import WAITING, HeartbeatState, HeartbeatView
 from nx47_widgets.state.log import LEVELS, LogEntry, LogState, event_level
 from nx47_widgets.state.preview import AXES, PreviewState
 from nx47_widgets.state.progress import (
@@ -38,7 +38,6 @@ __all__ = [
     "AXES",
     "BarState",
     "ChartState",
-    "COLOURS",
     "CoverageModel",
     "DashboardState",
     "event_level",

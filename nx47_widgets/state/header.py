@@ -33,7 +33,6 @@ class HeaderInfo:
         The :class:`~nx47_widgets.state.outcome.Outcome` value (``""``: no run).
     light : str
         The heartbeat light (ACTIVE, COMPUTING, STALLED ...; WAITING: no run).
-    colour : str
     elapsed_s, eta_s, score : float or None
     eta_text : str
         The ETA in words (``"2m10s (projection)"``, ``"after the preflight"``, ``"-"``).
@@ -48,7 +47,6 @@ class HeaderInfo:
     state: str
     outcome: str
     light: str
-    colour: str
     elapsed_s: float | None
     eta_s: float | None
     eta_text: str
@@ -92,7 +90,7 @@ def header_info(state: Any, now: float | None = None, folder: str | Path | None 
     score = validation.get("mean_score")
     score = float(score) if isinstance(score, (int, float)) else None
     if started is None and not res.ended:
-        return HeaderInfo("no run", "", WAITING, "#9e9e9e", None, None, "-", None, None, None, None,
+        return HeaderInfo("no run", "", WAITING, None, None, "-", None, None, None, None,
                           str(folder or ""))
     ended = res.ended or state.ended
     if ended:
@@ -115,7 +113,6 @@ def header_info(state: Any, now: float | None = None, folder: str | Path | None 
         state="running" if running else verdict.label,
         outcome=verdict.outcome.value,
         light=light.state,
-        colour=light.colour if running else verdict.colour,
         elapsed_s=elapsed, eta_s=eta, eta_text=eta_text, score=score,
         n_val=(len(validation["per_volume"]) if isinstance(validation.get("per_volume"), dict)
                else _int(counts.get("val"))),

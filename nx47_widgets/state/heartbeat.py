@@ -8,7 +8,7 @@ from typing import Callable
 
 from nx47_pipeline.telemetry.events import Event, EventKind, Status, WorkerState
 
-__all__ = ["HeartbeatView", "HeartbeatState", "COLOURS", "WAITING", "KILLED", "LOST"]
+__all__ = ["HeartbeatView", "HeartbeatState", "WAITING", "KILLED", "LOST"]
 
 #: The light before a run started (the other states are :class:`WorkerState` values).
 WAITING = "WAITING"
@@ -40,26 +40,11 @@ _WORDS = {
 #: the run's CONFIG gives its ``progress_max_gap_s``.
 DEFAULT_ACTIVE_WITHIN_S = 5.0
 
-#: Colour of the light in each state.
-COLOURS = {
-    WAITING: "#9e9e9e",
-    _ACTIVE: "#2e7d32",
-    _COMPUTING: "#1565c0",
-    _STALLED: "#c62828",
-    _FINISHED: "#2e7d32",
-    _FAILED: "#c62828",
-    _CANCELLED: "#8d6e63",
-    KILLED: "#6a1b9a",
-    LOST: "#546e7a",
-}
-
-
 @dataclass(frozen=True)
 class HeartbeatView:
     """What the heartbeat light shows at one instant."""
 
     state: str  # WAITING | ACTIVE | COMPUTING | STALLED | FINISHED | FAILED | CANCELLED
-    colour: str
     since_beat_s: float | None
     since_progress_s: float | None
     cpu_pct: float | None
@@ -237,7 +222,6 @@ class HeartbeatState:
                 state = _ACTIVE  # running, no progress or beat yet, within the grace period
         return HeartbeatView(
             state=state,
-            colour=COLOURS.get(state, "#9e9e9e"),
             since_beat_s=since_beat,
             since_progress_s=since_prog,
             cpu_pct=self.cpu_pct,

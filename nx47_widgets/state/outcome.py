@@ -1,4 +1,4 @@
-"""How a run ended, in one word, one colour and one sentence.
+"""How a run ended, in one word and one sentence (its colour: ``views.colours``).
 
 The pipeline's EXEC_COMPLETE says ``ok``, ``failed``, ``cancelled`` or
 ``preflight_failed``; a run that is ``ok`` may still have segmented some or
@@ -7,7 +7,7 @@ stages — :func:`classify` reads that from GLOBAL_STATS (``stats.json``).  Two
 ends have no event at all: **killed** (a dashboard killed the process after
 Stop, ``killed.json``) and **lost** (the process died without a final event).
 The status line, the results card, the heartbeat light and the runs page
-all show these words and colours.
+all show these words (and the colour ``views.colours`` gives each outcome).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from nx47_pipeline.telemetry.events import StageName, Status
 
-__all__ = ["Outcome", "Verdict", "classify", "OUTCOME_COLOURS"]
+__all__ = ["Outcome", "Verdict", "classify"]
 
 
 class Outcome(str, enum.Enum):
@@ -39,20 +39,6 @@ class Outcome(str, enum.Enum):
         return self.value
 
 
-#: One colour per outcome (text and light).
-OUTCOME_COLOURS: dict[Outcome, str] = {
-    Outcome.RUNNING: "#1565c0",
-    Outcome.OK: "#2e7d32",
-    Outcome.SKIPPED: "#689f38",
-    Outcome.BUDGET: "#f9a825",
-    Outcome.FALLBACK: "#e65100",
-    Outcome.CANCELLED: "#8d6e63",
-    Outcome.PREFLIGHT_FAILED: "#ad1457",
-    Outcome.FAILED: "#c62828",
-    Outcome.KILLED: "#6a1b9a",
-    Outcome.LOST: "#546e7a",
-}
-
 _LABELS = {
     Outcome.RUNNING: "running",
     Outcome.OK: "ok",
@@ -69,7 +55,7 @@ _LABELS = {
 
 @dataclass(frozen=True)
 class Verdict:
-    """An outcome with its label, colour and sentence."""
+    """An outcome with its label and sentence."""
 
     outcome: Outcome
     words: str
@@ -77,10 +63,6 @@ class Verdict:
     @property
     def label(self) -> str:
         return _LABELS[self.outcome]
-
-    @property
-    def colour(self) -> str:
-        return OUTCOME_COLOURS[self.outcome]
 
 
 def _stages_with(stage_status: Mapping[str, Any], status: Status) -> list[str]:

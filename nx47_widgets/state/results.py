@@ -74,7 +74,7 @@ class ResultsState:
 
     @property
     def verdict(self) -> Verdict:
-        """How the run ended (or that it runs), in words and colour."""
+        """How the run ended (or that it runs), in words."""
         return classify(self.status, self.stats, killed=self.killed, lost=self.lost)
 
     @property

@@ -7,6 +7,7 @@ import ipywidgets as W
 
 from nx47_widgets.state.header import HeaderInfo, describe
 from nx47_widgets.views.base import Syncer, h
+from nx47_widgets.views.colours import light_colour, outcome_colour
 
 __all__ = ["HeaderPanel", "header_html"]
 
@@ -19,6 +20,9 @@ def header_html(info: HeaderInfo) -> str:
              f"data-light='{h(info.light)}' data-elapsed='{num(info.elapsed_s)}' "
              f"data-eta='{num(info.eta_s)}' data-score='{num(info.score)}' "
              f"data-fallback='{'' if info.fallback is None else info.fallback}'")
+    # running: the heartbeat light's colour; ended (or no run): the outcome's
+    colour = (light_colour(info.light) if info.state == "running" or not info.outcome
+              else outcome_colour(info.outcome))
     # while it runs, the heartbeat's light too (ACTIVE, COMPUTING, STALLED)
     light = (f" <span class='nx47-hd-light'>· {h(info.light)}</span>"
              if info.state == "running" and info.light != "WAITING" else "")
@@ -27,8 +31,8 @@ def header_html(info: HeaderInfo) -> str:
     folder = (f"<span class='nx47-hd-folder' title='{h(info.folder)}'>{h(info.folder)}</span>"
               if info.folder else "")
     return (f"<div class='nx47-hd' {attrs}>"
-            f"<span class='nx47-hd-state' style='color:{info.colour}'>"
-            f"<span class='nx47-hd-dot' style='background:{info.colour}'></span>"
+            f"<span class='nx47-hd-state' style='color:{colour}'>"
+            f"<span class='nx47-hd-dot' style='background:{colour}'></span>"
             f"{h(info.state)}{light}</span>{cells}{folder}</div>")
 
 

@@ -7,6 +7,7 @@ import ipywidgets as W
 from nx47_widgets.state.heartbeat import WAITING, HeartbeatState
 from nx47_widgets.state.outcome import Outcome, Verdict
 from nx47_widgets.views.base import Syncer, h, section
+from nx47_widgets.views.colours import light_colour, outcome_colour
 
 __all__ = ["HeartbeatPanel"]
 
@@ -44,9 +45,9 @@ class HeartbeatPanel:
         """
         v = state.view(now)
         self.state = v.state
-        colour, words, outcome = v.colour, v.words, ""
+        colour, words, outcome = light_colour(v.state), v.words, ""
         if verdict is not None and state.final is not None and verdict.outcome is not Outcome.RUNNING:
-            colour, words, outcome = verdict.colour, verdict.words, verdict.outcome.value
+            colour, words, outcome = outcome_colour(verdict.outcome), verdict.words, verdict.outcome.value
         cpu = "-" if v.cpu_pct is None else f"{v.cpu_pct:.0f}%"
         rss = "-" if v.rss_mb is None else f"{v.rss_mb:.0f} MB"
         ages = (f"last beat {_ago(v.since_beat_s)} · last progress {_ago(v.since_progress_s)}"

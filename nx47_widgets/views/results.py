@@ -19,6 +19,7 @@ from nx47_widgets.state.results import ResultsState
 from nx47_widgets.state.timeline import Timeline
 from nx47_widgets.state.topo import DIMENSIONS, topo_breakdown
 from nx47_widgets.views.base import Syncer, fmt, h, human_bytes, nested_html, section
+from nx47_widgets.views.colours import outcome_colour
 from nx47_widgets.views.page import PageBridge
 from nx47_widgets.views.topo import topo_cells
 
@@ -119,7 +120,7 @@ class ResultsPanel:
         parts = [
             f"<div style='font-size:15px'>status: <b class='nx47-status' "
             f"data-status='{h(state.status or v.outcome.value)}' data-outcome='{v.outcome.value}' "
-            f"style='color:{v.colour}'>{h(v.label)}</b> <span class='nx47-verdict'>"
+            f"style='color:{outcome_colour(v.outcome)}'>{h(v.label)}</b> <span class='nx47-verdict'>"
             f"— {h(v.words)}</span> · duration {format_duration(state.duration_s)}</div>"]
         stats = state.stats
         score = (stats.get("validation") or {}).get("mean_score")

@@ -20,6 +20,7 @@ from nx47_pipeline.telemetry.format import format_duration
 
 from nx47_widgets.state.runs import INFER, RunSummary
 from nx47_widgets.views.base import Syncer, h
+from nx47_widgets.views.colours import outcome_colour
 
 __all__ = ["RunsPanel", "runs_table", "SORT_SCRIPT", "COLUMNS"]
 
@@ -103,7 +104,7 @@ def runs_table(runs: list[RunSummary], *, links: bool, current: str | None = Non
             f"<td class='nx47-folder' data-v='{h(shown_name)}'>{name}{mark}</td>"
             f"<td data-v='{h(r.kind)}'>{_kind(r)}</td>"
             f"<td class='nx47-nowrap' data-v='{h(v.label)}'>"
-            f"<b style='color:{v.colour}' title='{h(v.words)}'>{h(v.label)}</b></td>"
+            f"<b style='color:{outcome_colour(v.outcome)}' title='{h(v.words)}'>{h(v.label)}</b></td>"
             f"<td class='nx47-nowrap' data-v='{_v(r.started_ts)}' title='{h(_full_time(r.started_ts))}'>"
             f"{_when(r.started_ts, now)}</td>"
             f"<td class='nx47-nowrap nx47-took' data-v='{_v(duration)}' title='{took_tip} {took}'>{took}</td>"

@@ -42,7 +42,8 @@ from nx47_widgets.lifecycle import read_killed
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import CAPS_HINT
 from nx47_widgets.state import DashboardState, HeartbeatState, ProgressState
-from nx47_widgets.state.outcome import OUTCOME_COLOURS, Outcome, classify
+from nx47_widgets.state.outcome import Outcome, classify
+from nx47_widgets.views.colours import OUTCOME_COLOURS
 
 _seq = itertools.count()
 

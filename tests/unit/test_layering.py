@@ -234,3 +234,19 @@ def test_tests_wait_on_conditions_not_on_the_clock():
     for (p, i), line in lines.items():
         before = Path(REPO / p).read_text().splitlines()[i - 2]
         assert "#" in line.split(needle, 1)[1] or before.strip().startswith("#"), f"{p}:{i}: no comment: {line}"
+
+
+def test_state_holds_no_colours():
+    """Colours are the views' (``views/colours.py``): state says what a run is, not how it looks."""
+    import re
+
+    colour = re.compile(r"#[0-9a-fA-F]{6}\b")
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("nx47_widgets.state"):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and colour.search(node.value):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert not bad, "colours in state/:\n" + "\n".join(bad)
