@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from nx47_pipeline.io.run_folder import CLUSTER
 from nx47_pipeline.telemetry.events import Event, EventKind
+from nx47_widgets.loaders import read_cluster_doc
 
 __all__ = ["CLUSTER_NAME", "STALE_AFTER_S", "ClusterSnapshot", "ClusterState", "WorkerInfo",
            "parse_cluster", "read_cluster", "UP", "CLOSED", "STALE", "ENDED", "MALFORMED"]
@@ -164,9 +165,8 @@ def read_cluster(path: str | os.PathLike) -> ClusterSnapshot:
         When it is malformed (the message names the file).
     """
     p = Path(path)
-    text = p.read_text(encoding="utf-8", errors="replace")
     try:
-        return parse_cluster(json.loads(text))
+        return parse_cluster(read_cluster_doc(p))
     except ValueError as exc:
         raise ValueError(f"{p}: malformed {CLUSTER_NAME}: {exc}") from None
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from nx47_pipeline.data.coverage import coverage_audit, plan_counts, select_coverage
 from nx47_pipeline.data.discovery import discover, resolve_data_root
-from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.run.budget import largest_fit, load_preflight_timings, project_run
 from nx47_pipeline.telemetry.events import EventKind
+from nx47_widgets.loaders import journal_lines
 
 __all__ = ["CoverageModel", "scan_coverage", "timings_for_data"]
 
@@ -293,22 +292,12 @@ def _same_folder(a: str, b: str) -> bool:
 
 def _journal_data_root(folder: Path) -> str | None:
     """The resolved data root of the last CONFIG in ``folder``'s journal, or None."""
-    path = RunFolder(folder).journal
     found = None
-    tag = f'"{EventKind.CONFIG.value}"'
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if tag not in line:
-                    continue
-                try:
-                    cfg = json.loads(line).get("payload", {}).get("config", {})
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(cfg, dict) and cfg.get("data_root"):
-                    found = str(cfg["data_root"])
-    except OSError:
-        return None
+    for event in journal_lines(folder, containing=f'"{EventKind.CONFIG.value}"'):
+        payload = event.get("payload")
+        cfg = payload.get("config", {}) if isinstance(payload, dict) else {}
+        if isinstance(cfg, dict) and cfg.get("data_root"):
+            found = str(cfg["data_root"])
     if found is None:
         return None
     try:

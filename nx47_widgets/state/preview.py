@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.jsonio import read_json
-from nx47_pipeline.io.run_folder import INFER_KEY
 from nx47_pipeline.telemetry.events import Event, EventKind, PreviewPayload, Status
+from nx47_widgets.loaders import read_infer_key
 
 __all__ = ["AXES", "INFER_COMMAND", "INFER_SPLIT", "InferVolume", "PreviewState"]
 
@@ -122,7 +121,7 @@ class PreviewState:
         the command ran) is taken resolved from the folder's ``infer_key.json``."""
         path = str(config.get("input") or "")
         if not Path(path).is_absolute() and self.out_dir is not None:
-            path = str((read_json(self.out_dir / INFER_KEY) or {}).get("input") or path)
+            path = str((read_infer_key(self.out_dir) or {}).get("input") or path)
         shape = config.get("shape")
         shape = [int(n) for n in shape] if isinstance(shape, list) and len(shape) == 3 else [1, 1, 1]
         return InferVolume(volume_id=Path(path).name or "input", shape=shape, image_path=path)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.run_folder import QA
+from nx47_widgets.loaders import read_document, write_document
 
 __all__ = ["QA_NAME", "MARKS", "QaMarks"]
 
@@ -45,7 +45,7 @@ class QaMarks:
     def load(cls, folder: str | os.PathLike) -> "QaMarks":
         """The marks saved in ``folder`` (none when there is no readable ``qa.json``)."""
         qa = cls(folder)
-        data = read_json(qa.path)
+        data = read_document(qa.path)
         if isinstance(data, dict) and isinstance(data.get("volumes"), dict):
             qa.volumes = {str(k): dict(v) for k, v in data["volumes"].items() if isinstance(v, dict)}
         return qa
@@ -90,7 +90,7 @@ class QaMarks:
     def save(self) -> None:
         """Write ``qa.json`` (atomically)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, {"volumes": self.volumes})
+        write_document(self.path, {"volumes": self.volumes})
         self.version += 1
 
     def counts(self) -> dict[str, int]:

@@ -11,20 +11,19 @@ with its input, shape and chunk from that file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.jsonio import read_json
-from nx47_pipeline.io.run_folder import INFER_KEY, RunFolder
+from nx47_pipeline.io.run_folder import INFER_KEY
 from nx47_pipeline.telemetry.events import EventKind, Status
 from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 
 from nx47_widgets.lifecycle import describe, holder, read_killed
 from nx47_widgets.state.outcome import Outcome, Verdict, classify
 from nx47_widgets.state.qa import QA_NAME, QaMarks
+from nx47_widgets.loaders import journal_tail, read_infer_key, read_stats
 
 __all__ = ["RunSummary", "summarize_run", "scan_runs", "pick_run", "RUN", "INFER"]
 
@@ -61,19 +60,7 @@ class RunSummary:
 
 def _tail_events(journal: Path) -> list[dict[str, Any]]:
     """The complete lines in the last :data:`TAIL_BYTES` of ``journal``, parsed."""
-    size = journal.stat().st_size
-    with open(journal, "rb") as fh:
-        if size > TAIL_BYTES:
-            fh.seek(size - TAIL_BYTES)
-            fh.readline()  # a partial line
-        data = fh.read()
-    out = []
-    for line in data.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line
-    return out
+    return journal_tail(journal, TAIL_BYTES)
 
 
 def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
@@ -101,14 +88,14 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
         elif e.get("kind") == EventKind.EXEC_COMPLETE.value:
             end = e
     live = holder(folder)
-    stats = read_json(RunFolder(folder).stats) or {}
+    stats = read_stats(folder)
     started = float(start["ts"]) if start else None
     status = None
     if end is not None:
         status = Status(end["payload"].get("status", "failed"))
     elif live is None:
         stats = {}  # stats.json of an earlier run in the folder
-    key = read_json(folder / INFER_KEY)
+    key = read_infer_key(folder)
     killed = lost = None
     if status is None and live is None:
         rec = read_killed(folder)

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.jsonio import read_json
 from nx47_pipeline.io.run_folder import STATS
 from nx47_pipeline.model.metric import TOPO_WEIGHTS
 from nx47_pipeline.telemetry.events import Event, EventKind
+from nx47_widgets.loaders import read_document
 
 __all__ = ["DIMENSIONS", "TOPO_KEYS", "TopoDim", "TopoBreakdown", "ValidationScores", "topo_breakdown"]
 
@@ -282,7 +282,7 @@ class ValidationScores:
         hit = self._files.get(str(path))
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        data = read_json(path)
+        data = read_document(path)
         self._files[str(path)] = (stamp, data)
         return data
 

@@ -250,3 +250,25 @@ def test_state_holds_no_colours():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and colour.search(node.value):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not bad, "colours in state/:\n" + "\n".join(bad)
+
+
+def test_state_reads_no_file():
+    """State folds events and documents; the files are opened by ``nx47_widgets/loaders.py``
+    (no ``open``, ``read_text`` / ``read_bytes``, ``json.load(s)`` or ``read_json`` in state/)."""
+    banned_calls = {"open", "read_text", "read_bytes", "read_json", "write_json"}
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("nx47_widgets.state"):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                if called in ("load", "loads") and isinstance(f, ast.Attribute) and \
+                        isinstance(f.value, ast.Name) and f.value.id == "json":
+                    called = f"json.{called}"
+                    banned_calls = banned_calls | {called}
+                if called in banned_calls:
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {called}()")
+    assert not bad, "file reads in state/:\n" + "\n".join(bad)
