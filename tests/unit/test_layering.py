@@ -236,39 +236,36 @@ def test_tests_wait_on_conditions_not_on_the_clock():
         assert "#" in line.split(needle, 1)[1] or before.strip().startswith("#"), f"{p}:{i}: no comment: {line}"
 
 
+def _state_nodes():
+    """(path, node) for every AST node of the modules of ``nx47_widgets/state``."""
+    for name, path in MODULES.items():
+        if name.startswith("nx47_widgets.state"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                yield path.relative_to(REPO), node
+
+
 def test_state_holds_no_colours():
     """Colours are the views' (``views/colours.py``): state says what a run is, not how it looks."""
     import re
 
     colour = re.compile(r"#[0-9a-fA-F]{6}\b")
-    bad = []
-    for name, path in MODULES.items():
-        if not name.startswith("nx47_widgets.state"):
-            continue
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and colour.search(node.value):
-                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    bad = [f"{path}:{node.lineno}: {node.value!r}" for path, node in _state_nodes()
+           if isinstance(node, ast.Constant) and isinstance(node.value, str) and colour.search(node.value)]
     assert not bad, "colours in state/:\n" + "\n".join(bad)
+
+
+def _called(node: ast.Call) -> str:
+    """``open``, ``read_text``, ``json.loads`` ...: what a call calls, by name."""
+    f = node.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "json":
+        return f"json.{f.attr}"
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
 
 
 def test_state_reads_no_file():
     """State folds events and documents; the files are opened by ``nx47_widgets/loaders.py``
     (no ``open``, ``read_text`` / ``read_bytes``, ``json.load(s)`` or ``read_json`` in state/)."""
-    banned_calls = {"open", "read_text", "read_bytes", "read_json", "write_json"}
-    bad = []
-    for name, path in MODULES.items():
-        if not name.startswith("nx47_widgets.state"):
-            continue
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                f = node.func
-                called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-                if called in ("load", "loads") and isinstance(f, ast.Attribute) and \
-                        isinstance(f.value, ast.Name) and f.value.id == "json":
-                    called = f"json.{called}"
-                    banned_calls = banned_calls | {called}
-                if called in banned_calls:
-                    bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {called}()")
+    banned = {"open", "read_text", "read_bytes", "read_json", "write_json", "json.load", "json.loads"}
+    bad = [f"{path}:{node.lineno}: {_called(node)}()" for path, node in _state_nodes()
+           if isinstance(node, ast.Call) and _called(node) in banned]
     assert not bad, "file reads in state/:\n" + "\n".join(bad)
