@@ -27,8 +27,9 @@ from nx47_pipeline.io.run_folder import SUBMISSION
 
 NAME = "kaggle-kit"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Runtime dependencies left out of the kit: the Kaggle images ship them.
-LEFT_OUT = frozenset({"torch"})
+#: Runtime dependencies left out of the kit: the Kaggle images ship them (a PyPI torchvision, pulled
+#: in by nnunetv2's dependencies, would not match the image's own torch build).
+LEFT_OUT = frozenset({"torch", "torchvision"})
 
 INSTALL_CELL = '''# NX47 offline install (internet off): when nx47 is not importable, install it from the
 # attached kit dataset (a folder holding wheels/nx47-*.whl), without any package index.
@@ -43,9 +44,11 @@ if importlib.util.find_spec("nx47_pipeline") is None:
             "nx47 is not installed and no NX47 kit is attached: add the kit folder built by "
             "`nx47 kaggle-kit --out DIR` as a Kaggle dataset (it holds wheels/nx47-*.whl), "
             "or set NX47_KIT_DIR to it; see the kit's README.md")
-    print(f"[nx47] installing from {_kits[0]} (no index)", flush=True)
+    # a kit built with --with-nnunet holds nnU-Net v2 too: nx47's nnunet extra
+    _what = "nx47[nnunet]" if glob.glob(os.path.join(_kits[0], "nnunetv2-*.whl")) else "nx47"
+    print(f"[nx47] installing {_what} from {_kits[0]} (no index)", flush=True)
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index",
-                           "--find-links", _kits[0], "nx47"])
+                           "--find-links", _kits[0], _what])
     importlib.invalidate_caches()
 '''
 
@@ -59,18 +62,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="target interpreter (default: this one, %d.%d)" % sys.version_info[:2])
     p.add_argument("--platform", dest="platform_tag", default=None, metavar="TAG",
                    help="target platform tag, e.g. manylinux2014_x86_64 (default: this machine's)")
+    p.add_argument("--with-nnunet", action="store_true",
+                   help="also nnU-Net v2 and its dependencies (nx47's nnunet extra, torch and torchvision "
+                        "left out): nnU-Net bundles then run offline on Kaggle")
 
 
-def runtime_requirements(dist: str = "nx47") -> list[str]:
-    """nx47's runtime requirements (no extras), less :data:`LEFT_OUT`."""
+def runtime_requirements(dist: str = "nx47", *, extras: tuple[str, ...] = ()) -> list[str]:
+    """nx47's runtime requirements and those of its ``extras`` (e.g. ``("nnunet",)``), less
+    :data:`LEFT_OUT`."""
     out = []
     for text in metadata.requires(dist) or []:
         req = Requirement(text)
         if req.marker is not None and "extra" in str(req.marker):
-            continue
+            if not any(req.marker.evaluate({"extra": e}) for e in extras):
+                continue
+            req.marker = None  # an extra asked for: a plain requirement of the kit
         if req.name.lower() in LEFT_OUT:
             continue
         out.append(str(req))
+    return out
+
+
+def _torch_version() -> str:
+    """The installed torch's version without its local tag (``2.13.0+cpu`` -> ``2.13.0``)."""
+    try:
+        return metadata.version("torch").split("+", 1)[0]
+    except metadata.PackageNotFoundError:
+        raise RuntimeError("--with-nnunet needs torch installed here (pip install torch==<the image's "
+                           "version>): the kit pins nnU-Net's torch to it") from None
+
+
+#: Distributions only a CUDA torch build needs (a guard: with torch pinned to the CPU build pip does not
+#: collect them; the image's torch brings its own).
+TORCH_DEPENDENCIES = ("nvidia", "triton", "cuda")
+
+
+def _torch_only_dependencies(wheels: Path) -> list[Path]:
+    """Wheels in ``wheels`` of torch's own dependencies that no other kit requirement needs
+    (found by name: :data:`TORCH_DEPENDENCIES`, and never one nx47 itself requires)."""
+    own = {Requirement(r).name.lower().replace("-", "_") for r in runtime_requirements()}
+    out = []
+    for w in wheels.glob("*.whl"):
+        name = w.name.split("-", 1)[0].lower()
+        if name.startswith(TORCH_DEPENDENCIES) and name not in own:
+            out.append(w)
     return out
 
 
@@ -96,8 +131,10 @@ def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def build_kit(out: str | Path, *, python_version: str | None = None, platform_tag: str | None = None) -> Path:
-    """Write the kit to ``out`` (see the module docstring); returns ``out``."""
+def build_kit(out: str | Path, *, python_version: str | None = None, platform_tag: str | None = None,
+              with_nnunet: bool = False) -> Path:
+    """Write the kit to ``out`` (see the module docstring); returns ``out``.
+    ``with_nnunet``: nnU-Net v2 and its dependencies too (the ``nnunet`` extra)."""
     out = Path(out)
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -107,15 +144,23 @@ def build_kit(out: str | Path, *, python_version: str | None = None, platform_ta
     here_plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     same_target = (python_version in (None, here_py)) and (platform_tag in (None, here_plat))
     _pip("wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(REPO_ROOT))
-    reqs = runtime_requirements()
+    reqs = runtime_requirements(extras=("nnunet",) if with_nnunet else ())
+    if with_nnunet:
+        # nnunetv2 requires torch: pinned to this environment's (CPU) build, or pip would resolve the
+        # CUDA build and its nvidia-* libraries (gigabytes); torch's wheels are then left out
+        reqs.append(f"torch=={_torch_version()}")
     if same_target:
         # pip wheel builds sdists into wheels and collects every transitive dependency
         _pip("wheel", "-q", "--wheel-dir", str(wheels), *reqs)
     else:
         _pip("download", "-q", "--only-binary=:all:", "--dest", str(wheels), "--implementation", "cp",
              "--python-version", python_version or here_py, "--platform", platform_tag or here_plat, *reqs)
-    for w in wheels.glob("torch-*.whl"):
-        w.unlink()
+    for name in LEFT_OUT:
+        for w in wheels.glob(f"{name}-*.whl"):
+            w.unlink()
+    if with_nnunet:  # torch's own dependencies come with the image's torch
+        for dep in _torch_only_dependencies(wheels):
+            dep.unlink()
     nb = kit_notebook(REPO_ROOT / "dashboard.ipynb")
     write_text(out / "nx47-kaggle.ipynb", json.dumps(nb, indent=1) + "\n")
     n_wheels = len(list(wheels.glob("*.whl")))
@@ -151,7 +196,8 @@ or altered, the run refuses it by file name and submits the fallback segmentatio
 
 def main(args: argparse.Namespace) -> int:
     try:
-        out = build_kit(args.out, python_version=args.python_version, platform_tag=args.platform_tag)
+        out = build_kit(args.out, python_version=args.python_version, platform_tag=args.platform_tag,
+                        with_nnunet=args.with_nnunet)
     except (RuntimeError, OSError) as exc:
         print(f"nx47 kaggle-kit: {exc}", file=sys.stderr)
         return 2

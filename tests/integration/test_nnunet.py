@@ -430,3 +430,48 @@ def test_chunked_nnunet_probabilities_equal_the_whole_volume_within_the_stated_t
 #: where the whole volume's are, and a barely trained network's output depends on where a voxel sits
 #: in its window: single voxels can differ much, the map as a whole little.
 CHUNK_TOLERANCE = 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_kaggle_kit_with_nnunet_installs_offline_and_predicts_with_an_nnunet_bundle(trained, tmp_path):
+    """``nx47 kaggle-kit --with-nnunet``: nnU-Net v2 and its dependencies as wheels (torch and torchvision
+    left out: the Kaggle image has its own); in a fresh environment that has only torch and torchvision,
+    the kit's own install line (no index) installs ``nx47[nnunet]`` and an nnU-Net bundle predicts as in
+    this one."""
+    from nx47_pipeline.cli.kaggle_kit import INSTALL_CELL
+
+    kit = tmp_path / "kit"
+    assert cli_main(["kaggle-kit", "--out", str(kit), "--with-nnunet"]) == 0
+    wheels = sorted(p.name.lower() for p in (kit / "wheels").glob("*.whl"))
+    for name in ("nx47-", "nnunetv2-", "dynamic_network_architectures-"):
+        assert any(w.startswith(name) for w in wheels), (name, wheels)
+    assert not any(w.startswith(("torch-", "torchvision-")) for w in wheels), wheels
+    assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b"),
+                     "--no-mirroring"]) == 0
+    vol = trained["volume"]
+    np.save(tmp_path / "vol.npy", vol)
+    here = load_bundle(tmp_path / "b").predictor.predict(vol)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python")
+    # what the Kaggle image ships: torch and torchvision (here: the versions of this environment, from
+    # the package index; torch the CPU build)
+    from importlib import metadata
+
+    image = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={metadata.version('torchvision')}"]
+    subprocess.run([py, "-m", "pip", "install", "-q", *image], check=True, timeout=900, capture_output=True)
+    offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "NX47_", "PYTHON"))}
+    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", NX47_KIT_DIR=str(kit))
+    code = INSTALL_CELL + f"""
+import numpy as np
+from nx47_pipeline.model.bundle import load_bundle
+p = load_bundle({str(tmp_path / 'b')!r}).predictor.predict(np.load({str(tmp_path / 'vol.npy')!r}))
+np.save({str(tmp_path / 'there.npy')!r}, p)
+"""
+    run = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=1200, env=offline,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "installing nx47[nnunet]" in run.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "there.npy"), here, atol=1e-4, rtol=0)
