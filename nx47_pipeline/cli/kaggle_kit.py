@@ -98,15 +98,8 @@ TORCH_DEPENDENCIES = ("nvidia", "triton", "cuda")
 
 
 def _torch_only_dependencies(wheels: Path) -> list[Path]:
-    """Wheels in ``wheels`` of torch's own dependencies that no other kit requirement needs
-    (found by name: :data:`TORCH_DEPENDENCIES`, and never one nx47 itself requires)."""
-    own = {Requirement(r).name.lower().replace("-", "_") for r in runtime_requirements()}
-    out = []
-    for w in wheels.glob("*.whl"):
-        name = w.name.split("-", 1)[0].lower()
-        if name.startswith(TORCH_DEPENDENCIES) and name not in own:
-            out.append(w)
-    return out
+    """Wheels in ``wheels`` of a CUDA torch build's own libraries (by name: :data:`TORCH_DEPENDENCIES`)."""
+    return [w for w in wheels.glob("*.whl") if w.name.lower().startswith(TORCH_DEPENDENCIES)]
 
 
 def _pip(*args: str) -> None:

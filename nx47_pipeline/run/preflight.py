@@ -158,11 +158,10 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     want = len(sl.train)
     used: list[VolumeRecord] = []
     paths: list[Path] = []
-    feat = phase(0)
+    rep = quiet(0)
     spare = list(sl.candidates[: want + 5])
     while len(paths) < want and spare:
         batch, spare = spare[: want - len(paths)], spare[want - len(paths):]
-        rep = ctx.reporter(publish=False, progress=lambda d, t_, **kw: feat(d, t_, **kw))
         got = stages.features(ctx, rep, batch, dest / "features", n_records=want, offset=len(paths),
                               executor=executor)
         by_id = {r.id: r for r in batch}
