@@ -33,12 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nx47_pipeline.io.jsonio import read_json, write_json
-from nx47_pipeline.io.run_folder import KILLED, STOP_REQUEST
-from nx47_pipeline.run.resume import LOCK_NAME, pid_alive, read_lock_pid
+from nx47_pipeline.io.run_folder import RunFolder
+from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 
 __all__ = [
-    "STOP_REQUEST_NAME",
-    "KILLED_NAME",
     "Holder",
     "state_dir",
     "register_threaded",
@@ -56,9 +54,7 @@ __all__ = [
 ]
 
 #: The file another page writes to stop a threaded run cooperatively.
-STOP_REQUEST_NAME = STOP_REQUEST
 #: Written by a dashboard that had to kill the process holding a run folder.
-KILLED_NAME = KILLED
 
 #: Holder kinds.
 THREADED = "threaded"
@@ -179,13 +175,13 @@ def request_stop(out_dir: str | os.PathLike, reason: str) -> Path:
     Path
         The stop request written.
     """
-    return write_json(Path(out_dir) / STOP_REQUEST_NAME,
+    return write_json(RunFolder(out_dir).stop_request,
                       {"reason": reason, "ts": time.time(), "by_pid": os.getpid()})
 
 
 def read_stop_request(out_dir: str | os.PathLike, since: float) -> str | None:
     """The reason of a stop request written at or after wall time ``since``, else None."""
-    data = read_json(Path(out_dir) / STOP_REQUEST_NAME)
+    data = read_json(RunFolder(out_dir).stop_request)
     if not isinstance(data, dict) or float(data.get("ts", 0.0)) < since:
         return None
     return str(data.get("reason") or "stop requested by another page")
@@ -194,7 +190,7 @@ def read_stop_request(out_dir: str | os.PathLike, since: float) -> str | None:
 def clear_stop_request(out_dir: str | os.PathLike) -> None:
     """Remove a stop request (it was served, or belongs to an earlier run)."""
     try:
-        (Path(out_dir) / STOP_REQUEST_NAME).unlink()
+        RunFolder(out_dir).stop_request.unlink()
     except OSError:
         pass
 
@@ -208,19 +204,19 @@ def mark_killed(out_dir: str | os.PathLike, pid: int, reason: str) -> None:
     pid : int
     reason : str
     """
-    write_json(Path(out_dir) / KILLED_NAME, {"pid": int(pid), "ts": time.time(), "reason": reason})
+    write_json(RunFolder(out_dir).killed, {"pid": int(pid), "ts": time.time(), "reason": reason})
     remove_stale_lock(out_dir)
 
 
 def read_killed(out_dir: str | os.PathLike) -> dict | None:
     """``killed.json`` of ``out_dir`` (``pid``, ``ts``, ``reason``), or None."""
-    data = read_json(Path(out_dir) / KILLED_NAME)
+    data = read_json(RunFolder(out_dir).killed)
     return data if isinstance(data, dict) else None
 
 
 def remove_stale_lock(out_dir: str | os.PathLike) -> bool:
     """Remove ``run.lock`` when the process it names is dead; True if removed."""
-    path = Path(out_dir) / LOCK_NAME
+    path = RunFolder(out_dir).lock
     pid = read_lock_pid(out_dir)
     if not path.exists() or pid_alive(pid):
         return False

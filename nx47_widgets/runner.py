@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import nx47_pipeline
 from nx47_pipeline.config import RunConfig, env_name
+from nx47_pipeline.io.run_folder import JOURNAL, RunFolder
 from nx47_pipeline.run.orchestrator import run_pipeline
 from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 from nx47_pipeline.telemetry.bus import QueueSink
@@ -49,7 +50,6 @@ from nx47_pipeline.telemetry.events import (
     MessagePayload,
     Status,
 )
-from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 from nx47_pipeline.telemetry.journal import JournalFollower
 
 from nx47_widgets.lifecycle import (
@@ -308,7 +308,7 @@ def has_run(out_dir: str | os.PathLike) -> bool:
     -------
     bool
     """
-    return (Path(out_dir) / JOURNAL_NAME).exists()
+    return RunFolder(out_dir).journal.exists()
 
 
 class DetachedRunner:
@@ -336,7 +336,7 @@ class DetachedRunner:
     def __init__(self, out_dir: str | os.PathLike, *,
                  process: subprocess.Popen | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self.journal = self.out_dir / JOURNAL_NAME
+        self.journal = RunFolder(self.out_dir).journal
         self.follower = JournalFollower(self.journal)
         self.process = process
         self.stop_requested_at: float | None = None
@@ -415,7 +415,7 @@ class DetachedRunner:
         """
         folder = Path(out_dir)
         if not has_run(folder):
-            raise FileNotFoundError(f"{folder}: no {JOURNAL_NAME}, nothing to attach to")
+            raise FileNotFoundError(f"{folder}: no {JOURNAL}, nothing to attach to")
         return cls(folder)
 
     @property

@@ -38,8 +38,6 @@ from nx47_pipeline.unet.train import CHECKPOINT_NAME, load_unet
 
 FORMAT = "nx47-model-bundle"
 FORMAT_VERSION = 1
-LINEAR_FILE = MODEL_WEIGHTS
-FIT_FILE = FIT
 UNET_FILE = f"unet/{CHECKPOINT_NAME}"
 
 
@@ -217,8 +215,8 @@ def write_manifest(
     (``min_size`` default: ``min_component_voxels``).
     """
     model_dir = Path(model_dir)
-    linear = LogisticModel.load(model_dir / LINEAR_FILE)
-    files = [LINEAR_FILE] + ([FIT_FILE] if (model_dir / FIT_FILE).exists() else [])
+    linear = LogisticModel.load(model_dir / MODEL_WEIGHTS)
+    files = [MODEL_WEIGHTS] + ([FIT] if (model_dir / FIT).exists() else [])
     unet = None
     if unet_fuse is not None and (model_dir / UNET_FILE).exists():
         files.append(UNET_FILE)
@@ -229,7 +227,7 @@ def write_manifest(
         "code_version": __version__,
         "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "linear": {"file": LINEAR_FILE, "feature_scales": list(linear.scales),
+        "linear": {"file": MODEL_WEIGHTS, "feature_scales": list(linear.scales),
                    "n_features": int(len(linear.coef))},
         "search": {k: best.get(k) for k in ("l1", "l2", "low", "high", "score")},
         "postprocess": {"closing_radius": [int(r) for r in closing_radius],

@@ -30,7 +30,7 @@ from nx47_pipeline import __version__
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.model.bundle import FORMAT, FORMAT_VERSION, MANIFEST, BundleError, sha256_file
 from nx47_pipeline.model.predictor import PostChoice, PredictorKind
-from nx47_pipeline.nnunet.predictor import NnUNetModel, NnUNetPredictor
+from nx47_pipeline.nnunet.predictor import NnUNetModel
 
 CHECKPOINT = "checkpoint_final.pth"
 

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io.atomic import write_text
-from ..io.run_folder import CLUSTER
+from ..io.run_folder import RunFolder
 
-CLUSTER_FILE = CLUSTER
 
 
 def cluster_snapshot(info: dict[str, Any], *, scheduler: str, dashboard_link: str, tasks_in_flight: int,
@@ -72,7 +71,7 @@ class ClusterMonitor:
                  clock: Callable[[], float] = time.time) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
-        self.path = Path(out_dir) / CLUSTER_FILE
+        self.path = RunFolder(out_dir).cluster
         self._info, self._counts = info, counts
         self._scheduler, self._link = scheduler, dashboard_link
         self._interval, self._clock = float(interval_s), clock

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nx47_pipeline.io.jsonio import read_json, write_json
-from nx47_pipeline.io.run_folder import LOCK, RESUMABLE, RUN_KEY
+from nx47_pipeline.io.run_folder import RESUMABLE, RunFolder
 
-LOCK_NAME = LOCK
-RUN_KEY_NAME = RUN_KEY
 
 #: What a run writes that depends on its settings (moved aside when they change).
 ARTIFACTS = RESUMABLE
@@ -68,7 +66,7 @@ def pid_alive(pid: int | None) -> bool:
 def read_lock_pid(out_dir: str | os.PathLike) -> int | None:
     """The pid written in ``<out_dir>/run.lock``, or None (absent or unreadable)."""
     try:
-        text = (Path(out_dir) / LOCK_NAME).read_text().strip()
+        text = RunFolder(out_dir).lock.read_text().strip()
     except OSError:
         return None
     try:
@@ -90,14 +88,14 @@ def acquire_lock(out_dir: Path) -> None:
     owner = lock_owner(out_dir)
     if owner is not None:
         raise FolderBusy(out_dir, owner)
-    (out_dir / LOCK_NAME).write_text(str(os.getpid()))
+    RunFolder(out_dir).lock.write_text(str(os.getpid()))
 
 
 def release_lock(out_dir: Path) -> None:
     """Remove the lock if this process holds it."""
     if read_lock_pid(out_dir) == os.getpid():
         try:
-            (out_dir / LOCK_NAME).unlink()
+            RunFolder(out_dir).lock.unlink()
         except OSError:
             pass
 
@@ -114,7 +112,7 @@ def run_key(config_dict: dict[str, Any], train_ids: Iterable[str], val_ids: Iter
 def check_run_key(out_dir: Path, key: str, fields: dict[str, Any]) -> Path | None:
     """Record ``key`` in ``run_key.json``; when the folder holds another key,
     first move its artifacts to ``stale-<time>/`` and return that folder."""
-    path = out_dir / RUN_KEY_NAME
+    path = RunFolder(out_dir).run_key
     old = read_json(path)
     stale = None
     if old and old.get("key") != key:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from nx47_pipeline.io.jsonio import write_json
-from nx47_pipeline.io.run_folder import JOURNAL, PLAN
+from nx47_pipeline.io.run_folder import JOURNAL, PLAN, RunFolder
 from nx47_pipeline.telemetry.bus import EventBus, Sink
 from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
 from nx47_pipeline.telemetry.console import ConsoleSink
@@ -54,10 +54,8 @@ from nx47_pipeline.telemetry.progress import ProgressThrottle, StageStack
 from nx47_pipeline.telemetry.plan import PlanTracker
 from nx47_pipeline.telemetry.trace import array_trace
 
-__all__ = ["Telemetry", "JOURNAL_NAME", "PLAN_NAME"]
+__all__ = ["Telemetry"]
 
-JOURNAL_NAME = JOURNAL
-PLAN_NAME = PLAN
 
 _BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_fit", "deadline_s"}
 
@@ -124,7 +122,7 @@ def write_plan_snapshot(plan: PlanTracker, path: Path, *, run_id: str, now: floa
         snap["updated_ts"] = now
         write_json(path, snap, allow_nan=False, default=str)
     except OSError as exc:
-        return MessagePayload(message=f"cannot write {PLAN_NAME}: {exc}", subject=PLAN_NAME,
+        return MessagePayload(message=f"cannot write {PLAN}: {exc}", subject=PLAN,
                               code="plan_write_failed")
     return None
 
@@ -241,7 +239,7 @@ class Telemetry:
         problems: list[tuple[str, str]] = []
         open_error = ""
         if self.out_dir is not None:
-            self.journal, problems, open_error = open_journal(self.out_dir / JOURNAL_NAME,
+            self.journal, problems, open_error = open_journal(RunFolder(self.out_dir).journal,
                                                               fsync=self._journal_fsync)
         if self.journal is not None:
             self.resumed = self.journal.last_seq >= 0
@@ -265,9 +263,9 @@ class Telemetry:
         )
         self.bus.publish(EventKind.CONFIG, ConfigPayload(config=self.config_dict))
         for code, msg in problems:
-            self.warning(msg, subject=JOURNAL_NAME, code=code)
+            self.warning(msg, subject=JOURNAL, code=code)
         if open_error:
-            self.error(open_error, subject=JOURNAL_NAME, code="journal_open_failed")
+            self.error(open_error, subject=JOURNAL, code="journal_open_failed")
         self.heartbeat = HeartbeatMonitor(
             self._publish_heartbeat,
             interval_s=self._heartbeat_interval_s,
@@ -467,7 +465,7 @@ class Telemetry:
         if not force and now - self._last_snapshot < self.snapshot_interval_s:
             return
         self._last_snapshot = now
-        problem = write_plan_snapshot(self.plan, self.out_dir / PLAN_NAME, run_id=self.run_id, now=self._clock())
+        problem = write_plan_snapshot(self.plan, RunFolder(self.out_dir).plan, run_id=self.run_id, now=self._clock())
         if problem is not None and not self._snapshot_warned:
             self._snapshot_warned = True
             self.bus.publish(EventKind.WARNING, problem, stage=self.current_stage)

@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nx47_pipeline.io.run_folder import CLUSTER
+from nx47_pipeline.io.run_folder import CLUSTER, RunFolder
 from nx47_pipeline.telemetry.events import Event, EventKind
 from nx47_widgets.loaders import read_cluster_doc
 
-__all__ = ["CLUSTER_NAME", "STALE_AFTER_S", "ClusterSnapshot", "ClusterState", "WorkerInfo",
+__all__ = ["STALE_AFTER_S", "ClusterSnapshot", "ClusterState", "WorkerInfo",
            "parse_cluster", "read_cluster", "UP", "CLOSED", "STALE", "ENDED", "MALFORMED"]
 
 #: The file a run with a Dask scheduler writes in its output folder.
-CLUSTER_NAME = CLUSTER
 #: Seconds without an update after which a running run's cluster reads stale
 #: (the writer rewrites the file about every 2 s).
 STALE_AFTER_S = 10.0
@@ -168,7 +167,7 @@ def read_cluster(path: str | os.PathLike) -> ClusterSnapshot:
     try:
         return parse_cluster(read_cluster_doc(p))
     except ValueError as exc:
-        raise ValueError(f"{p}: malformed {CLUSTER_NAME}: {exc}") from None
+        raise ValueError(f"{p}: malformed {CLUSTER}: {exc}") from None
 
 
 class ClusterState:
@@ -218,7 +217,7 @@ class ClusterState:
     @property
     def path(self) -> Path | None:
         """``<run folder>/cluster.json`` (None before the folder is known)."""
-        return None if self.out_dir is None else self.out_dir / CLUSTER_NAME
+        return None if self.out_dir is None else RunFolder(self.out_dir).cluster
 
     @property
     def visible(self) -> bool:

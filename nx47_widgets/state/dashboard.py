@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.telemetry.events import Event, EventKind
-from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 from nx47_pipeline.telemetry.format import clean
 
 from nx47_widgets.state.charts import ChartState
@@ -142,7 +142,7 @@ class DashboardState:
         bool
             True when a verification was attempted now.
         """
-        journal = Path(self.results.out_dir or out_dir) / JOURNAL_NAME
+        journal = RunFolder(self.results.out_dir or out_dir).journal
         if self.verified_journal == str(journal) or not journal.exists():
             return False
         self.verified_journal = str(journal)

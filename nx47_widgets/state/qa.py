@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.run_folder import QA
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_widgets.loaders import read_document, write_document
 
-__all__ = ["QA_NAME", "MARKS", "QaMarks"]
+__all__ = ["MARKS", "QaMarks"]
 
 #: The file of the marks, in the run folder.
-QA_NAME = QA
 #: The marks a volume can get.
 MARKS = ("pass", "fail")
 
@@ -52,7 +51,7 @@ class QaMarks:
 
     @property
     def path(self) -> Path:
-        return self.folder / QA_NAME
+        return RunFolder(self.folder).qa
 
     def get(self, key: str) -> dict[str, Any]:
         """``{"mark": ..., "note": ...}`` of volume ``key`` (empty when unmarked)."""

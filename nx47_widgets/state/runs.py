@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nx47_pipeline.io.run_folder import INFER_KEY
+from nx47_pipeline.io.run_folder import INFER_KEY, RunFolder
 from nx47_pipeline.telemetry.events import EventKind, Status
-from nx47_pipeline.telemetry.facade import JOURNAL_NAME
 
 from nx47_widgets.lifecycle import describe, holder, read_killed
 from nx47_widgets.state.outcome import Outcome, Verdict, classify
-from nx47_widgets.state.qa import QA_NAME, QaMarks
+from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.loaders import journal_tail, read_infer_key, read_stats
 
 __all__ = ["RunSummary", "summarize_run", "scan_runs", "pick_run", "RUN", "INFER"]
@@ -75,7 +74,7 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
     RunSummary or None
     """
     folder = Path(folder)
-    journal = folder / JOURNAL_NAME
+    journal = RunFolder(folder).journal
     try:
         events = _tail_events(journal)
         mtime = journal.stat().st_mtime
@@ -117,7 +116,7 @@ def summarize_run(folder: str | os.PathLike) -> RunSummary | None:
         coverage_pct=cov.get("coverage_pct_selected_vs_discovered"),
         n_train=counts.get("train"), n_val=counts.get("val"),
         fallback=counts.get("fallback_volumes"), n_test=counts.get("test"), mtime=mtime,
-        qa=QaMarks.load(folder).counts() if (folder / QA_NAME).exists() else {},
+        qa=QaMarks.load(folder).counts() if RunFolder(folder).qa.exists() else {},
         holder=describe(live) if live is not None else "",
         kind=INFER if (folder / INFER_KEY).exists() else RUN,
         infer=key if isinstance(key, dict) else {})

@@ -116,16 +116,7 @@ def test_real_file_size_limit_gives_clean_error_and_no_zip(tmp_path):
 # Full pipeline runs (slow): kill -9 and resume, stop per stage, full disk,
 # budget sweep.  A tiny clean data root, 32^3 volumes.
 # ----------------------------------------------------------------------
-from fault_corpus import (  # noqa: E402
-    build_clean_root,
-    cli_cmd,
-    journal_dicts,
-    read_masks,
-    run_cli,
-    run_env,
-    step_begins,
-    wait_for,
-)
+from fault_corpus import cli_cmd, read_masks, run_cli, step_begins  # noqa: E402
 
 KILL_STAGES = ["features", "search", "fit_prox", "unet", "segment", "package"]
 CANCEL_STAGES = ["discovery", "preflight", "features", "search", "fit_prox", "unet",

@@ -10,10 +10,10 @@ import os
 import pytest
 
 from nx47_pipeline.io.jsonio import write_json
+from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.telemetry.events import Event, EventKind, ExecCompletePayload, RunStartPayload
 from nx47_widgets.state.cluster import (
     CLOSED,
-    CLUSTER_NAME,
     ENDED,
     MALFORMED,
     STALE,
@@ -59,9 +59,9 @@ def end() -> Event:
 def setup(tmp_path, obj=None, text=None):
     clock = Clock()
     if obj is not None:
-        write_json(tmp_path / CLUSTER_NAME, obj)
+        write_json(RunFolder(tmp_path).cluster, obj)
     if text is not None:
-        (tmp_path / CLUSTER_NAME).write_text(text)
+        (RunFolder(tmp_path).cluster).write_text(text)
     st = ClusterState(clock=clock)
     st.apply(start(tmp_path))
     panel = ClusterPanel(Syncer())
@@ -88,7 +88,7 @@ def test_no_cluster_file_hides_the_panel(tmp_path):
     assert not st.apply(start(tmp_path)) and st.version == 0  # nothing to redraw
     assert not panel.shown and panel.html.value == ""
     # the file appears later (the cluster started): shown on the next poll
-    write_json(tmp_path / CLUSTER_NAME, full())
+    write_json(RunFolder(tmp_path).cluster, full())
     assert st.poll(running=True)
     panel.render(st)
     assert panel.shown
@@ -104,8 +104,8 @@ def test_no_cluster_file_hides_the_panel(tmp_path):
 def test_a_malformed_file_is_named_in_the_panel_never_raised(tmp_path, text, says):
     st, panel, _ = setup(tmp_path, text=text)
     assert st.condition == MALFORMED and panel.shown
-    assert str(tmp_path / CLUSTER_NAME) in st.problem and says in st.problem
-    assert str(tmp_path / CLUSTER_NAME) in panel.html.value
+    assert str(RunFolder(tmp_path).cluster) in st.problem and says in st.problem
+    assert str(RunFolder(tmp_path).cluster) in panel.html.value
     assert "data-condition='malformed'" in panel.html.value
 
 
@@ -133,7 +133,7 @@ def test_stale_while_running_then_ended_then_closed(tmp_path):
     panel.render(st)
     assert "not reported closed" in panel.html.value
     # the writer's last rewrite says closed
-    write_json(tmp_path / CLUSTER_NAME, full(closed=True, updated=T0 + 12, tasks_in_flight=0))
+    write_json(RunFolder(tmp_path).cluster, full(closed=True, updated=T0 + 12, tasks_in_flight=0))
     assert st.poll(running=True) and st.condition == CLOSED
     panel.render(st)
     assert "closed (last update" in panel.html.value and "data-condition='closed'" in panel.html.value
@@ -148,7 +148,7 @@ def test_exec_complete_ends_the_run_for_the_panel(tmp_path):
 
 def test_a_file_left_by_an_earlier_run_in_the_folder_is_not_shown(tmp_path):
     clock = Clock()
-    write_json(tmp_path / CLUSTER_NAME, full(updated=T0 - 3600, closed=True))
+    write_json(RunFolder(tmp_path).cluster, full(updated=T0 - 3600, closed=True))
     st = ClusterState(clock=clock)
     st.apply(start(tmp_path, ts=T0 - 60))
     assert not st.visible
@@ -164,7 +164,7 @@ def test_poll_rereads_only_a_changed_file_and_reports_only_visible_changes(tmp_p
     st, _, clock = setup(tmp_path, full())
     assert len(reads) == 1
     assert not st.poll(running=True) and len(reads) == 1
-    write_json(tmp_path / CLUSTER_NAME, full(tasks_done=11, updated=T0 + 2))  # atomic rewrite
+    write_json(RunFolder(tmp_path).cluster, full(tasks_done=11, updated=T0 + 2))  # atomic rewrite
     clock.t = T0 + 2
     assert st.poll(running=True) and st.snapshot.tasks_done == 11 and len(reads) == 2
 
@@ -180,13 +180,13 @@ def test_the_dashboard_shows_the_panel_of_the_folder_it_opens(tmp_path):
     bus.publish(EventKind.RUN_START, RunStartPayload(run_id="r", out_dir=str(tmp_path), pid=1))
     bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="ok"))
     bus.close()
-    write_json(tmp_path / CLUSTER_NAME, full(closed=True, updated=None))
+    write_json(RunFolder(tmp_path).cluster, full(closed=True, updated=None))
     d = Dashboard(RunConfig(data_root=str(tmp_path / "none"), out_dir=str(tmp_path)), start_pump=False)
     try:
         d.pump.pump_once()
         assert d.cluster_panel.shown and d.state.cluster.condition == CLOSED
         assert "w-1" in d.cluster_panel.html.value
-        (tmp_path / CLUSTER_NAME).unlink()
+        (RunFolder(tmp_path).cluster).unlink()
         d.flush([], True)
         assert not d.cluster_panel.shown
     finally:

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from nx47_pipeline.run.cluster import CLUSTER_FILE, ClusterMonitor
+from nx47_pipeline.io.run_folder import RunFolder
+from nx47_pipeline.run.cluster import ClusterMonitor
 
 INFO = {"workers": {
     "tcp://127.0.0.1:2": {"name": 1, "nthreads": 1, "memory_limit": 1_000_000_000,
@@ -22,7 +23,7 @@ def test_snapshot_names_each_worker_with_memory_and_tasks(tmp_path):
     mon = ClusterMonitor(tmp_path, info=lambda: INFO, counts=lambda: counts[0], scheduler="local",
                          dashboard_link="http://127.0.0.1:8787/status", clock=lambda: 100.0)
     mon.write()
-    doc = json.loads((tmp_path / CLUSTER_FILE).read_text())
+    doc = json.loads(RunFolder(tmp_path).cluster.read_text())
     assert [w["address"] for w in doc["workers"]] == ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
     busy = doc["workers"][1]
     assert (busy["name"], busy["memory_bytes"], busy["memory_limit"], busy["tasks_processing"]) == \
@@ -43,9 +44,9 @@ def test_a_failing_scheduler_query_keeps_the_last_snapshot_and_close_marks_it_cl
                          dashboard_link="", clock=lambda: 1.0)
     mon.write()
     mon.write()
-    assert len(json.loads((tmp_path / CLUSTER_FILE).read_text())["workers"]) == 2
+    assert len(json.loads(RunFolder(tmp_path).cluster.read_text())["workers"]) == 2
     mon.close()
-    doc = json.loads((tmp_path / CLUSTER_FILE).read_text())
+    doc = json.loads(RunFolder(tmp_path).cluster.read_text())
     assert doc["closed"] is True and doc["tasks_in_flight"] == 0 and doc["tasks_done"] == 5
 
 
@@ -63,7 +64,7 @@ def test_the_thread_rewrites_the_file_every_interval(tmp_path):
                          interval_s=0.01).start()
     assert seen.wait(5)
     mon.close()
-    assert json.loads((tmp_path / CLUSTER_FILE).read_text())["closed"] is True
+    assert json.loads(RunFolder(tmp_path).cluster.read_text())["closed"] is True
 
 
 def test_interval_must_be_positive(tmp_path):
