@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -113,15 +114,72 @@ def choose_units(n_volumes: int, n_dust: int, n_plug: int) -> int:
     return 0 if n <= 1 else n_volumes * n
 
 
+def full_count(n_cands: int, top_k: int) -> int:
+    """Candidates scored in full: the ``top_k`` best of ``n_cands`` (0 = all)."""
+    return n_cands if not top_k else min(int(top_k), n_cands)
+
+
 def search_units(*, n_points: int, n_val: int, n_thresholds: int, n_radii: int, top_k: int,
                  n_dust: int = 1, n_plug: int = 1) -> int:
     """The search's amount of work, its progress total: one unit per fit,
     per (volume, candidate) ranked, per (volume, candidate) scored in full
-    (``top_k`` of them, 0 = all), and per (candidate, volume) of the dust and
-    plug size choice (:func:`choose_units`)."""
+    (``top_k`` of them, 0 = all, :func:`full_count`), and per (candidate,
+    volume) of the dust and plug size choice (:func:`choose_units`).
+    :meth:`SearchGrid.units` counts a grid with it."""
     n_cands = n_points * n_thresholds * n_radii
-    k_full = n_cands if not top_k else min(int(top_k), n_cands)
-    return n_points + n_val * (n_cands + k_full) + choose_units(n_val, n_dust, n_plug)
+    return n_points + n_val * (n_cands + full_count(n_cands, top_k)) + choose_units(n_val, n_dust, n_plug)
+
+
+@dataclass(frozen=True)
+class SearchGrid:
+    """The candidates of a search, normalised once (:meth:`build`):
+    :func:`run_search` runs them and :meth:`units` counts their work, so the
+    amount of work a planner projects is the one the search reports.
+
+    Attributes
+    ----------
+    points : tuple of (float, float)
+        The (l1, l2) fits (:func:`grid_points`).
+    pairs : tuple of (float, float)
+        The hysteresis pairs (:func:`threshold_pairs`).
+    radii : tuple of (int, int, int)
+        The distinct closing radii.
+    dust, plugs : tuple of int
+        The distinct dust and hole plug sizes of the post-processing choice.
+    top_k : int
+        Candidates scored in full (0 = all).
+    """
+
+    points: tuple[tuple[float, float], ...]
+    pairs: tuple[tuple[float, float], ...]
+    radii: tuple[tuple[int, int, int], ...]
+    dust: tuple[int, ...]
+    plugs: tuple[int, ...]
+    top_k: int
+
+    @classmethod
+    def build(cls, *, l1_grid: Sequence[float], l2_grid: Sequence[float], thresholds: Sequence[float],
+              gap: float, closing_radius=(1, 2, 2), closing_radii: Sequence[Sequence[int]] | None = None,
+              min_size: int = 100, dust_sizes: Sequence[int] | None = None,
+              plug_sizes: Sequence[int] | None = None, top_k: int = 4) -> "SearchGrid":
+        """The grid :func:`run_search` runs for these arguments (its own, see there);
+        a ValueError names a bad one."""
+        return cls(
+            points=tuple(grid_points(l1_grid, l2_grid)),
+            pairs=tuple(threshold_pairs(thresholds, gap)),
+            radii=tuple(tuple(r) for r in _radii(closing_radius if closing_radii is None else closing_radii)),
+            dust=tuple(_sizes("dust_sizes", (min_size,) if dust_sizes is None else dust_sizes)),
+            plugs=tuple(_sizes("plug_sizes", (0,) if plug_sizes is None else plug_sizes)),
+            top_k=int(top_k),
+        )
+
+    def units(self, n_val: int, *, n_points: int | None = None) -> int:
+        """The search's amount of work on ``n_val`` validation volumes
+        (:func:`search_units`); ``n_points``: fits made, when the deadline
+        stopped the grid's fits early."""
+        return search_units(n_points=len(self.points) if n_points is None else n_points, n_val=n_val,
+                            n_thresholds=len(self.pairs), n_radii=len(self.radii), top_k=self.top_k,
+                            n_dust=len(self.dust), n_plug=len(self.plugs))
 
 
 class _Packed:
@@ -442,13 +500,13 @@ def run_search(
     thins = sorted({bool(t) for t in thin_options})
     if not thins or any(not isinstance(t, (bool, np.bool_)) for t in thin_options):
         raise ValueError(f"thin_options must be a non-empty sequence of True / False, got {thin_options!r}")
-    radii = _radii(closing_radius if closing_radii is None else closing_radii)
-    dust = _sizes("dust_sizes", (min_size,) if dust_sizes is None else dust_sizes)
-    plugs = _sizes("plug_sizes", (0,) if plug_sizes is None else plug_sizes)
-    points = grid_points(l1_grid, l2_grid)
-    pairs = threshold_pairs(thresholds, gap)
-    total = search_units(n_points=len(points), n_val=len(val), n_thresholds=len(pairs), n_radii=len(radii),
-                         top_k=top_k, n_dust=len(dust), n_plug=len(plugs))
+    grid = SearchGrid.build(l1_grid=l1_grid, l2_grid=l2_grid, thresholds=thresholds, gap=gap,
+                            closing_radius=closing_radius, closing_radii=closing_radii, min_size=min_size,
+                            dust_sizes=dust_sizes, plug_sizes=plug_sizes, top_k=top_k)
+    radii = [list(r) for r in grid.radii]  # lists: the caches hold them as JSON
+    dust, plugs = list(grid.dust), list(grid.plugs)
+    points, pairs = list(grid.points), list(grid.pairs)
+    total = grid.units(len(val))
     report = progress or (lambda *a, **k: None)
     metric = on_metric or (lambda *a: None)
 
@@ -495,9 +553,8 @@ def run_search(
     # 2. rank every (model, threshold) candidate on the central crop of every
     #    validation volume, 3. score the top_k with the competition metric
     cands = [(g, t_i, c_i) for g in range(len(points)) for t_i in range(len(pairs)) for c_i in range(len(radii))]
-    k_full = len(cands) if not top_k else min(int(top_k), len(cands))
-    n_units = len(val) * (len(cands) + k_full)
-    total = len(points) + n_units + choose_units(len(val), len(dust), len(plugs))
+    k_full = full_count(len(cands), top_k)
+    total = grid.units(len(val), n_points=len(points))
     proxy_sum = np.zeros(len(cands))
     n_ranked = 0
     ranked_ids: list[str] = []
@@ -655,7 +712,7 @@ def run_search(
                 return None
             return linear_probabilities(pair[0], [models[g_best]], on_progress=on_p)[0], pair[1]
 
-        at = len(points) + n_units
+        at = total - choose_units(len(val), len(dust), len(plugs))  # after the fits, rankings and full scores
         post = choose_postprocess(
             ids, load, low=best["low"], high=best["high"], thin=best["thin"],
             closing_radius=best["closing_radius"], dust_sizes=dust, plug_sizes=plugs, min_size=min_size,

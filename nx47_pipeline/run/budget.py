@@ -30,7 +30,7 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import plan_counts
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.io.run_folder import RunFolder
-from nx47_pipeline.model.search import search_units as _search_units
+from nx47_pipeline.model.search import SearchGrid
 from nx47_pipeline.unet.backend import cuda_available
 from nx47_pipeline.unet.params import UNetParams
 
@@ -229,20 +229,40 @@ def fit_rows(n_train: int, timings: PreflightTimings, config: RunConfig) -> floa
 
 
 def search_val_count(n_val: int, config: RunConfig) -> int:
-    """Validation volumes the search scores its grid on."""
+    """Validation volumes the search scores its grid on: the first
+    ``search_max_val_volumes`` of ``n_val`` (0 = all)."""
     k = config.search_max_val_volumes
     return min(n_val, k) if k else n_val
 
 
+def search_grid_args(config: RunConfig) -> dict[str, Any]:
+    """The grid arguments of :func:`~nx47_pipeline.model.search.run_search`
+    for ``config``: the search stage runs with them and :func:`search_units`
+    counts them, so both see the same grid (closing radii included)."""
+    return {
+        "l1_grid": config.l1_grid, "l2_grid": config.l2_grid,
+        "thresholds": config.threshold_grid, "gap": config.hysteresis_gap,
+        "closing_radius": config.closing_radius, "closing_radii": config.closing_radii(),
+        "min_size": config.min_component_voxels,
+        "dust_sizes": config.dust_sizes(), "plug_sizes": config.plug_sizes(),
+        "top_k": config.search_top_k,
+    }
+
+
+def search_grid(config: RunConfig) -> SearchGrid:
+    """The search's grid for ``config`` (:func:`search_grid_args`, normalised
+    as the search normalises it)."""
+    return SearchGrid.build(**search_grid_args(config))
+
+
 def search_units(config: RunConfig, *, n_val: int) -> int:
     """The search's amount of work (its progress total) on ``n_val``
-    validation volumes: fits, rankings, full evaluations and the dust /
-    plug size candidates (:func:`nx47_pipeline.model.search.search_units`).
-    Its time is projected from the preflight's search, which runs the same
-    candidates per volume (``search_s_per_mvox``)."""
-    return _search_units(n_points=len(config.l1_grid) * len(config.l2_grid), n_val=n_val,
-                 n_thresholds=len(config.threshold_grid), n_radii=len(config.closing_radii()),
-                 top_k=config.search_top_k, n_dust=len(config.dust_sizes()), n_plug=len(config.plug_sizes()))
+    validation volumes, of which it searches :func:`search_val_count`: fits,
+    rankings, full evaluations and the dust / plug size candidates
+    (:meth:`nx47_pipeline.model.search.SearchGrid.units`, the count the search
+    itself reports).  Its time is projected from the preflight's search,
+    which runs the same candidates per volume (``search_s_per_mvox``)."""
+    return search_grid(config).units(search_val_count(n_val, config))
 
 
 def project_run(

@@ -374,7 +374,7 @@ def _train(ctx: RunContext) -> None:
             _skip(ctx, name, "no training samples")
     else:
         val = st.selection.val
-        with _stage(ctx, StageName.SEARCH, total=budget.search_units(cfg, n_val=len(stages.search_volumes(cfg, val)))):
+        with _stage(ctx, StageName.SEARCH, total=budget.search_units(cfg, n_val=len(val))):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.folder.search,
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):

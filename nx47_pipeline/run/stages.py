@@ -280,14 +280,10 @@ def search(
     return run_search(
         samples.X, samples.y, search_volumes(cfg, val),
         dest=dest,
-        l1_grid=cfg.l1_grid, l2_grid=cfg.l2_grid,
-        thresholds=cfg.threshold_grid, gap=cfg.hysteresis_gap,
+        **budget.search_grid_args(cfg),  # the grid the planner counts (budget.search_units)
         scales=cfg.feature_scales,
-        closing_radius=cfg.closing_radius, closing_radii=cfg.closing_radii(), min_size=cfg.min_component_voxels,
-        dust_sizes=cfg.dust_sizes(), plug_sizes=cfg.plug_sizes(),
         max_iter=max_iter, tol=cfg.fit_tol,
         intercept_shift=samples.prior_shift,
-        top_k=cfg.search_top_k,
         deadline=deadline,
         progress=report.progress,
         on_metric=lambda name, value, extra: report.metric(MetricName(name), value, **extra),
@@ -298,9 +294,9 @@ def search(
 
 def search_volumes(cfg, val: Sequence[VolumeRecord]) -> list[VolumeRecord]:
     """The validation volumes the search scores its grid on (a bounded subset:
-    its cost grows with volumes x grid points; validation scores every one)."""
-    k = cfg.search_max_val_volumes
-    return list(val[:k] if k else val)
+    its cost grows with volumes x grid points; validation scores every one):
+    the first :func:`~nx47_pipeline.run.budget.search_val_count` of them."""
+    return list(val[:budget.search_val_count(len(val), cfg)])
 
 
 def fit(

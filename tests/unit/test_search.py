@@ -329,3 +329,29 @@ def test_a_single_candidate_is_returned_unscored():
                       ("closing_radius", ((1, 1, 1), (1, 2, 2))), ("thin", "yes")):
         with pytest.raises(ValueError, match=f"{name} must be"):
             choose_postprocess(["a"], lambda i, p: None, **{**kw, name: bad})
+
+
+def test_the_planned_search_work_is_the_work_the_search_stage_reports(pinhole_case, tmp_path):
+    """The planner's count (budget.search_units) and the search stage's
+    progress total are one count: closing radii (a repeat counted once), the
+    validation volumes searched and the dust / plug candidates included."""
+    from nx47_pipeline.config import RunConfig
+    from nx47_pipeline.model.search import search_units
+    from nx47_pipeline.run import budget, orchestrator, stages
+    from nx47_pipeline.run.context import Samples
+
+    X, y, val = pinhole_case
+    cfg = RunConfig(out_dir=str(tmp_path / "out"), console=False, telemetry=False, l1_grid=(1e-4,),
+                    l2_grid=(1e-3,), threshold_grid=(0.5, 0.7), closing_radius_grid=(1, 1, 1, 2, 1, 1, 1, 1, 1),
+                    dust_size_grid=(10, 5000), plug_size_grid=(0,), search_top_k=2, search_max_val_volumes=1,
+                    feature_scales=(1.0, 2.0), min_component_voxels=10)
+    ctx = orchestrator.make_context(cfg)
+    totals = []
+    rep = ctx.reporter(publish=False, progress=lambda d, t, **kw: totals.append(t))
+    stages.search(ctx, rep, Samples(X, y, 0.0), val, tmp_path / "search", max_iter=20, deadline=None)
+    planned = budget.search_units(cfg, n_val=len(val))
+    # 1 fit; 1 volume searched x (2 pairs x 2 radii ranked + top 2 in full); 2 dust sizes on it
+    assert planned == search_units(n_points=1, n_val=1, n_thresholds=2, n_radii=2, top_k=2, n_dust=2) == 9
+    assert set(totals) == {planned}
+    saved = json.loads((tmp_path / "search" / "results.json").read_text())
+    assert {tuple(r["closing_radius"]) for r in saved["ranked"]} == {(1, 1, 1), (2, 1, 1)}
