@@ -53,6 +53,68 @@ class PreflightSlice:
     test: list[VolumeRecord]
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingMeasured:
+    """What the preflight timed of the training part of the chain."""
+
+    features_s: float  # load + features + sampling of the training volumes
+    n_volumes: int  # training volumes that gave samples
+    rows: int  # sample rows they gave
+    search_s: float  # the whole search, its fits included
+    fit_s: float  # the search's fits
+    fit_iters: int  # iterations of the search's fits, summed
+    grid_fits: int  # (l1, l2) fits in the grid
+    fits_converged: int  # of those, how many converged before their cap
+    final_fit_iters: float | None  # iterations of the final fit when it converged, else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    """What the preflight timed, in seconds and million voxels.
+
+    :meth:`timings` is the one place its rates are worked out, for the
+    whole chain and for the inference chain of a run with ``--model``
+    (``training`` None: its training rates are 0).
+    """
+
+    mvox_train: float  # mean million voxels of a training pair
+    val_mvox: float  # million voxels of the validation volumes searched and validated, summed
+    n_validated: int  # validation volumes validated (0: the segment rate stands in for validation)
+    validate_s: float
+    test_mvox: float  # mean million voxels of a test volume
+    n_test: int
+    segment_s: float
+    fallback_s: float  # the fallback segmentation of one test volume ...
+    fallback_mvox: float  # ... of this many million voxels
+    package_s: float
+    training: TrainingMeasured | None = None
+    unet_s_per_batch: float | None = None
+
+    def timings(self, *, data_root: str | None) -> PreflightTimings:
+        """The rates of these measurements (seconds per unit of work)."""
+        tr = self.training
+        validate = (self.validate_s / max(self.val_mvox, 1e-6) if self.n_validated
+                    else self.segment_s / max(self.test_mvox, 1e-6))
+        return PreflightTimings(
+            features_s_per_mvox=tr.features_s / max(self.mvox_train * tr.n_volumes, 1e-6) if tr else 0.0,
+            search_s_per_mvox=max(tr.search_s - tr.fit_s, 1e-3) / max(self.val_mvox, 1e-6) if tr else 0.0,
+            fit_s_per_iter_row=tr.fit_s / max(tr.fit_iters * tr.rows, 1) if tr else 0.0,
+            validate_s_per_mvox=validate,
+            segment_s_per_mvox=self.segment_s / max(self.test_mvox * self.n_test, 1e-6),
+            fallback_s_per_mvox=self.fallback_s / max(self.fallback_mvox, 1e-6),
+            package_s_per_volume=self.package_s / self.n_test,
+            mvox_train=self.mvox_train,
+            mvox_test=self.test_mvox,
+            rows_per_volume=tr.rows / tr.n_volumes if tr else 0.0,
+            grid_fits=tr.grid_fits if tr else 0,
+            unet_s_per_batch=self.unet_s_per_batch,
+            search_iters_converged=(tr.fit_iters / max(tr.grid_fits, 1)
+                                    if tr and tr.fits_converged == tr.grid_fits else None),
+            fit_iters_converged=tr.final_fit_iters if tr else None,
+            data_root=data_root,
+        )
+
+
 #: Validation volumes the preflight searches and validates at most: its
 #: search costs a filter bank and ``search_top_k`` metric evaluations per
 #: volume, so this bounds its fixed cost at full coverage (5 % of 157
@@ -211,24 +273,17 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
 
     t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, phase(5))
     ctx.progress(phases, phases, message="preflight chain complete")
-    return PreflightTimings(
-        features_s_per_mvox=t_feat / max(mvox_train * len(paths), 1e-6),
-        search_s_per_mvox=max(t_search_total - fit_s, 1e-3) / max(mvox_val, 1e-6),
-        fit_s_per_iter_row=fit_s / max(grid["fit_iters"] * len(samples.y), 1),
-        validate_s_per_mvox=t_val / max(mvox_val, 1e-6),
-        segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
-        fallback_s_per_mvox=t_fb / max(stages.mvox(vol_shape), 1e-6),
-        package_s_per_volume=t_pack / len(sl.test),
-        mvox_train=mvox_train,
-        mvox_test=mvox_test,
-        rows_per_volume=len(samples.y) / len(paths),
-        grid_fits=len(cfg.l1_grid) * len(cfg.l2_grid),
-        unet_s_per_batch=unet_s_per_batch,
-        search_iters_converged=(grid["fit_iters"] / max(len(cfg.l1_grid) * len(cfg.l2_grid), 1)
-                                if grid.get("fit_converged") == len(cfg.l1_grid) * len(cfg.l2_grid) else None),
-        fit_iters_converged=(float(fit_info["n_iter"]) if fit_info.get("converged") else None),
-        data_root=_data_root(ctx),
-    )
+    grid_fits = len(budget.search_grid(cfg).points)
+    training = TrainingMeasured(
+        features_s=t_feat, n_volumes=len(paths), rows=len(samples.y), search_s=t_search_total, fit_s=fit_s,
+        fit_iters=grid["fit_iters"], grid_fits=grid_fits, fits_converged=grid.get("fit_converged", 0),
+        final_fit_iters=float(fit_info["n_iter"]) if fit_info.get("converged") else None)
+    return Measured(
+        mvox_train=mvox_train, val_mvox=mvox_val, n_validated=len(sl.val), validate_s=t_val,
+        test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
+        fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
+        training=training, unet_s_per_batch=unet_s_per_batch,
+    ).timings(data_root=_data_root(ctx))
 
 
 def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path,
@@ -275,16 +330,12 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> Pref
     t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, _phase_progress(ctx, deadline, 1, n,
                                                                                      "segment"))
     ctx.progress(n, n, message="inference preflight complete")
-    return PreflightTimings(
-        features_s_per_mvox=0.0, search_s_per_mvox=0.0, fit_s_per_iter_row=0.0,
-        validate_s_per_mvox=t_val / max(mvox_val, 1e-6) if val else t_seg / max(mvox_test, 1e-6),
-        segment_s_per_mvox=t_seg / max(mvox_test * len(sl.test), 1e-6),
-        fallback_s_per_mvox=t_fb / max(stages.mvox(vol_shape), 1e-6),
-        package_s_per_volume=t_pack / len(sl.test),
+    return Measured(
         mvox_train=float(np.mean([stages.mvox(r.shape) for r in val])) if val else mvox_test,
-        mvox_test=mvox_test, rows_per_volume=0.0, grid_fits=0,
-        data_root=_data_root(ctx),
-    )
+        val_mvox=mvox_val, n_validated=len(val), validate_s=t_val,
+        test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
+        fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
+    ).timings(data_root=_data_root(ctx))
 
 
 def _data_root(ctx: RunContext) -> str | None:
@@ -305,5 +356,5 @@ def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) 
         raise stages.RunFailed("preflight needs at least one test image; none found")
 
 
-__all__: Sequence[str] = ["PHASES", "OutOfTime", "PreflightSlice", "preflight_slice", "preflight_deadline",
-                          "run_chain", "check_slice"]
+__all__: Sequence[str] = ["PHASES", "OutOfTime", "PreflightSlice", "Measured", "TrainingMeasured",
+                          "preflight_slice", "preflight_deadline", "run_chain", "run_inference_chain", "check_slice"]

@@ -1,5 +1,7 @@
 """Budget planner: projection from preflight rates, largest coverage that fits, deadlines."""
 
+import dataclasses
+
 import pytest
 
 from nx47_pipeline.run.budget import (
@@ -143,3 +145,26 @@ def test_the_search_work_counts_every_candidate_of_the_grids_and_the_dust_and_pl
     no_choice = cfg.replace(dust_size_grid=(100,), plug_size_grid=(0,))
     assert search_units(no_choice, n_val=8) == 4 + 8 * (4 * 4 * 3 + 4)
     assert search_units(cfg.replace(plug_size_grid=(0, 64, 512, 4096)), n_val=8) == search_units(cfg, n_val=8) + 8
+
+
+def test_the_preflight_rates_are_worked_out_once_from_what_it_measured():
+    from nx47_pipeline.run.preflight import Measured, TrainingMeasured
+
+    shared = dict(mvox_train=2.0, val_mvox=4.0, n_validated=2, validate_s=8.0, test_mvox=3.0, n_test=2,
+                  segment_s=12.0, fallback_s=0.6, fallback_mvox=3.0, package_s=0.4)
+    training = TrainingMeasured(features_s=6.0, n_volumes=3, rows=300, search_s=10.0, fit_s=2.0, fit_iters=40,
+                                grid_fits=4, fits_converged=4, final_fit_iters=7.0)
+    t = Measured(**shared, training=training, unet_s_per_batch=0.5).timings(data_root="/d")
+    assert (t.features_s_per_mvox, t.search_s_per_mvox, t.fit_s_per_iter_row) == pytest.approx((1.0, 2.0, 2.0 / 12000))
+    assert (t.validate_s_per_mvox, t.segment_s_per_mvox, t.fallback_s_per_mvox) == pytest.approx((2.0, 2.0, 0.2))
+    assert (t.package_s_per_volume, t.rows_per_volume, t.grid_fits) == (0.2, 100.0, 4)
+    assert (t.search_iters_converged, t.fit_iters_converged, t.unet_s_per_batch, t.data_root) == (10.0, 7.0, 0.5, "/d")
+    # a fit that ran to its cap: the real run is projected at its own cap
+    capped = dataclasses.replace(training, fits_converged=3, final_fit_iters=None)
+    t = Measured(**shared, training=capped).timings(data_root=None)
+    assert t.search_iters_converged is None and t.fit_iters_converged is None
+    # the inference chain (a run with --model): the same shared rates, training rates 0; with no
+    # validation volume the segment rate stands in for validation
+    inf = Measured(**{**shared, "n_validated": 0, "val_mvox": 0.0, "validate_s": 0.0}).timings(data_root=None)
+    assert (inf.features_s_per_mvox, inf.search_s_per_mvox, inf.fit_s_per_iter_row, inf.grid_fits) == (0, 0, 0, 0)
+    assert inf.validate_s_per_mvox == pytest.approx(12.0 / 3.0) and inf.segment_s_per_mvox == pytest.approx(2.0)
