@@ -7,7 +7,7 @@ import sys
 
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.io.run_folder import RunFolder
-from nx47_pipeline.run.budget import UNetCost, largest_fit, load_preflight_timings, project_run
+from nx47_pipeline.run.budget import UNetCost, largest_fit, load_preflight_timings, plan_run
 from nx47_pipeline.unet.params import params_from_config
 
 NAME = "plan"
@@ -34,8 +34,8 @@ def main(args: argparse.Namespace) -> int:
     config = RunConfig.from_env(budget_s=args.budget_s)
     unet = (UNetCost(params_from_config(config), timings.unet_s_per_batch, config.unet_device)
             if config.use_unet else None)
-    proj = project_run(timings, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, config=config,
-                       unet=unet)
+    proj = plan_run(timings, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                    mvox_test=timings.mvox_test, config=config, unet=unet).projection
     mt, mv, ps = largest_fit(timings, n_pairs=args.n_pairs, n_test=args.n_test, config=config, unet=unet)
     print(f"projected {proj.total_s / 60:.1f} min for {args.n_train} train / {args.n_val} val / {args.n_test} test "
           f"against {proj.usable_s / 60:.1f} min usable: {'fits' if proj.fits else 'does NOT fit'}")

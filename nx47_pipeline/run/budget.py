@@ -31,6 +31,7 @@ from nx47_pipeline.data.coverage import plan_counts
 from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.model.search import SearchGrid
+from nx47_pipeline.telemetry.events import StageName
 from nx47_pipeline.unet.backend import cuda_available
 from nx47_pipeline.unet.params import UNetParams
 
@@ -541,3 +542,112 @@ def preflight_reserve_s(timings: PreflightTimings | None, *, test_mvox: list[flo
 def ceil_frac(n: int, frac: float) -> int:
     """``ceil(frac * n)``, at least 1 when ``n`` > 0."""
     return max(1, math.ceil(frac * n - 1e-9)) if n > 0 else 0
+
+
+# ---------------------------------------------------------------------------
+# the plan of a run
+# ---------------------------------------------------------------------------
+#: The smallest weight a stage of the plan gets (a stage projected at 0 s
+#: still moves the overall bar a little when it runs).
+MIN_STAGE_WEIGHT = 0.01
+
+#: Stages an inference-only run (``--model``) does not run: their prior weight is 0.
+TRAINING_ONLY_STAGES = (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The plan of a run, worked out in one place (:func:`plan_run`).
+
+    The orchestrator applies it as it is: ``stage_weights`` go to the
+    telemetry's :class:`~nx47_pipeline.telemetry.plan.PlanTracker` (whose
+    snapshot is ``plan.json``), ``segment_reserve_s`` to the training
+    deadline, ``validation_reserve_s`` to the U-Net's deadline,
+    ``search_units`` to the search stage's progress total, and
+    ``projection`` is what BUDGET ``reprojection`` compares each stage with.
+
+    Attributes
+    ----------
+    stage_weights : dict of str to float
+        Weight of each stage: projected seconds after the preflight, rough
+        seconds before it (:func:`prior_stage_seconds`), at least
+        :data:`MIN_STAGE_WEIGHT`.
+    projection : Projection or None
+        The projection of the run (None before the preflight measured it).
+    segment_reserve_s : float
+        Seconds kept back for segmenting every test volume and packaging
+        (:func:`segment_reserve_s`).
+    validation_reserve_s : float
+        Seconds the validate stage needs after the U-Net has trained
+        (:func:`validation_reserve_s`).
+    search_units : int
+        The search's amount of work (:func:`search_units`).
+    """
+
+    stage_weights: dict[str, float]
+    projection: Projection | None
+    segment_reserve_s: float
+    validation_reserve_s: float
+    search_units: int
+
+    @property
+    def projected_s(self) -> dict[str, float]:
+        """Projected seconds per stage (empty before the preflight)."""
+        return dict(self.projection.per_stage) if self.projection is not None else {}
+
+
+def plan_run(
+    timings: PreflightTimings | None,
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    mvox_test: float,
+    config: RunConfig,
+    unet: UNetCost | None = None,
+    mvox_train: float = 0.0,
+    preflight_counts: tuple[int, int, int] = (0, 0, 0),
+) -> RunPlan:
+    """The plan of a run at this coverage: the one place it is worked out.
+
+    Parameters
+    ----------
+    timings : PreflightTimings or None
+        The preflight's rates; None before the preflight (the stage weights
+        are then :func:`prior_stage_seconds`, and stages an inference-only
+        run does not run weigh nothing).
+    n_train, n_val, n_test : int
+        Training pairs, validation pairs and test volumes of the run.
+    mvox_test : float
+        Mean million voxels of a test volume.
+    config : RunConfig
+        The run's configuration.
+    unet : UNetCost, optional
+        The U-Net's cost model as the run will use it (flip TTA decided),
+        when the U-Net is on.
+    mvox_train : float
+        Mean million voxels of a training pair (the prior weights only).
+    preflight_counts : (int, int, int)
+        Training, validation and test volumes of the preflight's slice (the
+        prior weights only).
+
+    Returns
+    -------
+    RunPlan
+    """
+    if timings is None:
+        prior = prior_stage_seconds(n_train=n_train, n_val=n_val, n_test=n_test, mvox_train=mvox_train,
+                                    mvox_test=mvox_test, preflight_counts=preflight_counts, config=config)
+        if config.model_dir:  # inference only: nothing trains
+            prior.update({str(name): 0.0 for name in TRAINING_ONLY_STAGES})
+        seconds, projection = prior, None
+    else:
+        projection = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config, unet=unet)
+        seconds = projection.per_stage
+    return RunPlan(
+        stage_weights={name: max(s, MIN_STAGE_WEIGHT) for name, s in seconds.items()},
+        projection=projection,
+        segment_reserve_s=segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test, unet=unet),
+        validation_reserve_s=validation_reserve_s(timings, n_val=n_val, config=config, unet=unet),
+        search_units=search_units(config, n_val=n_val),
+    )

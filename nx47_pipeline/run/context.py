@@ -27,7 +27,7 @@ from nx47_pipeline.data.discovery import Inventory
 from nx47_pipeline.io.run_folder import RunFolder
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.predict import UNetPart
-from nx47_pipeline.run.budget import Deadlines, PreflightTimings, UNetCost
+from nx47_pipeline.run.budget import Deadlines, PreflightTimings, RunPlan, UNetCost
 from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.telemetry.events import ArrayTracePayload, BudgetDecision, EventKind, MetricName, PreviewPayload
 from nx47_pipeline.telemetry.facade import Telemetry
@@ -71,7 +71,7 @@ class RunState:
     resumed: bool = False
     error_text: str = ""
     bundle_summary: str = ""  # a run with --model: what the bundle holds
-    projection: dict[str, float] = field(default_factory=dict)  # seconds per stage, from the plan step
+    plan: RunPlan | None = None  # the run's plan after the preflight (budget.plan_run)
 
 
 @dataclass

@@ -102,14 +102,14 @@ def _stage(ctx: RunContext, name: StageName, total: float = 1.0) -> Iterator[Non
     After a stage that was projected, BUDGET ``reprojection``."""
     with ctx.tel.stage(name, total=total):
         yield
-    if ctx.state.projection:
+    if ctx.state.plan is not None and ctx.state.plan.projection is not None:
         _reproject(ctx, name)
 
 
 def _reproject(ctx: RunContext, name: StageName) -> None:
     """Re-project the stages still to run, scaled by the error so far
     (actual / projected seconds of the projected stages that ran)."""
-    proj, plan = ctx.state.projection, ctx.tel.plan
+    proj, plan = ctx.state.plan.projected_s, ctx.tel.plan
     done = [n for n in proj if plan.status(n).done]
     ran = [n for n in done if plan.seconds(n) is not None and proj[n] > 0]
     actual = sum(plan.seconds(n) for n in ran)
@@ -175,23 +175,33 @@ def _emit_preflight(ctx: RunContext, ok: bool, reason: str, dur: float, counts: 
     )
 
 
+def _mean_mvox(records) -> float:
+    """Mean million voxels of ``records`` (0 when there are none)."""
+    return float(np.mean([stages.mvox(r.shape) for r in records])) if records else 0.0
+
+
+def _apply_plan(ctx: RunContext, plan: budget.RunPlan) -> None:
+    """The run follows ``plan`` from here: the training deadline keeps its
+    segment reserve back, the stages weigh its projection, BUDGET
+    ``reprojection`` compares with it."""
+    ctx.deadlines.reserve_s = plan.segment_reserve_s
+    ctx.tel.plan.replan(plan.stage_weights)
+    ctx.state.plan = plan
+
+
 def _prior_plan(ctx: RunContext, preflight_counts: tuple[int, int, int]) -> None:
-    """Weigh the plan by rough seconds per stage (:func:`budget.prior_stage_seconds`)
-    until the preflight's projection replaces them: the overall bar then
-    moves with the preflight's real share of the run, not with a stage count."""
+    """Weigh the plan by rough seconds per stage (:func:`budget.plan_run`
+    without timings) until the preflight's projection replaces them: the
+    overall bar then moves with the preflight's real share of the run, not
+    with a stage count."""
     st = ctx.state
     sel, inv = st.selection, st.inventory
     if sel is None or inv is None:
         return
-    mvox_train = float(np.mean([stages.mvox(r.shape) for r in sel.train])) if sel.train else 0.0
-    mvox_test = float(np.mean([stages.mvox(r.shape) for r in inv.test])) if inv.test else 0.0
-    prior = budget.prior_stage_seconds(n_train=len(sel.train), n_val=len(sel.val), n_test=len(inv.test),
-                                       mvox_train=mvox_train, mvox_test=mvox_test,
-                                       preflight_counts=preflight_counts, config=ctx.config)
-    if ctx.config.model_dir:  # inference only: nothing trains
-        for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX):
-            prior[str(name)] = 0.0
-    ctx.tel.plan.replan({k: max(v, 0.01) for k, v in prior.items()})
+    prior = budget.plan_run(None, n_train=len(sel.train), n_val=len(sel.val), n_test=len(inv.test),
+                            mvox_train=_mean_mvox(sel.train), mvox_test=_mean_mvox(inv.test),
+                            preflight_counts=preflight_counts, config=ctx.config)
+    ctx.tel.plan.replan(prior.stage_weights)
 
 
 def _preflight(ctx: RunContext) -> Status:
@@ -264,7 +274,7 @@ def resolve_unet(ctx: RunContext) -> UNetPlan:
 def _plan_tta(ctx: RunContext, cost: UNetCost | None, *, n_test: int) -> UNetCost | None:
     """Flip TTA for the U-Net's inference (``unet_tta``: ``auto`` when
     :func:`~nx47_pipeline.run.budget.tta_fits`, ``on``, ``off``), as a BUDGET
-    ``tta`` decision; returns the cost model the reserves are sized with."""
+    ``tta`` decision; returns the cost model the run is planned with."""
     cfg, st = ctx.config, ctx.state
     if cost is None or cfg.unet_tta == "off":
         return cost
@@ -279,18 +289,16 @@ def _plan_tta(ctx: RunContext, cost: UNetCost | None, *, n_test: int) -> UNetCos
                    fits=bool(fits), extra={"tta": on, "extra_s": None if math.isnan(extra) else extra})
     if not on:
         return cost
-    cost = dataclasses.replace(cost, params=dataclasses.replace(cost.params, tta_flip=True))
-    st.unet_plan = dataclasses.replace(st.unet_plan, cost=cost)
-    return cost
+    return dataclasses.replace(cost, params=dataclasses.replace(cost.params, tta_flip=True))
 
 
 def _plan(ctx: RunContext) -> None:
-    """Project the run, choose the coverage that fits (auto-coverage), set
-    the training deadline's reserve and re-weight the plan."""
+    """Project the run (BUDGET ``projection``), choose the coverage that
+    fits (auto-coverage), decide flip TTA, then follow the run's plan at that
+    coverage (:func:`budget.plan_run`)."""
     cfg, st = ctx.config, ctx.state
     timings, sel, inv = st.timings, st.selection, st.inventory
     n_test = len(inv.test)
-    mvox_test = float(np.mean([stages.mvox(r.shape) for r in inv.test])) if inv.test else 0.0
     st.unet_plan = resolve_unet(ctx)
     cost = st.unet_plan.cost if st.unet_plan.use else None
     proj = budget.project_run(timings, n_train=len(sel.train), n_val=len(sel.val), n_test=n_test,
@@ -342,12 +350,11 @@ def _plan(ctx: RunContext) -> None:
             max_val_fit=max_va,
         )
         _emit_audit(ctx)
-        proj = budget.project_run(timings, n_train=len(st.selection.train), n_val=len(st.selection.val),
-                                  n_test=n_test, config=cfg, unet=cost)
     cost = _plan_tta(ctx, cost, n_test=n_test)
-    ctx.deadlines.reserve_s = budget.segment_reserve_s(timings, n_test=n_test, mvox_test=mvox_test, unet=cost)
-    ctx.tel.plan.replan({name: max(secs, 0.01) for name, secs in proj.per_stage.items()})
-    st.projection = dict(proj.per_stage)
+    if cost is not None:
+        st.unet_plan = dataclasses.replace(st.unet_plan, cost=cost)
+    _apply_plan(ctx, budget.plan_run(timings, n_train=len(st.selection.train), n_val=len(st.selection.val),
+                                     n_test=n_test, mvox_test=_mean_mvox(inv.test), config=cfg, unet=cost))
 
 
 # ---------------------------------------------------------------------------
@@ -374,7 +381,7 @@ def _train(ctx: RunContext) -> None:
             _skip(ctx, name, "no training samples")
     else:
         val = st.selection.val
-        with _stage(ctx, StageName.SEARCH, total=budget.search_units(cfg, n_val=len(val))):
+        with _stage(ctx, StageName.SEARCH, total=st.plan.search_units):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.folder.search,
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
         with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):
@@ -396,11 +403,9 @@ def _train(ctx: RunContext) -> None:
         _skip(ctx, StageName.UNET, "training deadline passed")
     else:
         # the U-Net leaves the validation time (with and without it) before the training deadline
-        keep = budget.validation_reserve_s(st.timings, n_val=len(st.selection.val), config=cfg,
-                                           unet=st.unet_plan.cost)
         with _stage(ctx, StageName.UNET, total=stages.unet_params(ctx).epochs + 1):
             st.unet = stages.unet(ctx, ctx.reporter(), train, ctx.folder.unet, model=st.model,
-                                  deadline=ctx.deadlines.training - keep,
+                                  deadline=ctx.deadlines.training - st.plan.validation_reserve_s,
                                   tta=bool(st.unet_plan.cost and st.unet_plan.cost.params.tta_flip))
 
     if st.model is None:
@@ -549,14 +554,9 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     if bundle.kind == PredictorKind.NNUNET:
         _fit_nnunet(ctx, test)
     st = ctx.state
-    n_test = len(st.inventory.test)
-    proj = budget.project_run(st.timings, n_train=0, n_val=len(st.selection.val), n_test=n_test, config=ctx.config,
-                              unet=st.unet_plan.cost if st.unet is not None else None)
-    mvox_test = float(np.mean([stages.mvox(r.shape) for r in st.inventory.test])) if n_test else 0.0
-    ctx.deadlines.reserve_s = budget.segment_reserve_s(st.timings, n_test=n_test, mvox_test=mvox_test,
-                                                       unet=st.unet_plan.cost if st.unet is not None else None)
-    ctx.tel.plan.replan({name: max(secs, 0.01) for name, secs in proj.per_stage.items()})
-    st.projection = dict(proj.per_stage)
+    _apply_plan(ctx, budget.plan_run(st.timings, n_train=0, n_val=len(st.selection.val),
+                                     n_test=len(st.inventory.test), mvox_test=_mean_mvox(st.inventory.test),
+                                     config=ctx.config, unet=st.unet_plan.cost if st.unet is not None else None))
     if st.selection.val:
         _validate(ctx)
     else:

@@ -102,3 +102,46 @@ def test_flip_tta_is_a_budget_decision_that_sizes_the_segment_reserve(tmp_path, 
     # the reserve kept for the test volumes counts the eight passes when TTA is planned
     plain = UNetCost(params_from_config(ctx.config), ctx.state.timings.unet_s_per_batch, ctx.config.unet_device)
     assert (ctx.deadlines.reserve_s > 10 * 8 * plain.infer_s(320**3)) is planned
+
+
+@pytest.mark.parametrize("tta", ["on", "off"])
+def test_the_run_follows_one_plan_from_plan_run(tmp_path, monkeypatch, tta):
+    """The reserve, the stage weights (plan.json), the search's work and the
+    U-Net's deadline all come from the one RunPlan, made by plan_run at the
+    chosen coverage with the U-Net cost the run uses (flip TTA included)."""
+    from nx47_pipeline.run import budget
+
+    ctx = _context(tmp_path, monkeypatch, budget_s=9 * 3600, use_unet=True, unet_tta=tta, auto_coverage=True)
+    orchestrator._plan(ctx)
+    st = ctx.state
+    plan = st.plan
+    assert isinstance(plan, budget.RunPlan)
+    cost = st.unet_plan.cost
+    assert cost.params.tta_flip is (tta == "on")
+    again = budget.plan_run(st.timings, n_train=len(st.selection.train), n_val=len(st.selection.val), n_test=10,
+                            mvox_test=SHAPE[0] ** 3 / 1e6, config=ctx.config, unet=cost)
+    assert plan == again
+    # the projection counts the U-Net inference the reserve counts: eight passes with TTA
+    assert plan.projection == project_run(st.timings, n_train=len(st.selection.train), n_val=len(st.selection.val),
+                                          n_test=10, config=ctx.config, unet=cost)
+    assert ctx.deadlines.reserve_s == plan.segment_reserve_s
+    assert plan.search_units == budget.search_units(ctx.config, n_val=len(st.selection.val))
+    assert plan.validation_reserve_s == budget.validation_reserve_s(st.timings, n_val=len(st.selection.val),
+                                                                    config=ctx.config, unet=cost)
+    weights = {s["name"]: s["weight"] for s in ctx.tel.plan.snapshot()["stages"]}
+    assert {k: weights[k] for k in plan.stage_weights} == pytest.approx(plan.stage_weights)
+    assert plan.stage_weights == {k: max(v, budget.MIN_STAGE_WEIGHT) for k, v in plan.projection.per_stage.items()}
+
+
+def test_before_the_preflight_the_plan_weighs_rough_seconds_and_nothing_for_training_with_a_model():
+    from nx47_pipeline.run import budget
+
+    kw = dict(n_train=24, n_val=8, n_test=10, mvox_train=32.768, mvox_test=32.768, preflight_counts=(2, 1, 1))
+    cfg = RunConfig()
+    plan = budget.plan_run(None, config=cfg, **kw)
+    assert plan.projection is None and plan.projected_s == {}
+    prior = budget.prior_stage_seconds(config=cfg, **kw)
+    assert plan.stage_weights == pytest.approx(prior) and plan.stage_weights["search"] > 1
+    with_model = budget.plan_run(None, config=cfg.replace(model_dir="/m"), **kw)
+    assert [with_model.stage_weights[k] for k in ("features", "search", "fit_prox")] == [budget.MIN_STAGE_WEIGHT] * 3
+    assert with_model.stage_weights["segment"] == plan.stage_weights["segment"]
