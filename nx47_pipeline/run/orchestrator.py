@@ -538,6 +538,12 @@ def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | Non
         return stages.package(ctx, ctx.reporter(), test, ctx.folder.test, ctx.folder.submission)
 
 
+def _ended(submission: Path | None, test) -> Status:
+    """A chain's status once it has segmented and packaged: ``OK`` when it
+    wrote the submission or there was nothing to submit, else ``FAILED``."""
+    return Status.OK if submission is not None or not test else Status.FAILED
+
+
 def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     """A run with ``--model``: no training; validate (when validation pairs
     are selected), segment and package with the bundle's model."""
@@ -548,7 +554,7 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
             _skip(ctx, name, why if bundle is not None else "model bundle refused")
         ctx.state.model = ctx.state.unet = None
         sub = _segment_and_package(ctx, test, model_ok=False)
-        return Status.FAILED if bundle is None else (Status.OK if sub is not None or not test else Status.FAILED), sub
+        return Status.FAILED if bundle is None else _ended(sub, test), sub
     for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET):
         _skip(ctx, name, why)
     if bundle.kind == PredictorKind.NNUNET:
@@ -562,7 +568,7 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     else:
         _skip(ctx, StageName.VALIDATE, "no validation pairs selected")
     sub = _segment_and_package(ctx, test, model_ok=True)
-    return (Status.OK if sub is not None or not test else Status.FAILED), sub
+    return _ended(sub, test), sub
 
 
 def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
@@ -582,11 +588,11 @@ def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
         sub = _segment_and_package(ctx, test, model_ok=False)
         if pre == Status.FAILED:
             return Status.PREFLIGHT_FAILED, sub
-        return (Status.OK if sub is not None or not test else Status.FAILED), sub
+        return _ended(sub, test), sub
     _plan(ctx)
     _train(ctx)
     sub = _segment_and_package(ctx, test, model_ok=ctx.state.model is not None)
-    return (Status.OK if sub is not None or not test else Status.FAILED), sub
+    return _ended(sub, test), sub
 
 
 # ---------------------------------------------------------------------------
