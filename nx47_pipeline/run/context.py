@@ -1,10 +1,16 @@
 """What the stages of one run share, explicitly.
 
-:class:`RunContext` holds what does not change during a run (config, output
-folder, telemetry, deadlines) and the run's results so far
-(:class:`RunState`): each stage function reads its inputs from there or from
-artifacts and returns its outputs, and the orchestrator stores them in the
-state.  No stage reads a field another stage sets as a side effect.
+:class:`RunContext` holds what does not change during a run: the config
+(frozen, and fixed for the run: assigning another one raises), the output
+folder, telemetry, cancellation and deadlines (whose training reserve the
+run's plan sets once it is made).  The run's results so far are in
+:class:`RunState`, which only the orchestrator reads and writes: each stage
+function (:mod:`.stages`, :mod:`.preflight`) takes what it needs as
+arguments (or reads artifacts) and returns what it produces, and the
+orchestrator stores it in the state and hands it to the stages after.
+What a run decides on the way is a value of its own, never a change to the
+config: the plan (:class:`~nx47_pipeline.run.budget.RunPlan`), the U-Net
+plan (:class:`UNetPlan`), a bundle's post-processing (:class:`PostDefaults`).
 
 :class:`Reporter` is how a stage talks to the user: warnings, errors and
 progress always reach the bus; METRIC, PREVIEW, ARRAY_TRACE and deadline
@@ -54,6 +60,25 @@ class UNetPlan:
     cost: UNetCost | None = None  # None when off
 
 
+@dataclass(frozen=True)
+class PostDefaults:
+    """The post-processing a run falls back on: the fallback segmentation's
+    closing radius and dust size, which a ``best`` that names none takes too.
+
+    A run takes its config's (:meth:`of_config`); a run with ``--model``
+    its bundle's, decided once when the bundle loads (the run's config stays
+    as it started).
+    """
+
+    closing_radius: tuple[int, int, int]
+    min_size: int
+
+    @classmethod
+    def of_config(cls, cfg: RunConfig) -> "PostDefaults":
+        """``cfg.closing_radius`` and ``cfg.min_component_voxels``."""
+        return cls(closing_radius=tuple(int(v) for v in cfg.closing_radius), min_size=int(cfg.min_component_voxels))
+
+
 @dataclass
 class RunState:
     """Results of the stages so far (set by the orchestrator from return values)."""
@@ -72,11 +97,21 @@ class RunState:
     error_text: str = ""
     bundle_summary: str = ""  # a run with --model: what the bundle holds
     plan: RunPlan | None = None  # the run's plan after the preflight (budget.plan_run)
+    #: a run with --model: its bundle's post-processing defaults; None: the config's
+    post_defaults: PostDefaults | None = None
+
+
+#: RunContext fields fixed once set (the run's surroundings).
+_FIXED = frozenset({"config", "out", "tel", "deadlines", "cancel", "t_start"})
 
 
 @dataclass
 class RunContext:
-    """One run: its fixed surroundings and its :class:`RunState`."""
+    """One run: its fixed surroundings and its :class:`RunState`.
+
+    ``config``, ``out``, ``tel``, ``deadlines``, ``cancel`` and ``t_start``
+    are set once: assigning one again raises AttributeError.
+    """
 
     config: RunConfig
     out: Path
@@ -89,6 +124,11 @@ class RunContext:
     state: RunState = field(default_factory=RunState)
     n_warnings: int = 0
     n_errors: int = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIXED and name in self.__dict__:
+            raise AttributeError(f"RunContext.{name} is fixed for the run")
+        super().__setattr__(name, value)
 
     @property
     def folder(self) -> RunFolder:

@@ -36,7 +36,7 @@ from nx47_pipeline.model.predictor import PredictorKind
 from nx47_pipeline.nnunet import budget as nnunet_budget
 from nx47_pipeline.run import budget, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
-from nx47_pipeline.run.context import RunContext, UNetPlan
+from nx47_pipeline.run.context import PostDefaults, RunContext, UNetPlan
 from nx47_pipeline.run.executor import InProcess, local_threads, make_executor
 from nx47_pipeline.run.resume import acquire_lock, check_run_key, release_lock, run_key
 from nx47_pipeline.run.stages import RunFailed
@@ -207,7 +207,8 @@ def _prior_plan(ctx: RunContext, preflight_counts: tuple[int, int, int]) -> None
 def _preflight(ctx: RunContext) -> Status:
     """Run the preflight: ``OK``, ``FAILED`` (PREFLIGHT_FAIL) or ``BUDGET``
     (no time for it: BUDGET ``preflight``)."""
-    sl = preflight.preflight_slice(ctx)
+    st = ctx.state
+    sl = preflight.preflight_slice(ctx, st.inventory, st.selection)
     counts = (len(sl.train), len(sl.val), len(sl.test))
     _prior_plan(ctx, counts)
     with _stage(ctx, StageName.PREFLIGHT, total=len(preflight.PHASES)):
@@ -220,10 +221,12 @@ def _preflight(ctx: RunContext) -> Status:
             return Status.OK
         t0 = time.monotonic()
         try:
-            if ctx.state.model is not None:  # inference only (--model): time that part
+            if st.model is not None:  # inference only (--model): time that part
                 if not sl.test:
                     raise RunFailed("preflight needs at least one test image; none found")
-                timings = preflight.run_inference_chain(ctx, sl, ctx.folder.preflight)
+                timings = preflight.run_inference_chain(
+                    ctx, sl, ctx.folder.preflight, model=st.model, best=st.best, unet=st.unet,
+                    unet_cost=st.unet_plan.cost, post=_post_defaults(ctx))
             else:
                 preflight.check_slice(sl, len(ctx.state.selection.train), len(ctx.state.selection.val))
                 timings = preflight.run_chain(ctx, sl, ctx.folder.preflight)
@@ -235,7 +238,7 @@ def _preflight(ctx: RunContext) -> Status:
                 f"the budget leaves no time for the preflight ({exc}); training is skipped "
                 "and every test volume gets the fallback segmentation",
                 budget_s=ctx.config.budget_s,
-                deadline_s=preflight.preflight_deadline(ctx) - ctx.t_start,
+                deadline_s=preflight.preflight_deadline(ctx, sl) - ctx.t_start,
             )
             return Status.BUDGET
         except Exception as exc:  # noqa: BLE001 - reported as PREFLIGHT_FAIL
@@ -430,9 +433,10 @@ def _validate(ctx: RunContext) -> None:
                 ctx.progress(0, total, **fields)
             linear = stages.validate(ctx, ctx.reporter(publish=False, progress=alone), st.model, st.best, None,
                                      val, ctx.folder.val / "linear", deadline=ctx.deadlines.training,
-                                     executor=ctx.executor)
+                                     executor=ctx.executor, post=_post_defaults(ctx))
         st.val_scores = stages.validate(ctx, ctx.reporter(), st.model, st.best, st.unet, val, ctx.folder.val,
-                                        deadline=ctx.deadlines.training, executor=ctx.executor)
+                                        deadline=ctx.deadlines.training, executor=ctx.executor,
+                                        post=_post_defaults(ctx))
         unet_pair = None
         if st.unet is not None and st.val_scores:
             # the U-Net's own hysteresis pair, chosen on validation like fit_prox's
@@ -462,10 +466,11 @@ def _validation_summary(st) -> dict[str, Any]:
 def _write_bundle_manifest(ctx: RunContext) -> None:
     """``model/model.json``: the trained model as a bundle (``nx47 export-model``)."""
     cfg, st = ctx.config, ctx.state
+    post = _post_defaults(ctx)
     try:
         write_manifest(
-            ctx.folder.model, best=st.best, closing_radius=stages.closing_of(cfg, st.best),
-            min_component_voxels=cfg.min_component_voxels, min_size=stages.min_size_of(cfg, st.best),
+            ctx.folder.model, best=st.best, closing_radius=stages.closing_of(post, st.best),
+            min_component_voxels=cfg.min_component_voxels, min_size=stages.min_size_of(post, st.best),
             plug_size=stages.plug_size_of(st.best), unet_fuse=cfg.unet_fuse if st.unet else None,
             train_ids=[r.id for r in st.selection.train], val_ids=[r.id for r in st.selection.val],
             validation=_validation_summary(st),
@@ -473,6 +478,13 @@ def _write_bundle_manifest(ctx: RunContext) -> None:
     except (OSError, ValueError) as exc:
         ctx.err(f"{ctx.folder.model / MANIFEST}: could not write the model bundle manifest: {exc}",
                 code="bundle_write_failed")
+
+
+def _post_defaults(ctx: RunContext) -> PostDefaults:
+    """The run's post-processing defaults: its bundle's in a run with
+    ``--model`` (once loaded), else its config's."""
+    st = ctx.state
+    return st.post_defaults if st.post_defaults is not None else PostDefaults.of_config(ctx.config)
 
 
 def _use_bundle(ctx: RunContext) -> Bundle | None:
@@ -484,16 +496,14 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     except (BundleError, ImportError) as exc:
         ctx.err(f"model bundle refused: {exc}", subject=str(cfg.model_dir), code="bundle_invalid")
         return None
+    # the bundle's post-processing makes the masks those of the run that trained it (the
+    # fallback's included); the run's config stays as it started
+    st.post_defaults = PostDefaults(closing_radius=tuple(int(v) for v in bundle.closing_radius),
+                                           min_size=int(bundle.min_component_voxels))
     if bundle.model is None:  # an nnU-Net bundle: its predictor and post-processing
-        ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
-                                 min_component_voxels=bundle.min_component_voxels)
         st.model, st.best, st.unet = bundle.predictor, dict(bundle.best), None
         st.bundle_summary = bundle.summary()
         return bundle
-    # the bundle's post-processing makes the masks those of the run that trained it
-    ctx.config = cfg.replace(closing_radius=bundle.closing_radius,
-                             min_component_voxels=bundle.min_component_voxels,
-                             feature_scales=bundle.feature_scales)
     st.model, st.best, st.unet = bundle.model, dict(bundle.best), bundle.unet
     if bundle.unet is not None:
         st.unet_plan = UNetPlan(True, f"U-Net from {bundle.path}",
@@ -514,7 +524,8 @@ def _fit_nnunet(ctx: RunContext, test) -> None:
         return
     spw = float(cfg.nnunet_seconds_per_window)
     if spw <= 0:
-        timed = [tuple(r.shape) for r in preflight.preflight_slice(ctx).test if r.shape][:1] or shapes[:1]
+        timed = [tuple(r.shape) for r in preflight.preflight_slice(ctx, st.inventory, st.selection).test
+                 if r.shape][:1] or shapes[:1]
         spw = (st.timings.segment_s_per_mvox * stages.mvox(timed[0])
                / max(nnunet_budget.passes(st.model, timed), 1)) if st.timings else 0.0
     left = ctx.deadlines.left() - budget.preflight_reserve_s(st.timings, test_mvox=[stages.mvox(r.shape)
@@ -530,7 +541,8 @@ def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | Non
     with _stage(ctx, StageName.SEGMENT, total=max(len(test), 1)):
         st.fallback_ids = stages.segment(ctx, ctx.reporter(), st.model if model_ok else None, st.best,
                                          st.unet if model_ok else None, test, ctx.folder.test,
-                                         deadline=ctx.deadlines.hard, executor=ctx.executor)
+                                         deadline=ctx.deadlines.hard, executor=ctx.executor, timings=st.timings,
+                                         unet_cost=st.unet_plan.cost, post=_post_defaults(ctx))
     if not test:
         _skip(ctx, StageName.PACKAGE, "no test images")
         return None

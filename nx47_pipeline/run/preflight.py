@@ -22,15 +22,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nx47_pipeline.data.discovery import VolumeRecord
+from nx47_pipeline.data.coverage import Selection
+from nx47_pipeline.data.discovery import Inventory, VolumeRecord
 from nx47_pipeline.io.jsonio import read_json
 from nx47_pipeline.io.run_folder import FIT, RunFolder
 from nx47_pipeline.io.submission import write_submission
 from nx47_pipeline.io.volumes import read_volume
 from nx47_pipeline.model.postprocess import fallback_segment
 from nx47_pipeline.run import budget, stages
-from nx47_pipeline.run.budget import PreflightTimings
-from nx47_pipeline.run.context import RunContext
+from nx47_pipeline.model.predict import UNetPart
+from nx47_pipeline.run.budget import PreflightTimings, UNetCost
+from nx47_pipeline.run.context import PostDefaults, RunContext
 from nx47_pipeline.run.executor import InProcess
 from nx47_pipeline.unet.backend import torch_available
 from nx47_pipeline.unet.train import time_train_step
@@ -45,12 +47,14 @@ class OutOfTime(Exception):
 
 @dataclass(frozen=True)
 class PreflightSlice:
-    """What the preflight runs on."""
+    """What the preflight runs on, and what its deadline and timings name."""
 
     train: list[VolumeRecord]  # the first candidates; a bad one is replaced by the next selected
     candidates: list[VolumeRecord]  # every selected training pair, in order
     val: list[VolumeRecord]
     test: list[VolumeRecord]
+    all_test: list[VolumeRecord]  # every test volume of the run: their fallback stays reserved
+    data_root: str | None = None  # the resolved data root (what the timings are measured on)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,25 +126,27 @@ class Measured:
 PREFLIGHT_MAX_VAL = 2
 
 
-def preflight_slice(ctx: RunContext) -> PreflightSlice:
-    """``ceil(preflight_frac * n)`` training pairs, as many validation pairs
-    (at most :data:`PREFLIGHT_MAX_VAL`), one test volume per task run at once
-    on threads (so the segment rate is their throughput; one on Dask)."""
-    sel, inv = ctx.state.selection, ctx.state.inventory
+def preflight_slice(ctx: RunContext, inv: Inventory, sel: Selection) -> PreflightSlice:
+    """``ceil(preflight_frac * n)`` training pairs of the selection ``sel``,
+    as many validation pairs (at most :data:`PREFLIGHT_MAX_VAL`), one test
+    volume of the inventory ``inv`` per task run at once on threads (so the
+    segment rate is their throughput; one on Dask)."""
     frac = ctx.config.preflight_frac
     n_tr = budget.ceil_frac(len(sel.train), frac)
     n_va = min(budget.ceil_frac(len(sel.val), frac), PREFLIGHT_MAX_VAL)
     # as many test volumes as tasks run at once on threads (at most preflight_frac of them, at least 1)
     at_once = int(getattr(ctx.executor, "workers", 1) or 1) if getattr(ctx.executor, "shares_cores", False) else 1
     at_once = max(1, min(at_once, budget.ceil_frac(len(inv.test), frac)))
+    root = getattr(inv, "root", None)
     return PreflightSlice(train=list(sel.train[:n_tr]), candidates=list(sel.train),
-                          val=list(sel.val[:n_va]), test=list(inv.test[:at_once]))
+                          val=list(sel.val[:n_va]), test=list(inv.test[:at_once]), all_test=list(inv.test),
+                          data_root=str(Path(root).resolve()) if root is not None else None)
 
 
-def preflight_deadline(ctx: RunContext) -> float:
+def preflight_deadline(ctx: RunContext, sl: PreflightSlice) -> float:
     """Monotonic time by which the preflight must end (the fallback of every
-    test volume and the end margin stay)."""
-    reserve = budget.preflight_reserve_s(None, test_mvox=[stages.mvox(r.shape) for r in ctx.state.inventory.test])
+    test volume of the run and the end margin stay)."""
+    reserve = budget.preflight_reserve_s(None, test_mvox=[stages.mvox(r.shape) for r in sl.all_test])
     return ctx.deadlines.hard - reserve
 
 
@@ -199,7 +205,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     cfg = ctx.config
     small_iter = max(5, min(cfg.search_max_iter, 30))
     phases = len(PHASES)
-    deadline = preflight_deadline(ctx)
+    deadline = preflight_deadline(ctx, sl)
     if time.monotonic() > deadline:
         raise OutOfTime("nothing left after reserving the fallback segmentation")
 
@@ -271,7 +277,7 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     t_seg = time.monotonic() - t
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
 
-    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, phase(5))
+    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, phase(5), PostDefaults.of_config(cfg))
     ctx.progress(phases, phases, message="preflight chain complete")
     grid_fits = len(budget.search_grid(cfg).points)
     training = TrainingMeasured(
@@ -283,19 +289,19 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
         training=training, unet_s_per_batch=unet_s_per_batch,
-    ).timings(data_root=_data_root(ctx))
+    ).timings(data_root=sl.data_root)
 
 
-def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path,
-                          progress: Callable[..., None]) -> tuple[float, float, tuple[int, ...]]:
-    """Time the fallback segmentation of the first test volume and the
+def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path, progress: Callable[..., None],
+                          post: PostDefaults) -> tuple[float, float, tuple[int, ...]]:
+    """Time the fallback segmentation (``post``'s) of the first test volume and the
     packaging of the slice's masks: ``(fallback_s, package_s, shape)``.
     ``progress(done, total, substep=...)`` is the phase they end; its
     sub-steps name theirs (the phase's counter stays where it is)."""
     progress(1, 1, substep="fallback: reading the test volume")
     vol = read_volume(sl.test[0].image_path, kind="image")
     t = time.monotonic()
-    fallback_segment(vol, closing_radius=ctx.config.closing_radius, min_size=ctx.config.min_component_voxels,
+    fallback_segment(vol, closing_radius=post.closing_radius, min_size=post.min_size,
                      on_progress=lambda d, t_, what: progress(1, 1, substep=f"fallback: {what}"))
     t_fb = time.monotonic() - t
     t = time.monotonic()
@@ -305,12 +311,15 @@ def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path,
     return t_fb, t_pack, tuple(vol.shape)
 
 
-def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimings:
+def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, model: Any, best: dict[str, Any],
+                        unet: UNetPart | None, unet_cost: UNetCost | None,
+                        post: PostDefaults) -> PreflightTimings:
     """The inference part of the chain on ``sl`` (a run with ``--model``):
     validation of one pair when there is one, model segmentation of one test
-    volume, the fallback and the packaging, timed.  Training rates are 0."""
-    st = ctx.state
-    deadline = preflight_deadline(ctx)
+    volume, the fallback and the packaging, timed, with the bundle's
+    ``model``, ``best``, ``unet`` (and its ``unet_cost``) and post-processing
+    defaults ``post``.  Training rates are 0."""
+    deadline = preflight_deadline(ctx, sl)
     if time.monotonic() > deadline:
         raise OutOfTime("nothing left after reserving the fallback segmentation")
     n = 4
@@ -320,29 +329,23 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> Pref
 
     t = time.monotonic()
     val = sl.val[:1]
-    stages.validate(ctx, step(0, "validate"), st.model, st.best, st.unet, val, dest / "val", deadline=None)
+    stages.validate(ctx, step(0, "validate"), model, best, unet, val, dest / "val", deadline=None, post=post)
     t_val = time.monotonic() - t
     mvox_val = float(np.sum([stages.mvox(r.shape) for r in val]))
     t = time.monotonic()
-    stages.segment(ctx, step(1, "segment"), st.model, st.best, st.unet, sl.test, dest / "test", deadline=None)
+    stages.segment(ctx, step(1, "segment"), model, best, unet, sl.test, dest / "test", deadline=None,
+                   unet_cost=unet_cost, post=post)
     t_seg = time.monotonic() - t
     mvox_test = float(np.mean([stages.mvox(r.shape) for r in sl.test]))
-    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, _phase_progress(ctx, deadline, 1, n,
-                                                                                     "segment"))
+    t_fb, t_pack, vol_shape = _fallback_and_package(ctx, sl, dest, _phase_progress(ctx, deadline, 1, n, "segment"),
+                                                    post)
     ctx.progress(n, n, message="inference preflight complete")
     return Measured(
         mvox_train=float(np.mean([stages.mvox(r.shape) for r in val])) if val else mvox_test,
         val_mvox=mvox_val, n_validated=len(val), validate_s=t_val,
         test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
-    ).timings(data_root=_data_root(ctx))
-
-
-def _data_root(ctx: RunContext) -> str | None:
-    """The resolved data root of the run (what the timings were measured on)."""
-    inv = ctx.state.inventory
-    root = getattr(inv, "root", None)
-    return str(Path(root).resolve()) if root is not None else None
+    ).timings(data_root=sl.data_root)
 
 
 def check_slice(sl: PreflightSlice, n_train_selected: int, n_val_selected: int) -> None:

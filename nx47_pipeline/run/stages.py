@@ -37,7 +37,8 @@ from nx47_pipeline.model.postprocess import surface_ridge, uint8_to_probability
 from nx47_pipeline.model.predictor import LinearPredictor, PostChoice, Predictor
 from nx47_pipeline.model.search import choose_postprocess, run_search, threshold_pairs
 from nx47_pipeline.run import budget
-from nx47_pipeline.run.context import ProgressFn, Reporter, RunContext, Samples
+from nx47_pipeline.run.budget import PreflightTimings, UNetCost
+from nx47_pipeline.run.context import PostDefaults, ProgressFn, Reporter, RunContext, Samples
 from nx47_pipeline.run.executor import InProcess
 from nx47_pipeline.run.tasks import (
     FeatureJob,
@@ -410,22 +411,27 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
 # ---------------------------------------------------------------------------
 # validate and segment
 # ---------------------------------------------------------------------------
-def closing_of(cfg, best: dict[str, Any]) -> tuple[int, int, int]:
+def _defaults(ctx: RunContext, post: PostDefaults | None) -> PostDefaults:
+    """``post``, else the run's config's."""
+    return post if post is not None else PostDefaults.of_config(ctx.config)
+
+
+def closing_of(post: PostDefaults, best: dict[str, Any]) -> tuple[int, int, int]:
     """The closing radius of ``best`` (the search's or the U-Net's choice);
-    ``cfg.closing_radius`` where it names none (results from before the choice)."""
-    return _radius(cfg, best.get("closing_radius"))
+    ``post.closing_radius`` where it names none (results from before the choice)."""
+    return _radius(post, best.get("closing_radius"))
 
 
-def _radius(cfg, value) -> tuple[int, int, int]:
-    """``value`` as a radius tuple; ``cfg.closing_radius`` when None (records from before the choice)."""
-    return tuple(int(v) for v in (cfg.closing_radius if value is None else value))
+def _radius(post: PostDefaults, value) -> tuple[int, int, int]:
+    """``value`` as a radius tuple; ``post.closing_radius`` when None (records from before the choice)."""
+    return tuple(int(v) for v in (post.closing_radius if value is None else value))
 
 
-def min_size_of(cfg, best: dict[str, Any]) -> int:
-    """The dust size of ``best`` (chosen on validation); ``cfg.min_component_voxels``
+def min_size_of(post: PostDefaults, best: dict[str, Any]) -> int:
+    """The dust size of ``best`` (chosen on validation); ``post.min_size``
     where it names none (results and bundles from before the choice)."""
     value = best.get("min_size")
-    return int(cfg.min_component_voxels if value is None else value)
+    return int(post.min_size if value is None else value)
 
 
 def plug_size_of(best: dict[str, Any]) -> int:
@@ -434,33 +440,35 @@ def plug_size_of(best: dict[str, Any]) -> int:
     return int(best.get("plug_size") or 0)
 
 
-def post_choice(cfg, best: dict[str, Any]) -> PostChoice:
-    """The post-processing of ``best`` (the run's defaults where it names none)."""
-    return PostChoice.from_best(best, closing_radius=cfg.closing_radius, min_size=cfg.min_component_voxels)
+def post_choice(post: PostDefaults, best: dict[str, Any]) -> PostChoice:
+    """The post-processing of ``best`` (``post`` where it names none)."""
+    return PostChoice.from_best(best, closing_radius=post.closing_radius, min_size=post.min_size)
 
 
 def segmenter(ctx: RunContext, model: LogisticModel | Predictor, best: dict[str, Any],
-              unet_part: UNetPart | None) -> Segmenter:
+              unet_part: UNetPart | None, post: PostDefaults | None = None) -> Segmenter:
     """The model and post-processing of this run, for validate and segment tasks:
     ``model`` is a linear model (fused with ``unet_part`` when given) or any
-    :class:`~nx47_pipeline.model.predictor.Predictor` (a bundle's)."""
+    :class:`~nx47_pipeline.model.predictor.Predictor` (a bundle's); ``post``:
+    the defaults of the post-processing (default: the config's)."""
     predictor = model if isinstance(model, Predictor) else LinearPredictor(model, unet_part)
-    return Segmenter(predictor=predictor, post=post_choice(ctx.config, best))
+    return Segmenter(predictor=predictor, post=post_choice(_defaults(ctx, post), best))
 
 
 def validate(
     ctx: RunContext, report: Reporter, model: LogisticModel, best: dict[str, Any], unet_part: UNetPart | None,
     val: Sequence[VolumeRecord], dest: Path, *, deadline: float | None, executor: Any = None,
+    post: PostDefaults | None = None,
 ) -> dict[str, dict[str, float]]:
     """Segment and score each validation volume (``dest/<id>.tif`` and
     ``<id>.json``), one :func:`~nx47_pipeline.run.tasks.validate_task` each on
     ``executor`` (default in process); returns the scores by id in the order
-    of ``val``."""
+    of ``val``.  ``post``: the post-processing's defaults (default: the config's)."""
     executor = executor if executor is not None else InProcess()
     dest.mkdir(parents=True, exist_ok=True)
     n = len(val)
     scores: dict[str, dict[str, float]] = {}
-    seg = segmenter(ctx, model, best, unet_part)
+    seg = segmenter(ctx, model, best, unet_part, post)
     jobs: list[ValidateJob] = []
     n_done = 0
 
@@ -507,9 +515,9 @@ UNET_THRESHOLD_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PostKey = tuple[float, float, bool, tuple[int, int, int], int, int]
 
 
-def _post_key(cfg, best: dict[str, Any]) -> PostKey:
-    return (float(best["low"]), float(best["high"]), bool(best.get("thin", False)), closing_of(cfg, best),
-            min_size_of(cfg, best), plug_size_of(best))
+def _post_key(post: PostDefaults, best: dict[str, Any]) -> PostKey:
+    return (float(best["low"]), float(best["high"]), bool(best.get("thin", False)), closing_of(post, best),
+            min_size_of(post, best), plug_size_of(best))
 
 
 def _same_key(a: Sequence[Any], b: Sequence[Any]) -> bool:
@@ -517,14 +525,14 @@ def _same_key(a: Sequence[Any], b: Sequence[Any]) -> bool:
             and int(a[4]) == int(b[4]) and int(a[5]) == int(b[5]))
 
 
-def _recorded_key(cfg, record: dict[str, Any], prefix: str) -> PostKey:
+def _recorded_key(post: PostDefaults, record: dict[str, Any], prefix: str) -> PostKey:
     """The choice ``<prefix>_...`` of a ``unet_thresholds.json`` (``prefix`` ``search`` or ``chosen``);
     fields missing in records from before they were chosen take the run's defaults."""
     pair = record["search_pair" if prefix == "search" else "chosen"]
     size = record.get(f"{prefix}_min_size")
     return (float(pair[0]), float(pair[1]), bool(record.get(f"{prefix}_thin", False)),
-            _radius(cfg, record.get(f"{prefix}_closing_radius")),
-            int(cfg.min_component_voxels if size is None else size), int(record.get(f"{prefix}_plug_size") or 0))
+            _radius(post, record.get(f"{prefix}_closing_radius")),
+            int(post.min_size if size is None else size), int(record.get(f"{prefix}_plug_size") or 0))
 
 
 def unet_thresholds(
@@ -552,19 +560,20 @@ def unet_thresholds(
     (``chosen_min_size`` / ``chosen_plug_size`` and the dust / plug
     candidates' means in ``postprocess_scores``)."""
     cfg = ctx.config
-    current = _post_key(cfg, best)
+    defaults = PostDefaults.of_config(cfg)  # a training run's: its config's
+    current = _post_key(defaults, best)
     record = read_json(dest / UNET_THRESHOLDS)
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
-            and _same_key(_recorded_key(cfg, record, "search"), current)):
+            and _same_key(_recorded_key(defaults, record, "search"), current)):
         # a resumed run: the masks and scores already follow the recorded choice
-        chosen = _recorded_key(cfg, record, "chosen")
+        chosen = _recorded_key(defaults, record, "chosen")
         if _same_key(chosen, current):
             return None, scores
         mean = record.get("chosen_score")
         if mean is None:  # records from before the dust / plug choice
             mean = next((r["score"] for r in record.get("scores", [])
                          if _same_key((r["low"], r["high"], r.get("thin", False),
-                                       _radius(cfg, r.get("closing_radius")), chosen[4], chosen[5]), chosen)),
+                                       _radius(defaults, r.get("closing_radius")), chosen[4], chosen[5]), chosen)),
                         None)
         return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
@@ -692,7 +701,8 @@ def _post_mask(prob: np.ndarray, key: PostKey, ridge: np.ndarray | None) -> np.n
 def segment(
     ctx: RunContext, report: Reporter, model: LogisticModel | None, best: dict[str, Any],
     unet_part: UNetPart | None, test: Sequence[VolumeRecord], dest: Path, *, deadline: float | None,
-    executor: Any = None,
+    executor: Any = None, timings: PreflightTimings | None = None, unet_cost: UNetCost | None = None,
+    post: PostDefaults | None = None,
 ) -> list[str]:
     """A mask for every test volume in ``dest``: the model's while the time
     left covers it and the fallback of every volume after it
@@ -701,15 +711,18 @@ def segment(
     ``executor`` (default in process: each volume is decided when its turn
     comes; on threads or Dask all are decided at submission, counting the
     model time of the volumes ahead: shared by the Dask workers, at the
-    preflight's rate on threads).  Returns the ids that got the
+    preflight's rate on threads).  ``timings`` (the preflight's rates, None
+    before it) and ``unet_cost`` (the cost model of ``unet_part``) size
+    that decision; ``post``: the post-processing's defaults, the fallback's
+    included (default: the config's).  Returns the ids that got the
     fallback, in the order of ``test``."""
     cfg = ctx.config
+    post = _defaults(ctx, post)
     executor = executor if executor is not None else InProcess()
     dest.mkdir(parents=True, exist_ok=True)
     n = len(test)
-    timings = ctx.state.timings
-    cost = ctx.state.unet_plan.cost if unet_part is not None else None
-    seg = segmenter(ctx, model, best, unet_part) if model is not None else None
+    cost = unet_cost if unet_part is not None else None
+    seg = segmenter(ctx, model, best, unet_part, post) if model is not None else None
     thin = bool(best.get("thin", False))
     plug = plug_size_of(best) > 0
     state = {"announced": False, "ahead_s": 0.0, "done": 0}
@@ -748,8 +761,8 @@ def segment(
                     state["ahead_s"] += budget.model_segment_need_s(timings, mvox=m, rest_mvox=[], unet=cost,
                                                                     thin=thin, plug=plug)
             yield SegmentJob(index=i, volume_id=rec.id, image_path=rec.image_path, dest=dest,
-                             segmenter=seg if use_model else None, closing_radius=tuple(cfg.closing_radius),
-                             min_size=cfg.min_component_voxels, trace=cfg.array_trace, shape=rec.shape)
+                             segmenter=seg if use_model else None, closing_radius=post.closing_radius,
+                             min_size=post.min_size, trace=cfg.array_trace, shape=rec.shape)
 
     def on_progress(index: int, done: int, total: int, what: str, frac: float, worker: str) -> None:
         report.progress(state["done"] + frac, n, file=test[index].id, file_done=state["done"], file_total=n,

@@ -104,6 +104,42 @@ def test_run_with_model_gives_the_training_runs_masks_on_read_only_input(trained
     assert skips == {s: f"model from {bundle}" for s in TRAINING}
 
 
+def test_a_run_with_model_falls_back_with_the_bundles_settings_and_keeps_its_own_config(trained, tmp_path,
+                                                                                        monkeypatch):
+    """The bundle's closing radius and dust size reach the fallback segmentation
+    as a value of the run (PostDefaults), not by replacing the run's config:
+    the config is the same frozen object, and config.json the one given."""
+    from nx47_pipeline.io.volumes import read_volume
+    from nx47_pipeline.model.postprocess import fallback_segment
+    from nx47_pipeline.run import budget, orchestrator
+
+    data, _, _, bundle = trained
+    b = load_bundle(bundle)
+    config = small_config(data, tmp_path / "w", model_dir=str(bundle), max_val_volumes=1, closing_radius=(0, 0, 0),
+                          min_component_voxels=b.min_component_voxels + 400)
+    assert config.closing_radius != b.closing_radius
+    # no model segmentation fits: every test volume gets the fallback
+    monkeypatch.setattr(budget, "model_segment_need_s", lambda *a, **kw: float("inf"))
+    ctx = orchestrator.make_context(config)
+    result = orchestrator._execute(ctx)
+    assert result.status == "ok", result.error
+    assert ctx.config is config
+    with pytest.raises(AttributeError, match="fixed for the run"):
+        ctx.config = config.replace(closing_radius=b.closing_radius)
+    assert json.loads((tmp_path / "w" / "config.json").read_text()) == config.to_dict()
+    images = sorted((data / "test_images").glob("*.tif"))
+    assert result.stats["counts"]["fallback_volumes"] == len(images) > 0
+    differs = False
+    for path in images:
+        vol = read_volume(path, kind="image")
+        mask = tifffile.imread(tmp_path / "w" / "test" / path.name)
+        np.testing.assert_array_equal(mask, fallback_segment(vol, closing_radius=b.closing_radius,
+                                                             min_size=b.min_component_voxels))
+        differs |= not np.array_equal(mask, fallback_segment(vol, closing_radius=config.closing_radius,
+                                                             min_size=config.min_component_voxels))
+    assert differs  # the config's settings would have given other masks
+
+
 def test_a_tampered_bundle_is_refused_by_file_name(trained, tmp_path):
     data, _, _, bundle = trained
     bad = tmp_path / "bad"
