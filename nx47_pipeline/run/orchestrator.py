@@ -499,7 +499,7 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     # the bundle's post-processing makes the masks those of the run that trained it (the
     # fallback's included); the run's config stays as it started
     st.post_defaults = PostDefaults(closing_radius=tuple(int(v) for v in bundle.closing_radius),
-                                           min_size=int(bundle.min_component_voxels))
+                                    min_size=int(bundle.min_component_voxels))
     if bundle.model is None:  # an nnU-Net bundle: its predictor and post-processing
         st.model, st.best, st.unet = bundle.predictor, dict(bundle.best), None
         st.bundle_summary = bundle.summary()
