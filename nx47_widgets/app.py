@@ -24,31 +24,18 @@ from IPython.display import display
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event, EventKind
 
-from nx47_widgets.lifecycle import describe
 from nx47_widgets.notebook import page_query, served_by_voila
 from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump
-from nx47_widgets.guard import RunGuard
+from nx47_widgets.guard import RunGuard, RunRefused
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import SettingsForm
 from nx47_widgets.state import CoverageModel, DashboardState, scan_coverage
 from nx47_widgets.state.runs import scan_runs
-from nx47_widgets.views import (
-    ChartsPanel,
-    CoveragePanel,
-    HeartbeatPanel,
-    LogPanel,
-    PreviewPanel,
-    ProgressPanel,
-    ResultsPanel,
-    RunControls,
-    Syncer,
-)
-from nx47_widgets.views.base import h
-from nx47_widgets.state.header import header_info
-from nx47_widgets.views.cluster import ClusterPanel
-from nx47_widgets.views.header import HeaderPanel
+from nx47_widgets.views import RunControls, Syncer
 from nx47_widgets.views.page import PAGE_CSS, PageBridge
-from nx47_widgets.views.runs import SORT_SCRIPT, RunsPanel
+from nx47_widgets.views.panels import Panels
+from nx47_widgets.views.registry import Views
+from nx47_widgets.views.runs import SORT_SCRIPT
 
 __all__ = ["Dashboard", "build_dashboard", "RunRefused"]
 
@@ -57,10 +44,6 @@ _YES = ("1", "true", "yes", "on")
 
 #: Kinds after which the preflight timings in the output folder may be new.
 _TIMING_KINDS = frozenset({EventKind.PREFLIGHT_OK, EventKind.BUDGET})
-
-
-class RunRefused(ValueError):
-    """Run was pressed with settings that cannot run (the page lists why)."""
 
 
 class Dashboard(RunGuard):
@@ -92,13 +75,14 @@ class Dashboard(RunGuard):
     widget : ipywidgets.VBox
         The whole page.
     settings : SettingsForm
-        The run settings' controls (also reachable as ``data_root``,
-        ``out_dir``, ``max_train``, ``max_val``, ``budget_min``, ``use_unet``,
-        ``auto_coverage``).
+        The run settings' controls (``settings.out_dir``, ``settings.max_train``, ...).
     controls : RunControls
         Scan, Detached, Run, Stop, Attach, the status line and the problems
-        (also reachable as ``scan_button``, ``detached``, ``run_button``,
-        ``stop_button``, ``attach_button``, ``status``).
+        (``controls.run_button``, ``controls.status``, ...).
+    panels : Panels
+        The panels (``panels.progress``, ``panels.preview``, ...).
+    views : Views
+        Which state each panel of the run shows; renders what changed.
     session : RunSession
         The run shown (``runner`` and ``state`` are its).
     coverage : CoverageModel or None
@@ -120,38 +104,21 @@ class Dashboard(RunGuard):
         self.coverage: CoverageModel | None = None
         self.coverage_note = ""
         self._lock = threading.RLock()
-        self._rendered: dict[str, int] = {}
         self._offered: Path | None = None  # a running run elsewhere, offered for attach
         self._confirm_for: Path | None = None  # the ended run Run asked about
         self._refused = False  # the status line shows a RunRefused
         self._await_end = False  # the run's process is gone, its end not applied yet
 
-        # -- controls ---------------------------------------------------
         self.settings = SettingsForm(config)
         self.controls = RunControls(self.syncer, detached=detached)
-        s, c = self.settings, self.controls
-        self.data_root, self.out_dir = s.data_root, s.out_dir
-        self.max_train, self.max_val, self.budget_min = s.max_train, s.max_val, s.budget_min
-        self.use_unet, self.auto_coverage = s.use_unet, s.auto_coverage
-        self.scan_button, self.detached, self.status = c.scan_button, c.detached, c.status
-        self.run_button, self.stop_button = c.run_button, c.stop_button
-        self.attach_button = c.attach_button
-
-        # -- panels -----------------------------------------------------
+        c = self.controls
         self.page = PageBridge(enabled=browser)
-        st = self.session.state
-        self.progress_panel = ProgressPanel(self.syncer)
-        self.header_panel = HeaderPanel(self.syncer, self.progress_panel.widget)
-        self.cluster_panel = ClusterPanel(self.syncer)
-        self.heartbeat_panel = HeartbeatPanel(self.syncer)
-        self.coverage_panel = CoveragePanel(self.syncer)
-        self.preview_panel = PreviewPanel(self.syncer, st.preview, lock=self._lock, scores=st.scores)
-        self.log_panel = LogPanel(self.syncer, st.log, [k.value for k in EventKind], lock=self._lock)
-        self.charts_panel = ChartsPanel(self.syncer)
-        self.results_panel = ResultsPanel(self.syncer, page=self.page)
-        self.runs_panel = RunsPanel(self.syncer, str(Path(config.out_dir).expanduser().parent),
-                                    scan=scan_runs, on_open=lambda f: self.controls.guard(
-                                        lambda: self.attach(f)), links=browser)
+        self.views = Views()
+        self.panels = Panels(self.syncer, self.session.state, lock=self._lock, page=self.page,
+                             runs_root=str(Path(config.out_dir).expanduser().parent),
+                             scan=scan_runs, on_open=lambda f: c.guard(lambda: self.attach(f)),
+                             links=browser, views=self.views)
+        self.panels.register(self.views, lambda: self.session.state)
         self.model_info = W.HTML()
         self.model_info.add_class("nx47-model-info")
         self.widget = _layout(self)
@@ -170,13 +137,13 @@ class Dashboard(RunGuard):
 
         self.pump = UIPump(None, self.flush, interval=pump_interval)
         self.scan()
-        self._render_all()
+        self._render_run()
         self._check_folder()
         self.page.bind_keys()
         self.page.watch_server()
         self.page.watch_sizes(lambda sizes: _route_sizes(self, sizes))
         self.page.run(SORT_SCRIPT, keep=True)  # the runs table sorts by the column clicked
-        self.runs_panel.refresh()
+        self.panels.runs.refresh()
         if auto_attach:
             self._auto_attach()
         if start_pump:
@@ -210,11 +177,11 @@ class Dashboard(RunGuard):
         """Discover the data root and bound the sliders by what was found."""
         with self._lock:
             self.coverage, self.coverage_note = scan_coverage(
-                self.data_root.value, self.out_dir.value, self.settings.base)
+                self.settings.data_root.value, self.settings.out_dir.value, self.settings.base)
             if self.coverage is not None:
                 self.settings.bound_volumes(self.coverage.n_pairs)
                 self.coverage.update(**self.settings.coverage_caps())
-            self.coverage_panel.render(self.coverage, self.coverage_note)
+            self.panels.coverage.render(self.coverage, self.coverage_note)
             self.show_problems()
 
     def _on_model_control(self, change: dict) -> None:
@@ -228,7 +195,7 @@ class Dashboard(RunGuard):
         with self._lock:
             if self.coverage is not None:
                 self.coverage.update(**self.settings.coverage_caps())
-                self.coverage_panel.render(self.coverage, self.coverage_note)
+                self.panels.coverage.render(self.coverage, self.coverage_note)
             self.show_problems()
 
     def _on_data_control(self, change: dict) -> None:
@@ -243,8 +210,8 @@ class Dashboard(RunGuard):
     def refresh_timings(self) -> None:
         """Reload preflight timings from the output folder into the coverage panel."""
         with self._lock:
-            if self.coverage is not None and self.coverage.reload_timings(self.out_dir.value):
-                self.coverage_panel.render(self.coverage, self.coverage_note)
+            if self.coverage is not None and self.coverage.reload_timings(self.settings.out_dir.value):
+                self.panels.coverage.render(self.coverage, self.coverage_note)
 
     def current_config(self) -> RunConfig:
         """A RunConfig from the controls (on top of the initial config).
@@ -255,107 +222,6 @@ class Dashboard(RunGuard):
             When a control holds a value its field refuses.
         """
         return self.settings.read()
-
-    # -- running -------------------------------------------------------------
-    def run(self) -> ThreadedRunner | DetachedRunner:
-        """Start a run with the current controls (threaded or detached).
-
-        Returns
-        -------
-        ThreadedRunner or DetachedRunner
-
-        Raises
-        ------
-        RuntimeError
-            When a run is already in progress.
-        RunRefused
-            When the settings cannot run (they are listed under the Run button).
-        """
-        with self._lock:
-            if self.running:
-                raise RuntimeError("a run is already in progress; press Stop first")
-            problems = self.show_problems()
-            if problems:
-                self._refused = True
-                raise RunRefused("not started: " + "; ".join(problems))
-            self._refused = False
-            self._await_end = False
-            self.controls.ask_confirmation(None)
-            self._confirm_for = None
-            self.controls.offer(None)
-            config = self.current_config()
-            runner = self.session.start(config, detached=bool(self.detached.value))
-            self._bind_state()
-            self.pump.set_source(self.session.drain)
-            self.controls.set_running(True)
-            self.controls.set_busy(None)
-            mode = self.session.mode + (f" pid {runner.pid}" if runner.pid else "")
-            self.controls.set_status(f"running in a {mode} → {h(self.session.folder)}")
-            self.page.keep_run_in_url(str(self.session.folder))
-            self.runs_panel.current = str(self.session.folder)
-            self.runs_panel.refresh()
-            return runner
-
-    def _bind_state(self) -> None:
-        st = self.session.state
-        self.preview_panel.bind(st.preview, st.scores)
-        self.preview_panel.render()  # a new run's empty viewer: nothing of the last run shown
-        self.log_panel.bind(st.log)
-        self._rendered.clear()
-        self._render_all()
-
-    def stop(self, reason: str = "user pressed Stop") -> None:
-        """Stop the run shown (its own thread or process, or one attached to).
-
-        Parameters
-        ----------
-        reason : str
-            Why (the run's CANCELLED event says it).
-        """
-        self.controls.set_status(h(self.session.stop(reason)) + "…")
-
-    def attach(self, out_dir: str | os.PathLike | None = None) -> DetachedRunner:
-        """Follow the journal of a run folder (running or finished).
-
-        Parameters
-        ----------
-        out_dir : str or path-like, optional
-            The run folder (default: the Output control's).
-
-        Returns
-        -------
-        DetachedRunner
-
-        Raises
-        ------
-        RuntimeError
-            While a threaded run is in progress.
-        FileNotFoundError
-            When the folder holds no journal.
-        """
-        with self._lock:
-            folder = Path(out_dir if out_dir is not None else self.out_dir.value).expanduser()
-            runner = self.session.attach(folder)
-            self._await_end = False
-            self.controls.offer(None)
-            self._offered = None
-            self.out_dir.value = str(self.session.folder)
-            self._bind_state()
-            self.pump.set_source(self.session.drain)
-            live = runner.running
-            self.controls.set_running(live)
-            self.controls.set_busy(None)
-            self.controls.show_problems([])
-            h_ = runner.holder
-            if live and h_ is not None:  # the toggle says how the run runs
-                self.detached.value = not h_.threaded
-            self.controls.set_status(
-                f"attached to {h(self.session.folder)} "
-                f"({'running: ' + describe(h_) if live else 'not running'})")
-            self.page.keep_run_in_url(str(self.session.folder))
-            self.runs_panel.current = str(self.session.folder)
-            self.runs_panel.render()
-            return runner
 
     # -- pump ---------------------------------------------------------------
     def flush(self, events: list[Event], tick: bool) -> None:
@@ -372,54 +238,27 @@ class Dashboard(RunGuard):
         """
         with self._lock:
             state = self.session.state
-            changed = state.apply_many(events) if events else set()
-            if self.session.check_end():
-                changed |= {"heartbeat", "results", "log"}
-            verdict = state.results.verdict
-            if "progress" in changed:
-                self.progress_panel.render(state.progress)
-            if "heartbeat" in changed or "results" in changed or tick:
-                self.heartbeat_panel.render(state.heartbeat, verdict=verdict)
-            if changed or tick:
-                self.render_header()
-            if "preview" in changed or "scores" in changed:
-                self.preview_panel.render()
-            if "log" in changed:
-                self.log_panel.render()
-            if "charts" in changed:
-                self.charts_panel.render(state.charts)
-            if tick and state.cluster.poll(running=self.session.running and not state.ended):
-                changed.add("cluster")
-            if "cluster" in changed:
-                self.cluster_panel.render(state.cluster)
+            if events:
+                state.apply_many(events)
+            self.session.check_end()
+            if tick:
+                state.cluster.poll(running=self.session.running and not state.ended)
             if any(e.kind in _TIMING_KINDS for e in events):
                 self.refresh_timings()
             if state.ended and self.session.runner is not None \
-                    and state.verify_journal_once(self.out_dir.value):
+                    and state.verify_journal_once(self.settings.out_dir.value):
                 self.refresh_timings()
-                changed.add("results")
-            tl = state.progress.timeline
-            if "results" in changed or self._rendered.get("timeline") != tl.version:
-                self._rendered["timeline"] = tl.version
-                self.results_panel.render(state.results, tl)
+            self.views.render(tick=tick)
             self.follow_end(state, running=self.session.running)
             if tick and not self.session.running:
                 self._check_folder()
 
-    def render_header(self) -> None:
-        """The run header (state, elapsed, ETA, score, fallbacks)."""
-        self.header_panel.render(header_info(self.session.state, folder=self.session.folder))
-
-    def _render_all(self) -> None:
+    def _render_run(self, force: bool = False) -> None:
+        """Look at the run's ``cluster.json``, then render the run's panels
+        (``force``: all of them; else those whose state changed)."""
         st = self.session.state
-        self.render_header()
-        self.progress_panel.render(st.progress)
-        self.heartbeat_panel.render(st.heartbeat, verdict=st.results.verdict)
-        self.log_panel.render()
-        self.charts_panel.render(st.charts)
         st.cluster.poll(running=self.session.running and not st.ended)
-        self.cluster_panel.render(st.cluster)
-        self.results_panel.render(st.results, st.progress.timeline)
+        self.views.render(force=force)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run ended and all its events were applied (see
@@ -437,8 +276,7 @@ class Dashboard(RunGuard):
     def close(self) -> None:
         """Stop the pump and the renderer (the run itself is not stopped)."""
         self.pump.stop()
-        self.preview_panel.close()
-        self.charts_panel.close()
+        self.panels.close()
 
     def _ipython_display_(self) -> None:  # pragma: no cover - display hook
         display(self.widget)
@@ -449,15 +287,15 @@ def _route_sizes(d: Dashboard, sizes: dict) -> None:
     and the window's height: the QA canvas and the charts get as many pixels as they show."""
     dpr = float(sizes.get("dpr") or 1.0)
     if float(sizes.get("qa") or 0) > 0:
-        d.preview_panel.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
+        d.panels.preview.set_width(float(sizes["qa"]), dpr, float(sizes.get("vh") or 0))
     if float(sizes.get("charts") or 0) > 0:
         with d._lock:
-            d.charts_panel.set_size(float(sizes["charts"]), dpr, d.session.state.charts)
+            d.panels.charts.set_size(float(sizes["charts"]), dpr, d.session.state.charts)
 
 
 def _layout(d: Dashboard) -> W.VBox:
     """The page: controls and status on the left, live panels on the right."""
-    s, c = d.settings, d.controls
+    s, c, p = d.settings, d.controls, d.panels
     form = W.VBox([
         W.HBox([s.data_root, c.scan_button]), s.out_dir, s.model_dir, d.model_info,
         W.HBox([s.max_train, s.max_val], layout=W.Layout(flex_flow="row wrap")),
@@ -470,16 +308,15 @@ def _layout(d: Dashboard) -> W.VBox:
         W.HBox([c.offer_text, c.offer_button], layout=W.Layout(flex_flow="row wrap")),
     ])
     left = W.VBox([form, W.HTML("<h3 style='margin:8px 0 2px 0'>Coverage</h3>"),
-                   d.coverage_panel.widget, d.heartbeat_panel.widget, d.cluster_panel.widget,
-                   W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), d.runs_panel.widget])
+                   p.coverage.widget, p.heartbeat.widget, p.cluster.widget,
+                   W.HTML("<h3 style='margin:8px 0 2px 0'>Runs</h3>"), p.runs.widget])
     left.add_class("nx47-left")
-    right = W.VBox([d.preview_panel.widget, d.results_panel.widget,
-                    d.charts_panel.widget, d.log_panel.widget])
+    right = W.VBox([p.preview.widget, p.results.widget, p.charts.widget, p.log.widget])
     right.add_class("nx47-right")
     cols = W.Box([left, right])
     cols.add_class("nx47-cols")
     page = W.VBox([W.HTML(PAGE_CSS + "<h2 style='margin:4px 0'>NX47 — surface "
-                          "segmentation run</h2>"), d.header_panel.widget, cols, d.page.widget])
+                          "segmentation run</h2>"), p.header.widget, cols, d.page.widget])
     page.add_class("nx47-dashboard")
     return page
 

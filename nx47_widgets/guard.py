@@ -1,8 +1,9 @@
-"""What the page's run buttons promise: a run is never taken or changed by surprise.
+"""What the page's run buttons do (Run, Stop, Attach) and promise: a run is
+never taken or changed by surprise.
 
 :class:`RunGuard` is a part of :class:`~nx47_widgets.app.Dashboard` (a mixin:
-it uses the dashboard's ``controls``, ``out_dir``, ``settings``,
-``coverage``, ``runs_panel``, ``running``, ``run``, ``attach`` and ``_lock``):
+it uses the dashboard's ``controls``, ``settings``, ``coverage``, ``panels``,
+``session``, ``pump``, ``page``, ``running``, ``_render_run`` and ``_lock``):
 
 * Run is refused, with the problems listed under it, while anything keeps
   it from starting (:meth:`RunGuard.problems`), and the refusal goes once
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nx47_widgets.lifecycle import describe, holder
 from nx47_widgets.runner import DetachedRunner, ThreadedRunner, has_run
@@ -31,25 +32,33 @@ from nx47_widgets.state.runs import RunSummary, summarize_run
 from nx47_widgets.views.base import h
 from nx47_widgets.views.colours import outcome_colour
 
-__all__ = ["RunGuard"]
+__all__ = ["RunGuard", "RunRefused"]
+
+
+class RunRefused(ValueError):
+    """Run was pressed with settings that cannot run (the page lists why)."""
 
 
 class RunGuard:
-    """Offer, confirm, and say how the run ended (see the module docstring)."""
+    """Run, stop, attach; offer, confirm, and say how the run ended (see the
+    module docstring)."""
 
     controls: Any
-    out_dir: Any
     settings: Any
+    session: Any
+    pump: Any
+    page: Any
+    running: bool
     coverage: Any
     coverage_note: Any
     _refused: bool
-    runs_panel: Any
+    panels: Any
     _lock: Any
     _named_folder: bool
     _offered: Path | None
     _confirm_for: Path | None
     _await_end: bool
-    heartbeat_panel: Any
+    _render_run: Callable[..., None]
 
     def ended_run_in(self, folder: str | os.PathLike) -> RunSummary | None:
         """The ended run ``folder`` holds (None: none, or a live one)."""
@@ -68,7 +77,7 @@ class RunGuard:
             None when the page asks for the confirmation first.
         """
         with self._lock:
-            folder = self.out_dir.value.strip()
+            folder = self.settings.out_dir.value.strip()
             ended = self.ended_run_in(folder) if folder and not self.running else None
             if ended is None or self.problems():  # nothing to ask, or refused anyway
                 return self.run()
@@ -89,7 +98,7 @@ class RunGuard:
     def confirm_run(self) -> ThreadedRunner | DetachedRunner | None:
         """The confirmed Run over an ended run (see :meth:`press_run`)."""
         with self._lock:
-            folder = Path(self.out_dir.value.strip()).expanduser().resolve()
+            folder = Path(self.settings.out_dir.value.strip()).expanduser().resolve()
             asked = self._confirm_for
             self._cancel_confirmation(status=False)
             if asked != folder:  # the folder changed since the question: ask again
@@ -109,7 +118,7 @@ class RunGuard:
         in another folder under the output root is only offered (*Attach to
         the running run*), never opened by itself.
         """
-        folder = Path(self.out_dir.value).expanduser()
+        folder = Path(self.settings.out_dir.value).expanduser()
         if has_run(folder):
             self.controls.guard(lambda: self.attach(folder))
         if not self._named_folder and not self.running:
@@ -117,8 +126,8 @@ class RunGuard:
 
     def offer_running(self) -> Path | None:
         """Offer the run going on under the output root, if any; its folder."""
-        mine = Path(self.out_dir.value).expanduser().resolve()
-        live = next((r for r in self.runs_panel.runs
+        mine = Path(self.settings.out_dir.value).expanduser().resolve()
+        live = next((r for r in self.panels.runs.runs
                      if r.running and Path(r.folder).resolve() != mine), None)
         self._offered = Path(live.folder) if live is not None else None
         self.controls.offer(None if live is None else (
@@ -141,7 +150,7 @@ class RunGuard:
         """
         done = state.ended or not running
         if done and self.controls.shows_running:
-            self.runs_panel.refresh()
+            self.panels.runs.refresh()
             self.controls.set_running(False)
             self._await_end = not state.ended
             if state.ended:
@@ -150,8 +159,8 @@ class RunGuard:
                 self.controls.set_status("the run's process ended; reading its last events…")
         elif self._await_end and state.ended:
             self._await_end = False
-            self.runs_panel.refresh()
-            self.heartbeat_panel.render(state.heartbeat, verdict=state.results.verdict)
+            self.panels.runs.refresh()
+            self.panels.heartbeat.render(state)
             self._show_end(state.results.verdict)
 
     def _show_end(self, verdict: Any) -> None:
@@ -178,7 +187,100 @@ class RunGuard:
         if self.running:
             self.controls.set_busy(None)
             return
-        folder = self.out_dir.value.strip()
+        folder = self.settings.out_dir.value.strip()
         h_ = holder(folder) if folder else None
         self.controls.set_busy(describe(h_) if h_ is not None else None)
         self.show_problems()
+
+    # -- running -------------------------------------------------------------
+    def run(self) -> ThreadedRunner | DetachedRunner:
+        """Start a run with the current controls (threaded or detached).
+
+        Returns
+        -------
+        ThreadedRunner or DetachedRunner
+
+        Raises
+        ------
+        RuntimeError
+            When a run is already in progress.
+        RunRefused
+            When the settings cannot run (they are listed under the Run button).
+        """
+        with self._lock:
+            if self.running:
+                raise RuntimeError("a run is already in progress; press Stop first")
+            problems = self.show_problems()
+            if problems:
+                self._refused = True
+                raise RunRefused("not started: " + "; ".join(problems))
+            self._refused = False
+            self._await_end = False
+            self.controls.ask_confirmation(None)
+            self._confirm_for = None
+            self.controls.offer(None)
+            config = self.current_config()
+            runner = self.session.start(config, detached=bool(self.controls.detached.value))
+            self._render_run(force=True)  # the new state on every panel: none of the last run
+            self.pump.set_source(self.session.drain)
+            self.controls.set_running(True)
+            self.controls.set_busy(None)
+            mode = self.session.mode + (f" pid {runner.pid}" if runner.pid else "")
+            self.controls.set_status(f"running in a {mode} → {h(self.session.folder)}")
+            self.page.keep_run_in_url(str(self.session.folder))
+            self.panels.runs.current = str(self.session.folder)
+            self.panels.runs.refresh()
+            return runner
+
+    def stop(self, reason: str = "user pressed Stop") -> None:
+        """Stop the run shown (its own thread or process, or one attached to).
+
+        Parameters
+        ----------
+        reason : str
+            Why (the run's CANCELLED event says it).
+        """
+        self.controls.set_status(h(self.session.stop(reason)) + "…")
+
+    def attach(self, out_dir: str | os.PathLike | None = None) -> DetachedRunner:
+        """Follow the journal of a run folder (running or finished).
+
+        Parameters
+        ----------
+        out_dir : str or path-like, optional
+            The run folder (default: the Output control's).
+
+        Returns
+        -------
+        DetachedRunner
+
+        Raises
+        ------
+        RuntimeError
+            While a threaded run is in progress.
+        FileNotFoundError
+            When the folder holds no journal.
+        """
+        with self._lock:
+            folder = Path(out_dir if out_dir is not None else self.settings.out_dir.value).expanduser()
+            runner = self.session.attach(folder)
+            self._await_end = False
+            self.controls.offer(None)
+            self._offered = None
+            self.settings.out_dir.value = str(self.session.folder)
+            self._render_run(force=True)  # the new state on every panel: none of the last run
+            self.pump.set_source(self.session.drain)
+            live = runner.running
+            self.controls.set_running(live)
+            self.controls.set_busy(None)
+            self.controls.show_problems([])
+            h_ = runner.holder
+            if live and h_ is not None:  # the toggle says how the run runs
+                self.controls.detached.value = not h_.threaded
+            self.controls.set_status(
+                f"attached to {h(self.session.folder)} "
+                f"({'running: ' + describe(h_) if live else 'not running'})")
+            self.page.keep_run_in_url(str(self.session.folder))
+            self.panels.runs.current = str(self.session.folder)
+            self.panels.runs.render(self.panels.runs.runs)
+            return runner

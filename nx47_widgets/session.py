@@ -89,7 +89,7 @@ class RunSession:
         return self.runner is not None and self.runner.running
 
     def _new_state(self, folder: Path) -> None:
-        self.state = DashboardState(out_dir=str(folder), clock=self.clock)
+        self.state = DashboardState(out_dir=str(folder), clock=self.clock, folder=folder)
         self.folder, self._gone_at = folder, None
 
     def start(self, config: RunConfig, *, detached: bool) -> Runner:

@@ -32,6 +32,8 @@ class DashboardState:
         ``cluster.json``).
     clock : callable
         Wall clock of the heartbeat light and of the cluster file's age.
+    folder : str or Path, optional
+        The run folder the page shows (None: no run shown yet); the header names it.
 
     Attributes
     ----------
@@ -43,7 +45,9 @@ class DashboardState:
     PARTS = ("progress", "heartbeat", "preview", "log", "charts", "results", "cluster", "scores")
 
     def __init__(self, *, out_dir: str | Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 folder: str | Path | None = None) -> None:
+        self.folder = folder
         self.progress = ProgressState()
         self.heartbeat = HeartbeatState(clock=clock)
         self.preview = PreviewState(out_dir)
@@ -125,6 +129,11 @@ class DashboardState:
     def versions(self) -> dict[str, int]:
         """Version counter of each part."""
         return {name: getattr(self, name).version for name in self.PARTS}
+
+    @property
+    def version(self) -> int:
+        """Increases whenever any part changes (the sum of their versions)."""
+        return sum(getattr(self, name).version for name in self.PARTS)
 
     def verify_journal_once(self, out_dir: str | Path) -> bool:
         """Verify the run's journal unless it was verified already.

@@ -73,13 +73,15 @@ def header_info(state: Any, now: float | None = None, folder: str | Path | None 
     now : float, optional
         Wall time (default: the heartbeat's clock).
     folder : str or Path, optional
-        The run folder (default: the one its RUN_START named).
+        The run folder (default: the state's ``folder``, else the one its
+        RUN_START named).
 
     Returns
     -------
     HeaderInfo
     """
     hb, res, prog = state.heartbeat, state.results, state.progress
+    folder = getattr(state, "folder", None) if folder is None else folder
     light = hb.view(now)
     now = hb.clock() if now is None else now
     verdict = res.verdict

@@ -1,10 +1,12 @@
 """ipywidgets views over the plain-Python states of :mod:`nx47_widgets.state`.
 
-Each panel owns its widgets and has ``render(...)`` which copies the state
-into the widgets, setting a trait only when its value changed (every change
-is one comm message, so :class:`Syncer` counts them).  Panels never read
-events themselves; the dashboard's UI pump calls ``render`` after applying a
-batch.  Charts are drawn with matplotlib on a background thread
+Each panel owns its widgets and has one ``render(state)`` which copies the
+state into the widgets, setting a trait only when its value changed (every
+change is one comm message, so :class:`Syncer` counts them).  Panels never
+read events themselves: :class:`~nx47_widgets.views.registry.Views` holds
+(state, panel) pairs (:meth:`~nx47_widgets.views.panels.Panels.register`),
+and after the UI pump applied a batch it renders the panels whose state has
+another version (and, on a tick, those that show the time).  Charts are drawn with matplotlib on a background thread
 (:mod:`~nx47_widgets.views.mpl`), at most about once per second.
 """
 

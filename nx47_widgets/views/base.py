@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import ipywidgets as W
 
-__all__ = ["Syncer", "h", "section", "fmt", "nested_html", "human_bytes"]
+__all__ = ["Syncer", "h", "section", "button", "fmt", "nested_html", "human_bytes"]
 
 
 class Syncer:
@@ -80,6 +80,13 @@ def h(text: Any) -> str:
 def section(title: str) -> W.HTML:
     """A panel's heading."""
     return W.HTML(f"<h3 style='margin:8px 0 2px 0'>{h(title)}</h3>")
+
+
+def button(text: str, cls: str, tooltip: str = "") -> W.Button:
+    """A button as wide as its text, with the CSS class ``cls``."""
+    b = W.Button(description=text, tooltip=tooltip, layout=W.Layout(width="auto"))
+    b.add_class(cls)
+    return b
 
 
 def fmt(v: Any) -> str:

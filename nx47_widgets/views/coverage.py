@@ -34,12 +34,12 @@ class CoveragePanel:
         self.widget = self.html
         self.last: dict[str, Any] = {}
 
-    def render(self, model: CoverageModel | None, note: str = "") -> None:
-        """Show ``model`` (None: only ``note``, e.g. why discovery failed)."""
-        if model is None:
+    def render(self, state: CoverageModel | None, note: str = "") -> None:
+        """Show ``state`` (None: only ``note``, e.g. why discovery failed)."""
+        if state is None:
             self.syncer.set(self.html, value=f"<div class='nx47-cov'>{h(note or 'no data discovered yet')}</div>")
             return
-        s, problem = model.checked_summary()
+        s, problem = state.checked_summary()
         if problem:
             note = f"{note} · {problem}"
         self.last = s
@@ -77,7 +77,7 @@ class CoveragePanel:
         body = "<table class='nx47-cov'>" + "".join(
             f"<tr><td style='padding-right:12px;color:#555'>{h(k)}</td><td>{v}</td></tr>"
             for k, v in rows) + "</table>"
-        if getattr(model.config, "auto_coverage", False):
+        if getattr(state.config, "auto_coverage", False):
             body += ("<div style='color:#1565c0'>auto coverage is on: after its preflight "
                      "the run replaces these caps by the largest coverage that fits the "
                      "budget</div>")
@@ -85,7 +85,7 @@ class CoveragePanel:
             body += f"<div class='nx47-hint nx47-selection-warning'>{h(w)}</div>"
         if note:
             body += f"<div style='color:#555'>{h(note)}</div>"
-        body += issues_html(getattr(model, "issues", []))
+        body += issues_html(getattr(state, "issues", []))
         self.syncer.set(self.html, value=body)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ipywidgets as W
 
-from nx47_widgets.state.header import HeaderInfo, describe
+from nx47_widgets.state.dashboard import DashboardState
+from nx47_widgets.state.header import HeaderInfo, describe, header_info
 from nx47_widgets.views.base import Syncer, h
 from nx47_widgets.views.colours import light_colour, outcome_colour
 
@@ -53,5 +54,7 @@ class HeaderPanel:
         self.widget = W.VBox([self.strip, progress], layout=W.Layout(width="100%"))
         self.widget.add_class("nx47-header")
 
-    def render(self, info: HeaderInfo) -> None:
-        self.syncer.set(self.strip, value=header_html(info))
+    def render(self, state: DashboardState, now: float | None = None) -> None:
+        """Show the header of the run ``state`` at wall time ``now`` (default:
+        its heartbeat's clock)."""
+        self.syncer.set(self.strip, value=header_html(header_info(state, now)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipywidgets as W
 
-from nx47_widgets.state.heartbeat import WAITING, HeartbeatState
-from nx47_widgets.state.outcome import Outcome, Verdict
+from nx47_widgets.state.dashboard import DashboardState
+from nx47_widgets.state.heartbeat import WAITING
+from nx47_widgets.state.outcome import Outcome
 from nx47_widgets.views.base import Syncer, h, section
 from nx47_widgets.views.colours import light_colour, outcome_colour
 
@@ -35,23 +36,25 @@ class HeartbeatPanel:
         self.widget = W.VBox([section("Heartbeat"), self.html])
         self.state = WAITING
 
-    def render(self, state: HeartbeatState, now: float | None = None,
-               verdict: Verdict | None = None) -> None:
-        """Show the light of ``state`` at wall time ``now`` (default: its clock).
+    def render(self, state: DashboardState, now: float | None = None) -> None:
+        """Show the light of the run ``state`` at wall time ``now`` (default:
+        its heartbeat's clock).
 
-        Once the run ended, ``verdict`` (how it ended: fallback, budget cut,
+        Once the run ended, its verdict (how it ended: fallback, budget cut,
         killed, lost ...) gives the light its colour and words; the ages then
         count to the end of the run, not to now.
         """
-        v = state.view(now)
+        verdict = state.results.verdict
+        hb = state.heartbeat
+        v = hb.view(now)
         self.state = v.state
         colour, words, outcome = light_colour(v.state), v.words, ""
-        if verdict is not None and state.final is not None and verdict.outcome is not Outcome.RUNNING:
+        if hb.final is not None and verdict.outcome is not Outcome.RUNNING:
             colour, words, outcome = outcome_colour(verdict.outcome), verdict.words, verdict.outcome.value
         cpu = "-" if v.cpu_pct is None else f"{v.cpu_pct:.0f}%"
         rss = "-" if v.rss_mb is None else f"{v.rss_mb:.0f} MB"
         ages = (f"last beat {_ago(v.since_beat_s)} · last progress {_ago(v.since_progress_s)}"
-                if state.final is None else
+                if hb.final is None else
                 f"ended · last beat {_before(v.since_beat_s)} before the end")
         body = (
             f"<div class='nx47-hb' data-state='{v.state}' data-outcome='{outcome}' "

@@ -23,7 +23,7 @@ class LogPanel:
     ----------
     syncer : Syncer
     state : LogState
-        The log shown (see :meth:`bind`).
+        The log shown (until :meth:`render` shows another).
     kinds : sequence of str
         Event kind values offered by the kind filter.
     lock : threading.RLock, optional
@@ -46,12 +46,6 @@ class LogPanel:
         self.kind.observe(self._on_filter, names="value")
         self.widget = W.VBox([section("Event log"), W.HBox([self.level, self.kind]), self.text])
 
-    def bind(self, state: LogState) -> None:
-        """Show ``state`` from now on, with the filters the controls show."""
-        with self._lock:
-            self.state = state
-            self._apply_filter()
-
     def _apply_filter(self) -> None:
         kind = self.kind.value
         self.state.set_filter(min_level=self.level.value,
@@ -60,10 +54,16 @@ class LogPanel:
     def _on_filter(self, change: dict) -> None:
         with self._lock:
             self._apply_filter()
-            self.render()
+            self.render(self.state)
 
-    def render(self, limit: int = 200) -> None:
-        """Show the last ``limit`` lines that pass the filters."""
-        lines = [e.line() for e in self.state.visible(limit)]
+    def render(self, state: LogState, limit: int = 200) -> None:
+        """Show the last ``limit`` lines of ``state`` that pass the filters
+        (another log, a new run's, is shown from now on, with the filters the
+        controls show)."""
+        with self._lock:
+            if state is not self.state:
+                self.state = state
+                self._apply_filter()
+            lines = [e.line() for e in state.visible(limit)]
         body = h("\n".join(lines)) if lines else "<i>no event yet</i>"
         self.syncer.set(self.text, value=f"<div class='nx47-log-view'><div>{body}</div></div>")

@@ -7,6 +7,7 @@ and pass / fail / note marks saved to ``qa.json``."""
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable
 
 import ipywidgets as W
 
@@ -25,13 +26,13 @@ from nx47_widgets.render import (
     render_panels,
 )
 from nx47_widgets.state.preview import AXES, INFER_SPLIT, PreviewState
-from nx47_widgets.state.qa import QaMarks
 from nx47_widgets.state.topo import ValidationScores
-from nx47_widgets.views.base import Syncer, h, section
+from nx47_widgets.views.base import Syncer, button, h, section
 from nx47_widgets.views.canvas import SliceCanvas
+from nx47_widgets.views.qa import QaPanel
 from nx47_widgets.views.topo import TopoTable
 
-__all__ = ["PreviewPanel", "legend_html", "available_overlays"]
+__all__ = ["PreviewPanel", "legend_html", "available_overlays", "counts_html"]
 
 
 def _rgb(c: tuple[int, int, int]) -> str:
@@ -71,10 +72,16 @@ def available_overlays(p) -> dict[str, str]:
     }
 
 
-def _button(text: str, cls: str, tooltip: str = "") -> W.Button:
-    b = W.Button(description=text, tooltip=tooltip, layout=W.Layout(width="auto"))
-    b.add_class(cls)
-    return b
+def counts_html(counts: dict) -> str:
+    """The slice's error counts (``fp``, ``fn``, ``tp``; empty: why there are none)."""
+    if not counts:
+        text = "<span class='nx47-hint'>error counts need a label and a prediction</span>"
+    else:
+        text = (f"this slice: <b style='color:rgb{FP_RGB}'>{counts['fp']}</b> false positives · "
+                f"<b style='color:#b8860b'>{counts['fn']}</b> false negatives · "
+                f"{counts['tp']} true positives")
+    return (f"<span data-fp='{counts.get('fp', '')}' "
+            f"data-fn='{counts.get('fn', '')}'>{text}</span>")
 
 
 #: The viewer's keys, as the help line says them.
@@ -92,21 +99,30 @@ class PreviewPanel:
     ----------
     syncer : Syncer
     state : PreviewState
-        The selection this panel shows and changes (see :meth:`bind`).
+        The selection this panel shows and changes (until :meth:`render`
+        shows another run).
     lock : threading.RLock, optional
         Shared with the UI pump's flush, so that user changes and event
         batches never interleave.
     scores : ValidationScores, optional
         The run's per-volume validation records: the selected validation
         volume's TopoScore table (none: read only ``<id>.json`` next to its mask).
+    on_change : callable, optional
+        Called after a user's action changed the selection, to render what
+        changed (the dashboard's view registry renders this panel); default:
+        this panel redraws itself.
     """
 
     def __init__(self, syncer: Syncer, state: PreviewState,
-                 lock: threading.RLock | None = None, scores: ValidationScores | None = None) -> None:
+                 lock: threading.RLock | None = None, scores: ValidationScores | None = None,
+                 on_change: Callable[[], Any] | None = None) -> None:
         self.syncer = syncer
         self.state = state
         self.scores = scores if scores is not None else ValidationScores(state.out_dir)
+        self._lock = lock if lock is not None else threading.RLock()
+        self._changed = on_change if on_change is not None else self._draw
         self.topo = TopoTable(syncer)
+        self.qa = QaPanel(syncer, self._lock)
         self.volume = W.Dropdown(options=[], description="Volume")
         self.axis = W.ToggleButtons(options=list(AXES), value="z", description="Axis",
                                     style={"button_width": "40px"})
@@ -133,29 +149,21 @@ class PreviewPanel:
         self.zoom = W.FloatLogSlider(value=1.0, base=2, min=0, max=6, step=0.25, description="Zoom",
                                      continuous_update=False, readout_format=".2f")
         self.zoom.add_class("nx47-zoom")
-        self.reset_view = _button("reset view", "nx47-reset-view", "fit the slice (double-click)")
+        self.reset_view = button("reset view", "nx47-reset-view", "fit the slice (double-click)")
         self.view_info = W.HTML("")
         self.view_info.add_class("nx47-view-info")
         self.keys = {
-            "prev_slice": _button("‹ slice", "nx47-key-prev-slice", "previous slice (←)"),
-            "next_slice": _button("slice ›", "nx47-key-next-slice", "next slice (→)"),
-            "prev_volume": _button("‹ volume", "nx47-key-prev-volume", "previous volume (↑)"),
-            "next_volume": _button("volume ›", "nx47-key-next-volume", "next volume (↓)"),
+            "prev_slice": button("‹ slice", "nx47-key-prev-slice", "previous slice (←)"),
+            "next_slice": button("slice ›", "nx47-key-next-slice", "next slice (→)"),
+            "prev_volume": button("‹ volume", "nx47-key-prev-volume", "previous volume (↑)"),
+            "next_volume": button("volume ›", "nx47-key-next-volume", "next volume (↓)"),
         }
         # hidden targets of the l / p / e keys
-        self.toggles = {name: _button(name, f"nx47-key-{name}") for name in ("label", "pred", "error")}
+        self.toggles = {name: button(name, f"nx47-key-{name}") for name in ("label", "pred", "error")}
         for b in self.toggles.values():
             b.layout.display = "none"
         self.counts = W.HTML("")
         self.counts.add_class("nx47-slice-counts")
-        self.mark_pass = _button("Pass", "nx47-qa-pass", "mark this volume as passing QA")
-        self.mark_fail = _button("Fail", "nx47-qa-fail", "mark this volume as failing QA")
-        self.note = W.Text(placeholder="note on this volume (Enter saves)", continuous_update=False,
-                           layout=W.Layout(width="60%"))
-        self.note.add_class("nx47-qa-note")
-        self.mark_info = W.HTML("")
-        self.mark_info.add_class("nx47-qa-info")
-        self.qa: QaMarks | None = None
         # hidden until the first picture
         self.canvas = SliceCanvas(on_change=self._on_camera)
         self.canvas.widget.add_class("nx47-preview-image")
@@ -168,7 +176,6 @@ class PreviewPanel:
                                       render=render_panels)
         self._updating = False
         self._zoom_echo = False
-        self._lock = lock if lock is not None else threading.RLock()
         for w in (self.volume, self.axis, self.index):
             w.observe(self._on_user, names="value")
         for w in (*self.overlays.values(), self.opacity, self.layout_mode):
@@ -176,41 +183,17 @@ class PreviewPanel:
         self.zoom.observe(self._on_zoom, names="value")
         self.reset_view.on_click(lambda _b: self.canvas.reset())
         self.follow.observe(self._on_follow, names="value")
-        self.worst_first.observe(lambda _c: self.render(), names="value")
+        self.worst_first.observe(lambda _c: self._draw(), names="value")
         self.keys["prev_slice"].on_click(lambda _b: self._act(lambda: self.state.step_slice(-1)))
         self.keys["next_slice"].on_click(lambda _b: self._act(lambda: self.state.step_slice(1)))
         self.keys["prev_volume"].on_click(lambda _b: self._act(lambda: self.state.step_volume(-1, self._order())))
         self.keys["next_volume"].on_click(lambda _b: self._act(lambda: self.state.step_volume(1, self._order())))
         for name, b in self.toggles.items():
             b.on_click(lambda _b, n=name: self._toggle(n))
-        self.mark_pass.on_click(lambda _b: self.set_mark("pass"))
-        self.mark_fail.on_click(lambda _b: self.set_mark("fail"))
-        self.note.observe(lambda c: self.set_mark(None, note=c["new"]), names="value")
-        row = lambda *ws: W.HBox(list(ws), layout=W.Layout(flex_flow="row wrap", align_items="center"))  # noqa: E731
-        controls = W.VBox([
-            row(self.volume, self.follow, self.worst_first),
-            row(self.keys["prev_volume"], self.keys["next_volume"], self.keys["prev_slice"],
-                self.keys["next_slice"], *self.toggles.values()),
-            self.axis, self.index,
-            row(*self.overlays.values()), self.overlay_note, self.layout_mode, self.opacity,
-            row(self.zoom, self.reset_view), self.view_info, self.info, self.topo.widget,
-            self.counts, self.legend,
-            row(self.mark_pass, self.mark_fail, self.note), self.mark_info,
-            W.HTML(f"<div class='nx47-hint'>{KEY_HELP}</div>"),
-        ])
         # the picture takes the column's width, the controls go under it
-        self.widget = W.VBox([section("Slice viewer (QA)"), self.canvas.widget, controls],
+        self.widget = W.VBox([section("Slice viewer (QA)"), self.canvas.widget, _controls(self)],
                              layout=W.Layout(width="100%"))
         self.widget.add_class("nx47-preview")
-
-    def bind(self, state: PreviewState, scores: ValidationScores | None = None) -> None:
-        """Show ``state`` (and the run's validation records ``scores``) from
-        now on (a new run has a new state)."""
-        with self._lock:
-            self.state = state
-            self.scores = scores if scores is not None else ValidationScores(state.out_dir)
-            self.qa = None
-            self.topo.render(None)
 
     def _order(self) -> list[str]:
         return self.state.ordered(bool(self.worst_first.value))
@@ -218,48 +201,12 @@ class PreviewPanel:
     def _act(self, fn) -> None:
         with self._lock:
             fn()
-            self.render()
+            self._changed()
 
     def _toggle(self, name: str) -> None:
         cb = self.overlays[name]
         if not cb.disabled:
             cb.value = not cb.value
-
-    # -- QA marks -----------------------------------------------------------
-    def marks(self) -> QaMarks | None:
-        """The QA marks of the run shown (``qa.json`` in its folder)."""
-        if self.qa is None and self.state.out_dir is not None:
-            self.qa = QaMarks.load(self.state.out_dir)
-        return self.qa
-
-    def set_mark(self, mark: str | None, note: str | None = None) -> None:
-        """Mark the volume shown (``"pass"``, ``"fail"``) and/or note it; saved at once."""
-        if self._updating:
-            return
-        with self._lock:
-            qa, key = self.marks(), self.state.volume
-            if qa is None or key is None:
-                return
-            try:
-                qa.mark(key, mark=mark, note=note)
-            except OSError as exc:
-                self.syncer.set(self.mark_info, value=f"<span style='color:#c62828'>cannot save "
-                                                      f"{h(qa.path)}: {h(exc)}</span>")
-                return
-            self._show_mark(key)
-
-    def _show_mark(self, key: str) -> None:
-        qa = self.marks()
-        entry = qa.get(key) if qa is not None else {}
-        mark = entry.get("mark", "")
-        colour = {"pass": "#2e7d32", "fail": "#c62828"}.get(mark, "#555")
-        text = (f"<b style='color:{colour}'>{h(mark or 'not marked')}</b>"
-                + (f" · note: {h(entry['note'])}" if entry.get("note") else "")
-                + (f" · saved in {h(qa.path)}" if qa is not None and entry else ""))
-        self.syncer.set(self.mark_info, value=f"<span data-mark='{h(mark)}'>{text}</span>")
-        self.syncer.set(self.mark_pass, button_style="success" if mark == "pass" else "")
-        self.syncer.set(self.mark_fail, button_style="danger" if mark == "fail" else "")
-        self.syncer.set(self.note, value=entry.get("note", ""))
 
     # -- user actions -----------------------------------------------------
     def _on_user(self, change: dict) -> None:
@@ -273,7 +220,7 @@ class PreviewPanel:
                 self.state.select(axis=change["new"])
             elif owner is self.index:
                 self.state.select(index=change["new"])
-            self.render()
+            self._changed()
 
     def _on_style(self, change: dict) -> None:
         if not self._updating:
@@ -287,10 +234,21 @@ class PreviewPanel:
                 self.state.follow_live()
             else:
                 self.state.take_control()
-            self.render()
+            self._changed()
 
     # -- state -> widgets ---------------------------------------------------
-    def render(self) -> None:
+    def render(self, state: Any) -> None:
+        """Show the run ``state`` (a :class:`~nx47_widgets.state.DashboardState`):
+        its previews' selection in the controls, its validation records in the
+        TopoScore table, and request the slice's PNG.  Another run's state is
+        shown from now on (nothing of the last run stays on screen)."""
+        with self._lock:
+            if state.preview is not self.state or state.scores is not self.scores:
+                self.state, self.scores = state.preview, state.scores
+                self.topo.render(None)
+            self._draw()
+
+    def _draw(self) -> None:
         """Copy the selection into the controls and request the slice's PNG."""
         with self._lock:
             st = self.state
@@ -307,6 +265,7 @@ class PreviewPanel:
                                                      "for this run's first slice</span>")
                     self.syncer.set(self.counts, value="")
                     self.topo.render(None)
+                    self.qa.render(st)
                     return
                 size = st.axis_size(p, st.axis)
                 self.syncer.set(self.volume, value=st.volume)
@@ -322,7 +281,7 @@ class PreviewPanel:
                     f" {h('x'.join(str(s) for s in p.shape))}{score}"
                     f" · {st.axis}={st.index}{every}"))
                 self._show_topo(p)
-                self._show_mark(st.volume)
+                self.qa.render(st)
             finally:
                 self._updating = False
             self.request()
@@ -405,15 +364,27 @@ class PreviewPanel:
             self._zoom_echo = False
 
     def _on_counts(self, req: SliceRequest, counts: dict) -> None:
-        if not counts:
-            text = "<span class='nx47-hint'>error counts need a label and a prediction</span>"
-        else:
-            text = (f"this slice: <b style='color:rgb{FP_RGB}'>{counts['fp']}</b> false positives · "
-                    f"<b style='color:#b8860b'>{counts['fn']}</b> false negatives · "
-                    f"{counts['tp']} true positives")
-        self.syncer.set(self.counts, value=f"<span data-fp='{counts.get('fp', '')}' "
-                                           f"data-fn='{counts.get('fn', '')}'>{text}</span>")
+        self.syncer.set(self.counts, value=counts_html(counts))
 
     def _on_error(self, req: SliceRequest, exc: BaseException) -> None:
         self.syncer.set(self.info, value=f"<span style='color:#c62828'>cannot render "
                                          f"{h(req.image)}: {h(exc)}</span>")
+
+
+def _row(*ws: W.Widget) -> W.HBox:
+    return W.HBox(list(ws), layout=W.Layout(flex_flow="row wrap", align_items="center"))
+
+
+def _controls(p: PreviewPanel) -> W.VBox:
+    """The viewer's controls, under its picture."""
+    return W.VBox([
+        _row(p.volume, p.follow, p.worst_first),
+        _row(p.keys["prev_volume"], p.keys["next_volume"], p.keys["prev_slice"],
+             p.keys["next_slice"], *p.toggles.values()),
+        p.axis, p.index,
+        _row(*p.overlays.values()), p.overlay_note, p.layout_mode, p.opacity,
+        _row(p.zoom, p.reset_view), p.view_info, p.info, p.topo.widget,
+        p.counts, p.legend,
+        _row(p.qa.mark_pass, p.qa.mark_fail, p.qa.note), p.qa.mark_info,
+        W.HTML(f"<div class='nx47-hint'>{KEY_HELP}</div>"),
+    ])

@@ -14,6 +14,7 @@ import ipywidgets as W
 from nx47_pipeline.io.run_folder import SUBMISSION
 from nx47_pipeline.telemetry.format import format_duration
 
+from nx47_widgets.state.dashboard import DashboardState
 from nx47_widgets.state.preview import INFER_COMMAND
 from nx47_widgets.state.results import ResultsState
 from nx47_widgets.state.timeline import Timeline
@@ -108,28 +109,28 @@ class ResultsPanel:
         self.syncer.set(self.link, value=(f"<a download='{h(name)}' "
                                           f"href='data:application/zip;base64,{b64}'>save {h(name)}</a>"))
 
-    def render(self, state: ResultsState, timeline: Timeline | None = None) -> None:
-        """Show the results of ``state`` (and the stage timeline)."""
-        if timeline is not None:
-            self.syncer.set(self.timeline, value=timeline_html(timeline))
-        v = state.verdict
-        if not state.ended and not state.stats:
+    def render(self, state: DashboardState) -> None:
+        """Show the results of the run ``state`` and its stage timeline."""
+        self.syncer.set(self.timeline, value=timeline_html(state.progress.timeline))
+        res = state.results
+        v = res.verdict
+        if not res.ended and not res.stats:
             self.syncer.set(self.html, value="<i>no result yet</i>")
             self._show_download(None)
             return
         parts = [
             f"<div style='font-size:15px'>status: <b class='nx47-status' "
-            f"data-status='{h(state.status or v.outcome.value)}' data-outcome='{v.outcome.value}' "
+            f"data-status='{h(res.status or v.outcome.value)}' data-outcome='{v.outcome.value}' "
             f"style='color:{outcome_colour(v.outcome)}'>{h(v.label)}</b> <span class='nx47-verdict'>"
-            f"— {h(v.words)}</span> · duration {format_duration(state.duration_s)}</div>"]
-        stats = state.stats
+            f"— {h(v.words)}</span> · duration {format_duration(res.duration_s)}</div>"]
+        stats = res.stats
         score = (stats.get("validation") or {}).get("mean_score")
         per_vol = (stats.get("validation") or {}).get("per_volume") or {}
         if score is not None:
             parts.append(f"<div style='font-size:15px'>validation score "
                          f"<b class='nx47-score'>{score:.4f}</b> "
                          f"<span class='nx47-hint'>(mean over {len(per_vol)} volume{'s' if len(per_vol) != 1 else ''})</span></div>")
-        elif state.ended and state.command != INFER_COMMAND:
+        elif res.ended and res.command != INFER_COMMAND:
             parts.append("<div class='nx47-hint'>no validation score (no volume was validated)</div>")
         fb = stats.get("fallback_ids") or []
         if fb:
@@ -138,20 +139,20 @@ class ResultsPanel:
                          f"#e65100;padding:4px 8px;margin:4px 0'>&#9888; {len(fb)} of {n_test} test "
                          f"volumes got the fallback segmentation (no model): {h(', '.join(map(str, fb)))}"
                          "</div>")
-        size = _size(state.submission)
-        if state.command == INFER_COMMAND:  # a zarr folder: shown in the slice viewer, not downloaded
+        size = _size(res.submission)
+        if res.command == INFER_COMMAND:  # a zarr folder: shown in the slice viewer, not downloaded
             size = None
-            sub = (f"<code class='nx47-submission'>{h(state.submission)}</code> (zarr, uint8 0/1; "
-                   "in the slice viewer)" if state.submission else "<i>none</i>")
+            sub = (f"<code class='nx47-submission'>{h(res.submission)}</code> (zarr, uint8 0/1; "
+                   "in the slice viewer)" if res.submission else "<i>none</i>")
             parts.append(f"<div>mask: {sub}</div>")
         else:
-            sub = (f"<code class='nx47-submission'>{h(state.submission)}</code> ({human_bytes(size)})"
-                   if state.submission else "<i>none</i>")
+            sub = (f"<code class='nx47-submission'>{h(res.submission)}</code> ({human_bytes(size)})"
+                   if res.submission else "<i>none</i>")
             parts.append(f"<div>submission: {sub}</div>")
-        parts.append(self._verification(state))
+        parts.append(self._verification(res))
         parts.append(_stats_sections(stats))
         self.syncer.set(self.html, value="".join(parts))
-        self._show_download(state.submission if size is not None else None, size)
+        self._show_download(res.submission if size is not None else None, size)
 
     def _show_download(self, path: str | None, size: int | None = None) -> None:
         self._path = path

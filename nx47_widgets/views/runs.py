@@ -181,12 +181,12 @@ class RunsPanel:
 
     def refresh(self) -> list[RunSummary]:
         """Scan the folder again and show its runs."""
-        self.runs = self._scan(self.root.value)
-        self.render()
+        self.render(self._scan(self.root.value))
         return self.runs
 
-    def render(self) -> None:
-        """Show :attr:`runs`."""
+    def render(self, state: list[RunSummary]) -> None:
+        """Show the runs ``state`` (kept as :attr:`runs`), the one shown marked."""
+        self.runs = state
         self.syncer.set(self.table, value=runs_table(self.runs, links=self.links,
                                                      current=self.current, root=self.root.value))
         options = [(f"{r.folder}{' · infer' if r.kind == INFER else ''} · {r.verdict.label}", str(r.folder))

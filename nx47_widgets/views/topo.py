@@ -213,10 +213,10 @@ class TopoTable:
         self.widget = W.HTML("", layout=W.Layout(display="none", max_width="100%"))
         self.widget.add_class("nx47-topo-box")
 
-    def render(self, bd: TopoBreakdown | None) -> None:
-        """Show ``bd`` (None: hide the table)."""
-        if bd is None:
+    def render(self, state: TopoBreakdown | None) -> None:
+        """Show ``state`` (None: hide the table)."""
+        if state is None:
             self.syncer.set(self.widget.layout, display="none")
             return
-        self.syncer.set(self.widget, value=topo_html(bd))
+        self.syncer.set(self.widget, value=topo_html(state))
         self.syncer.set(self.widget.layout, display="")

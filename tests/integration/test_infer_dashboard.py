@@ -97,13 +97,13 @@ def test_opening_an_infer_folder_replays_it_and_the_viewer_reads_one_slice_of_in
         assert st.results.verdict.outcome is Outcome.OK and st.results.command == "infer"
         assert st.progress.bars["global"].value == 1.0
         assert any(e.kind == "EXEC_COMPLETE" for e in st.log.entries)
-        card = d.results_panel.html.value
+        card = d.panels.results.html.value
         assert "mask: <code class='nx47-submission'>" in card and "no validation score" not in card
-        assert d.results_panel.download.layout.display == "none"  # a zarr folder is not downloaded
-        assert not d.cluster_panel.shown  # in process: no cluster.json
+        assert d.panels.results.download.layout.display == "none"  # a zarr folder is not downloaded
+        assert not d.panels.cluster.shown  # in process: no cluster.json
 
         # the viewer: the input, with mask.zarr as the prediction
-        pv = d.preview_panel
+        pv = d.panels.preview
         assert pv.state.order == ["infer/volume.zarr"]
         p = pv.state.current
         assert p.image_path == str(store) and p.pred_path == str(out / "mask.zarr")
@@ -156,7 +156,7 @@ def test_a_live_infer_folder_reads_running_and_shows_its_input_before_the_mask(c
             d.pump.pump_once()
             assert d.running and not d.state.ended
             assert "(chunk rate)" in d.state.progress.bars["global"].text
-            pv = d.preview_panel
+            pv = d.panels.preview
             p = pv.state.current
             assert p.image_path == str(case["store"]) and p.pred_path is None
             assert pv.overlays["pred"].disabled and "no mask yet" in pv.overlay_note.value

@@ -106,25 +106,25 @@ def test_volume_caps_are_the_counts_the_run_selects(tmp_path, ten_pairs):
     d = dash(tmp_path, ten_pairs)
     try:
         assert CAPS_HINT in d.settings.caps_hint.value and "0 = all" in CAPS_HINT
-        d.max_train.value = 4
-        assert d.max_val.max == 6  # what training leaves of the 10 pairs
-        d.max_val.value = 6
-        s = d.coverage_panel.last
+        d.settings.max_train.value = 4
+        assert d.settings.max_val.max == 6  # what training leaves of the 10 pairs
+        d.settings.max_val.value = 6
+        s = d.panels.coverage.last
         assert (s["n_train"], s["n_val"]) == run_selection(ten_pairs, 4, 6)
-        d.max_val.value = 3
-        assert d.max_train.max == 7
-        d.max_train.value = 7
-        s = d.coverage_panel.last
+        d.settings.max_val.value = 3
+        assert d.settings.max_train.max == 7
+        d.settings.max_train.value = 7
+        s = d.panels.coverage.last
         # what the run selects (scroll-aware: the held-out scroll's size may give fewer)
         assert (s["n_train"], s["n_val"]) == run_selection(ten_pairs, 7, 3)
         if (s["n_train"], s["n_val"]) != (7, 3):
-            assert "scroll-aware split gives" in d.coverage_panel.html.value
+            assert "scroll-aware split gives" in d.panels.coverage.html.value
         cfg = d.current_config()
         assert (cfg.max_train_volumes, cfg.max_val_volumes) == (7, 3)
-        d.max_train.value = 0  # 0 = all the pairs validation leaves
-        last = d.coverage_panel.last
+        d.settings.max_train.value = 0  # 0 = all the pairs validation leaves
+        last = d.panels.coverage.last
         assert (last["n_train"], last["n_val"]) == run_selection(ten_pairs, 0, 3)
-        assert d.max_val.max == 9
+        assert d.settings.max_val.max == 9
     finally:
         d.close()
 
@@ -132,10 +132,10 @@ def test_volume_caps_are_the_counts_the_run_selects(tmp_path, ten_pairs):
 def test_caps_over_the_data_are_set_to_the_split_and_the_page_says_so(tmp_path, ten_pairs):
     d = dash(tmp_path, ten_pairs, max_train_volumes=24, max_val_volumes=8)
     try:
-        assert (d.max_train.value, d.max_val.value) == (8, 2)
+        assert (d.settings.max_train.value, d.settings.max_val.value) == (8, 2)
         note = d.settings.caps_note.value
         assert "24" in note and "8 + 2" in note and "10 pairs" in note
-        s = d.coverage_panel.last
+        s = d.panels.coverage.last
         assert (s["n_train"], s["n_val"]) == run_selection(ten_pairs, 8, 2)
     finally:
         d.close()
@@ -174,15 +174,15 @@ def test_a_run_on_the_fallback_is_not_a_green_ok(tmp_path, ten_pairs):
     d = dash(tmp_path, ten_pairs)
     try:
         d.pump.pump_once()
-        html = d.results_panel.html.value
+        html = d.panels.results.html.value
         assert "data-outcome='fallback'" in html and "fallback segmentation" in html
         # the status itself is in the fallback's colour (the journal's check stays green)
         assert f"color:{OUTCOME_COLOURS[Outcome.FALLBACK]}'>fallback segmentation<" in html
         assert "2 of 2 test volumes got the fallback" in html
-        hb = d.heartbeat_panel.html.value
+        hb = d.panels.heartbeat.html.value
         assert "data-state='FINISHED'" in hb and "data-outcome='fallback'" in hb
         assert OUTCOME_COLOURS[Outcome.FALLBACK] in hb and OUTCOME_COLOURS[Outcome.OK] not in hb
-        assert "fallback" in d.status.value
+        assert "fallback" in d.controls.status.value
     finally:
         d.close()
 
@@ -253,10 +253,10 @@ def test_run_refuses_a_missing_data_root_with_an_inline_message(tmp_path):
     d = Dashboard(RunConfig(data_root=str(tmp_path / "nowhere"), out_dir=str(tmp_path / "out")),
                   start_pump=False)
     try:
-        d.run_button.click()
+        d.controls.run_button.click()
         assert d.runner is None
         assert "Data root" in d.controls.problems.value and "nowhere" in d.controls.problems.value
-        assert "not started" in d.status.value
+        assert "not started" in d.controls.status.value
         assert not (tmp_path / "out").exists()
     finally:
         d.close()
@@ -277,14 +277,14 @@ def test_run_refuses_an_output_folder_it_cannot_write(tmp_path, ten_pairs):
 def test_budget_out_of_range_is_reported_not_clamped(tmp_path, ten_pairs):
     d = dash(tmp_path, ten_pairs)
     try:
-        d.budget_min.value = 0.0
-        assert d.budget_min.value == 0.0  # kept as typed
+        d.settings.budget_min.value = 0.0
+        assert d.settings.budget_min.value == 0.0  # kept as typed
         assert "Budget (min) must be between" in d.controls.problems.value
-        d.run_button.click()
+        d.controls.run_button.click()
         assert d.runner is None
-        d.budget_min.value = 10 ** 7
+        d.settings.budget_min.value = 10 ** 7
         assert "got 10000000" in d.controls.problems.value
-        d.budget_min.value = 30.0
+        d.settings.budget_min.value = 30.0
         assert d.controls.problems.value == ""
     finally:
         d.close()
@@ -299,14 +299,14 @@ def test_a_busy_folder_offers_attach_instead_of_run(tmp_path, ten_pairs):
         d = Dashboard(RunConfig(data_root=str(ten_pairs), out_dir=str(out)), start_pump=False,
                       auto_attach=False)
         try:
-            assert d.run_button.disabled and d.run_button.description == "Run (folder busy)"
-            assert d.attach_button.description == "Attach to the running run"
+            assert d.controls.run_button.disabled and d.controls.run_button.description == "Run (folder busy)"
+            assert d.controls.attach_button.description == "Attach to the running run"
             assert "busy" in d.controls.problems.value
             with pytest.raises(RunRefused, match="busy"):
                 d.run()
-            d.attach_button.click()
+            d.controls.attach_button.click()
             assert d.runner is not None and d.running
-            assert "attached" in d.status.value and f"pid {proc.pid}" in d.status.value
+            assert "attached" in d.controls.status.value and f"pid {proc.pid}" in d.controls.status.value
         finally:
             d.close()
     finally:
@@ -323,22 +323,22 @@ def test_overlays_are_offered_only_where_the_volume_has_data(tmp_path, ten_pairs
         st.apply(ev(EventKind.PREVIEW, PreviewPayload(
             volume_id="t1", split="train", shape=[16, 16, 16], image_path="/x/i.tif",
             label_path="/x/l.tif")))
-        d.preview_panel.render()
-        ov = d.preview_panel.overlays
+        d.panels.preview.render(d.state)
+        ov = d.panels.preview.overlays
         assert not ov["label"].disabled
         assert ov["pred"].disabled and ov["prob"].disabled and ov["error"].disabled
-        assert "training volumes are not segmented" in d.preview_panel.overlay_note.value
-        assert d.preview_panel.make_request().overlays == ("label",)
+        assert "training volumes are not segmented" in d.panels.preview.overlay_note.value
+        assert d.panels.preview.make_request().overlays == ("label",)
         st.apply(ev(EventKind.PREVIEW, PreviewPayload(
             volume_id="s1", split="test", shape=[16, 16, 16], image_path="/x/i.tif",
             pred_path="/x/p.tif", prob_path="/x/q.tif")))
-        d.preview_panel.render()
+        d.panels.preview.render(d.state)
         assert ov["label"].disabled and ov["error"].disabled and not ov["pred"].disabled
-        assert "test volumes have none" in d.preview_panel.overlay_note.value
-        legend = d.preview_panel.legend.value
+        assert "test volumes have none" in d.panels.preview.overlay_note.value
+        legend = d.panels.preview.legend.value
         for words in ("label: surface", "prediction", "false positive", "false negative", "probability"):
             assert words in legend
-        assert d.preview_panel.canvas.widget.layout.display == "none"  # no empty picture before a preview
+        assert d.panels.preview.canvas.widget.layout.display == "none"  # no empty picture before a preview
     finally:
         d.close()
 
@@ -413,7 +413,7 @@ def test_global_stats_are_readable_tables_with_one_journal_head(tmp_path, ten_pa
     d = dash(tmp_path, ten_pairs)
     try:
         d.pump.pump_once()
-        html = d.results_panel.html.value
+        html = d.panels.results.html.value
         assert "class='nx47-score'>0.1450<" in html
         assert all(f">v{i}<" in html for i in range(30))  # every volume, worst first
         assert html.index(">v0<") < html.index(">v29<")
@@ -484,17 +484,17 @@ def test_run_over_an_ended_run_asks_first_and_changes_nothing_until_confirmed(tm
                     max_val_volumes=2)
     d = Dashboard(cfg, start_pump=False, job=lambda config, cancel, sink: ran.append(config))
     try:
-        d.run_button.click()
+        d.controls.run_button.click()
         assert d.controls.asking and not ran and not d.running
         assert str(out) in d.controls.confirm_text.value and "stale-" in d.controls.confirm_text.value
-        assert "not started" in d.status.value
+        assert "not started" in d.controls.status.value
         d.controls.cancel_button.click()
         assert not d.controls.asking and _files(out) == before
-        d.run_button.click()
-        d.out_dir.value = str(tmp_path / "elsewhere")  # another folder withdraws the question
+        d.controls.run_button.click()
+        d.settings.out_dir.value = str(tmp_path / "elsewhere")  # another folder withdraws the question
         assert not d.controls.asking
-        d.out_dir.value = str(out)
-        d.run_button.click()
+        d.settings.out_dir.value = str(out)
+        d.controls.run_button.click()
         assert _files(out) == before
         d.controls.confirm_button.click()  # the explicit action
         assert d.runner is not None and d.runner.join(10)
@@ -506,12 +506,12 @@ def test_run_over_an_ended_run_asks_first_and_changes_nothing_until_confirmed(tm
 def test_a_fixed_problem_clears_the_refusal(tmp_path, ten_pairs):
     d = dash(tmp_path, ten_pairs)
     try:
-        d.budget_min.value = 0.0
-        assert "refused" in d.coverage_panel.html.value and "6.0s" not in d.coverage_panel.html.value
-        d.run_button.click()
-        assert "RunRefused" in d.status.value and "Budget" in d.status.value
-        d.budget_min.value = 30.0
-        assert "RunRefused" not in d.status.value
-        assert d.coverage_panel.last["budget_s"] == 1800.0
+        d.settings.budget_min.value = 0.0
+        assert "refused" in d.panels.coverage.html.value and "6.0s" not in d.panels.coverage.html.value
+        d.controls.run_button.click()
+        assert "RunRefused" in d.controls.status.value and "Budget" in d.controls.status.value
+        d.settings.budget_min.value = 30.0
+        assert "RunRefused" not in d.controls.status.value
+        assert d.panels.coverage.last["budget_s"] == 1800.0
     finally:
         d.close()

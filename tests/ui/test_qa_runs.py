@@ -79,7 +79,7 @@ def test_qa_viewer_orders_navigates_zooms_counts_and_saves_marks(tmp_path, volum
     d = Dashboard(RunConfig(data_root=str(root), out_dir=str(out)), start_pump=False)
     try:
         d.pump.pump_once()
-        v = d.preview_panel
+        v = d.panels.preview
         keys = [o[1] for o in v.volume.options]
         assert keys == [f"val/{a.id}", f"val/{b.id}"]
         v.worst_first.value = True
@@ -139,15 +139,15 @@ def test_qa_viewer_orders_navigates_zooms_counts_and_saves_marks(tmp_path, volum
         assert f"data-fp='{counts['fp']}'" in v.counts.value and "false negatives" in v.counts.value
 
         # marks: saved to qa.json at once, shown, and read back by the runs page
-        v.mark_fail.click()
-        v.note.value = "misses the lower sheet"
+        v.qa.mark_fail.click()
+        v.qa.note.value = "misses the lower sheet"
         saved = json.loads((out / "qa.json").read_text())
         entry = saved["volumes"][f"val/{a.id}"]
         assert entry["mark"] == "fail" and entry["note"] == "misses the lower sheet"
-        assert "data-mark='fail'" in v.mark_info.value
+        assert "data-mark='fail'" in v.qa.mark_info.value
         assert QaMarks.load(out).counts() == {"pass": 0, "fail": 1, "note": 1}
-        d.runs_panel.refresh_button.click()
-        assert "1 fail" in d.runs_panel.table.value
+        d.panels.runs.refresh_button.click()
+        assert "1 fail" in d.panels.runs.table.value
     finally:
         d.close()
 
@@ -198,14 +198,14 @@ def test_runs_page_lists_every_run_with_its_outcome_and_address(tmp_path, volume
         d = Dashboard(RunConfig(data_root=str(root), out_dir=str(runs / "new")), start_pump=False)
         try:
             assert d.session.folder is None and not d.running
-            assert d.out_dir.value == str(runs / "new") and not (runs / "new").exists()
+            assert d.settings.out_dir.value == str(runs / "new") and not (runs / "new").exists()
             assert "e-live" in d.controls.offer_text.value
             assert d.controls.offer_button.layout.display != "none"
             d.controls.offer_button.click()
             assert d.session.folder == live.resolve() and d.running
-            assert "e-live" in d.runs_panel.table.value and "shown" in d.runs_panel.table.value
-            d.runs_panel.choice.value = str(runs / "a-ok")
-            d.runs_panel.open_button.click()
+            assert "e-live" in d.panels.runs.table.value and "shown" in d.panels.runs.table.value
+            d.panels.runs.choice.value = str(runs / "a-ok")
+            d.panels.runs.open_button.click()
             assert d.session.folder == (runs / "a-ok").resolve()
         finally:
             d.close()

@@ -43,15 +43,15 @@ def dash(run):
 
 
 def select(d: Dashboard, key: str) -> str:
-    d.preview_panel.volume.value = key  # as the user picks it in the viewer's Volume list
+    d.panels.preview.volume.value = key  # as the user picks it in the viewer's Volume list
     assert d.state.preview.volume == key
-    return d.preview_panel.topo.widget.value
+    return d.panels.preview.topo.widget.value
 
 
 def test_the_selected_volume_shows_its_counts_per_dimension(dash):
     d, out, (a, b, c) = dash
     html = select(d, f"val/{a}")
-    assert d.preview_panel.topo.widget.layout.display == ""
+    assert d.panels.preview.topo.widget.layout.display == ""
     assert f"data-volume='{a}'" in html and "data-recorded='1'" in html
     assert "TopoScore by dimension" in html
     r = rows(html)
@@ -84,8 +84,8 @@ def test_selecting_another_volume_updates_the_table(dash):
     assert "stats.json" in html and "F1 undefined" not in html
     assert "no labelled tunnels: F1 = 0.5 / (predicted + 0.5)" in html
     # the viewer's keys move the table along too
-    d.preview_panel.keys["prev_volume"].click()
-    assert f"data-volume='{a}'" in d.preview_panel.topo.widget.value
+    d.panels.preview.keys["prev_volume"].click()
+    assert f"data-volume='{a}'" in d.panels.preview.topo.widget.value
 
 
 def test_a_record_without_the_parts_says_not_recorded(dash):
@@ -103,13 +103,13 @@ def test_a_volume_without_any_record_and_a_new_record_on_disk(dash):
     st.per_volume.pop(c)
     (out / "val" / f"{c}.json").unlink()
     try:
-        d.preview_panel.render()
+        d.panels.preview.render(d.state)
         html = select(d, f"val/{c}")
         assert "not recorded — no validation scores for volume" in html
         # the validate stage writes the volume's record: the next render reads it
         write_json(out / "val" / f"{c}.json", records()[1])
-        d.preview_panel.render()
-        assert rows(d.preview_panel.topo.widget.value)[2][1:4] == ["1", "1", "2"]
+        d.panels.preview.render(d.state)
+        assert rows(d.panels.preview.topo.widget.value)[2][1:4] == ["1", "1", "2"]
     finally:
         write_json(out / "val" / f"{c}.json", records()[2])
         st.per_volume[c] = records()[2]
@@ -138,7 +138,7 @@ def test_partial_and_malformed_records_show_what_is_there():
 
 def test_results_card_lists_compact_counts_per_volume(dash):
     d, out, (a, b, c) = dash
-    card = d.results_panel.html.value
+    card = d.panels.results.html.value
     m = re.search(r"<div class='nx47-per-volume'>.*?</table>", card, re.S)
     assert m, card
     table = m.group(0)
@@ -174,12 +174,12 @@ def test_the_table_follows_the_run_as_its_records_arrive(run, tmp_path):
             volume_id=b, split="val", shape=shape, image_path=str(done / "val" / f"{b}.tif"),
             pred_path=f"val/{b}.tif", score=0.74))
         d.flush(list(events), False)
-        assert "not recorded — no validation scores" in d.preview_panel.topo.widget.value
+        assert "not recorded — no validation scores" in d.panels.preview.topo.widget.value
         events.clear()
         bus.publish(EventKind.GLOBAL_STATS, GlobalStatsPayload(
             stats={"validation": {"mean_score": 0.74, "per_volume": {b: records()[1]}}}))
         d.flush(list(events), False)
-        html = d.preview_panel.topo.widget.value
+        html = d.panels.preview.topo.widget.value
         assert "data-recorded='1'" in html and rows(html)[2][1:4] == ["1", "1", "2"]
         # a test volume has no label, no topo: no table
         events.clear()
@@ -188,7 +188,7 @@ def test_the_table_follows_the_run_as_its_records_arrive(run, tmp_path):
             pred_path="test/t1.tif"))
         d.flush(list(events), False)
         assert d.state.preview.volume == "test/t1"
-        assert d.preview_panel.topo.widget.layout.display == "none"
+        assert d.panels.preview.topo.widget.layout.display == "none"
     finally:
         bus.close()
         d.close()

@@ -84,16 +84,16 @@ def test_sliders_update_coverage_panel_at_once(tmp_path, data_root):
     d = make_dash(tmp_path, data_root)
     try:
         # bounded by discovery: each slider by what the other leaves of the 6 pairs
-        assert d.max_train.max == 4 and d.max_val.max == 2
-        assert d.coverage_panel.last["discovered"] == 6
-        d.max_train.value, d.max_val.value = 2, 1
-        assert d.max_train.max == 5 and d.max_val.max == 4
-        s = d.coverage_panel.last
+        assert d.settings.max_train.max == 4 and d.settings.max_val.max == 2
+        assert d.panels.coverage.last["discovered"] == 6
+        d.settings.max_train.value, d.settings.max_val.value = 2, 1
+        assert d.settings.max_train.max == 5 and d.settings.max_val.max == 4
+        s = d.panels.coverage.last
         assert (s["selected"], s["n_train"], s["n_val"]) == (3, 2, 1)
         assert s["coverage_pct"] == pytest.approx(50.0)
-        assert "50.0%" in d.coverage_panel.html.value
-        d.max_train.value = 0  # 0 = all: the rest of the pairs
-        s = d.coverage_panel.last
+        assert "50.0%" in d.panels.coverage.html.value
+        d.settings.max_train.value = 0  # 0 = all: the rest of the pairs
+        s = d.panels.coverage.last
         assert s["selected"] == 6 and s["coverage_pct"] == pytest.approx(100.0)
         assert "fits" not in s  # no preflight yet: no verdict
     finally:
@@ -109,15 +109,15 @@ def test_coverage_panel_projects_against_budget_after_preflight(tmp_path, data_r
     timings.save(tmp_path / "out" / "preflight" / "timings.json")
     d = make_dash(tmp_path, data_root)
     try:
-        d.max_train.value, d.max_val.value = 4, 2
-        d.budget_min.value = 600.0  # 10 h: everything fits
-        s = d.coverage_panel.last
-        assert s["fits"] is True and "fits" in d.coverage_panel.html.value
+        d.settings.max_train.value, d.settings.max_val.value = 4, 2
+        d.settings.budget_min.value = 600.0  # 10 h: everything fits
+        s = d.panels.coverage.last
+        assert s["fits"] is True and "fits" in d.panels.coverage.html.value
         assert (s["max_train_fit"], s["max_val_fit"]) != (0, 0)
-        d.budget_min.value = 1.0  # one minute: 6 volumes at ~13 s each do not fit
-        s = d.coverage_panel.last
+        d.settings.budget_min.value = 1.0  # one minute: 6 volumes at ~13 s each do not fit
+        s = d.panels.coverage.last
         assert s["fits"] is False
-        assert "does not fit" in d.coverage_panel.html.value
+        assert "does not fit" in d.panels.coverage.html.value
         assert s["projected_s"] > 60.0
         assert s["max_train_fit"] + s["max_val_fit"] < 6
     finally:
@@ -129,7 +129,7 @@ def test_bad_data_root_is_reported_not_raised(tmp_path):
     d = Dashboard(cfg, start_pump=False)
     try:
         assert d.coverage is None
-        assert "missing" in d.coverage_panel.html.value
+        assert "missing" in d.panels.coverage.html.value
     finally:
         d.close()
 
@@ -173,12 +173,12 @@ def test_progress_widgets_follow_state(tmp_path, data_root):
         d.flush([ev(EventKind.RUN_START, RunStartPayload(run_id="r", out_dir=str(tmp_path), pid=1)),
                  ev(EventKind.PROGRESS_UPDATE, progress(1, 4, glob=0.1)),
                  ev(EventKind.PROGRESS_UPDATE, progress(2, 4, glob=0.3))], False)
-        assert d.progress_panel.bars["global"].value == pytest.approx(0.3)
-        assert d.progress_panel.bars["stage"].value == pytest.approx(0.5)
+        assert d.panels.progress.bars["global"].value == pytest.approx(0.3)
+        assert d.panels.progress.bars["stage"].value == pytest.approx(0.5)
         d.flush([ev(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="ok", duration_s=5))],
                 False)
-        assert d.progress_panel.bars["global"].bar_style == "success"
-        assert d.progress_panel.bars["global"].value == 1.0
+        assert d.panels.progress.bars["global"].bar_style == "success"
+        assert d.panels.progress.bars["global"].value == 1.0
     finally:
         d.close()
 
@@ -221,11 +221,11 @@ def test_heartbeat_light_turns_stalled_in_the_widget_without_events(tmp_path, da
         d.flush([ev(EventKind.RUN_START, RunStartPayload(run_id="r", out_dir=str(tmp_path), pid=1),
                     ts=5000.0),
                  ev(EventKind.HEARTBEAT, beat("ACTIVE", interval=1.0), ts=5000.0)], False)
-        assert "data-state='ACTIVE'" in d.heartbeat_panel.html.value
+        assert "data-state='ACTIVE'" in d.panels.heartbeat.html.value
         now[0] = 5010.0
         d.flush([], True)  # the pump's time tick, no event
-        assert "data-state='STALLED'" in d.heartbeat_panel.html.value
-        assert "10s ago" in d.heartbeat_panel.html.value
+        assert "data-state='STALLED'" in d.panels.heartbeat.html.value
+        assert "10s ago" in d.panels.heartbeat.html.value
     finally:
         d.close()
 
@@ -254,7 +254,7 @@ def test_pump_bounds_widget_syncs_under_an_event_flood(tmp_path, data_root):
         d.job = job
         syncs0, t0 = d.syncer.messages, time.monotonic()
         d.pump.start()
-        d.run_button.click()
+        d.controls.run_button.click()
         assert d.wait(30)
         elapsed = time.monotonic() - t0
         published = d.runner.result
@@ -266,7 +266,7 @@ def test_pump_bounds_widget_syncs_under_an_event_flood(tmp_path, data_root):
         assert d.syncer.messages - syncs0 <= 14 * d.pump.flushes
         assert d.syncer.messages - syncs0 < published / 20
         assert d.state.progress.bars["global"].value == 1.0  # finished
-        assert d.progress_panel.bars["global"].bar_style == "success"
+        assert d.panels.progress.bars["global"].bar_style == "success"
     finally:
         d.close()
 
@@ -289,17 +289,17 @@ def test_stop_button_cancels_within_two_seconds(tmp_path, data_root):
 
     d = make_dash(tmp_path, data_root, job=job, start_pump=True)
     try:
-        d.run_button.click()
+        d.controls.run_button.click()
         assert started.wait(10)
-        assert d.stop_button.disabled is False and d.run_button.disabled is True
-        d.stop_button.click()
+        assert d.controls.stop_button.disabled is False and d.controls.run_button.disabled is True
+        d.controls.stop_button.click()
         assert d.runner.join(2.0), "the run did not stop within 2 s of Stop"
         assert d.runner.stop_latency_s < 2.0
         assert d.wait(5)
         assert d.state.results.status == "cancelled"
-        assert d.progress_panel.bars["global"].bar_style == "warning"
-        assert d.run_button.disabled is False and d.stop_button.disabled is True
-        assert "user pressed Stop" in d.log_panel.text.value
+        assert d.panels.progress.bars["global"].bar_style == "warning"
+        assert d.controls.run_button.disabled is False and d.controls.stop_button.disabled is True
+        assert "user pressed Stop" in d.panels.log.text.value
     finally:
         d.close()
 
@@ -323,15 +323,15 @@ def test_attach_to_a_finished_run_shows_results_and_verifies_journal(tmp_path, d
 
     d = make_dash(tmp_path, data_root)  # finds the finished run and opens it
     try:
-        assert "attached to" in d.status.value and "not running" in d.status.value
+        assert "attached to" in d.controls.status.value and "not running" in d.controls.status.value
         assert d.runner is not None
         d.pump.pump_once()
         assert d.state.results.status == "ok"
-        html = d.results_panel.html.value
+        html = d.panels.results.html.value
         assert "submission.zip" in html and "val_score_mean" in html
         assert "journal verified: 4 lines" in html
-        assert "data-state='FINISHED'" in d.heartbeat_panel.html.value
-        assert d.run_button.disabled is False
+        assert "data-state='FINISHED'" in d.panels.heartbeat.html.value
+        assert d.controls.run_button.disabled is False
     finally:
         d.close()
 
@@ -350,7 +350,7 @@ def test_attach_reports_tampered_journal(tmp_path, data_root):
     try:
         d.attach()
         d.pump.pump_once()
-        assert "journal verification FAILED at line 2" in d.results_panel.html.value
+        assert "journal verification FAILED at line 2" in d.panels.results.html.value
     finally:
         d.close()
 
@@ -401,7 +401,7 @@ def test_previewer_follows_live_until_user_takes_control(tmp_path, data_root):
         d.flush([ev(EventKind.RUN_START, RunStartPayload(run_id="p", out_dir=str(tmp_path / "out"),
                                                          pid=1)),
                  ev(EventKind.PREVIEW, p, stage="validate")], False)
-        pv = d.preview_panel
+        pv = d.panels.preview
         assert pv.volume.value == "val/v1" and pv.index.value == 5  # middle suggestion
         png = wait_until(lambda: pv.image.value, 10, "the slice's PNG", interval_s=0.02)
         # the whole 16 x 16 slice, one pixel per voxel: the canvas scales it in the browser
@@ -438,16 +438,16 @@ def test_log_level_and_kind_filters(tmp_path, data_root):
                  ev(EventKind.ERROR, MessagePayload(message="bad tiff", subject="99")),
                  ev(EventKind.STEP, StepPayload(phase="begin")),
                  ev(EventKind.PROGRESS_UPDATE, progress(1, 2))], False)
-        text = d.log_panel.text.value
+        text = d.panels.log.text.value
         assert "slow disk" in text and "bad tiff" in text and "begin" in text
         # the kind column shows the console's label (PROGRESS for PROGRESS_UPDATE)
         assert " PROGRESS " not in text  # debug level hidden by default
-        d.log_panel.level.value = "error"
-        assert "bad tiff" in d.log_panel.text.value
-        assert "slow disk" not in d.log_panel.text.value
-        d.log_panel.level.value = "debug"
-        d.log_panel.kind.value = "PROGRESS_UPDATE"
-        lines = d.log_panel.text.value.splitlines()
+        d.panels.log.level.value = "error"
+        assert "bad tiff" in d.panels.log.text.value
+        assert "slow disk" not in d.panels.log.text.value
+        d.panels.log.level.value = "debug"
+        d.panels.log.kind.value = "PROGRESS_UPDATE"
+        lines = d.panels.log.text.value.splitlines()
         assert len(lines) == 1 and " PROGRESS " in lines[0]
     finally:
         d.close()
@@ -508,20 +508,20 @@ def test_reload_reattaches_to_a_live_resumed_run(tmp_path, data_root):
     (out / "run.lock").write_text(f"{os.getpid()}\n")  # a live process owns the run
     d = make_dash(tmp_path, data_root)
     try:
-        assert d.runner is not None and d.detached.value is True
-        assert "attached to" in d.status.value and "running" in d.status.value
+        assert d.runner is not None and d.controls.detached.value is True
+        assert "attached to" in d.controls.status.value and "running" in d.controls.status.value
         d.pump.pump_once()
         assert d.state.run_id == "second"
-        assert d.progress_panel.bars["global"].value == pytest.approx(0.4)
-        assert d.progress_panel.bars["global"].bar_style == "info"  # not the old failure
+        assert d.panels.progress.bars["global"].value == pytest.approx(0.4)
+        assert d.panels.progress.bars["global"].bar_style == "info"  # not the old failure
         # the second run's light, not the first's failure: ACTIVE while its progress is
         # younger than progress_max_gap_s, COMPUTING after (the page may take that long to open)
-        light = d.heartbeat_panel.html.value
+        light = d.panels.heartbeat.html.value
         assert "data-state='ACTIVE'" in light or "data-state='COMPUTING'" in light
-        assert d.stop_button.disabled is False and d.run_button.disabled is True
+        assert d.controls.stop_button.disabled is False and d.controls.run_button.disabled is True
         bus.publish(EventKind.EXEC_COMPLETE, ExecCompletePayload(status="ok", duration_s=9))
         d.pump.pump_once()
-        assert d.state.results.status == "ok" and d.run_button.disabled is False
+        assert d.state.results.status == "ok" and d.controls.run_button.disabled is False
     finally:
         d.close()
 
@@ -529,9 +529,9 @@ def test_reload_reattaches_to_a_live_resumed_run(tmp_path, data_root):
 def test_auto_coverage_toggle_is_explained_in_the_panel(tmp_path, data_root):
     d = make_dash(tmp_path, data_root)
     try:
-        assert "auto coverage is on" not in d.coverage_panel.html.value
-        d.auto_coverage.value = True
-        assert "auto coverage is on" in d.coverage_panel.html.value
+        assert "auto coverage is on" not in d.panels.coverage.html.value
+        d.settings.auto_coverage.value = True
+        assert "auto coverage is on" in d.panels.coverage.html.value
         assert d.current_config().auto_coverage is True
     finally:
         d.close()

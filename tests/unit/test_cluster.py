@@ -184,10 +184,10 @@ def test_the_dashboard_shows_the_panel_of_the_folder_it_opens(tmp_path):
     d = Dashboard(RunConfig(data_root=str(tmp_path / "none"), out_dir=str(tmp_path)), start_pump=False)
     try:
         d.pump.pump_once()
-        assert d.cluster_panel.shown and d.state.cluster.condition == CLOSED
-        assert "w-1" in d.cluster_panel.html.value
+        assert d.panels.cluster.shown and d.state.cluster.condition == CLOSED
+        assert "w-1" in d.panels.cluster.html.value
         (RunFolder(tmp_path).cluster).unlink()
         d.flush([], True)
-        assert not d.cluster_panel.shown
+        assert not d.panels.cluster.shown
     finally:
         d.close()
