@@ -23,7 +23,9 @@ from nx47_pipeline.telemetry.events import (
 from nx47_pipeline.telemetry.journal import JournalSink
 from nx47_pipeline.run.resume import pid_alive, read_lock_pid
 from nx47_widgets.notebook import config_from_parameters, is_headless, should_autorun
-from nx47_widgets.runner import DetachedRunner, ThreadedRunner, UIPump, config_env
+from nx47_widgets.detached import DetachedRunner, config_env
+from nx47_widgets.pump import UIPump
+from nx47_widgets.threaded import ThreadedRunner
 from waits import wait_until  # noqa: E402
 
 
@@ -265,11 +267,11 @@ def test_a_threaded_run_is_registered_and_stopped_by_another_pages_request(tmp_p
 
 
 def test_a_kernel_shutting_down_cancels_its_threaded_runs(tmp_path, monkeypatch):
-    from nx47_widgets import runner as runner_mod
+    from nx47_widgets import threaded as threaded_mod
 
     monkeypatch.setenv("NX47_STATE_DIR", str(tmp_path / "state"))
     started = threading.Event()
     r = ThreadedRunner(RunConfig(out_dir=str(tmp_path / "out")), job=_looping_job(started)).start()
     assert started.wait(5)
-    runner_mod._cancel_threaded_runs_at_exit()  # what atexit runs when the kernel exits
+    threaded_mod._cancel_threaded_runs_at_exit()  # what atexit runs when the kernel exits
     assert r.done and "shutting down" in r.result
