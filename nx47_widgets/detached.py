@@ -1,7 +1,8 @@
 """A run in its own process, or any run folder, followed through its journal.
 
-:class:`DetachedRunner` runs the pipeline as its own process (``nx47 run``)
-and follows its ``journal.jsonl``; it can also attach to any run folder,
+:class:`DetachedRunner` runs the pipeline as its own process (``nx47 run
+--config <out>/config.json``, the file written first) and follows its
+``journal.jsonl``; it can also attach to any run folder,
 running or finished.  A Voila page reload ends the kernel but not that
 process, and the new kernel attaches again.  Its :meth:`~DetachedRunner.stop`
 sends SIGTERM to a run process and a stop request to a kernel's threaded
@@ -24,31 +25,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import nx47_pipeline
-from nx47_pipeline.config import RunConfig, env_name
+from nx47_pipeline.config import RunConfig, env_names
+from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.io.run_folder import JOURNAL, RunFolder
-from nx47_pipeline.run.resume import pid_alive, read_lock_pid
+from nx47_pipeline.run.resume import FolderBusy, pid_alive, read_lock_pid
 from nx47_pipeline.telemetry.events import Event, EventKind
 from nx47_pipeline.telemetry.journal import JournalFollower
 
 from nx47_widgets.lifecycle import Holder, holder, mark_killed, request_stop
 
-__all__ = ["DetachedRunner", "config_env", "has_run"]
-
-
-def config_env(config: RunConfig) -> dict[str, str]:
-    """``NX47_*`` environment variables that reproduce ``config`` in another process."""
-    out: dict[str, str] = {}
-    for key, value in config.to_dict().items():
-        if value is None:
-            text = "auto"
-        elif isinstance(value, bool):
-            text = "1" if value else "0"
-        elif isinstance(value, (list, tuple)):
-            text = ",".join(str(v) for v in value)
-        else:
-            text = str(value)
-        out[env_name(key)] = text
-    return out
+__all__ = ["DetachedRunner", "has_run"]
 
 
 def has_run(out_dir: str | os.PathLike) -> bool:
@@ -103,12 +89,15 @@ class DetachedRunner:
     def launch(cls, config: RunConfig, *, env: Mapping[str, str] | None = None,
                python: str = sys.executable, log_path: str | os.PathLike | None = None,
                extra_args: Sequence[str] = ()) -> "DetachedRunner":
-        """Start ``python -m nx47_pipeline.cli run`` in its own session and follow it.
+        """Start ``python -m nx47_pipeline.cli run --config <out_dir>/config.json``
+        in its own session and follow it.
 
-        The full configuration travels as ``NX47_*`` environment variables
-        (see :func:`config_env`) plus ``--data`` / ``--out``.  The process
-        outlives the kernel.  Its console output goes to ``log_path``
-        (default ``<out_dir>/console.log``).
+        The full configuration is written first (atomically) to the run
+        folder's ``config.json``, which the run rewrites at its start with
+        the same settings (its data root resolved); the resume check compares
+        ``run_key.json``, not this file.  The process gets no ``NX47_*`` configuration variable: the
+        file is its whole configuration.  It outlives the kernel.  Its
+        console output goes to ``log_path`` (default ``<out_dir>/console.log``).
 
         Parameters
         ----------
@@ -128,19 +117,28 @@ class DetachedRunner:
         DetachedRunner
             Following the new process; what earlier runs wrote to the journal
             is skipped.
+
+        Raises
+        ------
+        FolderBusy
+            When another live process holds ``out_dir`` (its ``config.json``
+            is left alone).
         """
         out_dir = Path(config.out_dir).resolve()
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_env = dict(os.environ if env is None else env)
-        run_env.update(config_env(config.replace(out_dir=str(out_dir))))
+        busy = holder(out_dir)
+        if busy is not None:
+            raise FolderBusy(out_dir, busy.pid)
+        config_path = write_json(RunFolder(out_dir).config, config.replace(out_dir=str(out_dir)).to_dict())
+        config_vars = env_names()
+        run_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in config_vars}
         # the child imports the same nx47_pipeline as this process (Kaggle: no install)
         pkg_parent = str(Path(nx47_pipeline.__file__).resolve().parents[1])
         paths = [p for p in run_env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if pkg_parent not in paths:
             run_env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *paths])
         log = Path(log_path) if log_path else out_dir / "console.log"
-        cmd = [python, "-m", "nx47_pipeline.cli", "run", "--data", str(config.data_root),
-               "--out", str(out_dir), *extra_args]
+        cmd = [python, "-m", "nx47_pipeline.cli", "run", "--config", str(config_path), *extra_args]
         runner = cls(out_dir)
         runner.drain()  # skip what earlier runs wrote: a rerun appends to the same journal
         runner._finished = False
