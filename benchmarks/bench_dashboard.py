@@ -1,9 +1,9 @@
 """Dashboard under a flood: widget syncs per second and event -> widget latency.
 
-The producer is a :class:`nx47_widgets.runner.ThreadedRunner` whose job
+The producer is a :class:`nx47_widgets.threaded.ThreadedRunner` whose job
 publishes events on an :class:`nx47_pipeline.bus.EventBus` as fast as it can
 (the worst a pipeline could do); the consumer is the dashboard's
-:class:`nx47_widgets.runner.UIPump` applying each batch to a
+:class:`nx47_widgets.pump.UIPump` applying each batch to a
 :class:`nx47_widgets.state.DashboardState` and to real ipywidgets (a progress
 bar, a label, a log area).  A widget sync is one trait change sent to the
 front end (counted with ``observe``).
@@ -29,7 +29,8 @@ import psutil  # noqa: E402
 from nx47_pipeline.telemetry.bus import EventBus  # noqa: E402
 from nx47_pipeline.config import RunConfig  # noqa: E402
 from nx47_pipeline.telemetry.events import EventKind, MessagePayload, ProgressPayload  # noqa: E402
-from nx47_widgets.runner import ThreadedRunner, UIPump  # noqa: E402
+from nx47_widgets.pump import UIPump  # noqa: E402
+from nx47_widgets.threaded import ThreadedRunner  # noqa: E402
 from nx47_widgets.state import DashboardState  # noqa: E402
 from _common import git_commit, machine, write_section, load_note  # noqa: E402
 

@@ -4,12 +4,16 @@ Every field can be set three ways, in increasing precedence: its default,
 an environment variable ``NX47_<FIELD NAME IN UPPER CASE>`` (plus the legacy
 ``V138_MAX_TRAIN_VOLUMES`` / ``V138_MAX_VAL_VOLUMES``), and an explicit
 keyword (command line flag, dashboard control, notebook parameter).
+``nx47 run --config FILE`` adds a JSON file of fields (:func:`read_config_file`,
+e.g. a run folder's ``config.json``) between the environment and the flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -213,11 +217,101 @@ def env_name(field_name: str) -> str:
     return "NX47_" + field_name.upper()
 
 
+def env_names() -> frozenset[str]:
+    """Every environment variable :meth:`RunConfig.from_env` reads (legacy names included)."""
+    return frozenset(env_name(f.name) for f in dataclasses.fields(RunConfig)) | frozenset(LEGACY_ENV.values())
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`RunConfig` fields of a JSON file, checked, as keyword values.
+
+    The file is one JSON object of field names (a run folder's
+    ``config.json`` holds every field; a file may hold only some).  A string
+    value is read as its environment variable would be; any other value must
+    have the field's type (a list for a tuple, ``null`` only for
+    ``use_unet``).
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    dict
+        Field name -> value, for :meth:`RunConfig.from_env` ``**overrides``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path`` and the problem: unreadable, not JSON, not an object,
+        an unknown field, a value of the wrong type or one the configuration
+        refuses.
+    """
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"configuration file {path}: cannot read it: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"configuration file {path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"configuration file {path}: expected a JSON object of RunConfig fields, "
+                         f"got {type(data).__name__}")
+    hints = typing.get_type_hints(RunConfig)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ValueError(f"configuration file {path}: unknown configuration field {key!r}")
+        if not isinstance(value, str) and not _has_type(value, hints[key]):
+            raise ValueError(f"configuration file {path}: {key} expects {_type_words(hints[key])}, "
+                             f"got {value!r}")
+        try:
+            values[key] = _coerce(key, value, hints[key])
+        except ValueError as exc:
+            raise ValueError(f"configuration file {path}: {exc}") from None
+    try:
+        RunConfig(**values)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"configuration file {path}: {exc}") from None
+    return values
+
+
 # ----------------------------------------------------------------------
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """True if the JSON ``value`` (not a string) fits the field type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_words(hint: Any) -> str:
+    """``hint`` in words, for an error message."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in args)
+    if origin is tuple:
+        return "a list of " + {bool: "booleans", int: "integers", float: "numbers"}.get(args[0], "strings")
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(hint, str(hint))
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

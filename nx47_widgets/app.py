@@ -5,8 +5,10 @@
 reducers in :mod:`nx47_widgets.state`, widget panels in
 :mod:`nx47_widgets.views`, the controls' mapping to RunConfig in
 :mod:`nx47_widgets.settings`, the page's run (start, attach, stop, how it
-ended) in :mod:`nx47_widgets.session`, runners and the pump in
-:mod:`nx47_widgets.runner`, the headless path in :mod:`nx47_widgets.notebook`.
+ended) in :mod:`nx47_widgets.session` with its runners
+(:mod:`nx47_widgets.runner`: the protocol, :mod:`nx47_widgets.threaded`,
+:mod:`nx47_widgets.detached`), the page's UI pump in :mod:`nx47_widgets.pump`,
+the headless path in :mod:`nx47_widgets.notebook`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event, EventKind
 
 from nx47_widgets.notebook import page_query, served_by_voila
-from nx47_widgets.runner import DetachedRunner, Job, ThreadedRunner, UIPump
+from nx47_widgets.detached import DetachedRunner
+from nx47_widgets.pump import UIPump
+from nx47_widgets.threaded import Job, ThreadedRunner
 from nx47_widgets.guard import RunGuard, RunRefused
 from nx47_widgets.session import RunSession
 from nx47_widgets.settings import SettingsForm

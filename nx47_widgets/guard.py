@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nx47_widgets.lifecycle import describe, holder
-from nx47_widgets.runner import DetachedRunner, ThreadedRunner, has_run
+from nx47_widgets.detached import DetachedRunner, has_run
+from nx47_widgets.threaded import ThreadedRunner
 from nx47_widgets.settings import run_problems
 from nx47_widgets.state.runs import RunSummary, summarize_run
 from nx47_widgets.views.base import h

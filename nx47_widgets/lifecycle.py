@@ -8,7 +8,7 @@ A run folder is held by one process while a run lives in it: its pid is in
 * a kernel running a *threaded* run.  A signal would kill the kernel and
   the run with it (no CANCELLED, a stale lock), so another page stops it with
   a **stop request**: the file ``<out>/stop_request.json``, which the
-  kernel's :class:`~nx47_widgets.runner.ThreadedRunner` watches and turns
+  kernel's :class:`~nx47_widgets.threaded.ThreadedRunner` watches and turns
   into a cancel.
 
 A kernel says that it runs a threaded run by a **marker** in the state

@@ -26,7 +26,9 @@ from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import Event
 
 from nx47_widgets.lifecycle import Holder, describe, holder, read_killed, remove_stale_lock
-from nx47_widgets.runner import DetachedRunner, Job, Runner, ThreadedRunner
+from nx47_widgets.detached import DetachedRunner
+from nx47_widgets.runner import Runner
+from nx47_widgets.threaded import Job, ThreadedRunner
 from nx47_widgets.state import DashboardState
 from nx47_widgets.state.heartbeat import KILLED, LOST
 
@@ -60,8 +62,8 @@ class RunSession:
     Attributes
     ----------
     runner : Runner or None
-        A :class:`~nx47_widgets.runner.ThreadedRunner` or a
-        :class:`~nx47_widgets.runner.DetachedRunner`, driven through the
+        A :class:`~nx47_widgets.threaded.ThreadedRunner` or a
+        :class:`~nx47_widgets.detached.DetachedRunner`, driven through the
         :class:`~nx47_widgets.runner.Runner` protocol only.
     state : DashboardState
     mode : str or None

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nx47_pipeline.config import RunConfig
+from nx47_pipeline.config import RunConfig, read_config_file
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
 from nx47_pipeline.io.run_folder import RunFolder
@@ -29,10 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Run the whole pipeline: discovery, coverage audit, mandatory 5 %% preflight, "
             "features, hyper-parameter search, fit_prox, optional U-Net, validation, "
             "segmentation and packaging. Every option can also be set with an "
-            "environment variable NX47_<FIELD> (see docs/architecture.md); flags win. "
+            "environment variable NX47_<FIELD> (see docs/architecture.md) or in a --config file; "
+            "precedence: defaults < NX47_* environment < --config file < flags. "
             "Rerunning with the same --out resumes."
         ),
     )
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="read the configuration from this JSON file of RunConfig fields (a run folder's "
+                        "config.json); over NX47_* variables, under the other flags")
     p.add_argument("--data", default=None, help="data root, or 'auto' (Kaggle mounts, then the demo dataset)")
     p.add_argument("--out", default=None, help="output folder (journal, artifacts, submission.zip)")
     p.add_argument("--max-train-volumes", type=int, default=None, help="training pairs to use (0 = all; default 24)")
@@ -60,8 +64,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of ``nx47 run`` flags over ``NX47_*`` environment variables."""
-    overrides = {
+    """The RunConfig of ``nx47 run``: defaults < ``NX47_*`` environment
+    variables < the ``--config`` file < the other flags.
+
+    Raises
+    ------
+    ValueError
+        A bad flag value, or a bad ``--config`` file (naming it).
+    """
+    flags = {
         "data_root": args.data,
         "out_dir": args.out,
         "max_train_volumes": args.max_train_volumes,
@@ -76,12 +87,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "threads": args.threads,
     }
     if args.quiet:
-        overrides["console"] = False
+        flags["console"] = False
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = value
+        flags[key.strip()] = value
+    overrides = read_config_file(args.config) if args.config else {}
+    overrides.update((key, value) for key, value in flags.items() if value is not None)
     config = RunConfig.from_env(**overrides)
     if args.use_unet is not None:
         config = config.replace(use_unet=args.use_unet)

@@ -99,13 +99,14 @@ class EventBus:
     def closed(self) -> bool:
         return self._closed
 
-    def attach(self, sink: Sink) -> None:
-        """Deliver every later event to ``sink`` (attaching twice is a no-op)."""
+    def attach(self, sink: Sink, *, first: bool = False) -> None:
+        """Deliver every later event to ``sink`` (attaching twice is a no-op);
+        ``first``: before the sinks already attached."""
         if not callable(getattr(sink, "handle", None)):
             raise TypeError(f"sink must have a handle(event) method, got {sink!r}")
         with self._lock:
             if not any(s is sink for s in self._sinks):
-                self._sinks.append(sink)
+                self._sinks.insert(0 if first else len(self._sinks), sink)
 
     def detach(self, sink: Sink) -> None:
         """Stop delivering to ``sink`` (does not close it)."""

@@ -2,7 +2,8 @@
 
 It owns the :class:`~nx47_pipeline.bus.EventBus` and its sinks (journal,
 console, any extra sink such as the dashboard's
-:class:`~nx47_pipeline.bus.QueueSink`), the
+:class:`~nx47_pipeline.bus.QueueSink`; with the event shortcuts, from
+:class:`~nx47_pipeline.telemetry.publisher.EventPublisher`), the
 :class:`~nx47_pipeline.plan.PlanTracker`, the
 :class:`~nx47_pipeline.heartbeat.HeartbeatMonitor` and the
 :class:`~nx47_pipeline.cancel.CancelToken`.  Typical use::
@@ -22,113 +23,41 @@ import contextlib
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-from nx47_pipeline.io.jsonio import write_json
-from nx47_pipeline.io.run_folder import JOURNAL, PLAN, RunFolder
-from nx47_pipeline.telemetry.bus import EventBus, Sink
-from nx47_pipeline.telemetry.cancel import CancelToken, Cancelled
-from nx47_pipeline.telemetry.console import ConsoleSink
+from nx47_pipeline.io.run_folder import JOURNAL, RunFolder
+from nx47_pipeline.telemetry.bus import Sink
+from nx47_pipeline.telemetry.cancel import CancelToken
 from nx47_pipeline.telemetry.events import (
-    ArrayTracePayload,
-    BudgetPayload,
     ConfigPayload,
-    Event,
     EventKind,
     ExecCompletePayload,
     GlobalStatsPayload,
-    MessagePayload,
-    MetricPayload,
-    Payload,
-    ProgressPayload,
     RunStartPayload,
     Status,
     StepPayload,
     WorkerState,
 )
 from nx47_pipeline.telemetry.heartbeat import HeartbeatMonitor
-from nx47_pipeline.telemetry.journal import JournalSink
-from nx47_pipeline.telemetry.progress import ProgressThrottle, StageStack
-from nx47_pipeline.telemetry.plan import PlanTracker
-from nx47_pipeline.telemetry.trace import array_trace
+from nx47_pipeline.telemetry.journal import JournalSink, open_journal
+from nx47_pipeline.telemetry.plan import PlanSnapshots, PlanTracker
+from nx47_pipeline.telemetry.progress import ProgressThrottle, progress_payload
+from nx47_pipeline.telemetry.publisher import EventPublisher
 
 __all__ = ["Telemetry"]
-
-
-_BUDGET_FIELDS = {"budget_s", "projected_s", "fits", "max_train_fit", "max_val_fit", "deadline_s"}
-
-
-def open_journal(path: Path, *, fsync: bool) -> tuple[JournalSink | None, list[tuple[str, str]], str]:
-    """Open (continue) the journal at ``path``.
-
-    Returns
-    -------
-    (journal or None, [(code, message) of repairs to report], error text when it could not open)
-    """
-    try:
-        journal = JournalSink(path, fsync=fsync)
-    except OSError as exc:  # the run goes on without a journal
-        return None, [], f"cannot open the journal {path}: {exc}"
-    problems = []
-    if journal.torn_recovered:
-        problems.append((
-            "journal_torn_tail",
-            f"the journal's last line was torn by an earlier crash; it was kept in "
-            f"{journal.torn_copy} and the chain continues",
-        ))
-    if journal.quarantined is not None:
-        problems.append((
-            "journal_bad_chain",
-            f"the existing journal failed verification and was moved to "
-            f"{journal.quarantined}; a new chain starts",
-        ))
-    return journal, problems, ""
 
 
 #: Worker state of the last heartbeat, by run status (any other: failed).
 _FINAL_STATE = {Status.OK: WorkerState.FINISHED, Status.CANCELLED: WorkerState.CANCELLED}
 
 
-def budget_payload(decision: str, message: str, fields: dict[str, Any]) -> BudgetPayload:
-    """BUDGET payload: the known fields go to the payload, the rest (and an
-    ``extra`` dict) to ``extra``."""
-    known = {k: v for k, v in fields.items() if k in _BUDGET_FIELDS}
-    extra = {k: v for k, v in fields.items() if k not in _BUDGET_FIELDS}
-    if "extra" in extra and isinstance(extra["extra"], dict):
-        extra = {**extra.pop("extra"), **extra}
-    return BudgetPayload(decision=decision, message=message, extra=extra, **known)
-
-
-def stage_failed_payload(name: str, exc: BaseException) -> MessagePayload:
-    """The ERROR of stage ``name`` ending with ``exc`` (with its traceback's tail)."""
-    return MessagePayload(
-        message=f"stage {name} failed: {type(exc).__name__}: {exc}",
-        subject=name,
-        code="stage_failed",
-        extra={
-            "exception": type(exc).__name__,
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
-        },
-    )
-
-
-def write_plan_snapshot(plan: PlanTracker, path: Path, *, run_id: str, now: float) -> MessagePayload | None:
-    """Write ``plan.json`` atomically; the WARNING to publish when it failed, else None."""
-    try:
-        snap = plan.snapshot()
-        snap["run_id"] = run_id
-        snap["updated_ts"] = now
-        write_json(path, snap, allow_nan=False, default=str)
-    except OSError as exc:
-        return MessagePayload(message=f"cannot write {PLAN}: {exc}", subject=PLAN,
-                              code="plan_write_failed")
-    return None
-
-
-class Telemetry:
+class Telemetry(EventPublisher):
     """Facade over bus, sinks, plan, heartbeat and cancellation.
+
+    The bus, its console and extra sinks and the event shortcuts
+    (:meth:`emit`, :meth:`metric`, :meth:`warning`, :meth:`error`,
+    :meth:`budget`, :meth:`trace`) are :class:`EventPublisher`'s.
 
     Parameters
     ----------
@@ -187,42 +116,31 @@ class Telemetry:
         snapshot_interval_s: float = 5.0,
         journal_fsync: bool = False,
     ) -> None:
-        self.out_dir = None if out_dir is None else Path(out_dir)
-        self.enabled = bool(enabled)
         self.config_dict = dict(config_dict or {})
+        super().__init__(enabled=enabled, console=console, console_stream=console_stream,
+                         console_interval_s=console_interval_s, extra_sinks=extra_sinks,
+                         trace=self.config_dict.get("array_trace", True), clock=clock)
+        self.out_dir = None if out_dir is None else Path(out_dir)
         self.budget_s = None if budget_s is None else float(budget_s)
         self.cancel = cancel if cancel is not None else CancelToken()
         self._clock = clock
         self._mono = mono
         self._mono_t0 = mono()
         self.progress_interval_s = float(progress_interval_s)
-        self.snapshot_interval_s = float(snapshot_interval_s)
         self._journal_fsync = bool(journal_fsync)
         self._heartbeat_interval_s = float(heartbeat_interval_s)
         self._stall_after_s = stall_after_s
         self.progress_max_gap_s = float(progress_max_gap_s)
-        self._trace_on = bool(self.config_dict.get("array_trace", True))
         self.plan = PlanTracker(stages, clock=mono)
-        self.bus = EventBus(clock=clock)
+        self._snapshots = None if out_dir is None else PlanSnapshots(
+            self.plan, RunFolder(self.out_dir).plan, interval_s=snapshot_interval_s, mono=mono, clock=clock)
         self.journal: JournalSink | None = None
-        self.console: ConsoleSink | None = None
         self.heartbeat: HeartbeatMonitor | None = None
         self.resumed = False
         self.run_id = ""
-        self._stack = StageStack()
         self._throttle = ProgressThrottle(self.progress_interval_s)
-        self._last_snapshot = float("-inf")
-        self._snapshot_warned = False
         self._started = False
         self._finished = False
-        self._cancel_reported = False
-        self._extra_sinks = list(extra_sinks)
-        if self.enabled:
-            if console:
-                self.console = ConsoleSink(console_stream, min_interval_s=console_interval_s)
-                self.bus.attach(self.console)
-            for sink in self._extra_sinks:
-                self.bus.attach(sink)
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -244,13 +162,7 @@ class Telemetry:
         if self.journal is not None:
             self.resumed = self.journal.last_seq >= 0
             self.bus.set_next_seq(self.journal.last_seq + 1)
-            # the journal first: what a live view shows is already on disk
-            sinks = self.bus.sinks
-            for s in sinks:
-                self.bus.detach(s)
-            self.bus.attach(self.journal)
-            for s in sinks:
-                self.bus.attach(s)
+            self.bus.attach(self.journal, first=True)  # what a live view shows is already on disk
         self.bus.publish(
             EventKind.RUN_START,
             RunStartPayload(
@@ -314,16 +226,6 @@ class Telemetry:
     # ------------------------------------------------------------------
     # stages
     # ------------------------------------------------------------------
-    @property
-    def cancel_reported(self) -> bool:
-        """True once a CANCELLED event was published for this run."""
-        return self._cancel_reported
-
-    @property
-    def current_stage(self) -> str:
-        """Name of the innermost open stage ("" outside stages)."""
-        return self._stack.current
-
     def _ensure_planned(self, name: str) -> None:
         if name not in self.plan:
             self.plan.add_stage(name, 0.0)
@@ -364,22 +266,8 @@ class Telemetry:
         end_msg = ""
         try:
             yield self
-        except (Cancelled, KeyboardInterrupt) as exc:
-            status = Status.CANCELLED
-            end_msg = str(exc) or type(exc).__name__
-            if self.enabled and not self._cancel_reported:
-                self._cancel_reported = True
-                self.bus.publish(
-                    EventKind.CANCELLED,
-                    MessagePayload(message=end_msg, subject=name, code="cancelled"),
-                    stage=name,
-                )
-            raise
-        except BaseException as exc:
-            status = Status.FAILED
-            end_msg = f"{type(exc).__name__}: {exc}"
-            if self.enabled:
-                self.bus.publish(EventKind.ERROR, stage_failed_payload(name, exc), stage=name)
+        except BaseException as exc:  # CANCELLED or ERROR published, re-raised
+            status, end_msg = self._stage_raised(name, exc)
             raise
         finally:
             self.plan.finish(name, status)
@@ -431,91 +319,21 @@ class Telemetry:
         now = self._mono()
         if self.heartbeat is not None:
             self.heartbeat.notify_progress()
-        if name:
-            if step_done is not None or step_total is not None:
-                done = self.plan.counters(name)[0] if step_done is None else step_done
-                self.plan.update(name, done, step_total)
-            rate = self._throttle.rate(name, now, substep_done=substep_done, substep_total=substep_total,
-                                       file_done=file_done, file_total=file_total)
-            if rate is None:
-                rate = self.plan.rate(name)
-            done, total = self.plan.counters(name)
-            index = self.plan.index_of(name)
-        else:
-            rate, index = None, -1
-            done = float(step_done or 0.0)
-            total = float(step_total or 0.0)
-        complete = (total > 0 and done >= total) or (
-            substep_total > 0 and substep_done >= substep_total
-        ) or (file_total > 0 and file_done >= file_total)
-        if self._throttle.due(name, now, names=(file, substep), complete=complete):
-            payload = ProgressPayload(
-                step=name, step_index=index, step_count=len(self.plan), step_done=done, step_total=total,
-                substep=substep, substep_done=int(substep_done), substep_total=int(substep_total),
-                file=str(file), file_done=int(file_done), file_total=int(file_total),
-                global_=self.plan.overall_progress(), rate=rate, eta_s=self.plan.eta_s(), message=message, worker=worker)
+        payload = progress_payload(
+            self.plan, self._throttle, name, now, step_done=step_done, step_total=step_total, substep=substep,
+            substep_done=substep_done, substep_total=substep_total, file=file, file_done=file_done,
+            file_total=file_total, message=message, worker=worker)
+        if payload is not None:
             self.bus.publish(EventKind.PROGRESS_UPDATE, payload, stage=name)
             self._write_snapshot()
         self.cancel.raise_if_cancelled()
 
     def _write_snapshot(self, *, force: bool = False) -> None:
-        if self.out_dir is None or not self.enabled:
-            return
-        now = self._mono()
-        if not force and now - self._last_snapshot < self.snapshot_interval_s:
-            return
-        self._last_snapshot = now
-        problem = write_plan_snapshot(self.plan, RunFolder(self.out_dir).plan, run_id=self.run_id, now=self._clock())
-        if problem is not None and not self._snapshot_warned:
-            self._snapshot_warned = True
-            self.bus.publish(EventKind.WARNING, problem, stage=self.current_stage)
-
-    # ------------------------------------------------------------------
-    # other events
-    # ------------------------------------------------------------------
-    def emit(self, kind: EventKind, payload: Payload, *, stage: str | None = None) -> Event | None:
-        """Publish any event (stage defaults to the current stage).
-
-        Returns the event, or None when telemetry is off.
-        """
-        if not self.enabled:
-            return None
-        return self.bus.publish(kind, payload, stage=self.current_stage if stage is None else stage)
-
-    def metric(self, name: str, value: float, *, step: int | None = None, **extra: Any) -> None:
-        """Publish a METRIC (e.g. a validation score or an objective value)."""
-        self.emit(EventKind.METRIC, MetricPayload(name=name, value=float(value), step=step,
-                                                  extra=extra))
-
-    def warning(self, message: str, *, subject: str = "", code: str = "", **extra: Any) -> None:
-        """Publish a WARNING (``subject`` names the id or file concerned)."""
-        self.emit(EventKind.WARNING, MessagePayload(message=message, subject=subject, code=code,
-                                                    extra=extra))
-
-    def error(self, message: str, *, subject: str = "", code: str = "", **extra: Any) -> None:
-        """Publish an ERROR (``subject`` names the id or file concerned)."""
-        self.emit(EventKind.ERROR, MessagePayload(message=message, subject=subject, code=code,
-                                                  extra=extra))
-
-    def budget(self, decision: str, message: str, **fields: Any) -> None:
-        """Publish a BUDGET decision; known fields (budget_s, projected_s,
-        fits, max_train_fit, max_val_fit, deadline_s) go to the payload, the
-        rest to ``extra``."""
-        self.emit(EventKind.BUDGET, budget_payload(decision, message, fields))
-
-    def trace(self, name: str, array) -> None:
-        """Publish an ARRAY_TRACE of ``array`` (or ``array`` itself, a payload a
-        Dask worker computed); no-op when off or disabled by
-        ``config_dict['array_trace']``.  A failure becomes a WARNING."""
-        if not (self.enabled and self._trace_on):
-            return
-        try:
-            payload = array if isinstance(array, ArrayTracePayload) else array_trace(name, array)
-        except Exception as exc:
-            self.warning(f"array trace of {name} failed: {type(exc).__name__}: {exc}",
-                         subject=name, code="trace_failed")
-            return
-        self.emit(EventKind.ARRAY_TRACE, payload)
+        """Rewrite ``plan.json`` (when due, or ``force``); a first failure is a WARNING."""
+        if self._snapshots is not None and self.enabled:
+            problem = self._snapshots.write(self.run_id, force=force)
+            if problem is not None:
+                self.bus.publish(EventKind.WARNING, problem, stage=self.current_stage)
 
     # ------------------------------------------------------------------
     def elapsed_s(self) -> float:

@@ -32,6 +32,7 @@ from nx47_pipeline.telemetry.events import Event
 __all__ = [
     "GENESIS",
     "JournalSink",
+    "open_journal",
     "VerifyResult",
     "verify_journal",
     "read_journal",
@@ -357,6 +358,42 @@ class JournalSink:
                 except OSError:
                     pass
                 self._fh.close()
+
+
+def open_journal(path: Path, *, fsync: bool) -> tuple[JournalSink | None, list[tuple[str, str]], str]:
+    """Open (continue) the journal at ``path`` for a run.
+
+    Parameters
+    ----------
+    path : Path
+    fsync : bool
+        See :class:`JournalSink`.
+
+    Returns
+    -------
+    tuple
+        (the journal, or None when it could not be opened; the (code,
+        message) of each repair to report as a WARNING; the text of the
+        ERROR to report when it could not be opened, else "").
+    """
+    try:
+        journal = JournalSink(path, fsync=fsync)
+    except OSError as exc:  # the run goes on without a journal
+        return None, [], f"cannot open the journal {path}: {exc}"
+    problems = []
+    if journal.torn_recovered:
+        problems.append((
+            "journal_torn_tail",
+            f"the journal's last line was torn by an earlier crash; it was kept in "
+            f"{journal.torn_copy} and the chain continues",
+        ))
+    if journal.quarantined is not None:
+        problems.append((
+            "journal_bad_chain",
+            f"the existing journal failed verification and was moved to "
+            f"{journal.quarantined}; a new chain starts",
+        ))
+    return journal, problems, ""
 
 
 # ----------------------------------------------------------------------

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from nx47_pipeline.io.jsonio import write_json
-from nx47_pipeline.telemetry.events import Status
+from nx47_pipeline.telemetry.events import MessagePayload, Status
 
-__all__ = ["PlanTracker", "STATUSES", "DONE_STATUSES"]
+__all__ = ["PlanTracker", "PlanSnapshots", "STATUSES", "DONE_STATUSES"]
 
 #: Stage statuses.  ``pending`` and ``running`` are open; the others are done.
 STATUSES = (Status.PENDING, Status.RUNNING, Status.OK, Status.SKIPPED, Status.FAILED,
@@ -341,3 +341,51 @@ class PlanTracker:
         path = Path(path)
         write_json(path, snap)
         return snap
+
+
+class PlanSnapshots:
+    """Rewrites a plan's ``plan.json`` atomically, at most every ``interval_s`` unless forced.
+
+    Parameters
+    ----------
+    plan : PlanTracker
+    path : path-like
+        The run folder's ``plan.json``.
+    interval_s : float
+        Minimum seconds between two unforced writes.
+    mono, clock : callable
+        Monotonic clock (the interval) and wall clock (``updated_ts``).
+    """
+
+    def __init__(self, plan: PlanTracker, path: str | os.PathLike, *, interval_s: float,
+                 mono: Callable[[], float] = time.monotonic, clock: Callable[[], float] = time.time) -> None:
+        self.plan, self.path = plan, Path(path)
+        self.interval_s = float(interval_s)
+        self._mono, self._clock = mono, clock
+        self._last = float("-inf")
+        self._warned = False
+
+    def write(self, run_id: str, *, force: bool = False) -> MessagePayload | None:
+        """Write the snapshot (with ``run_id`` and ``updated_ts``) when due or ``force``d.
+
+        Returns
+        -------
+        MessagePayload or None
+            The WARNING to publish when a write failed, the first time only.
+        """
+        now = self._mono()
+        if not force and now - self._last < self.interval_s:
+            return None
+        self._last = now
+        try:
+            snap = self.plan.snapshot()
+            snap["run_id"] = run_id
+            snap["updated_ts"] = self._clock()
+            write_json(self.path, snap, allow_nan=False, default=str)
+        except OSError as exc:
+            if self._warned:
+                return None
+            self._warned = True
+            return MessagePayload(message=f"cannot write {self.path.name}: {exc}", subject=self.path.name,
+                                  code="plan_write_failed")
+        return None

@@ -1,10 +1,14 @@
 """Progress bookkeeping of :class:`~nx47_pipeline.telemetry.facade.Telemetry`:
-the rate of the finest active counter and the PROGRESS_UPDATE throttle."""
+the rate of the finest active counter, the PROGRESS_UPDATE throttle, and the
+payload of a due report (:func:`progress_payload`)."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
+
+from nx47_pipeline.telemetry.events import ProgressPayload
+from nx47_pipeline.telemetry.plan import PlanTracker
 
 
 class StageStack:
@@ -99,3 +103,54 @@ class ProgressThrottle:
             self._last_names[name] = names
             return True
         return False
+
+
+def progress_payload(plan: PlanTracker, throttle: ProgressThrottle, name: str, now: float, *,
+                     step_done: float | None = None, step_total: float | None = None, substep: str = "",
+                     substep_done: int = 0, substep_total: int = 0, file: str = "", file_done: int = 0,
+                     file_total: int = 0, message: str = "", worker: str = "") -> ProgressPayload | None:
+    """Fold one progress report of stage ``name`` into ``plan``; its payload when one is due.
+
+    Parameters
+    ----------
+    plan : PlanTracker
+        Gets the stage's counter (``step_done`` / ``step_total``); gives the
+        global figure, the ETA and the stage's rate when no finer counter has one.
+    throttle : ProgressThrottle
+        Says whether the report is published (and gives the finest rate).
+    name : str
+        The open stage ("" outside stages: the plan is left alone).
+    now : float
+        Monotonic seconds.
+    step_done, step_total, substep, substep_done, substep_total, file, file_done, file_total, message, worker
+        The report (see :meth:`Telemetry.progress <nx47_pipeline.telemetry.facade.Telemetry.progress>`).
+
+    Returns
+    -------
+    ProgressPayload or None
+        None when the throttle holds the report back.
+    """
+    if name:
+        if step_done is not None or step_total is not None:
+            done = plan.counters(name)[0] if step_done is None else step_done
+            plan.update(name, done, step_total)
+        rate = throttle.rate(name, now, substep_done=substep_done, substep_total=substep_total,
+                             file_done=file_done, file_total=file_total)
+        if rate is None:
+            rate = plan.rate(name)
+        done, total = plan.counters(name)
+        index = plan.index_of(name)
+    else:
+        rate, index = None, -1
+        done = float(step_done or 0.0)
+        total = float(step_total or 0.0)
+    complete = (total > 0 and done >= total) or (
+        substep_total > 0 and substep_done >= substep_total
+    ) or (file_total > 0 and file_done >= file_total)
+    if not throttle.due(name, now, names=(file, substep), complete=complete):
+        return None
+    return ProgressPayload(
+        step=name, step_index=index, step_count=len(plan), step_done=done, step_total=total,
+        substep=substep, substep_done=int(substep_done), substep_total=int(substep_total),
+        file=str(file), file_done=int(file_done), file_total=int(file_total),
+        global_=plan.overall_progress(), rate=rate, eta_s=plan.eta_s(), message=message, worker=worker)

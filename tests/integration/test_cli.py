@@ -6,8 +6,11 @@ import sys
 
 import pytest
 
+from nx47_pipeline.config import RunConfig
+from nx47_pipeline.io.jsonio import write_json
 from nx47_pipeline.run.budget import PreflightTimings
 from nx47_pipeline.cli.dispatch import build_parser, main
+from nx47_pipeline.cli.run import config_from_args
 
 COMMANDS = ("run", "demo-data", "verify-journal", "score", "plan", "serve")
 
@@ -39,6 +42,46 @@ def test_run_flags_reach_the_config(monkeypatch):
     assert (cfg.data_root, cfg.out_dir, cfg.max_train_volumes, cfg.max_val_volumes) == ("/d", "/o", 0, 5)
     assert cfg.budget_s == 600 and cfg.auto_coverage is True and cfg.use_unet is False
     assert cfg.fit_max_iter == 77
+
+
+def test_run_config_file_reproduces_its_settings_and_flags_override_it(monkeypatch, tmp_path):
+    cfg = RunConfig(data_root="/d", out_dir="/o", max_train_volumes=3, max_val_volumes=0, budget_s=123.5,
+                    use_unet=None, auto_coverage=True, feature_scales=(1.0, 3.0), closing_radius=(1, 1, 2),
+                    fit_max_iter=33, console=True)
+    path = write_json(tmp_path / "config.json", cfg.to_dict())
+    # the environment is under the file: even use_unet's null (automatic) beats NX47_USE_UNET
+    monkeypatch.setenv("NX47_BUDGET_S", "5")
+    monkeypatch.setenv("NX47_USE_UNET", "1")
+    assert config_from_args(build_parser().parse_args(["run", "--config", str(path)])) == cfg
+    args = build_parser().parse_args(["run", "--config", str(path), "--out", "/x", "--budget-s", "60",
+                                      "--no-unet", "--set", "fit_max_iter=7", "--quiet"])
+    assert config_from_args(args) == cfg.replace(out_dir="/x", budget_s=60.0, use_unet=False, fit_max_iter=7,
+                                                 console=False)
+    # a file of some fields: the environment still sets the others
+    monkeypatch.setenv("NX47_MAX_VAL_VOLUMES", "2")
+    monkeypatch.setenv("NX47_SEED", "999")
+    part = write_json(tmp_path / "part.json", {"seed": 5, "l1_grid": [0.5]})
+    got = config_from_args(build_parser().parse_args(["run", "--config", str(part)]))
+    assert (got.seed, got.l1_grid, got.max_val_volumes, got.budget_s) == (5, (0.5,), 2, 5.0)
+
+
+def test_a_bad_config_file_is_named_with_its_problem(tmp_path, capsys):
+    cases = {
+        "torn.json": ('{"seed": 4', "not valid JSON"),
+        "list.json": ("[1, 2]", "expected a JSON object"),
+        "unknown.json": ('{"sede": 4}', "unknown configuration field 'sede'"),
+        "type.json": ('{"seed": [4]}', "seed expects an integer"),
+        "value.json": ('{"budget_s": -1}', "budget_s must be > 0"),
+    }
+    for name, (text, problem) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["run", "--config", str(tmp_path / name), "--quiet"]) == 2, name
+        err = capsys.readouterr().err
+        assert str(tmp_path / name) in err and problem in err, err
+    missing = tmp_path / "missing.json"
+    out = nx47("run", "--config", str(missing))
+    assert out.returncode == 2
+    assert str(missing) in out.stderr and "No such file" in out.stderr
 
 
 def test_bad_set_value_is_a_clear_error(tmp_path):

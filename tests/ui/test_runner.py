@@ -21,9 +21,14 @@ from nx47_pipeline.telemetry.events import (
     RunStartPayload,
 )
 from nx47_pipeline.telemetry.journal import JournalSink
-from nx47_pipeline.run.resume import pid_alive, read_lock_pid
+from nx47_pipeline.cli.dispatch import build_parser
+from nx47_pipeline.cli.run import config_from_args
+from nx47_pipeline.io.jsonio import read_json
+from nx47_pipeline.run.resume import FolderBusy, pid_alive, read_lock_pid
 from nx47_widgets.notebook import config_from_parameters, is_headless, should_autorun
-from nx47_widgets.runner import DetachedRunner, ThreadedRunner, UIPump, config_env
+from nx47_widgets.detached import DetachedRunner
+from nx47_widgets.pump import UIPump
+from nx47_widgets.threaded import ThreadedRunner
 from waits import wait_until  # noqa: E402
 
 
@@ -55,14 +60,39 @@ def test_threaded_runner_runs_off_the_calling_thread():
     assert seen["thread"] == "nx47-pipeline" != threading.current_thread().name
 
 
-def test_config_env_reproduces_the_config_in_another_process():
-    cfg = RunConfig(data_root="/d", out_dir="/o", max_train_volumes=3, max_val_volumes=0,
+def test_a_detached_run_is_started_with_its_config_file_and_no_config_variables(tmp_path, monkeypatch):
+    # a stand-in interpreter records the command line and the environment it was given
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\nenv > "$0.env"\n')
+    fake.chmod(0o755)
+    cfg = RunConfig(data_root="/d", out_dir=str(tmp_path / "out"), max_train_volumes=3, max_val_volumes=0,
                     budget_s=123.5, use_unet=None, auto_coverage=True,
                     feature_scales=(1.0, 3.0), closing_radius=(1, 1, 2))
-    env = config_env(cfg)
-    assert env["NX47_USE_UNET"] == "auto" and env["NX47_FEATURE_SCALES"] == "1.0,3.0"
-    assert RunConfig.from_env(env) == cfg
-    assert RunConfig.from_env(config_env(cfg.replace(use_unet=False))).use_unet is False
+    env = {"PATH": os.environ.get("PATH", ""), "NX47_BUDGET_S": "5", "NX47_USE_UNET": "1",
+           "V138_MAX_TRAIN_VOLUMES": "9", "NX47_AUTO_RUN": "0"}
+    launched = DetachedRunner.launch(cfg, env=env, python=str(fake), extra_args=["--quiet"])
+    assert launched.process.wait(10) == 0
+    config_file = tmp_path / "out" / "config.json"
+    argv = Path(f"{fake}.argv").read_text().splitlines()
+    assert argv == ["-m", "nx47_pipeline.cli", "run", "--config", str(config_file), "--quiet"]
+    child_env = dict(line.split("=", 1) for line in Path(f"{fake}.env").read_text().splitlines() if "=" in line)
+    assert not {"NX47_BUDGET_S", "NX47_USE_UNET", "V138_MAX_TRAIN_VOLUMES"} & set(child_env)
+    assert child_env["NX47_AUTO_RUN"] == "0"  # not a configuration field: left alone
+    assert RunConfig.from_dict(read_json(config_file)) == cfg
+    # what nx47 run makes of it, whatever this process's environment says
+    monkeypatch.setenv("NX47_BUDGET_S", "5")
+    monkeypatch.setenv("NX47_USE_UNET", "1")
+    assert config_from_args(build_parser().parse_args(argv[2:5])) == cfg
+
+
+def test_a_detached_launch_into_a_held_folder_leaves_its_config_alone(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.lock").write_text(str(os.getpid()))  # held by a live process: this one
+    (out / "config.json").write_text('{"seed": 1}')
+    with pytest.raises(FolderBusy):
+        DetachedRunner.launch(RunConfig(out_dir=str(out)), python="/nonexistent/python")
+    assert (out / "config.json").read_text() == '{"seed": 1}'
 
 
 def test_lock_pid_and_liveness(tmp_path):
@@ -265,11 +295,11 @@ def test_a_threaded_run_is_registered_and_stopped_by_another_pages_request(tmp_p
 
 
 def test_a_kernel_shutting_down_cancels_its_threaded_runs(tmp_path, monkeypatch):
-    from nx47_widgets import runner as runner_mod
+    from nx47_widgets import threaded as threaded_mod
 
     monkeypatch.setenv("NX47_STATE_DIR", str(tmp_path / "state"))
     started = threading.Event()
     r = ThreadedRunner(RunConfig(out_dir=str(tmp_path / "out")), job=_looping_job(started)).start()
     assert started.wait(5)
-    runner_mod._cancel_threaded_runs_at_exit()  # what atexit runs when the kernel exits
+    threaded_mod._cancel_threaded_runs_at_exit()  # what atexit runs when the kernel exits
     assert r.done and "shutting down" in r.result

@@ -40,7 +40,8 @@ from IPython.display import display
 from nx47_pipeline.telemetry.bus import EventBus
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.telemetry.events import EventKind, ProgressPayload
-from nx47_widgets.runner import ThreadedRunner, UIPump
+from nx47_widgets.pump import UIPump
+from nx47_widgets.threaded import ThreadedRunner
 bar2 = W.FloatProgress(min=0.0, max=1.0, value=0.0)
 display(bar2)
 N = 400

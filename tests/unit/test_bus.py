@@ -63,6 +63,17 @@ def step(phase="begin"):
     return StepPayload(phase=phase)
 
 
+def test_a_sink_attached_first_gets_each_event_before_the_others():
+    bus, order = EventBus(), []
+    late = CallbackSink(lambda e: order.append("late"))
+    first = CallbackSink(lambda e: order.append("first"))
+    bus.attach(late)
+    bus.attach(first, first=True)
+    bus.attach(first, first=True)  # attaching twice is still a no-op
+    bus.publish(EventKind.WARNING, MessagePayload(message="x"))
+    assert order == ["first", "late"] and bus.sinks == [first, late]
+
+
 def test_seq_and_t_assigned_from_clock():
     now = [100.0]
     bus = EventBus(clock=lambda: now[0], t0=90.0, seq_start=5)

@@ -1,10 +1,11 @@
 """RunConfig: defaults, NX47_* and legacy V138_* environment overrides, validation."""
 
 import dataclasses
+import json
 
 import pytest
 
-from nx47_pipeline.config import RunConfig, env_name
+from nx47_pipeline.config import RunConfig, env_name, env_names, read_config_file
 
 
 def test_defaults_match_the_capped_strategy():
@@ -83,3 +84,27 @@ def test_the_dust_and_plug_size_grids_are_read_from_the_environment_and_a_bad_on
         RunConfig.from_env({"NX47_PLUG_SIZE_GRID": "0,x"})
     with pytest.raises(ValueError, match=r"dust_size_grid must be .* got \(1\.5,\)"):
         RunConfig(dust_size_grid=(1.5,))
+
+
+def test_a_config_file_gives_checked_field_values(tmp_path):
+    cfg = RunConfig(max_train_volumes=3, feature_scales=(1.0, 3.0), use_unet=None)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert RunConfig(**read_config_file(path)) == cfg
+    path.write_text('{"seed": "12", "use_unet": "off", "budget_s": 60}')  # strings read as the environment's
+    assert read_config_file(path) == {"seed": 12, "use_unet": False, "budget_s": 60}
+    for text, problem in (('{"seed": true}', "seed expects an integer, got True"),
+                          ('{"use_unet": 1}', "use_unet expects a boolean or null"),
+                          ('{"l1_grid": 0.1}', "l1_grid expects a list of numbers"),
+                          ('{"seed": "x"}', "seed: expected an integer"),
+                          ('{"closing_radius_grid": [1, 2]}', "closing_radius_grid must be")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"configuration file {path}: ") as err:
+            read_config_file(path)
+        assert problem in str(err.value)
+
+
+def test_env_names_are_every_variable_from_env_reads():
+    names = env_names()
+    assert {"NX47_BUDGET_S", "NX47_USE_UNET", "V138_MAX_TRAIN_VOLUMES"} <= names
+    assert len(names) == len(dataclasses.fields(RunConfig)) + 2
