@@ -131,7 +131,7 @@ def test_no_import_cycle_between_modules():
     assert not cycles, "\n".join(cycles)
 
 
-@pytest.mark.parametrize("limit", [400])
+@pytest.mark.parametrize("limit", [300])
 def test_no_class_longer_than_the_limit(limit):
     long = []
     for path in MODULES.values():
