@@ -68,6 +68,10 @@ class RunConfig:
     search_max_val_volumes: int = 8  # the search scores its grid on at most this many (0 = all)
     search_top_k: int = 4  # candidates scored with the full metric after the proxy ranking (0 = all)
     fit_max_iter: int = 500
+    # auto-context rounds after fit_prox (linear models that also see the previous map; 0 = fit_prox alone),
+    # fitted on at most context_max_volumes training volumes (0 = all)
+    context_rounds: int = 2
+    context_max_volumes: int = 12
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0
     min_component_voxels: int = 100  # the fallback's dust size, and where no choice was made
@@ -124,7 +128,8 @@ class RunConfig:
             raise ValueError(
                 f"heartbeat_interval_s must be > 0, got {self.heartbeat_interval_s!r}"
             )
-        for name in ("sample_slabs", "search_max_val_volumes", "search_top_k"):
+        for name in ("sample_slabs", "search_max_val_volumes", "search_top_k", "context_rounds",
+                     "context_max_volumes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 means all), got {getattr(self, name)!r}")
         grid = self.closing_radius_grid

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ARTIFACT_NAMES", "AUTO_COVERAGE", "CHUNKS", "CLASSES", "CLUSTER", "CONFIG", "FIT", "INFER_KEY", "JOURNAL",
+    "ARTIFACT_NAMES", "AUTO_COVERAGE", "CHUNKS", "CLASSES", "CLUSTER", "CONFIG", "CONTEXT", "CONTEXT_POSTPROCESS",
+    "CONTEXT_ROUND", "CONTEXT_THRESHOLDS", "FIT", "context_round", "INFER_KEY", "JOURNAL",
     "KILLED", "LOCK",
     "MANIFEST", "MASK", "MODEL_WEIGHTS", "PLAN", "POSTPROCESS", "QA", "RESUMABLE", "RUN_KEY", "RunFolder",
     "SEARCH_RESULTS", "STATS", "STOP_REQUEST", "SUBMISSION", "TIMINGS", "UNET_POSTPROCESS", "UNET_THRESHOLDS",
@@ -49,15 +50,26 @@ TIMINGS = "timings.json"             #: ``preflight/``: the preflight's measured
 MANIFEST = "model.json"              #: ``model/`` (a bundle): the manifest
 MODEL_WEIGHTS = "model.npz"          #: ``model/``: the linear model's weights
 FIT = "fit.json"                     #: ``model/``: how the fit converged
+CONTEXT = "context.json"             #: ``model/``: the auto-context rounds (their files, how they were fitted)
+CONTEXT_ROUND = "context_{}.npz"     #: ``model/``: auto-context round k's linear model (k from 1)
 SEARCH_RESULTS = "results.json"      #: ``search/``: every candidate's scores and the best
 POSTPROCESS = "postprocess.json"     #: ``search/``: the post-processing choice's scores (a cache)
 UNET_THRESHOLDS = "unet_thresholds.json"    #: ``val/``: the U-Net's keep-or-drop and thresholds
 UNET_POSTPROCESS = "unet_postprocess.json"  #: ``val/``: the U-Net's post-processing choice (a cache)
+CONTEXT_THRESHOLDS = "context_thresholds.json"    #: ``val/``: the auto-context model's thresholds
+CONTEXT_POSTPROCESS = "context_postprocess.json"  #: ``val/``: its post-processing choice (a cache)
 
 #: Every file name above: what the layering test forbids elsewhere.
 ARTIFACT_NAMES = (JOURNAL, PLAN, STATS, CONFIG, RUN_KEY, LOCK, STOP_REQUEST, KILLED, CLUSTER, QA, AUTO_COVERAGE,
                   SUBMISSION, INFER_KEY, CLASSES, MASK, TIMINGS, MANIFEST, MODEL_WEIGHTS, FIT, SEARCH_RESULTS,
-                  POSTPROCESS, UNET_THRESHOLDS, UNET_POSTPROCESS)
+                  POSTPROCESS, UNET_THRESHOLDS, UNET_POSTPROCESS, CONTEXT, CONTEXT_THRESHOLDS, CONTEXT_POSTPROCESS)
+
+
+
+def context_round(k: int) -> str:
+    """The file name of auto-context round ``k`` (from 1) in ``model/``."""
+    return CONTEXT_ROUND.format(int(k))
+
 
 # -- sub-folders of a run
 PREFLIGHT_DIR = "preflight"

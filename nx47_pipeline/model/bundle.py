@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nx47_pipeline import __version__
-from nx47_pipeline.io.jsonio import write_json
-from nx47_pipeline.io.run_folder import FIT, MANIFEST, MODEL_WEIGHTS, RunFolder
+from nx47_pipeline.io.jsonio import read_json, write_json
+from nx47_pipeline.io.run_folder import CONTEXT, FIT, MANIFEST, MODEL_WEIGHTS, RunFolder
+from nx47_pipeline.model.context import ContextModel, load_rounds
 from nx47_pipeline.model.features import feature_names
 from nx47_pipeline.model.linear import LogisticModel
 from nx47_pipeline.model.postprocess import radius_text
@@ -55,7 +56,9 @@ class Bundle:
         The bundle folder.
     manifest : dict
         ``model.json``.
-    model : LogisticModel
+    model : LogisticModel or ContextModel
+        The linear model, with its auto-context rounds when the run fitted
+        them (``model.json``'s ``context``).
     best : dict
         ``l1``, ``l2``, ``low``, ``high``, ``score`` of the search and
         ``thin`` (the post-processing's thin-surface step, chosen on
@@ -79,7 +82,7 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
-    model: LogisticModel | None  # None in an nnU-Net bundle
+    model: LogisticModel | ContextModel | None  # None in an nnU-Net bundle
     best: dict[str, Any]
     closing_radius: tuple[int, int, int]
     min_component_voxels: int
@@ -217,6 +220,12 @@ def write_manifest(
     model_dir = Path(model_dir)
     linear = LogisticModel.load(model_dir / MODEL_WEIGHTS)
     files = [MODEL_WEIGHTS] + ([FIT] if (model_dir / FIT).exists() else [])
+    context = read_json(model_dir / CONTEXT)
+    if isinstance(context, dict) and isinstance(context.get("files"), list):
+        files += [str(f) for f in context["files"]] + [CONTEXT]
+        context = {"file": CONTEXT, "rounds": int(context.get("rounds", len(context["files"])))}
+    else:
+        context = None
     unet = None
     if unet_fuse is not None and (model_dir / UNET_FILE).exists():
         files.append(UNET_FILE)
@@ -236,6 +245,7 @@ def write_manifest(
                         "plug_size": int(plug_size),
                         "thin": bool(best.get("thin", False))},
         "unet": unet,
+        "context": context,
         "train_ids": list(train_ids),
         "val_ids": list(val_ids),
         "validation": dict(validation),
@@ -308,6 +318,11 @@ def load_bundle(path: str | Path, *, device: str = "auto") -> Bundle:
     verify_files(path, manifest)
     nnunet = bundle_kind(manifest) == PredictorKind.NNUNET
     model = None if nnunet else _load_linear(path, manifest)
+    if model is not None and manifest.get("context"):
+        try:
+            model = load_rounds(model, path) or model
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
     search = manifest["search"]
     for key in ("low", "high"):
         if not isinstance(search.get(key), (int, float)):

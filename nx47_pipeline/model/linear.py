@@ -29,6 +29,7 @@ import numpy as np
 from scipy.special import expit
 
 from nx47_pipeline.io.atomic import atomic_path
+from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.predict import linear_probabilities
 
 IterFn = Callable[[int, int, float], None]
@@ -81,6 +82,11 @@ class LogisticModel:
     @property
     def n_features(self) -> int:
         return int(self.coef.size)
+
+    @property
+    def halo(self) -> int:
+        """Context, in voxels, a block needs for exact probabilities (the filter bank's reach)."""
+        return halo_for(self.scales)
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)

@@ -135,7 +135,7 @@ def probability(
         if on_progress is not None:
             on_progress(done, total, what, share * done / max(total, 1))
 
-    prob = linear_probabilities(volume, [model], slab=slab, on_progress=on_slab)[0]
+    prob = model.predict_volume(volume, slab=slab, on_progress=on_slab)
     if unet is None:
         return prob
 
@@ -169,8 +169,9 @@ def segment_volume(
     ----------
     volume : ndarray, shape (Z, Y, X)
         CT volume.
-    model : LogisticModel
-        From :func:`nx47_pipeline.model.linear.fit_prox`.
+    model : LogisticModel or ContextModel
+        From :func:`nx47_pipeline.model.linear.fit_prox` (with its
+        auto-context rounds: :func:`nx47_pipeline.model.context.fit_context`).
     low, high, closing_radius, min_size, thin, plug_size
         See :func:`nx47_pipeline.model.postprocess.postprocess`.
     slab : int

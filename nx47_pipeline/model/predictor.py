@@ -31,7 +31,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from nx47_pipeline.model.features import halo_for
 from nx47_pipeline.model.postprocess import _check_3d, postprocess
 from nx47_pipeline.model.predict import FracProgressFn, UNetPart, probability
 
@@ -95,7 +94,8 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class LinearPredictor:
-    """The linear model (:class:`~nx47_pipeline.model.linear.LogisticModel`),
+    """The linear model (:class:`~nx47_pipeline.model.linear.LogisticModel`, or a
+    :class:`~nx47_pipeline.model.context.ContextModel` with its auto-context rounds),
     fused with ``unet`` when given (:func:`nx47_pipeline.model.predict.probability`)."""
 
     model: Any
@@ -109,7 +109,7 @@ class LinearPredictor:
     @property
     def halo(self) -> int:
         """The filter bank's reach (exact); with a U-Net, also half its window."""
-        reach = halo_for(self.model.scales)
+        reach = int(self.model.halo)
         if self.unet is not None:
             reach = max(reach, -(-int(self.unet.params.patch) // 2))
         return reach

@@ -88,6 +88,10 @@ class PreflightTimings:
     measured_at: float = field(default_factory=time.time)
     # the data root the preflight measured (resolved); None in older files
     data_root: str | None = None
+    # the auto-context rounds: their fit per million training voxels of a volume they were fitted on, and
+    # their threshold sweep per million voxels of a searched validation volume (0: not measured, older files)
+    context_s_per_mvox: float = 0.0
+    context_sweep_s_per_mvox: float = 0.0
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, asdict(self), sort_keys=True)
@@ -266,6 +270,17 @@ def search_units(config: RunConfig, *, n_val: int) -> int:
     return search_grid(config).units(search_val_count(n_val, config))
 
 
+def context_count(n_train: int, config: RunConfig) -> int:
+    """Training volumes the auto-context rounds are fitted on: at most
+    ``context_max_volumes`` (0 = all) of ``n_train``; 0 when
+    ``context_rounds`` is 0 or fewer than 2 (its maps are cross-fitted on
+    two halves)."""
+    if config.context_rounds <= 0 or n_train < 2:
+        return 0
+    cap = config.context_max_volumes
+    return int(n_train if cap <= 0 else min(cap, n_train))
+
+
 def project_run(
     timings: PreflightTimings,
     *,
@@ -304,10 +319,13 @@ def project_run(
             timings.grid_fits * search_iters * rows * timings.fit_s_per_iter_row
             + search_val_count(n_val, config) * timings.mvox_train * timings.search_s_per_mvox
         ),
-        "fit_prox": s * fit_iters * rows * timings.fit_s_per_iter_row,
+        "fit_prox": s * (fit_iters * rows * timings.fit_s_per_iter_row
+                         + context_count(n_train, config) * timings.mvox_train * timings.context_s_per_mvox),
         "unet": s * unet.train_s(n_train) if unet is not None else 0.0,
-        "validate": s * n_val_w * (timings.mvox_train * timings.validate_s_per_mvox
-                                 + _unet_infer_s(unet, timings.mvox_train)),
+        "validate": s * (n_val_w * (timings.mvox_train * timings.validate_s_per_mvox
+                                    + _unet_infer_s(unet, timings.mvox_train))
+                         + (search_val_count(n_val, config) * timings.mvox_train * timings.context_sweep_s_per_mvox
+                            if unet is None and context_count(n_train, config) else 0.0)),
         "segment": s * n_test_w * (timings.mvox_test * timings.segment_s_per_mvox
                                  + _unet_infer_s(unet, timings.mvox_test)),
         "package": s * n_test * timings.package_s_per_volume + 1.0,

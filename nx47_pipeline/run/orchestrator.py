@@ -387,14 +387,21 @@ def _train(ctx: RunContext) -> None:
         with _stage(ctx, StageName.SEARCH, total=st.plan.search_units):
             st.best = stages.search(ctx, ctx.reporter(), samples, val, ctx.folder.search,
                                     max_iter=cfg.search_max_iter, deadline=ctx.deadlines.training)["best"]
-        with _stage(ctx, StageName.FIT_PROX, total=cfg.fit_max_iter):
+        # the auto-context rounds go on in the fit_prox stage, on the volumes that gave samples
+        fitted = {p.stem for p in paths}
+        ctx_train = stages.context_volumes(cfg, [r for r in train if r.id in fitted])
+        fit_total = cfg.fit_max_iter * (2 if ctx_train else 1)
+        with _stage(ctx, StageName.FIT_PROX, total=fit_total):
             model = stages.fit(ctx, ctx.reporter(), samples, st.best, ctx.folder.model,
-                               max_iter=cfg.fit_max_iter, deadline=ctx.deadlines.training)
+                               max_iter=cfg.fit_max_iter, deadline=ctx.deadlines.training, total=fit_total)
             if not np.any(model.coef):
                 ctx.warn("the fitted model has no non-zero weight (stopped by the budget before "
                          "learning, or regularised away); test volumes get the fallback segmentation",
                          subject=str(ctx.folder.model / MODEL_WEIGHTS), code="model_empty")
                 model = None
+            elif ctx_train:
+                model = stages.context(ctx, ctx.reporter(), model, ctx_train, ctx.folder.model,
+                                       deadline=ctx.deadlines.training, start=cfg.fit_max_iter, total=fit_total)
             st.model = model
         del samples
 
@@ -456,6 +463,14 @@ def _validate(ctx: RunContext) -> None:
             elif unet_pair is not None:
                 st.best = {**st.best, **{k: unet_pair[k] for k in ("low", "high", "thin", "closing_radius",
                                                                     "min_size", "plug_size")}}
+        if st.unet is None and not linear and st.val_scores and getattr(st.model, "rounds", ()):
+            # the auto-context rounds' maps are sharper than the base model's the search chose its pair on
+            pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
+                                                         st.val_scores, deadline=ctx.deadlines.training,
+                                                         sweep=stages.CONTEXT_SWEEP)
+            if pair is not None:
+                st.best = {**st.best, **{k: pair[k] for k in ("low", "high", "thin", "closing_radius", "min_size",
+                                                               "plug_size")}}
 
 
 def _validation_summary(st) -> dict[str, Any]:

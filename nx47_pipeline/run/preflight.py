@@ -93,18 +93,46 @@ class Measured:
     package_s: float
     training: TrainingMeasured | None = None
     unet_s_per_batch: float | None = None
+    # the auto-context rounds the run fits (0: none), and what the preflight timed of them: their fit on
+    # context_mvox million training voxels, their threshold sweep (sweep_keys candidates) on sweep_mvox
+    context_rounds: int = 0
+    context_s: float = 0.0
+    context_mvox: float = 0.0
+    sweep_keys: int = 0
+    sweep_s: float = 0.0
+    sweep_mvox: float = 0.0
 
     def timings(self, *, data_root: str | None) -> PreflightTimings:
-        """The rates of these measurements (seconds per unit of work)."""
+        """The rates of these measurements (seconds per unit of work).
+
+        When the run fits auto-context rounds but the preflight's slice was
+        too small to fit them (fewer than 2 training volumes), their costs
+        are estimated from the filter bank's rate: each round computes two
+        filter banks per volume it is fitted on and one more per volume it
+        segments, and its sweep scores each candidate like a validation."""
         tr = self.training
         validate = (self.validate_s / max(self.val_mvox, 1e-6) if self.n_validated
                     else self.segment_s / max(self.test_mvox, 1e-6))
+        segment = self.segment_s / max(self.test_mvox * self.n_test, 1e-6)
+        feat = tr.features_s / max(self.mvox_train * tr.n_volumes, 1e-6) if tr else 0.0
+        context = sweep = 0.0
+        if self.context_rounds and tr:
+            if self.context_mvox > 0:
+                context = self.context_s / self.context_mvox
+            else:
+                context = 2.0 * self.context_rounds * feat
+                validate += self.context_rounds * feat
+                segment += self.context_rounds * feat
+            sweep = (self.sweep_s / self.sweep_mvox if self.sweep_mvox > 0
+                     else self.sweep_keys * validate)
         return PreflightTimings(
-            features_s_per_mvox=tr.features_s / max(self.mvox_train * tr.n_volumes, 1e-6) if tr else 0.0,
+            context_s_per_mvox=context,
+            context_sweep_s_per_mvox=sweep,
+            features_s_per_mvox=feat,
             search_s_per_mvox=max(tr.search_s - tr.fit_s, 1e-3) / max(self.val_mvox, 1e-6) if tr else 0.0,
             fit_s_per_iter_row=tr.fit_s / max(tr.fit_iters * tr.rows, 1) if tr else 0.0,
             validate_s_per_mvox=validate,
-            segment_s_per_mvox=self.segment_s / max(self.test_mvox * self.n_test, 1e-6),
+            segment_s_per_mvox=segment,
             fallback_s_per_mvox=self.fallback_s / max(self.fallback_mvox, 1e-6),
             package_s_per_volume=self.package_s / self.n_test,
             mvox_train=self.mvox_train,
@@ -249,6 +277,13 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
 
     model = stages.fit(ctx, quiet(2), samples, grid["best"], dest / "model", max_iter=small_iter, deadline=None)
     fit_info = read_json(RunFolder(dest).model / FIT) or {}
+    # the auto-context rounds, on the slice's training volumes that gave samples (at least 2)
+    ctx_recs = stages.context_volumes(cfg, used) if np.any(model.coef) else []
+    t = time.monotonic()
+    if ctx_recs:
+        model = stages.context(ctx, quiet(2), model, ctx_recs, RunFolder(dest).model, deadline=deadline)
+    t_ctx = time.monotonic() - t
+    ctx_mvox = float(np.sum([stages.mvox(r.shape) for r in ctx_recs])) if getattr(model, "rounds", ()) else 0.0
     unet_s_per_batch = None
     if cfg.use_unet is not False and torch_available() and deadline - time.monotonic() > 120:
         unet_phase = phase(3)
@@ -267,9 +302,15 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     phase(3)(1, 1)
 
     t = time.monotonic()
-    stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None,
-                    executor=executor)
+    scores = stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None,
+                             executor=executor)
     t_val = time.monotonic() - t
+    t = time.monotonic()
+    swept = stages.search_volumes(cfg, sl.val) if getattr(model, "rounds", ()) and scores else []
+    if swept:
+        stages.unet_thresholds(ctx, quiet(4), grid["best"], sl.val, dest / "val", scores, deadline=deadline,
+                               sweep=stages.CONTEXT_SWEEP)
+    t_sweep = time.monotonic() - t
 
     t = time.monotonic()
     stages.segment(ctx, quiet(5), model, grid["best"], None, sl.test, dest / "test", deadline=None,
@@ -289,6 +330,9 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
         training=training, unet_s_per_batch=unet_s_per_batch,
+        context_rounds=cfg.context_rounds, context_s=t_ctx, context_mvox=ctx_mvox,
+        sweep_keys=stages.context_sweep_keys(cfg), sweep_s=t_sweep,
+        sweep_mvox=float(np.sum([stages.mvox(r.shape) for r in swept])),
     ).timings(data_root=sl.data_root)
 
 

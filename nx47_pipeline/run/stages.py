@@ -26,12 +26,15 @@ import numpy as np
 from nx47_pipeline.data.coverage import Selection, select_coverage
 from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, resolve_data_root
 from nx47_pipeline.io.jsonio import read_json, write_json
-from nx47_pipeline.io.run_folder import FIT, MODEL_WEIGHTS, UNET_POSTPROCESS, UNET_THRESHOLDS
+from nx47_pipeline.io.run_folder import (CONTEXT_POSTPROCESS, CONTEXT_THRESHOLDS, FIT, MODEL_WEIGHTS,
+                                        UNET_POSTPROCESS, UNET_THRESHOLDS)
 from nx47_pipeline.io.submission import PackagingError, write_submission
 from nx47_pipeline.io.volumes import VolumeError, read_pair, read_volume, write_volume
-from nx47_pipeline.model.features import feature_names, halo_for
+from nx47_pipeline.model.features import feature_names
+from nx47_pipeline.model.context import ContextModel, load_rounds
+from nx47_pipeline.model.context import fit_context as fit_context_rounds
 from nx47_pipeline.model.linear import LogisticModel, fit_prox, prior_shift
-from nx47_pipeline.model.predict import UNetPart, linear_probabilities
+from nx47_pipeline.model.predict import UNetPart
 from nx47_pipeline.model.metric import VolumeScore, score_volume
 from nx47_pipeline.model.postprocess import surface_ridge, uint8_to_probability
 from nx47_pipeline.model.predictor import LinearPredictor, PostChoice, Predictor
@@ -302,14 +305,16 @@ def search_volumes(cfg, val: Sequence[VolumeRecord]) -> list[VolumeRecord]:
 
 def fit(
     ctx: RunContext, report: Reporter, samples: Samples, best: dict[str, Any], dest: Path,
-    *, max_iter: int, deadline: float | None,
+    *, max_iter: int, deadline: float | None, total: float | None = None,
 ) -> LogisticModel:
     """``fit_prox`` at the search's best (L1, L2), warm-started from the
-    search's model; ``dest/model.npz`` and ``dest/fit.json``."""
+    search's model; ``dest/model.npz`` and ``dest/fit.json``.  Progress
+    counts iterations out of ``total`` (default ``max_iter``: more when the
+    stage goes on with the auto-context rounds)."""
     cfg = ctx.config
     path = dest / MODEL_WEIGHTS
     if path.exists():
-        report.progress(max_iter, max_iter, message="model cached")
+        report.progress(max_iter, total or max_iter, message="model cached")
         return LogisticModel.load(path)
     warm = None
     if best.get("model_path") and Path(best["model_path"]).exists():
@@ -317,14 +322,14 @@ def fit(
     last_emit = [0.0]
 
     def on_iter(i: int, n: int, objective: float) -> None:
-        report.progress(i, n, substep="iteration", substep_done=i, substep_total=n,
+        report.progress(i, total or n, substep="iteration", substep_done=i, substep_total=n,
                         message=f"objective {objective:.6g}")
         now = time.monotonic()
         if i <= 1 or i == n or now - last_emit[0] >= cfg.progress_interval_s:
             last_emit[0] = now
             report.metric(MetricName.FIT_PROX_OBJECTIVE, float(objective), step=int(i))
 
-    report.progress(0, max_iter, substep=f"standardising {len(samples.y)} samples", substep_done=0,
+    report.progress(0, total or max_iter, substep=f"standardising {len(samples.y)} samples", substep_done=0,
                     substep_total=max_iter)
     res = fit_prox(
         samples.X, samples.y, l1=best["l1"], l2=best["l2"], max_iter=max_iter, tol=cfg.fit_tol,
@@ -345,6 +350,67 @@ def fit(
     return res.model
 
 
+def context_volumes(cfg, train: Sequence[VolumeRecord]) -> list[VolumeRecord]:
+    """The training volumes the auto-context rounds are fitted on: the first
+    ``context_max_volumes`` (0 = all); none when ``context_rounds`` is 0 or
+    fewer than 2 volumes (the rounds' maps are cross-fitted on two halves)."""
+    n = budget.context_count(len(train), cfg)
+    return list(train[:n])
+
+
+def context(
+    ctx: RunContext, report: Reporter, model: LogisticModel, train: Sequence[VolumeRecord], dest: Path,
+    *, deadline: float | None, start: float = 0.0, total: float = 1.0,
+) -> LogisticModel | ContextModel:
+    """The auto-context rounds on top of ``model``
+    (:func:`nx47_pipeline.model.context.fit_context`) on
+    :func:`context_volumes` of ``train`` (volumes whose features were
+    computed), written to ``dest`` (``context_<k>.npz``, ``context.json``)
+    and read back from there by a resumed run.  Progress goes from ``start``
+    to ``total``.  Returns ``model`` alone when no round is fitted: rounds
+    off, fewer than 2 volumes, or the deadline or a file problem stopped the
+    fit (a WARNING says which)."""
+    cfg = ctx.config
+    try:
+        cached = load_rounds(model, dest)
+    except ValueError as exc:
+        report.warn(f"auto-context rounds not reused: {exc}", subject=str(dest), code="context_unreadable")
+        cached = None
+    if cached is not None and len(cached.rounds) == cfg.context_rounds:
+        report.progress(total, total, message="auto-context rounds cached")
+        return cached
+    recs = context_volumes(cfg, train)
+    if not recs:
+        return model
+    span = total - start
+
+    def on_progress(done, n, what):
+        ctx.cancel.raise_if_cancelled()
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(what)
+        report.progress(start + span * float(done) / max(float(n), 1.0), total, substep=f"auto-context: {what}",
+                        substep_done=int(done), substep_total=int(n))
+
+    def loader(rec: VolumeRecord):
+        return lambda: read_pair(rec.image_path, rec.label_path)
+
+    t0 = time.monotonic()
+    try:
+        stacked = fit_context_rounds([loader(r) for r in recs], model, rounds=cfg.context_rounds,
+                                     rows_per_volume=cfg.samples_per_class, max_iter=cfg.search_max_iter,
+                                     seed=cfg.seed, on_progress=on_progress)
+    except TimeoutError as exc:
+        report.deadline_hit("fit_prox", f"auto-context rounds stopped at {exc}; fit_prox alone is kept")
+        return model
+    except (VolumeError, ValueError) as exc:
+        report.warn(f"auto-context rounds not fitted: {exc}; fit_prox alone is kept", subject=str(dest),
+                    code="context_failed")
+        return model
+    stacked.save_rounds(dest, volumes=[r.id for r in recs], seconds=time.monotonic() - t0)
+    report.progress(total, total, message=f"{len(stacked.rounds)} auto-context rounds on {len(recs)} volumes")
+    return stacked
+
+
 # ---------------------------------------------------------------------------
 # U-Net
 # ---------------------------------------------------------------------------
@@ -353,7 +419,8 @@ def unet_params(ctx: RunContext) -> UNetParams:
 
 
 def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest: Path, *,
-         model: LogisticModel | None = None, deadline: float | None = None, tta: bool = False) -> UNetPart | None:
+         model: LogisticModel | ContextModel | None = None, deadline: float | None = None,
+         tta: bool = False) -> UNetPart | None:
     """Train the U-Net on patches of ``train`` with checkpoints in ``dest``
     until ``deadline`` (default: the training deadline); None when it
     completed no epoch.  With ``prior`` parameters (the default) each patch
@@ -381,8 +448,8 @@ def unet(ctx: RunContext, report: Reporter, train: Sequence[VolumeRecord], dest:
     patches = extract_patches(
         volumes(), patch=params.patch, patches_per_volume=params.patches_per_volume,
         label_guided_frac=params.label_guided_frac, seed=cfg.seed, on_file=on_file, n_volumes=len(train),
-        prior=(lambda region: linear_probabilities(region, [model])[0]) if params.prior else None,
-        prior_margin=halo_for(model.scales) + 1 if params.prior else 0,
+        prior=(lambda region: model.predict_volume(region)) if params.prior else None,
+        prior_margin=int(model.halo) + 1 if params.prior else 0,
     )
 
     def on_batch(epoch, epochs, batch, n_batches, loss):  # epoch counts from 1
@@ -535,11 +602,37 @@ def _recorded_key(post: PostDefaults, record: dict[str, Any], prefix: str) -> Po
             int(post.min_size if size is None else size), int(record.get(f"{prefix}_plug_size") or 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Which model's validation maps a threshold sweep chooses on, and where it records."""
+
+    label: str  # in messages: "U-Net", "auto-context"
+    model: str  # the POSTPROCESS_SCORE metric's ``model`` field
+    metric: MetricName  # one mean per candidate
+    record: str  # ``dest/<record>``: every choice's mean (a resumed run reuses it)
+    cache: str  # ``dest/<cache>``: the dust / plug choice's scores
+    vary: bool  # also vary ``thin`` and the closing radius (else the search's are kept)
+
+
+#: The U-Net's sweep: pairs x thinning x closing radii (its maps are another model's).
+UNET_SWEEP = Sweep("U-Net", "unet", MetricName.UNET_THRESHOLD_SCORE, UNET_THRESHOLDS, UNET_POSTPROCESS, True)
+#: The auto-context rounds' sweep: their maps are sharper than the base model's the search chose on,
+#: so the pair moves (measured: 0.40/0.55 -> 0.50/0.65); the search's thinning and radius are kept.
+CONTEXT_SWEEP = Sweep("auto-context", "context", MetricName.CONTEXT_THRESHOLD_SCORE, CONTEXT_THRESHOLDS,
+                      CONTEXT_POSTPROCESS, False)
+
+
+def context_sweep_keys(cfg) -> int:
+    """Candidates the auto-context sweep scores per volume (the hysteresis pairs)."""
+    return len(threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap))
+
+
 def unet_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
-    scores: dict[str, dict[str, float]], *, deadline: float | None,
+    scores: dict[str, dict[str, float]], *, deadline: float | None, sweep: Sweep = UNET_SWEEP,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
-    """The U-Net's hysteresis pair, ``thin``, closing radius, dust size and
+    """The U-Net's (or, with ``sweep`` :data:`CONTEXT_SWEEP`, the
+    auto-context model's: the pairs alone) hysteresis pair, ``thin``, closing radius, dust size and
     hole plug size, chosen by the mean competition score on the validation
     maps ``dest/<id>_prob.tif`` that :func:`validate` wrote with the U-Net
     (at most ``search_max_val_volumes`` of them): first the pairs of
@@ -562,7 +655,7 @@ def unet_thresholds(
     cfg = ctx.config
     defaults = PostDefaults.of_config(cfg)  # a training run's: its config's
     current = _post_key(defaults, best)
-    record = read_json(dest / UNET_THRESHOLDS)
+    record = read_json(dest / sweep.record)
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
             and _same_key(_recorded_key(defaults, record, "search"), current)):
         # a resumed run: the masks and scores already follow the recorded choice
@@ -578,17 +671,18 @@ def unet_thresholds(
         return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
     sizes = current[4:]
+    thins, radii = ((False, True), cfg.closing_radii()) if sweep.vary else ((current[2],), [current[3]])
     keys = [(lo, hi, thin, r, *sizes) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
-            for thin in (False, True) for r in cfg.closing_radii()]
+            for thin in thins for r in radii]
     keys = [k for k in keys if not _same_key(k, current)]
     results: dict[PostKey, dict[str, VolumeScore]] = {k: {} for k in keys}
     done: list[str] = []
     n_val = max(len(val), 1)
     for i, rec in enumerate(recs):
         if deadline is not None and time.monotonic() >= deadline:
-            report.deadline_hit("validate", f"U-Net thresholds scored on {i} of {len(recs)} volumes")
+            report.deadline_hit("validate", f"{sweep.label} thresholds scored on {i} of {len(recs)} volumes")
             break
-        pair_maps = _val_map(report, rec, dest)
+        pair_maps = _val_map(report, rec, dest, sweep)
         if pair_maps is None:
             continue
         prob, label = pair_maps
@@ -597,12 +691,12 @@ def unet_thresholds(
             def on_score(d, t, what, _j=j, _i=i, _id=rec.id):
                 # a large volume takes seconds to score: say so per part
                 report.progress(n_val, n_val, file=_id, file_done=_i, file_total=len(recs),
-                                substep=f"U-Net thresholds: {what}", substep_done=_j,
+                                substep=f"{sweep.label} thresholds: {what}", substep_done=_j,
                                 substep_total=len(keys))
 
             results[key][rec.id] = score_volume(_post_mask(prob, key, ridge), label, on_progress=on_score)
             report.progress(n_val, n_val, file=rec.id, file_done=i, file_total=len(recs),
-                            substep="U-Net thresholds", substep_done=j + 1, substep_total=len(keys))
+                            substep=f"{sweep.label} thresholds", substep_done=j + 1, substep_total=len(keys))
         done.append(rec.id)
     if not done:
         return None, scores
@@ -610,7 +704,7 @@ def unet_thresholds(
     table.update({key: float(np.mean([s.score for s in by_id.values()])) for key, by_id in results.items()})
     for (low, high, thin, r, size, plug), mean in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][3],
                                                                                         kv[0][1])):
-        report.metric(MetricName.UNET_THRESHOLD_SCORE, mean, low=low, high=high, thin=thin, closing_radius=list(r),
+        report.metric(sweep.metric, mean, low=low, high=high, thin=thin, closing_radius=list(r),
                       min_size=size, plug_size=plug, n_volumes=len(done))
     # ties: the search's choice, then no thinning, then the earlier radius of closing_radii()
     order = {r: i for i, r in enumerate(cfg.closing_radii())}
@@ -620,7 +714,7 @@ def unet_thresholds(
     by_rec = {r.id: r for r in recs}
 
     def load(i, on_p):
-        return _val_map(report, by_rec[done[i]], dest)
+        return _val_map(report, by_rec[done[i]], dest, sweep)
 
     known = ({v: scores[v]["score"] for v in done} if chosen == current
              else {v: results[chosen][v].score for v in done})
@@ -629,11 +723,12 @@ def unet_thresholds(
         done, load, low=chosen[0], high=chosen[1], thin=chosen[2], closing_radius=chosen[3],
         dust_sizes=[chosen[4], *cfg.dust_sizes()], plug_sizes=[chosen[5], *cfg.plug_sizes()],
         min_size=chosen[4], plug_size=chosen[5],
-        known={(chosen[4], chosen[5]): known}, cache=dest / UNET_POSTPROCESS, deadline=deadline,
-        on_progress=lambda d, t, what: report.progress(n_val, n_val, substep=f"U-Net dust / plug: {what}",
+        known={(chosen[4], chosen[5]): known}, cache=dest / sweep.cache, deadline=deadline,
+        on_progress=lambda d, t, what: report.progress(n_val, n_val, substep=f"{sweep.label} dust / plug: {what}",
                                                        substep_done=int(d), substep_total=int(t)),
-        on_metric=lambda value, extra: report.metric(MetricName.POSTPROCESS_SCORE, value, model="unet", **extra),
-        on_deadline=lambda what: report.deadline_hit("validate", f"U-Net {what}"))
+        on_metric=lambda value, extra: report.metric(MetricName.POSTPROCESS_SCORE, value, model=sweep.model,
+                                                     **extra),
+        on_deadline=lambda what: report.deadline_hit("validate", f"{sweep.label} {what}"))
     if post["score"] is not None:
         chosen = (*chosen[:4], int(post["min_size"]), int(post["plug_size"]))
         chosen_mean = float(post["score"])
@@ -657,7 +752,7 @@ def unet_thresholds(
                 continue
             if rec.id not in done and deadline is not None and time.monotonic() >= deadline:
                 break
-            pair_maps = _val_map(report, rec, dest)
+            pair_maps = _val_map(report, rec, dest, sweep)
             if pair_maps is None:
                 continue
             mask = _post_mask(pair_maps[0], chosen, None)
@@ -666,7 +761,7 @@ def unet_thresholds(
             write_volume(dest / f"{rec.id}.tif", mask)
             new[rec.id] = validation_record(s)
             write_json(dest / f"{rec.id}.json", new[rec.id])
-    write_json(dest / UNET_THRESHOLDS, record)  # last: a resumed run trusts the masks it names
+    write_json(dest / sweep.record, record)  # last: a resumed run trusts the masks it names
     if chosen == current:
         return None, scores
     return _choice(chosen, chosen_mean), new
@@ -677,14 +772,15 @@ def _choice(key: PostKey, score: float | None) -> dict[str, Any]:
             "plug_size": key[5], "score": score}
 
 
-def _val_map(report: Reporter, rec: VolumeRecord, dest: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The U-Net's validation probabilities of ``rec`` (``dest/<id>_prob.tif``)
+def _val_map(report: Reporter, rec: VolumeRecord, dest: Path,
+             sweep: Sweep = UNET_SWEEP) -> tuple[np.ndarray, np.ndarray] | None:
+    """The validation probabilities of ``rec`` (``dest/<id>_prob.tif``)
     and its label; None with a WARNING naming the file when one is unreadable."""
     try:
         prob = uint8_to_probability(read_volume(dest / f"{rec.id}_prob.tif", kind="image"))
         _, label = read_pair(rec.image_path, rec.label_path)
     except VolumeError as exc:
-        report.warn(f"U-Net thresholds: {exc}", subject=rec.id, code="unet_threshold_skipped")
+        report.warn(f"{sweep.label} thresholds: {exc}", subject=rec.id, code="unet_threshold_skipped")
         return None
     return prob, label
 

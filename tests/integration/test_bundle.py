@@ -315,19 +315,19 @@ def sized(trained, tmp_path_factory):
 def _whole_volume_masks(out: Path, folder: str, min_size: int, plug_size: int) -> dict[str, np.ndarray]:
     """The run's masks recomputed from its model with the given dust and plug sizes."""
     from nx47_pipeline.model.postprocess import postprocess
-    from nx47_pipeline.model.predict import linear_probabilities
 
     m = json.loads((out / "model" / MANIFEST).read_text())
-    model = LogisticModel.load(out / "model" / "model.npz")
+    model = load_bundle(out / "model").model  # with its auto-context rounds
     stats = json.loads((out / "stats.json").read_text())
-    ids = ([p.stem for p in (out / folder).glob("*.json")] if folder == "val"
+    ids = ([p.stem for p in (out / folder).glob("*.json") if not p.stem.startswith(("context_", "unet_"))]
+           if folder == "val"
            else [n[:-4] for n in _masks(out)])
     images = {r["volume_id"]: r["image_path"] for r in
               (json.loads(line)["payload"] for line in (out / "journal.jsonl").read_text().splitlines()
                if json.loads(line)["kind"] == "PREVIEW") if r.get("volume_id") in ids}
     out_masks = {}
     for vid in ids:
-        prob = linear_probabilities(tifffile.imread(images[vid]), [model])[0]
+        prob = model.predict_volume(tifffile.imread(images[vid]))
         out_masks[vid] = postprocess(prob, low=m["search"]["low"], high=m["search"]["high"],
                                      thin=m["postprocess"]["thin"],
                                      closing_radius=tuple(m["postprocess"]["closing_radius"]),

@@ -176,7 +176,6 @@ def thin_case(case, tmp_path_factory):
 
     from nx47_pipeline.model.bundle import load_bundle
     from nx47_pipeline.model.postprocess import postprocess
-    from nx47_pipeline.model.predict import linear_probabilities
 
     bundle, store, tif, _ = case
     thin = tmp_path_factory.mktemp("thin") / "bundle"
@@ -186,7 +185,7 @@ def thin_case(case, tmp_path_factory):
     (thin / "model.json").write_text(json.dumps(manifest))
     b = load_bundle(thin, device="cpu")
     assert b.best["thin"] is True and "thin surface" in b.summary()
-    prob = linear_probabilities(tifffile.imread(tif), [b.model])[0]
+    prob = b.model.predict_volume(tifffile.imread(tif))
     # the bundle's own post-processing: its chosen dust size and hole plug size (not the fallback's)
     reference = postprocess(prob, low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius,
                             min_size=b.min_size, thin=True, plug_size=b.plug_size)
@@ -248,17 +247,19 @@ def plug_case(case, tmp_path_factory):
 
     from nx47_pipeline.model.bundle import load_bundle
     from nx47_pipeline.model.postprocess import postprocess
-    from nx47_pipeline.model.predict import linear_probabilities
 
     bundle, store, tif, _ = case
     plugged = tmp_path_factory.mktemp("plug") / "bundle"
     shutil.copytree(bundle, plugged)
     manifest = json.loads((plugged / "model.json").read_text())
     manifest["postprocess"].update(min_size=MIN_SIZE, plug_size=512)
+    # the base model alone (its files stay listed): its map has holes of that size to plug on this volume,
+    # the auto-context rounds' has none
+    manifest["context"] = None
     (plugged / "model.json").write_text(json.dumps(manifest))
     b = load_bundle(plugged, device="cpu")
     assert (b.min_size, b.plug_size) == (MIN_SIZE, 512) and "holes plugged up to 512 voxels" in b.summary()
-    prob = linear_probabilities(tifffile.imread(tif), [b.model])[0]
+    prob = b.model.predict_volume(tifffile.imread(tif))
     kw = dict(low=b.best["low"], high=b.best["high"], closing_radius=b.closing_radius, thin=b.best["thin"])
     reference = postprocess(prob, **kw, min_size=MIN_SIZE, plug_size=512)
     assert reference.any()

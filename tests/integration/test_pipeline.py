@@ -290,7 +290,7 @@ def test_search_metrics_come_from_the_search_stage_only(full_run):
 
 def test_the_search_chooses_dust_and_plug_sizes_on_validation_and_the_run_uses_them(full_run, data_root):
     from nx47_pipeline.data.discovery import discover
-    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.bundle import load_bundle
     from nx47_pipeline.model.predict import segment_volume
 
     _, out, events = full_run
@@ -304,16 +304,23 @@ def test_the_search_chooses_dust_and_plug_sizes_on_validation_and_the_run_uses_t
     means = dict(zip(tried, (r["score"] for r in saved["postprocess"]["scores"])))
     assert best["score"] == pytest.approx(max(means.values()))
     post = [e for e in events if e.kind.value == "METRIC" and e.payload.name == "postprocess_score"]
-    assert {e.stage for e in post} == {"search"} and len(post) == len(tried)
+    assert len([e for e in post if e.stage == "search"]) == len(tried)
+    # the auto-context rounds' own sweep (validate) says so
+    assert all(e.stage == "validate" and e.payload.extra["model"] == "context" for e in post if e.stage != "search")
     # the search's amount of work counted the candidates: its progress reached the total it announced
     search = [e for e in events if e.kind.value == "PROGRESS_UPDATE" and e.stage == "search"]
     assert search and search[-1].payload.step_done == pytest.approx(search[-1].payload.step_total)
     assert any("dust / plug" in (e.payload.substep or "") for e in search)
-    # the bundle and the test masks follow the choice
+    # the bundle and the test masks follow the choice: the search's, or the auto-context sweep's after it
     manifest = json.loads((out / "model" / "model.json").read_text())
+    sweep = json.loads((out / "val" / "context_thresholds.json").read_text())
+    assert (sweep["search_min_size"], sweep["search_plug_size"]) == (best["min_size"], best["plug_size"])
+    best = {**best, "low": sweep["chosen"][0], "high": sweep["chosen"][1], "min_size": sweep["chosen_min_size"],
+            "plug_size": sweep["chosen_plug_size"]}
     assert (manifest["postprocess"]["min_size"], manifest["postprocess"]["plug_size"]) == (best["min_size"],
                                                                                             best["plug_size"])
-    model = LogisticModel.load(out / "model" / "model.npz")
+    model = load_bundle(out / "model").model
+    assert len(model.rounds) == cfg.context_rounds
     for rec in discover(data_root).test:
         mask = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
                               closing_radius=tuple(best["closing_radius"]), thin=best["thin"],
@@ -457,10 +464,10 @@ def test_a_u_net_that_validates_below_fit_prox_alone_is_dropped(data_root, tmp_p
     # the run's validation result is fit_prox alone's, and so are the test masks
     assert result.stats["validation"]["mean_score"] == pytest.approx(float(np.mean(list(linear.values()))))
     from nx47_pipeline.data.discovery import discover
-    from nx47_pipeline.model.linear import LogisticModel
+    from nx47_pipeline.model.bundle import load_bundle
     from nx47_pipeline.model.predict import segment_volume
 
-    model = LogisticModel.load(out / "model" / "model.npz")
+    model = load_bundle(out / "model").model  # fit_prox with its auto-context rounds
     best = json.loads((out / "search" / "results.json").read_text())["best"]
     rec = discover(data_root).test[0]
     alone = segment_volume(tifffile.imread(rec.image_path), model, low=best["low"], high=best["high"],
