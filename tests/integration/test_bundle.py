@@ -314,7 +314,7 @@ def sized(trained, tmp_path_factory):
 
 def _whole_volume_masks(out: Path, folder: str, min_size: int, plug_size: int) -> dict[str, np.ndarray]:
     """The run's masks recomputed from its model with the given dust and plug sizes."""
-    from nx47_pipeline.model.postprocess import postprocess
+    from nx47_pipeline.model.postprocess import postprocess, uint8_to_probability
 
     m = json.loads((out / "model" / MANIFEST).read_text())
     model = load_bundle(out / "model").model  # with its auto-context rounds
@@ -326,8 +326,14 @@ def _whole_volume_masks(out: Path, folder: str, min_size: int, plug_size: int) -
               (json.loads(line)["payload"] for line in (out / "journal.jsonl").read_text().splitlines()
                if json.loads(line)["kind"] == "PREVIEW") if r.get("volume_id") in ids}
     out_masks = {}
+    sweep = json.loads((out / "val" / "context_thresholds.json").read_text())
     for vid in ids:
-        prob = model.predict_volume(tifffile.imread(images[vid]))
+        if folder == "val" and sweep["chosen"] != sweep["search_pair"]:
+            # the auto-context sweep chose another pair: the validation masks were made again from the
+            # maps the run kept (uint8)
+            prob = uint8_to_probability(tifffile.imread(out / "val" / f"{vid}_prob.tif"))
+        else:
+            prob = model.predict_volume(tifffile.imread(images[vid]))
         out_masks[vid] = postprocess(prob, low=m["search"]["low"], high=m["search"]["high"],
                                      thin=m["postprocess"]["thin"],
                                      closing_radius=tuple(m["postprocess"]["closing_radius"]),

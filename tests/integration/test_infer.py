@@ -253,9 +253,11 @@ def plug_case(case, tmp_path_factory):
     shutil.copytree(bundle, plugged)
     manifest = json.loads((plugged / "model.json").read_text())
     manifest["postprocess"].update(min_size=MIN_SIZE, plug_size=512)
-    # the base model alone (its files stay listed): its map has holes of that size to plug on this volume,
-    # the auto-context rounds' has none
+    # the base model alone (its files stay listed) at the search's thresholds: its map has holes of that
+    # size to plug on this volume, the auto-context rounds' has none
     manifest["context"] = None
+    search = json.loads((bundle.parent / "run" / "search" / "results.json").read_text())["best"]
+    manifest["search"].update(low=search["low"], high=search["high"])
     (plugged / "model.json").write_text(json.dumps(manifest))
     b = load_bundle(plugged, device="cpu")
     assert (b.min_size, b.plug_size) == (MIN_SIZE, 512) and "holes plugged up to 512 voxels" in b.summary()
