@@ -145,6 +145,8 @@ def manifest_summary(path: str | Path, manifest: Mapping[str, Any]) -> str:
     low, high = search.get("low"), search.get("high")
     return (
         f"{path}: linear model ({lin.get('n_features', '?')} features, scales {lin.get('feature_scales')})"
+        + (f" + {n} auto-context round{'s' if n != 1 else ''}"
+           if isinstance(n := (m.get("context") or {}).get("rounds"), int) and n > 0 else "")
         + (" + U-Net" if m.get("unet") else "")
         + (f"; thresholds {low:.2f}/{high:.2f}" if isinstance(low, (int, float)) and isinstance(high, (int, float))
            else "")

@@ -286,7 +286,9 @@ def fit_context(
         t = np.concatenate([y[i] for i in which])
         if t.min(initial=1) == t.max(initial=0):
             raise ValueError(f"{what}: the sampled voxels hold one class only; context needs both")
-        res = fit_prox(X, t, l1=l1, l2=l2, max_iter=max_iter, feature_names=names, scales=scales)
+        step = sub(what)
+        res = fit_prox(X, t, l1=l1, l2=l2, max_iter=max_iter, feature_names=names, scales=scales,
+                       on_iter=lambda i, n, objective: step(i, n, f"iteration {i}"))
         tick(what)
         return res.model
 

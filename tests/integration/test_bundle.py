@@ -79,6 +79,13 @@ def test_a_training_run_leaves_a_self_describing_bundle(trained):
     assert sorted(p.name for p in bundle.iterdir()) == sorted(["model.json", *manifest["files"]])
     summary = load_bundle(bundle).summary()
     assert "linear model" in summary
+    # the auto-context rounds travel with it and load as one model
+    rounds = small_config(Path("."), Path(".")).context_rounds
+    assert manifest["context"] == {"file": "context.json", "rounds": rounds}
+    assert {f"context_{k}.npz" for k in range(1, rounds + 1)} | {"context.json"} <= set(manifest["files"])
+    assert f"+ {rounds} auto-context rounds" in summary
+    b = load_bundle(bundle)
+    assert len(b.model.rounds) == rounds and b.predictor.halo == b.model.halo
     assert f"closing {'x'.join(str(v) for v in manifest['postprocess']['closing_radius'])}" in summary
 
 
