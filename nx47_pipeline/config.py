@@ -70,7 +70,7 @@ class RunConfig:
     fit_max_iter: int = 500
     # auto-context rounds after fit_prox (linear models that also see the previous map; 0 = fit_prox alone),
     # fitted on at most context_max_volumes training volumes (0 = all)
-    context_rounds: int = 2
+    context_rounds: int = 3
     context_max_volumes: int = 12
     fit_tol: float = 1e-6
     fit_time_cap_s: float = 1800.0

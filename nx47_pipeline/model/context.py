@@ -42,7 +42,7 @@ from nx47_pipeline.model.postprocess import _check_3d, probability_to_uint8
 #: Prefix of the names of a map's features in a round's model.
 CONTEXT_PREFIX = "context:"
 #: Rounds a run fits by default (``context_rounds``).
-DEFAULT_ROUNDS = 2
+DEFAULT_ROUNDS = 3
 
 #: ``on_progress(done, total, what)``; may raise to cancel.
 ProgressFn = Callable[[int, int, str], None]

@@ -396,9 +396,12 @@ def context(
 
     t0 = time.monotonic()
     try:
+        # the rounds' penalties: the grids' lightest (twice the features of the base model, fitted on every
+        # volume's rows: measured on variant b, 0.544 against 0.510 with the base model's heavier L2)
         stacked = fit_context_rounds([loader(r) for r in recs], model, rounds=cfg.context_rounds,
                                      rows_per_volume=cfg.samples_per_class, max_iter=cfg.search_max_iter,
-                                     seed=cfg.seed, on_progress=on_progress)
+                                     l1=min(cfg.l1_grid), l2=min(cfg.l2_grid), seed=cfg.seed,
+                                     on_progress=on_progress)
     except TimeoutError as exc:
         report.deadline_hit("fit_prox", f"auto-context rounds stopped at {exc}; fit_prox alone is kept")
         return model

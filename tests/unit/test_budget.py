@@ -168,3 +168,19 @@ def test_the_preflight_rates_are_worked_out_once_from_what_it_measured():
     inf = Measured(**{**shared, "n_validated": 0, "val_mvox": 0.0, "validate_s": 0.0}).timings(data_root=None)
     assert (inf.features_s_per_mvox, inf.search_s_per_mvox, inf.fit_s_per_iter_row, inf.grid_fits) == (0, 0, 0, 0)
     assert inf.validate_s_per_mvox == pytest.approx(12.0 / 3.0) and inf.segment_s_per_mvox == pytest.approx(2.0)
+
+
+def test_the_auto_context_rounds_are_projected_in_fit_prox_and_validate():
+    """Their fit on at most context_max_volumes training volumes goes to fit_prox,
+    their threshold sweep on the searched validation volumes to validate;
+    rounds off (or fewer than 2 training volumes) cost nothing."""
+    t = _timings(context_s_per_mvox=2.0, context_sweep_s_per_mvox=5.0)
+    on = RunConfig(context_rounds=2, context_max_volumes=12, search_max_val_volumes=8)
+    off = dataclasses.replace(on, context_rounds=0)
+    a = project_run(t, n_train=600, n_val=150, n_test=120, config=on)
+    b = project_run(t, n_train=600, n_val=150, n_test=120, config=off)
+    assert a.per_stage["fit_prox"] - b.per_stage["fit_prox"] == pytest.approx(12 * t.mvox_train * 2.0)
+    assert a.per_stage["validate"] - b.per_stage["validate"] == pytest.approx(8 * t.mvox_train * 5.0)
+    one = project_run(t, n_train=1, n_val=150, n_test=120, config=on)
+    assert one.per_stage["fit_prox"] == pytest.approx(
+        project_run(t, n_train=1, n_val=150, n_test=120, config=off).per_stage["fit_prox"])
