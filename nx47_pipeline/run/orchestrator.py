@@ -463,8 +463,10 @@ def _validate(ctx: RunContext) -> None:
             elif unet_pair is not None:
                 st.best = {**st.best, **{k: unet_pair[k] for k in ("low", "high", "thin", "closing_radius",
                                                                     "min_size", "plug_size")}}
-        if st.unet is None and not linear and st.val_scores and getattr(st.model, "rounds", ()):
+        if (st.unet is None and not linear and st.val_scores and getattr(st.model, "rounds", ())
+                and not ctx.config.model_dir):
             # the auto-context rounds' maps are sharper than the base model's the search chose its pair on
+            # (a run with --model keeps its bundle's choice)
             pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
                                                          st.val_scores, deadline=ctx.deadlines.training,
                                                          sweep=stages.CONTEXT_SWEEP)

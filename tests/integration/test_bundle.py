@@ -99,6 +99,9 @@ def test_run_with_model_gives_the_training_runs_masks_on_read_only_input(trained
     assert reference and set(got) == set(reference)
     for name in reference:
         np.testing.assert_array_equal(got[name], reference[name])
+    # the bundle's auto-context rounds predict, with the bundle's post-processing: no sweep of its own
+    assert (out / "val" / "context_thresholds.json").exists()
+    assert not (tmp_path / "working" / "val" / "context_thresholds.json").exists()
     stats = result.stats
     for stage in TRAINING:
         assert stats["stage_status"][stage] == "skipped"
