@@ -23,7 +23,8 @@ __all__ = [
     "ARTIFACT_NAMES", "AUTO_COVERAGE", "CHUNKS", "CLASSES", "CLUSTER", "CONFIG", "CONTEXT", "CONTEXT_POSTPROCESS",
     "CONTEXT_ROUND", "CONTEXT_THRESHOLDS", "FIT", "context_round", "INFER_KEY", "JOURNAL",
     "KILLED", "LOCK",
-    "MANIFEST", "MASK", "MODEL_WEIGHTS", "PLAN", "POSTPROCESS", "QA", "RESUMABLE", "RUN_KEY", "RunFolder",
+    "MANIFEST", "MASK", "MODEL_POSTPROCESS", "MODEL_THRESHOLDS", "MODEL_WEIGHTS", "PLAN", "POSTPROCESS", "QA",
+    "RESUMABLE", "RUN_KEY", "RunFolder",
     "SEARCH_RESULTS", "STATS", "STOP_REQUEST", "SUBMISSION", "TIMINGS", "UNET_POSTPROCESS", "UNET_THRESHOLDS",
 ]
 
@@ -58,11 +59,14 @@ UNET_THRESHOLDS = "unet_thresholds.json"    #: ``val/``: the U-Net's keep-or-dro
 UNET_POSTPROCESS = "unet_postprocess.json"  #: ``val/``: the U-Net's post-processing choice (a cache)
 CONTEXT_THRESHOLDS = "context_thresholds.json"    #: ``val/``: the auto-context model's thresholds
 CONTEXT_POSTPROCESS = "context_postprocess.json"  #: ``val/``: its post-processing choice (a cache)
+MODEL_THRESHOLDS = "model_thresholds.json"    #: ``val/``: an imported (nnU-Net) model's thresholds (``--model``)
+MODEL_POSTPROCESS = "model_postprocess.json"  #: ``val/``: its post-processing choice (a cache)
 
 #: Every file name above: what the layering test forbids elsewhere.
 ARTIFACT_NAMES = (JOURNAL, PLAN, STATS, CONFIG, RUN_KEY, LOCK, STOP_REQUEST, KILLED, CLUSTER, QA, AUTO_COVERAGE,
                   SUBMISSION, INFER_KEY, CLASSES, MASK, TIMINGS, MANIFEST, MODEL_WEIGHTS, FIT, SEARCH_RESULTS,
-                  POSTPROCESS, UNET_THRESHOLDS, UNET_POSTPROCESS, CONTEXT, CONTEXT_THRESHOLDS, CONTEXT_POSTPROCESS)
+                  POSTPROCESS, UNET_THRESHOLDS, UNET_POSTPROCESS, CONTEXT, CONTEXT_THRESHOLDS, CONTEXT_POSTPROCESS,
+                  MODEL_THRESHOLDS, MODEL_POSTPROCESS)
 
 
 

@@ -130,6 +130,7 @@ class MetricName(_Name):
     VAL_SCORE = "val_score"  # one validation volume
     UNET_THRESHOLD_SCORE = "unet_threshold_score"  # one hysteresis pair on the U-Net's maps, mean over validation
     CONTEXT_THRESHOLD_SCORE = "context_threshold_score"  # one pair on the auto-context model's maps, the same
+    MODEL_THRESHOLD_SCORE = "model_threshold_score"  # one choice on an imported nnU-Net's maps (--model), the same
     # one (dust size, plug size) of the chosen post-processing, mean over validation (search and U-Net sweep)
     POSTPROCESS_SCORE = "postprocess_score"
 
