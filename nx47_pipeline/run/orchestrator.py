@@ -425,11 +425,14 @@ def _train(ctx: RunContext) -> None:
     _write_bundle_manifest(ctx)
 
 
-def _validate(ctx: RunContext) -> None:
+def _validate(ctx: RunContext, *, model_sweep: bool = False) -> None:
     """Segment and score the validation pairs.  With a U-Net they are also
     segmented by fit_prox alone (``val/linear/``, not published); when that
     scores better on the volumes both scored, the U-Net is dropped (WARNING
-    ``unet_not_better``): test segmentation and the bundle use fit_prox alone."""
+    ``unet_not_better``): test segmentation and the bundle use fit_prox alone.
+    ``model_sweep`` (a run with an imported nnU-Net bundle): its post-processing
+    is then chosen on the validation maps (:data:`~nx47_pipeline.run.stages.MODEL_SWEEP`,
+    from the bundle's), and the test volumes are segmented with that choice."""
     st = ctx.state
     val = st.selection.val
     with _stage(ctx, StageName.VALIDATE, total=max(len(val), 1)):
@@ -461,8 +464,7 @@ def _validate(ctx: RunContext) -> None:
                 st.unet = None
                 st.val_scores = linear
             elif unet_pair is not None:
-                st.best = {**st.best, **{k: unet_pair[k] for k in ("low", "high", "thin", "closing_radius",
-                                                                    "min_size", "plug_size")}}
+                st.best = {**st.best, **{k: unet_pair[k] for k in stages.CHOICE_KEYS}}
         if (st.unet is None and not linear and st.val_scores and getattr(st.model, "rounds", ())
                 and not ctx.config.model_dir):
             # the auto-context rounds' maps are sharper than the base model's the search chose its pair on
@@ -471,8 +473,15 @@ def _validate(ctx: RunContext) -> None:
                                                          st.val_scores, deadline=ctx.deadlines.training,
                                                          sweep=stages.CONTEXT_SWEEP)
             if pair is not None:
-                st.best = {**st.best, **{k: pair[k] for k in ("low", "high", "thin", "closing_radius", "min_size",
-                                                               "plug_size")}}
+                st.best = {**st.best, **{k: pair[k] for k in stages.CHOICE_KEYS}}
+        if model_sweep and st.val_scores:
+            # an imported nnU-Net's maps: its bundle's post-processing (nnU-Net's argmax by default) is the
+            # start, the project's score on the validation pairs chooses (a linear bundle keeps its own)
+            pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
+                                                         st.val_scores, deadline=ctx.deadlines.training,
+                                                         sweep=stages.MODEL_SWEEP, defaults=_post_defaults(ctx))
+            if pair is not None:
+                st.best = {**st.best, **{k: pair[k] for k in stages.CHOICE_KEYS}}
 
 
 def _validation_summary(st) -> dict[str, Any]:
@@ -593,7 +602,7 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
                                      n_test=len(st.inventory.test), mvox_test=_mean_mvox(st.inventory.test),
                                      config=ctx.config, unet=st.unet_plan.cost if st.unet is not None else None))
     if st.selection.val:
-        _validate(ctx)
+        _validate(ctx, model_sweep=bundle.kind == PredictorKind.NNUNET)
     else:
         _skip(ctx, StageName.VALIDATE, "no validation pairs selected")
     sub = _segment_and_package(ctx, test, model_ok=True)

@@ -26,8 +26,8 @@ import numpy as np
 from nx47_pipeline.data.coverage import Selection, select_coverage
 from nx47_pipeline.data.discovery import Inventory, VolumeRecord, discover, resolve_data_root
 from nx47_pipeline.io.jsonio import read_json, write_json
-from nx47_pipeline.io.run_folder import (CONTEXT_POSTPROCESS, CONTEXT_THRESHOLDS, FIT, MODEL_WEIGHTS,
-                                        UNET_POSTPROCESS, UNET_THRESHOLDS)
+from nx47_pipeline.io.run_folder import (CONTEXT_POSTPROCESS, CONTEXT_THRESHOLDS, FIT, MODEL_POSTPROCESS,
+                                        MODEL_THRESHOLDS, MODEL_WEIGHTS, UNET_POSTPROCESS, UNET_THRESHOLDS)
 from nx47_pipeline.io.submission import PackagingError, write_submission
 from nx47_pipeline.io.volumes import VolumeError, read_pair, read_volume, write_volume
 from nx47_pipeline.model.features import feature_names
@@ -609,7 +609,7 @@ def _recorded_key(post: PostDefaults, record: dict[str, Any], prefix: str) -> Po
 class Sweep:
     """Which model's validation maps a threshold sweep chooses on, and where it records."""
 
-    label: str  # in messages: "U-Net", "auto-context"
+    label: str  # in messages: "U-Net", "auto-context", "imported model"
     model: str  # the POSTPROCESS_SCORE metric's ``model`` field
     metric: MetricName  # one mean per candidate
     record: str  # ``dest/<record>``: every choice's mean (a resumed run reuses it)
@@ -623,6 +623,10 @@ UNET_SWEEP = Sweep("U-Net", "unet", MetricName.UNET_THRESHOLD_SCORE, UNET_THRESH
 #: so the pair moves (measured: 0.40/0.55 -> 0.50/0.65); the search's thinning and radius are kept.
 CONTEXT_SWEEP = Sweep("auto-context", "context", MetricName.CONTEXT_THRESHOLD_SCORE, CONTEXT_THRESHOLDS,
                       CONTEXT_POSTPROCESS, False)
+#: An imported nnU-Net's sweep (a run with ``--model``): pairs x thinning x closing radii, from the
+#: bundle's post-processing (by default 0.5 / 0.5, nnU-Net's argmax); its maps are no model's of this run.
+MODEL_SWEEP = Sweep("imported model", "nnunet", MetricName.MODEL_THRESHOLD_SCORE, MODEL_THRESHOLDS,
+                    MODEL_POSTPROCESS, True)
 
 
 def context_sweep_keys(cfg) -> int:
@@ -633,9 +637,11 @@ def context_sweep_keys(cfg) -> int:
 def unet_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
     scores: dict[str, dict[str, float]], *, deadline: float | None, sweep: Sweep = UNET_SWEEP,
+    defaults: PostDefaults | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, dict[str, float]]]:
     """The U-Net's (or, with ``sweep`` :data:`CONTEXT_SWEEP`, the
-    auto-context model's: the pairs alone) hysteresis pair, ``thin``, closing radius, dust size and
+    auto-context model's: the pairs alone; with :data:`MODEL_SWEEP`, an
+    imported nnU-Net's) hysteresis pair, ``thin``, closing radius, dust size and
     hole plug size, chosen by the mean competition score on the validation
     maps ``dest/<id>_prob.tif`` that :func:`validate` wrote with the U-Net
     (at most ``search_max_val_volumes`` of them): first the pairs of
@@ -652,11 +658,13 @@ def unet_thresholds(
     choice than ``best``'s scores higher (the volumes' masks and
     ``<id>.json`` are rewritten with it and ``scores`` updated), else None
     and ``scores`` unchanged.  Stops with what it has at ``deadline``.
-    ``dest/unet_thresholds.json`` records every choice's mean
-    (``chosen_min_size`` / ``chosen_plug_size`` and the dust / plug
-    candidates' means in ``postprocess_scores``)."""
+    ``dest/<sweep.record>`` (``unet_thresholds.json`` ...) records every
+    choice's mean (``chosen_min_size`` / ``chosen_plug_size`` and the dust
+    / plug candidates' means in ``postprocess_scores``).  ``defaults``: the
+    run's post-processing defaults, for what ``best`` names not (default:
+    the config's, a training run's; a run with ``--model``: its bundle's)."""
     cfg = ctx.config
-    defaults = PostDefaults.of_config(cfg)  # a training run's: its config's
+    defaults = _defaults(ctx, defaults)
     current = _post_key(defaults, best)
     record = read_json(dest / sweep.record)
     if (record and len(record.get("search_pair", ())) == 2 and len(record.get("chosen", ())) == 2
@@ -768,6 +776,10 @@ def unet_thresholds(
     if chosen == current:
         return None, scores
     return _choice(chosen, chosen_mean), new
+
+
+#: The keys of a sweep's choice that go into a run's ``best`` (the segment stage's post-processing).
+CHOICE_KEYS = ("low", "high", "thin", "closing_radius", "min_size", "plug_size")
 
 
 def _choice(key: PostKey, score: float | None) -> dict[str, Any]:

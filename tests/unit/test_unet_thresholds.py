@@ -12,6 +12,7 @@ from nx47_pipeline.io.volumes import read_volume, write_volume
 from nx47_pipeline.model.metric import score_volume
 from nx47_pipeline.model.postprocess import postprocess, probability_to_uint8
 from nx47_pipeline.run import orchestrator, stages
+from nx47_pipeline.run.context import PostDefaults
 
 SHAPE = (24, 40, 40)
 
@@ -88,6 +89,49 @@ def test_the_search_pair_stays_when_no_other_pair_scores_better(setup):
     assert pair is None and new == scores
     for rec in val:
         assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), before[rec.id])
+
+
+def test_an_imported_models_sweep_starts_from_its_bundles_post_processing_and_records_apart(setup):
+    """:data:`~nx47_pipeline.run.stages.MODEL_SWEEP` (a run with an nnU-Net bundle): the bundle's
+    0.5 / 0.5 at its defaults (closing radius and dust size, not the config's) is the start; pairs,
+    thinning and the config's radii are varied; it records to ``model_thresholds.json`` with METRIC
+    ``model_threshold_score``."""
+    ctx, dest, _, val, scores, labels = setup
+    post = PostDefaults(closing_radius=(0, 1, 1), min_size=7)
+    sweep = stages.MODEL_SWEEP
+    assert sweep.vary and sweep.record == "model_thresholds.json" and sweep.cache == "model_postprocess.json"
+    best = {"low": 0.5, "high": 0.5}  # an nnU-Net bundle's default: its argmax
+    for rec in val:
+        prob = np.asarray(read_volume(dest / f"{rec.id}_prob.tif"), np.float32) / 255.0
+        mask = postprocess(prob, low=0.5, high=0.5, closing_radius=(0, 1, 1), min_size=7)
+        write_volume(dest / f"{rec.id}.tif", mask)
+        scores[rec.id] = {"score": score_volume(mask, labels[rec.id]).score}
+    metrics = []
+    rep = ctx.reporter()
+    rep.metric = lambda name, value, **extra: metrics.append((str(name), value, extra))
+    choice, new = stages.unet_thresholds(ctx, rep, best, val, dest, scores, deadline=None, sweep=sweep,
+                                         defaults=post)
+    # the halo (0.72) is above 0.5: only a higher pair keeps the sheet alone
+    assert choice is not None and choice["low"] > 0.72
+    assert not (dest / "unet_thresholds.json").exists()
+    record = json.loads((dest / "model_thresholds.json").read_text())
+    assert record["search_pair"] == [0.5, 0.5] and record["search_closing_radius"] == [0, 1, 1]
+    assert record["search_min_size"] == 7
+    radii = ctx.config.closing_radii()
+    # every pair x thinning x radius, and the bundle's own choice
+    assert len(record["scores"]) == 2 * len(stages.UNET_THRESHOLD_GRID) * len(radii) + 1
+    assert {(r["low"], r["high"], tuple(r["closing_radius"]), r["min_size"]) for r in record["scores"]} >= {
+        (0.5, 0.5, (0, 1, 1), 7)}
+    swept = [x for n, _, x in metrics if n == "model_threshold_score"]
+    assert len(swept) == len(record["scores"]) and {x["thin"] for x in swept} == {False, True}
+    assert all(x["model"] == "nnunet" for n, _, x in metrics if n == "postprocess_score")
+    for rec in val:
+        assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), labels[rec.id])
+        assert new[rec.id]["score"] > scores[rec.id]["score"]
+    # a resumed run reads its record back
+    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None, sweep=sweep,
+                                      defaults=post)
+    assert again == choice
 
 
 def test_a_passed_deadline_keeps_the_search_pair(setup):
