@@ -89,7 +89,8 @@ class PreflightTimings:
     # the data root the preflight measured (resolved); None in older files
     data_root: str | None = None
     # the auto-context rounds: their fit per million training voxels of a volume they were fitted on, and
-    # their threshold sweep per million voxels of a searched validation volume (0: not measured, older files)
+    # their threshold sweep per million voxels of a searched validation volume (0: not measured, older files);
+    # in a run with an imported nnU-Net bundle (--model), that model's sweep (stages.MODEL_SWEEP)
     context_s_per_mvox: float = 0.0
     context_sweep_s_per_mvox: float = 0.0
 
@@ -270,6 +271,15 @@ def search_units(config: RunConfig, *, n_val: int) -> int:
     return search_grid(config).units(search_val_count(n_val, config))
 
 
+def sweep_s(timings: PreflightTimings | None, *, n_val: int, config: RunConfig) -> float:
+    """Seconds of a threshold sweep on the validation maps (the auto-context
+    rounds' or an imported nnU-Net's): ``context_sweep_s_per_mvox`` on each of
+    the :func:`search_val_count` volumes it scores; 0 before the preflight."""
+    if timings is None:
+        return 0.0
+    return search_val_count(n_val, config) * timings.mvox_train * timings.context_sweep_s_per_mvox
+
+
 def context_count(n_train: int, config: RunConfig) -> int:
     """Training volumes the auto-context rounds are fitted on: at most
     ``context_max_volumes`` (0 = all) of ``n_train``; 0 when
@@ -289,6 +299,7 @@ def project_run(
     n_test: int,
     config: RunConfig,
     unet: UNetCost | None = None,
+    model_sweep: bool = False,
 ) -> Projection:
     """Project the duration of a run at the given coverage.
 
@@ -303,6 +314,9 @@ def project_run(
     unet : UNetCost, optional
         The U-Net's cost model when the U-Net is on: its training goes to
         the ``unet`` stage, its inference to ``validate`` and ``segment``.
+    model_sweep : bool
+        A run with an imported nnU-Net bundle: its post-processing sweep
+        (:func:`sweep_s`) goes to ``validate``, as the auto-context rounds' does.
     """
     rows = fit_rows(n_train, timings, config)
     s = 1.0  # best estimate (see SAFETY_FACTOR)
@@ -324,8 +338,8 @@ def project_run(
         "unet": s * unet.train_s(n_train) if unet is not None else 0.0,
         "validate": s * (n_val_w * (timings.mvox_train * timings.validate_s_per_mvox
                                     + _unet_infer_s(unet, timings.mvox_train))
-                         + (search_val_count(n_val, config) * timings.mvox_train * timings.context_sweep_s_per_mvox
-                            if unet is None and context_count(n_train, config) else 0.0)),
+                         + (sweep_s(timings, n_val=n_val, config=config)
+                            if model_sweep or (unet is None and context_count(n_train, config)) else 0.0)),
         "segment": s * n_test_w * (timings.mvox_test * timings.segment_s_per_mvox
                                  + _unet_infer_s(unet, timings.mvox_test)),
         "package": s * n_test * timings.package_s_per_volume + 1.0,
@@ -625,6 +639,7 @@ def plan_run(
     unet: UNetCost | None = None,
     mvox_train: float = 0.0,
     preflight_counts: tuple[int, int, int] = (0, 0, 0),
+    model_sweep: bool = False,
 ) -> RunPlan:
     """The plan of a run at this coverage: the one place it is worked out.
 
@@ -648,6 +663,9 @@ def plan_run(
     preflight_counts : (int, int, int)
         Training, validation and test volumes of the preflight's slice (the
         prior weights only).
+    model_sweep : bool
+        A run with an imported nnU-Net bundle: its post-processing sweep is
+        projected in ``validate`` (:func:`project_run`).
 
     Returns
     -------
@@ -660,7 +678,8 @@ def plan_run(
             prior.update({str(name): 0.0 for name in TRAINING_ONLY_STAGES})
         seconds, projection = prior, None
     else:
-        projection = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config, unet=unet)
+        projection = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config, unet=unet,
+                                 model_sweep=model_sweep)
         seconds = projection.per_stage
     return RunPlan(
         stage_weights={name: max(s, MIN_STAGE_WEIGHT) for name, s in seconds.items()},

@@ -99,6 +99,9 @@ class RunState:
     plan: RunPlan | None = None  # the run's plan after the preflight (budget.plan_run)
     #: a run with --model: its bundle's post-processing defaults; None: the config's
     post_defaults: PostDefaults | None = None
+    #: a run with an imported nnU-Net bundle: its post-processing is chosen on validation
+    #: (stages.MODEL_SWEEP, from the bundle's); a linear bundle keeps its own
+    model_sweep: bool = False
 
 
 #: RunContext fields fixed once set (the run's surroundings).

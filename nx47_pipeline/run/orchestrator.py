@@ -226,7 +226,7 @@ def _preflight(ctx: RunContext) -> Status:
                     raise RunFailed("preflight needs at least one test image; none found")
                 timings = preflight.run_inference_chain(
                     ctx, sl, ctx.folder.preflight, model=st.model, best=st.best, unet=st.unet,
-                    unet_cost=st.unet_plan.cost, post=_post_defaults(ctx))
+                    unet_cost=st.unet_plan.cost, post=_post_defaults(ctx), sweep=st.model_sweep)
             else:
                 preflight.check_slice(sl, len(ctx.state.selection.train), len(ctx.state.selection.val))
                 timings = preflight.run_chain(ctx, sl, ctx.folder.preflight)
@@ -526,8 +526,9 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     # fallback's included); the run's config stays as it started
     st.post_defaults = PostDefaults(closing_radius=tuple(int(v) for v in bundle.closing_radius),
                                     min_size=int(bundle.min_component_voxels))
-    if bundle.model is None:  # an nnU-Net bundle: its predictor and post-processing
+    if bundle.model is None:  # an nnU-Net bundle: its predictor, its post-processing to start the sweep from
         st.model, st.best, st.unet = bundle.predictor, dict(bundle.best), None
+        st.model_sweep = bundle.kind == PredictorKind.NNUNET
         st.bundle_summary = bundle.summary()
         return bundle
     st.model, st.best, st.unet = bundle.model, dict(bundle.best), bundle.unet
@@ -543,7 +544,8 @@ def _fit_nnunet(ctx: RunContext, test) -> None:
     preflight (:func:`nx47_pipeline.nnunet.budget.fit_to_budget`: mirroring,
     then the lowest-weight members, then a wider tile step, each a BUDGET
     event), at ``nnunet_seconds_per_window`` or the preflight's segmentation
-    time per window pass; the fallback of every test volume stays reserved."""
+    time per window pass; the fallback of every test volume and the
+    post-processing sweep on the validation maps stay reserved."""
     st, cfg = ctx.state, ctx.config
     shapes = [tuple(r.shape) for r in [*st.selection.val, *test] if r.shape]
     if not shapes:
@@ -556,6 +558,8 @@ def _fit_nnunet(ctx: RunContext, test) -> None:
                / max(nnunet_budget.passes(st.model, timed), 1)) if st.timings else 0.0
     left = ctx.deadlines.left() - budget.preflight_reserve_s(st.timings, test_mvox=[stages.mvox(r.shape)
                                                                                        for r in test])
+    # its post-processing sweep on the validation maps (timed by the preflight) takes its share too
+    left -= budget.sweep_s(st.timings, n_val=len(st.selection.val), config=cfg) if st.model_sweep else 0.0
     fit = nnunet_budget.fit_to_budget(st.model, shapes, seconds_per_window=spw, budget_s=max(left, 0.0),
                                       on_decision=lambda d, msg, **f: ctx.tel.budget(d, msg, budget_s=cfg.budget_s,
                                                                                       **f))
@@ -600,9 +604,10 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     st = ctx.state
     _apply_plan(ctx, budget.plan_run(st.timings, n_train=0, n_val=len(st.selection.val),
                                      n_test=len(st.inventory.test), mvox_test=_mean_mvox(st.inventory.test),
-                                     config=ctx.config, unet=st.unet_plan.cost if st.unet is not None else None))
+                                     config=ctx.config, unet=st.unet_plan.cost if st.unet is not None else None,
+                                     model_sweep=st.model_sweep))
     if st.selection.val:
-        _validate(ctx, model_sweep=bundle.kind == PredictorKind.NNUNET)
+        _validate(ctx, model_sweep=st.model_sweep)
     else:
         _skip(ctx, StageName.VALIDATE, "no validation pairs selected")
     sub = _segment_and_package(ctx, test, model_ok=True)

@@ -116,6 +116,8 @@ class Measured:
         segment = self.segment_s / max(self.test_mvox * self.n_test, 1e-6)
         feat = tr.features_s / max(self.mvox_train * tr.n_volumes, 1e-6) if tr else 0.0
         context = sweep = 0.0
+        if not (self.context_rounds and tr) and self.sweep_mvox > 0:
+            sweep = self.sweep_s / self.sweep_mvox  # an imported nnU-Net's sweep (a run with --model)
         if self.context_rounds and tr:
             if self.context_mvox > 0:
                 context = self.context_s / self.context_mvox
@@ -357,12 +359,13 @@ def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path, progr
 
 def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, model: Any, best: dict[str, Any],
                         unet: UNetPart | None, unet_cost: UNetCost | None,
-                        post: PostDefaults) -> PreflightTimings:
+                        post: PostDefaults, sweep: bool = False) -> PreflightTimings:
     """The inference part of the chain on ``sl`` (a run with ``--model``):
-    validation of one pair when there is one, model segmentation of one test
-    volume, the fallback and the packaging, timed, with the bundle's
-    ``model``, ``best``, ``unet`` (and its ``unet_cost``) and post-processing
-    defaults ``post``.  Training rates are 0."""
+    validation of one pair when there is one (with ``sweep``, an imported
+    nnU-Net's: then its post-processing sweep, :data:`~nx47_pipeline.run.stages.MODEL_SWEEP`),
+    model segmentation of one test volume, the fallback and the packaging,
+    timed, with the bundle's ``model``, ``best``, ``unet`` (and its
+    ``unet_cost``) and post-processing defaults ``post``.  Training rates are 0."""
     deadline = preflight_deadline(ctx, sl)
     if time.monotonic() > deadline:
         raise OutOfTime("nothing left after reserving the fallback segmentation")
@@ -373,9 +376,16 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, mode
 
     t = time.monotonic()
     val = sl.val[:1]
-    stages.validate(ctx, step(0, "validate"), model, best, unet, val, dest / "val", deadline=None, post=post)
+    scores = stages.validate(ctx, step(0, "validate"), model, best, unet, val, dest / "val", deadline=None,
+                             post=post)
     t_val = time.monotonic() - t
     mvox_val = float(np.sum([stages.mvox(r.shape) for r in val]))
+    t = time.monotonic()
+    swept = stages.search_volumes(ctx.config, val) if sweep and scores else []
+    if swept:
+        stages.unet_thresholds(ctx, step(0, "validate"), best, val, dest / "val", scores, deadline=deadline,
+                               sweep=stages.MODEL_SWEEP, defaults=post)
+    t_sweep = time.monotonic() - t
     t = time.monotonic()
     stages.segment(ctx, step(1, "segment"), model, best, unet, sl.test, dest / "test", deadline=None,
                    unet_cost=unet_cost, post=post)
@@ -389,6 +399,7 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, mode
         val_mvox=mvox_val, n_validated=len(val), validate_s=t_val,
         test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
+        sweep_s=t_sweep, sweep_mvox=float(np.sum([stages.mvox(r.shape) for r in swept])),
     ).timings(data_root=sl.data_root)
 
 

@@ -170,6 +170,27 @@ def test_the_preflight_rates_are_worked_out_once_from_what_it_measured():
     assert inf.validate_s_per_mvox == pytest.approx(12.0 / 3.0) and inf.segment_s_per_mvox == pytest.approx(2.0)
 
 
+def test_an_imported_models_sweep_is_timed_by_the_inference_preflight_and_projected_in_validate():
+    """A run with an nnU-Net bundle (``--model``): the preflight's sweep on its validation volume gives the
+    rate, and the sweep on the searched validation volumes goes to validate; without it (a linear bundle)
+    the inference run's validate holds no sweep."""
+    from nx47_pipeline.run.budget import plan_run, sweep_s
+    from nx47_pipeline.run.preflight import Measured
+
+    shared = dict(mvox_train=2.0, val_mvox=2.0, n_validated=1, validate_s=8.0, test_mvox=3.0, n_test=1,
+                  segment_s=12.0, fallback_s=0.6, fallback_mvox=3.0, package_s=0.4)
+    t = Measured(**shared, sweep_s=10.0, sweep_mvox=2.0).timings(data_root=None)
+    assert t.context_sweep_s_per_mvox == pytest.approx(5.0)
+    assert Measured(**shared).timings(data_root=None).context_sweep_s_per_mvox == 0.0
+    cfg = RunConfig(search_max_val_volumes=8, model_dir="/bundle")
+    a = project_run(t, n_train=0, n_val=20, n_test=10, config=cfg, model_sweep=True)
+    b = project_run(t, n_train=0, n_val=20, n_test=10, config=cfg)
+    assert a.per_stage["validate"] - b.per_stage["validate"] == pytest.approx(8 * 2.0 * 5.0)
+    assert sweep_s(t, n_val=20, config=cfg) == pytest.approx(80.0) and sweep_s(None, n_val=20, config=cfg) == 0.0
+    plan = plan_run(t, n_train=0, n_val=20, n_test=10, mvox_test=3.0, config=cfg, model_sweep=True)
+    assert plan.projected_s["validate"] == pytest.approx(a.per_stage["validate"])
+
+
 def test_the_auto_context_rounds_are_projected_in_fit_prox_and_validate():
     """Their fit on at most context_max_volumes training volumes goes to fit_prox,
     their threshold sweep on the searched validation volumes to validate;
