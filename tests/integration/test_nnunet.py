@@ -298,6 +298,47 @@ def test_run_with_an_nnunet_bundle_drops_mirroring_when_the_windows_do_not_fit(t
     assert result.stats["stage_status"]["segment"] == "ok"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
+def test_run_with_an_nnunet_bundle_chooses_its_post_processing_on_validation(trained, tmp_path):
+    """``nx47 run --model`` with an nnU-Net bundle and validation pairs: the bundle's 0.5 / 0.5 is the
+    start of a sweep on the validation maps (pairs x thinning x closing radii, then dust and plug sizes,
+    METRIC ``model_threshold_score`` in stage validate, ``val/model_thresholds.json``); the test masks
+    are the bundle's probabilities post-processed with the recorded choice."""
+    from nx47_pipeline.config import RunConfig
+    from nx47_pipeline.run.orchestrator import run_pipeline
+
+    assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b"),
+                     "--no-mirroring"]) == 0
+    out = tmp_path / "run"
+    cfg = RunConfig(data_root=str(trained["data"]), out_dir=str(out), model_dir=str(tmp_path / "b"),
+                    max_train_volumes=0, max_val_volumes=1, budget_s=3600.0, console=False,
+                    heartbeat_interval_s=0.2, progress_interval_s=0.0)
+    result = run_pipeline(cfg)
+    assert result.status == "ok", result.error
+    record = json.loads((out / "val" / "model_thresholds.json").read_text())
+    assert record["search_pair"] == [0.5, 0.5] and len(record["volumes"]) == 1
+    assert len(record["scores"]) >= 2 * len(cfg.closing_radii()) * 6  # every pair x thinning x radius
+    events = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    swept = [e for e in events if e["kind"] == "METRIC" and e["payload"]["name"] == "model_threshold_score"]
+    assert len(swept) == len(record["scores"]) and {e["stage"] for e in swept} == {"validate"}
+    assert {e["payload"]["extra"]["thin"] for e in swept} == {False, True}
+    chosen = PostChoice(low=record["chosen"][0], high=record["chosen"][1], thin=record["chosen_thin"],
+                        closing_radius=tuple(record["chosen_closing_radius"]), min_size=record["chosen_min_size"],
+                        plug_size=record["chosen_plug_size"])
+    b = load_bundle(tmp_path / "b")
+    assert result.stats["best"]["low"] == chosen.low and result.stats["best"]["high"] == chosen.high
+    assert result.stats["best"]["min_size"] == chosen.min_size
+    for rec in discover(trained["data"]).test:
+        prob = b.predictor.predict(tifffile.imread(rec.image_path))
+        mask = tifffile.imread(out / "test" / f"{rec.id}.tif")
+        np.testing.assert_array_equal(mask, chosen.apply(prob))
+        if record["chosen"] != [0.5, 0.5]:
+            assert not np.array_equal(mask, b.post.apply(prob))
+    print(f"imported nnU-Net: chosen {chosen} at {record['chosen_score']:.3f} on validation, the bundle's "
+          f"0.5 / 0.5 at {next(r['score'] for r in record['scores'] if [r['low'], r['high']] == [0.5, 0.5]):.3f}")
+
+
 def test_a_changed_nnunet_weight_file_is_refused_naming_it(tmp_path):
     """A bundle whose listed file changed is refused before anything loads (no training needed)."""
     b = tmp_path / "b"
