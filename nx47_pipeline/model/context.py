@@ -6,9 +6,9 @@ flanks of every sheet.  Auto-context (Tu & Bai, 2010) stacks the same kind
 of model: round ``r`` is a linear model on the filter bank of the image
 *and* the filter bank of round ``r - 1``'s probability map, so it learns the
 shape of the map around each voxel (a ridge, its flank, a gap).  Measured on
-held-out data of both generator variants with the exact score
-(docs/model.md): two rounds add 0.13 on either variant and 0.06–0.09 across
-them.
+held-out data of both generator variants and two seeds with the exact score
+(docs/model.md): three rounds add 0.09–0.12 to the score on either variant,
+0.07–0.12 from variant b to a and 0.01–0.05 from a to b.
 
 * :class:`ContextModel` -- the base model and its rounds; its
   :meth:`ContextModel.predict_volume` computes the image's filter bank once
