@@ -35,7 +35,7 @@ from pathlib import Path
 
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.run_folder import CONTEXT, context_round
-from nx47_pipeline.model.features import feature_names, halo_for, iter_feature_slabs
+from nx47_pipeline.model.features import feature_names, features_at, halo_for, iter_feature_slabs
 from nx47_pipeline.model.linear import LogisticModel, fit_prox
 from nx47_pipeline.model.postprocess import _check_3d, probability_to_uint8
 
@@ -92,10 +92,6 @@ class ContextModel:
         filter bank's reach per map computed (the image's and each round's)."""
         return halo_for(self.scales) * (1 + len(self.rounds))
 
-    def passes(self) -> int:
-        """Filter banks computed per volume: the image's and one per round."""
-        return 1 + len(self.rounds)
-
     def predict_volume(self, volume: np.ndarray, *, slab: int = 32,
                        on_progress: ProgressFn | None = None) -> np.ndarray:
         """The last round's probability map (float32, ``volume``'s shape).
@@ -103,41 +99,26 @@ class ContextModel:
         The image's filter bank is computed once: each model's part on it is
         kept as a volume of partial decisions, and each round then adds its
         part on the filter bank of the previous map.  ``on_progress(done,
-        total, what)`` after every slab of every pass (total: slabs x
-        :meth:`passes`).
+        total, what)`` as the slabs of each filter bank finish (total: slabs
+        x filter banks, one for the image and one per round).
         """
         volume = _check_3d("volume", np.asarray(volume))
         models = (self.base,) + tuple(self.rounds)
-        nf = len(feature_names(self.scales))
-        raw = [m.raw_weights() for m in models]
-        w_img = [w[:nf].astype(np.float32) for w, _ in raw]
-        bias = [np.float32(b) for _, b in raw]
         n_slabs = -(-volume.shape[0] // int(slab))
         total = n_slabs * len(models)
 
         def report(p: int) -> ProgressFn:
             def on(done, _total, what):
                 if on_progress is not None:
-                    on_progress(int(p * n_slabs + done), total, what if p == 0 else f"context round {p}: {what}")
+                    on_progress(p * n_slabs + done, total, what if p == 0 else f"context round {p}: {what}")
             return on
 
-        partial = np.empty((len(models),) + volume.shape, dtype=np.float32)
-        for z0, z1, feats in iter_feature_slabs(volume, scales=self.scales, slab=slab, on_progress=report(0)):
-            flat = feats.reshape(nf, -1).T
-            for k in range(len(models)):
-                d = flat @ w_img[k]
-                d += bias[k]
-                partial[k, z0:z1] = d.reshape(feats.shape[1:])
+        partial = _image_part(volume, models, self.scales, slab, report(0))
         prob = expit(partial[0])
         for k in range(1, len(models)):
-            w_map = raw[k][0][nf:].astype(np.float32)
-            prev = probability_to_uint8(prob)
-            for z0, z1, feats in iter_feature_slabs(prev, scales=self.scales, slab=slab, on_progress=report(k)):
-                d = feats.reshape(nf, -1).T @ w_map
-                partial[k, z0:z1] += d.reshape(feats.shape[1:])
+            _add_map_part(partial[k], probability_to_uint8(prob), models[k], self.scales, slab, report(k))
             prob = expit(partial[k])
         return prob.astype(np.float32, copy=False)
-
 
     def save_rounds(self, folder: str | Path, **info) -> list[str]:
         """Write each round to ``folder/context_<k>.npz`` and ``folder/context.json``
@@ -149,6 +130,33 @@ class ContextModel:
             m.save(folder / name)
         write_json(folder / CONTEXT, {"rounds": len(self.rounds), "files": files, **info})
         return files + [CONTEXT]
+
+
+def _image_part(volume: np.ndarray, models: Sequence[LogisticModel], scales: tuple[float, ...], slab: int,
+                on_progress: ProgressFn | None) -> np.ndarray:
+    """Each model's decision on the image's filter bank alone (its bias
+    included): float32, shape ``(len(models),) + volume.shape``; one filter
+    bank of the image."""
+    nf = len(feature_names(scales))
+    raw = [(w[:nf].astype(np.float32), np.float32(b)) for w, b in (m.raw_weights() for m in models)]
+    out = np.empty((len(models),) + volume.shape, dtype=np.float32)
+    for z0, z1, feats in iter_feature_slabs(volume, scales=scales, slab=slab, on_progress=on_progress):
+        flat = feats.reshape(nf, -1).T
+        for k, (w, b) in enumerate(raw):
+            d = flat @ w
+            d += b
+            out[k, z0:z1] = d.reshape(feats.shape[1:])
+    return out
+
+
+def _add_map_part(partial: np.ndarray, prev: np.ndarray, model: LogisticModel, scales: tuple[float, ...],
+                  slab: int, on_progress: ProgressFn | None) -> None:
+    """Add a round's decision on the filter bank of the previous map ``prev``
+    (uint8) to its ``partial`` decision on the image, in place."""
+    nf = len(feature_names(scales))
+    w_map = model.raw_weights()[0][nf:].astype(np.float32)
+    for z0, z1, feats in iter_feature_slabs(prev, scales=scales, slab=slab, on_progress=on_progress):
+        partial[z0:z1] += (feats.reshape(nf, -1).T @ w_map).reshape(feats.shape[1:])
 
 
 def load_rounds(base: LogisticModel, folder: str | Path) -> ContextModel | None:
@@ -178,18 +186,6 @@ def load_rounds(base: LogisticModel, folder: str | Path) -> ContextModel | None:
 # ---------------------------------------------------------------------------
 # fitting
 # ---------------------------------------------------------------------------
-def _rows(volume: np.ndarray, idx: np.ndarray, scales: tuple[float, ...], slab: int,
-          on_progress: ProgressFn | None = None) -> np.ndarray:
-    """The filter bank of ``volume`` at the flat voxel indices ``idx`` (sorted), rows (n, n_features)."""
-    plane = volume.shape[1] * volume.shape[2]
-    out = np.empty((idx.size, len(feature_names(scales))), dtype=np.float32)
-    for z0, z1, feats in iter_feature_slabs(volume, scales=scales, slab=slab, on_progress=on_progress):
-        a, b = np.searchsorted(idx, [z0 * plane, z1 * plane])
-        if b > a:
-            out[a:b] = feats.reshape(feats.shape[0], -1)[:, idx[a:b] - z0 * plane].T
-    return out
-
-
 def fit_context(
     pairs: Sequence[Callable[[], tuple[np.ndarray, np.ndarray]]],
     base: LogisticModel,
@@ -278,7 +274,7 @@ def fit_context(
         idx.append(take)
         y.append((label.ravel()[take] == 1).astype(np.float64))
         what = f"volume {i + 1}/{n}: image features"
-        img_rows.append(_rows(image, take, scales, slab, sub(what)))
+        img_rows.append(features_at(image, take, scales=scales, slab=slab, on_progress=sub(what)))
         tick(what)
 
     def fit(rows: list[np.ndarray], which: np.ndarray, names: list[str], what: str) -> LogisticModel:
@@ -302,23 +298,25 @@ def fit_context(
     for r in range(1, rounds + 1):
         rows = []
         for i, load in enumerate(pairs):
-            image, _ = load()
-            other = ContextModel(chains[1 - fold[i]][0], tuple(chains[1 - fold[i]][1:r]))
             what = f"round {r}: volume {i + 1}/{n}: map features"
             if maps[i] is None:  # round 1: the other half's base map
-                maps[i] = probability_to_uint8(other.predict_volume(image, slab=slab, on_progress=sub(what)))
-            rows.append(np.concatenate([img_rows[i], _rows(maps[i], idx[i], scales, slab, sub(what))], axis=1))
+                other = chains[1 - fold[i]][0]
+                maps[i] = probability_to_uint8(other.predict_volume(load()[0], slab=slab, on_progress=sub(what)))
+            map_rows = features_at(maps[i], idx[i], scales=scales, slab=slab, on_progress=sub(what))
+            rows.append(np.concatenate([img_rows[i], map_rows], axis=1))
             tick(what)
         names = context_names(scales)
         for h in (0, 1):
             chains[h].append(fit(rows, halves[h], names, f"round {r} on half {h + 1}"))
         final.append(fit(rows, np.arange(n), names, f"round {r} on every volume"))
-        if r < rounds:  # the next round's maps: this round of the other half's chain
+        if r < rounds:  # the next round's maps: this round of the other half's chain, on its current map
             for i, load in enumerate(pairs):
-                image, _ = load()
-                other = ContextModel(chains[1 - fold[i]][0], tuple(chains[1 - fold[i]][1:r + 1]))
                 what = f"round {r}: volume {i + 1}/{n}: next map"
-                maps[i] = probability_to_uint8(other.predict_volume(image, slab=slab, on_progress=sub(what)))
+                step = sub(what)
+                model = chains[1 - fold[i]][r]
+                partial = _image_part(load()[0], [model], scales, slab, lambda d, t, w: step(d, 2 * t, w))[0]
+                _add_map_part(partial, maps[i], model, scales, slab, lambda d, t, w: step(t + d, 2 * t, w))
+                maps[i] = probability_to_uint8(expit(partial))
                 tick(what)
     return ContextModel(base, tuple(final))
 

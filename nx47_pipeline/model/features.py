@@ -736,6 +736,37 @@ def volume_sample(
     if on_progress is not None:
         on_progress(0, 1, "choosing the sample voxels")
     idx, y = _choose_indices(label, n_per_class, seed, z_ranges=z_ranges)
+    return features_at(volume, idx, scales=sc, slab=slab, on_progress=on_progress, only=only), y
+
+
+def features_at(
+    volume: np.ndarray,
+    idx: np.ndarray,
+    *,
+    scales: Sequence[float] = (1.0, 2.0, 4.0),
+    slab: int = 32,
+    on_progress: ProgressFn | None = None,
+    only: Sequence[int] | None = None,
+) -> np.ndarray:
+    """The filter bank of ``volume`` at the flat voxel indices ``idx``,
+    computed slab-wise (one slab of features held at a time).
+
+    Parameters
+    ----------
+    volume : ndarray, shape (Z, Y, X)
+        CT volume (or a probability map as uint8).
+    idx : ndarray of int
+        Flat indices into ``volume``, in any order.
+    scales, slab, on_progress, only
+        As in :func:`iter_feature_slabs` (``only``: the slabs holding ``idx``).
+
+    Returns
+    -------
+    ndarray, float32, shape (len(idx), n_features)
+        Row ``i`` is ``compute_features(volume)[:, idx[i]]`` up to float rounding.
+    """
+    volume = _check_volume(volume)
+    sc = _check_scales(scales)
     nf = len(feature_names(sc))
     X = np.empty((idx.size, nf), dtype=np.float32)
     plane = volume.shape[1] * volume.shape[2]
@@ -745,4 +776,4 @@ def volume_sample(
         if rows.size:
             local = idx[rows] - z0 * plane
             X[rows] = feats.reshape(nf, -1)[:, local].T
-    return X, y
+    return X
