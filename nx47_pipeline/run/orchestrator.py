@@ -450,7 +450,7 @@ def _validate(ctx: RunContext, *, model_sweep: bool = False) -> None:
         unet_pair = None
         if st.unet is not None and st.val_scores:
             # the U-Net's own hysteresis pair, chosen on validation like fit_prox's
-            unet_pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
+            unet_pair, st.val_scores = stages.sweep_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
                                                               st.val_scores, deadline=ctx.deadlines.training)
         both = sorted(set(linear) & set(st.val_scores))
         if st.unet is not None and both:
@@ -465,21 +465,17 @@ def _validate(ctx: RunContext, *, model_sweep: bool = False) -> None:
                 st.val_scores = linear
             elif unet_pair is not None:
                 st.best = {**st.best, **{k: unet_pair[k] for k in stages.CHOICE_KEYS}}
-        if (st.unet is None and not linear and st.val_scores and getattr(st.model, "rounds", ())
-                and not ctx.config.model_dir):
-            # the auto-context rounds' maps are sharper than the base model's the search chose its pair on
-            # (a run with --model keeps its bundle's choice)
-            pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
-                                                         st.val_scores, deadline=ctx.deadlines.training,
-                                                         sweep=stages.CONTEXT_SWEEP)
-            if pair is not None:
-                st.best = {**st.best, **{k: pair[k] for k in stages.CHOICE_KEYS}}
-        if model_sweep and st.val_scores:
-            # an imported nnU-Net's maps: its bundle's post-processing (nnU-Net's argmax by default) is the
-            # start, the project's score on the validation pairs chooses (a linear bundle keeps its own)
-            pair, st.val_scores = stages.unet_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
-                                                         st.val_scores, deadline=ctx.deadlines.training,
-                                                         sweep=stages.MODEL_SWEEP, defaults=_post_defaults(ctx))
+        # the pair (and dust / plug sizes) chosen again on the maps that segment the test volumes, when no
+        # search chose on them: an imported nnU-Net's (its bundle's post-processing, nnU-Net's argmax by
+        # default, is the start; a linear bundle keeps its own), or the auto-context rounds' (sharper than the
+        # base model's the search chose on; a run with --model keeps its bundle's choice)
+        sweep = (stages.MODEL_SWEEP if model_sweep else
+                 stages.CONTEXT_SWEEP if (st.unet is None and not linear and getattr(st.model, "rounds", ())
+                                          and not ctx.config.model_dir) else None)
+        if sweep is not None and st.val_scores:
+            pair, st.val_scores = stages.sweep_thresholds(ctx, ctx.reporter(), st.best, val, ctx.folder.val,
+                                                          st.val_scores, deadline=ctx.deadlines.training,
+                                                          sweep=sweep, defaults=_post_defaults(ctx))
             if pair is not None:
                 st.best = {**st.best, **{k: pair[k] for k in stages.CHOICE_KEYS}}
 

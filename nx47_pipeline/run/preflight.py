@@ -115,18 +115,17 @@ class Measured:
                     else self.segment_s / max(self.test_mvox, 1e-6))
         segment = self.segment_s / max(self.test_mvox * self.n_test, 1e-6)
         feat = tr.features_s / max(self.mvox_train * tr.n_volumes, 1e-6) if tr else 0.0
-        context = sweep = 0.0
-        if not (self.context_rounds and tr) and self.sweep_mvox > 0:
-            sweep = self.sweep_s / self.sweep_mvox  # an imported nnU-Net's sweep (a run with --model)
-        if self.context_rounds and tr:
-            if self.context_mvox > 0:
-                context = self.context_s / self.context_mvox
-            else:
-                context = 2.0 * self.context_rounds * feat
-                validate += self.context_rounds * feat
-                segment += self.context_rounds * feat
-            sweep = (self.sweep_s / self.sweep_mvox if self.sweep_mvox > 0
-                     else self.sweep_keys * validate)
+        context = 0.0
+        rounds = self.context_rounds if tr else 0  # a run with --model fits none
+        if rounds and self.context_mvox > 0:
+            context = self.context_s / self.context_mvox
+        elif rounds:
+            context = 2.0 * rounds * feat
+            validate += rounds * feat
+            segment += rounds * feat
+        # the auto-context rounds' sweep, or an imported nnU-Net's (a run with --model)
+        sweep = (self.sweep_s / self.sweep_mvox if self.sweep_mvox > 0
+                 else self.sweep_keys * validate if rounds else 0.0)
         return PreflightTimings(
             context_s_per_mvox=context,
             context_sweep_s_per_mvox=sweep,
@@ -307,12 +306,8 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
     scores = stages.validate(ctx, quiet(4), model, grid["best"], None, sl.val, dest / "val", deadline=None,
                              executor=executor)
     t_val = time.monotonic() - t
-    t = time.monotonic()
-    swept = stages.search_volumes(cfg, sl.val) if getattr(model, "rounds", ()) and scores else []
-    if swept:
-        stages.unet_thresholds(ctx, quiet(4), grid["best"], sl.val, dest / "val", scores, deadline=deadline,
-                               sweep=stages.CONTEXT_SWEEP)
-    t_sweep = time.monotonic() - t
+    t_sweep, sweep_mvox = (_timed_sweep(ctx, quiet(4), grid["best"], sl.val, dest / "val", scores, deadline,
+                                        stages.CONTEXT_SWEEP) if getattr(model, "rounds", ()) else (0.0, 0.0))
 
     t = time.monotonic()
     stages.segment(ctx, quiet(5), model, grid["best"], None, sl.test, dest / "test", deadline=None,
@@ -333,9 +328,23 @@ def run_chain(ctx: RunContext, sl: PreflightSlice, dest: Path) -> PreflightTimin
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
         training=training, unet_s_per_batch=unet_s_per_batch,
         context_rounds=cfg.context_rounds, context_s=t_ctx, context_mvox=ctx_mvox,
-        sweep_keys=stages.context_sweep_keys(cfg), sweep_s=t_sweep,
-        sweep_mvox=float(np.sum([stages.mvox(r.shape) for r in swept])),
+        sweep_keys=stages.sweep_count(cfg, stages.CONTEXT_SWEEP, grid["best"]), sweep_s=t_sweep,
+        sweep_mvox=sweep_mvox,
     ).timings(data_root=sl.data_root)
+
+
+def _timed_sweep(ctx: RunContext, report, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
+                 scores: dict[str, dict[str, float]], deadline: float, sweep: stages.Sweep,
+                 defaults: PostDefaults | None = None) -> tuple[float, float]:
+    """Run ``sweep`` on the validation maps in ``dest`` as the run will
+    (:func:`~nx47_pipeline.run.stages.sweep_thresholds`): ``(seconds, million
+    voxels swept)``, ``(0, 0)`` when nothing was validated."""
+    swept = stages.search_volumes(ctx.config, val) if scores else []
+    t = time.monotonic()
+    if swept:
+        stages.sweep_thresholds(ctx, report, best, val, dest, scores, deadline=deadline, sweep=sweep,
+                               defaults=defaults)
+    return time.monotonic() - t, float(np.sum([stages.mvox(r.shape) for r in swept]))
 
 
 def _fallback_and_package(ctx: RunContext, sl: PreflightSlice, dest: Path, progress: Callable[..., None],
@@ -380,12 +389,8 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, mode
                              post=post)
     t_val = time.monotonic() - t
     mvox_val = float(np.sum([stages.mvox(r.shape) for r in val]))
-    t = time.monotonic()
-    swept = stages.search_volumes(ctx.config, val) if sweep and scores else []
-    if swept:
-        stages.unet_thresholds(ctx, step(0, "validate"), best, val, dest / "val", scores, deadline=deadline,
-                               sweep=stages.MODEL_SWEEP, defaults=post)
-    t_sweep = time.monotonic() - t
+    t_sweep, sweep_mvox = (_timed_sweep(ctx, step(0, "validate"), best, val, dest / "val", scores, deadline,
+                                        stages.MODEL_SWEEP, defaults=post) if sweep else (0.0, 0.0))
     t = time.monotonic()
     stages.segment(ctx, step(1, "segment"), model, best, unet, sl.test, dest / "test", deadline=None,
                    unet_cost=unet_cost, post=post)
@@ -399,7 +404,7 @@ def run_inference_chain(ctx: RunContext, sl: PreflightSlice, dest: Path, *, mode
         val_mvox=mvox_val, n_validated=len(val), validate_s=t_val,
         test_mvox=mvox_test, n_test=len(sl.test), segment_s=t_seg,
         fallback_s=t_fb, fallback_mvox=stages.mvox(vol_shape), package_s=t_pack,
-        sweep_s=t_sweep, sweep_mvox=float(np.sum([stages.mvox(r.shape) for r in swept])),
+        sweep_s=t_sweep, sweep_mvox=sweep_mvox,
     ).timings(data_root=sl.data_root)
 
 

@@ -383,11 +383,12 @@ def context(
     if not recs:
         return model
     span = total - start
+    check = _checker(ctx, deadline)
+    last = [""]
 
     def on_progress(done, n, what):
-        ctx.cancel.raise_if_cancelled()
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(what)
+        check()
+        last[0] = what
         report.progress(start + span * float(done) / max(float(n), 1.0), total, substep=f"auto-context: {what}",
                         substep_done=int(done), substep_total=int(n))
 
@@ -402,8 +403,8 @@ def context(
                                      rows_per_volume=cfg.samples_per_class, max_iter=cfg.search_max_iter,
                                      l1=min(cfg.l1_grid), l2=min(cfg.l2_grid), seed=cfg.seed,
                                      on_progress=on_progress)
-    except TimeoutError as exc:
-        report.deadline_hit("fit_prox", f"auto-context rounds stopped at {exc}; fit_prox alone is kept")
+    except _DeadlineHit:
+        report.deadline_hit("fit_prox", f"auto-context rounds stopped at {last[0]}; fit_prox alone is kept")
         return model
     except (VolumeError, ValueError) as exc:
         report.warn(f"auto-context rounds not fitted: {exc}; fit_prox alone is kept", subject=str(dest),
@@ -629,12 +630,23 @@ MODEL_SWEEP = Sweep("imported model", "nnunet", MetricName.MODEL_THRESHOLD_SCORE
                     MODEL_POSTPROCESS, True)
 
 
-def context_sweep_keys(cfg) -> int:
-    """Candidates the auto-context sweep scores per volume (the hysteresis pairs)."""
-    return len(threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap))
+def sweep_keys(cfg, sweep: Sweep, current: PostKey) -> list[PostKey]:
+    """The candidates ``sweep`` scores per volume besides ``current``: each
+    hysteresis pair of :data:`UNET_THRESHOLD_GRID`, with ``sweep.vary`` also
+    with and without thinning and at each closing radius, at ``current``'s
+    dust and plug sizes."""
+    thins, radii = ((False, True), cfg.closing_radii()) if sweep.vary else ((current[2],), [current[3]])
+    keys = [(lo, hi, thin, r, *current[4:]) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
+            for thin in thins for r in radii]
+    return [k for k in keys if not _same_key(k, current)]
 
 
-def unet_thresholds(
+def sweep_count(cfg, sweep: Sweep, best: dict[str, Any], defaults: PostDefaults | None = None) -> int:
+    """How many candidates ``sweep`` scores per volume from ``best``'s choice (:func:`sweep_keys`)."""
+    return len(sweep_keys(cfg, sweep, _post_key(defaults or PostDefaults.of_config(cfg), best)))
+
+
+def sweep_thresholds(
     ctx: RunContext, report: Reporter, best: dict[str, Any], val: Sequence[VolumeRecord], dest: Path,
     scores: dict[str, dict[str, float]], *, deadline: float | None, sweep: Sweep = UNET_SWEEP,
     defaults: PostDefaults | None = None,
@@ -681,11 +693,7 @@ def unet_thresholds(
                         None)
         return _choice(chosen, mean), scores
     recs = [r for r in search_volumes(cfg, val) if r.id in scores and (dest / f"{r.id}_prob.tif").exists()]
-    sizes = current[4:]
-    thins, radii = ((False, True), cfg.closing_radii()) if sweep.vary else ((current[2],), [current[3]])
-    keys = [(lo, hi, thin, r, *sizes) for lo, hi in threshold_pairs(UNET_THRESHOLD_GRID, cfg.hysteresis_gap)
-            for thin in thins for r in radii]
-    keys = [k for k in keys if not _same_key(k, current)]
+    keys = sweep_keys(cfg, sweep, current)
     results: dict[PostKey, dict[str, VolumeScore]] = {k: {} for k in keys}
     done: list[str] = []
     n_val = max(len(val), 1)

@@ -53,7 +53,7 @@ def setup(tmp_path):
 
 def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_follow_it(setup):
     ctx, dest, best, val, scores, labels = setup
-    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    pair, new = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
     # only a low threshold above the halo's 0.72 keeps the sheet alone
     assert pair is not None and pair["low"] > 0.72 and pair["high"] <= 0.95
     for rec in val:
@@ -71,7 +71,7 @@ def test_a_higher_pair_that_scores_better_is_chosen_and_the_validation_masks_fol
     # closing a plane changes nothing either: the tie keeps the first radius
     assert pair["closing_radius"] == list(radii[0]) == record["chosen_closing_radius"]
     # a resumed run keeps the recorded choice without scoring again
-    again, same = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    again, same = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["low"] == pytest.approx(pair["low"]) and same == new
 
 
@@ -85,7 +85,7 @@ def test_the_search_pair_stays_when_no_other_pair_scores_better(setup):
         write_volume(dest / f"{rec.id}.tif", mask)
         scores[rec.id] = {"score": 1.0}
     before = {rec.id: read_volume(dest / f"{rec.id}.tif", kind="label") for rec in val}
-    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    pair, new = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
     assert pair is None and new == scores
     for rec in val:
         assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), before[rec.id])
@@ -109,7 +109,7 @@ def test_an_imported_models_sweep_starts_from_its_bundles_post_processing_and_re
     metrics = []
     rep = ctx.reporter()
     rep.metric = lambda name, value, **extra: metrics.append((str(name), value, extra))
-    choice, new = stages.unet_thresholds(ctx, rep, best, val, dest, scores, deadline=None, sweep=sweep,
+    choice, new = stages.sweep_thresholds(ctx, rep, best, val, dest, scores, deadline=None, sweep=sweep,
                                          defaults=post)
     # the halo (0.72) is above 0.5: only a higher pair keeps the sheet alone
     assert choice is not None and choice["low"] > 0.72
@@ -129,14 +129,14 @@ def test_an_imported_models_sweep_starts_from_its_bundles_post_processing_and_re
         assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), labels[rec.id])
         assert new[rec.id]["score"] > scores[rec.id]["score"]
     # a resumed run reads its record back
-    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None, sweep=sweep,
+    again, _ = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None, sweep=sweep,
                                       defaults=post)
     assert again == choice
 
 
 def test_a_passed_deadline_keeps_the_search_pair(setup):
     ctx, dest, best, val, scores, _ = setup
-    pair, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=0.0)
+    pair, new = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=0.0)
     assert pair is None and new == scores
 
 
@@ -159,7 +159,7 @@ def test_thinning_is_chosen_when_no_pair_can_cut_a_thick_confident_band(tmp_path
         mask = postprocess(prob, low=0.55, high=0.7, closing_radius=cfg.closing_radius, min_size=10)
         write_volume(dest / f"{rec.id}.tif", mask)
         scores[rec.id] = {"score": score_volume(mask, label).score}
-    choice, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    choice, new = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
     assert choice is not None and choice["thin"] is True
     for rec in val:
         mask = read_volume(dest / f"{rec.id}.tif", kind="label")
@@ -168,7 +168,7 @@ def test_thinning_is_chosen_when_no_pair_can_cut_a_thick_confident_band(tmp_path
     record = json.loads((dest / "unet_thresholds.json").read_text())
     assert record["chosen_thin"] is True
     # a resumed run returns the recorded choice, thin included
-    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    again, _ = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["thin"] is True and again["high"] == pytest.approx(choice["high"])
 
 
@@ -198,7 +198,7 @@ def test_the_smaller_closing_radius_is_chosen_where_the_larger_merges_close_shee
         assert mask[:, y + 2].all()  # merged into one slab
         write_volume(dest / f"{rec.id}.tif", mask)
         scores[rec.id] = {"score": score_volume(mask, label).score}
-    choice, new = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
+    choice, new = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, scores, deadline=None)
     assert choice is not None and choice["closing_radius"] == [1, 1, 1]
     for rec in val:
         assert np.array_equal(read_volume(dest / f"{rec.id}.tif", kind="label"), labels[rec.id])
@@ -206,7 +206,7 @@ def test_the_smaller_closing_radius_is_chosen_where_the_larger_merges_close_shee
     record = json.loads((dest / "unet_thresholds.json").read_text())
     assert record["chosen_closing_radius"] == [1, 1, 1] and record["search_closing_radius"] == [1, 2, 2]
     # a resumed run returns the recorded radius without scoring again
-    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    again, _ = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert again["closing_radius"] == [1, 1, 1]
 
 
@@ -243,7 +243,7 @@ def test_the_sweep_also_chooses_dust_and_plug_sizes_and_the_validation_masks_fol
     metrics = []
     rep = ctx.reporter()
     rep.metric = lambda name, value, **extra: metrics.append((str(name), value, extra))
-    choice, new = stages.unet_thresholds(ctx, rep, best, val, dest, scores, deadline=None)
+    choice, new = stages.sweep_thresholds(ctx, rep, best, val, dest, scores, deadline=None)
     assert choice is not None and (choice["min_size"], choice["plug_size"]) == (300, 64)
     assert choice["closing_radius"] == [1, 1, 1] and choice["high"] == pytest.approx(0.9)
     for rec in val:
@@ -260,12 +260,12 @@ def test_the_sweep_also_chooses_dust_and_plug_sizes_and_the_validation_masks_fol
     assert all(x["model"] == "unet" for x in post)
     assert all("min_size" in x and "plug_size" in x for n, _, x in metrics if n == "unet_threshold_score")
     # a resumed run returns the recorded sizes without scoring again
-    again, _ = stages.unet_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
+    again, _ = stages.sweep_thresholds(ctx, ctx.reporter(), best, val, dest, new, deadline=None)
     assert (again["min_size"], again["plug_size"]) == (300, 64) and again["score"] == pytest.approx(choice["score"])
     # a record from before the dust / plug choice resumes with the run's dust size and no plugging
     old = {k: v for k, v in record.items() if "min_size" not in k and "plug_size" not in k and k != "chosen_score"}
     (dest / "unet_thresholds.json").write_text(json.dumps(old))
-    legacy, _ = stages.unet_thresholds(ctx, ctx.reporter(), {k: best[k] for k in ("low", "high", "thin",
+    legacy, _ = stages.sweep_thresholds(ctx, ctx.reporter(), {k: best[k] for k in ("low", "high", "thin",
                                                                                   "closing_radius")},
                                        val, dest, new, deadline=None)
     assert legacy is None  # the recorded choice is the search's at the run's dust size 10, no plugging
