@@ -17,6 +17,7 @@ import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
+from pathlib import Path
 
 #: Legacy environment names, read when the NX47_ name is absent.
 LEGACY_ENV = {
@@ -253,7 +254,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         refuses.
     """
     try:
-        text = open(path, encoding="utf-8").read()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"configuration file {path}: cannot read it: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
