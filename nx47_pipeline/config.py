@@ -11,6 +11,7 @@ e.g. a run folder's ``config.json``) between the environment and the flags.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import types
@@ -26,6 +27,20 @@ LEGACY_ENV = {
 }
 
 DEFAULT_BUDGET_S = 9 * 3600.0
+
+
+class ModelKind(str, enum.Enum):
+    """What a run trains (``model_kind``, ``nx47 run --model-kind``)."""
+
+    LINEAR = "linear"  # fit_prox on the filter bank, its auto-context rounds, optionally the U-Net
+    NNUNET = "nnunet"  # nnU-Net v2, trained in the run (nx47_pipeline.nnunet.train)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The ``model_kind`` values.
+MODEL_KINDS = tuple(k.value for k in ModelKind)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +113,16 @@ class RunConfig:
     unet_device: str = "auto"
     # flip TTA at inference: auto (when its extra inference fits the budget, see run.budget.tta_fits) | on | off
     unet_tta: str = "auto"
+    # --- the model ---------------------------------------------------------
+    model_kind: str = "linear"  # linear: fit_prox (+ U-Net) | nnunet: nnU-Net v2 trained in the run
+    # nx47 run --model-kind nnunet: nnU-Net's configuration (3d_fullres, or NX47's small 3d_nx47_cpu /
+    # 3d_nx47_tiny), plans identifier, epochs, training and validation iterations per epoch (the device is
+    # unet_device's)
+    nnunet_configuration: str = "3d_fullres"
+    nnunet_plans: str = "nnUNetPlans"
+    nnunet_epochs: int = 1000
+    nnunet_iterations: int = 250
+    nnunet_val_iterations: int = 50
     # --- inference only ----------------------------------------------------
     model_dir: str = ""  # a model bundle: skip training, segment with it ("" = train)
     # an nnU-Net bundle's seconds per window pass (one window, one mirror, one fold) for its budget;
@@ -153,6 +178,15 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 0 (0 means by device), got {value!r}")
         if self.unet_fuse not in ("mean", "replace"):
             raise ValueError(f"unet_fuse must be 'mean' or 'replace', got {self.unet_fuse!r}")
+        if self.model_kind not in MODEL_KINDS:
+            raise ValueError(f"model_kind must be one of {', '.join(MODEL_KINDS)}, got {self.model_kind!r}")
+        for name in ("nnunet_epochs", "nnunet_iterations", "nnunet_val_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("nnunet_configuration", "nnunet_plans"):
+            if not str(getattr(self, name)).strip():
+                raise ValueError(f"{name} must name one, got {getattr(self, name)!r}")
         if self.unet_tta not in ("auto", "on", "off"):
             raise ValueError(f"unet_tta must be 'auto', 'on' or 'off', got {self.unet_tta!r}")
 

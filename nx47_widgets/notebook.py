@@ -119,7 +119,7 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
                            max_train_volumes: int | None = None,
                            max_val_volumes: int | None = None, budget_s: float | None = None,
                            use_unet: bool | None = None, model_dir: str | None = None,
-                           scheduler: str | None = None, workers: int | None = None,
+                           model_kind: str | None = None, scheduler: str | None = None, workers: int | None = None,
                            environ: Mapping[str, str] | None = None) -> RunConfig:
     """The RunConfig of the notebook's ``parameters`` cell.
 
@@ -141,6 +141,9 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
     model_dir : str, optional
         ``MODEL_DIR``: a model bundle; the run segments with it and trains
         nothing (``NX47_MODEL_DIR``).
+    model_kind : str, optional
+        ``MODEL_KIND``: ``"linear"`` (the default) or ``"nnunet"`` (nnU-Net
+        v2 trained in the run; ``NX47_MODEL_KIND``).
     scheduler : str, optional
         ``SCHEDULER``: ``"local"`` or a Dask scheduler address; per-volume
         work runs as Dask tasks (``NX47_SCHEDULER``; default in process).
@@ -162,8 +165,8 @@ def config_from_parameters(*, data_root: str | None = None, out_dir: str | None 
     env = os.environ if environ is None else environ
     overrides: dict[str, Any] = dict(
         data_root=data_root, out_dir=out_dir, max_train_volumes=max_train_volumes,
-        max_val_volumes=max_val_volumes, budget_s=budget_s, model_dir=model_dir, scheduler=scheduler,
-        workers=workers)
+        max_val_volumes=max_val_volumes, budget_s=budget_s, model_dir=model_dir, model_kind=model_kind,
+        scheduler=scheduler, workers=workers)
     if use_unet is not None:
         overrides["use_unet"] = bool(use_unet)
     if out_dir is None and not env.get("NX47_OUT_DIR") and _KAGGLE_WORKING.is_dir():

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nx47_pipeline.config import RunConfig, read_config_file
+from nx47_pipeline.config import MODEL_KINDS, RunConfig, read_config_file
 from nx47_pipeline.data.demo import ensure_demo_dataset
 from nx47_pipeline.data.discovery import resolve_data_root
 from nx47_pipeline.io.run_folder import RunFolder
@@ -46,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="shrink coverage to the largest that fits the budget after the preflight")
     p.add_argument("--unet", dest="use_unet", action=argparse.BooleanOptionalAction, default=None,
                    help="train the optional 3D U-Net (default: on with CUDA, off on CPU)")
+    p.add_argument("--model-kind", dest="model_kind", default=None, choices=MODEL_KINDS,
+                   help="what the run trains: linear (fit_prox, its auto-context rounds, the optional U-Net; the "
+                        "default) or nnunet (nnU-Net v2 planned, preprocessed and trained in the run; fields "
+                        "nnunet_configuration, nnunet_plans, nnunet_epochs, nnunet_iterations with --set)")
     p.add_argument("--model", dest="model_dir", default=None, metavar="BUNDLE",
                    help="inference only: segment with this model bundle (nx47 export-model) instead of training")
     p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
@@ -82,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "seed": args.seed,
         "heartbeat_interval_s": args.heartbeat_interval_s,
         "model_dir": args.model_dir,
+        "model_kind": args.model_kind,
         "scheduler": args.scheduler,
         "workers": args.workers,
         "threads": args.threads,

@@ -23,7 +23,8 @@ __all__ = [
     "ARTIFACT_NAMES", "AUTO_COVERAGE", "CHUNKS", "CLASSES", "CLUSTER", "CONFIG", "CONTEXT", "CONTEXT_POSTPROCESS",
     "CONTEXT_ROUND", "CONTEXT_THRESHOLDS", "FIT", "context_round", "INFER_KEY", "JOURNAL",
     "KILLED", "LOCK",
-    "MANIFEST", "MASK", "MODEL_POSTPROCESS", "MODEL_THRESHOLDS", "MODEL_WEIGHTS", "PLAN", "POSTPROCESS", "QA",
+    "MANIFEST", "MASK", "MODEL_POSTPROCESS", "MODEL_THRESHOLDS", "MODEL_WEIGHTS", "NNUNET_PLAN_LOG", "NNUNET_PREPARED",
+    "NNUNET_TRAIN_LOG", "PLAN", "POSTPROCESS", "QA",
     "RESUMABLE", "RUN_KEY", "RunFolder",
     "SEARCH_RESULTS", "STATS", "STOP_REQUEST", "SUBMISSION", "TIMINGS", "UNET_POSTPROCESS", "UNET_THRESHOLDS",
 ]
@@ -61,12 +62,15 @@ CONTEXT_THRESHOLDS = "context_thresholds.json"    #: ``val/``: the auto-context 
 CONTEXT_POSTPROCESS = "context_postprocess.json"  #: ``val/``: its post-processing choice (a cache)
 MODEL_THRESHOLDS = "model_thresholds.json"    #: ``val/``: an imported (nnU-Net) model's thresholds (``--model``)
 MODEL_POSTPROCESS = "model_postprocess.json"  #: ``val/``: its post-processing choice (a cache)
+NNUNET_PREPARED = "prepared.json"    #: ``nnunet/``: the raw data and plans written for the run's selection
+NNUNET_PLAN_LOG = "plan.log"         #: ``nnunet/``: nnU-Net's planning and preprocessing output
+NNUNET_TRAIN_LOG = "train.log"       #: ``nnunet/``: nnU-Net's training output
 
 #: Every file name above: what the layering test forbids elsewhere.
 ARTIFACT_NAMES = (JOURNAL, PLAN, STATS, CONFIG, RUN_KEY, LOCK, STOP_REQUEST, KILLED, CLUSTER, QA, AUTO_COVERAGE,
                   SUBMISSION, INFER_KEY, CLASSES, MASK, TIMINGS, MANIFEST, MODEL_WEIGHTS, FIT, SEARCH_RESULTS,
                   POSTPROCESS, UNET_THRESHOLDS, UNET_POSTPROCESS, CONTEXT, CONTEXT_THRESHOLDS, CONTEXT_POSTPROCESS,
-                  MODEL_THRESHOLDS, MODEL_POSTPROCESS)
+                  MODEL_THRESHOLDS, MODEL_POSTPROCESS, NNUNET_PREPARED, NNUNET_PLAN_LOG, NNUNET_TRAIN_LOG)
 
 
 
@@ -83,9 +87,11 @@ MODEL_DIR = "model"
 VAL_DIR = "val"
 TEST_DIR = "test"
 UNET_DIR = "unet"  # inside model/
+NNUNET_DIR = "nnunet"  # nx47 run --model-kind nnunet: nnU-Net's raw, preprocessed and results folders
 
 #: What a run produces and a fresh (not resumed) run over the same folder replaces.
-RESUMABLE = (PREFLIGHT_DIR, FEATURES_DIR, SEARCH_DIR, MODEL_DIR, VAL_DIR, TEST_DIR, SUBMISSION, AUTO_COVERAGE)
+RESUMABLE = (PREFLIGHT_DIR, FEATURES_DIR, SEARCH_DIR, MODEL_DIR, VAL_DIR, TEST_DIR, SUBMISSION, AUTO_COVERAGE,
+             NNUNET_DIR)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,10 @@ class RunFolder:
     @property
     def unet(self) -> Path:
         return self.model / UNET_DIR
+
+    @property
+    def nnunet(self) -> Path:
+        return self.root / NNUNET_DIR
 
     @property
     def val(self) -> Path:

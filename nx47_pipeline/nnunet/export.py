@@ -111,15 +111,27 @@ def export_nnunet(
         raise ExportError(f"{root}: no labelled training pairs found (train_images/ + train_labels/)")
     sel = select_coverage(inv.pairs, max_train_volumes=max_train_volumes, max_val_volumes=max_val_volumes,
                           seed=seed)
+    return write_raw(folder, sel.train, sel.val, inv.test)
+
+
+def write_raw(folder: str | os.PathLike, train: Sequence[VolumeRecord], val: Sequence[VolumeRecord],
+              test: Sequence[VolumeRecord] = ()) -> ExportResult:
+    """Write ``train`` and ``val`` pairs (and ``test`` images) as nnU-Net's
+    raw dataset ``folder`` (``.../DatasetNNN_Vesuvius``): images and labels
+    linked (copied across file systems) with their spacing files,
+    ``dataset.json`` and ``splits_final.json`` holding one fold of
+    ``train`` / ``val`` (what :func:`export_nnunet` writes for a selection;
+    ``nx47 run --model-kind nnunet`` writes the run's own)."""
+    folder = Path(folder)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         shutil.rmtree(folder / sub, ignore_errors=True)
-    pairs: Sequence[VolumeRecord] = [*sel.train, *sel.val]
+    pairs: Sequence[VolumeRecord] = [*train, *val]
     for rec in pairs:
         _place(rec.image_path, folder / "imagesTr" / f"{rec.id}_0000.tif")
         _spacing(folder / "imagesTr" / f"{rec.id}.json")
         _place(rec.label_path, folder / "labelsTr" / f"{rec.id}.tif")
         _spacing(folder / "labelsTr" / f"{rec.id}.json")
-    for rec in inv.test:
+    for rec in test:
         _place(rec.image_path, folder / "imagesTs" / f"{rec.id}_0000.tif")
         _spacing(folder / "imagesTs" / f"{rec.id}.json")
     write_json(folder / "dataset.json", {
@@ -131,9 +143,9 @@ def export_nnunet(
         "name": "Vesuvius",
         "description": "Vesuvius Challenge - Surface Detection, exported by nx47 nnunet-export",
     })
-    train_ids, val_ids = [r.id for r in sel.train], [r.id for r in sel.val]
+    train_ids, val_ids = [r.id for r in train], [r.id for r in val]
     write_json(folder / SPLITS, [{"train": train_ids, "val": val_ids}])
-    return ExportResult(folder=folder, train_ids=train_ids, val_ids=val_ids, test_ids=[r.id for r in inv.test])
+    return ExportResult(folder=folder, train_ids=train_ids, val_ids=val_ids, test_ids=[r.id for r in test])
 
 
-__all__ = ["LABELS", "SPLITS", "ExportError", "ExportResult", "dataset_name", "export_nnunet"]
+__all__ = ["LABELS", "SPLITS", "ExportError", "ExportResult", "dataset_name", "export_nnunet", "write_raw"]

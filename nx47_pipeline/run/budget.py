@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from nx47_pipeline.config import RunConfig
 from nx47_pipeline.data.coverage import plan_counts
@@ -640,6 +640,7 @@ def plan_run(
     mvox_train: float = 0.0,
     preflight_counts: tuple[int, int, int] = (0, 0, 0),
     model_sweep: bool = False,
+    extra_s: Mapping[str, float] | None = None,
 ) -> RunPlan:
     """The plan of a run at this coverage: the one place it is worked out.
 
@@ -666,6 +667,11 @@ def plan_run(
     model_sweep : bool
         A run with an imported nnU-Net bundle: its post-processing sweep is
         projected in ``validate`` (:func:`project_run`).
+    extra_s : mapping of str to float, optional
+        Seconds added to stages, for work the preflight does not time: an
+        nnU-Net trained in the run (``nnunet``: until its deadline or its
+        epochs' end; ``validate`` and ``segment``: its windows at the pace
+        its trainer measured).
 
     Returns
     -------
@@ -681,6 +687,14 @@ def plan_run(
         projection = project_run(timings, n_train=n_train, n_val=n_val, n_test=n_test, config=config, unet=unet,
                                  model_sweep=model_sweep)
         seconds = projection.per_stage
+    if extra_s:
+        seconds = dict(seconds)
+        for name, value in extra_s.items():
+            seconds[str(name)] = seconds.get(str(name), 0.0) + float(value)
+        if projection is not None:
+            total = float(sum(seconds.values()))
+            projection = dataclasses.replace(projection, per_stage=dict(seconds), total_s=total,
+                                             fits=total <= projection.usable_s)
     return RunPlan(
         stage_weights={name: max(s, MIN_STAGE_WEIGHT) for name, s in seconds.items()},
         projection=projection,

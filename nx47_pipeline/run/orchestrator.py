@@ -27,14 +27,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from nx47_pipeline.config import RunConfig
+from nx47_pipeline.config import ModelKind, RunConfig
 from nx47_pipeline.data.coverage import select_coverage
 from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.io.run_folder import MANIFEST, MODEL_WEIGHTS
 from nx47_pipeline.model.bundle import Bundle, BundleError, load_bundle, write_manifest
-from nx47_pipeline.model.predictor import PredictorKind
+from nx47_pipeline.model.predictor import PostChoice, PredictorKind
 from nx47_pipeline.nnunet import budget as nnunet_budget
-from nx47_pipeline.run import budget, preflight, stages
+from nx47_pipeline.run import budget, nnunet_stage, preflight, stages
 from nx47_pipeline.run.budget import Deadlines, UNetCost
 from nx47_pipeline.run.context import PostDefaults, RunContext, UNetPlan
 from nx47_pipeline.run.executor import InProcess, local_threads, make_executor
@@ -70,8 +70,30 @@ STAGES: tuple[tuple[str, float], ...] = (
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREFLIGHT, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
-_TRAINING_STAGES = (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET,
-                    StageName.VALIDATE)
+#: The stages of a run that trains nnU-Net (``model_kind`` nnunet), with their initial weights.
+NNUNET_STAGES: tuple[tuple[str, float], ...] = (
+    (StageName.DISCOVERY, 1.0),
+    (StageName.PREFLIGHT, 6.0),
+    (StageName.NNUNET, 60.0),
+    (StageName.VALIDATE, 8.0),
+    (StageName.SEGMENT, 15.0),
+    (StageName.PACKAGE, 2.0),
+)
+
+_LINEAR_TRAINING = (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET)
+
+
+def stages_of(config: RunConfig) -> tuple[tuple[str, float], ...]:
+    """The plan's stages of a run with ``config``: those of the model it trains
+    (:data:`STAGES` for the linear model and for a run with ``--model``,
+    :data:`NNUNET_STAGES` for nnU-Net); the other kind's never show."""
+    return NNUNET_STAGES if config.model_kind == ModelKind.NNUNET and not config.model_dir else STAGES
+
+
+def _training_stages(config: RunConfig) -> tuple[str, ...]:
+    """The stages between the preflight and the segmentation, skipped when no model is trained."""
+    names = [name for name, _ in stages_of(config)]
+    return tuple(names[names.index(StageName.PREFLIGHT) + 1:names.index(StageName.SEGMENT)])
 
 
 @dataclass
@@ -109,7 +131,9 @@ def _stage(ctx: RunContext, name: StageName, total: float = 1.0) -> Iterator[Non
 def _reproject(ctx: RunContext, name: StageName) -> None:
     """Re-project the stages still to run, scaled by the error so far
     (actual / projected seconds of the projected stages that ran)."""
-    proj, plan = ctx.state.plan.projected_s, ctx.tel.plan
+    names = {str(n) for n, _ in stages_of(ctx.config)}
+    proj = {n: v for n, v in ctx.state.plan.projected_s.items() if n in names}  # this kind of run's stages
+    plan = ctx.tel.plan
     done = [n for n in proj if plan.status(n).done]
     ran = [n for n in done if plan.seconds(n) is not None and proj[n] > 0]
     actual = sum(plan.seconds(n) for n in ran)
@@ -509,14 +533,15 @@ def _post_defaults(ctx: RunContext) -> PostDefaults:
     return st.post_defaults if st.post_defaults is not None else PostDefaults.of_config(ctx.config)
 
 
-def _use_bundle(ctx: RunContext) -> Bundle | None:
-    """Load ``config.model_dir``; the run then segments with it (inference only).
-    None, with an ERROR naming the file, when the bundle is refused."""
+def _use_bundle(ctx: RunContext, path: Path | str | None = None) -> Bundle | None:
+    """Load ``path`` (default ``config.model_dir``); the run then segments with
+    it.  None, with an ERROR naming the file, when the bundle is refused."""
     cfg, st = ctx.config, ctx.state
+    path = cfg.model_dir if path is None else path
     try:
-        bundle = load_bundle(cfg.model_dir, device=cfg.unet_device)
+        bundle = load_bundle(path, device=cfg.unet_device)
     except (BundleError, ImportError) as exc:
-        ctx.err(f"model bundle refused: {exc}", subject=str(cfg.model_dir), code="bundle_invalid")
+        ctx.err(f"model bundle refused: {exc}", subject=str(path), code="bundle_invalid")
         return None
     # the bundle's post-processing makes the masks those of the run that trained it (the
     # fallback's included); the run's config stays as it started
@@ -524,7 +549,9 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
                                     min_size=int(bundle.min_component_voxels))
     if bundle.model is None:  # an nnU-Net bundle: its predictor, its post-processing to start the sweep from
         st.model, st.best, st.unet = bundle.predictor, dict(bundle.best), None
-        st.model_sweep = bundle.kind == PredictorKind.NNUNET
+        # chosen on validation again, unless the run that trained it chose it (nx47 run --model-kind nnunet)
+        st.model_sweep = (bundle.kind == PredictorKind.NNUNET
+                          and not bundle.manifest["postprocess"].get("chosen_on_validation", False))
         st.bundle_summary = bundle.summary()
         return bundle
     st.model, st.best, st.unet = bundle.model, dict(bundle.best), bundle.unet
@@ -535,18 +562,19 @@ def _use_bundle(ctx: RunContext) -> Bundle | None:
     return bundle
 
 
-def _fit_nnunet(ctx: RunContext, test) -> None:
+def _fit_nnunet(ctx: RunContext, test, *, seconds_per_window: float | None = None) -> None:
     """An nnU-Net bundle's prediction sized to the time left after the
     preflight (:func:`nx47_pipeline.nnunet.budget.fit_to_budget`: mirroring,
     then the lowest-weight members, then a wider tile step, each a BUDGET
     event), at ``nnunet_seconds_per_window`` or the preflight's segmentation
-    time per window pass; the fallback of every test volume and the
-    post-processing sweep on the validation maps stay reserved."""
+    time per window pass (``seconds_per_window``: what the trainer of a
+    model trained in the run measured); the fallback of every test volume
+    and the post-processing sweep on the validation maps stay reserved."""
     st, cfg = ctx.state, ctx.config
     shapes = [tuple(r.shape) for r in [*st.selection.val, *test] if r.shape]
     if not shapes:
         return
-    spw = float(cfg.nnunet_seconds_per_window)
+    spw = float(cfg.nnunet_seconds_per_window) or float(seconds_per_window or 0.0)
     if spw <= 0:
         timed = [tuple(r.shape) for r in preflight.preflight_slice(ctx, st.inventory, st.selection).test
                  if r.shape][:1] or shapes[:1]
@@ -588,12 +616,12 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     bundle = _use_bundle(ctx)
     why = f"model from {ctx.config.model_dir}"
     if bundle is None or _preflight(ctx) != Status.OK:
-        for name in _TRAINING_STAGES:
+        for name in _training_stages(ctx.config):
             _skip(ctx, name, why if bundle is not None else "model bundle refused")
         ctx.state.model = ctx.state.unet = None
         sub = _segment_and_package(ctx, test, model_ok=False)
         return Status.FAILED if bundle is None else _ended(sub, test), sub
-    for name in (StageName.FEATURES, StageName.SEARCH, StageName.FIT_PROX, StageName.UNET):
+    for name in _LINEAR_TRAINING:
         _skip(ctx, name, why)
     if bundle.kind == PredictorKind.NNUNET:
         _fit_nnunet(ctx, test)
@@ -610,6 +638,99 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     return _ended(sub, test), sub
 
 
+def _preflight_failed(ctx: RunContext, pre: Status, test) -> tuple[Status, Path | None]:
+    """Skip training after a failed or unaffordable preflight; the fallback segments every test volume."""
+    why = "preflight failed" if pre == Status.FAILED else "budget too small to train"
+    for name in _training_stages(ctx.config):
+        _skip(ctx, name, why)
+    sub = _segment_and_package(ctx, test, model_ok=False)
+    if pre == Status.FAILED:
+        return Status.PREFLIGHT_FAILED, sub
+    return _ended(sub, test), sub
+
+
+def _nnunet_reserve_s(ctx: RunContext, test) -> float:
+    """Seconds an nnU-Net training in the run leaves before the hard deadline,
+    besides its inference windows (which its trainer keeps back at the pace
+    it measures): post-processing and scoring the validation pairs and its
+    post-processing sweep, post-processing the test volumes, their fallback
+    and packaging, at the preflight's rates."""
+    st, cfg = ctx.state, ctx.config
+    t = st.timings
+    val = st.selection.val
+    post = (budget.SAFETY_FACTOR * (sum(stages.mvox(r.shape) for r in val) * t.validate_s_per_mvox
+                                    + sum(stages.mvox(r.shape) for r in test) * t.segment_s_per_mvox)
+            if t is not None else 0.0)
+    return (post + budget.sweep_s(t, n_val=len(val), config=cfg)
+            + budget.preflight_reserve_s(t, test_mvox=[stages.mvox(r.shape) for r in test]))
+
+
+def _nnunet_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
+    """``model_kind`` nnunet: the preflight, then nnU-Net planned,
+    preprocessed and trained on the run's split (stage ``nnunet``), its
+    post-processing chosen on validation (stage ``validate``, as for an
+    imported nnU-Net), the test volumes segmented with it; the trained
+    model and its choice are the run's bundle (``model/``)."""
+    st, cfg = ctx.state, ctx.config
+    try:
+        nnunet_stage.require_nnunet()
+    except nnunet_stage.NnUNetUnavailable as exc:
+        ctx.err(str(exc), code="nnunet_unavailable")
+        return _preflight_failed(ctx, Status.BUDGET, test)
+    pre = _preflight(ctx)
+    if pre != Status.OK:
+        return _preflight_failed(ctx, pre, test)
+    sel, inv = st.selection, st.inventory
+    reserve = _nnunet_reserve_s(ctx, test)
+
+    def plan(extra: dict[str, float]) -> None:
+        _apply_plan(ctx, budget.plan_run(st.timings, n_train=0, n_val=len(sel.val), n_test=len(inv.test),
+                                         mvox_test=_mean_mvox(inv.test), config=cfg, model_sweep=True,
+                                         extra_s=extra))
+
+    plan({StageName.NNUNET: max(ctx.deadlines.left() - reserve, 0.0)})
+    trained = None
+    if not sel.train:
+        _skip(ctx, StageName.NNUNET, "no training pairs")
+    else:
+        spec = nnunet_stage.spec_of(ctx)
+        with _stage(ctx, StageName.NNUNET, total=spec.epochs * spec.iterations):
+            try:
+                trained = nnunet_stage.nnunet(
+                    ctx, ctx.reporter(), sel.train, sel.val, spec=spec, reserve_s=reserve,
+                    infer_shapes=[tuple(r.shape) for r in [*sel.val, *test] if r.shape],
+                    on_projection=lambda s: plan({StageName.NNUNET: s}))
+            except (nnunet_stage.TrainFailed, OSError, ValueError) as exc:  # the test volumes get the fallback
+                ctx.err(f"nnU-Net training failed: {exc}", subject=str(ctx.folder.nnunet), code="nnunet_failed")
+    if trained is not None:
+        post = PostChoice.from_best({"low": 0.5, "high": 0.5}, closing_radius=cfg.closing_radius,
+                                    min_size=cfg.min_component_voxels)
+        nnunet_stage.import_trained(trained, ctx.folder.model, post=post)
+        bundle = _use_bundle(ctx, ctx.folder.model)
+        if bundle is not None:
+            st.model_sweep = True
+    if st.model is None:
+        _skip(ctx, StageName.VALIDATE, "no nnU-Net model")
+        sub = _segment_and_package(ctx, test, model_ok=False)
+        return _ended(sub, test), sub
+    _fit_nnunet(ctx, test, seconds_per_window=trained.seconds_per_window)
+    spw = trained.seconds_per_window or 0.0
+    shapes_val = [tuple(r.shape) for r in sel.val if r.shape]
+    shapes_test = [tuple(r.shape) for r in test if r.shape]
+    plan({StageName.VALIDATE: nnunet_budget.projected_s(st.model, shapes_val, seconds_per_window=spw),
+          StageName.SEGMENT: nnunet_budget.projected_s(st.model, shapes_test, seconds_per_window=spw)})
+    if sel.val:
+        _validate(ctx, model_sweep=True)
+        nnunet_stage.record_choice(
+            ctx.folder.model, stages.post_choice(_post_defaults(ctx), st.best),
+            train_ids=[r.id for r in sel.train], val_ids=[r.id for r in sel.val],
+            validation=_validation_summary(st))
+    else:
+        _skip(ctx, StageName.VALIDATE, "no validation pairs selected")
+    sub = _segment_and_package(ctx, test, model_ok=True)
+    return _ended(sub, test), sub
+
+
 def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
     _discovery(ctx)
     inv = ctx.state.inventory
@@ -619,15 +740,11 @@ def _chain(ctx: RunContext) -> tuple[Status, Path | None]:
                 subject=str(inv.root), code="no_test")
     if ctx.config.model_dir:
         return _inference_chain(ctx, test)
+    if ctx.config.model_kind == ModelKind.NNUNET:
+        return _nnunet_chain(ctx, test)
     pre = _preflight(ctx)
     if pre != Status.OK:
-        why = "preflight failed" if pre == Status.FAILED else "budget too small to train"
-        for name in _TRAINING_STAGES:
-            _skip(ctx, name, why)
-        sub = _segment_and_package(ctx, test, model_ok=False)
-        if pre == Status.FAILED:
-            return Status.PREFLIGHT_FAILED, sub
-        return _ended(sub, test), sub
+        return _preflight_failed(ctx, pre, test)
     _plan(ctx)
     _train(ctx)
     sub = _segment_and_package(ctx, test, model_ok=ctx.state.model is not None)
@@ -756,7 +873,7 @@ def make_context(
     t_start = time.monotonic()
     tel = Telemetry(
         out_dir=out,
-        stages=STAGES,
+        stages=stages_of(config),
         config_dict=config.to_dict(),
         console=config.console,
         console_stream=console_stream,
@@ -804,5 +921,5 @@ def run_pipeline(
     return _execute(ctx)
 
 
-__all__ = ["STAGES", "RunResult", "RunFailed", "run_pipeline", "make_context", "run_stats", "resolve_unet",
+__all__ = ["NNUNET_STAGES", "STAGES", "stages_of", "RunResult", "RunFailed", "run_pipeline", "make_context", "run_stats", "resolve_unet",
            "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_PREFLIGHT", "EXIT_CANCELLED"]

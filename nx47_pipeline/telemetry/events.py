@@ -94,6 +94,7 @@ class StageName(_Name):
     SEARCH = "search"
     FIT_PROX = "fit_prox"
     UNET = "unet"
+    NNUNET = "nnunet"  # nx47 run --model-kind nnunet: nnU-Net's planning, preprocessing and training
     VALIDATE = "validate"
     SEGMENT = "segment"
     PACKAGE = "package"
@@ -127,6 +128,11 @@ class MetricName(_Name):
     FIT_PROX_OBJECTIVE = "fit_prox_objective"  # final fit, per iteration
     UNET_BATCH_LOSS = "unet_batch_loss"
     UNET_EPOCH_LOSS = "unet_epoch_loss"
+    NNUNET_BATCH_LOSS = "nnunet_batch_loss"  # nnU-Net's training loss, per iteration
+    NNUNET_TRAIN_LOSS = "nnunet_train_loss"  # per epoch (extra: val_loss, pseudo_dice, lr, seconds)
+    NNUNET_VAL_LOSS = "nnunet_val_loss"  # per epoch
+    NNUNET_PSEUDO_DICE = "nnunet_pseudo_dice"  # per epoch, nnU-Net's pseudo-Dice on validation patches
+    NNUNET_LR = "nnunet_lr"  # per epoch, the learning rate
     VAL_SCORE = "val_score"  # one validation volume
     UNET_THRESHOLD_SCORE = "unet_threshold_score"  # one hysteresis pair on the U-Net's maps, mean over validation
     CONTEXT_THRESHOLD_SCORE = "context_threshold_score"  # one pair on the auto-context model's maps, the same
@@ -149,6 +155,7 @@ class BudgetDecision(_Name):
     NNUNET_MIRRORING = "nnunet_mirroring"  # mirror test-time augmentation dropped
     NNUNET_MEMBERS = "nnunet_members"  # the lowest-weight ensemble member dropped
     NNUNET_TILE_STEP = "nnunet_tile_step"  # the tile step widened
+    NNUNET_EPOCHS = "nnunet_epochs"  # nnU-Net trains fewer epochs than asked: the measured pace, the deadline
 
 
 class Split(_Name):

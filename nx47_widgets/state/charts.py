@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nx47_pipeline.telemetry.events import Event, EventKind, MetricName, Split, Status, StepPhase
+from nx47_pipeline.telemetry.events import Event, EventKind, MetricName, Split, StageName, Status, StepPhase
 
 __all__ = ["ChartState"]
 
@@ -21,8 +21,13 @@ class ChartState:
       parameters and ``value`` (the search's own mean,
       :attr:`MetricName.SEARCH_MEAN_SCORE`, once known, else the running mean
       of the per-volume :attr:`MetricName.SEARCH_SCORE` seen so far);
-    * ``loss``: U-Net batch loss (:attr:`MetricName.UNET_BATCH_LOSS`);
-      ``epoch_loss`` the per-epoch one (:attr:`MetricName.UNET_EPOCH_LOSS`);
+    * ``loss``: the network's batch loss -- the U-Net's
+      (:attr:`MetricName.UNET_BATCH_LOSS`) or, in a run that trains nnU-Net,
+      nnU-Net's per iteration (:attr:`MetricName.NNUNET_BATCH_LOSS`);
+      ``epoch_loss`` the per-epoch one (:attr:`MetricName.UNET_EPOCH_LOSS`,
+      :attr:`MetricName.NNUNET_TRAIN_LOSS`); ``loss_stage`` the stage they
+      come from (``unet`` or ``nnunet``); ``pseudo_dice`` nnU-Net's per epoch
+      (:attr:`MetricName.NNUNET_PSEUDO_DICE`);
     * ``val_scores``: per-volume validation score (PREVIEW of split ``val``
       with a score, or :attr:`MetricName.VAL_SCORE` with a ``volume_id``);
     * ``other``: series of METRIC names this dashboard does not know, by name
@@ -43,6 +48,8 @@ class ChartState:
         self.grid: list[dict[str, Any]] = []
         self.loss: list[tuple[float, float]] = []
         self.epoch_loss: list[tuple[float, float]] = []
+        self.loss_stage = str(StageName.UNET)
+        self.pseudo_dice: list[tuple[float, float]] = []
         self._grid: dict[tuple, dict[str, Any]] = {}
         self.val_scores: dict[str, float] = {}
         self.other: dict[str, list[tuple[float, float]]] = {}
@@ -75,6 +82,8 @@ class ChartState:
             self.version += 1
             return True
         if event.kind is EventKind.STEP and p.phase == StepPhase.BEGIN:
+            if event.stage == StageName.NNUNET:
+                self.loss_stage = str(StageName.NNUNET)
             self.stage_end.pop(str(event.stage), None)
             self.running.add(str(event.stage))
             self.version += 1
@@ -94,12 +103,16 @@ class ChartState:
         except ValueError:  # a name this dashboard does not know: kept, never charted
             self._push(self.other.setdefault(str(p.name), []), (x, value), self.max_points)
             return False
-        if name is MetricName.UNET_EPOCH_LOSS:
+        if name in (MetricName.UNET_EPOCH_LOSS, MetricName.NNUNET_TRAIN_LOSS):
             self.epoch_loss.append((x, value))
             if not self.loss:
                 return False
-        elif name is MetricName.UNET_BATCH_LOSS:
+        elif name in (MetricName.UNET_BATCH_LOSS, MetricName.NNUNET_BATCH_LOSS):
+            if name is MetricName.NNUNET_BATCH_LOSS:
+                self.loss_stage = str(StageName.NNUNET)
             self._push(self.loss, (x, value), self.max_points)
+        elif name is MetricName.NNUNET_PSEUDO_DICE:
+            self.pseudo_dice.append((x, value))
         elif name in (MetricName.SEARCH_SCORE, MetricName.SEARCH_MEAN_SCORE):
             self._grid_point(name, value, p.extra or {})
         elif name is MetricName.FIT_PROX_OBJECTIVE:
@@ -123,6 +136,11 @@ class ChartState:
         elif not cell["final"]:  # running mean of per-volume scores until then
             cell["n"] += 1
             cell["value"] += (value - cell["value"]) / cell["n"]
+
+    @property
+    def loss_title(self) -> str:
+        """Whose loss the loss chart shows: ``U-Net`` or ``nnU-Net``."""
+        return "nnU-Net" if self.loss_stage == StageName.NNUNET else "U-Net"
 
     def empty_text(self, stage: str) -> str:
         """What an empty chart of ``stage`` says: why it has no data."""

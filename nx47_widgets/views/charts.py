@@ -72,7 +72,11 @@ class ChartsPanel:
         """Update the captions and the table now; queue the figure."""
         self.syncer.set(self.objective, value=_caption("fit_prox objective", state.objective,
                                                        state.empty_text("fit_prox")))
-        self.syncer.set(self.loss, value=_caption("U-Net batch loss", state.loss, state.empty_text("unet")))
+        caption = _caption(f"{state.loss_title} batch loss", state.loss, state.empty_text(state.loss_stage))
+        if state.pseudo_dice:  # nnU-Net's own validation figure, per epoch
+            epoch, dice = state.pseudo_dice[-1]
+            caption += f"<span style='font-size:12px'> · pseudo-Dice {dice:.3f} (epoch {epoch:.0f})</span>"
+        self.syncer.set(self.loss, value=caption)
         scores = sorted(state.val_scores.items(), key=lambda kv: kv[1])
         self.syncer.set(self.scores, value=(
             f"<span style='font-size:12px'><b>validation</b>: {len(scores)} volume(s), worst "

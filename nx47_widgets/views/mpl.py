@@ -51,6 +51,7 @@ class ChartSnapshot:
     objective: list[tuple[float, float]] = field(default_factory=list)
     loss: list[tuple[float, float]] = field(default_factory=list)
     epoch_loss: list[tuple[float, float]] = field(default_factory=list)
+    loss_title: str = "U-Net"
     grid: list[dict[str, Any]] = field(default_factory=list)
     val_scores: dict[str, float] = field(default_factory=dict)
     empty: dict[str, str] = field(default_factory=dict)
@@ -61,8 +62,9 @@ def snapshot(state: Any) -> ChartSnapshot:
     return ChartSnapshot(
         version=int(state.version),
         objective=list(state.objective), loss=list(state.loss), epoch_loss=list(state.epoch_loss),
-        grid=[dict(c) for c in state.grid], val_scores=dict(state.val_scores),
-        empty={s: state.empty_text(s) for s in ("fit_prox", "unet", "search", "validate")},
+        loss_title=state.loss_title, grid=[dict(c) for c in state.grid], val_scores=dict(state.val_scores),
+        empty={s: state.empty_text(s) for s in ("fit_prox", "search", "validate")}
+        | {"loss": state.empty_text(state.loss_stage)},
     )
 
 
@@ -169,7 +171,7 @@ def chart_figure(snap: ChartSnapshot, width_px: float = DEFAULT_WIDTH_PX, dpr: f
     FigureCanvasAgg(fig)
     (a, b), (c, d) = fig.subplots(2, 2)
     _line(a, snap.objective, "fit_prox objective per iteration", snap.empty.get("fit_prox", ""), log=True)
-    _line(b, snap.loss, "U-Net loss (per batch; epochs in orange)", snap.empty.get("unet", ""))
+    _line(b, snap.loss, f"{snap.loss_title} loss (per batch; epochs in orange)", snap.empty.get("loss", ""))
     if snap.loss and snap.epoch_loss:
         n_per_epoch = max(1.0, snap.loss[-1][0] / max(snap.epoch_loss[-1][0], 1.0))
         b.plot([e * n_per_epoch for e, _ in snap.epoch_loss], [v for _, v in snap.epoch_loss], color="orange",

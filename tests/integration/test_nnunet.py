@@ -465,6 +465,34 @@ def test_chunked_nnunet_probabilities_equal_the_whole_volume_within_the_stated_t
           f"{np.mean(np.abs(whole - 0.5) < 0.05):.3f}")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the session's tiny training may land on any of them; a loaded 2-core host
+def test_nx47_infer_of_an_nnunet_bundle_on_two_dask_workers_equals_in_process(trained, tmp_path):
+    """The same chunks predicted by two worker processes of a LocalCluster (each loading the bundle) give the
+    in-process run's classes and mask: each chunk's windows and their order are the chunk's own, whoever
+    computes it."""
+    import zarr
+
+    from nx47_pipeline.data.demo import make_volume
+
+    assert cli_main(["import-nnunet", "--results", str(trained["results"]), "--out", str(tmp_path / "b"),
+                     "--no-mirroring"]) == 0
+    tifffile.imwrite(tmp_path / "v.tif", make_volume((64, 64, 64), seed=12)[0])
+    common = ["infer", "--model", str(tmp_path / "b"), "--input", str(tmp_path / "v.tif"), "--chunk", "32",
+              "--quiet"]
+    assert cli_main([*common, "--out", str(tmp_path / "here")]) == 0
+    assert cli_main([*common, "--out", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "2",
+                     "--memory-limit", "2GB"]) == 0
+    for name in ("classes.zarr", "mask.zarr"):
+        here = np.asarray(zarr.open_array(str(tmp_path / "here" / name), mode="r"))
+        there = np.asarray(zarr.open_array(str(tmp_path / "dask" / name), mode="r"))
+        assert here.shape == there.shape == (64, 64, 64)
+        np.testing.assert_array_equal(there, here, err_msg=f"{name}: the Dask workers' differs")
+    events = [json.loads(line) for line in (tmp_path / "dask" / "journal.jsonl").read_text().splitlines()]
+    workers = {e["payload"].get("worker") for e in events if e["kind"] == "PROGRESS_UPDATE"} - {"", None}
+    assert workers  # the chunks were predicted by the cluster's workers, not in this process
+
+
 #: Mean |chunked - whole| probability of an nnU-Net read with a halo of half its patch (measured on the
 #: tiny session model, 80^3 in chunks of 40^3, three trainings: mean 0.008-0.014, max 0.22-0.50, against
 #: mean 0.030-0.045 and max 0.67-0.92 without a halo; docs/scale.md). A chunk's windows are not placed

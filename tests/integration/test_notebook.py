@@ -33,7 +33,7 @@ def test_notebook_has_a_papermill_parameters_cell():
     assert len(tagged) == 1
     src = tagged[0].source
     for name in ("DATA_ROOT", "OUT_DIR", "MAX_TRAIN_VOLUMES", "MAX_VAL_VOLUMES", "BUDGET_S",
-                 "USE_UNET", "MODEL_DIR", "AUTO_RUN"):
+                 "USE_UNET", "MODEL_DIR", "MODEL_KIND", "AUTO_RUN"):
         assert f"{name} = None" in src
 
 

@@ -481,6 +481,33 @@ def test_charts_collect_metrics():
     assert st.charts.val_scores == {"8": 0.6, "7": 0.55}
 
 
+def test_the_loss_chart_follows_nnunet_in_a_run_that_trains_it():
+    """A run with --model-kind nnunet: its per-iteration loss and per-epoch train loss fill the loss chart,
+    titled nnU-Net, with the epoch's pseudo-Dice in the caption; before any point, the chart says the
+    nnunet stage is running (not that the U-Net stage was skipped)."""
+    from nx47_widgets.views import ChartsPanel, Syncer
+
+    st = DashboardState()
+    st.apply(ev(EventKind.STEP, StepPayload(phase="begin", index=3, count=6), stage="nnunet"))
+    assert st.charts.loss_title == "nnU-Net" and "nnunet is running" in st.charts.empty_text(st.charts.loss_stage)
+    for i, v in enumerate([0.6, 0.5, 0.4, 0.3], 1):
+        st.apply(ev(EventKind.METRIC, MetricPayload(name="nnunet_batch_loss", value=v, step=i), stage="nnunet"))
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="nnunet_train_loss", value=0.45, step=1,
+                                                extra={"val_loss": 0.4, "pseudo_dice": 0.2, "lr": 0.01}),
+                stage="nnunet"))
+    st.apply(ev(EventKind.METRIC, MetricPayload(name="nnunet_pseudo_dice", value=0.2, step=1), stage="nnunet"))
+    assert st.charts.loss == [(1.0, 0.6), (2.0, 0.5), (3.0, 0.4), (4.0, 0.3)]
+    assert st.charts.epoch_loss == [(1.0, 0.45)] and st.charts.pseudo_dice == [(1.0, 0.2)]
+    panel = ChartsPanel(Syncer())
+    try:
+        panel.render(st.charts)
+        assert "nnU-Net batch loss" in panel.loss.value and "pseudo-Dice 0.200 (epoch 1)" in panel.loss.value
+    finally:
+        panel.close()
+    # a linear run keeps the U-Net's title
+    assert DashboardState().charts.loss_title == "U-Net"
+
+
 def test_charts_keep_unknown_metric_names_apart():
     st = DashboardState()
     payload = MetricPayload(name="val_score", value=0.5, step=3)
