@@ -12,8 +12,12 @@ of ``--workers`` single-thread worker processes under ``--memory-limit``,
 this process being the client.  Reported: wall time, the client's RSS
 before and its peak during the post-processing (sampled every 0.2 s), each
 worker's peak RSS (sampled every 0.5 s through the scheduler), worker
-restarts, and — where the classes fit in memory (``--compare-up-to``) — whether the mask
-equals the in-process numpy post-processing.
+restarts, the tasks and their worker-seconds (in all, and those of the one
+task per slab and phase that joins a slab's labels with the frontier or
+hands the final sums down: the sweep's serial part), the 1-minute load at
+the start and end, and — where the classes fit in memory
+(``--compare-up-to``) — whether the mask equals the in-process numpy
+post-processing.
 
     python benchmarks/bench_post_scale.py --out benchmarks/results/post_scale.md \\
         [--sizes 384 768 1024] [--chunk 128] [--workers 2] [--memory-limit 1GB] [--work-dir DIR]
@@ -22,6 +26,7 @@ equals the in-process numpy post-processing.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -121,13 +126,21 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
             t.start()
         t0 = time.monotonic()
         error = ""
+        row["load_start"] = os.getloadavg()[0]
+        rounds = None
         try:
             with dask.config.set(scheduler=client):
-                _postprocess_dask(classes, mask, closing_radius=CLOSING, min_size=MIN_SIZE, chunk=args.chunk,
-                                  plug_size=PLUG)
+                rounds = _postprocess_dask(classes, mask, closing_radius=CLOSING, min_size=MIN_SIZE,
+                                           chunk=args.chunk, plug_size=PLUG)
         except Exception as exc:  # noqa: BLE001 - reported
             error = f"{type(exc).__name__}: {exc}"[:300]
         row["post_s"] = time.monotonic() - t0
+        row["load_end"] = os.getloadavg()[0]
+        slab_kinds = ("reduce", "resolve")  # one task per slab and phase: the sweep's serial part
+        row["tasks"] = sum(rounds.tasks.values()) if rounds else 0
+        row["task_s"] = sum(rounds.seconds.values()) if rounds else float("nan")
+        row["slab_s"] = sum(rounds.seconds.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
+        row["slab_longest_s"] = max(rounds.longest.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
         stop.set()
         for t in threads:
             t.join()
@@ -185,23 +198,29 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
         f"`--memory-limit {args.memory_limit}`, this process the client; classes stores of N³ in chunks of "
         f"{args.chunk}³ written from {N_TILES} distinct {TILE}³ demo tiles (label 1 strong, its shell weak, 0.2 % "
         "weak speckles): sheets cross chunk faces and end at tile borders. Client RSS sampled every 0.2 s, "
-        "worker RSS every 0.5 s (short peaks can be missed). Command: `python benchmarks/bench_post_scale.py "
+        "worker RSS every 0.5 s (short peaks can be missed); task worker-s: the seconds of every task summed, in "
+        "brackets those of the per-slab tasks (the sweep's serial part) and the longest of them. Command: "
+        "`python benchmarks/bench_post_scale.py "
         f"--sizes {' '.join(map(str, args.sizes))} --chunk {args.chunk} --workers {args.workers} "
         f"--memory-limit {args.memory_limit}`"
         + ("" if len(rows) == len(args.sizes) else
            f" — stopped after {done}: the other sizes are not measured") + ".",
         "",
-        "| volume | chunks | post-processing (s) | client RSS before → peak (MB) | worker peaks (MB) "
-        "| worker processes seen | mask = in-process numpy |",
-        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+        "| volume | chunks (per slab) | post-processing (s) | tasks | task worker-s (per-slab tasks, longest) "
+        "| client RSS before → peak (MB) | worker peaks (MB) | worker processes seen | mask = in-process numpy "
+        "| 1-min load start / end |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- |",
     ]
     for r in rows:
         eq = "n/a (too large)" if r["equal"] is None else ("yes" if r["equal"] else "NO")
         if r["error"]:
             eq = f"failed: {r['error']}"
-        lines.append(f"| {r['size']}³ | {r['chunks']} | {r['post_s']:.0f} | {r['client_before_mb']:.0f} → "
-                     f"{r['client_peak_mb']:.0f} | {', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | "
-                     f"{r['worker_addresses']} | {eq} |")
+        per_slab = (-(-r["size"] // args.chunk)) ** 2
+        lines.append(f"| {r['size']}³ | {r['chunks']} ({per_slab}) | {r['post_s']:.0f} | {r['tasks']} | "
+                     f"{r['task_s']:.0f} ({r['slab_s']:.1f}, {r['slab_longest_s']:.2f}) | "
+                     f"{r['client_before_mb']:.0f} → {r['client_peak_mb']:.0f} | "
+                     f"{', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | {r['worker_addresses']} | {eq} | "
+                     f"{r['load_start']:.1f} / {r['load_end']:.1f} |")
     lines += ["", f"Machine: {machine()}. Started {started}. Commit: {git_commit()}. {load}"]
     return lines
 

@@ -112,7 +112,7 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
                       min_size: int, chunk: int, thin: bool = False, plug_size: int = 0, executor: Any = None,
-                      on_progress: Progress | None = None) -> None:
+                      on_progress: Progress | None = None) -> Rounds:
     """:func:`~nx47_pipeline.model.postprocess.postprocess_classes` of a classes store of any size,
     slab by slab on Dask (:mod:`nx47_pipeline.run.slabs`), into ``mask_path`` (chunks of ``chunk``).
 
@@ -123,7 +123,8 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
     writes a zarr store in ``mask_path.tmp/`` (removed at the end, the last one
     renamed to ``mask_path``): the client holds the tasks of two slabs at a
     time, a worker a chunk with its halo or one slab's face labels.
-    ``executor`` and ``on_progress``: :class:`~nx47_pipeline.run.slabs.Rounds`.
+    ``executor`` and ``on_progress``: :class:`~nx47_pipeline.run.slabs.Rounds`, which is
+    returned (its tasks and their seconds per kind).
     """
     import zarr  # noqa: PLC0415
 
@@ -172,6 +173,7 @@ def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Se
                     mask, _ = components("cavities2", plugged, "background", s6, 0, 0, "union", base=plugged)
         shutil.rmtree(mask_path, ignore_errors=True)
         os.replace(mask, mask_path)
+        return rounds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

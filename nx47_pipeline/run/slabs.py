@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -357,8 +358,11 @@ _TASKS = {"scan": _scan, "pair": _pair, "reduce": _reduce, "resolve": _resolve, 
 
 
 def run_task(item: dict) -> dict:
-    """Run one task item ``{"task": name, "op": ..., "at": chunk index or slab}`` (on a worker)."""
-    return _TASKS[item["task"]](item["op"], item["at"])
+    """Run one task item ``{"task": name, "op": ..., "at": chunk index or slab}`` (on a worker);
+    its result names the task and its ``seconds``."""
+    t0 = time.perf_counter()
+    res = _TASKS[item["task"]](item["op"], item["at"])
+    return {**res, "task": item["task"], "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------------
@@ -384,7 +388,10 @@ class Rounds:
         self.executor = executor
         self.on_progress = on_progress
         self.phase, self.done, self.total = "", 0, 0
-        self.tasks = 0
+        #: per task kind: tasks run, their seconds in all and the longest one's
+        self.tasks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.longest: dict[str, float] = {}
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.done, self.total = phase, 0, total
@@ -404,7 +411,11 @@ class Rounds:
             import dask  # noqa: PLC0415 - optional, lazy
 
             results = list(dask.compute(*[dask.delayed(run_task, pure=False)(it) for it in items]))
-        self.tasks += len(items)
+        for res in results:
+            kind, sec = res.get("task", "?"), float(res.get("seconds", 0.0))
+            self.tasks[kind] = self.tasks.get(kind, 0) + 1
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + sec
+            self.longest[kind] = max(self.longest.get(kind, 0.0), sec)
         self.done += 1
         self._report()
         return results
