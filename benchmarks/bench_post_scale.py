@@ -141,6 +141,7 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
         row["task_s"] = sum(rounds.seconds.values()) if rounds else float("nan")
         row["slab_s"] = sum(rounds.seconds.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
         row["slab_longest_s"] = max(rounds.longest.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
+        row["slab_labels"] = rounds.largest_slab if rounds else 0
         stop.set()
         for t in threads:
             t.join()
@@ -207,9 +208,10 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
            f" — stopped after {done}: the other sizes are not measured") + ".",
         "",
         "| volume | chunks (per slab) | post-processing (s) | tasks | task worker-s (per-slab tasks, longest) "
+        "| labels in a slab's reduce (most) "
         "| client RSS before → peak (MB) | worker peaks (MB) | worker processes seen | mask = in-process numpy "
         "| 1-min load start / end |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | --- | --- |",
     ]
     for r in rows:
         eq = "n/a (too large)" if r["equal"] is None else ("yes" if r["equal"] else "NO")
@@ -217,7 +219,7 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
             eq = f"failed: {r['error']}"
         per_slab = (-(-r["size"] // args.chunk)) ** 2
         lines.append(f"| {r['size']}³ | {r['chunks']} ({per_slab}) | {r['post_s']:.0f} | {r['tasks']} | "
-                     f"{r['task_s']:.0f} ({r['slab_s']:.1f}, {r['slab_longest_s']:.2f}) | "
+                     f"{r['task_s']:.0f} ({r['slab_s']:.1f}, {r['slab_longest_s']:.2f}) | {r.get('slab_labels', 0):,} | "
                      f"{r['client_before_mb']:.0f} → {r['client_peak_mb']:.0f} | "
                      f"{', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | {r['worker_addresses']} | {eq} | "
                      f"{r['load_start']:.1f} / {r['load_end']:.1f} |")

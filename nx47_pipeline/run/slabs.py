@@ -382,16 +382,25 @@ class Rounds:
     on_progress : callable, optional
         ``on_progress(phase, done, total)`` (:data:`Progress`); it may raise
         (e.g. :class:`~nx47_pipeline.telemetry.cancel.Cancelled`) to stop.
+    batch : int
+        Most tasks submitted at once: a round of more (two slabs of a
+        scroll's cross-section: 2 x 62 x 64 chunks of 128^3) runs in
+        batches, so the client's tasks do not grow with the cross-section either.
     """
 
-    def __init__(self, executor: Any = None, on_progress: Progress | None = None) -> None:
+    def __init__(self, executor: Any = None, on_progress: Progress | None = None, *, batch: int = 512) -> None:
+        if int(batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {batch!r}")
         self.executor = executor
         self.on_progress = on_progress
+        self.batch = int(batch)
         self.phase, self.done, self.total = "", 0, 0
         #: per task kind: tasks run, their seconds in all and the longest one's
         self.tasks: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.longest: dict[str, float] = {}
+        #: the most labels one slab's reduce joined (its frontier's roots and the slab's face labels)
+        self.largest_slab = 0
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.done, self.total = phase, 0, total
@@ -403,19 +412,24 @@ class Rounds:
 
     def run(self, items: list[dict]) -> list[dict]:
         """Run ``items`` (independent of each other) and return their results in order."""
-        results: list[dict] = [{}] * len(items)
-        if items and self.executor is not None:
-            for i, res in self.executor.map(run_task, items, check=self._report, count=False):
-                results[i] = res
-        elif items:
-            import dask  # noqa: PLC0415 - optional, lazy
+        results: list[dict] = []
+        for start in range(0, len(items), self.batch):
+            part = items[start:start + self.batch]
+            if self.executor is not None:
+                got: list[dict] = [{}] * len(part)
+                for i, res in self.executor.map(run_task, part, check=self._report, count=False):
+                    got[i] = res
+            else:
+                import dask  # noqa: PLC0415 - optional, lazy
 
-            results = list(dask.compute(*[dask.delayed(run_task, pure=False)(it) for it in items]))
+                got = list(dask.compute(*[dask.delayed(run_task, pure=False)(it) for it in part]))
+            results += got
         for res in results:
             kind, sec = res.get("task", "?"), float(res.get("seconds", 0.0))
             self.tasks[kind] = self.tasks.get(kind, 0) + 1
             self.seconds[kind] = self.seconds.get(kind, 0.0) + sec
             self.longest[kind] = max(self.longest.get(kind, 0.0), sec)
+            self.largest_slab = max(self.largest_slab, int(res.get("nodes", 0)))
         self.done += 1
         self._report()
         return results

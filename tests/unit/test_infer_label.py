@@ -55,11 +55,11 @@ def test_chunked_labelling_of_speckles_touching_across_chunk_edges_and_corners(s
     assert n > 50 and same_partition(got, want)
 
 
-def u_shapes(shape=(40, 20, 20)) -> np.ndarray:
+def u_shapes() -> np.ndarray:
     """Components that cross several slabs of 8 along z: a U (two legs from z 2 joined only by a
     bridge at z 30, four slabs up), an upside-down U (one bar at the bottom splitting into two legs),
     and a W (three legs joined pairwise at different heights)."""
-    img = np.zeros(shape, dtype=bool)
+    img = np.zeros((40, 20, 20), dtype=bool)
     img[2:31, 3, 3] = img[2:31, 3, 9] = img[30, 3, 3:10] = True  # U
     img[2, 10, 3:10] = img[2:35, 10, 3] = img[2:35, 10, 9] = True  # upside-down U
     img[1:20, 16, 2] = img[1:37, 16, 8] = img[1:37, 16, 14] = True  # W: legs 1-2 at z 19, 2-3 at z 36
@@ -196,3 +196,31 @@ def test_rounds_report_progress_on_every_tick_of_the_executor_and_leave_its_chun
     # begin, 3 ticks for each of the 4 chunks of a slab, the end of each of the 2 rounds
     assert len(calls) == 1 + 2 * (3 * 4 + 1) and calls[-1] == ("fill", 2, 2)
     assert ex.counted == [False, False]
+
+
+def test_rounds_of_more_tasks_than_a_batch_run_in_batches_with_the_same_labels(tmp_path):
+    import dask
+
+    from nx47_pipeline.run.slabs import Rounds, filter_components
+
+    img = u_shapes()
+    src = zarr.create_array(str(tmp_path / "src.zarr"), shape=img.shape, chunks=(8, 5, 5), dtype="uint8")
+    src[...] = img
+    seen = []
+
+    class Counting:
+        def map(self, fn, items, *, check=None, count=True):
+            seen.append(len(items))
+            with dask.config.set(scheduler="sync"):
+                yield from enumerate(fn(item) for item in items)
+
+    got = {}
+    for batch in (3, 512):
+        zarr.create_array(str(tmp_path / f"lab{batch}.zarr"), shape=img.shape, chunks=(8, 5, 5), dtype="int64")
+        op = {"src": str(tmp_path / "src.zarr"), "binary": "foreground", "structure": S26, "shape": img.shape,
+              "chunks": (8, 5, 5), "out": "labels", "dst": str(tmp_path / f"lab{batch}.zarr"),
+              "work": str(tmp_path / "work")}
+        filter_components(op, Rounds(Counting(), batch=batch), phase="label")
+        got[batch] = np.asarray(zarr.open_array(str(tmp_path / f"lab{batch}.zarr"), mode="r")[...])
+    assert max(seen) == 2 * 16 + 1 and 3 in seen  # two slabs of 4 x 4 chunks and a slab's reduce
+    assert np.array_equal(got[3], got[512]) and same_partition(got[3], ndimage.label(img, structure=S26)[0])
