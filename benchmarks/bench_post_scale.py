@@ -3,7 +3,7 @@
 
 For each ``--sizes`` N a classes store (``classes.zarr``, the input of the
 post-processing stage: 0 / 1 / 2 hysteresis classes, chunks of ``--chunk``)
-of N^3 voxels is written tile by tile from a few distinct 128^3 tiles of the
+of N^3 voxels (``--length`` L: L x N x N) is written tile by tile from a few distinct 128^3 tiles of the
 demo generator (label 1 as strong, its 1-voxel shell as weak, sparse weak
 speckles as noise), so sheets cross chunk faces (and end at tile borders).
 The post-processing (hysteresis, closing, cavities, dust, hole plugs; the
@@ -65,18 +65,21 @@ def tiles(seed: int = 5) -> list[np.ndarray]:
     return out
 
 
-def write_classes(path: Path, size: int, chunk: int, pieces: list[np.ndarray]) -> None:
+def write_classes(path: Path, size: int, chunk: int, pieces: list[np.ndarray], length: int = 0) -> None:
+    """``length`` x ``size`` x ``size`` classes (``length`` 0: ``size``) tiled from ``pieces``."""
     import zarr  # noqa: PLC0415
 
     shutil.rmtree(path, ignore_errors=True)
-    store = zarr.create_array(str(path), shape=(size,) * 3, chunks=(chunk,) * 3, dtype="uint8", fill_value=0)
+    shape = (length or size, size, size)
+    store = zarr.create_array(str(path), shape=shape, chunks=(chunk,) * 3, dtype="uint8", fill_value=0)
     k = 0
-    for z in range(0, size, TILE):
+    for z in range(0, shape[0], TILE):
         for y in range(0, size, TILE):
             for x in range(0, size, TILE):
                 t = pieces[k % len(pieces)]
                 k += 1
-                sl = (slice(z, min(size, z + TILE)), slice(y, min(size, y + TILE)), slice(x, min(size, x + TILE)))
+                sl = (slice(z, min(shape[0], z + TILE)), slice(y, min(size, y + TILE)),
+                      slice(x, min(size, x + TILE)))
                 store[sl] = t[tuple(slice(0, s.stop - s.start) for s in sl)]
 
 
@@ -94,9 +97,11 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
     classes = work / f"classes_{size}.zarr"
     mask = work / f"mask_{size}.zarr"
     t0 = time.monotonic()
-    write_classes(classes, size, args.chunk, pieces)
+    write_classes(classes, size, args.chunk, pieces, args.length)
     write_s = time.monotonic() - t0
-    row = {"size": size, "chunks": -(-size // args.chunk) ** 3, "write_s": write_s}
+    length = args.length or size
+    row = {"size": size, "length": length, "chunks": -(-length // args.chunk) * -(-size // args.chunk) ** 2,
+           "write_s": write_s}
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       memory_limit=args.memory_limit, dashboard_address=None) as cluster, Client(cluster) as client:
         worker_peak: dict[str, float] = {}
@@ -156,7 +161,7 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
         a = zarr.open_array(str(mask), mode="r")
         b = zarr.open_array(str(ref), mode="r")
         row["equal"] = all(np.array_equal(a[z:z + args.chunk], b[z:z + args.chunk])
-                           for z in range(0, size, args.chunk))
+                           for z in range(0, length, args.chunk))
         shutil.rmtree(ref, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(classes, ignore_errors=True)
@@ -169,6 +174,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=HERE / "results" / "post_scale.md")
     ap.add_argument("--sizes", type=int, nargs="+", default=[384, 768, 1024])
+    ap.add_argument("--length", type=int, default=0,
+                    help="volumes of LENGTH x N x N (0: N^3): the slabs' cross-section fixed, their number grown")
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="1GB")
@@ -202,7 +209,8 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
         "worker RSS every 0.5 s (short peaks can be missed); task worker-s: the seconds of every task summed, in "
         "brackets those of the per-slab tasks (the sweep's serial part) and the longest of them. Command: "
         "`python benchmarks/bench_post_scale.py "
-        f"--sizes {' '.join(map(str, args.sizes))} --chunk {args.chunk} --workers {args.workers} "
+        f"--sizes {' '.join(map(str, args.sizes))}{f' --length {args.length}' if args.length else ''} "
+        f"--chunk {args.chunk} --workers {args.workers} "
         f"--memory-limit {args.memory_limit}`"
         + ("" if len(rows) == len(args.sizes) else
            f" — stopped after {done}: the other sizes are not measured") + ".",
@@ -218,7 +226,8 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
         if r["error"]:
             eq = f"failed: {r['error']}"
         per_slab = (-(-r["size"] // args.chunk)) ** 2
-        lines.append(f"| {r['size']}³ | {r['chunks']} ({per_slab}) | {r['post_s']:.0f} | {r['tasks']} | "
+        vol = f"{r['size']}³" if r.get("length", r["size"]) == r["size"] else f"{r['length']} × {r['size']}²"
+        lines.append(f"| {vol} | {r['chunks']} ({per_slab}) | {r['post_s']:.0f} | {r['tasks']} | "
                      f"{r['task_s']:.0f} ({r['slab_s']:.1f}, {r['slab_longest_s']:.2f}) | {r.get('slab_labels', 0):,} | "
                      f"{r['client_before_mb']:.0f} → {r['client_peak_mb']:.0f} | "
                      f"{', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | {r['worker_addresses']} | {eq} | "
