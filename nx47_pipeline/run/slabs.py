@@ -464,9 +464,9 @@ def filter_components(op: dict, rounds: Rounds, *, phase: str) -> int:
 
     try:
         rounds.begin(f"{phase}: forward", nb0 + 2)
-        for r in range(nb0 + 2):  # round r: scan slab r, pairs of slab r - 1, reduce slab r - 2
-            todo = [*(items("scan", r) if r < nb0 else []), *(items("pair", r - 1) if 0 <= r - 1 < nb0 else []),
-                    *(items("reduce", r - 2) if 0 <= r - 2 < nb0 else [])]
+        for r in range(nb0 + 2):  # round r: reduce slab r - 2 (first: the longest task), pairs of r - 1, scan r
+            todo = [*(items("reduce", r - 2) if 0 <= r - 2 < nb0 else []),
+                    *(items("pair", r - 1) if 0 <= r - 1 < nb0 else []), *(items("scan", r) if r < nb0 else [])]
             rounds.run(todo)
             if r >= 2:
                 done = [grid.linear(idx) for idx in grid.slab(r - 2)]
