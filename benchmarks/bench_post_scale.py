@@ -100,7 +100,7 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
     write_classes(classes, size, args.chunk, pieces, args.length)
     write_s = time.monotonic() - t0
     length = args.length or size
-    row = {"size": size, "length": length, "chunks": -(-length // args.chunk) * -(-size // args.chunk) ** 2,
+    row = {"size": size, "length": length, "chunks": -(-length // args.chunk) * (-(-size // args.chunk)) ** 2,
            "write_s": write_s}
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       memory_limit=args.memory_limit, dashboard_address=None) as cluster, Client(cluster) as client:
