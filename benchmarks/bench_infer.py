@@ -352,13 +352,11 @@ def report(doc: dict) -> list[str]:
             lines.append(f"| hours on {k} single-thread workers (linear scaling) | {worker_h / k:,.1f} "
                          f"| {na(cpu_h / k, ',.1f')} |")
         lines += ["", "Reading and writing are inside these figures (local disk, zarr); a scroll on object "
-                  "storage adds its transfer. The whole-volume post-processing is not in these hours. Scaled "
-                  f"linearly from the {post_run['size']}³ run ({post_per_vox * 1e6:.2f} worker-seconds per million "
-                  "voxels) it would "
-                  f"add {post_per_vox * scroll_vox / 3600:,.0f} worker-hours, but it does not scale out that way: "
-                  "the chunked labelling gathers every chunk face's label pairs on the client and keeps boolean "
-                  "masks of the whole volume on the cluster, so at scroll size it is the open cost "
-                  "(post-processing slab by slab, or pairs reduced on the workers, would be needed).", ""]
+                  "storage adds its transfer. The whole-volume post-processing is not in these hours: scaled "
+                  f"linearly from this benchmark's {post_run['size']}³ run ({post_per_vox * 1e6:.2f} worker-seconds "
+                  f"per million voxels) it would add {post_per_vox * scroll_vox / 3600:,.0f} worker-hours; the "
+                  "slab-by-slab post-processing's own measurements (client and worker memory at 384³–1024³) and "
+                  "the scroll projection with it are in benchmarks/results/post_scale.md.", ""]
     _common._LOAD_AT_START = doc.get("load_start", _common._LOAD_AT_START)  # the runs' start, not now
     date = doc.get("date") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines.append(f"{machine()}. Date: {date}. Commit: {git_commit()}. " + load_note())

@@ -3,7 +3,7 @@
 
 For each ``--sizes`` N a classes store (``classes.zarr``, the input of the
 post-processing stage: 0 / 1 / 2 hysteresis classes, chunks of ``--chunk``)
-of N^3 voxels is written tile by tile from a few distinct 128^3 tiles of the
+of N^3 voxels (``--length`` L: L x N x N) is written tile by tile from a few distinct 128^3 tiles of the
 demo generator (label 1 as strong, its 1-voxel shell as weak, sparse weak
 speckles as noise), so sheets cross chunk faces (and end at tile borders).
 The post-processing (hysteresis, closing, cavities, dust, hole plugs; the
@@ -12,8 +12,12 @@ of ``--workers`` single-thread worker processes under ``--memory-limit``,
 this process being the client.  Reported: wall time, the client's RSS
 before and its peak during the post-processing (sampled every 0.2 s), each
 worker's peak RSS (sampled every 0.5 s through the scheduler), worker
-restarts, and — where the classes fit in memory (``--compare-up-to``) — whether the mask
-equals the in-process numpy post-processing.
+restarts, the tasks and their worker-seconds (in all, and those of the one
+task per slab and phase that joins a slab's labels with the frontier or
+hands the final sums down: the sweep's serial part), the 1-minute load at
+the start and end, and — where the classes fit in memory
+(``--compare-up-to``) — whether the mask equals the in-process numpy
+post-processing.
 
     python benchmarks/bench_post_scale.py --out benchmarks/results/post_scale.md \\
         [--sizes 384 768 1024] [--chunk 128] [--workers 2] [--memory-limit 1GB] [--work-dir DIR]
@@ -22,6 +26,7 @@ equals the in-process numpy post-processing.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -60,18 +65,21 @@ def tiles(seed: int = 5) -> list[np.ndarray]:
     return out
 
 
-def write_classes(path: Path, size: int, chunk: int, pieces: list[np.ndarray]) -> None:
+def write_classes(path: Path, size: int, chunk: int, pieces: list[np.ndarray], length: int = 0) -> None:
+    """``length`` x ``size`` x ``size`` classes (``length`` 0: ``size``) tiled from ``pieces``."""
     import zarr  # noqa: PLC0415
 
     shutil.rmtree(path, ignore_errors=True)
-    store = zarr.create_array(str(path), shape=(size,) * 3, chunks=(chunk,) * 3, dtype="uint8", fill_value=0)
+    shape = (length or size, size, size)
+    store = zarr.create_array(str(path), shape=shape, chunks=(chunk,) * 3, dtype="uint8", fill_value=0)
     k = 0
-    for z in range(0, size, TILE):
+    for z in range(0, shape[0], TILE):
         for y in range(0, size, TILE):
             for x in range(0, size, TILE):
                 t = pieces[k % len(pieces)]
                 k += 1
-                sl = (slice(z, min(size, z + TILE)), slice(y, min(size, y + TILE)), slice(x, min(size, x + TILE)))
+                sl = (slice(z, min(shape[0], z + TILE)), slice(y, min(size, y + TILE)),
+                      slice(x, min(size, x + TILE)))
                 store[sl] = t[tuple(slice(0, s.stop - s.start) for s in sl)]
 
 
@@ -89,9 +97,11 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
     classes = work / f"classes_{size}.zarr"
     mask = work / f"mask_{size}.zarr"
     t0 = time.monotonic()
-    write_classes(classes, size, args.chunk, pieces)
+    write_classes(classes, size, args.chunk, pieces, args.length)
     write_s = time.monotonic() - t0
-    row = {"size": size, "chunks": -(-size // args.chunk) ** 3, "write_s": write_s}
+    length = args.length or size
+    row = {"size": size, "length": length, "chunks": -(-length // args.chunk) * (-(-size // args.chunk)) ** 2,
+           "write_s": write_s}
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       memory_limit=args.memory_limit, dashboard_address=None) as cluster, Client(cluster) as client:
         worker_peak: dict[str, float] = {}
@@ -121,13 +131,22 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
             t.start()
         t0 = time.monotonic()
         error = ""
+        row["load_start"] = os.getloadavg()[0]
+        rounds = None
         try:
             with dask.config.set(scheduler=client):
-                _postprocess_dask(classes, mask, closing_radius=CLOSING, min_size=MIN_SIZE, chunk=args.chunk,
-                                  plug_size=PLUG)
+                rounds = _postprocess_dask(classes, mask, closing_radius=CLOSING, min_size=MIN_SIZE,
+                                           chunk=args.chunk, plug_size=PLUG)
         except Exception as exc:  # noqa: BLE001 - reported
             error = f"{type(exc).__name__}: {exc}"[:300]
         row["post_s"] = time.monotonic() - t0
+        row["load_end"] = os.getloadavg()[0]
+        slab_kinds = ("reduce", "resolve")  # one task per slab and phase: the sweep's serial part
+        row["tasks"] = sum(rounds.tasks.values()) if rounds else 0
+        row["task_s"] = sum(rounds.seconds.values()) if rounds else float("nan")
+        row["slab_s"] = sum(rounds.seconds.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
+        row["slab_longest_s"] = max(rounds.longest.get(k, 0.0) for k in slab_kinds) if rounds else float("nan")
+        row["slab_labels"] = rounds.largest_slab if rounds else 0
         stop.set()
         for t in threads:
             t.join()
@@ -142,7 +161,7 @@ def run_size(size: int, args, work: Path, pieces: list[np.ndarray]) -> dict:
         a = zarr.open_array(str(mask), mode="r")
         b = zarr.open_array(str(ref), mode="r")
         row["equal"] = all(np.array_equal(a[z:z + args.chunk], b[z:z + args.chunk])
-                           for z in range(0, size, args.chunk))
+                           for z in range(0, length, args.chunk))
         shutil.rmtree(ref, ignore_errors=True)
     if not args.keep:
         shutil.rmtree(classes, ignore_errors=True)
@@ -155,6 +174,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=HERE / "results" / "post_scale.md")
     ap.add_argument("--sizes", type=int, nargs="+", default=[384, 768, 1024])
+    ap.add_argument("--length", type=int, default=0,
+                    help="volumes of LENGTH x N x N (0: N^3): the slabs' cross-section fixed, their number grown")
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="1GB")
@@ -185,23 +206,32 @@ def report(rows: list[dict], args, started: str, load: str) -> list[str]:
         f"`--memory-limit {args.memory_limit}`, this process the client; classes stores of N³ in chunks of "
         f"{args.chunk}³ written from {N_TILES} distinct {TILE}³ demo tiles (label 1 strong, its shell weak, 0.2 % "
         "weak speckles): sheets cross chunk faces and end at tile borders. Client RSS sampled every 0.2 s, "
-        "worker RSS every 0.5 s (short peaks can be missed). Command: `python benchmarks/bench_post_scale.py "
-        f"--sizes {' '.join(map(str, args.sizes))} --chunk {args.chunk} --workers {args.workers} "
+        "worker RSS every 0.5 s (short peaks can be missed); task worker-s: the seconds of every task summed, in "
+        "brackets those of the per-slab tasks (the sweep's serial part) and the longest of them. Command: "
+        "`python benchmarks/bench_post_scale.py "
+        f"--sizes {' '.join(map(str, args.sizes))}{f' --length {args.length}' if args.length else ''} "
+        f"--chunk {args.chunk} --workers {args.workers} "
         f"--memory-limit {args.memory_limit}`"
         + ("" if len(rows) == len(args.sizes) else
            f" — stopped after {done}: the other sizes are not measured") + ".",
         "",
-        "| volume | chunks | post-processing (s) | client RSS before → peak (MB) | worker peaks (MB) "
-        "| worker processes seen | mask = in-process numpy |",
-        "| --- | ---: | ---: | --- | --- | ---: | --- |",
+        "| volume | chunks (per slab) | post-processing (s) | tasks | task worker-s (per-slab tasks, longest) "
+        "| labels in a slab's reduce (most) "
+        "| client RSS before → peak (MB) | worker peaks (MB) | worker processes seen | mask = in-process numpy "
+        "| 1-min load start / end |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | --- | ---: | --- | --- |",
     ]
     for r in rows:
         eq = "n/a (too large)" if r["equal"] is None else ("yes" if r["equal"] else "NO")
         if r["error"]:
             eq = f"failed: {r['error']}"
-        lines.append(f"| {r['size']}³ | {r['chunks']} | {r['post_s']:.0f} | {r['client_before_mb']:.0f} → "
-                     f"{r['client_peak_mb']:.0f} | {', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | "
-                     f"{r['worker_addresses']} | {eq} |")
+        per_slab = (-(-r["size"] // args.chunk)) ** 2
+        vol = f"{r['size']}³" if r.get("length", r["size"]) == r["size"] else f"{r['length']} × {r['size']}²"
+        lines.append(f"| {vol} | {r['chunks']} ({per_slab}) | {r['post_s']:.0f} | {r['tasks']} | "
+                     f"{r['task_s']:.0f} ({r['slab_s']:.1f}, {r['slab_longest_s']:.2f}) | {r.get('slab_labels', 0):,} | "
+                     f"{r['client_before_mb']:.0f} → {r['client_peak_mb']:.0f} | "
+                     f"{', '.join(f'{m:.0f}' for m in r['worker_peaks_mb'])} | {r['worker_addresses']} | {eq} | "
+                     f"{r['load_start']:.1f} / {r['load_end']:.1f} |")
     lines += ["", f"Machine: {machine()}. Started {started}. Commit: {git_commit()}. {load}"]
     return lines
 

@@ -300,7 +300,7 @@ class DaskExecutor:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *, on_progress: DriverProgress | None = None,
             on_lost: Callable[[str], None] | None = None, check: Callable[[], None] | None = None,
-            tick_s: float = 0.5) -> Iterator[tuple[int, Any]]:
+            tick_s: float = 0.5, count: bool = True) -> Iterator[tuple[int, Any]]:
         """``(index, result)`` as tasks complete (any order).
 
         All items are submitted at once.  Every ``tick_s`` (and after each
@@ -310,7 +310,9 @@ class DaskExecutor:
         ``retries`` times when they fail) and calls ``check`` (which may
         raise, e.g. :class:`~nx47_pipeline.telemetry.cancel.Cancelled`).
         Leaving the iterator early (an exception, ``break``) cancels the
-        tasks not finished.
+        tasks not finished.  ``count=False`` leaves the tasks out of
+        ``tasks_in_flight`` / ``tasks_done`` (``cluster.json`` counts the
+        stage's chunks, not the post-processing's tasks).
         """
         _, distributed = require_dask()
         items = list(items)
@@ -318,7 +320,8 @@ class DaskExecutor:
                                   retries=self.retries, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         pending = set(futures)
-        self.tasks_in_flight += len(futures)
+        counted = 1 if count else 0
+        self.tasks_in_flight += counted * len(futures)
         known = self._worker_addresses()
         resubmits: dict[int, int] = {}
         try:
@@ -355,13 +358,13 @@ class DaskExecutor:
                         futures.append(again)
                         pending.add(again)
                         continue
-                    self.tasks_in_flight -= 1
-                    self.tasks_done += 1
+                    self.tasks_in_flight -= counted
+                    self.tasks_done += counted
                     yield i, result
             self._drain(on_progress)
         finally:
             left = [f for f in futures if not f.done()]
-            self.tasks_in_flight = max(0, self.tasks_in_flight - len(left))
+            self.tasks_in_flight = max(0, self.tasks_in_flight - counted * len(left))
             if left:
                 self.client.cancel(left)
 

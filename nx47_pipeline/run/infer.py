@@ -16,11 +16,13 @@
    it), closing, cavity filling, dust removal and hole plugging (the
    bundle's ``postprocess.min_size`` / ``plug_size``) on
    the whole volume: in process with numpy (the volume's classes must fit in
-   memory), or with Dask arrays and a chunked labelling (block labels joined across
-   chunk faces by label pairs found on the workers; every intermediate mask
-   spilled to a zarr store beside the result instead of held in memory), giving
-   the same mask: memory per worker is a few chunks, the client's the
-   components that cross chunk faces (benchmarks/results/post_scale.md).
+   memory), or slab by slab on Dask (:mod:`nx47_pipeline.run.slabs`: the
+   component filters swept over slabs one chunk thick, the components open
+   at a slab's top face carried to the next slab as a frontier, every
+   intermediate mask a zarr store beside the result), giving the same mask:
+   the client holds the tasks of two slabs at a time and a worker one chunk
+   with its halo or one slab's face labels, whatever the volume's length
+   (benchmarks/results/post_scale.md); PROGRESS_UPDATE at least every second.
    ``DIR/mask.zarr`` (uint8 0/1, the input's shape) is the result.
 
 Events go to ``DIR/journal.jsonl`` (RUN_START, STEP, PROGRESS_UPDATE per
@@ -41,19 +43,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage, sparse
-from scipy.sparse.csgraph import connected_components
+from scipy import ndimage
 
 from nx47_pipeline.io.atomic import write_text
 from nx47_pipeline.io.run_folder import CHUNKS, CLASSES, INFER_KEY, MASK
 from nx47_pipeline.io.volumes import open_volume
 from nx47_pipeline.model.bundle import Bundle, load_bundle
 from nx47_pipeline.model.postprocess import (
-    RIDGE_BIT, RIDGE_HALO, anisotropic_closing, plug_radius, postprocess_classes, surface_ridge, thin_mask,
-    threshold_classes,
+    RIDGE_HALO, plug_radius, postprocess_classes, surface_ridge, threshold_classes,
 )
 from nx47_pipeline.run.executor import chunk_grid, make_executor, worker_name
 from nx47_pipeline.run.resume import acquire_lock, release_lock
+from nx47_pipeline.run.slabs import Progress, Rounds, create_like, filter_components, map_chunks
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 from nx47_pipeline.telemetry.events import StageName, Status
 from nx47_pipeline.telemetry.facade import Telemetry
@@ -109,204 +110,96 @@ def chunk_task(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # post-processing
 # ---------------------------------------------------------------------------
-def _face_pairs(a: np.ndarray, b: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """Label pairs ``(p, q)``, ``p != q``, of two facing planes ``a`` | ``b`` joined by ``structure``
-    (3x3x3, axis 0 across the face)."""
-    n_y, n_x = a.shape
-    out = [np.empty((0, 2), a.dtype)]
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if not structure[2, 1 + dy, 1 + dx]:
-                continue
-            p = a[max(0, -dy):n_y - max(0, dy), max(0, -dx):n_x - max(0, dx)].ravel()
-            q = b[max(0, dy):n_y + min(0, dy), max(0, dx):n_x + min(0, dx)].ravel()
-            keep = (p > 0) & (q > 0) & (p != q)
-            out.append(np.stack([p[keep], q[keep]], axis=1))
-    return np.unique(np.concatenate(out), axis=0)
-
-
-def _block_labels(b: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    return ndimage.label(b, structure=structure)[0].astype(np.int32)
-
-
-def _block_face_pairs(a: np.ndarray, b: np.ndarray, axis: int, off_a: int, off_b: int,
-                      structure: np.ndarray) -> np.ndarray:
-    """Global label pairs joined across the face between block ``a`` and the next block ``b`` along
-    ``axis`` (each block's local labels shifted by its offset): a few pairs, whatever the block size."""
-    pa = np.moveaxis(a, axis, 0)[-1].astype(np.int64)
-    pb = np.moveaxis(b, axis, 0)[0].astype(np.int64)
-    pa = np.where(pa > 0, pa + off_a, 0)
-    pb = np.where(pb > 0, pb + off_b, 0)
-    return _face_pairs(pa, pb, np.moveaxis(structure, axis, 0))
-
-
-def _relabel_block(local: np.ndarray, offset: int, src: np.ndarray, dst: np.ndarray, dtype) -> np.ndarray:
-    """A block's local labels as global ones: shifted by the block's offset, then its labels that
-    join other blocks' (``src``, this block's only) replaced by their component's root (``dst``)."""
-    b = np.where(local > 0, local.astype(dtype) + dtype(offset), dtype(0))
-    if len(src):
-        i = np.searchsorted(src, b).clip(0, len(src) - 1)
-        b = np.where(src[i] == b, dst[i], b)
-    return b
-
-
-def _label_dask(binary, structure: np.ndarray):
-    """Connected components of a chunked boolean dask array: ``(labels, bound)``.
-
-    Labels are > 0 on the foreground, unique across the volume but not
-    consecutive; ``bound`` is an upper bound of them.  Each block is labelled
-    with ``scipy.ndimage.label``: once for the label counts (the block
-    offsets), once for the pairs of labels joined across each face between
-    two neighbouring blocks — found on the workers, so only those pairs (a few
-    per component crossing a face) reach the client, never a face's planes —
-    and again wherever the result is computed.  The client joins the pairs
-    (a sparse graph of the components crossing faces) and gives each block
-    only its own part of the relabel table.  No labels of the whole volume
-    are held anywhere: 768^3 under a 1 GB limit per worker had the workers
-    restarted for memory when they were.  dask-image's ``ndmeasure.label`` is
-    not used: with the current dask it relabels a block again for every later
-    use, so its cost grew quadratically with the number of chunks.
-    """
-    import dask  # noqa: PLC0415
-    import dask.array as da  # noqa: PLC0415
-
-    structure = np.asarray(structure, dtype=bool)
-    local = binary.map_blocks(_block_labels, structure, dtype=np.int32)
-    nb = local.numblocks
-    counts = local.map_blocks(lambda b: np.full((1,) * b.ndim, b.max(initial=0), np.int64),
-                              chunks=tuple((1,) * n for n in nb), dtype=np.int64).compute()
-    offsets = (np.cumsum(counts.ravel()) - counts.ravel()).reshape(nb)
-    bound = int(counts.sum())
-    dtype = np.int32 if bound < np.iinfo(np.int32).max else np.int64
-    blocks = local.to_delayed()
-    face_tasks = []
-    for idx in np.ndindex(*nb):
-        for ax in range(binary.ndim):
-            if idx[ax] + 1 < nb[ax]:
-                nxt = tuple(v + (1 if a == ax else 0) for a, v in enumerate(idx))
-                face_tasks.append(dask.delayed(_block_face_pairs, pure=True)(
-                    blocks[idx], blocks[nxt], ax, int(offsets[idx]), int(offsets[nxt]), structure))
-    pairs = [np.empty((0, 2), np.int64), *dask.compute(*face_tasks)]
-    pairs = np.concatenate(pairs)
-    src = np.empty(0, dtype)
-    dst = np.empty(0, dtype)
-    if len(pairs):
-        ids, inv = np.unique(pairs, return_inverse=True)
-        inv = inv.reshape(pairs.shape)
-        graph = sparse.coo_matrix((np.ones(len(inv), dtype=bool), (inv[:, 0], inv[:, 1])),
-                                  shape=(len(ids),) * 2)
-        _, comp = connected_components(graph, directed=False)
-        root = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(root, comp, ids)
-        src, dst = ids.astype(dtype), root[comp].astype(dtype)
-    blocks = local.to_delayed()
-    rows = np.empty(nb, dtype=object)
-    for idx in np.ndindex(*nb):
-        lo, hi = int(offsets[idx]), int(offsets[idx] + counts[idx])
-        a, b = np.searchsorted(src, [lo + 1, hi + 1])  # this block's labels are lo + 1 .. hi
-        shape = tuple(local.chunks[ax][i] for ax, i in enumerate(idx))
-        rows[idx] = da.from_delayed(dask.delayed(_relabel_block, pure=True)(
-            blocks[idx], lo, src[a:b].copy(), dst[a:b].copy(), dtype), shape=shape, dtype=dtype)
-    return da.block(rows.tolist()), bound
-
-
-def _sizes_dask(lab) -> tuple[np.ndarray, np.ndarray]:
-    """The labels of a chunked label array and their voxel counts ``(ids, sizes)``, counted block
-    by block as sparse (label, count) lists: nothing the length of every label is made per block."""
-    import dask  # noqa: PLC0415
-
-    def count(b):
-        ids, n = np.unique(b[b > 0], return_counts=True)
-        return ids.astype(np.int64), n.astype(np.int64)
-
-    parts = dask.compute(*[dask.delayed(count, pure=True)(blk) for blk in lab.to_delayed().ravel()])
-    ids = np.concatenate([np.empty(0, np.int64)] + [p[0] for p in parts])
-    n = np.concatenate([np.empty(0, np.int64)] + [p[1] for p in parts])
-    uniq, inv = np.unique(ids, return_inverse=True)
-    return uniq, np.bincount(inv.ravel(), weights=n, minlength=len(uniq)).astype(np.int64)
-
-
-def _spill(mask, scratch: Path, name: str):
-    """``mask`` written to ``scratch/name`` (a zarr store on disk) and read back lazily: what a
-    later step reads twice comes from disk, block by block, instead of a whole-volume boolean mask
-    persisted in the workers' memory."""
-    import dask.array as da  # noqa: PLC0415
-
-    path = scratch / name
-    mask.astype(np.uint8).to_zarr(str(path), overwrite=True)
-    return da.from_zarr(str(path)) > 0
-
-
-def _fill_cavities_dask(mask, s6: np.ndarray, scratch: Path, name: str):
-    """:func:`~nx47_pipeline.model.postprocess.fill_cavities` of a chunked mask: the background
-    components (6-connected, labelled across chunks) that touch no face are filled."""
-    import dask.array as da  # noqa: PLC0415 - optional, lazy
-
-    bg = ~mask
-    lab_bg, _ = _label_dask(bg, s6)
-    faces = [lab_bg[0], lab_bg[-1], lab_bg[:, 0], lab_bg[:, -1], lab_bg[:, :, 0], lab_bg[:, :, -1]]
-    border_ids = np.unique(np.concatenate([np.ravel(f) for f in da.compute(*[da.unique(f) for f in faces])]))
-    return _spill(mask | (bg & ~da.isin(lab_bg, border_ids)), scratch, name)
-
-
 def _postprocess_dask(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int],
-                      min_size: int, chunk: int, thin: bool = False, plug_size: int = 0) -> None:
-    import dask  # noqa: PLC0415 - optional, lazy
-    import dask.array as da  # noqa: PLC0415
+                      min_size: int, chunk: int, thin: bool = False, plug_size: int = 0, executor: Any = None,
+                      on_progress: Progress | None = None) -> Rounds:
+    """:func:`~nx47_pipeline.model.postprocess.postprocess_classes` of a classes store of any size,
+    slab by slab on Dask (:mod:`nx47_pipeline.run.slabs`), into ``mask_path`` (chunks of ``chunk``).
 
-    c = da.from_zarr(str(classes_path))
+    Hysteresis, cavities, dust and hole plugs are component filters swept
+    over the slabs (a frontier of the components open at a slab's top face
+    carried from one slab to the next); thinning, closing and the plugs'
+    closing are local filters read with their halo.  Every step reads and
+    writes a zarr store in ``mask_path.tmp/`` (removed at the end, the last one
+    renamed to ``mask_path``): the client holds the tasks of two slabs at a
+    time, a worker a chunk with its halo or one slab's face labels.
+    ``executor`` and ``on_progress``: :class:`~nx47_pipeline.run.slabs.Rounds`, which is
+    returned (its tasks and their seconds per kind).
+    """
+    import zarr  # noqa: PLC0415
+
+    shape = tuple(zarr.open_array(str(classes_path), mode="r").shape)
+    chunks = (int(chunk),) * 3
     s26 = np.ones((3, 3, 3), dtype=bool)
-    s6 = np.zeros((3, 3, 3), dtype=bool)
-    s6[1, 1, :] = s6[1, :, 1] = s6[:, 1, 1] = True
-    # every intermediate mask goes to disk (scratch zarr stores beside the result) and the labellings
-    # are recomputed block by block where they are read: memory per worker is a few blocks, the
-    # client's the components crossing chunk faces, whatever the volume's size
+    s6 = ndimage.generate_binary_structure(3, 1)
+    r = tuple(int(v) for v in closing_radius)
     scratch = Path(str(mask_path) + ".tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    rounds = Rounds(executor, on_progress)
+    big = int(np.iinfo(np.int64).max)
+
+    def store(name: str) -> str:
+        path = scratch / name
+        create_like(path, shape, chunks)
+        return str(path)
+
+    def components(phase: str, src: str, binary: str, structure, lo: int, hi: int, out: str,
+                   base: str | None = None) -> tuple[str, int]:
+        dst = store(f"{phase}.zarr")
+        op = {"src": src, "binary": binary, "structure": structure, "shape": shape, "chunks": chunks,
+              "out": out, "lo": lo, "hi": hi, "base": base, "dst": dst, "work": str(scratch / "work")}
+        return dst, filter_components(op, rounds, phase=phase)
+
+    def local(phase: str, src: str, kind: str, radius, **extra) -> tuple[str, int]:
+        dst = store(f"{phase}.zarr")
+        op = {"src": src, "kind": kind, "radius": radius, "shape": shape, "chunks": chunks, "dst": dst, **extra}
+        return dst, map_chunks(op, rounds, phase=phase)
+
     try:
-        level = c & 3
-        lab, _ = _label_dask(level >= 1, s26)
-        # per block, then merged on the client: lab[c == 2].compute() gathers every class-2 voxel's label
-        # in one task on one worker (768^3 under a 1 GB limit: KilledWorker)
-        strong_ids = np.unique(np.concatenate([np.empty(0, np.int64)] + list(dask.compute(*[
-            dask.delayed(lambda lb, cb: np.unique(lb[cb == 2]).astype(np.int64))(lb, cb)
-            for lb, cb in zip(lab.to_delayed().ravel(), level.to_delayed().ravel())]))))
-        r = tuple(int(v) for v in closing_radius)
-        mask = da.isin(lab, strong_ids[strong_ids > 0])
-        if thin:  # the ridge inside the mask, dilated once (6-connected) inside it: one voxel of overlap
-            mask = da.map_overlap(lambda m, cb: thin_mask(m, (cb & RIDGE_BIT) > 0), mask, c, depth=1,
-                                  boundary=0, dtype=bool)
-        mask = _spill(da.map_overlap(lambda b: anisotropic_closing(b, radius=r), mask,
-                                     depth={i: 2 * v for i, v in enumerate(r)}, boundary=0, dtype=bool),
-                      scratch, "closed.zarr")
-        del lab
-        mask = _fill_cavities_dask(mask, s6, scratch, "filled.zarr")
-        lab2, n2 = _label_dask(mask, s26)
-        if min_size > 1 and n2:
-            ids, sizes = _sizes_dask(lab2)
-            small = ids[sizes < min_size]
-            if len(small):
-                mask = _spill(mask & ~da.isin(lab2, small), scratch, "dust.zarr")
-        del lab2
+        mask, _ = components("hysteresis", str(classes_path), "weak", s26, 1, big, "select")
+        mask, _ = local("closing", mask, "close", r, thin=bool(thin), classes=str(classes_path))
+        mask, _ = components("cavities", mask, "background", s6, 0, 0, "union", base=mask)
+        if min_size > 1:
+            mask, _ = components("dust", mask, "foreground", s26, int(min_size), big, "select")
         if plug_size > 0:
             # plug_holes: the fills of a closing of radius plug_radius(r), labelled across chunks
             # (26-connected) like the dust removal; the fill components larger than plug_size stay out
-            pr = plug_radius(r)
-            fill = _spill(da.map_overlap(lambda b: anisotropic_closing(b, radius=pr), mask,
-                                         depth={i: 2 * v for i, v in enumerate(pr)}, boundary=0,
-                                         dtype=bool) & ~mask, scratch, "fill.zarr")
-            lab3, n3 = _label_dask(fill, s26)
-            if n3:
-                ids, sizes = _sizes_dask(lab3)
-                big = ids[sizes > plug_size]
-                plugs = _spill(fill & ~da.isin(lab3, big), scratch, "plugs.zarr")
-                if bool(plugs.any().compute()):
-                    mask = _fill_cavities_dask(mask | plugs, s6, scratch, "plugged.zarr")  # a plug may close a mouth
-            del lab3, fill
-        mask.astype(np.uint8).rechunk(chunk).to_zarr(str(mask_path), overwrite=True)
+            fill, n_fill = local("fill", mask, "fill", plug_radius(r))
+            if n_fill:
+                plugged, n_plugs = components("plugs", fill, "foreground", s26, 0, int(plug_size), "union",
+                                              base=mask)
+                if n_plugs:  # a plug may close the mouth of a cavity
+                    mask, _ = components("cavities2", plugged, "background", s6, 0, 0, "union", base=plugged)
+        shutil.rmtree(mask_path, ignore_errors=True)
+        os.replace(mask, mask_path)
+        return rounds
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _post_progress(tel: Telemetry, *, plugs: bool, every_s: float = 1.0) -> Progress:
+    """The post-processing's ``on_progress``: a PROGRESS_UPDATE when a phase begins or ends and at most
+    every ``every_s`` seconds in between (it is called on each tick of the executor's loop, 0.5 s),
+    the stage's fraction counted over the phases planned (hole plugs and the second cavity filling
+    when the bundle plugs)."""
+    planned = ["hysteresis: forward", "hysteresis: backward", "closing", "cavities: forward",
+               "cavities: backward", "dust: forward", "dust: backward"]
+    if plugs:
+        planned += ["fill", "plugs: forward", "plugs: backward", "cavities2: forward", "cavities2: backward"]
+    last = {"t": -np.inf, "phase": None}
+
+    def report(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase == last["phase"] and now - last["t"] < every_s and done not in (0, total):
+            return
+        last.update(t=now, phase=phase)
+        i = planned.index(phase) if phase in planned else len(planned) - 1
+        frac = (i + (done / total if total else 1.0)) / len(planned)
+        tel.progress(step_done=min(frac, 1.0) * 0.999, step_total=1, substep=phase, substep_done=done,
+                     substep_total=total, message=f"{phase}: slab round {done}/{total}")
+
+    return report
 
 
 def _postprocess_numpy(classes_path: Path, mask_path: Path, *, closing_radius: Sequence[int], min_size: int,
@@ -412,10 +305,14 @@ def infer(
         with tel.stage(StageName.POSTPROCESS, total=1):
             tel.progress(step_done=0, step_total=1, message=f"hysteresis, {'thin surface, ' if thin else ''}"
                          f"closing, cavities, dust{', hole plugs' if b.plug_size else ''} (whole volume)")
-            post = _postprocess_dask if scheduler else _postprocess_numpy
             mask_path = out / MASK
-            post(classes_path, mask_path, closing_radius=b.closing_radius, min_size=b.min_size,
-                 chunk=chunk, thin=thin, plug_size=b.plug_size)
+            kw = {"closing_radius": b.closing_radius, "min_size": b.min_size, "chunk": chunk, "thin": thin,
+                  "plug_size": b.plug_size}
+            if scheduler:
+                _postprocess_dask(classes_path, mask_path, executor=executor,
+                                  on_progress=_post_progress(tel, plugs=b.plug_size > 0), **kw)
+            else:
+                _postprocess_numpy(classes_path, mask_path, **kw)
             tel.progress(step_done=1, step_total=1)
         status = Status.OK
     except Cancelled as exc:

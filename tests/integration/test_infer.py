@@ -19,7 +19,9 @@ from nx47_pipeline.data.demo import generate_demo_dataset
 from nx47_pipeline.data.discovery import discover
 from nx47_pipeline.model.bundle import export_bundle
 from nx47_pipeline.run.orchestrator import run_pipeline
-from nx47_pipeline.telemetry.journal import verify_journal
+from nx47_pipeline.telemetry.events import EventKind
+from nx47_pipeline.telemetry.gaps import progress_gaps
+from nx47_pipeline.telemetry.journal import read_journal, verify_journal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_pipeline import small_config  # noqa: E402
@@ -96,6 +98,12 @@ def test_dask_local_cluster_of_two_workers_gives_the_same_mask_and_events_from_b
     assert cluster["closed"] is True and cluster["scheduler"] == "local"
     assert cluster["tasks_done"] == res.chunks and cluster["tasks_in_flight"] == 0
     assert cluster["dashboard_link"].startswith("http")
+    # the post-processing reports each phase's slab rounds, never silent longer than the run's progress gap
+    events = read_journal(tmp_path / "o" / "journal.jsonl")
+    phases = {e.payload.substep for e in events if e.kind is EventKind.PROGRESS_UPDATE and e.stage == "postprocess"}
+    assert {"hysteresis: forward", "closing", "cavities: backward", "dust: backward"} <= phases, phases
+    gap = {g.stage: g for g in progress_gaps(events)}["postprocess"]
+    assert gap.gap_s <= 5.0, (gap.gap_s, gap.after, gap.before)
 
 
 @pytest.mark.timeout(300)
