@@ -46,6 +46,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
+from nx47_pipeline.model.postprocess import RIDGE_BIT, anisotropic_closing, thin_mask
+
 #: Chunk offsets ``o`` of the neighbours that come before a chunk in the z-major order (o < 0
 #: lexicographically): each pair of touching chunks is joined once, by the later one.
 BEFORE = tuple(o for o in itertools.product((-1, 0, 1), repeat=3) if o < (0, 0, 0))
@@ -326,8 +328,6 @@ def _local(op: dict, idx) -> dict:
     filters pad): ``"close"`` (thinning inside the hysteresis mask by the ridge bit of
     ``op["classes"]`` when ``op["thin"]``, then the closing) or ``"fill"`` (what a closing adds)."""
     import zarr  # noqa: PLC0415 - optional (the Dask stack)
-
-    from nx47_pipeline.model.postprocess import RIDGE_BIT, anisotropic_closing, thin_mask  # noqa: PLC0415
 
     grid = _grid(op)
     region = grid.region(idx)
