@@ -14,8 +14,10 @@ the loop over windows is ours, so that each window reports progress
 (windows done / total), honours a cancel token and a deadline; it
 accumulates exactly as nnU-Net's does (half-precision sums of the
 Gaussian-weighted logits), and the folds of one model are averaged as
-logits as nnU-Net averages them.  nnunetv2 and torch are imported when a
-predictor is built.
+logits as nnU-Net averages them.  The network runs on the CPU unless
+:meth:`NnUNetModel.to` moves it (a CUDA device runs it under autocast, as
+nnU-Net does); the windows are summed on the CPU either way.  nnunetv2 and
+torch are imported when a predictor is built.
 """
 
 from __future__ import annotations
@@ -86,6 +88,23 @@ class NnUNetModel:
                                device=torch.device("cpu"))
         return self._parts
 
+    def to(self, device: str) -> "NnUNetModel":
+        """Run the network on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); returns ``self``.
+
+        Parameters
+        ----------
+        device : str
+            A torch device.  On a CUDA device each window is predicted under
+            autocast (nnU-Net's ``predict_sliding_window_return_logits``) and
+            its logits are brought back to the CPU, where they are summed.
+        """
+        import torch  # noqa: PLC0415
+
+        parts = self.parts()
+        parts["device"] = torch.device(device)
+        parts["network"].to(parts["device"])
+        return self
+
     @property
     def patch_size(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.plans["configurations"][self.configuration].get("patch_size")
@@ -123,7 +142,7 @@ class NnUNetPredictor:
         parts = self.model.parts()
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
             p = nnUNetPredictor(tile_step_size=self.tile_step, use_gaussian=True, use_mirroring=self.use_mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                perform_everything_on_device=False, device=parts["device"], verbose=False,
                                 allow_tqdm=False)
         p.manual_initialization(parts["network"], parts["plans_manager"], parts["configuration_manager"],
                                 list(self.model.fold_weights), self.model.dataset_json, "nnUNetTrainer",
@@ -177,8 +196,9 @@ class NnUNetPredictor:
             data, _, props = pre.run_case_npy(np.asarray(volume, dtype=np.float32)[None], None,
                                               {"spacing": list(SPACING)}, pm, cm, self.model.dataset_json)
         nn = self._nnunet()
-        net = parts["network"]
-        with torch.inference_mode():
+        net, device = parts["network"], parts["device"]
+        autocast = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             x = torch.from_numpy(data)
             x, revert = pad_nd_image(x, cm.patch_size, "constant", {"value": 0}, True, None)
             slicers = nn._internal_get_sliding_window_slicers(x.shape[1:])
@@ -194,8 +214,8 @@ class NnUNetPredictor:
                 n_pred = torch.zeros(x.shape[1:], dtype=torch.half)
                 for sl in slicers:
                     check_stop(cancel, deadline, "nnU-Net")
-                    window = torch.clone(x[sl][None], memory_format=torch.contiguous_format)
-                    pred = nn._internal_maybe_mirror_and_predict(window)[0]
+                    window = torch.clone(x[sl][None], memory_format=torch.contiguous_format).to(device)
+                    pred = nn._internal_maybe_mirror_and_predict(window)[0].to("cpu")
                     pred *= gaussian
                     acc[sl] += pred
                     n_pred[sl[1:]] += gaussian

@@ -44,11 +44,12 @@ from nx47_pipeline.io.run_folder import NNUNET_PLAN_LOG, NNUNET_PREPARED, NNUNET
 from nx47_pipeline.nnunet.export import dataset_name, write_raw
 
 #: ``nnunet_configuration`` values NX47 adds to nnU-Net's plans: patch edge,
-#: features per stage, batch size.  They inherit ``3d_fullres`` (its
-#: preprocessing and normalisation) with a network small enough for a CPU.
-SMALL_CONFIGURATIONS: dict[str, tuple[int, tuple[int, ...], int]] = {
-    "3d_nx47_tiny": (32, (8, 16, 32), 2),
-    "3d_nx47_cpu": (64, (16, 32, 64, 128), 2),
+#: features per stage, batch size, convolutions per stage.  They inherit
+#: ``3d_fullres`` (its preprocessing and normalisation) with a network small
+#: enough for a CPU; ``3d_nx47_tiny`` is the tests' and the benchmark's.
+SMALL_CONFIGURATIONS: dict[str, tuple[int, tuple[int, ...], int, int]] = {
+    "3d_nx47_tiny": (32, (8, 16, 32), 2, 1),
+    "3d_nx47_cpu": (64, (16, 32, 64, 128), 2, 2),
 }
 #: The configuration nnU-Net plans and preprocesses.
 PLANNED = "3d_fullres"
@@ -235,12 +236,12 @@ def _stop(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------------
 def small_configuration(plans: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The plans entry of NX47's small configuration ``name`` (inherits ``3d_fullres``)."""
-    patch, features, batch = SMALL_CONFIGURATIONS[name]
+    patch, features, batch, convs = SMALL_CONFIGURATIONS[name]
     full = plans["configurations"][PLANNED]
     n = len(features)
     kw = dict(full["architecture"]["arch_kwargs"], n_stages=n, features_per_stage=list(features),
               kernel_sizes=[[3, 3, 3]] * n, strides=[[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-              n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+              n_conv_per_stage=[convs] * n, n_conv_per_stage_decoder=[convs] * (n - 1))
     return {"inherits_from": PLANNED, "patch_size": [patch] * 3, "batch_size": batch,
             "architecture": dict(full["architecture"], arch_kwargs=kw)}
 

@@ -29,6 +29,7 @@ from nx47_pipeline.data.discovery import discover
 from nx47_pipeline.model.bundle import BundleError, load_bundle
 from nx47_pipeline.model.predictor import DeadlineExceeded, EnsemblePredictor, PostChoice, PredictorKind
 from nx47_pipeline.nnunet.export import LABELS, export_nnunet
+from nx47_pipeline.nnunet.train import small_configuration
 from nx47_pipeline.telemetry.cancel import Cancelled, CancelToken
 
 pytest.importorskip("nnunetv2")
@@ -132,17 +133,7 @@ def test_import_refuses_a_checkpoint_that_is_not_one_naming_it(tmp_path, capsys)
 # ---------------------------------------------------------------------------
 # a tiny nnU-Net trained with nnU-Net's command line (slow)
 # ---------------------------------------------------------------------------
-TINY = "3d_tiny"
-
-
-def _tiny_config(plans: dict) -> dict:
-    """A configuration of the planned 3d_fullres with a 32^3 patch and a 3-stage net of 8-32 features."""
-    full = plans["configurations"]["3d_fullres"]
-    kw = dict(full["architecture"]["arch_kwargs"], n_stages=3, features_per_stage=[8, 16, 32],
-              kernel_sizes=[[3, 3, 3]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1],
-              n_conv_per_stage_decoder=[1, 1])
-    return {"inherits_from": "3d_fullres", "patch_size": [32, 32, 32], "batch_size": 2,
-            "architecture": dict(full["architecture"], arch_kwargs=kw)}
+TINY = "3d_nx47_tiny"  # NX47's small configuration (nnunet/train.py): 32^3 patch, 8-32 features
 
 
 def _run(cmd, env, log: Path) -> None:
@@ -166,7 +157,7 @@ def trained(tmp_path_factory) -> dict:
           "-np", "1"], {**env, "nnUNet_n_proc_DA": "1"}, base / "plan.log")
     plans_file = pre / "Dataset047_Vesuvius" / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
-    plans["configurations"][TINY] = _tiny_config(plans)
+    plans["configurations"][TINY] = small_configuration(plans, TINY)
     plans_file.write_text(json.dumps(plans, indent=1))
     # nnU-Net took NX47's split from the raw folder
     assert (json.loads((pre / "Dataset047_Vesuvius" / "splits_final.json").read_text())

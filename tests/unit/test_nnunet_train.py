@@ -88,11 +88,12 @@ def test_nnunets_folders_reach_subprocesses_only(tmp_path):
 def test_small_configurations_inherit_the_planned_one():
     plans = {"configurations": {"3d_fullres": {"architecture": {"network_class_name": "X", "arch_kwargs": {
         "n_stages": 6, "features_per_stage": [32, 64, 128, 256, 320, 320], "conv_bias": True}}}}}
-    for name, (patch, features, batch) in SMALL_CONFIGURATIONS.items():
+    for name, (patch, features, batch, convs) in SMALL_CONFIGURATIONS.items():
         c = small_configuration(plans, name)
         assert c["inherits_from"] == "3d_fullres" and c["patch_size"] == [patch] * 3 and c["batch_size"] == batch
         kw = c["architecture"]["arch_kwargs"]
         assert kw["features_per_stage"] == list(features) and kw["n_stages"] == len(features)
+        assert kw["n_conv_per_stage"] == [convs] * len(features)
         assert len(kw["strides"]) == len(features) and kw["conv_bias"] is True
         assert c["architecture"]["network_class_name"] == "X"
 
