@@ -206,6 +206,8 @@ def nnunet(ctx: RunContext, report: Reporter, train_pairs: Sequence[VolumeRecord
     if st["epochs_done"] is not None and not st["iterated"] and st["epochs_done"] == 0:
         report.warn("nnU-Net trained no iteration before its deadline; test volumes get the fallback "
                     "segmentation", subject=str(result), code="nnunet_untrained")
+        # an untrained network is no result: a rerun in this folder trains again
+        (result / "fold_0" / "checkpoint_final.pth").unlink(missing_ok=True)
         return None
     return Trained(result=result, seconds_per_window=st["spw"], epochs_done=st["epochs_done"])
 
