@@ -638,9 +638,10 @@ def _inference_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
     return _ended(sub, test), sub
 
 
-def _preflight_failed(ctx: RunContext, pre: Status, test) -> tuple[Status, Path | None]:
-    """Skip training after a failed or unaffordable preflight; the fallback segments every test volume."""
-    why = "preflight failed" if pre == Status.FAILED else "budget too small to train"
+def _preflight_failed(ctx: RunContext, pre: Status, test, *, why: str = "") -> tuple[Status, Path | None]:
+    """Skip training after a failed or unaffordable preflight (or ``why``
+    nothing can train); the fallback segments every test volume."""
+    why = why or ("preflight failed" if pre == Status.FAILED else "budget too small to train")
     for name in _training_stages(ctx.config):
         _skip(ctx, name, why)
     sub = _segment_and_package(ctx, test, model_ok=False)
@@ -676,7 +677,8 @@ def _nnunet_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
         nnunet_stage.require_nnunet()
     except nnunet_stage.NnUNetUnavailable as exc:
         ctx.err(str(exc), code="nnunet_unavailable")
-        return _preflight_failed(ctx, Status.BUDGET, test)
+        _skip(ctx, StageName.PREFLIGHT, "nnU-Net is not installed")
+        return _preflight_failed(ctx, Status.BUDGET, test, why="nnU-Net is not installed")
     pre = _preflight(ctx)
     if pre != Status.OK:
         return _preflight_failed(ctx, pre, test)

@@ -119,3 +119,30 @@ def test_model_kind_is_a_field_a_variable_a_flag_and_a_notebook_parameter():
         build_parser().parse_args(["run", "--model-kind", "svm"])
     assert config_from_parameters(model_kind="nnunet", environ={}).model_kind == "nnunet"
     assert config_from_parameters(environ={"NX47_MODEL_KIND": "nnunet"}).model_kind == "nnunet"
+
+
+def test_a_nnunet_run_without_nnunet_installed_says_so_and_still_submits(tmp_path, monkeypatch):
+    """Kaggle without the kit's nnU-Net wheels: the run names what to install (ERROR nnunet_unavailable),
+    skips its training stages with that reason and writes the fallback's submission."""
+    import json
+
+    from nx47_pipeline.data.demo import generate_demo_dataset
+    from nx47_pipeline.run import nnunet_stage
+    from nx47_pipeline.run.orchestrator import run_pipeline
+
+    def unavailable():
+        raise nnunet_stage.NnUNetUnavailable("model kind nnunet needs nnU-Net v2 and PyTorch (test): pip install ...")
+
+    monkeypatch.setattr(nnunet_stage, "require_nnunet", unavailable)
+    generate_demo_dataset(tmp_path / "data", n_train=3, n_test=2, shape=(24, 24, 24), seed=2)
+    cfg = RunConfig(data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), model_kind="nnunet",
+                    console=False, budget_s=600.0)
+    result = run_pipeline(cfg)
+    assert (tmp_path / "out" / "submission.zip").is_file() and result.status == "ok"
+    events = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    errors = [e["payload"] for e in events if e["kind"] == "ERROR"]
+    assert [e["code"] for e in errors] == ["nnunet_unavailable"] and "pip install" in errors[0]["message"]
+    ends = {e["stage"]: e["payload"] for e in events if e["kind"] == "STEP" and e["payload"]["phase"] == "end"}
+    for stage in ("preflight", "nnunet", "validate"):
+        assert ends[stage]["status"] == "skipped" and "nnU-Net is not installed" in ends[stage]["message"]
+    assert ends["segment"]["status"] == "ok" and len(result.stats["fallback_ids"]) == 2
