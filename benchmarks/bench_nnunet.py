@@ -59,7 +59,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from _common import git_commit, machine  # noqa: E402
+from _common import git_commit, machine, write_section  # noqa: E402
 
 from nx47_pipeline.data.demo import generate_demo_dataset  # noqa: E402
 from nx47_pipeline.model.bundle import load_bundle  # noqa: E402
@@ -358,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         f"dynamic-network-architectures {version('dynamic-network-architectures')}; "
         f"{_dt.date.today().isoformat()}, commit {git_commit()}. 1-minute load average {load_before:.2f} before the "
         f"run, {load_after:.2f} after, on {os.cpu_count()} cores (on a loaded machine CPU timings are upper bounds).")
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_section(args.out, lines)
     return 0
 
 

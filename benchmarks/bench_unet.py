@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nx47_pipeline.unet as U  # noqa: E402
 from nx47_pipeline.run.budget import UNetCost  # noqa: E402
 from nx47_pipeline.unet.params import DEVICE_SIZES  # noqa: E402
-from _common import ram_gib as _ram_gib  # noqa: E402
+from _common import ram_gib as _ram_gib, write_section  # noqa: E402
 
 
 def _commit() -> str:
@@ -230,10 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "are upper bounds; two spinning torch threads slow down sharply when a core is taken, "
         "hence `--threads`)."
     )
-    text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
+    write_section(args.out, lines)
     return 0
 
 
