@@ -42,6 +42,15 @@ SPACING = (1.0, 1.0, 1.0)
 SURFACE_CLASS = 1
 
 
+def windows_of(shape: Sequence[int], patch: Sequence[int], tile_step: float) -> int:
+    """Sliding windows nnU-Net's predictor places over a volume of ``shape``
+    (padded to at least ``patch``) at ``tile_step``: one pass, one fold."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window  # noqa: PLC0415
+
+    size = [max(int(s), int(p)) for s, p in zip(shape, patch)]
+    return int(np.prod([len(s) for s in compute_steps_for_sliding_window(size, list(patch), tile_step)]))
+
+
 @dataclass
 class NnUNetModel:
     """One nnU-Net result folder's model, loaded: plans, dataset.json, the folds' weights.
@@ -136,7 +145,6 @@ class NnUNetPredictor:
 
     def _nnunet(self):
         """nnunetv2's ``nnUNetPredictor`` holding this model (its slicers and mirroring are used)."""
-        import torch  # noqa: PLC0415
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: PLC0415
 
         parts = self.model.parts()
@@ -151,11 +159,7 @@ class NnUNetPredictor:
 
     def n_windows(self, shape: Sequence[int]) -> int:
         """Windows of one fold over a volume of ``shape`` (after nnU-Net's padding to the patch)."""
-        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window  # noqa: PLC0415
-
-        patch = self.model.parts()["configuration_manager"].patch_size
-        size = [max(int(s), int(p)) for s, p in zip(shape, patch)]
-        return int(np.prod([len(s) for s in compute_steps_for_sliding_window(size, patch, self.tile_step)]))
+        return windows_of(shape, self.model.parts()["configuration_manager"].patch_size, self.tile_step)
 
     @property
     def halo(self) -> int:

@@ -211,8 +211,8 @@ def run_process(cmd: Sequence[str], *, env: Mapping[str, str], log: Path, on_wai
         _close(rfd)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise TrainFailed(f"{cmd[1] if cmd[0] == sys.executable else cmd[0]} exited with status "
-                          f"{proc.returncode}; its output is in {log}:\n{tail}")
+        what = cmd[2] if cmd[1:2] == ["-m"] else cmd[0]  # python -m MODULE: the module
+        raise TrainFailed(f"{what} exited with status {proc.returncode}; its output is in {log}:\n{tail}")
 
 
 def _close(fd: int | None) -> None:

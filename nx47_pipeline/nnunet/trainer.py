@@ -58,6 +58,7 @@ import torch
 from nnunetv2.run import run_training
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nx47_pipeline.io.jsonio import read_json, write_json
 from nx47_pipeline.nnunet.train import EPOCHS_FILE
 
 TRAINER_NAME = "nnUNetTrainer_nx47"
@@ -109,9 +110,9 @@ class nnUNetTrainer_nx47(nnUNetTrainer):  # noqa: N801 - nnU-Net's trainer namin
         self._seed(-1)  # the network's initial weights (a continued training loads its own)
         super().on_train_start()
         path = os.path.join(self.output_folder, EPOCHS_FILE)
-        if os.path.isfile(path):  # a continued training keeps the epochs chosen before
-            with open(path) as fh:
-                self._set_epochs(int(json.load(fh)["epochs"]))
+        decided = read_json(path)
+        if decided:  # a continued training keeps the epochs chosen before
+            self._set_epochs(int(decided["epochs"]))
 
     def _set_epochs(self, n: int) -> None:
         """Train ``n`` epochs; nnU-Net's polynomial learning rate then ends at epoch ``n``."""
@@ -176,10 +177,8 @@ class nnUNetTrainer_nx47(nnUNetTrainer):  # noqa: N801 - nnU-Net's trainer namin
                    seconds_per_iteration=s_iter, seconds_left=left)
         if epochs < self.num_epochs:
             self._set_epochs(epochs)
-        with open(path + ".partial", "w") as fh:
-            json.dump({"epochs": epochs, "asked": int(self.EPOCHS), "seconds_per_epoch": s_epoch,
-                       "seconds_per_iteration": s_iter, "seconds_per_window": s_window}, fh)
-        os.replace(path + ".partial", path)
+        write_json(path, {"epochs": epochs, "asked": int(self.EPOCHS), "seconds_per_epoch": s_epoch,
+                          "seconds_per_iteration": s_iter, "seconds_per_window": s_window})
 
     def _check_deadline(self, epoch: int, iteration: int) -> None:
         if self._deadline is not None and time.time() > self._deadline:

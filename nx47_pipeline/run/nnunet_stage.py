@@ -27,7 +27,6 @@ post-processing chosen on validation into it, so ``nx47 run --model`` and
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import shutil
 import time
@@ -41,9 +40,10 @@ from nx47_pipeline.io.run_folder import MANIFEST
 from nx47_pipeline.model.bundle import read_manifest
 from nx47_pipeline.model.predictor import PostChoice, PredictorKind
 from nx47_pipeline.nnunet.bundle import MemberSpec, import_nnunet
+from nx47_pipeline.nnunet.predictor import windows_of
 from nx47_pipeline.nnunet.train import EPOCHS_FILE, NnUNetFolders, TrainFailed, TrainSpec, prepare, train
 from nx47_pipeline.run.context import Reporter, RunContext
-from nx47_pipeline.telemetry.events import BudgetDecision, MetricName
+from nx47_pipeline.telemetry.events import BudgetDecision, MetricName, StageName
 from nx47_pipeline.unet.backend import resolve_device
 
 
@@ -60,15 +60,12 @@ class Trained:
     result : Path
         nnU-Net's result folder (``fold_0/checkpoint_final.pth``).
     seconds_per_window : float or None
-        One inference window's seconds as the trainer measured them (None when
-        the training had already ended in an earlier run).
-    epochs_done : int or None
-        Epochs trained (None when ended earlier).
+        One inference window's seconds as the trainer measured them (from its
+        record when an earlier run trained it; None when it recorded none).
     """
 
     result: Path
     seconds_per_window: float | None
-    epochs_done: int | None
 
 
 def require_nnunet() -> None:
@@ -95,15 +92,10 @@ def windows_for(plans_file: Path, configuration: str, shapes: Sequence[Sequence[
                 tile_step: float = 0.5) -> int:
     """Sliding windows (one pass, no mirroring) nnU-Net's predictor takes on
     volumes of ``shapes`` with the configuration's patch."""
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window  # noqa: PLC0415
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager  # noqa: PLC0415
 
     patch = tuple(PlansManager(read_json(plans_file)).get_configuration(configuration).patch_size)
-    total = 0
-    for shape in shapes:
-        padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
-        total += math.prod(len(v) for v in compute_steps_for_sliding_window(padded, patch, tile_step))
-    return total
+    return sum(windows_of(shape, patch, tile_step) for shape in shapes)
 
 
 def nnunet(ctx: RunContext, report: Reporter, train_pairs: Sequence[VolumeRecord], val: Sequence[VolumeRecord], *,
@@ -191,7 +183,7 @@ def nnunet(ctx: RunContext, report: Reporter, train_pairs: Sequence[VolumeRecord
             report.metric(MetricName.NNUNET_LR, float(e["lr"]), step=step)
             st["what"] = f"nnU-Net: epoch {min(step + 1, st['epochs'])}/{st['epochs']}"
         elif kind == "deadline":
-            report.deadline_hit("nnunet", f"training stopped in epoch {int(e['epoch']) + 1} of {st['epochs']} "
+            report.deadline_hit(StageName.NNUNET, f"training stopped in epoch {int(e['epoch']) + 1} of {st['epochs']} "
                                           f"(iteration {int(e['iteration'])}); the weights so far are used")
         elif kind == "done":
             st["epochs_done"] = int(e["epochs_done"])
@@ -209,7 +201,7 @@ def nnunet(ctx: RunContext, report: Reporter, train_pairs: Sequence[VolumeRecord
         # an untrained network is no result: a rerun in this folder trains again
         (result / "fold_0" / "checkpoint_final.pth").unlink(missing_ok=True)
         return None
-    return Trained(result=result, seconds_per_window=st["spw"], epochs_done=st["epochs_done"])
+    return Trained(result=result, seconds_per_window=st["spw"])
 
 
 def import_trained(trained: Trained, dest: Path, *, post: PostChoice) -> Path:

@@ -562,18 +562,20 @@ def _use_bundle(ctx: RunContext, path: Path | str | None = None) -> Bundle | Non
     return bundle
 
 
-def _fit_nnunet(ctx: RunContext, test, *, seconds_per_window: float | None = None) -> None:
+def _fit_nnunet(ctx: RunContext, test, *, seconds_per_window: float | None = None) -> float:
     """An nnU-Net bundle's prediction sized to the time left after the
     preflight (:func:`nx47_pipeline.nnunet.budget.fit_to_budget`: mirroring,
     then the lowest-weight members, then a wider tile step, each a BUDGET
     event), at ``nnunet_seconds_per_window`` or the preflight's segmentation
     time per window pass (``seconds_per_window``: what the trainer of a
     model trained in the run measured); the fallback of every test volume
-    and the post-processing sweep on the validation maps stay reserved."""
+    and the post-processing sweep on the validation maps stay reserved.
+    Returns the seconds per window pass it sized the prediction with (0 when
+    there was nothing to size)."""
     st, cfg = ctx.state, ctx.config
     shapes = [tuple(r.shape) for r in [*st.selection.val, *test] if r.shape]
     if not shapes:
-        return
+        return 0.0
     spw = float(cfg.nnunet_seconds_per_window) or float(seconds_per_window or 0.0)
     if spw <= 0:
         timed = [tuple(r.shape) for r in preflight.preflight_slice(ctx, st.inventory, st.selection).test
@@ -588,6 +590,7 @@ def _fit_nnunet(ctx: RunContext, test, *, seconds_per_window: float | None = Non
                                       on_decision=lambda d, msg, **f: ctx.tel.budget(d, msg, budget_s=cfg.budget_s,
                                                                                       **f))
     st.model = fit.predictor
+    return spw
 
 
 def _segment_and_package(ctx: RunContext, test, *, model_ok: bool) -> Path | None:
@@ -659,11 +662,12 @@ def _nnunet_reserve_s(ctx: RunContext, test) -> float:
     st, cfg = ctx.state, ctx.config
     t = st.timings
     val = st.selection.val
+    test_mvox = [stages.mvox(r.shape) for r in test]
     post = (budget.SAFETY_FACTOR * (sum(stages.mvox(r.shape) for r in val) * t.validate_s_per_mvox
-                                    + sum(stages.mvox(r.shape) for r in test) * t.segment_s_per_mvox)
+                                    + sum(test_mvox) * t.segment_s_per_mvox)
             if t is not None else 0.0)
     return (post + budget.sweep_s(t, n_val=len(val), config=cfg)
-            + budget.preflight_reserve_s(t, test_mvox=[stages.mvox(r.shape) for r in test]))
+            + budget.preflight_reserve_s(t, test_mvox=test_mvox))
 
 
 def _nnunet_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
@@ -708,21 +712,19 @@ def _nnunet_chain(ctx: RunContext, test) -> tuple[Status, Path | None]:
         post = PostChoice.from_best({"low": 0.5, "high": 0.5}, closing_radius=cfg.closing_radius,
                                     min_size=cfg.min_component_voxels)
         nnunet_stage.import_trained(trained, ctx.folder.model, post=post)
-        bundle = _use_bundle(ctx, ctx.folder.model)
-        if bundle is not None:
-            st.model_sweep = True
+        # its post-processing is chosen on validation (st.model_sweep), unless a run stopped after choosing it
+        _use_bundle(ctx, ctx.folder.model)
     if st.model is None:
         _skip(ctx, StageName.VALIDATE, "no nnU-Net model")
         sub = _segment_and_package(ctx, test, model_ok=False)
         return _ended(sub, test), sub
-    _fit_nnunet(ctx, test, seconds_per_window=trained.seconds_per_window)
-    spw = trained.seconds_per_window or 0.0
+    spw = _fit_nnunet(ctx, test, seconds_per_window=trained.seconds_per_window)
     shapes_val = [tuple(r.shape) for r in sel.val if r.shape]
     shapes_test = [tuple(r.shape) for r in test if r.shape]
     plan({StageName.VALIDATE: nnunet_budget.projected_s(st.model, shapes_val, seconds_per_window=spw),
           StageName.SEGMENT: nnunet_budget.projected_s(st.model, shapes_test, seconds_per_window=spw)})
     if sel.val:
-        _validate(ctx, model_sweep=True)
+        _validate(ctx, model_sweep=st.model_sweep)
         nnunet_stage.record_choice(
             ctx.folder.model, stages.post_choice(_post_defaults(ctx), st.best),
             train_ids=[r.id for r in sel.train], val_ids=[r.id for r in sel.val],
